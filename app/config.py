@@ -1,0 +1,41 @@
+"""Settings, read from the environment (prefix RANKFORGE_) or a .env file."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKFORGE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///var/rankforge.db"
+    """SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in production."""
+    data_dir: Path = Path("var/data")
+    """Artifact store: dataset snapshots and model checkpoints."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    session_hours: int = 12
+    """Lifetime of a browser session."""
+    cookie_secure: bool | None = None
+    """Force the Secure cookie flag; by default it follows the request scheme (https behind a proxy)."""
+    login_max_failures: int = 5
+    """Wrong passwords from one address before that account is locked for that address."""
+    login_lock_minutes: int = 15
+
+    lease_seconds: int = 1200
+    """Default assignment lease for new projects."""
+    max_import_bytes: int = 64 * 2**20
+    db_pool_size: int = 20
+
+    worker_heartbeat_seconds: float = 3.0
+    worker_stale_seconds: float = 30.0
+    """A running job whose heartbeat is older than this is considered abandoned."""
+    python_executable: str | None = None
+    """Python used to start trainer child processes (defaults to the worker's own)."""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,112 @@
+"""Engine and sessions. The request or job boundary commits; services never do.
+
+SQLite: WAL, foreign keys, and transactions that we begin ourselves so a writer can take the
+write lock up front (`BEGIN IMMEDIATE`, see `write_transaction`). Claims then serialize on the
+lock instead of failing with "database is locked" half-way through and being retried.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+
+
+def is_sqlite(engine_or_session: Engine | Session) -> bool:
+    bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else engine_or_session
+    return bind.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=get_settings().db_pool_size,
+            max_overflow=20,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            # Let SQLAlchemy's "begin" event emit BEGIN so we choose DEFERRED or IMMEDIATE.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            # A writer waits for the lock (milliseconds: transactions are short) rather than failing.
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            mode = "IMMEDIATE" if conn.get_execution_options().get("rankforge_write") else "DEFERRED"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    return create_engine(
+        url,
+        pool_size=get_settings().db_pool_size,
+        max_overflow=20,
+        pool_pre_ping=True,
+    )
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().database_url
+    with _lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+            _sessionmakers[url] = sessionmaker(_engines[url], expire_on_commit=False)
+        return _engines[url]
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    url = url or get_settings().database_url
+    get_engine(url)
+    return _sessionmakers[url]
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _sessionmakers.clear()
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A unit of work for jobs and the CLI: commit on success, roll back on error."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def write_transaction(session: Session) -> None:
+    """Start the session's transaction holding the write lock (SQLite `BEGIN IMMEDIATE`).
+
+    Race-sensitive writes (claims, submits) call this first. Any read-only transaction the session
+    has open is committed first (it holds nothing we need). On PostgreSQL this only makes sure a
+    transaction is open; row locks (`FOR UPDATE [SKIP LOCKED]`) do the rest.
+    """
+    if not is_sqlite(session):
+        return
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={"rankforge_write": True})

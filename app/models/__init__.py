@@ -1,0 +1,39 @@
+"""All ORM models; importing this package registers every table on Base.metadata."""
+
+from app.models.base import Base, utcnow
+from app.models.comparison import UNSCORED_GAP, Assignment, Comparison, Completion, Judgment, Prompt
+from app.models.dataset import DatasetSnapshot
+from app.models.job import TERMINAL_STATUSES, Job, JobKind, JobMetric, JobStatus, SchedulerLock
+from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
+from app.models.registry import ModelVersion
+from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
+
+__all__ = [
+    "UNSCORED_GAP",
+    "TERMINAL_STATUSES",
+    "ApiToken",
+    "Assignment",
+    "AuditLog",
+    "AuthSession",
+    "Base",
+    "Comparison",
+    "Completion",
+    "DatasetSnapshot",
+    "GuidelineVersion",
+    "Job",
+    "JobKind",
+    "JobMetric",
+    "JobStatus",
+    "Judgment",
+    "LoginFailure",
+    "Mode",
+    "ModelVersion",
+    "Project",
+    "ProjectMember",
+    "ProjectStatus",
+    "Prompt",
+    "Role",
+    "SchedulerLock",
+    "User",
+    "utcnow",
+]

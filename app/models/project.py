@@ -1,0 +1,62 @@
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, CreatedMixin, IdMixin
+
+
+class Mode(StrEnum):
+    pairwise = "pairwise"
+    rank = "rank"
+
+
+class ProjectStatus(StrEnum):
+    active = "active"
+    paused = "paused"
+    archived = "archived"
+
+
+class Project(IdMixin, CreatedMixin, Base):
+    __tablename__ = "project"
+
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    mode: Mapped[str] = mapped_column(String(16), default=Mode.pairwise)
+    overlap: Mapped[int] = mapped_column(default=1)
+    """Judgments wanted per comparison."""
+    max_overlap: Mapped[int] = mapped_column(default=1)
+    """Adaptive ceiling: one more rater (up to this) when the first ones disagree."""
+    allow_ties: Mapped[bool] = mapped_column(default=True)
+    attributes: Mapped[list] = mapped_column(default=list)
+    """Attribute scales: [{"name": "helpful", "label": "Helpful", "min": 1, "max": 7}]."""
+    gold_rate: Mapped[float] = mapped_column(default=0.0)
+    lease_seconds: Mapped[int] = mapped_column(default=1200)
+    daily_cap: Mapped[int | None]
+    """Most judgments one rater may submit per day in this project (None: no cap)."""
+    members_only: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16), default=ProjectStatus.active)
+    guideline_version: Mapped[int] = mapped_column(default=1)
+    schedule: Mapped[dict] = mapped_column(default=dict)
+    """Retraining schedule: {"reward_every_pairs": N, "reward_every_minutes": T}."""
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+
+
+class GuidelineVersion(IdMixin, CreatedMixin, Base):
+    __tablename__ = "guideline_version"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_member"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    added_at: Mapped[datetime | None]
