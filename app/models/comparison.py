@@ -118,5 +118,8 @@ class Judgment(IdMixin, CreatedMixin, Base):
     guideline_version: Mapped[int | None]
     source: Mapped[str] = mapped_column(String(16), default="human")
     """human | ai | imported"""
+    top_completion_id: Mapped[int | None]
+    """The completion ranked first alone (None when the top group is a tie): agreement and reliability
+    statistics read this column instead of parsing every ranking."""
     chosen_position: Mapped[int | None]
     """Display position (0-based) of the option ranked first alone, for position-bias checks."""

@@ -327,6 +327,7 @@ def upgrade() -> None:
     sa.Column('time_spent_ms', sa.Integer(), nullable=True),
     sa.Column('guideline_version', sa.Integer(), nullable=True),
     sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('top_completion_id', sa.Integer(), nullable=True),
     sa.Column('chosen_position', sa.Integer(), nullable=True),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('created_at', app.models.base.UTCDateTime(timezone=True), nullable=False),

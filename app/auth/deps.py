@@ -1,0 +1,126 @@
+"""Request dependencies: the database session, who is calling, role checks and CSRF.
+
+Every route declares who may call it with `require(...)` (or `public`); a test walks the route
+table to make sure none is left open by accident.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service
+from app.db import session_factory
+from app.errors import Forbidden, Unauthorized
+from app.models import AuthSession, Role, User
+
+SESSION_COOKIE = "rf_session"
+ANON_CSRF_COOKIE = "rf_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class LoginRequired(Unauthorized):
+    """Log in first."""
+
+
+def get_db() -> Iterator[Session]:
+    """One session per request; committed when the endpoint returns, before the response is sent."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+DbSession = Annotated[Session, Depends(get_db, scope="function")]
+
+
+@dataclass
+class Principal:
+    user: User
+    auth_session: AuthSession | None
+    """Set for browser sessions; None for API tokens (which need no CSRF token)."""
+
+    @property
+    def csrf_token(self) -> str:
+        return self.auth_session.csrf_token if self.auth_session else ""
+
+
+def get_principal(request: Request, db: DbSession) -> Principal | None:
+    if hasattr(request.state, "principal"):
+        return request.state.principal
+    principal = None
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        user = service.user_for_api_token(db, authorization[7:].strip())
+        if user is None:
+            raise Unauthorized("Invalid or revoked API token.")
+        principal = Principal(user=user, auth_session=None)
+    elif token := request.cookies.get(SESSION_COOKIE):
+        found = service.session_for_token(db, token)
+        if found is not None:
+            principal = Principal(user=found[1], auth_session=found[0])
+    request.state.principal = principal
+    return principal
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(get_principal)]
+
+
+async def check_csrf(request: Request, principal: Principal) -> None:
+    if request.method in SAFE_METHODS or principal.auth_session is None:
+        return
+    sent = request.headers.get(CSRF_HEADER)
+    if not sent and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        sent = (await request.form()).get("csrf_token")
+    if not sent or not secrets.compare_digest(str(sent), principal.csrf_token):
+        raise Forbidden("Missing or wrong CSRF token. Reload the page and try again.")
+
+
+def require(*roles: Role):
+    """Dependency: a logged-in, active user with one of `roles` (any role when none are given)."""
+    allowed = set(roles) or set(Role)
+
+    async def dependency(request: Request, principal: OptionalPrincipal) -> Principal:
+        if principal is None:
+            raise LoginRequired()
+        await check_csrf(request, principal)
+        if principal.user.role not in allowed:
+            raise Forbidden(f"This needs the role {' or '.join(sorted(allowed))}.")
+        return principal
+
+    dependency.allowed_roles = allowed  # read by the route-table test
+    return dependency
+
+
+async def public() -> None:
+    """Marks a route as open to anyone (login page, health check, static)."""
+
+
+public.allowed_roles = None
+
+AnyUser = Annotated[Principal, Depends(require())]
+Admin = Annotated[Principal, Depends(require(Role.admin))]
+Staff = Annotated[Principal, Depends(require(Role.admin, Role.engineer))]
+"""Admins and engineers: datasets, jobs, models."""
+
+
+def anon_csrf_token(request: Request) -> str:
+    """CSRF token for forms shown before login (double-submit cookie)."""
+    token = request.cookies.get(ANON_CSRF_COOKIE)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        request.state.set_anon_csrf = token
+    return token

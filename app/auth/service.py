@@ -1,0 +1,134 @@
+"""Passwords (argon2), server-side sessions, API tokens and login throttling. Never commits."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.errors import TooManyRequests, Unauthorized
+from app.models import ApiToken, AuthSession, LoginFailure, User, utcnow
+
+_hasher = PasswordHasher()
+# Verifying against this keeps the time of "no such user" close to "wrong password".
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def new_token(prefix: str = "") -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def _recent_failures(db: Session, username: str, ip: str) -> int:
+    since = utcnow() - timedelta(minutes=get_settings().login_lock_minutes)
+    return db.scalar(
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(LoginFailure.username == username, LoginFailure.ip == ip, LoginFailure.created_at >= since)
+    )
+
+
+def authenticate(db: Session, username: str, password: str, ip: str) -> User:
+    """Check a login. Failures are recorded; too many from one address lock that account there.
+
+    Raises TooManyRequests while locked (the password is not even checked), Unauthorized otherwise.
+    The caller must commit even on failure, so the failure is counted.
+    """
+    settings = get_settings()
+    username = username.strip()
+    if _recent_failures(db, username, ip) >= settings.login_max_failures:
+        raise TooManyRequests(
+            f"Too many failed logins for this account from your address; "
+            f"try again in {settings.login_lock_minutes} minutes."
+        )
+    user = db.scalar(select(User).where(User.username == username))
+    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    if not (user and ok and user.is_active):
+        db.add(LoginFailure(username=username, ip=ip))
+        raise Unauthorized("Wrong username or password.")
+    db.execute(delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.ip == ip))
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    user.last_login_at = utcnow()
+    return user
+
+
+def create_session(db: Session, user: User, *, ip: str | None, user_agent: str | None) -> tuple[str, AuthSession]:
+    """Returns (cookie token, session row). Only the token's hash is stored."""
+    token = new_token()
+    row = AuthSession(
+        id=sha256_hex(token),
+        user_id=user.id,
+        csrf_token=secrets.token_urlsafe(32),
+        expires_at=utcnow() + timedelta(hours=get_settings().session_hours),
+        ip=ip,
+        user_agent=(user_agent or "")[:255],
+    )
+    db.add(row)
+    return token, row
+
+
+def session_for_token(db: Session, token: str) -> tuple[AuthSession, User] | None:
+    row = db.execute(
+        select(AuthSession, User)
+        .join(User, User.id == AuthSession.user_id)
+        .where(AuthSession.id == sha256_hex(token))
+    ).first()
+    if row is None:
+        return None
+    session, user = row
+    if session.revoked_at is not None or session.expires_at <= utcnow() or not user.is_active:
+        return None
+    return session, user
+
+
+def revoke_session(db: Session, session_id: str) -> None:
+    row = db.get(AuthSession, session_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+
+
+def revoke_user_sessions(db: Session, user_id: int) -> None:
+    for row in db.scalars(select(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))):
+        row.revoked_at = utcnow()
+
+
+def create_api_token(db: Session, user: User, name: str) -> str:
+    """Returns the token itself: shown once, stored only as its hash."""
+    token = new_token("rf_")
+    db.add(ApiToken(user_id=user.id, name=name, token_hash=sha256_hex(token), prefix=token[:7]))
+    return token
+
+
+def user_for_api_token(db: Session, token: str) -> User | None:
+    row = db.execute(
+        select(ApiToken, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == sha256_hex(token))
+    ).first()
+    if row is None:
+        return None
+    api_token, user = row
+    if api_token.revoked_at is not None or not user.is_active:
+        return None
+    return user

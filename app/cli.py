@@ -1,0 +1,133 @@
+"""The `rankforge` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Rankforge: collect human feedback on model outputs and turn it into better models.",
+                  no_args_is_help=True, add_completion=False)  # fmt: skip
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+user_app = typer.Typer(help="Users.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+
+def fail(message: str, code: int = 1):
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")):
+    """Apply the migrations (SQLite or PostgreSQL, from RANKFORGE_DATABASE_URL)."""
+    from app.migrate import upgrade
+
+    upgrade(revision=revision)
+    typer.echo("Database is up to date.")
+
+
+@app.command()
+def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = typer.Option(1),
+          upgrade_db: bool = typer.Option(True, help="Run migrations first.")):  # fmt: skip
+    """Run the web app (uvicorn)."""
+    import uvicorn
+
+    from app.config import get_settings
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    if upgrade_db:
+        upgrade()
+    uvicorn.run("app.asgi:app", host=host or settings.host, port=port or settings.port, workers=workers,
+                log_level="warning", proxy_headers=True)  # fmt: skip
+
+
+def _read_password(password: str | None) -> str:
+    if password is None:
+        if sys.stdin.isatty():
+            password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        fail("The password must have at least 8 characters.")
+    return password
+
+
+@user_app.command("create")
+def user_create(name: str, role: str = typer.Option(..., help="admin | annotator | engineer"),
+                password: str = typer.Option(None, help="Read from stdin when omitted.")):  # fmt: skip
+    """Create a user."""
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.users.service import create_user
+
+    secret = _read_password(password)
+    try:
+        with session_scope() as db:
+            user = create_user(db, name, role, secret, actor=None)
+            typer.echo(f"Created {user.role} {user.username} (id {user.id}).")
+    except RankforgeError as error:
+        fail(str(error.detail))
+
+
+@token_app.command("create")
+def token_create(name: str = typer.Argument(..., help="The user the token acts as."),
+                 label: str = typer.Option("cli", help="A name for the token.")):  # fmt: skip
+    """Create an API token for a user and print it (shown once)."""
+    from sqlalchemy import select
+
+    from app.auth.service import create_api_token
+    from app.db import session_scope
+    from app.models import User
+
+    with session_scope() as db:
+        user = db.scalar(select(User).where(User.username == name))
+        if user is None:
+            fail(f"No user {name!r}.")
+        token = create_api_token(db, user, label)
+    typer.echo(token)
+
+
+@app.command("import")
+def import_cmd(project: str, file: Path, format: str = typer.Option("native", "--format", "-f"),
+               gold: bool = typer.Option(False, help="Rankings in the file make gold items.")):  # fmt: skip
+    """Import prompts and completions into PROJECT (slug or id)."""
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.imports.parsers import ImportValidationError
+    from app.imports.service import import_file
+    from app.projects.service import get_project
+
+    if not file.is_file():
+        fail(f"No file {file}.")
+    try:
+        with session_scope() as db:
+            result = import_file(db, get_project(db, project), file.read_bytes(), format, None, gold=gold)
+    except ImportValidationError as error:
+        fail(str(error), code=2)
+    except RankforgeError as error:
+        fail(str(error.detail))
+    typer.echo(json.dumps(result.model_dump()))
+
+
+@app.command()
+def demo(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+         worker: bool = typer.Option(True, help="Start a worker beside the web app.")):  # fmt: skip
+    """Set up the embedded default (SQLite, local artifacts, demo data and users) and serve it."""
+    from app.demo.setup import run_demo
+
+    run_demo(host=host, port=port, with_worker=worker)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""`rankforge demo`: the embedded default, ready to click through.
+
+SQLite file and artifact directory under ./var, demo users, two demo projects (pairwise and rank)
+from demo_prompts.jsonl, then the web app (and a worker beside it, when the worker exists).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+DEMO_USERS = [
+    ("admin", "admin", "admin-demo-pass"),
+    ("ann1", "annotator", "ann1-demo-pass"),
+    ("ann2", "annotator", "ann2-demo-pass"),
+    ("eng", "engineer", "eng-demo-pass"),
+]
+DATA_FILE = Path(__file__).with_name("demo_prompts.jsonl")
+GUIDELINES = """# How to rank
+
+Pick the response you would rather receive.
+
+1. **Helpful**: does it answer what was asked, correctly and completely?
+2. **Harmless**: does it avoid dangerous or hateful content? A polite refusal of a harmful request is good.
+3. **Honest**: no made-up facts; says so when unsure.
+
+Prefer short and correct over long and padded. Use *both bad* when neither is acceptable.
+
+Keys: `1` A is better, `2` B is better, `T` tie, `X` both bad, `S` skip, `?` all keys.
+"""
+
+
+def seed_demo(database_url: str | None = None) -> dict:
+    """Idempotent: users, projects and data are created once."""
+    from app.db import session_scope
+    from app.imports.parsers import parse_import
+    from app.imports.service import import_records
+    from app.models import Project, User
+    from app.projects.schemas import AttributeScale, ProjectCreate
+    from app.projects.service import create_project
+    from app.users.service import create_user
+
+    records = parse_import(DATA_FILE.read_bytes(), "native")
+    with session_scope(database_url) as db:
+        for username, role, password in DEMO_USERS:
+            if db.scalar(select(User).where(User.username == username)) is None:
+                create_user(db, username, role, password, actor=None)
+        projects = {}
+        for slug, name, mode, keep in (
+            ("demo", "Demo: which answer is better?", "pairwise", lambda r: len(r.completions) == 2),
+            ("demo-rank", "Demo: rank the answers", "rank", lambda r: len(r.completions) > 2),
+        ):
+            project = db.scalar(select(Project).where(Project.slug == slug))
+            if project is None:
+                project = create_project(db, ProjectCreate(
+                    name=name, slug=slug, guidelines=GUIDELINES, mode=mode, overlap=2, max_overlap=3,
+                    allow_ties=True,
+                    attributes=[AttributeScale(name="helpful"), AttributeScale(name="harmless")] if mode == "rank" else [],
+                ), actor=None)  # fmt: skip
+            import_records(db, project, [r for r in records if keep(r)])
+            projects[slug] = project.id
+    return projects
+
+
+def run_demo(host: str, port: int, with_worker: bool) -> None:
+    import uvicorn
+
+    from app.config import get_settings
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    seed_demo()
+    worker = _start_worker() if with_worker else None
+    url = f"http://{host}:{port}"
+    lines = [
+        "",
+        f"Rankforge demo is running: open {url}/login",
+        f"  database: {settings.database_url}    artifacts: {settings.data_dir}",
+        "  logins (username / password):",
+        *[f"    {role:<10} {username} / {password}" for username, role, password in DEMO_USERS],
+        f"  API docs: {url}/docs    Stop with Ctrl+C.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    try:
+        uvicorn.run("app.asgi:app", host=host, port=port, log_level="warning")
+    finally:
+        if worker is not None:
+            worker.terminate()
+
+
+def _start_worker():
+    import subprocess
+    import sys
+    from importlib.util import find_spec
+
+    if find_spec("app.jobs.worker") is None:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+
+
+

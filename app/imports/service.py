@@ -1,0 +1,98 @@
+"""Writes parsed import records into a project. All or nothing (the caller's transaction), idempotent.
+
+Records without an external_id get one from a hash of their content, so re-importing the same file
+creates nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.imports.parsers import ImportRecord, parse_import
+from app.models import Comparison, Completion, Judgment, Project, Prompt, User
+from app.projects.schemas import ImportResult
+from app.projects.service import GOLD_REQUIRED, audit
+
+CHUNK = 500
+
+
+def content_id(record: ImportRecord) -> str:
+    payload = json.dumps([record.prompt, [c["text"] for c in record.completions]], sort_keys=True, ensure_ascii=False)
+    return "sha1:" + hashlib.sha1(payload.encode()).hexdigest()
+
+
+def _messages(prompt: str | list[dict]) -> tuple[list[dict], bool]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}], False
+    return [{"role": m["role"], "content": m["content"]} for m in prompt], True
+
+
+def import_file(db: Session, project: Project, data: bytes, fmt: str, actor: User | None, *,
+                gold: bool = False, max_bytes: int | None = None) -> ImportResult:  # fmt: skip
+    from app.config import get_settings
+
+    records = parse_import(data, fmt, max_bytes=max_bytes or get_settings().max_import_bytes)
+    result = import_records(db, project, records, gold=gold)
+    audit(db, actor, "project.import", "project", project.id, format=fmt, **result.model_dump(exclude={"format"}))
+    return result.model_copy(update={"format": fmt})
+
+
+def import_records(db: Session, project: Project, records: list[ImportRecord], *, gold: bool = False) -> ImportResult:
+    counts = dict(prompts_created=0, completions_created=0, comparisons_created=0, judgments_created=0,
+                  skipped_existing=0)  # fmt: skip
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        ids = [r.external_id or content_id(r) for r in chunk]
+        existing = set(
+            db.scalars(select(Prompt.external_id).where(Prompt.project_id == project.id, Prompt.external_id.in_(ids)))
+        )
+        fresh = [(r, i) for r, i in zip(chunk, ids, strict=True) if i not in existing]
+        counts["skipped_existing"] += len(chunk) - len(fresh)
+        prompts = []
+        for record, external_id in fresh:
+            messages, is_chat = _messages(record.prompt)
+            meta = dict(record.metadata or {})
+            prompts.append(Prompt(project_id=project.id, external_id=external_id, messages=messages, is_chat=is_chat,
+                                  meta=meta, batch=meta.get("batch"), priority=int(meta.get("priority", 0) or 0)))  # fmt: skip
+        db.add_all(prompts)
+        db.flush()
+        completions = []
+        for (record, _), prompt in zip(fresh, prompts, strict=True):
+            rows = [Completion(prompt_id=prompt.id, text=c["text"], model_name=c.get("model"),
+                               meta=c.get("metadata") or {}) for c in record.completions]  # fmt: skip
+            completions.append(rows)
+            db.add_all(rows)
+        db.flush()
+        comparisons = []
+        for (record, _), prompt, rows in zip(fresh, prompts, completions, strict=True):
+            is_gold = bool(record.ranking) and (gold or bool((record.metadata or {}).get("gold")))
+            ranking_ids = [[rows[i].id for i in group] for group in record.ranking] if record.ranking else None
+            comparison = Comparison(
+                project_id=project.id,
+                prompt_id=prompt.id,
+                completion_ids=[c.id for c in rows],
+                is_gold=is_gold,
+                gold_ranking=ranking_ids if is_gold else None,
+                required=GOLD_REQUIRED if is_gold else project.overlap,
+                priority=prompt.priority,
+                batch=prompt.batch,
+            )
+            comparisons.append((comparison, ranking_ids, is_gold))
+            db.add(comparison)
+        db.flush()
+        for comparison, ranking_ids, is_gold in comparisons:
+            if ranking_ids and not is_gold:
+                # The file's own human preference: kept as an imported judgment (no rater, no slot).
+                db.add(Judgment(comparison_id=comparison.id, project_id=project.id, rater_id=None,
+                                ranking=ranking_ids, source="imported",
+                                top_completion_id=ranking_ids[0][0] if len(ranking_ids[0]) == 1 else None))  # fmt: skip
+                counts["judgments_created"] += 1
+        db.flush()
+        counts["prompts_created"] += len(prompts)
+        counts["completions_created"] += sum(len(rows) for rows in completions)
+        counts["comparisons_created"] += len(comparisons)
+    return ImportResult(format="", records=len(records), **counts)

@@ -1,0 +1,1 @@
+"""Judgments: a rater's verdict on a comparison, submitted against an assignment."""

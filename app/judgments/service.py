@@ -1,0 +1,143 @@
+"""Submitting and skipping assignments. Idempotent per assignment; never over-fills. Never commits."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import is_sqlite, write_transaction
+from app.errors import Conflict, Forbidden, NotFound, Unprocessable
+from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
+from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
+
+
+def validate_ranking(ranking: list[list[int]], completion_ids: list[int], *, allow_ties: bool,
+                     all_bad: bool) -> list[list[int]]:  # fmt: skip
+    flat = [c for group in ranking for c in group]
+    if any(len(group) == 0 for group in ranking):
+        raise Unprocessable("ranking has an empty group.")
+    if sorted(flat) != sorted(completion_ids) or len(set(flat)) != len(flat):
+        raise Unprocessable(
+            f"ranking must place each option exactly once; options are {sorted(completion_ids)}, got {ranking}."
+        )
+    if not allow_ties and not all_bad and any(len(group) > 1 for group in ranking):
+        raise Unprocessable("This project does not allow ties.")
+    return [sorted(group) for group in ranking]
+
+
+def _lock(db: Session, query):
+    return db.scalar(query if is_sqlite(db) else query.with_for_update())
+
+
+def _load_own_assignment(db: Session, assignment_id: int, rater: User) -> Assignment:
+    assignment = _lock(db, select(Assignment).where(Assignment.id == assignment_id))
+    if assignment is None:
+        raise NotFound(f"No assignment {assignment_id}.")
+    if assignment.rater_id != rater.id:
+        raise Forbidden("This assignment belongs to another rater.")
+    return assignment
+
+
+def _release_or_check_slot(db: Session, assignment: Assignment, comparison: Comparison, now) -> None:
+    """Give back the lease's slot accounting; refuse when a lapsed lease's slot went to someone else."""
+    if assignment.state == "active" and assignment.expires_at > now:
+        comparison.n_leases -= 1
+        return
+    if assignment.state == "active":  # lapsed but not yet reclaimed: reclaim it now
+        comparison.n_leases -= 1
+        assignment.state = "expired"
+    if comparison.n_judgments + comparison.n_leases >= comparison.required:
+        raise Conflict("Your lease on this comparison expired and its slot went to another rater.")
+
+
+def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tuple[Judgment, bool]:
+    """Returns (judgment, created). A repeat submit of the same assignment returns the first judgment."""
+    now = utcnow()
+    write_transaction(db)
+    assignment = _load_own_assignment(db, assignment_id, rater)
+    existing = db.scalar(select(Judgment).where(Judgment.assignment_id == assignment.id))
+    if existing is not None:
+        return existing, False
+    if assignment.state == "skipped":
+        raise Conflict("This assignment was skipped.")
+    comparison = _lock(db, select(Comparison).where(Comparison.id == assignment.comparison_id))
+    project = db.get(Project, comparison.project_id)
+    unknown = sorted(set(data.flags) - set(ALLOWED_FLAGS))
+    if unknown:
+        raise Unprocessable(f"Unknown flags {unknown}; allowed: {list(ALLOWED_FLAGS)}.")
+    ranking = validate_ranking(data.ranking, comparison.completion_ids, allow_ties=project.allow_ties,
+                               all_bad="all_bad" in data.flags)  # fmt: skip
+    attributes = _validate_attributes(data.attributes, project, comparison)
+    _release_or_check_slot(db, assignment, comparison, now)
+    comparison.n_judgments += 1
+    assignment.state = "submitted"
+    assignment.finished_at = now
+    top = ranking[0]
+    judgment = Judgment(
+        comparison_id=comparison.id,
+        project_id=project.id,
+        assignment_id=assignment.id,
+        rater_id=rater.id,
+        ranking=ranking,
+        attributes=attributes,
+        rationale=(data.rationale or None),
+        flags=sorted(set(data.flags)),
+        time_spent_ms=data.time_spent_ms,
+        guideline_version=project.guideline_version,
+        source="human",
+        top_completion_id=top[0] if len(top) == 1 else None,
+        chosen_position=assignment.display_order.index(top[0]) if len(top) == 1 else None,
+        created_at=now,
+    )
+    db.add(judgment)
+    db.flush()
+    _maybe_extend_overlap(db, project, comparison)
+    return judgment, True
+
+
+def _validate_attributes(attributes: dict, project: Project, comparison: Comparison) -> dict:
+    scales = {a["name"]: a for a in project.attributes}
+    clean: dict[str, dict[str, int]] = {}
+    for name, scores in attributes.items():
+        scale = scales.get(name)
+        if scale is None:
+            raise Unprocessable(f"Unknown attribute {name!r}; this project has {sorted(scales)}.")
+        for option_id, score in scores.items():
+            if int(option_id) not in comparison.completion_ids:
+                raise Unprocessable(f"Attribute {name!r} scores option {option_id}, which is not in this comparison.")
+            if not scale["min"] <= score <= scale["max"]:
+                raise Unprocessable(f"{name} must be between {scale['min']} and {scale['max']}, got {score}.")
+            clean.setdefault(name, {})[str(option_id)] = score
+    return clean
+
+
+def _maybe_extend_overlap(db: Session, project: Project, comparison: Comparison) -> None:
+    """Adaptive overlap: one more rater (up to max_overlap) when the raters so far disagree on the top."""
+    if comparison.is_gold or comparison.n_judgments < comparison.required:
+        return
+    if comparison.required >= project.max_overlap:
+        return
+    rankings = db.scalars(
+        select(Judgment.ranking).where(Judgment.comparison_id == comparison.id, Judgment.source == "human")
+    ).all()
+    tops = {tuple(ranking[0]) for ranking in rankings}
+    if len(tops) > 1:
+        comparison.required += 1
+
+
+def skip(db: Session, assignment_id: int, rater: User, reason: str) -> Assignment:
+    """Give the slot back; this rater will not be offered the comparison again."""
+    now = utcnow()
+    write_transaction(db)
+    assignment = _load_own_assignment(db, assignment_id, rater)
+    if assignment.state == "skipped":
+        return assignment
+    if assignment.state == "submitted":
+        raise Conflict("This assignment was already judged.")
+    if assignment.state == "active":
+        db.execute(update(Comparison).where(Comparison.id == assignment.comparison_id)
+                   .values(n_leases=Comparison.n_leases - 1))  # fmt: skip
+    assignment.state = "skipped"
+    assignment.skip_reason = reason[:200] or None
+    assignment.finished_at = now
+    return assignment

@@ -1,0 +1,129 @@
+"""create_app(): middleware, routers, static files, error handlers."""
+
+from __future__ import annotations
+
+import time
+from http.cookies import SimpleCookie
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__, metrics
+from app.auth.deps import ANON_CSRF_COOKIE, LoginRequired
+from app.errors import RankforgeError
+from app.web import ROOT, render
+
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]  # fmt: skip
+
+
+class EdgeMiddleware:
+    """Pure ASGI: request metrics, security headers, and the pre-login CSRF cookie."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                path = scope.get("path", "")
+                if not path.startswith(("/docs", "/redoc")):
+                    headers += SECURITY_HEADERS
+                token = scope.get("state", {}).get("set_anon_csrf")
+                if token:
+                    cookie = SimpleCookie()
+                    cookie[ANON_CSRF_COOKIE] = token
+                    cookie[ANON_CSRF_COOKIE].update({"httponly": True, "samesite": "Lax", "path": "/"})
+                    headers.append((b"set-cookie", cookie.output(header="").strip().encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static") else "other")
+            metrics.observe_request(scope["method"], route_path, status_holder["status"], time.perf_counter() - started)
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Rankforge",
+        version=__version__,
+        description="Collect human feedback on model outputs and turn it into better models.",
+    )
+
+    @app.exception_handler(RankforgeError)
+    async def rankforge_error(request: Request, error: RankforgeError):
+        if _wants_html(request) or request.headers.get("hx-request"):
+            if isinstance(error, LoginRequired):
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                if request.headers.get("hx-request"):
+                    return JSONResponse({"detail": error.detail}, status_code=401, headers={"HX-Redirect": "/login"})
+                return RedirectResponse(f"/login?next={target}", status_code=303)
+            return render(request, "error.html", {"status": error.status_code, "message": error.detail},
+                          status_code=error.status_code)  # fmt: skip
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
+
+    from app.imports.parsers import ImportValidationError
+
+    @app.exception_handler(ImportValidationError)
+    async def import_error(request: Request, error: ImportValidationError):
+        errors = [{"line": e.line, "message": e.message} for e in error.errors]
+        detail = {"message": str(error).splitlines()[0], "errors": errors,
+                  "total_errors": getattr(error, "total", len(errors))}  # fmt: skip
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": _jsonable_errors(error.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if _wants_html(request):
+            return render(request, "error.html", {"status": error.status_code, "message": error.detail},
+                          status_code=error.status_code)  # fmt: skip
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    from app.auth.pages import router as auth_pages
+    from app.ops import router as ops_router
+    from app.projects.pages import router as project_pages
+    from app.projects.router import router as projects_api
+    from app.tasks.pages import router as task_pages
+    from app.tasks.router import router as tasks_api
+
+    for router in (ops_router, auth_pages, projects_api, tasks_api, project_pages, task_pages):
+        app.include_router(router)
+
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.add_middleware(EdgeMiddleware)
+    return app
+
+
+def _jsonable_errors(errors):
+    clean = []
+    for error in errors:
+        item = {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
+        clean.append(item)
+    return clean

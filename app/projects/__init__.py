@@ -1,0 +1,1 @@
+"""Projects: settings, guidelines (versioned), membership, import."""

@@ -1,0 +1,83 @@
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class AttributeScale(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    label: str | None = None
+    min: int = 1
+    max: int = 7
+
+    @field_validator("max")
+    @classmethod
+    def _max_above_min(cls, value, info):
+        if value <= info.data.get("min", 1):
+            raise ValueError("max must be greater than min")
+        return value
+
+
+class ProjectCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
+    description: str = ""
+    guidelines: str = ""
+    mode: Literal["pairwise", "rank"] = "pairwise"
+    overlap: int = Field(default=1, ge=1, le=50)
+    max_overlap: int | None = Field(default=None, ge=1, le=50)
+    allow_ties: bool = True
+    attributes: list[AttributeScale] = []
+    gold_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    lease_seconds: int | None = Field(default=None, ge=30, le=7 * 86400)
+    daily_cap: int | None = Field(default=None, ge=1)
+    members_only: bool = False
+
+
+class ProjectUpdate(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = None
+    guidelines: str | None = None
+    overlap: int | None = Field(default=None, ge=1, le=50)
+    max_overlap: int | None = Field(default=None, ge=1, le=50)
+    allow_ties: bool | None = None
+    gold_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    lease_seconds: int | None = Field(default=None, ge=30, le=7 * 86400)
+    daily_cap: int | None = Field(default=None, ge=1)
+    members_only: bool | None = None
+    status: Literal["active", "paused", "archived"] | None = None
+    schedule: dict | None = None
+
+
+class ProjectOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    slug: str
+    name: str
+    description: str
+    mode: str
+    overlap: int
+    max_overlap: int
+    allow_ties: bool
+    attributes: list[dict]
+    gold_rate: float
+    lease_seconds: int
+    daily_cap: int | None
+    members_only: bool
+    status: str
+    guideline_version: int
+    schedule: dict
+    created_at: datetime
+
+
+class ImportResult(BaseModel):
+    format: str
+    records: int
+    prompts_created: int
+    completions_created: int
+    comparisons_created: int
+    judgments_created: int
+    skipped_existing: int

@@ -1,0 +1,1 @@
+"""Assignment: which comparison a rater works on next, under a lease."""

@@ -1,0 +1,137 @@
+"""The rating page. One URL serves the page or, for htmx, the task fragment; a submit answers with
+the next task in place."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from app.auth.deps import AnyUser, DbSession
+from app.errors import RankforgeError
+from app.judgments import service as judgments
+from app.judgments.schemas import JudgmentIn
+from app.metrics import inc
+from app.models import Judgment, Project, User, utcnow
+from app.projects.service import current_guidelines, get_visible_project
+from app.tasks import service
+from app.tasks.views import task_html_context
+from app.web import is_htmx, render, render_markdown
+
+router = APIRouter(tags=["pages"])
+
+
+def _project_context(db, project: Project) -> dict:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "mode": project.mode,
+        "allow_ties": project.allow_ties,
+        "attributes": project.attributes,
+        "guidelines_html": render_markdown(current_guidelines(db, project).body),
+        "guideline_version": project.guideline_version,
+    }
+
+
+def _guidelines_changed(db, project: Project, user: User) -> bool:
+    last = db.scalar(
+        select(Judgment.guideline_version)
+        .where(Judgment.project_id == project.id, Judgment.rater_id == user.id)
+        .order_by(Judgment.id.desc())
+        .limit(1)
+    )
+    return last is not None and last < project.guideline_version
+
+
+def _task_response(request: Request, db, project: Project, user: User, *, flash=None, error=None, status_code=200):
+    try:
+        assignment = service.claim_next(db, project, user)
+    except RankforgeError as refusal:  # e.g. the daily cap
+        assignment, error = None, str(refusal.detail)
+    now = utcnow()
+    context = {
+        "project": _project_context(db, project),
+        "task": task_html_context(db, assignment) if assignment else None,
+        "progress": {
+            "done_today": service.judgments_today(db, project.id, user.id, now),
+            "left_in_queue": service.queue_left_for(db, project.id, user.id),
+        },
+        "guidelines_changed": _guidelines_changed(db, project, user),
+        "flash": flash,
+        "error": error,
+    }
+    fragment = "tasks/_task.html" if assignment else "tasks/_empty.html"
+    name = fragment if is_htmx(request) else "tasks/annotate.html"
+    return render(request, name, context, status_code=status_code)
+
+
+@router.get("/projects/{project_ref}/annotate")
+def annotate_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
+    project = get_visible_project(db, project_ref, principal.user)
+    return _task_response(request, db, project, principal.user)
+
+
+def _judgment_from_form(form) -> JudgmentIn:
+    try:
+        ranking = json.loads(form.get("ranking") or "[]")
+    except json.JSONDecodeError as error:
+        raise ValueError("The ranking could not be read; rank the options again.") from error
+    attributes: dict[str, dict[str, int]] = {}
+    for key, value in form.multi_items():
+        if key.startswith("attr__") and str(value).strip():
+            _, name, option_id = key.split("__", 2)
+            attributes.setdefault(name, {})[option_id] = int(value)
+    time_spent = form.get("time_spent_ms")
+    return JudgmentIn(
+        ranking=ranking,
+        attributes=attributes,
+        rationale=(form.get("rationale") or "").strip() or None,
+        flags=form.getlist("flags"),
+        time_spent_ms=int(time_spent) if time_spent and str(time_spent).isdigit() else None,
+    )
+
+
+@router.post("/projects/{project_ref}/annotate/{assignment_id}")
+async def submit_page(project_ref: str, assignment_id: int, request: Request, principal: AnyUser):
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(_submit, project_ref, assignment_id, request, principal, form)
+
+
+def _submit(project_ref, assignment_id, request, principal, form):
+    from pydantic import ValidationError
+
+    from app.db import session_scope
+
+    with session_scope() as db:
+        project = get_visible_project(db, project_ref, principal.user)
+        try:
+            data = _judgment_from_form(form)
+            _, created = judgments.submit(db, assignment_id, principal.user, data)
+        except (RankforgeError, ValidationError, ValueError) as error:
+            db.rollback()
+            message = error.detail if isinstance(error, RankforgeError) else str(error)
+            return _task_response(request, db, project, principal.user, error=f"Not saved: {message}", status_code=422)
+        if created:
+            inc("judgments_submitted_total")
+        db.commit()
+        return _task_response(request, db, project, principal.user, flash="Saved." if created else "Already saved.")
+
+
+@router.post("/projects/{project_ref}/annotate/{assignment_id}/skip")
+async def skip_page(project_ref: str, assignment_id: int, request: Request, principal: AnyUser):
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    def work():
+        from app.db import session_scope
+
+        with session_scope() as db:
+            project = get_visible_project(db, project_ref, principal.user)
+            judgments.skip(db, assignment_id, principal.user, str(form.get("reason") or ""))
+            db.commit()
+            return _task_response(request, db, project, principal.user, flash="Skipped.")
+
+    return await run_in_threadpool(work)

@@ -1,0 +1,185 @@
+"""Fixtures that build real databases: a SQLite file and a PostgreSQL database per test run.
+
+Every database test runs on both (the `database_url` fixture is parametrized). On a machine without
+PostgreSQL the postgresql half skips with the reason; under CI=true it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("RANKFORGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def missing(reason: str):
+    """Skip on a user's machine; fail under CI, where every service must be there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+def _pg_create_database() -> str:
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"rankforge_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as error:
+        missing(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {str(error).splitlines()[0]}")
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _pg_drop_database(url: str) -> None:
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    admin.dispose()
+
+
+def use_database(url: str, data_dir: Path) -> None:
+    from app.config import get_settings
+    from app.db import dispose_engines
+
+    os.environ["RANKFORGE_DATABASE_URL"] = url
+    os.environ["RANKFORGE_DATA_DIR"] = str(data_dir)
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory):
+    from app.migrate import upgrade
+
+    base = tmp_path_factory.mktemp(request.param)
+    url = f"sqlite:///{base / 'rankforge.db'}" if request.param == "sqlite" else _pg_create_database()
+    use_database(url, base / "data")
+    upgrade(url)
+    yield url
+    from app.db import dispose_engines
+
+    dispose_engines()
+    if request.param == "postgresql":
+        _pg_drop_database(url)
+
+
+@pytest.fixture
+def db_url(database_url):
+    """The test's database, emptied first."""
+    from app.db import get_engine
+    from app.models import Base
+
+    use_database(database_url, Path(os.environ["RANKFORGE_DATA_DIR"]))
+    engine = get_engine(database_url)
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+        else:
+            for table in reversed(tables):
+                conn.exec_driver_sql(f'DELETE FROM "{table}"')
+    return database_url
+
+
+@pytest.fixture
+def db(db_url):
+    from app.db import session_factory
+
+    session = session_factory(db_url)()
+    yield session
+    session.rollback()
+    session.close()
+
+
+@pytest.fixture
+def app(db_url):
+    from app.main import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
+class Users:
+    """Creates users and API tokens in the test database."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.tokens: dict[str, str] = {}
+
+    def create(self, username: str, role: str, password: str = "secret-pass-1") -> dict:
+        from app.auth.service import create_api_token
+        from app.db import session_scope
+        from app.users.service import create_user
+
+        with session_scope(self.url) as session:
+            user = create_user(session, username, role, password, actor=None)
+            token = create_api_token(session, user, "test")
+        self.tokens[username] = token
+        return {"id": user.id, "username": username, "role": role, "password": password, "token": token,
+                "headers": {"Authorization": f"Bearer {token}"}}  # fmt: skip
+
+
+@pytest.fixture
+def users(db_url):
+    return Users(db_url)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(db_url, tmp_path):
+    """A real uvicorn process on this test's database."""
+    port = free_port()
+    env = os.environ | {"RANKFORGE_DATABASE_URL": db_url, "RANKFORGE_DATA_DIR": os.environ["RANKFORGE_DATA_DIR"]}
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if process.poll() is not None:
+            break
+    else:
+        process.kill()
+        pytest.fail("the server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    if process.poll() is not None:
+        pytest.fail("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
