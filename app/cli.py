@@ -125,6 +125,18 @@ def demo(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     run_demo(host=host, port=port, with_worker=worker)
 
 
+@app.command()
+def worker(once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
+           poll: float = typer.Option(1.0, help="Seconds between polls of an empty queue.")):  # fmt: skip
+    """Claim and run queued jobs (exports, training, generation)."""
+    import logging
+
+    from app.jobs.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(once=once, poll_seconds=poll)
+
+
 def main():
     app()
 

@@ -107,13 +107,16 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
     from app.auth.pages import router as auth_pages
+    from app.datasets.router import router as datasets_api
+    from app.jobs.router import router as jobs_api
     from app.ops import router as ops_router
     from app.projects.pages import router as project_pages
     from app.projects.router import router as projects_api
     from app.tasks.pages import router as task_pages
     from app.tasks.router import router as tasks_api
 
-    for router in (ops_router, auth_pages, projects_api, tasks_api, project_pages, task_pages):
+    for router in (ops_router, auth_pages, projects_api, tasks_api, project_pages, task_pages, datasets_api,
+                   jobs_api):
         app.include_router(router)
 
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")

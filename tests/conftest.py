@@ -77,12 +77,12 @@ def database_url(request, tmp_path_factory):
 
 
 @pytest.fixture
-def db_url(database_url):
-    """The test's database, emptied first."""
+def db_url(database_url, tmp_path):
+    """The test's database, emptied first, and an artifact directory of its own."""
     from app.db import get_engine
     from app.models import Base
 
-    use_database(database_url, Path(os.environ["RANKFORGE_DATA_DIR"]))
+    use_database(database_url, tmp_path / "data")
     engine = get_engine(database_url)
     tables = [t.name for t in Base.metadata.sorted_tables]
     with engine.begin() as conn:

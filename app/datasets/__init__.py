@@ -1,0 +1,1 @@
+"""Dataset snapshots: export rows (pairs, kto, rankings, sft) and immutable, content-hashed snapshot files."""

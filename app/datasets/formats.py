@@ -1,0 +1,424 @@
+"""Turn judged comparisons into export rows (TRL dataset formats plus metadata columns).
+
+Pure functions, no database. Every row builder takes one `JudgedComparison` and yields its rows, so an
+export streams comparison by comparison with memory bounded by one comparison's judgments.
+
+How votes aggregate (one `JudgmentVote` per rater; ``weight`` is the rater's reliability):
+
+- **pairs** (`pair_rows`): each judgment's ranking (tie groups, best first) expands to pairs: for groups
+  i < j every a in group i beats every b in group j with margin j - i; a tie gives no pair. Votes on the
+  same unordered pair {a, b} aggregate: the direction with more weight wins and an exact tie gives no row.
+  A judgment that ranked a and b equal is a voter that backs neither direction: it counts in ``n_votes``
+  and in the agreement denominator. ``agreement`` = weight of the majority / weight of all voters on the
+  pair; ``margin`` = plain mean of the majority voters' margins (a float: the mean of integer margins is
+  not always an integer); ``weight`` = mean weight of the majority voters.
+- **kto** (`kto_rows`): per judgment, the top group is desirable (True) and the bottom group undesirable
+  (False); middle groups, and a ranking with a single group, abstain; a judgment flagged ``all_bad`` makes
+  every option False. Per completion the weighted majority label wins (an exact tie gives no row);
+  ``agreement``, ``n_votes`` and ``weight`` as for pairs, with abstaining judgments counted as voters.
+- **rankings** (`ranking_rows`): one aggregate ranking per comparison by weighted Borda count (each
+  judgment scores a completion +1 per completion it placed below it and -1 per completion above);
+  equal scores tie. ``agreement`` = weighted share of (judgment, pair) relations (better / equal / worse)
+  that match the aggregate ranking. No row when the aggregate is one single tie group.
+- **sft** (`sft_rows`): the best group of that aggregate ranking, one row per completion in it; no rows
+  when the aggregate has no winner or when judgments flagged ``all_bad`` hold half the weight or more
+  (the best of bad answers is not a demonstration).
+
+Filters on judgments (source, rater, date, guideline version, flags) are the caller's job; the
+``min_agreement`` / ``min_votes`` parameters here filter aggregated rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import combinations
+from typing import Any, Literal
+
+CompletionId = Hashable
+Message = dict[str, str]
+Row = dict[str, Any]
+EXPORT_FORMATS = ("pairs", "kto", "rankings", "sft")
+
+
+@dataclass(frozen=True)
+class JudgmentVote:
+    """One rater's verdict on one comparison."""
+
+    rater_id: Any
+    ranking: list[list[CompletionId]]
+    """Tie groups of completion ids, best first: ``[[c3], [c1, c2]]`` means c3 > c1 = c2."""
+    weight: float = 1.0
+    """The rater's reliability; 0 silences the vote, negative is refused."""
+    flags: list[str] = field(default_factory=list)
+    """e.g. ``all_bad``, ``unsafe``, ``wrong``."""
+    source: Literal["human", "ai", "imported"] = "human"
+    created_at: datetime | str | None = None
+    guideline_version: int | None = None
+
+
+@dataclass
+class JudgedComparison:
+    """One comparison with its completions and every judgment the caller kept after filtering."""
+
+    comparison_id: Any
+    prompt_id: Any
+    prompt: str | list[Message]
+    completions: dict[CompletionId, tuple[str, str | None]]
+    """completion id -> (text, model name or None)."""
+    is_gold: bool = False
+    judgments: list[JudgmentVote] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _id_order(completion_id: CompletionId) -> tuple[str, Any]:
+    """Sort key for ids of any one type, and stable across mixed int/str ids."""
+    return (type(completion_id).__name__, completion_id)
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _check(jc: JudgedComparison) -> None:
+    for vote in jc.judgments:
+        if not (math.isfinite(vote.weight) and vote.weight >= 0):
+            raise ValueError(
+                f"comparison {jc.comparison_id}: rater {vote.rater_id} has weight {vote.weight}; "
+                "weights must be finite and >= 0"
+            )
+        placed: set[CompletionId] = set()
+        for group in vote.ranking:
+            for completion_id in group:
+                if completion_id not in jc.completions:
+                    raise ValueError(
+                        f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked unknown "
+                        f"completion {completion_id!r}"
+                    )
+                if completion_id in placed:
+                    raise ValueError(
+                        f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked completion "
+                        f"{completion_id!r} twice"
+                    )
+                placed.add(completion_id)
+
+
+def _positions(vote: JudgmentVote) -> dict[CompletionId, int]:
+    return {completion_id: index for index, group in enumerate(vote.ranking) for completion_id in group}
+
+
+def is_chat(prompt: str | list[Message]) -> bool:
+    return not isinstance(prompt, str)
+
+
+def format_prompt(jc: JudgedComparison, conversational: bool) -> str | list[Message]:
+    """Prompt as TRL expects it: a message list (conversational) or a string (standard)."""
+    if conversational:
+        if isinstance(jc.prompt, str):
+            return [{"role": "user", "content": jc.prompt}]
+        return [{"role": message["role"], "content": message["content"]} for message in jc.prompt]
+    if isinstance(jc.prompt, str):
+        return jc.prompt
+    if len(jc.prompt) == 1 and jc.prompt[0]["role"] == "user":
+        return jc.prompt[0]["content"]
+    raise ValueError(
+        f"comparison {jc.comparison_id}: prompt {jc.prompt_id} is a multi-message chat and cannot be a "
+        "standard (string) prompt; export it with conversational=True"
+    )
+
+
+def _completion_value(text: str, conversational: bool) -> str | list[Message]:
+    return [{"role": "assistant", "content": text}] if conversational else text
+
+
+def _keep(row: Row, min_agreement: float, min_votes: int) -> bool:
+    return row["agreement"] >= min_agreement and row["n_votes"] >= min_votes
+
+
+# ----------------------------------------------------------------------------------------------------
+# pairs
+
+
+def pair_rows(
+    jc: JudgedComparison,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+) -> Iterator[Row]:
+    """Preference pairs ``{prompt, chosen, rejected, ...}``, one per unordered pair with a majority."""
+    _check(jc)
+    # (first id, second id) in id order -> [(direction, margin, weight)], direction +1: first is better
+    votes: dict[tuple[CompletionId, CompletionId], list[tuple[int, int, float]]] = defaultdict(list)
+    for vote in jc.judgments:
+        position = _positions(vote)
+        for first, second in combinations(sorted(position, key=_id_order), 2):
+            gap = position[second] - position[first]
+            votes[(first, second)].append(((gap > 0) - (gap < 0), abs(gap), vote.weight))
+    prompt = None
+    for first, second in sorted(votes, key=lambda pair: (_id_order(pair[0]), _id_order(pair[1]))):
+        pair_votes = votes[(first, second)]
+        for_first = math.fsum(weight for direction, _, weight in pair_votes if direction > 0)
+        for_second = math.fsum(weight for direction, _, weight in pair_votes if direction < 0)
+        if for_first == for_second:
+            continue
+        winner_direction = 1 if for_first > for_second else -1
+        chosen, rejected = (first, second) if winner_direction > 0 else (second, first)
+        majority = [
+            (margin, weight) for direction, margin, weight in pair_votes if direction == winner_direction
+        ]
+        total = math.fsum(weight for _, _, weight in pair_votes)
+        chosen_text, chosen_model = jc.completions[chosen]
+        rejected_text, rejected_model = jc.completions[rejected]
+        if prompt is None:
+            prompt = format_prompt(jc, conversational)
+        row = {
+            "prompt": prompt,
+            "chosen": _completion_value(chosen_text, conversational),
+            "rejected": _completion_value(rejected_text, conversational),
+            "comparison_id": jc.comparison_id,
+            "prompt_id": jc.prompt_id,
+            "chosen_id": chosen,
+            "rejected_id": rejected,
+            "chosen_model": chosen_model,
+            "rejected_model": rejected_model,
+            "margin": _mean([float(margin) for margin, _ in majority]),
+            "agreement": max(for_first, for_second) / total,
+            "n_votes": len(pair_votes),
+            "weight": _mean([weight for _, weight in majority]),
+            "is_gold": jc.is_gold,
+        }
+        if _keep(row, min_agreement, min_votes):
+            yield row
+
+
+# ----------------------------------------------------------------------------------------------------
+# kto
+
+
+def kto_rows(
+    jc: JudgedComparison,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+) -> Iterator[Row]:
+    """Unpaired rows ``{prompt, completion, label, ...}``: desirable (True) or undesirable (False)."""
+    _check(jc)
+    # completion id -> [(label vote +1 / -1 / 0 abstain, weight)]
+    votes: dict[CompletionId, list[tuple[int, float]]] = defaultdict(list)
+    for vote in jc.judgments:
+        if "all_bad" in vote.flags:
+            for completion_id in jc.completions:
+                votes[completion_id].append((-1, vote.weight))
+            continue
+        last = len(vote.ranking) - 1
+        for completion_id, group_index in _positions(vote).items():
+            label = 0 if last == 0 else 1 if group_index == 0 else -1 if group_index == last else 0
+            votes[completion_id].append((label, vote.weight))
+    prompt = None
+    for completion_id in sorted(votes, key=_id_order):
+        completion_votes = votes[completion_id]
+        good = math.fsum(weight for label, weight in completion_votes if label > 0)
+        bad = math.fsum(weight for label, weight in completion_votes if label < 0)
+        if good == bad:
+            continue
+        winner = 1 if good > bad else -1
+        text, model = jc.completions[completion_id]
+        if prompt is None:
+            prompt = format_prompt(jc, conversational)
+        row = {
+            "prompt": prompt,
+            "completion": _completion_value(text, conversational),
+            "label": winner > 0,
+            "comparison_id": jc.comparison_id,
+            "prompt_id": jc.prompt_id,
+            "completion_id": completion_id,
+            "model": model,
+            "agreement": max(good, bad) / math.fsum(weight for _, weight in completion_votes),
+            "n_votes": len(completion_votes),
+            "weight": _mean([weight for label, weight in completion_votes if label == winner]),
+            "is_gold": jc.is_gold,
+        }
+        if _keep(row, min_agreement, min_votes):
+            yield row
+
+
+# ----------------------------------------------------------------------------------------------------
+# rankings and sft (both use the aggregate ranking)
+
+
+@dataclass(frozen=True)
+class AggregateRanking:
+    groups: list[list[CompletionId]]
+    """Tie groups of completion ids, best first (ids in id order inside a group)."""
+    agreement: float
+    n_votes: int
+    weight: float
+    """Mean weight of the judgments."""
+
+
+def aggregate_ranking(jc: JudgedComparison) -> AggregateRanking | None:
+    """Weighted Borda aggregate of the judgments; None without judgments or when everything ties."""
+    _check(jc)
+    if not jc.judgments:
+        return None
+    scores: dict[CompletionId, list[float]] = defaultdict(list)
+    for vote in jc.judgments:
+        position = _positions(vote)
+        for completion_id, group_index in position.items():
+            above = sum(len(group) for group in vote.ranking[:group_index])
+            below = sum(len(group) for group in vote.ranking[group_index + 1 :])
+            scores[completion_id].append(vote.weight * (below - above))
+    total_score = {completion_id: math.fsum(values) for completion_id, values in scores.items()}
+    groups: list[list[CompletionId]] = []
+    for score in sorted(set(total_score.values()), reverse=True):
+        groups.append(sorted((c for c, s in total_score.items() if s == score), key=_id_order))
+    if len(groups) < 2:
+        return None
+    aggregate_position = {
+        completion_id: index for index, group in enumerate(groups) for completion_id in group
+    }
+    matching: list[float] = []
+    voting: list[float] = []
+    for vote in jc.judgments:
+        position = _positions(vote)
+        for first, second in combinations(sorted(position, key=_id_order), 2):
+            judged = (position[first] > position[second]) - (position[first] < position[second])
+            aggregate = (aggregate_position[first] > aggregate_position[second]) - (
+                aggregate_position[first] < aggregate_position[second]
+            )
+            voting.append(vote.weight)
+            if judged == aggregate:
+                matching.append(vote.weight)
+    total = math.fsum(voting)
+    agreement = math.fsum(matching) / total if total > 0 else 0.0
+    return AggregateRanking(
+        groups=groups,
+        agreement=agreement,
+        n_votes=len(jc.judgments),
+        weight=_mean([vote.weight for vote in jc.judgments]),
+    )
+
+
+def ranking_rows(
+    jc: JudgedComparison,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+) -> Iterator[Row]:
+    """At most one row: ``{prompt, completions: [str], ranking: tie groups of indexes, ...}``.
+
+    Completions are listed in completion-id order (only those some judgment ranked).
+    """
+    aggregate = aggregate_ranking(jc)
+    if aggregate is None:
+        return
+    completion_ids = sorted((c for group in aggregate.groups for c in group), key=_id_order)
+    index_of = {completion_id: index for index, completion_id in enumerate(completion_ids)}
+    row = {
+        "prompt": format_prompt(jc, conversational),
+        "completions": [jc.completions[c][0] for c in completion_ids],
+        "completion_ids": completion_ids,
+        "models": [jc.completions[c][1] for c in completion_ids],
+        "ranking": [sorted(index_of[c] for c in group) for group in aggregate.groups],
+        "comparison_id": jc.comparison_id,
+        "prompt_id": jc.prompt_id,
+        "agreement": aggregate.agreement,
+        "n_votes": aggregate.n_votes,
+        "weight": aggregate.weight,
+        "is_gold": jc.is_gold,
+    }
+    if _keep(row, min_agreement, min_votes):
+        yield row
+
+
+def sft_rows(
+    jc: JudgedComparison,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+) -> Iterator[Row]:
+    """``{prompt, completion, ...}`` for each completion in the aggregate ranking's best group."""
+    aggregate = aggregate_ranking(jc)
+    if aggregate is None:
+        return
+    all_bad_weight = math.fsum(vote.weight for vote in jc.judgments if "all_bad" in vote.flags)
+    total_weight = math.fsum(vote.weight for vote in jc.judgments)
+    if total_weight == 0 or all_bad_weight * 2 >= total_weight:
+        return
+    prompt = format_prompt(jc, conversational)
+    for completion_id in aggregate.groups[0]:
+        text, model = jc.completions[completion_id]
+        row = {
+            "prompt": prompt,
+            "completion": _completion_value(text, conversational),
+            "comparison_id": jc.comparison_id,
+            "prompt_id": jc.prompt_id,
+            "completion_id": completion_id,
+            "model": model,
+            "agreement": aggregate.agreement,
+            "n_votes": aggregate.n_votes,
+            "weight": aggregate.weight,
+            "is_gold": jc.is_gold,
+        }
+        if _keep(row, min_agreement, min_votes):
+            yield row
+
+
+ROW_BUILDERS: dict[str, Callable[..., Iterator[Row]]] = {
+    "pairs": pair_rows,
+    "kto": kto_rows,
+    "rankings": ranking_rows,
+    "sft": sft_rows,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Splits
+
+
+def split_for_prompt(prompt_id: Any, *, seed: int, test_fraction: float) -> Literal["train", "test"]:
+    """Deterministic train/test split by prompt: every row of a prompt lands on the same side.
+
+    The side depends only on (seed, prompt_id), not on row order or on which other prompts exist, so a
+    prompt keeps its side as a project grows and across export formats.
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    digest = hashlib.sha256(f"rankforge-split\0{seed}\0{prompt_id}".encode()).digest()
+    unit = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return "test" if unit < test_fraction else "train"
+
+
+def export_rows(
+    comparisons: Iterable[JudgedComparison],
+    export_format: str,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+    seed: int = 0,
+    test_fraction: float = 0.0,
+) -> Iterator[tuple[str, Row]]:
+    """Stream ``(split, row)`` for every comparison, ready for `SnapshotWriter.write`."""
+    if export_format not in ROW_BUILDERS:
+        raise ValueError(
+            f"unknown export format {export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
+        )
+    build_rows = ROW_BUILDERS[export_format]
+    for jc in comparisons:
+        split = split_for_prompt(jc.prompt_id, seed=seed, test_fraction=test_fraction)
+        for row in build_rows(
+            jc, conversational=conversational, min_agreement=min_agreement, min_votes=min_votes
+        ):
+            yield split, row

@@ -1,0 +1,31 @@
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class DatasetFilters(BaseModel):
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+    include_raters: list[str] | None = Field(default=None, description="Usernames; None keeps everyone.")
+    exclude_raters: list[str] = []
+    min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_votes: int = Field(default=1, ge=1)
+    exclude_unsafe: bool = Field(default=False, description="Leave out comparisons any rater flagged unsafe.")
+    exclude_gold: bool = False
+    sources: list[Literal["human", "imported", "ai"]] = Field(
+        default=["human", "imported"], description="Which judgments count: human, imported, ai."
+    )
+
+
+class DatasetSplit(BaseModel):
+    test_fraction: float = Field(default=0.1, ge=0.0, le=0.9)
+    seed: int = 0
+
+
+class DatasetCreate(BaseModel):
+    format: Literal["pairs", "kto", "rankings", "sft"] = "pairs"
+    filters: DatasetFilters = DatasetFilters()
+    split: DatasetSplit = DatasetSplit()
+    conversational: bool = Field(default=False, description="Message lists instead of plain strings.")
+    hf_datasets: bool = Field(default=False, description="Also write a Hugging Face save_to_disk directory.")

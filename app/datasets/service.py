@@ -1,0 +1,258 @@
+"""Dataset snapshots: request (a row + an export job), build (stream judgments out of the database into
+an atomic snapshot directory), read, delete. Services never commit; build runs in the worker."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from app import __version__
+from app.config import get_settings
+from app.datasets.formats import JudgedComparison, JudgmentVote, export_rows
+from app.datasets.schemas import DatasetCreate
+from app.datasets.snapshot_files import SnapshotWriter, verify_snapshot
+from app.db import write_transaction
+from app.errors import Conflict, NotFound, Unprocessable
+from app.jobs.service import create_job
+from app.models import (Comparison, Completion, DatasetSnapshot, Job, JobStatus, Judgment, ModelVersion, Project,
+                        Prompt, User, utcnow)  # fmt: skip
+from app.projects.service import audit
+
+BATCH_COMPARISONS = 2000
+
+
+class EmptyExport(Exception):
+    """The filters match no judgments: say so instead of writing an empty file."""
+
+
+def parse_spec(params: dict) -> DatasetCreate:
+    try:
+        return DatasetCreate.model_validate(params or {})
+    except ValidationError as error:
+        raise Unprocessable(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        ) from error
+
+
+def snapshot_dir(snapshot: DatasetSnapshot) -> Path:
+    """Where the snapshot lives: fixed when it is requested (an id alone could be reused by SQLite)."""
+    if snapshot.path:
+        return Path(snapshot.path)
+    return get_settings().data_dir.resolve() / "datasets" / f"{snapshot.id}-{secrets.token_hex(4)}"
+
+
+def request_snapshot(db: Session, project: Project, params: dict, actor: User | None) -> DatasetSnapshot:
+    """A snapshot row plus the export job that will build it (the request returns at once)."""
+    spec = parse_spec(params)
+    snapshot = DatasetSnapshot(project_id=project.id, format=spec.format, spec=spec.model_dump(mode="json"),
+                               status="building", created_by_id=actor.id if actor else None)  # fmt: skip
+    db.add(snapshot)
+    db.flush()
+    job = create_job(db, "export", project_id=project.id, params={"dataset_id": snapshot.id}, dataset_id=snapshot.id,
+                     actor=actor)  # fmt: skip
+    snapshot.job_id = job.id
+    snapshot.path = str(snapshot_dir(snapshot))
+    audit(db, actor, "dataset.request", "dataset", snapshot.id, format=spec.format)
+    return snapshot
+
+
+def get_snapshot(db: Session, dataset_id: int) -> DatasetSnapshot:
+    snapshot = db.get(DatasetSnapshot, dataset_id)
+    if snapshot is None:
+        raise NotFound(f"No dataset {dataset_id}.")
+    return snapshot
+
+
+def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
+    filters = spec.filters
+    query = (
+        select(Judgment.comparison_id, Judgment.rater_id, Judgment.ranking, Judgment.flags, Judgment.source,
+               Judgment.created_at, Judgment.guideline_version)
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .where(Judgment.project_id == project.id, Judgment.source.in_(filters.sources))
+        .order_by(Judgment.comparison_id, Judgment.id)
+    )  # fmt: skip
+    if filters.date_from:
+        query = query.where(Judgment.created_at >= filters.date_from)
+    if filters.date_to:
+        query = query.where(Judgment.created_at < filters.date_to)
+    if filters.include_raters is not None:
+        ids = select(User.id).where(User.username.in_(filters.include_raters))
+        query = query.where(Judgment.rater_id.in_(ids))
+    if filters.exclude_raters:
+        ids = select(User.id).where(User.username.in_(filters.exclude_raters))
+        query = query.where(Judgment.rater_id.is_(None) | Judgment.rater_id.not_in(ids))
+    if filters.exclude_gold:
+        query = query.where(~Comparison.is_gold)
+    return query
+
+
+def _flagged_unsafe(db: Session, comparison_ids: list[int]) -> set[int]:
+    rows = db.execute(select(Judgment.comparison_id, Judgment.flags).where(Judgment.comparison_id.in_(comparison_ids)))
+    return {cid for cid, flags in rows if flags and "unsafe" in flags}
+
+
+def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
+                            weights: dict[int, float] | None = None,
+                            on_batch: Callable[[int], None] | None = None) -> Iterator[JudgedComparison]:  # fmt: skip
+    """Stream comparisons with their (filtered) judgments, in comparison id order, a batch at a time."""
+    weights = weights or {}
+    stream = db.execute(_judgment_query(project, spec, db).execution_options(yield_per=5000))
+    batch: dict[int, list] = {}
+    done = 0
+
+    def flush(batch: dict[int, list]) -> Iterator[JudgedComparison]:
+        ids = list(batch)
+        comparisons = {c.id: c for c in db.scalars(select(Comparison).where(Comparison.id.in_(ids)))}
+        prompt_ids = {c.prompt_id for c in comparisons.values()}
+        prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_(prompt_ids)))}
+        completions = {
+            c.id: (c.text, c.model_name)
+            for c in db.execute(select(Completion.id, Completion.text, Completion.model_name)
+                                .where(Completion.prompt_id.in_(prompt_ids)))
+        }  # fmt: skip
+        unsafe = _flagged_unsafe(db, ids) if spec.filters.exclude_unsafe else set()
+        for cid in ids:
+            if cid in unsafe:
+                continue
+            comparison = comparisons[cid]
+            prompt = prompts[comparison.prompt_id]
+            votes = [
+                JudgmentVote(rater_id=rater_id, ranking=ranking, weight=weights.get(rater_id, 1.0), flags=flags or [],
+                             source=source, created_at=created_at.isoformat() if created_at else None,
+                             guideline_version=guideline_version)
+                for rater_id, ranking, flags, source, created_at, guideline_version in batch[cid]
+            ]  # fmt: skip
+            yield JudgedComparison(
+                comparison_id=cid,
+                prompt_id=prompt.id,
+                prompt=prompt.messages if prompt.is_chat else prompt.messages[0]["content"],
+                completions={i: completions[i] for i in comparison.completion_ids},
+                is_gold=comparison.is_gold,
+                judgments=votes,
+            )
+
+    for comparison_id, *rest in stream:
+        if comparison_id not in batch and len(batch) >= BATCH_COMPARISONS:
+            yield from flush(batch)
+            done += len(batch)
+            if on_batch:
+                on_batch(done)
+            batch = {}
+        batch.setdefault(comparison_id, []).append(rest)
+    if batch:
+        yield from flush(batch)
+        if on_batch:
+            on_batch(done + len(batch))
+
+
+def rater_weights(db: Session, project: Project) -> dict[int, float]:
+    """Rater reliability from the quality statistics (1.0 for anyone without an estimate)."""
+    try:
+        from app.quality.service import project_stats
+    except ImportError:  # pragma: no cover
+        return {}
+    return {r["user_id"]: r["reliability"] for r in project_stats(db, project)["raters"] if r["reliability"] is not None}
+
+
+def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
+                   progress: Callable[[float, str], None] | None = None) -> dict:  # fmt: skip
+    """Write the snapshot directory atomically and fill in the row. Idempotent after a crash."""
+    project = db.get(Project, snapshot.project_id)
+    spec = parse_spec(snapshot.spec)
+    final_dir = snapshot_dir(snapshot)
+    # A killed earlier attempt may have left its hidden temp directory behind: it was never visible.
+    for stale in final_dir.parent.glob(f".{final_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if final_dir.exists():
+        manifest = verify_snapshot(final_dir)  # a finished attempt whose job was not marked: reuse it
+    else:
+        total = db.scalar(
+            select(func.count(func.distinct(Judgment.comparison_id))).where(Judgment.project_id == project.id)
+        ) or 1
+        weights = rater_weights(db, project)
+        guideline_versions: set[int] = set()
+
+        def on_batch(done: int) -> None:
+            if progress:
+                progress(min(0.95, done / total), f"{done} of about {total} comparisons")
+
+        def comparisons():
+            for jc in iter_judged_comparisons(db, project, spec, weights, on_batch):
+                guideline_versions.update(v.guideline_version for v in jc.judgments if v.guideline_version)
+                yield jc
+
+        with SnapshotWriter(final_dir, hf_datasets=spec.hf_datasets) as writer:
+            rows = export_rows(comparisons(), spec.format, conversational=spec.conversational,
+                               min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
+                               seed=spec.split.seed, test_fraction=spec.split.test_fraction)  # fmt: skip
+            for split, row in rows:
+                writer.write(split, row)
+            if sum(writer.rows.values()) == 0:
+                raise EmptyExport("The filters match no judgments: nothing to export. Loosen the filters "
+                                  "or collect judgments first.")  # fmt: skip
+            manifest = writer.finish({
+                "id": snapshot.id,
+                "project": {"id": project.id, "slug": project.slug},
+                "format": spec.format,
+                "spec": snapshot.spec,
+                "rankforge_version": __version__,
+                "created_by": snapshot.created_by_id,
+                "created_at": utcnow().isoformat(),
+                "guideline_versions": sorted(guideline_versions),
+            })  # fmt: skip
+    write_transaction(db)  # SQLite: the long read is over; take the write lock for the row update
+    snapshot.status = "ready"
+    snapshot.sha256 = manifest["sha256"]
+    snapshot.rows_train = manifest["rows"].get("train", 0)
+    snapshot.rows_test = manifest["rows"].get("test", 0)
+    snapshot.files = sorted(manifest["files"])
+    snapshot.size_bytes = sum(f["bytes"] for f in manifest["files"].values())
+    snapshot.manifest = manifest
+    return {"dataset_id": snapshot.id, "sha256": snapshot.sha256,
+            "rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}}  # fmt: skip
+
+
+def build_snapshot_for_job(ctx) -> dict:
+    """The `export` job: build the snapshot its params name."""
+    from app.db import session_scope
+
+    with session_scope() as db:
+        job = db.get(Job, ctx.job_id)
+        snapshot = get_snapshot(db, job.params["dataset_id"])
+        try:
+            return build_snapshot(db, snapshot, progress=ctx.progress)
+        except EmptyExport as error:
+            snapshot.status, snapshot.error = "failed", str(error)
+            db.commit()
+            raise
+
+
+def snapshot_json(snapshot: DatasetSnapshot) -> dict:
+    return {
+        "id": snapshot.id, "project_id": snapshot.project_id, "status": snapshot.status, "format": snapshot.format,
+        "rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}, "sha256": snapshot.sha256,
+        "files": snapshot.files, "size_bytes": snapshot.size_bytes, "spec": snapshot.spec, "job_id": snapshot.job_id,
+        "error": snapshot.error, "created_at": snapshot.created_at.isoformat(),
+    }  # fmt: skip
+
+
+def delete_snapshot(db: Session, snapshot: DatasetSnapshot, actor: User | None) -> None:
+    in_use = db.scalar(select(exists().where(
+        Job.dataset_id == snapshot.id, Job.kind != "export", Job.status.in_([JobStatus.queued, JobStatus.running]),
+    ))) or db.scalar(select(exists().where(ModelVersion.dataset_id == snapshot.id)))  # fmt: skip
+    if in_use:
+        raise Conflict("A job or a model version refers to this dataset; it cannot be deleted.")
+    path = snapshot_dir(snapshot)
+    if path.exists():
+        trash = path.with_name(f".{path.name}.deleting")
+        path.rename(trash)  # atomic: readers never see a half-deleted snapshot
+        shutil.rmtree(trash, ignore_errors=True)
+    audit(db, actor, "dataset.delete", "dataset", snapshot.id)
+    db.delete(snapshot)

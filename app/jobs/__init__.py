@@ -1,0 +1,1 @@
+"""Jobs: the queue, the worker that runs them, and their pages."""

@@ -1,0 +1,141 @@
+"""The job queue: create, claim (race-free), heartbeat, progress, finish, cancel, recover. Never commits,
+except `claim`/`heartbeat` callers in the worker, which own their unit of work."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import is_sqlite, write_transaction
+from app.errors import Conflict, NotFound
+from app.models import TERMINAL_STATUSES, Job, JobMetric, JobStatus, User, utcnow
+
+LOG_TAIL_CHARS = 8000
+
+
+def create_job(db: Session, kind: str, *, project_id: int | None, params: dict | None = None,
+               dataset_id: int | None = None, base_model_id: int | None = None,
+               reward_model_id: int | None = None, actor: User | None = None, max_attempts: int = 3) -> Job:  # fmt: skip
+    job = Job(kind=kind, project_id=project_id, params=params or {}, dataset_id=dataset_id,
+              base_model_id=base_model_id, reward_model_id=reward_model_id, status=JobStatus.queued,
+              created_by_id=actor.id if actor else None, max_attempts=max_attempts, message="queued")  # fmt: skip
+    db.add(job)
+    db.flush()
+    return job
+
+
+def get_job(db: Session, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"No job {job_id}.")
+    return job
+
+
+def recover_stale(db: Session, stale_seconds: float) -> list[int]:
+    """Running jobs whose worker stopped heartbeating: back to the queue, or failed after the last attempt."""
+    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    stale = list(db.scalars(
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+        .with_for_update(skip_locked=True) if not is_sqlite(db) else
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+    ))  # fmt: skip
+    for job in stale:
+        lost = f"worker {job.worker_id} stopped heartbeating (attempt {job.attempts} of {job.max_attempts})"
+        if job.cancel_requested:
+            job.status, job.finished_at, job.message = JobStatus.cancelled, utcnow(), "cancelled"
+        elif job.attempts >= job.max_attempts:
+            job.status, job.finished_at, job.error = JobStatus.failed, utcnow(), f"Failed: {lost}."
+            job.message = "failed"
+        else:
+            job.status, job.worker_id, job.message = JobStatus.queued, None, f"retrying: {lost}"
+    return [job.id for job in stale]
+
+
+def claim(db: Session, worker_id: str, kinds: list[str] | None = None) -> Job | None:
+    write_transaction(db)
+    query = select(Job).where(Job.status == JobStatus.queued).order_by(Job.created_at, Job.id).limit(1)
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    if not is_sqlite(db):
+        query = query.with_for_update(skip_locked=True)
+    job = db.scalar(query)
+    if job is None:
+        return None
+    now = utcnow()
+    job.status, job.worker_id, job.attempts = JobStatus.running, worker_id, job.attempts + 1
+    job.heartbeat_at, job.started_at, job.message, job.error = now, job.started_at or now, "started", None
+    return job
+
+
+def heartbeat(db: Session, job_id: int, worker_id: str) -> bool:
+    """Refresh the heartbeat; returns True when a cancel was requested (or the job is no longer ours)."""
+    job = db.get(Job, job_id)
+    if job is None or job.worker_id != worker_id or job.status != JobStatus.running:
+        return True
+    job.heartbeat_at = utcnow()
+    return job.cancel_requested
+
+
+def set_progress(db: Session, job_id: int, progress: float, message: str | None = None) -> None:
+    values = {"progress": max(0.0, min(1.0, float(progress))), "heartbeat_at": utcnow()}
+    if message is not None:
+        values["message"] = message[:500]
+    db.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def add_metrics(db: Session, job_id: int, step: int, values: dict) -> None:
+    db.add(JobMetric(job_id=job_id, step=int(step), values=values))
+
+
+def append_log(db: Session, job_id: int, text: str) -> None:
+    job = db.get(Job, job_id)
+    job.log_tail = (job.log_tail + text)[-LOG_TAIL_CHARS:]
+
+
+def finish(db: Session, job_id: int, worker_id: str, result: dict) -> None:
+    job = db.get(Job, job_id)
+    if job.worker_id != worker_id or job.status != JobStatus.running:
+        return  # someone else took it over (we were presumed dead): their result wins
+    job.status, job.progress, job.result = JobStatus.succeeded, 1.0, result
+    job.finished_at, job.message = utcnow(), "succeeded"
+
+
+def fail(db: Session, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> None:
+    job = db.get(Job, job_id)
+    if job.worker_id != worker_id or job.status != JobStatus.running:
+        return
+    if job.cancel_requested:
+        job.status, job.message = JobStatus.cancelled, "cancelled"
+    elif retry and job.attempts < job.max_attempts:
+        job.status, job.worker_id, job.message = JobStatus.queued, None, f"retrying after: {error[:300]}"
+        return
+    else:
+        job.status, job.error, job.message = JobStatus.failed, error[:4000], "failed"
+    job.finished_at = utcnow()
+
+
+def request_cancel(db: Session, job: Job) -> Job:
+    if job.status in TERMINAL_STATUSES:
+        raise Conflict(f"Job {job.id} is already {job.status}.")
+    job.cancel_requested = True
+    if job.status == JobStatus.queued:
+        job.status, job.finished_at, job.message = JobStatus.cancelled, utcnow(), "cancelled"
+    else:
+        job.message = "cancelling"
+    return job
+
+
+def job_json(job: Job) -> dict:
+    return {
+        "id": job.id, "kind": job.kind, "project_id": job.project_id, "status": job.status,
+        "progress": job.progress, "message": job.message, "error": job.error,
+        "result": job.result or {}, "params": job.params, "dataset_id": job.dataset_id,
+        "base_model_id": job.base_model_id, "reward_model_id": job.reward_model_id,
+        "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }  # fmt: skip

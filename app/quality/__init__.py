@@ -1,0 +1,1 @@
+"""Quality: inter-rater agreement, rater reliability and flags, model leaderboards."""

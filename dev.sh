@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Rankforge developer entry point.
+#   ./dev.sh demo   set up everything and run the product on its embedded default (SQLite, ./var)
+#   ./dev.sh test   set up everything and run the whole test suite (SQLite and PostgreSQL, Chromium)
+#   ./dev.sh setup  only create/refresh the virtual environment in .venv
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+# The CPU build of torch: an unpinned torch pulls gigabytes of CUDA wheels. Set TORCH_INDEX_URL
+# (e.g. https://download.pytorch.org/whl/cpu) where the default index only has CUDA builds.
+TORCH_SPEC="torch==2.13.0"
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+  fi
+  local stamp=".venv/.rankforge-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+      .venv/bin/pip install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+    else
+      .venv/bin/pip install -q "$TORCH_SPEC"
+    fi
+    .venv/bin/pip install -q -e ".[train,dev]"
+    rm -f .venv/.rankforge-installed-*
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  setup)
+    setup
+    ;;
+  demo)
+    setup
+    exec .venv/bin/rankforge demo "$@"
+    ;;
+  test)
+    setup
+    .venv/bin/ruff check .
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh demo|test|setup" >&2
+    exit 2
+    ;;
+esac
