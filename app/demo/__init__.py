@@ -1,0 +1,1 @@
+"""Demo data and `rankforge demo`."""

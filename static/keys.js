@@ -1,0 +1,623 @@
+/* Rankforge rating page: keyboard shortcuts, click and drag-and-drop ranking. No dependencies.
+ *
+ * Hooks (tests and templates rely on them):
+ *   form#judgment-form[data-mode="pairwise"|"rank"][data-allow-ties][data-has-attributes][data-option-ids]
+ *   .option[data-option-id][data-label], ol#rank-order, input#ranking-input (JSON tie groups, best first),
+ *   input#flag-all-bad, #judgment-message, #choice-summary, form#skip-form + select#skip-reason,
+ *   details#guidelines, dialog#keys-help, [data-action] buttons.
+ * Every htmx swap brings a new #judgment-form; state is rebuilt for it (listeners sit on document).
+ */
+(function () {
+  "use strict";
+
+  let task = null; // the task on screen, see readTask()
+  let dragId = null; // option id being dragged in the order list
+
+  function readTask(form) {
+    const optionIds = JSON.parse(form.dataset.optionIds || "[]").map(Number);
+    const labels = {};
+    form.querySelectorAll(".option").forEach((el) => {
+      labels[el.dataset.optionId] = el.dataset.label;
+    });
+    return {
+      form,
+      mode: form.dataset.mode === "pairwise" && optionIds.length === 2 ? "pairwise" : "rank",
+      allowTies: form.dataset.allowTies === "true",
+      hasAttributes: form.dataset.hasAttributes === "true",
+      optionIds,
+      labels,
+      startedAt: performance.now(),
+      groups: [], // tie groups of option ids, best first
+      placed: [], // option ids in the order they were placed, for undo
+      tieNext: false, // rank: the next placed option joins the last group
+      allBad: false,
+      submitting: false,
+    };
+  }
+
+  function init() {
+    const form = document.getElementById("judgment-form");
+    localizeTimes();
+    if (!form) {
+      task = null;
+      return;
+    }
+    if (task && task.form === form) return;
+    const replacing = task !== null;
+    task = readTask(form);
+    render();
+    watchExpiry(form);
+    if (replacing) {
+      // A new task after a submit: start reading at its top, not where the last one ended.
+      const area = document.getElementById("task-area");
+      if (area && area.getBoundingClientRect().top < 0) area.scrollIntoView({ block: "start" });
+    }
+  }
+
+  // ---- state changes -------------------------------------------------------------------------
+
+  const label = (id) => task.labels[id] || String(id);
+  const isPlaced = (id) => task.groups.some((group) => group.includes(id));
+  const unranked = () => task.optionIds.filter((id) => !isPlaced(id));
+
+  function resetRanking() {
+    task.groups = [];
+    task.placed = [];
+    task.tieNext = false;
+    task.allBad = false;
+  }
+
+  function place(id) {
+    if (task.allBad) resetRanking();
+    if (isPlaced(id)) {
+      say(`${label(id)} is already in your order. Backspace undoes the last placement.`);
+      return;
+    }
+    if (task.tieNext && task.groups.length) task.groups[task.groups.length - 1].push(id);
+    else task.groups.push([id]);
+    task.placed.push(id);
+    task.tieNext = false;
+    say("");
+    render();
+  }
+
+  function unplace(id) {
+    task.groups = task.groups.map((group) => group.filter((x) => x !== id)).filter((group) => group.length);
+    task.placed = task.placed.filter((x) => x !== id);
+    task.allBad = false;
+    render();
+  }
+
+  function undo() {
+    if (task.mode === "pairwise") resetRanking(); // a pairwise verdict is one decision
+    else if (task.tieNext) task.tieNext = false;
+    else if (task.allBad) resetRanking();
+    else if (task.placed.length) unplace(task.placed[task.placed.length - 1]);
+    say("");
+    render();
+  }
+
+  function toggleTieNext() {
+    if (!task.allowTies) return say("Ties are not allowed in this project.");
+    if (!task.groups.length || task.allBad) return say("Place a response first, then press = to tie the next one with it.");
+    task.tieNext = !task.tieNext;
+    say("");
+    render();
+  }
+
+  function prefer(id) {
+    const other = task.optionIds.find((x) => x !== id);
+    task.groups = [[id], [other]];
+    task.placed = [id, other];
+    task.allBad = false;
+    decided();
+  }
+
+  function tie() {
+    if (!task.allowTies) return say("Ties are not allowed in this project.");
+    task.groups = [task.optionIds.slice()];
+    task.placed = task.optionIds.slice();
+    task.allBad = false;
+    decided();
+  }
+
+  function allBad() {
+    if (task.allBad && task.mode === "rank") return undo(); // X again takes it back
+    task.groups = [task.optionIds.slice()];
+    task.placed = task.optionIds.slice();
+    task.tieNext = false;
+    task.allBad = true;
+    decided();
+  }
+
+  // Pairwise verdicts submit at once unless there are attribute scales to fill in first.
+  function decided() {
+    say("");
+    render();
+    if (task.mode === "pairwise" && !task.hasAttributes) submit();
+  }
+
+  // Drag and drop: put `id` before or after the group at `index`, or into it (a tie).
+  function move(id, index, where) {
+    const target = task.groups[index];
+    if (target && target.length === 1 && target[0] === id) return;
+    if (where === "join" && !task.allowTies) where = "after";
+    task.groups = task.groups.map((group) => (group === target ? group : group.filter((x) => x !== id)));
+    if (target) {
+      const position = target.indexOf(id);
+      if (position >= 0 && where !== "join") target.splice(position, 1);
+    }
+    task.groups = task.groups.filter((group) => group.length || group === target);
+    let at = target ? task.groups.indexOf(target) : task.groups.length;
+    if (!target) task.groups.push([id]);
+    else if (where === "join") {
+      if (!target.includes(id)) target.push(id);
+    } else task.groups.splice(where === "before" ? at : at + 1, 0, [id]);
+    task.groups = task.groups.filter((group) => group.length);
+    if (!task.placed.includes(id)) task.placed.push(id);
+    task.allBad = false;
+    task.tieNext = false;
+    say("");
+    render();
+  }
+
+  // ---- submitting ----------------------------------------------------------------------------
+
+  function submit() {
+    if (!task || task.submitting) return;
+    task.form.requestSubmit();
+  }
+
+  // Completes and checks the ranking; returns an error message or "" when the form may go.
+  function prepare() {
+    if (task.mode === "rank" && !task.allBad) {
+      const left = unranked();
+      if (left.length === 1) {
+        const last = task.groups[task.groups.length - 1];
+        if (task.tieNext && last) last.push(left[0]);
+        else task.groups.push([left[0]]);
+        task.placed.push(left[0]);
+        task.tieNext = false;
+      }
+    }
+    render();
+    const left = unranked();
+    if (task.mode === "pairwise" && !task.groups.length) {
+      return task.allowTies
+        ? "Choose first: 1 = A is better, 2 = B is better, T = tie, X = both bad."
+        : "Choose first: 1 = A is better, 2 = B is better, X = both bad.";
+    }
+    if (left.length) {
+      return `Your order is incomplete: place ${left.map(label).join(", ")} first (keys 1–${Math.min(9, task.optionIds.length)} or click).`;
+    }
+    document.getElementById("time-spent-input").value = String(Math.round(performance.now() - task.startedAt));
+    return "";
+  }
+
+  function onSubmit(event) {
+    if (!task || event.target !== task.form) return;
+    const problem = task.submitting ? "Already sending…" : prepare();
+    if (problem) {
+      // Capture phase on document: stopping here keeps htmx (listening on the form) from sending.
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      if (!task.submitting) say(problem, "error");
+      return;
+    }
+    task.submitting = true;
+    task.form.classList.add("is-submitting");
+    say("Saving…", "info");
+  }
+
+  function onRequestDone(event) {
+    if (!task || event.detail.elt !== task.form || !document.contains(task.form)) return;
+    if (event.detail.successful) return; // the next task replaces this one
+    task.submitting = false;
+    task.form.classList.remove("is-submitting");
+    const xhr = event.detail.xhr;
+    const status = xhr && xhr.status;
+    if (!status) say("Could not reach the server. Check your connection and press Enter to try again.", "error");
+    else if (status === 401 || status === 403) say("Your session has expired or the page is stale: reload the page (your choice is kept only on this page).", "error");
+    else say(`The server could not save this judgment (error ${status}). Press Enter to try again.`, "error");
+  }
+
+  // ---- rendering -----------------------------------------------------------------------------
+
+  function say(text, kind) {
+    const box = document.getElementById("judgment-message");
+    if (!box) return;
+    box.textContent = text;
+    box.dataset.kind = text ? kind || "info" : "";
+  }
+
+  function ordinal(n) {
+    const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return n + suffix;
+  }
+
+  function render() {
+    const { form, groups } = task;
+    document.getElementById("ranking-input").value = groups.length ? JSON.stringify(groups) : "";
+    const allBadBox = document.getElementById("flag-all-bad");
+    if (allBadBox) allBadBox.checked = task.allBad;
+
+    const positions = {}; // option id -> 1-based group position
+    groups.forEach((group, index) => group.forEach((id) => (positions[id] = index + 1)));
+    form.querySelectorAll(".option").forEach((el) => {
+      const id = Number(el.dataset.optionId);
+      const position = positions[id];
+      const tied = position && groups[position - 1].length > 1;
+      el.classList.toggle("is-ranked", Boolean(position));
+      el.classList.toggle("is-best", task.mode === "pairwise" && !tied && position === 1);
+      el.classList.toggle("is-worse", task.mode === "pairwise" && !tied && position === 2);
+      el.classList.toggle("is-tied", Boolean(tied) && !task.allBad);
+      el.classList.toggle("is-bad", task.allBad);
+      const badge = el.querySelector(".rank-badge");
+      if (badge) {
+        badge.hidden = !position;
+        if (task.allBad) badge.textContent = "bad";
+        else if (task.mode === "pairwise") badge.textContent = tied ? "tie" : position === 1 ? "better" : "worse";
+        else badge.textContent = position ? (tied ? "= " : "") + ordinal(position) : "";
+      }
+      const choose = el.querySelector('.choose-button[data-action="append"], .choose-button[data-action="unplace"]');
+      if (choose) {
+        choose.dataset.action = position ? "unplace" : "append";
+        choose.querySelector(".choose-text").textContent = position ? "Take out" : "Rank next";
+      }
+    });
+
+    form.querySelectorAll('[data-action="prefer"]').forEach((button) => {
+      const id = Number(button.dataset.optionId);
+      button.setAttribute("aria-pressed", String(!task.allBad && groups.length === 2 && groups[0][0] === id));
+    });
+    form.querySelectorAll('[data-action="tie"]').forEach((button) => {
+      button.setAttribute("aria-pressed", String(!task.allBad && groups.length === 1));
+    });
+    form.querySelectorAll('[data-action="all-bad"]').forEach((b) => b.setAttribute("aria-pressed", String(task.allBad)));
+    form.querySelectorAll('[data-action="tie-next"]').forEach((b) => b.setAttribute("aria-pressed", String(task.tieNext)));
+
+    renderOrder();
+    renderSummary();
+  }
+
+  function chip(id, removable) {
+    const el = document.createElement("span");
+    el.className = "rank-chip";
+    el.draggable = true;
+    el.dataset.optionId = String(id);
+    el.textContent = label(id);
+    if (removable) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "chip-remove";
+      remove.dataset.action = "unplace";
+      remove.dataset.optionId = String(id);
+      remove.setAttribute("aria-label", `Take ${label(id)} out of your order`);
+      remove.textContent = "×";
+      el.append(remove);
+    }
+    return el;
+  }
+
+  function renderOrder() {
+    const list = document.getElementById("rank-order");
+    if (!list) return;
+    list.replaceChildren();
+    list.classList.toggle("is-empty", !task.groups.length);
+    task.groups.forEach((group, index) => {
+      const item = document.createElement("li");
+      item.className = "rank-group";
+      item.dataset.groupIndex = String(index);
+      const position = document.createElement("span");
+      position.className = "rank-position";
+      position.textContent = String(index + 1);
+      const members = document.createElement("span");
+      members.className = "rank-members";
+      group.forEach((id, k) => {
+        if (k) members.append(tieMark());
+        members.append(chip(id, true));
+      });
+      if (task.tieNext && index === task.groups.length - 1) {
+        members.append(tieMark());
+        const pending = document.createElement("span");
+        pending.className = "rank-chip is-pending";
+        pending.textContent = "next";
+        members.append(pending);
+      }
+      item.append(position, members);
+      list.append(item);
+    });
+    const pool = document.getElementById("rank-unranked");
+    if (pool) {
+      pool.replaceChildren(...unranked().map((id) => chip(id, false)));
+      if (!pool.children.length) pool.textContent = "none";
+    }
+  }
+
+  function tieMark() {
+    const mark = document.createElement("span");
+    mark.className = "tie-mark";
+    mark.textContent = "=";
+    mark.setAttribute("aria-label", "tied with");
+    return mark;
+  }
+
+  function renderSummary() {
+    const box = document.getElementById("choice-summary");
+    if (!box) return;
+    const { groups } = task;
+    let text;
+    if (task.allBad) text = task.mode === "pairwise" ? "Both bad" : "All bad";
+    else if (!groups.length) {
+      text = task.mode === "pairwise" ? "No choice yet" : "Nothing ranked yet: press the numbers, best first";
+    } else if (task.mode === "pairwise") text = groups.length === 1 ? "Tie" : `${label(groups[0][0])} is better`;
+    else {
+      text = groups.map((group) => group.map(label).join(" = ")).join("  >  ");
+      const left = unranked().length;
+      if (task.tieNext) text += "  = …";
+      if (left) text += `   (${left} left)`;
+    }
+    box.textContent = text;
+    box.classList.toggle("is-empty", !groups.length);
+  }
+
+  // ---- page helpers --------------------------------------------------------------------------
+
+  function localizeTimes() {
+    document.querySelectorAll("time.js-local-time:not([data-localized])").forEach((el) => {
+      const when = parseTime(el.getAttribute("datetime"));
+      el.dataset.localized = "true";
+      if (!isNaN(when)) el.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    });
+  }
+
+  // Timestamps without an offset are UTC (that is what the server stores).
+  function parseTime(text) {
+    if (!text) return new Date(NaN);
+    return new Date(/(Z|[+-]\d\d:?\d\d)$/i.test(text) ? text : text + "Z");
+  }
+
+  function watchExpiry(form) {
+    const stamp = document.querySelector("time.js-local-time");
+    if (!stamp) return;
+    const wait = parseTime(stamp.getAttribute("datetime")) - Date.now();
+    if (isNaN(wait) || wait > 2 ** 31 - 1) return;
+    setTimeout(() => {
+      if (task && task.form === form && !task.submitting) {
+        say("Your reservation of this task has expired, so saving may be refused. Submit anyway, or reload for a fresh task.", "error");
+      }
+    }, Math.max(0, wait));
+  }
+
+  function toggleGuidelines(open) {
+    const panel = document.getElementById("guidelines");
+    if (!panel) return;
+    panel.open = open === undefined ? !panel.open : open;
+    if (panel.open) panel.scrollIntoView({ block: "nearest" });
+  }
+
+  function toggleKeys() {
+    const dialog = document.getElementById("keys-help");
+    if (!dialog) return;
+    if (dialog.open) dialog.close();
+    else dialog.showModal();
+  }
+
+  function openSkip() {
+    const panel = document.getElementById("skip-panel");
+    const select = document.getElementById("skip-reason");
+    if (!panel || !select) return;
+    panel.hidden = false;
+    select.focus();
+  }
+
+  function closeSkip() {
+    const panel = document.getElementById("skip-panel");
+    if (panel) panel.hidden = true;
+    document.activeElement && document.activeElement.blur();
+  }
+
+  // ---- input ---------------------------------------------------------------------------------
+
+  const TEXT_INPUTS = ["checkbox", "radio", "button", "submit", "reset", "hidden", "range", "color", "file"];
+
+  function isTyping(el) {
+    if (!el || el === document.body) return false;
+    if (el.isContentEditable) return true;
+    const tag = el.tagName;
+    return tag === "TEXTAREA" || tag === "SELECT" || (tag === "INPUT" && !TEXT_INPUTS.includes(el.type));
+  }
+
+  function onKeyDown(event) {
+    if (event.defaultPrevented || event.isComposing) return;
+    const target = event.target;
+    // "?" is Shift+/ on US keyboards; some synthetic events report the unshifted key.
+    const key = event.key === "/" && event.shiftKey ? "?" : event.key;
+    const dialog = document.getElementById("keys-help");
+    if (dialog && dialog.open) {
+      if (key === "?") {
+        event.preventDefault();
+        dialog.close();
+      }
+      return; // Esc closes the dialog natively
+    }
+
+    if (target && target.id === "skip-reason") {
+      if (key === "Enter") {
+        event.preventDefault();
+        document.getElementById("skip-form").requestSubmit();
+      } else if (key === "Escape") {
+        event.preventDefault();
+        closeSkip();
+      }
+      return;
+    }
+
+    const inForm = task && task.form.contains(target);
+    if (key === "Enter" && (event.ctrlKey || event.metaKey) && task && (inForm || !isTyping(target))) {
+      event.preventDefault();
+      return submit();
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (isTyping(target)) {
+      if (key === "Escape") target.blur();
+      return;
+    }
+
+    if (key === "?") return handled(event, toggleKeys);
+    const letter = key.length === 1 ? key.toLowerCase() : key;
+    if (letter === "g") return handled(event, () => toggleGuidelines());
+    if (!task) return;
+
+    if (key === "Enter") {
+      // Enter keeps its own meaning on links and summaries, and on buttons outside the form.
+      if (target.closest && (target.closest("a, summary") || (!inForm && target.closest("button")))) return;
+      return handled(event, submit);
+    }
+    if (task.submitting) return;
+    if (letter === "s") return handled(event, openSkip);
+    if (letter === "x") return handled(event, allBad);
+    if (key === "Backspace") return handled(event, undo);
+    if (key === "Escape") {
+      closeSkip();
+      return say("");
+    }
+
+    const number = /^[1-9]$/.test(key) ? Number(key) : 0;
+    if (task.mode === "pairwise") {
+      if (number === 1 || number === 2) return handled(event, () => prefer(task.optionIds[number - 1]));
+      if (letter === "t") return handled(event, tie);
+    } else {
+      if (number && number <= task.optionIds.length) return handled(event, () => place(task.optionIds[number - 1]));
+      if (key === "=") return handled(event, toggleTieNext);
+    }
+  }
+
+  function handled(event, action) {
+    event.preventDefault();
+    action();
+  }
+
+  function onClick(event) {
+    const dialog = document.getElementById("keys-help");
+    if (dialog && event.target === dialog) return dialog.close(); // a click on the backdrop
+
+    const button = event.target.closest("[data-action]");
+    if (button) {
+      const id = Number(button.dataset.optionId);
+      const actions = {
+        "toggle-keys": toggleKeys,
+        "toggle-guidelines": () => toggleGuidelines(),
+        "open-guidelines": () => toggleGuidelines(true),
+        "open-skip": openSkip,
+        "close-skip": closeSkip,
+      };
+      const taskActions = {
+        prefer: () => prefer(id),
+        tie: tie,
+        "all-bad": allBad,
+        append: () => place(id),
+        unplace: () => unplace(id),
+        undo: undo,
+        clear: () => {
+          resetRanking();
+          render();
+        },
+        "tie-next": toggleTieNext,
+      };
+      const action = button.dataset.action;
+      if (actions[action]) return actions[action]();
+      if (task && taskActions[action] && task.form.contains(button) && !task.submitting) return taskActions[action]();
+      return;
+    }
+
+    // Rank mode: a click on a response (not on its controls, not while selecting text) puts it next.
+    if (!task || task.mode !== "rank" || task.submitting) return;
+    const chipEl = event.target.closest("#rank-unranked .rank-chip");
+    if (chipEl) return place(Number(chipEl.dataset.optionId));
+    const option = event.target.closest(".option");
+    if (!option || !task.form.contains(option)) return;
+    if (event.target.closest("a, button, input, label, select, textarea, summary, .attribute-scales, pre")) return;
+    const selection = window.getSelection();
+    if (selection && String(selection).trim()) return;
+    const id = Number(option.dataset.optionId);
+    if (!isPlaced(id)) place(id);
+  }
+
+  // ---- drag and drop (rank mode order list) --------------------------------------------------
+
+  function dropZone(item, event) {
+    const box = item.getBoundingClientRect();
+    const y = (event.clientY - box.top) / box.height;
+    if (task.allowTies && y > 0.3 && y < 0.7) return "join";
+    return y < 0.5 ? "before" : "after";
+  }
+
+  function clearDropMarks() {
+    document.querySelectorAll(".drop-before, .drop-after, .drop-join, .drop-end").forEach((el) => {
+      el.classList.remove("drop-before", "drop-after", "drop-join", "drop-end");
+    });
+  }
+
+  function onDragStart(event) {
+    const chipEl = event.target.closest && event.target.closest(".rank-chip[data-option-id]");
+    if (!chipEl || !task) return;
+    dragId = Number(chipEl.dataset.optionId);
+    event.dataTransfer.effectAllowed = "move";
+    event.dataTransfer.setData("text/plain", String(dragId));
+    chipEl.classList.add("is-dragging");
+  }
+
+  function onDragOver(event) {
+    if (dragId === null || !task) return;
+    const list = document.getElementById("rank-order");
+    const pool = document.getElementById("rank-unranked");
+    const inList = list && list.contains(event.target);
+    const inPool = pool && pool.contains(event.target);
+    if (!inList && !inPool) return;
+    event.preventDefault(); // allows the drop
+    event.dataTransfer.dropEffect = "move";
+    clearDropMarks();
+    const item = event.target.closest(".rank-group");
+    if (item) item.classList.add("drop-" + dropZone(item, event));
+    else (inPool ? pool : list).classList.add("drop-end");
+  }
+
+  function onDrop(event) {
+    if (dragId === null || !task) return;
+    const list = document.getElementById("rank-order");
+    const pool = document.getElementById("rank-unranked");
+    const id = dragId;
+    clearDropMarks();
+    if (pool && pool.contains(event.target)) {
+      event.preventDefault();
+      return unplace(id);
+    }
+    if (!list || !list.contains(event.target)) return;
+    event.preventDefault();
+    const item = event.target.closest(".rank-group");
+    if (item) move(id, Number(item.dataset.groupIndex), dropZone(item, event));
+    else move(id, -1, "after");
+  }
+
+  function onDragEnd() {
+    dragId = null;
+    clearDropMarks();
+    document.querySelectorAll(".is-dragging").forEach((el) => el.classList.remove("is-dragging"));
+  }
+
+  // ---- wiring --------------------------------------------------------------------------------
+
+  document.addEventListener("keydown", onKeyDown);
+  document.addEventListener("click", onClick);
+  document.addEventListener("submit", onSubmit, true);
+  document.addEventListener("dragstart", onDragStart);
+  document.addEventListener("dragover", onDragOver);
+  document.addEventListener("drop", onDrop);
+  document.addEventListener("dragend", onDragEnd);
+  document.addEventListener("htmx:load", init);
+  document.addEventListener("htmx:afterSwap", init);
+  document.addEventListener("htmx:afterRequest", onRequestDone);
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
