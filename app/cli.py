@@ -116,6 +116,75 @@ def import_cmd(project: str, file: Path, format: str = typer.Option("native", "-
     typer.echo(json.dumps(result.model_dump()))
 
 
+def _mark_inline_failure(snapshot_id: int, job_id: int, message: str) -> None:
+    from app.db import session_scope
+    from app.jobs.service import fail as fail_job
+    from app.models import DatasetSnapshot
+
+    with session_scope() as db:
+        fail_job(db, job_id, "cli", message)
+        snapshot = db.get(DatasetSnapshot, snapshot_id)
+        snapshot.status, snapshot.error = "failed", message[:2000]
+
+
+@app.command()
+def export(project: str, format: str = typer.Option("pairs", "--format", "-f", help="pairs | kto | rankings | sft"),
+           out: Path = typer.Option(None, "--out", help="Also copy the snapshot's files into this directory."),
+           test_fraction: float = typer.Option(0.1, help="Share of prompts in the test split."),
+           seed: int = typer.Option(0), conversational: bool = typer.Option(False),
+           hf_datasets: bool = typer.Option(False, help="Also write a Hugging Face save_to_disk directory.")):  # fmt: skip
+    """Build a dataset snapshot of PROJECT inline (with a progress bar) and print its manifest summary."""
+    import shutil
+
+    from app.datasets.service import EmptyExport, build_snapshot, request_snapshot, snapshot_dir
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.jobs.service import finish
+    from app.models import Job, utcnow
+    from app.projects.service import get_project
+
+    params = {"format": format, "split": {"test_fraction": test_fraction, "seed": seed},
+              "conversational": conversational, "hf_datasets": hf_datasets}  # fmt: skip
+    snapshot_id = job_id = None
+    try:
+        with session_scope() as db:
+            snapshot = request_snapshot(db, get_project(db, project), params, None)
+            job = db.get(Job, snapshot.job_id)
+            # Run inline: the job is marked running by this process, so no worker picks it up.
+            job.status, job.worker_id, job.attempts, job.heartbeat_at = "running", "cli", 1, utcnow()
+            snapshot_id, job_id = snapshot.id, job.id
+        with session_scope() as db, typer.progressbar(length=100, label="exporting") as bar:
+            from app.models import DatasetSnapshot
+
+            snapshot = db.get(DatasetSnapshot, snapshot_id)
+            state = {"done": 0}
+
+            def progress(fraction: float, _message: str) -> None:
+                step = int(fraction * 100) - state["done"]
+                if step > 0:
+                    bar.update(step)
+                    state["done"] += step
+
+            result = build_snapshot(db, snapshot, progress=progress)
+            finish(db, job_id, "cli", result)
+            bar.update(100 - state["done"])
+            directory = snapshot_dir(snapshot)
+    except (EmptyExport, RankforgeError) as error:
+        message = str(error.detail) if isinstance(error, RankforgeError) else str(error)
+        if job_id is not None:
+            _mark_inline_failure(snapshot_id, job_id, message)
+        fail(message)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in directory.iterdir():
+            target = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+    typer.echo(json.dumps(result | {"path": str(directory), "copied_to": str(out) if out else None}))
+
+
 @app.command()
 def demo(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
          worker: bool = typer.Option(True, help="Start a worker beside the web app.")):  # fmt: skip

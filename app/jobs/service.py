@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import is_sqlite, write_transaction
@@ -37,9 +37,11 @@ def recover_stale(db: Session, stale_seconds: float) -> list[int]:
     """Running jobs whose worker stopped heartbeating: back to the queue, or failed after the last attempt."""
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
     stale = list(db.scalars(
-        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+        select(Job).where(Job.status == JobStatus.running,
+               or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
         .with_for_update(skip_locked=True) if not is_sqlite(db) else
-        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+        select(Job).where(Job.status == JobStatus.running,
+               or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
     ))  # fmt: skip
     for job in stale:
         lost = f"worker {job.worker_id} stopped heartbeating (attempt {job.attempts} of {job.max_attempts})"
