@@ -155,7 +155,7 @@ def live_server(db_url, tmp_path):
     """A real uvicorn process on this test's database."""
     port = free_port()
     env = os.environ | {"RANKFORGE_DATABASE_URL": db_url, "RANKFORGE_DATA_DIR": os.environ["RANKFORGE_DATA_DIR"]}
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed when the server stops
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning"],

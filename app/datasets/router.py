@@ -8,8 +8,13 @@ from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
-from app.datasets.snapshot_files import (SnapshotFileNotFoundError, SnapshotTamperedError, UnsafeSnapshotPathError,
-                                         safe_snapshot_file, verify_snapshot)  # fmt: skip
+from app.datasets.snapshot_files import (
+    SnapshotFileNotFoundError,
+    SnapshotTamperedError,
+    UnsafeSnapshotPathError,
+    safe_snapshot_file,
+    verify_snapshot,
+)
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import DatasetSnapshot
 from app.projects.service import get_project

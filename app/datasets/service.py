@@ -20,8 +20,19 @@ from app.datasets.snapshot_files import SnapshotWriter, verify_snapshot
 from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.jobs.service import create_job
-from app.models import (Comparison, Completion, DatasetSnapshot, Job, JobStatus, Judgment, ModelVersion, Project,
-                        Prompt, User, utcnow)  # fmt: skip
+from app.models import (
+    Comparison,
+    Completion,
+    DatasetSnapshot,
+    Job,
+    JobStatus,
+    Judgment,
+    ModelVersion,
+    Project,
+    Prompt,
+    User,
+    utcnow,
+)
 from app.projects.service import audit
 
 BATCH_COMPARISONS = 2000
