@@ -1,0 +1,542 @@
+"""Parse import files into `ImportRecord`s: pure functions, no database.
+
+`parse_import(data, fmt)` reads a whole JSON-lines file and either returns every record or raises
+`ImportValidationError` listing what is wrong, line by line: a file is imported entirely or not at all.
+
+Formats (one JSON object a line; blank lines are skipped; UTF-8 with or without BOM):
+
+- ``native``: ``{"prompt": str | [{"role", "content"}], "completions": [{"text", "model"?, "metadata"?}],
+  "external_id"?: str, "metadata"?: {}, "ranking"?: [[0], [1, 2]]}`` (ranking: tie groups of completion
+  indexes, best first; it makes a gold item or an imported judgment).
+- ``trl``: TRL's preference format ``{"prompt", "chosen", "rejected"}``, either standard (three strings) or
+  conversational (message lists; chosen/rejected one assistant message each). Rows without ``prompt`` are
+  accepted when chosen/rejected are message lists sharing a prefix (TRL's "implicit prompt"): the shared
+  prefix becomes the prompt. Other fields of the row go to the record's metadata.
+- ``hh-rlhf``: Anthropic HH-RLHF ``{"chosen", "rejected"}``, two full transcripts
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``. See `split_hh_pair` for how the prompt is split off.
+- ``oasst``: Open-Assistant message trees (``{"message_tree_id", "prompt": {message, "replies": [...]}}``).
+  Each prompter message with two or more ranked, non-deleted assistant replies becomes one record.
+
+Decisions worth knowing:
+- Two completions with the same text in one record reject the file: a preference between identical
+  texts is noise, and a pair whose chosen equals its rejected teaches a trainer nothing.
+- Unknown top-level fields in native rows reject the file (a misspelt ``ranking`` must not silently
+  drop a gold answer); extra data belongs in ``metadata``.
+- Line 0 in an error means the whole file (size, emptiness, unknown format).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("native", "trl", "hh-rlhf", "oasst")
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+MAX_REPORTED_ERRORS = 100
+DEFAULT_MAX_BYTES = 50 * 2**20
+
+
+@dataclass
+class ImportRecord:
+    """One prompt with its completions (and maybe a human preference), ready to be stored."""
+
+    line: int
+    """1-based line of the file this record came from (an OASST tree line gives several records)."""
+    external_id: str | None
+    """Stable id from the file (native ``external_id``, OASST prompter ``message_id``); None when absent."""
+    prompt: str | list[dict[str, str]]
+    """Plain text, or a chat: a list of ``{"role", "content"}``."""
+    completions: list[dict[str, Any]]
+    """``[{"text": str, "model": str | None, "metadata": dict}]``, two or more, distinct texts."""
+    ranking: list[list[int]] | None
+    """Human preference from the file: tie groups of indexes into completions, best first; None if none."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Free-form data carried along (source ids, extra columns)."""
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    """1-based line number; 0 means the file as a whole."""
+    message: str
+
+
+class ImportValidationError(Exception):
+    """The file is rejected. ``errors`` holds the first 100 problems, ``total`` counts all of them."""
+
+    def __init__(self, errors: list[LineError], total: int | None = None):
+        self.errors = errors[:MAX_REPORTED_ERRORS]
+        self.total = len(errors) if total is None else total
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [f"import rejected: {self.total} error{'s' if self.total != 1 else ''}"]
+        for error in self.errors:
+            where = "file" if error.line == 0 else f"line {error.line}"
+            lines.append(f"  {where}: {error.message}")
+        if self.total > len(self.errors):
+            lines.append(f"  ... and {self.total - len(self.errors)} more")
+        return "\n".join(lines)
+
+
+class _RowError(Exception):
+    """A problem with one row; collected into the file's error list."""
+
+
+class _Errors:
+    """Collects line errors, keeping the first MAX_REPORTED_ERRORS but counting all."""
+
+    def __init__(self) -> None:
+        self.kept: list[LineError] = []
+        self.total = 0
+
+    def add(self, line: int, message: str) -> None:
+        self.total += 1
+        if len(self.kept) < MAX_REPORTED_ERRORS:
+            self.kept.append(LineError(line, message))
+
+    def raise_if_any(self) -> None:
+        if self.total:
+            raise ImportValidationError(self.kept, self.total)
+
+
+def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[ImportRecord]:
+    """Parse a whole import file; return all records or raise `ImportValidationError` (nothing partial)."""
+    if fmt not in ROW_PARSERS:
+        raise ImportValidationError(
+            [LineError(0, f"unknown import format {fmt!r}: expected one of {', '.join(FORMATS)}")]
+        )
+    if len(data) > max_bytes:
+        raise ImportValidationError(
+            [LineError(0, f"file is {len(data):,} bytes, larger than the limit of {max_bytes:,} bytes")]
+        )
+    parse_row = ROW_PARSERS[fmt]
+    errors = _Errors()
+    records: list[ImportRecord] = []
+    first_line_of: dict[str, int] = {}
+    saw_a_row = False
+    for line_no, row in _json_lines(data, errors):
+        saw_a_row = True
+        try:
+            new_records = parse_row(row, line_no)
+            for record in new_records:
+                _check_record(record)
+        except _RowError as exc:
+            errors.add(line_no, str(exc))
+            continue
+        for record in new_records:
+            if record.external_id is not None:
+                if record.external_id in first_line_of:
+                    errors.add(
+                        line_no,
+                        f"duplicate external_id {record.external_id!r} "
+                        f"(first seen on line {first_line_of[record.external_id]})",
+                    )
+                    continue
+                first_line_of[record.external_id] = line_no
+            records.append(record)
+    if not saw_a_row and not errors.total:
+        errors.add(0, "file is empty: expected one JSON object a line")
+    errors.raise_if_any()
+    return records
+
+
+def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; record decode/JSON errors and go on."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    # Splitting bytes on b"\n" is safe for UTF-8 (no multi-byte sequence contains 0x0A) and, unlike
+    # str.splitlines, does not break lines at U+2028 or other separators allowed inside JSON strings.
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.add(line_no, f"invalid UTF-8 at byte {exc.start} of the line")
+            continue
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            column = f" (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+            errors.add(line_no, f"malformed JSON: {message}{column}")
+            continue
+        if not isinstance(row, dict):
+            errors.add(line_no, f"expected a JSON object, got {_type_name(row)}")
+            continue
+        yield line_no, row
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared field checks
+
+
+def _type_name(value: Any) -> str:
+    return {
+        type(None): "null",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def _require(row: dict, name: str, where: str = "") -> Any:
+    if name not in row:
+        raise _RowError(f"missing field {name!r}{where}")
+    return row[name]
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int subclass in Python but never a valid index or count here
+    if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
+        expected = {str: "a string", list: "an array", dict: "an object", int: "an integer"}.get(kind, kind)
+        raise _RowError(f"{what} must be {expected}, got {_type_name(value)}")
+    return value
+
+
+def _messages(value: Any, what: str) -> list[dict[str, str]]:
+    _expect(value, list, what)
+    if not value:
+        raise _RowError(f"{what} must not be an empty list")
+    messages = []
+    for index, message in enumerate(value):
+        where = f"{what}[{index}]"
+        _expect(message, dict, where)
+        role = _expect(_require(message, "role", f" in {where}"), str, f"{where}.role")
+        content = _expect(_require(message, "content", f" in {where}"), str, f"{where}.content")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise _RowError(f"{where} has unknown field(s) {', '.join(extra)} (expected role and content)")
+        if role not in MESSAGE_ROLES:
+            raise _RowError(f"{where}.role is {role!r}; expected one of {', '.join(MESSAGE_ROLES)}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _prompt(value: Any, what: str = "prompt") -> str | list[dict[str, str]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise _RowError(f"{what} must not be empty")
+        return value
+    if isinstance(value, list):
+        return _messages(value, what)
+    raise _RowError(f"{what} must be a string or a list of messages, got {_type_name(value)}")
+
+
+def _completion(text: str, model: str | None = None, metadata: dict | None = None) -> dict[str, Any]:
+    return {"text": text, "model": model, "metadata": metadata or {}}
+
+
+def _check_record(record: ImportRecord) -> None:
+    """Checks every format shares: two or more distinct completions, a valid ranking."""
+    count = len(record.completions)
+    if count < 2:
+        raise _RowError(f"needs at least 2 completions, got {count}")
+    first_index_of: dict[str, int] = {}
+    for index, completion in enumerate(record.completions):
+        text = completion["text"]
+        if text in first_index_of:
+            raise _RowError(
+                f"completions {first_index_of[text]} and {index} have the same text "
+                "(identical options cannot be ranked)"
+            )
+        first_index_of[text] = index
+    if record.ranking is not None:
+        _check_ranking(record.ranking, count)
+
+
+def _check_ranking(ranking: Any, count: int) -> list[list[int]]:
+    _expect(ranking, list, "ranking")
+    seen: list[int] = []
+    for group_index, group in enumerate(ranking):
+        _expect(group, list, f"ranking[{group_index}]")
+        if not group:
+            raise _RowError(f"ranking[{group_index}] is an empty tie group")
+        for index in group:
+            _expect(index, int, f"ranking[{group_index}] entries")
+            seen.append(index)
+    if sorted(seen) != list(range(count)):
+        raise _RowError(
+            f"ranking must list every completion index 0..{count - 1} exactly once, got {sorted(seen)}"
+        )
+    return ranking
+
+
+def _optional_external_id(row: dict) -> str | None:
+    if row.get("external_id") is None:
+        return None
+    external_id = _expect(row["external_id"], str, "external_id")
+    if not external_id.strip():
+        raise _RowError("external_id must not be empty")
+    return external_id
+
+
+# ----------------------------------------------------------------------------------------------------
+# native
+
+NATIVE_FIELDS = ("prompt", "completions", "external_id", "metadata", "ranking")
+NATIVE_COMPLETION_FIELDS = ("text", "model", "metadata")
+
+
+def parse_native_row(row: dict, line: int) -> list[ImportRecord]:
+    unknown = sorted(set(row) - set(NATIVE_FIELDS))
+    if unknown:
+        raise _RowError(
+            f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(NATIVE_FIELDS)}; "
+            "put extra data in metadata)"
+        )
+    prompt = _prompt(_require(row, "prompt"))
+    raw_completions = _expect(_require(row, "completions"), list, "completions")
+    completions = []
+    for index, raw in enumerate(raw_completions):
+        where = f"completions[{index}]"
+        _expect(raw, dict, where)
+        unknown = sorted(set(raw) - set(NATIVE_COMPLETION_FIELDS))
+        if unknown:
+            raise _RowError(
+                f"{where} has unknown field(s) {', '.join(unknown)} "
+                f"(allowed: {', '.join(NATIVE_COMPLETION_FIELDS)})"
+            )
+        text = _expect(_require(raw, "text", f" in {where}"), str, f"{where}.text")
+        model = raw.get("model")
+        if model is not None:
+            _expect(model, str, f"{where}.model")
+        metadata = _expect(raw.get("metadata") or {}, dict, f"{where}.metadata")
+        completions.append(_completion(text, model, metadata))
+    ranking = row.get("ranking")
+    if ranking is not None:
+        ranking = _check_ranking(ranking, len(completions))
+    metadata = _expect(row.get("metadata") or {}, dict, "metadata")
+    return [ImportRecord(line, _optional_external_id(row), prompt, completions, ranking, metadata)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# trl
+
+TRL_FIELDS = ("prompt", "chosen", "rejected", "external_id")
+
+
+def parse_trl_row(row: dict, line: int) -> list[ImportRecord]:
+    chosen = _require(row, "chosen")
+    rejected = _require(row, "rejected")
+    if "prompt" in row:
+        prompt = _prompt(row["prompt"])
+        if isinstance(prompt, str):
+            chosen_text = _expect(chosen, str, "chosen (with a string prompt)")
+            rejected_text = _expect(rejected, str, "rejected (with a string prompt)")
+        else:
+            chosen_text = _single_assistant_reply(_messages(chosen, "chosen"), "chosen")
+            rejected_text = _single_assistant_reply(_messages(rejected, "rejected"), "rejected")
+    else:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise _RowError(
+                "missing field 'prompt' (rows without a prompt need chosen and rejected as message lists "
+                "sharing a prefix)"
+            )
+        chosen_messages = _messages(chosen, "chosen")
+        rejected_messages = _messages(rejected, "rejected")
+        shared = 0
+        while (
+            shared < min(len(chosen_messages), len(rejected_messages))
+            and chosen_messages[shared] == rejected_messages[shared]
+        ):
+            shared += 1
+        if shared == 0:
+            raise _RowError("missing field 'prompt' and chosen/rejected share no leading messages")
+        prompt = chosen_messages[:shared]
+        chosen_text = _single_assistant_reply(chosen_messages[shared:], "chosen after the shared prompt")
+        rejected_text = _single_assistant_reply(
+            rejected_messages[shared:], "rejected after the shared prompt"
+        )
+    extra = {key: value for key, value in row.items() if key not in TRL_FIELDS}
+    return [
+        ImportRecord(
+            line,
+            _optional_external_id(row),
+            prompt,
+            [_completion(chosen_text), _completion(rejected_text)],
+            [[0], [1]],
+            extra,
+        )
+    ]
+
+
+def _single_assistant_reply(messages: list[dict[str, str]], what: str) -> str:
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        roles = [message["role"] for message in messages]
+        raise _RowError(f"{what} must be exactly one assistant message, got roles {roles}")
+    return messages[0]["content"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# hh-rlhf
+
+HH_SPEAKERS = {"Human": "user", "Assistant": "assistant"}
+HH_ROLE_NAMES = {role: speaker for speaker, role in HH_SPEAKERS.items()}
+# The space after the colon is part of the marker so that rendering "\n\n{Speaker}: {content}" rebuilds
+# every transcript exactly (in the real data every marker is followed by a space).
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def hh_turns(transcript: str) -> list[tuple[str, str]]:
+    """Split an HH transcript into (role, content) turns, roles "user"/"assistant"."""
+    parts = HH_TURN.split(transcript)
+    if parts[0] != "":
+        raise _RowError("transcript must start with '\\n\\nHuman: '")
+    return [(HH_SPEAKERS[parts[i]], parts[i + 1]) for i in range(1, len(parts), 2)]
+
+
+def hh_transcript(prompt_messages: list[dict[str, str]], reply: str) -> str:
+    """Rebuild the original HH transcript from a record's prompt and one completion text (exact inverse)."""
+    turns = "".join(f"\n\n{HH_ROLE_NAMES[m['role']]}: {m['content']}" for m in prompt_messages)
+    return f"{turns}\n\nAssistant: {reply}"
+
+
+def split_hh_pair(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
+    """Split two HH transcripts into (prompt messages, chosen reply, rejected reply).
+
+    The prompt is the longest run of turns the two transcripts share that is followed, in both, by an
+    Assistant turn; each reply is everything after that turn's ``"\\n\\nAssistant: "`` marker, kept exact.
+    For ordinary rows this is the usual split at the last ``"\\n\\nAssistant:"``. In the few real rows
+    where one transcript has an extra Assistant turn after the point where they diverge, the reply for
+    that side spans several turns and keeps its ``"\\n\\nAssistant: "`` markers inside its text; nothing is
+    dropped, and ``hh_transcript(prompt, reply)`` rebuilds both transcripts exactly either way.
+    An empty final reply is kept as an empty completion text (it is the rater's chosen answer in some rows).
+    """
+    chosen_turns = hh_turns(chosen)
+    rejected_turns = hh_turns(rejected)
+    if chosen_turns == rejected_turns:
+        raise _RowError("chosen and rejected transcripts are identical")
+    shared = 0
+    while (
+        shared < min(len(chosen_turns), len(rejected_turns))
+        and chosen_turns[shared] == rejected_turns[shared]
+    ):
+        shared += 1
+    # The first differing turn (or, if one transcript extends the other, the one right after the
+    # shared part) must be an assistant turn in both; otherwise back up to the last one that is.
+    split = min(shared, len(chosen_turns) - 1, len(rejected_turns) - 1)
+    while split > 0 and not (chosen_turns[split][0] == rejected_turns[split][0] == "assistant"):
+        split -= 1
+    if split == 0:
+        raise _RowError("chosen and rejected share no prompt before an Assistant turn")
+    prompt = [{"role": role, "content": content} for role, content in chosen_turns[:split]]
+    chosen_reply = chosen[len(hh_transcript(prompt, "")) :]
+    rejected_reply = rejected[len(hh_transcript(prompt, "")) :]
+    return prompt, chosen_reply, rejected_reply
+
+
+def parse_hh_row(row: dict, line: int) -> list[ImportRecord]:
+    chosen = _expect(_require(row, "chosen"), str, "chosen")
+    rejected = _expect(_require(row, "rejected"), str, "rejected")
+    prompt, chosen_reply, rejected_reply = split_hh_pair(chosen, rejected)
+    metadata = {key: value for key, value in row.items() if key not in ("chosen", "rejected")}
+    if HH_TURN.search(chosen_reply) or HH_TURN.search(rejected_reply):
+        metadata["hh_multi_turn_completion"] = True
+    return [
+        ImportRecord(
+            line,
+            None,
+            prompt,
+            [_completion(chosen_reply), _completion(rejected_reply)],
+            [[0], [1]],
+            metadata,
+        )
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------
+# oasst
+
+OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+
+
+def parse_oasst_row(row: dict, line: int) -> list[ImportRecord]:
+    """One message tree -> one record per prompter message with two or more ranked assistant replies."""
+    root = _expect(_require(row, "prompt"), dict, "prompt")
+    tree_metadata = {key: row[key] for key in ("message_tree_id", "tree_state") if key in row}
+    records: list[ImportRecord] = []
+    # Iterative depth-first walk, in file order, carrying the conversation path to each message.
+    stack: list[tuple[dict, list[dict[str, str]]]] = [(root, [])]
+    while stack:
+        message, parents = stack.pop()
+        message_id, role, text = _oasst_message(message)
+        if message.get("deleted") is True:
+            continue  # a deleted message takes its whole subtree with it
+        path = [*parents, {"role": OASST_ROLES[role], "content": text}]
+        replies = _expect(message.get("replies") or [], list, f"message {message_id} replies")
+        for reply in replies:
+            _expect(reply, dict, f"a reply of message {message_id}")
+        if role == "prompter":
+            record = _oasst_record(message_id, path, replies, line, tree_metadata, message)
+            if record is not None:
+                records.append(record)
+        stack.extend((reply, path) for reply in reversed(replies))
+    return records
+
+
+def _oasst_message(message: dict) -> tuple[str, str, str]:
+    message_id = _expect(_require(message, "message_id", " in a message"), str, "message_id")
+    role = _expect(_require(message, "role", f" in message {message_id}"), str, f"message {message_id} role")
+    if role not in OASST_ROLES:
+        raise _RowError(f"message {message_id} has role {role!r}; expected prompter or assistant")
+    text = _expect(_require(message, "text", f" in message {message_id}"), str, f"message {message_id} text")
+    return message_id, role, text
+
+
+def _oasst_record(
+    prompter_id: str,
+    path: list[dict[str, str]],
+    replies: list[dict],
+    line: int,
+    tree_metadata: dict,
+    prompter: dict,
+) -> ImportRecord | None:
+    ranked = []
+    for reply in replies:
+        reply_id, role, text = _oasst_message(reply)
+        if role != "assistant" or reply.get("deleted") is True or reply.get("rank") is None:
+            continue
+        rank = _expect(reply["rank"], int, f"message {reply_id} rank")
+        if rank < 0:
+            raise _RowError(f"message {reply_id} rank must be >= 0, got {rank}")
+        ranked.append((reply_id, text, rank, reply))
+    if len(ranked) < 2:
+        return None
+    completions = [
+        _completion(
+            text,
+            reply.get("model_name") if isinstance(reply.get("model_name"), str) else None,
+            {
+                "message_id": reply_id,
+                "rank": rank,
+                **({"synthetic": reply["synthetic"]} if "synthetic" in reply else {}),
+            },
+        )
+        for reply_id, text, rank, reply in ranked
+    ]
+    # Ranks can have gaps once deleted siblings are skipped; equal ranks (hand-made trees) tie.
+    distinct_ranks = sorted({rank for _, _, rank, _ in ranked})
+    ranking = [[i for i, (_, _, rank, _) in enumerate(ranked) if rank == level] for level in distinct_ranks]
+    metadata = {**tree_metadata, **({"lang": prompter["lang"]} if "lang" in prompter else {})}
+    return ImportRecord(line, prompter_id, path, completions, ranking, metadata)
+
+
+ROW_PARSERS: dict[str, Callable[[dict, int], list[ImportRecord]]] = {
+    "native": parse_native_row,
+    "trl": parse_trl_row,
+    "hh-rlhf": parse_hh_row,
+    "oasst": parse_oasst_row,
+}
