@@ -36,6 +36,9 @@ def get_db() -> Iterator[Session]:
         yield session
         session.commit()
     except BaseException:
+        # Detach first: rollback would expire every loaded object, and the error page still reads
+        # the caller's user and CSRF token from them after this session is gone.
+        session.expunge_all()
         session.rollback()
         raise
     finally:

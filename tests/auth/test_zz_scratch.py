@@ -1,0 +1,10 @@
+def test_x(client, users):
+    an = users.create("anna", "annotator")
+    r = client.post("/api/v1/projects", content=b"{", headers={"Content-Type": "application/json"})
+    print("anon malformed", r.status_code, r.text[:200])
+    r = client.post("/api/v1/projects", content=b"{", headers={"Content-Type": "application/json"} | an["headers"])
+    print("annot malformed", r.status_code, r.text[:200])
+    r = client.post("/api/v1/projects", json={"name": 5}, headers=an["headers"])
+    print("annot invalid", r.status_code, r.text[:200])
+    r = client.get("/docs")
+    import re; print(re.findall(r'src="[^"]+"|href="[^"]+"', r.text))
