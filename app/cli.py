@@ -36,16 +36,14 @@ def db_upgrade(revision: str = typer.Argument("head")):
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = typer.Option(1),
           upgrade_db: bool = typer.Option(True, help="Run migrations first.")):  # fmt: skip
     """Run the web app (uvicorn)."""
-    import uvicorn
-
     from app.config import get_settings
     from app.migrate import upgrade
+    from app.serving import run_server
 
     settings = get_settings()
     if upgrade_db:
         upgrade()
-    uvicorn.run("app.asgi:app", host=host or settings.host, port=port or settings.port, workers=workers,
-                log_level="warning", proxy_headers=True)  # fmt: skip
+    run_server(host or settings.host, port or settings.port, workers)
 
 
 def _read_password(password: str | None) -> str:
@@ -205,6 +203,137 @@ def worker(once: bool = typer.Option(False, "--once", help="Run at most one job,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run_worker(once=once, poll_seconds=poll)
 
+
+
+# --- training and the model registry -------------------------------------------------------------------------
+models_app = typer.Typer(help="The model registry: policy and reward model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _train_epilog() -> str:
+    """Every default of every kind, from trainer.params (torch-free), for `rankforge train --help`."""
+    from app.jobs.training import APP_PARAMS, KEY_PARAMS
+    from trainer.params import DEFAULTS, FIELD_DOCS
+
+    lines = ["Hyperparameters (--param NAME=VALUE; VALUE is JSON, else a string). Defaults per kind:"]
+    for kind, defaults in DEFAULTS.items():
+        lines.append(f"{kind}: " + ", ".join(f"{name}={json.dumps(value)}" for name, value in defaults.items()))
+        lines += [f"    {name}: {FIELD_DOCS[kind].get(name, '')}" for name in KEY_PARAMS[kind]]
+    lines.append("Job options (--param too): " + "; ".join(f"{k}: {v}" for k, v in APP_PARAMS.items()))
+    return "\n\n".join(lines)
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        fail(f"--param wants NAME=VALUE, got {text!r}.")
+    try:
+        return name.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return name.strip(), raw
+
+
+@app.command(epilog=_train_epilog())
+def train(kind: str = typer.Argument(..., help="reward | dpo | kto | ppo | grpo | rloo | generate | score"),
+          project: str = typer.Option(..., "--project", "-p", help="Project slug or id."),
+          base_model: str = typer.Option(None, help="Policy version id or name (default: the project's newest policy, "
+                                                    "else the newest one)."),
+          reward_model: str = typer.Option(None, help="Reward version id or name (default: the newest; ppo, grpo, "
+                                                      "rloo, score)."),
+          dataset: int = typer.Option(None, help="Dataset snapshot id (default: a fresh snapshot of the project)."),
+          param: list[str] = typer.Option([], "--param", help="Hyperparameter NAME=VALUE (repeatable; defaults "
+                                                               "below)."),
+          wait: bool = typer.Option(False, "--wait", help="Wait for the job with a progress bar (a worker must run).")):  # fmt: skip
+    """Queue a training job (a worker runs it) and print it as JSON."""
+    import time
+
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.jobs.service import get_job, job_json
+    from app.jobs.training import create_training_job
+    from app.projects.service import get_project
+
+    params = dict(_parse_param(p) for p in param)
+    try:
+        with session_scope() as db:
+            job = create_training_job(db, get_project(db, project), kind, dataset_id=dataset, base_model=base_model,
+                                      reward_model=reward_model, params=params, actor=None)  # fmt: skip
+            job_id = job.id
+    except RankforgeError as error:
+        fail(str(error.detail))
+    if not wait:
+        with session_scope() as db:
+            typer.echo(json.dumps(job_json(get_job(db, job_id))))
+        return
+    shown = 0
+    with typer.progressbar(length=1000, label=f"{kind} job {job_id}") as bar:
+        while True:
+            with session_scope() as db:
+                state = job_json(get_job(db, job_id))
+            step = int(state["progress"] * 1000) - shown
+            if step > 0:
+                bar.update(step)
+                shown += step
+            if state["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(1.0)
+    typer.echo(json.dumps(state))
+    if state["status"] != "succeeded":
+        fail(f"Job {job_id} {state['status']}: {state['error'] or state['message']}")
+
+
+@models_app.command("list")
+def models_list(kind: str = typer.Option(None, help="policy | reward"),
+                as_json: bool = typer.Option(False, "--json", help="One JSON object a line.")):  # fmt: skip
+    """List model versions, newest first."""
+    from app.db import session_scope
+    from app.registry.service import list_versions, version_json
+
+    with session_scope() as db:
+        versions = [version_json(v) for v in list_versions(db, kind=kind)]
+    for v in versions:
+        if as_json:
+            typer.echo(json.dumps(v))
+        else:
+            lineage = f"job {v['job_id']} dataset {v['dataset_id']}" if v["job_id"] else "registered"
+            typer.echo(f"{v['id']:>5}  {v['kind']:<7} {v['name']:<40} {lineage:<24} {v['path']}")
+
+
+@models_app.command("add")
+def models_add(name: str, path: Path, kind: str = typer.Option(..., "--kind", help="policy | reward"),
+               project: str = typer.Option(None, "--project", "-p", help="Project slug or id it belongs to.")):  # fmt: skip
+    """Register a local Hugging Face checkpoint directory as a model version."""
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.projects.service import get_project
+    from app.registry.service import register_version, version_json
+
+    try:
+        with session_scope() as db:
+            owner = get_project(db, project) if project else None
+            typer.echo(json.dumps(version_json(register_version(db, name, path, kind, project=owner))))
+    except RankforgeError as error:
+        fail(str(error.detail))
+
+
+@models_app.command("init-tiny")
+def models_init_tiny(project: str = typer.Option(None, "--project", "-p", help="Train the tokenizer on this "
+                                                                               "project's texts."),
+                     seed: int = typer.Option(0)):  # fmt: skip
+    """Build a tiny Llama-style policy and reward model (BPE tokenizer trained here, chat template) and register
+    both: `python -m trainer.tiny` runs in a child process."""
+    from app.db import session_scope
+    from app.errors import RankforgeError
+    from app.projects.service import get_project
+    from app.registry.service import init_tiny, version_json
+
+    try:
+        with session_scope() as db:
+            owner = get_project(db, project) if project else None
+            for version in init_tiny(db, owner, seed=seed):
+                typer.echo(json.dumps(version_json(version)))
+    except (RankforgeError, RuntimeError) as error:
+        fail(str(getattr(error, "detail", error)))
 
 def main():
     app()

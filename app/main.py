@@ -24,6 +24,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]  # fmt: skip
+DOCS_HEADERS = [header for header in SECURITY_HEADERS if header[0] != b"content-security-policy"]
 
 
 class EdgeMiddleware:
@@ -43,8 +44,8 @@ class EdgeMiddleware:
                 status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 path = scope.get("path", "")
-                if not path.startswith(("/docs", "/redoc")):
-                    headers += SECURITY_HEADERS
+                # Swagger UI at /docs starts from an inline script: it gets every header but the CSP.
+                headers += DOCS_HEADERS if path.startswith("/docs") else SECURITY_HEADERS
                 token = scope.get("state", {}).get("set_anon_csrf")
                 if token:
                     cookie = SimpleCookie()
@@ -71,6 +72,8 @@ def create_app() -> FastAPI:
         title="Rankforge",
         version=__version__,
         description="Collect human feedback on model outputs and turn it into better models.",
+        docs_url=None,  # served by app.docs from vendored files (works offline)
+        redoc_url=None,
     )
 
     @app.exception_handler(RankforgeError)
@@ -107,17 +110,30 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
     from app.auth.pages import router as auth_pages
+    from app.datasets.pages import router as dataset_pages
     from app.datasets.router import router as datasets_api
+    from app.docs import router as docs_router
+    from app.jobs.pages import router as job_pages
     from app.jobs.router import router as jobs_api
     from app.ops import router as ops_router
     from app.projects.pages import router as project_pages
     from app.projects.router import router as projects_api
+    from app.quality.pages import router as quality_pages
+    from app.quality.router import router as quality_api
+    from app.registry.pages import router as model_pages
+    from app.registry.router import router as models_api
     from app.tasks.pages import router as task_pages
     from app.tasks.router import router as tasks_api
+    from app.users.pages import router as user_pages
+    from app.users.router import router as users_api
 
     for router in (ops_router, auth_pages, projects_api, tasks_api, project_pages, task_pages, datasets_api,
-                   jobs_api):
+                   jobs_api, models_api, quality_api, quality_pages, users_api, user_pages):
         app.include_router(router)
+    app.include_router(dataset_pages)
+    app.include_router(job_pages)
+    app.include_router(model_pages)
+    app.include_router(docs_router)
 
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.add_middleware(EdgeMiddleware)

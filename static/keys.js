@@ -263,6 +263,9 @@
       if (choose) {
         choose.dataset.action = position ? "unplace" : "append";
         choose.querySelector(".choose-text").textContent = position ? "Take out" : "Rank next";
+        // The number key places an option; once placed it does nothing, so its hint goes away.
+        const key = choose.querySelector(".choose-key");
+        if (key) key.hidden = Boolean(position);
       }
     });
 

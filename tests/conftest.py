@@ -183,3 +183,24 @@ def live_server(db_url, tmp_path):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "only_db(name): run this test on that database only (others deselected)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.only_db("sqlite")`: a check that means nothing on the other database is deselected
+    there, not skipped (a skip would read as a check that did not run)."""
+
+    def excluded(item) -> bool:
+        marker = item.get_closest_marker("only_db")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None or "database_url" not in callspec.params:
+            return False
+        return callspec.params["database_url"] not in marker.args
+
+    dropped = [item for item in items if excluded(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not excluded(item)]

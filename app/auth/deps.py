@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -47,6 +48,9 @@ def get_db() -> Iterator[Session]:
 
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
+request_session = contextmanager(get_db)
+"""get_db as a `with` block, for endpoints that do all their database work in their own thread."""
+
 
 @dataclass
 class Principal:
@@ -59,7 +63,8 @@ class Principal:
         return self.auth_session.csrf_token if self.auth_session else ""
 
 
-def get_principal(request: Request, db: DbSession) -> Principal | None:
+def _principal_from_request(request: Request, db: Session) -> Principal | None:
+    """Who is calling (API token or session cookie), remembered on the request."""
     if hasattr(request.state, "principal"):
         return request.state.principal
     principal = None
@@ -74,6 +79,15 @@ def get_principal(request: Request, db: DbSession) -> Principal | None:
         if found is not None:
             principal = Principal(user=found[1], auth_session=found[0])
     request.state.principal = principal
+    return principal
+
+
+def get_principal(request: Request, db: DbSession) -> Principal | None:
+    principal = _principal_from_request(request, db)
+    # End the read so the connection goes back to the pool within this thread hop. Holding it until
+    # the endpoint gets a worker thread deadlocks under load: every thread waits for a connection
+    # while every connection waits, with its request, for a thread.
+    db.commit()
     return principal
 
 
@@ -106,6 +120,45 @@ def require(*roles: Role):
 
     dependency.allowed_roles = allowed  # read by the route-table test
     return dependency
+
+
+def require_in_endpoint(*roles: Role):
+    """Dependency for sync endpoints on the hot path that authenticate in their own thread.
+
+    `require(...)` costs three threadpool hops before the endpoint's own (session, principal, role
+    check); under load each hop queues behind every other request. This one only declares the roles
+    (no hop) and hands them to the endpoint, which must call `authenticate(request, db, roles)` first.
+    A caller with no credentials at all is refused here, before the request body is validated (as
+    `require(...)` does); a token or session is checked against the database by `authenticate`.
+    """
+    allowed = frozenset(roles or Role)
+
+    async def dependency(request: Request) -> frozenset[Role]:
+        has_token = request.headers.get("authorization", "").lower().startswith("bearer ")
+        if not has_token and not request.cookies.get(SESSION_COOKIE):
+            raise LoginRequired()
+        return allowed
+
+    dependency.allowed_roles = set(allowed)  # read by the route-table test
+    return dependency
+
+
+def authenticate(request: Request, db: Session, allowed: frozenset[Role]) -> Principal:
+    """`require(...)`'s checks, in the caller's thread and transaction (see `require_in_endpoint`).
+
+    The CSRF token of a browser session must come as the X-CSRF-Token header: these endpoints take
+    JSON bodies, never forms.
+    """
+    principal = _principal_from_request(request, db)
+    if principal is None:
+        raise LoginRequired()
+    if request.method not in SAFE_METHODS and principal.auth_session is not None:
+        sent = request.headers.get(CSRF_HEADER)
+        if not sent or not secrets.compare_digest(str(sent), principal.csrf_token):
+            raise Forbidden("Missing or wrong CSRF token. Reload the page and try again.")
+    if principal.user.role not in allowed:
+        raise Forbidden(f"This needs the role {' or '.join(sorted(allowed))}.")
+    return principal
 
 
 async def public() -> None:

@@ -23,8 +23,11 @@ def client_ip(request: Request) -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    # Only same-site paths: an open redirect after login is a phishing aid.
+    # Only same-site paths: an open redirect after login is a phishing aid. Browsers read a backslash
+    # as "/" and drop tabs and newlines, so /<backslash>evil.example or /<tab>/evil.example would leave the site.
     if not value or not value.startswith("/") or value.startswith("//") or urlparse(value).netloc:
+        return "/projects"
+    if "\\" in value or any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         return "/projects"
     return value
 

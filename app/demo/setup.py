@@ -63,16 +63,37 @@ def seed_demo(database_url: str | None = None) -> dict:
     return projects
 
 
-def run_demo(host: str, port: int, with_worker: bool) -> None:
-    import uvicorn
+def ensure_tiny_models(database_url: str | None = None) -> None:
+    """Build and register the tiny policy and reward model once, when the trainer's dependencies are installed."""
+    from importlib.util import find_spec
 
+    from app.db import session_scope
+    from app.models import ModelVersion, Project
+
+    if find_spec("torch") is None or find_spec("transformers") is None:
+        return
+    with session_scope(database_url) as db:
+        if db.scalar(select(ModelVersion.id).limit(1)) is not None:
+            return
+        from app.registry.service import init_tiny
+
+        print("Building tiny demo models (a few seconds, once)...", flush=True)
+        try:
+            init_tiny(db, db.scalar(select(Project).where(Project.slug == "demo")))
+        except RuntimeError as error:
+            print(f"Tiny demo models not built: {error}", flush=True)
+
+
+def run_demo(host: str, port: int, with_worker: bool) -> None:
     from app.config import get_settings
     from app.migrate import upgrade
+    from app.serving import run_server
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
     seed_demo()
+    ensure_tiny_models()
     worker = _start_worker() if with_worker else None
     url = f"http://{host}:{port}"
     lines = [
@@ -86,7 +107,7 @@ def run_demo(host: str, port: int, with_worker: bool) -> None:
     ]
     print("\n".join(lines), flush=True)
     try:
-        uvicorn.run("app.asgi:app", host=host, port=port, log_level="warning")
+        run_server(host, port)
     finally:
         if worker is not None:
             worker.terminate()

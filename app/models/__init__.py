@@ -6,9 +6,11 @@ from app.models.dataset import DatasetSnapshot
 from app.models.job import TERMINAL_STATUSES, Job, JobKind, JobMetric, JobStatus, SchedulerLock
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
 from app.models.registry import ModelVersion
+from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
 
 __all__ = [
+    "REVIEW_RESOLUTIONS",
     "UNSCORED_GAP",
     "TERMINAL_STATUSES",
     "ApiToken",
@@ -19,6 +21,7 @@ __all__ = [
     "Comparison",
     "Completion",
     "DatasetSnapshot",
+    "FlagReview",
     "GuidelineVersion",
     "Job",
     "JobKind",

@@ -154,7 +154,7 @@ async def import_page(project_ref: str, request: Request, principal: Admin, file
         context = {"result": result, "import_errors": None, "message": None}
         status_code = 200
     except ImportValidationError as error:
-        context = {"result": None, "import_errors": error.errors, "message": str(error).splitlines()[0]}
+        context = {"result": None, "import_errors": error.errors, "message": f"The file has {error.total} problem{'' if error.total == 1 else 's'}."}  # fmt: skip
         status_code = 422
     template = "projects/_import_result.html"
     if is_htmx(request):

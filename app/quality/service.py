@@ -1,25 +1,101 @@
-"""Project figures for admins: queue state, agreement, per-rater quality. Reads arrays from SQL and
-hands them to the numpy statistics in app.quality.stats."""
+"""Project figures for admins: queue state, agreement, per-rater quality, the model leaderboard, the dashboard
+and the review queue of flagged judgments.
+
+Data leaves SQL already aggregated or as flat numeric columns (JSON rankings and attribute scores are expanded
+by the database: `jsonb_array_elements` on PostgreSQL, `json_each` on SQLite) and goes straight into numpy
+arrays for the statistics in app.quality.stats; nothing loops over judgments in Python.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
-from sqlalchemy import case, func, select
+from sqlalchemy import String, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from app.models import Comparison, Judgment, Project, User
+from app.errors import Conflict, NotFound, Unprocessable
+from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
+from app.projects.service import audit
 from app.quality import stats
 
 TIE = -1
 """Code for "no single best option" in the nominal top-choice data."""
+REVIEW_FLAGS = ("unsafe", "wrong", "all_bad")
+"""Judgment flags that put a judgment in the admins' review queue."""
+LEADERBOARD_BOOTSTRAP = 1000
+"""Bootstrap replicates behind the leaderboard's 95% intervals."""
+
+# A judgment counts in the statistics unless it is human-made and an admin excluded it in review.
+_COUNTED = ("j.project_id = :project AND j.source = 'human' AND j.rater_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM flag_review f WHERE f.judgment_id = j.id AND f.resolution = 'excluded')")
+
+
+def _dialect(db: Session) -> str:
+    return db.get_bind().dialect.name
+
+
+def _array(db: Session, sql: str, columns: int, **params: int | str) -> np.ndarray:
+    """A query's rows as one float array (rows x columns); SQL NULL becomes NaN.
+
+    Reads through the driver's cursor: its rows are plain tuples, which numpy converts in C (SQLAlchemy's Row
+    objects cost numpy an attribute probe per row, 100 times slower). Parameters (ids, attribute names) are
+    inlined by SQLAlchemy's literal rendering, which quotes strings."""
+    statement = str(text(sql).bindparams(**params).compile(dialect=db.get_bind().dialect,
+                                                           compile_kwargs={"literal_binds": True}))  # fmt: skip
+    cursor = db.connection().connection.cursor()
+    try:
+        cursor.execute(statement)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return np.array(rows, dtype=np.float64).reshape(len(rows), columns)
+
+
+def _json_sql(db: Session) -> dict[str, str]:
+    """Dialect spellings: the i-th element of a JSON array column as an integer, its length, the larger of two."""
+    if _dialect(db) == "postgresql":
+        return {"element": "({column}->>{i})::bigint", "length": "jsonb_array_length({column})", "greatest": "GREATEST"}
+    return {"element": "json_extract({column}, '$[{i}]')", "length": "json_array_length({column})", "greatest": "MAX"}
+
+
+def _ranking_elements_sql(db: Session) -> str:
+    """One row per (judgment, ranked completion): judgment id, comparison, rater, tie group (0 = best), completion."""
+    if _dialect(db) == "postgresql":
+        return ("SELECT j.id AS judgment_id, j.comparison_id, j.rater_id, g.idx - 1 AS grp, "
+                "(m.value)::bigint AS completion_id FROM judgment j "
+                "CROSS JOIN LATERAL jsonb_array_elements(j.ranking) WITH ORDINALITY AS g(members, idx) "
+                "CROSS JOIN LATERAL jsonb_array_elements_text(g.members) AS m(value) WHERE " + _COUNTED)  # fmt: skip
+    return ("SELECT j.id AS judgment_id, j.comparison_id, j.rater_id, CAST(g.key AS INTEGER) AS grp, "
+            "CAST(m.value AS INTEGER) AS completion_id FROM judgment j, json_each(j.ranking) g, json_each(g.value) m "
+            "WHERE " + _COUNTED)  # fmt: skip
+
+
+def _attribute_scores_sql(db: Session) -> str:
+    """One row per attribute score: attribute name, comparison, rater, option (completion id), score."""
+    if _dialect(db) == "postgresql":
+        return ("SELECT a.key AS name, j.comparison_id, j.rater_id, (s.key)::bigint AS option, (s.value)::float AS score "
+                "FROM judgment j CROSS JOIN LATERAL jsonb_each(j.attributes) AS a(key, value) "
+                "CROSS JOIN LATERAL jsonb_each_text(a.value) AS s(key, value) WHERE " + _COUNTED)  # fmt: skip
+    return ("SELECT a.key AS name, j.comparison_id, j.rater_id, CAST(s.key AS INTEGER) AS option, "
+            "CAST(s.value AS REAL) AS score FROM judgment j, json_each(j.attributes) a, json_each(a.value) s "
+            "WHERE " + _COUNTED)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# queue overview
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def project_overview(db: Session, project: Project) -> dict:
     complete = case((Comparison.n_judgments >= Comparison.required, 1), else_=0)
-    total, done, leased = db.execute(
-        select(func.count(), func.coalesce(func.sum(complete), 0), func.coalesce(func.sum(Comparison.n_leases), 0))
+    open_slots = case((Comparison.required > Comparison.n_judgments, Comparison.required - Comparison.n_judgments),
+                      else_=0)  # fmt: skip
+    total, done, leased, depth = db.execute(
+        select(func.count(), func.coalesce(func.sum(complete), 0), func.coalesce(func.sum(Comparison.n_leases), 0),
+               func.coalesce(func.sum(open_slots), 0))
         .where(Comparison.project_id == project.id, ~Comparison.is_gold)
-    ).one()
+    ).one()  # fmt: skip
     gold = db.scalar(select(func.count()).where(Comparison.project_id == project.id, Comparison.is_gold))
     by_source = dict(
         db.execute(
@@ -28,74 +104,146 @@ def project_overview(db: Session, project: Project) -> dict:
     )
     return {
         "comparisons": {"total": total, "open": total - done, "complete": done, "gold": gold, "leased": leased},
+        "queue_depth": int(depth),
         "judgments": by_source.get("human", 0),
         "judgments_by_source": by_source,
     }
 
 
-def _top_choice_arrays(db: Session, project: Project):
+# ---------------------------------------------------------------------------------------------------------------
+# agreement, reliability, flags
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
+    """Counted human judgments as columns, with the comparison's gold flag and the length-bias input: in a
+    decisive pairwise judgment between answers of different lengths, whether the longer one won."""
+    js = _json_sql(db)
+    first = js["element"].format(column="c.completion_ids", i=0)
+    second = js["element"].format(column="c.completion_ids", i=1)
+    data = _array(db, f"""
+        SELECT j.comparison_id, j.rater_id, j.top_completion_id, j.time_spent_ms, j.chosen_position,
+               CASE WHEN c.is_gold THEN 1 ELSE 0 END, {js["length"].format(column="c.completion_ids")},
+               CASE WHEN j.top_completion_id IS NOT NULL AND length(a.text) <> length(b.text)
+                    THEN CASE WHEN length(t.text) = {js["greatest"]}(length(a.text), length(b.text)) THEN 1 ELSE 0 END
+               END AS chose_longer
+        FROM judgment j
+        JOIN comparison c ON c.id = j.comparison_id
+        LEFT JOIN completion a ON a.id = {first} AND {js["length"].format(column="c.completion_ids")} = 2
+        LEFT JOIN completion b ON b.id = {second} AND {js["length"].format(column="c.completion_ids")} = 2
+        LEFT JOIN completion t ON t.id = j.top_completion_id AND a.id IS NOT NULL
+        WHERE {_COUNTED}""", 8, project=project.id)  # fmt: skip
+    comparison, rater, top, time_ms, position, is_gold, n_options, chose_longer = data.T
+    return {"comparison": comparison.astype(np.int64), "rater": rater.astype(np.int64),
+            "top": np.where(np.isnan(top), TIE, top), "time_ms": time_ms, "position": position,
+            "is_gold": is_gold == 1, "n_options": n_options, "chose_longer": chose_longer}  # fmt: skip
+
+
+def _gold_tops(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """(gold comparison ids, their known top choice coded like `top`): one row per gold item, not per judgment."""
     rows = db.execute(
-        select(Judgment.comparison_id, Judgment.rater_id, Judgment.top_completion_id, Comparison.is_gold,
-               Comparison.gold_ranking, func.coalesce(Judgment.time_spent_ms, -1), func.coalesce(Judgment.chosen_position, -1))
-        .join(Comparison, Comparison.id == Judgment.comparison_id)
-        .where(Judgment.project_id == project.id, Judgment.source == "human", Judgment.rater_id.is_not(None))
-    ).all()  # fmt: skip
-    return rows
+        select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id, Comparison.is_gold)
+    ).all()
+    ids = np.array([r[0] for r in rows if r[1]], dtype=np.int64)
+    tops = np.array([r[1][0][0] if len(r[1][0]) == 1 else TIE for r in rows if r[1]], dtype=np.float64)
+    return ids, tops
 
 
-def _reliability(comparison, rater, top, is_gold, gold_top, project: Project) -> dict[int, float]:
+def _attribute_agreement(db: Session, project: Project) -> dict[str, dict]:
+    """Ordinal alpha per attribute; a unit is one option of one comparison, the values are the raters' scores."""
+    out: dict[str, dict] = {}
+    for scale in project.attributes:
+        name = scale["name"]
+        data = _array(db, f"SELECT s.comparison_id, s.rater_id, s.option, s.score FROM ({_attribute_scores_sql(db)}) s "
+                          "WHERE s.name = :name", 4, project=project.id, name=name)  # fmt: skip
+        _, unit = np.unique(data[:, [0, 2]], axis=0, return_inverse=True)
+        result = stats.krippendorff_alpha(unit.ravel(), data[:, 1], data[:, 3], "ordinal")
+        out[name] = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "ordinal"}
+    return out
+
+
+def _rank_position_agreement(db: Session, project: Project) -> stats.AlphaResult:
+    """Rank mode: ordinal alpha on each completion's tie-group position (unit = comparison x completion)."""
+    data = _array(db, f"SELECT e.comparison_id, e.rater_id, e.grp, e.completion_id FROM ({_ranking_elements_sql(db)}) e "
+                      "JOIN comparison c ON c.id = e.comparison_id WHERE NOT c.is_gold", 4, project=project.id)  # fmt: skip
+    if len(data) == 0:
+        return stats.AlphaResult(alpha=None, units=0)
+    _, unit = np.unique(data[:, [0, 3]], axis=0, return_inverse=True)
+    return stats.krippendorff_alpha(unit.ravel(), data[:, 1], data[:, 2], "ordinal")
+
+
+def _reliability(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Project) -> dict[int, float]:
     # Codes are computed over judgments and gold answers together so they agree within a unit.
-    gold_units, gold_index = np.unique(comparison[is_gold], return_index=True)
-    units = np.concatenate([comparison, gold_units])
-    codes = _dense_codes(units, np.concatenate([top, gold_top[is_gold][gold_index]]))
+    judged_gold = np.isin(gold_ids, cols["comparison"])
+    gold_ids, gold_tops = gold_ids[judged_gold], gold_tops[judged_gold]
+    units = np.concatenate([cols["comparison"], gold_ids])
+    codes = _dense_codes(units, np.concatenate([cols["top"], gold_tops]))
+    n_judged = len(cols["top"])
     n_categories = max(2 + int(project.allow_ties), int(codes.max()) + 1)
-    return stats.rater_reliability(comparison, rater, codes[: len(top)], n_categories,
-                                   gold=(gold_units, codes[len(top):]))  # fmt: skip
+    return stats.rater_reliability(cols["comparison"], cols["rater"], codes[:n_judged], n_categories,
+                                   gold=(gold_ids, codes[n_judged:]))  # fmt: skip
 
 
 def project_stats(db: Session, project: Project) -> dict:
     overview = project_overview(db, project)
-    rows = _top_choice_arrays(db, project)
+    cols = _judgment_arrays(db, project)
     usernames = dict(db.execute(select(User.id, User.username)).all())
-    raters_out = []
+    raters_out: list[dict] = []
+    pairwise_out: list[dict] = []
     alpha = stats.AlphaResult(alpha=None, units=0)
-    if rows:
-        comparison = np.array([r[0] for r in rows], dtype=np.int64)
-        rater = np.array([r[1] for r in rows], dtype=np.int64)
-        top = np.array([TIE if r[2] is None else r[2] for r in rows], dtype=np.float64)
-        is_gold = np.array([r[3] for r in rows], dtype=bool)
-        time_ms = np.array([r[5] for r in rows], dtype=np.float64)
-        time_ms[time_ms < 0] = np.nan
-        position = np.array([r[6] for r in rows], dtype=np.float64)
-        gold_top = np.array(
-            [
-                (r[4][0][0] if len(r[4][0]) == 1 else TIE) if r[3] and r[4] else np.nan
-                for r in rows
-            ],
-            dtype=np.float64,
-        )
+    rank_alpha = None
+    if len(cols["rater"]):
+        comparison, rater, top, is_gold = cols["comparison"], cols["rater"], cols["top"], cols["is_gold"]
+        gold_ids, gold_tops = _gold_tops(db, project)
+        gold_answer = np.full(len(top), np.nan)
+        where = np.searchsorted(gold_ids, comparison[is_gold]) if len(gold_ids) else np.zeros(0, dtype=np.int64)
+        known = (where < len(gold_ids))
+        known[known] = gold_ids[where[known]] == comparison[is_gold][known]
+        gold_rows = np.flatnonzero(is_gold)[known]
+        gold_answer[gold_rows] = gold_tops[where[known]]
         regular = ~is_gold
         alpha = stats.krippendorff_alpha(comparison[regular], rater[regular], top[regular], "nominal")
         majority = stats.agreement_with_majority(comparison[regular], rater[regular], top[regular])
-        reliability = _reliability(comparison, rater, top, is_gold, gold_top, project)
-        flags = stats.rater_flags(rater, time_ms, position, np.full(len(rows), 2.0), np.full(len(rows), np.nan))
-        for rater_id in sorted(set(rater.tolist())):
-            mine = rater == rater_id
-            gold_mine = mine & is_gold
+        pairs = stats.pairwise_rater_agreement(comparison[regular], rater[regular], top[regular])
+        reliability = _reliability(cols, gold_ids, gold_tops, project)
+        n_options = np.where(np.isnan(cols["n_options"]), 2.0, cols["n_options"])
+        flags = stats.rater_flags(rater, cols["time_ms"], cols["position"], n_options, cols["chose_longer"])
+        rater_ids, rater_code = np.unique(rater, return_inverse=True)
+        judged = np.bincount(rater_code, minlength=len(rater_ids))
+        graded = ~np.isnan(gold_answer)
+        gold_judged = np.bincount(rater_code[graded], minlength=len(rater_ids))
+        gold_right = np.bincount(rater_code[graded], weights=top[graded] == gold_answer[graded], minlength=len(rater_ids))
+        for code, rater_id in enumerate(rater_ids.tolist()):
             raters_out.append({
                 "user_id": rater_id,
                 "username": usernames.get(rater_id, f"user {rater_id}"),
-                "judgments": int(mine.sum()),
-                "gold_judgments": int(gold_mine.sum()),
-                "gold_accuracy": float(np.mean(top[gold_mine] == gold_top[gold_mine])) if gold_mine.any() else None,
+                "judgments": int(judged[code]),
+                "gold_judgments": int(gold_judged[code]),
+                "gold_accuracy": float(gold_right[code] / gold_judged[code]) if gold_judged[code] else None,
                 "agreement_with_majority": majority.get(rater_id, (None, 0))[0],
                 "reliability": reliability.get(rater_id),
                 "flags": flags.get(rater_id, []),
-            })
+            })  # fmt: skip
+        pairwise_out = [
+            {"rater_a": usernames.get(a, f"user {a}"), "rater_b": usernames.get(b, f"user {b}"),
+             "agreement": share, "common": n}
+            for (a, b), (share, n) in sorted(pairs.items())
+        ]  # fmt: skip
+        if project.mode == "rank":
+            result = _rank_position_agreement(db, project)
+            rank_alpha = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "ordinal"}
     return {
         "comparisons": {k: overview["comparisons"][k] for k in ("total", "open", "complete")},
         "judgments": overview["judgments"],
-        "agreement": {"krippendorff_alpha": alpha.alpha, "units": alpha.units},
+        "agreement": {
+            "krippendorff_alpha": alpha.alpha,
+            "units": alpha.units,
+            "level": "nominal",
+            "on": "top choice",
+            "rank_positions": rank_alpha,
+            "attributes": _attribute_agreement(db, project) if len(cols["rater"]) else {},
+        },
+        "pairwise_agreement": pairwise_out,
         "raters": raters_out,
     }
 
@@ -106,3 +254,231 @@ def _dense_codes(unit: np.ndarray, value: np.ndarray) -> np.ndarray:
     uniq, inverse = np.unique(pairs, axis=1, return_inverse=True)
     first_of_unit = np.searchsorted(uniq[0], uniq[0], side="left")
     return (np.arange(uniq.shape[1]) - first_of_unit)[inverse.ravel()].astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model leaderboard
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, int]]:
+    """Human pairwise outcomes between the models that wrote the completions, aggregated by the database:
+    (model a, model b, outcome for a: 1 win, 0.5 tie, 0 loss, battles). A K-way ranking gives one battle per
+    pair of its completions; two completions of the same model are no battle.
+
+    Two-option comparisons read the outcome from `top_completion_id` (no tie group: a tie); only rankings of
+    three or more options are expanded from JSON into their pairs."""
+    js = _json_sql(db)
+    n_options = js["length"].format(column="c.completion_ids")
+    pairwise = f"""
+        SELECT a.model_name, b.model_name,
+               CASE WHEN j.top_completion_id = a.id THEN 2 WHEN j.top_completion_id = b.id THEN 0 ELSE 1 END, count(*)
+        FROM judgment j
+        JOIN comparison c ON c.id = j.comparison_id AND {n_options} = 2
+        JOIN completion a ON a.id = {js["element"].format(column="c.completion_ids", i=0)}
+        JOIN completion b ON b.id = {js["element"].format(column="c.completion_ids", i=1)}
+        WHERE {_COUNTED} AND a.model_name <> b.model_name
+        GROUP BY 1, 2, 3"""
+    ranked = f"""
+        WITH e AS (
+            SELECT r.judgment_id, r.grp, r.completion_id, o.model_name AS model
+            FROM ({_ranking_elements_sql(db)}) r
+            JOIN comparison c ON c.id = r.comparison_id AND {n_options} > 2
+            JOIN completion o ON o.id = r.completion_id
+            WHERE o.model_name IS NOT NULL
+        )
+        SELECT a.model, b.model, CASE WHEN a.grp < b.grp THEN 2 WHEN a.grp = b.grp THEN 1 ELSE 0 END, count(*)
+        FROM e a JOIN e b ON a.judgment_id = b.judgment_id AND a.completion_id < b.completion_id
+        WHERE a.model <> b.model
+        GROUP BY 1, 2, 3"""
+    cells: dict[tuple[str, str, float], int] = {}
+    for sql in (pairwise, ranked):
+        for a, b, outcome, n in db.execute(text(sql), {"project": project.id}):
+            cells[(a, b, outcome / 2.0)] = cells.get((a, b, outcome / 2.0), 0) + int(n)
+    return [(a, b, outcome, n) for (a, b, outcome), n in sorted(cells.items())]
+
+
+def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0) -> dict:
+    """Bradley-Terry ratings (Elo scale, mean 1000) with bootstrap 95% intervals, battles and win rates."""
+    cells = battle_counts(db, project)
+    names = sorted({c[0] for c in cells} | {c[1] for c in cells})
+    if not names:
+        return {"models": [], "win_rates": {}, "battles": 0}
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.array([c[3] for c in cells], dtype=np.int64)
+    model_a = np.repeat([index[c[0]] for c in cells], counts)
+    model_b = np.repeat([index[c[1]] for c in cells], counts)
+    outcome = np.repeat([c[2] for c in cells], counts)
+    board = stats.bradley_terry(model_a, model_b, outcome, len(names), bootstrap=bootstrap, seed=seed)
+
+    def number(x: float) -> float | None:
+        return None if np.isnan(x) else round(float(x), 2)
+
+    models = [{"name": name, "rating": number(board.ratings[i]), "ci_low": number(board.ci_low[i]),
+               "ci_high": number(board.ci_high[i]), "battles": int(board.battles[i])}
+              for i, name in enumerate(names)]  # fmt: skip
+    models.sort(key=lambda m: -(m["rating"] if m["rating"] is not None else -np.inf))
+    win_rates = {a: {b: float(board.win_rates[i, j]) for j, b in enumerate(names) if not np.isnan(board.win_rates[i, j])}
+                 for i, a in enumerate(names)}  # fmt: skip
+    return {"models": models, "win_rates": win_rates, "battles": int(counts.sum()), "prior_ties": board.prior_ties}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dashboard
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _epoch_sql(db: Session, column: str) -> str:
+    if _dialect(db) == "postgresql":
+        return f"extract(epoch from {column})"
+    return f"(julianday({column}) - 2440587.5) * 86400.0"
+
+
+def dashboard(db: Session, project: Project, *, now: datetime | None = None, hours: int = 48, days: int = 14) -> dict:
+    """Series for the admin dashboard: judgments per hour (overall and per rater) over the last `hours`, queue
+    depth and ETA at the last day's pace, cumulative agreement at the end of each of the last `days` days, and
+    the distribution of time per judgment."""
+    now = now or utcnow()
+    overview = project_overview(db, project)
+    data = _array(db, f"SELECT j.rater_id, {_epoch_sql(db, 'j.created_at')}, j.time_spent_ms, j.comparison_id, "
+                      "j.top_completion_id, CASE WHEN c.is_gold THEN 1 ELSE 0 END FROM judgment j "
+                      f"JOIN comparison c ON c.id = j.comparison_id WHERE {_COUNTED}", 6, project=project.id)  # fmt: skip
+    rater, created, time_ms, comparison, top, is_gold = data.T
+    top = np.where(np.isnan(top), TIE, top)
+    now_s = now.timestamp()
+    hour_start = now_s - (now_s % 3600) - (hours - 1) * 3600
+    hour_index = np.floor((created - hour_start) / 3600).astype(np.int64)
+    recent = (hour_index >= 0) & (hour_index < hours)
+    per_hour = np.bincount(hour_index[recent], minlength=hours)[:hours]
+    hour_labels = [datetime.fromtimestamp(hour_start + 3600 * i, UTC).strftime("%d %H:00") for i in range(hours)]
+    usernames = dict(db.execute(select(User.id, User.username)).all())
+    per_rater = {}
+    for rater_id in np.unique(rater[recent]).astype(np.int64).tolist():
+        mine = recent & (rater == rater_id)
+        per_rater[usernames.get(rater_id, f"user {rater_id}")] = np.bincount(hour_index[mine], minlength=hours)[:hours].tolist()
+    last_day = int(np.sum(created >= now_s - 86400))
+    rate_per_hour = last_day / 24.0
+    eta_hours = overview["queue_depth"] / rate_per_hour if rate_per_hour > 0 else None
+
+    day_end = now_s - (now_s % 86400) + 86400 - 86400 * np.arange(days)[::-1]
+    regular = is_gold == 0
+    agreement_series = []
+    for end in day_end:
+        upto = regular & (created < end)
+        result = stats.krippendorff_alpha(comparison[upto].astype(np.int64), rater[upto].astype(np.int64), top[upto])
+        agreement_series.append({"day": datetime.fromtimestamp(end - 1, UTC).strftime("%m-%d"), "alpha": result.alpha,
+                                 "units": result.units})  # fmt: skip
+
+    timed = time_ms[~np.isnan(time_ms)] / 1000.0
+    if len(timed):
+        top_edge = max(1.0, float(np.percentile(timed, 99)))
+        counts, edges = np.histogram(np.clip(timed, 0, top_edge), bins=20, range=(0.0, top_edge))
+        median = float(np.median(timed))
+    else:
+        counts, edges, median = np.zeros(20, dtype=np.int64), np.linspace(0, 60, 21), None
+    return {
+        "overview": overview,
+        "hours": hour_labels,
+        "judgments_per_hour": per_hour.tolist(),
+        "judgments_per_hour_by_rater": per_rater,
+        "judgments_last_24h": last_day,
+        "queue_depth": overview["queue_depth"],
+        "eta_hours": eta_hours,
+        "agreement_over_time": agreement_series,
+        "time_histogram": {"counts": counts.tolist(), "edges_s": edges.tolist(), "median_s": median},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# review queue of flagged judgments
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _flagged_filter():
+    # JSON lists serialize the same way on both databases ('["unsafe", ...]'), so a text match is portable.
+    as_text = func.cast(Judgment.flags, String)
+    return or_(*(as_text.like(f'%"{flag}"%') for flag in REVIEW_FLAGS))
+
+
+def review_queue(db: Session, project: Project, *, resolved: bool = False, limit: int = 100) -> list[dict]:
+    """Flagged judgments (unsafe, wrong, all_bad) still open (or, with resolved=True, already resolved)."""
+    query = (
+        select(Judgment, FlagReview, User.username)
+        .outerjoin(FlagReview, FlagReview.judgment_id == Judgment.id)
+        .outerjoin(User, User.id == Judgment.rater_id)
+        .where(Judgment.project_id == project.id, _flagged_filter())
+        .where(FlagReview.id.is_not(None) if resolved else FlagReview.id.is_(None))
+        .order_by(Judgment.id.desc() if resolved else Judgment.id)
+        .limit(limit)
+    )
+    return [{"judgment_id": j.id, "comparison_id": j.comparison_id, "rater": username, "flags": j.flags,
+             "rationale": j.rationale, "created_at": j.created_at,
+             "resolution": review.resolution if review else None, "note": review.note if review else None}
+            for j, review, username in db.execute(query)]  # fmt: skip
+
+
+def resolve_flag(db: Session, judgment_id: int, resolution: str, note: str, actor: User) -> FlagReview:
+    """Record an admin's resolution of a flagged judgment (once; a second resolution is refused)."""
+    if resolution not in REVIEW_RESOLUTIONS:
+        raise Unprocessable(f"Unknown resolution {resolution!r}; use one of {list(REVIEW_RESOLUTIONS)}.")
+    judgment = db.get(Judgment, judgment_id)
+    if judgment is None or not set(judgment.flags or []) & set(REVIEW_FLAGS):
+        raise NotFound(f"No flagged judgment {judgment_id}.")
+    existing = db.scalar(select(FlagReview).where(FlagReview.judgment_id == judgment_id))
+    if existing is not None:
+        raise Conflict(f"Judgment {judgment_id} was already resolved ({existing.resolution}).")
+    review = FlagReview(judgment_id=judgment_id, project_id=judgment.project_id, resolution=resolution,
+                        note=note.strip()[:2000], resolved_by_id=actor.id)  # fmt: skip
+    db.add(review)
+    db.flush()
+    audit(db, actor, "judgment.review", "judgment", judgment_id, resolution=resolution)
+    return review
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# queue control: batch priorities, pause and resume
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def batch_priorities(db: Session, project: Project) -> list[dict]:
+    """Per prompt batch: comparisons, still open, and the highest priority among them (None = no batch name)."""
+    open_ = case((Comparison.n_judgments < Comparison.required, 1), else_=0)
+    rows = db.execute(
+        select(Comparison.batch, func.count(), func.coalesce(func.sum(open_), 0), func.max(Comparison.priority))
+        .where(Comparison.project_id == project.id, ~Comparison.is_gold)
+        .group_by(Comparison.batch)
+        .order_by(Comparison.batch)
+    ).all()
+    return [{"batch": b, "comparisons": n, "open": int(o), "priority": p} for b, n, o, p in rows]
+
+
+def set_batch_priority(db: Session, project: Project, batch: str | None, priority: int, actor: User | None) -> int:
+    """Give every comparison (and prompt) of a batch this priority: the queue serves higher priorities first.
+    `batch` None means the comparisons without a batch name. Returns the comparisons changed."""
+    from sqlalchemy import update
+
+    from app.models import Prompt
+
+    if not -1000 <= priority <= 1000:
+        raise Unprocessable("Priorities range from -1000 to 1000.")
+    match = Comparison.batch.is_(None) if batch is None else Comparison.batch == batch
+    changed = db.execute(
+        update(Comparison).where(Comparison.project_id == project.id, match).values(priority=priority)
+    ).rowcount
+    if not changed:
+        raise NotFound(f"No comparisons in batch {batch!r} of this project.")
+    prompt_match = Prompt.batch.is_(None) if batch is None else Prompt.batch == batch
+    db.execute(update(Prompt).where(Prompt.project_id == project.id, prompt_match).values(priority=priority))
+    audit(db, actor, "project.batch_priority", "project", project.id, batch=batch, priority=priority)
+    return changed
+
+
+def set_status(db: Session, project: Project, status: str, actor: User | None) -> None:
+    """Pause (raters get no new tasks), resume or archive a project."""
+    from app.models import ProjectStatus
+
+    if status not in set(ProjectStatus):
+        raise Unprocessable(f"Unknown status {status!r}; use one of {[s.value for s in ProjectStatus]}.")
+    project.status = status
+    audit(db, actor, "project.status", "project", project.id, status=status)

@@ -1,42 +1,65 @@
-"""JSON API for the rating loop: next task, judgment, skip."""
+"""JSON API for the rating loop: next task, judgment, skip.
+
+These run on every judgment, so each is one sync function: authentication, the work and the commit
+happen in one threadpool hop and one transaction (`require_in_endpoint`), and the answer is built
+before the hop ends. With `require(...)` and `DbSession` a request took four hops, each queueing
+behind every other request under load. Locks are released by the commit at the end of the `with`
+block, inside the hop, so no request holding row locks ever waits for a thread.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
 
-from app.auth.deps import AnyUser, DbSession
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from app.auth.deps import authenticate, request_session, require_in_endpoint
 from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn, JudgmentOut, SkipIn
 from app.metrics import inc
-from app.projects.service import get_visible_project
+from app.models import Role
 from app.tasks import service
 from app.tasks.views import task_json
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
+AnyRole = Annotated[frozenset[Role], Depends(require_in_endpoint())]
+
 
 @router.get(
     "/projects/{project_ref}/tasks/next",
-    responses={204: {"description": "Nothing left for you in this project."}},
-)
-def next_task(project_ref: str, db: DbSession, principal: AnyUser):
-    project = get_visible_project(db, project_ref, principal.user)
-    assignment = service.claim_next(db, project, principal.user)
-    if assignment is None:
+    responses={200: {"description": "`{assignment_id, comparison_id, prompt, options: [{id, label, text}], "
+                                    "expires_at}`"},
+               204: {"description": "Nothing left for you in this project."}},
+)  # fmt: skip
+def next_task(project_ref: str, request: Request, roles: AnyRole):
+    with request_session() as db:
+        principal = authenticate(request, db, roles)
+        project = service.project_for_rater(db, project_ref, principal.user)
+        assignment = service.claim_next(db, project, principal.user)
+        body = None if assignment is None else task_json(db, assignment)
+    if body is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return task_json(db, assignment)
+    return JSONResponse(body)
 
 
-@router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentOut)
-def submit_judgment(assignment_id: int, data: JudgmentIn, response: Response, db: DbSession, principal: AnyUser):
-    judgment, created = judgments.submit(db, assignment_id, principal.user, data)
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+@router.post("/assignments/{assignment_id}/judgment", response_model=None,
+             responses={200: {"model": JudgmentOut}, 201: {"model": JudgmentOut}})  # fmt: skip
+def submit_judgment(assignment_id: int, data: JudgmentIn, request: Request, roles: AnyRole):
+    with request_session() as db:
+        principal = authenticate(request, db, roles)
+        judgment, created = judgments.submit(db, assignment_id, principal.user, data)
+        body = JudgmentOut.model_validate(judgment).model_dump(mode="json")
     if created:
         inc("judgments_submitted_total")
-    return judgment
+    return JSONResponse(body, status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip_assignment(assignment_id: int, data: SkipIn, db: DbSession, principal: AnyUser):
-    assignment = judgments.skip(db, assignment_id, principal.user, data.reason)
-    return {"assignment_id": assignment.id, "state": assignment.state}
+def skip_assignment(assignment_id: int, data: SkipIn, request: Request, roles: AnyRole):
+    with request_session() as db:
+        principal = authenticate(request, db, roles)
+        assignment = judgments.skip(db, assignment_id, principal.user, data.reason)
+        body = {"assignment_id": assignment.id, "state": assignment.state}
+    return JSONResponse(body)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, time, timedelta
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from app.db import is_sqlite, write_transaction
-from app.errors import Conflict
-from app.models import Assignment, Comparison, Judgment, Project, ProjectStatus, User, utcnow
+from app.errors import Conflict, Forbidden, NotFound
+from app.models import Assignment, Comparison, Judgment, Project, ProjectStatus, Role, User, utcnow
+from app.projects.service import _annotator_filter
 
 _rng = random.SystemRandom()
 
@@ -25,13 +26,29 @@ def start_of_day(now: datetime) -> datetime:
     return datetime.combine(now.date(), time.min, tzinfo=UTC)
 
 
+def project_for_rater(db: Session, ref: str | int, user: User) -> Project:
+    """`get_visible_project` in one query: the project by id or slug, with whether `user` may see it."""
+    ref = str(ref)
+    by_ref = or_(Project.id == int(ref), Project.slug == ref) if ref.isdigit() else Project.slug == ref
+    visible = _annotator_filter(user) if user.role == Role.annotator else true()
+    rows = db.execute(select(Project, visible.label("visible")).where(by_ref)).all()
+    if not rows:
+        raise NotFound(f"No project {ref!r}.")
+    project, is_visible = min(rows, key=lambda row: row[0].id != int(ref) if ref.isdigit() else 0)
+    if not is_visible:
+        raise Forbidden("You are not a member of this project.")
+    return project
+
+
 def expire_leases(db: Session, project_id: int, now: datetime) -> int:
     """Turn this project's lapsed leases into 'expired' and give their slots back."""
+    # Runs on every claim and usually changes nothing: skip the ORM's session synchronization.
     expired = db.execute(
         update(Assignment)
         .where(Assignment.project_id == project_id, Assignment.state == "active", Assignment.expires_at <= now)
         .values(state="expired")
         .returning(Assignment.comparison_id)
+        .execution_options(synchronize_session=False)
     ).scalars().all()
     counts: dict[int, int] = {}
     for comparison_id in expired:
@@ -49,10 +66,10 @@ def judgments_today(db: Session, project_id: int, rater_id: int, now: datetime) 
     )
 
 
-def _candidate(db: Session, project_id: int, rater_id: int, gold: bool) -> int | None:
+def _candidate(db: Session, project_id: int, rater_id: int, gold: bool) -> Comparison | None:
     seen = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == rater_id)
     query = (
-        select(Comparison.id)
+        select(Comparison)
         .where(
             Comparison.project_id == project_id,
             Comparison.n_judgments + Comparison.n_leases < Comparison.required,
@@ -61,6 +78,7 @@ def _candidate(db: Session, project_id: int, rater_id: int, gold: bool) -> int |
         )
         .order_by(Comparison.priority.desc(), Comparison.score_gap, Comparison.id)
         .limit(1)
+        .execution_options(populate_existing=True)  # the row as locked now, not as this session last saw it
     )
     if not is_sqlite(db):
         query = query.with_for_update(skip_locked=True, of=Comparison)
@@ -93,17 +111,17 @@ def claim_next(db: Session, project: Project, rater: User, *, now: datetime | No
         raise Conflict(f"You reached today's cap of {project.daily_cap} judgments in this project.")
     expire_leases(db, project.id, now)
     want_gold = project.gold_rate > 0 and _rng.random() < project.gold_rate
-    comparison_id = _candidate(db, project.id, rater.id, gold=want_gold)
-    if comparison_id is None and project.gold_rate > 0:
-        comparison_id = _candidate(db, project.id, rater.id, gold=not want_gold)
-    if comparison_id is None:
+    comparison = _candidate(db, project.id, rater.id, gold=want_gold)
+    if comparison is None and project.gold_rate > 0:
+        comparison = _candidate(db, project.id, rater.id, gold=not want_gold)
+    if comparison is None:
         return None
-    db.execute(update(Comparison).where(Comparison.id == comparison_id).values(n_leases=Comparison.n_leases + 1))
-    completion_ids = db.scalar(select(Comparison.completion_ids).where(Comparison.id == comparison_id))
-    order = list(completion_ids)
+    # Current: read by the statement that locked the row (PostgreSQL) or under the write lock (SQLite).
+    comparison.n_leases += 1
+    order = list(comparison.completion_ids)
     _rng.shuffle(order)
     assignment = Assignment(
-        comparison_id=comparison_id,
+        comparison_id=comparison.id,
         rater_id=rater.id,
         project_id=project.id,
         display_order=order,

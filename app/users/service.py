@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.service import hash_password, revoke_user_sessions
 from app.errors import Conflict, NotFound, Unprocessable
-from app.models import Role, User
+from app.models import ApiToken, Role, User, utcnow
 from app.projects.service import audit
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
@@ -42,6 +42,12 @@ def set_active(db: Session, user: User, active: bool, actor: User | None) -> Non
     user.is_active = active
     if not active:
         revoke_user_sessions(db, user.id)
+        # Revoked for good: reactivating the account must not bring old (possibly leaked) tokens back.
+        db.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
     audit(db, actor, "user.activate" if active else "user.deactivate", "user", user.id)
 
 

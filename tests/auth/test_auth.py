@@ -8,12 +8,12 @@ from urllib.parse import urlparse
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.auth.service import sha256_hex
-from app.models import ApiToken, AuthSession, LoginFailure, User, utcnow
+from app.models import ApiToken, AuthSession, LoginFailure, Prompt, User, utcnow
 from app.users.service import set_active
-from tests.helpers import import_lines, make_project
+from tests.helpers import import_lines, make_project, native_lines
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -86,7 +86,9 @@ def test_session_cookie_is_secure_over_https(app, users, how):
 def test_login_without_or_with_wrong_csrf_is_refused(client, users):
     users.create("alice", "admin")
     client.get("/login", headers={"Accept": "text/html"})
-    missing = client.post("/login", data={"username": "alice", "password": "secret-pass-1"}, follow_redirects=False)
+    missing = client.post(
+        "/login", data={"username": "alice", "password": "secret-pass-1"}, follow_redirects=False
+    )
     wrong = client.post("/login", data={"username": "alice", "password": "secret-pass-1", "csrf_token": "forged"},
                         follow_redirects=False)  # fmt: skip
     assert (missing.status_code, wrong.status_code) == (403, 403)
@@ -202,7 +204,9 @@ def test_browser_session_posts_need_the_csrf_token(client, users):
     assert created.status_code == 201, created.text
 
     form = {"name": "Via form", "mode": "pairwise", "overlap": "1"}
-    no_token = client.post("/projects/new", data=form, headers={"Accept": "text/html"}, follow_redirects=False)
+    no_token = client.post(
+        "/projects/new", data=form, headers={"Accept": "text/html"}, follow_redirects=False
+    )
     assert no_token.status_code == 403
     with_field = client.post("/projects/new", data=form | {"csrf_token": csrf}, follow_redirects=False)
     assert with_field.status_code == 303, with_field.text
@@ -211,6 +215,22 @@ def test_browser_session_posts_need_the_csrf_token(client, users):
     assert with_header.status_code == 303
     names = {p["name"] for p in client.get("/api/v1/projects").json()}
     assert names == {"Via browser", "Via form", "Via header"}
+
+
+def test_multipart_upload_carries_the_csrf_field(client, users, db):
+    admin = users.create("alice", "admin")
+    project = make_project(client, admin)
+    login(client, "alice", "secret-pass-1")
+    csrf = session_csrf(client)
+    url = f"/projects/{project['id']}/import"
+    upload = {"file": ("prompts.jsonl", native_lines(2))}
+    refused = client.post(url, data={"format": "native"}, files=upload, headers={"Accept": "text/html"})
+    assert refused.status_code == 403
+    assert db.scalar(select(func.count()).select_from(Prompt)) == 0
+    accepted = client.post(url, data={"format": "native", "csrf_token": csrf}, files=upload)
+    assert accepted.status_code == 200, accepted.text
+    db.rollback()  # end the test session's read snapshot (SQLite WAL) to see the import
+    assert db.scalar(select(func.count()).select_from(Prompt)) == 2
 
 
 def test_error_pages_render_for_logged_in_browsers(client, users):

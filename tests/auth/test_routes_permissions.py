@@ -15,7 +15,8 @@ from app.auth import deps
 from app.models import Role
 from tests.auth.test_auth import login, session_csrf
 
-PAGE_PREFIXES_WITH_JSON = ("/api/",)
+API_PREFIX = "/api/"
+"""JSON API: refuses anonymous callers with 401; everything else is a page that redirects to /login."""
 
 
 def _route_contexts(app):
@@ -63,13 +64,15 @@ def test_every_route_declares_and_enforces_who_may_call_it(client, users):
         url = _fill(path)
         for method in sorted(methods - {"HEAD", "OPTIONS"}):
             checked += 1
-            is_api = url.startswith(PAGE_PREFIXES_WITH_JSON)
+            is_api = url.startswith(API_PREFIX)
             anonymous = client.request(method, url, headers={"Accept": "application/json" if is_api else "text/html"},
                                        follow_redirects=False)  # fmt: skip
             if is_api:
                 if anonymous.status_code != 401:
                     not_refused_anonymous.append(f"{method} {path}: {anonymous.status_code}")
-            elif anonymous.status_code != 303 or not anonymous.headers.get("location", "").startswith("/login"):
+            elif anonymous.status_code != 303 or not anonymous.headers.get("location", "").startswith(
+                "/login"
+            ):
                 not_refused_anonymous.append(f"{method} {path}: {anonymous.status_code}")
             if Role.annotator in allowed:
                 continue
@@ -85,6 +88,8 @@ def test_every_route_declares_and_enforces_who_may_call_it(client, users):
                     late_checks.append(f"{method} {path} (browser): {in_browser.status_code}")
     assert not undeclared, "routes without require(...) or public: " + "; ".join(undeclared)
     assert not not_refused_anonymous, "anonymous callers not refused: " + "; ".join(not_refused_anonymous)
-    assert not late_checks, "annotator not refused with 403 (check too late or missing): " + "; ".join(late_checks)
+    assert not late_checks, "annotator not refused with 403 (check too late or missing): " + "; ".join(
+        late_checks
+    )
     assert checked > 10, "the route walk found suspiciously few protected routes"
     assert deps.public.allowed_roles is None

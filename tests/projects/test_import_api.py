@@ -15,7 +15,7 @@ TABLES = (Prompt, Completion, Comparison, Judgment)
 
 
 def row_counts(db) -> dict[str, int]:
-    db.expire_all()
+    db.rollback()  # a fresh snapshot: SQLite WAL readers otherwise keep seeing the old one
     return {t.__tablename__: db.scalar(select(func.count()).select_from(t)) for t in TABLES}
 
 
@@ -43,7 +43,10 @@ def project(client, admin):
 BAD_FILES = {
     "malformed JSON": (jsonl(good_row(1), '{"prompt": "x", "completions": [', good_row(3)), [2]),
     "missing field": (jsonl(good_row(1), {"prompt": "no completions here"}), [2]),
-    "fewer than 2 completions": (jsonl({"prompt": "p", "completions": [{"text": "only one"}]}, good_row(2)), [1]),
+    "fewer than 2 completions": (
+        jsonl({"prompt": "p", "completions": [{"text": "only one"}]}, good_row(2)),
+        [1],
+    ),
     "empty file": (b"", [0]),
     "blank lines only": (b"\n\n  \n", [0]),
     "not an object": (jsonl(good_row(1), "[1, 2]"), [2]),
@@ -224,7 +227,9 @@ def test_imported_judgments_take_no_rater_slot(client, admin, users, project, db
     comparison = db.scalar(select(Comparison).join(Judgment, Judgment.comparison_id == Comparison.id))
     assert comparison.n_judgments == 0
     seen = set()
-    while (task := client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=rater["headers"])).status_code == 200:
+    while (
+        task := client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=rater["headers"])
+    ).status_code == 200:
         body = task.json()
         seen.add(body["comparison_id"])
         ids = [o["id"] for o in body["options"]]

@@ -1,0 +1,91 @@
+"""Retraining schedules: per project, "retrain the reward model every N new pairs" and/or "every T minutes".
+
+`tick(worker_id)` runs in every idle worker; one of them acts. The lock is a lease row in scheduler_lock taken
+with one conditional UPDATE (`... WHERE expires_at < now OR holder = me`), so on SQLite and PostgreSQL alike only
+one worker holds it until its lease runs out. A reward job is enqueued only when none is queued or running.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db import is_sqlite, session_scope
+from app.errors import RankforgeError
+from app.models import Job, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
+
+LOCK_NAME = "scheduler"
+LEASE_SECONDS = 60.0
+log = logging.getLogger("rankforge.scheduler")
+
+
+def acquire_lock(db: Session, holder: str, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Take or renew the scheduler lease; True when `holder` holds it now."""
+    insert = (sqlite.insert if is_sqlite(db) else postgresql.insert)(SchedulerLock)
+    db.execute(insert.values(name=LOCK_NAME, holder=None, expires_at=None).on_conflict_do_nothing())
+    now = utcnow()
+    taken = db.execute(
+        update(SchedulerLock)
+        .where(SchedulerLock.name == LOCK_NAME,
+               or_(SchedulerLock.expires_at.is_(None), SchedulerLock.expires_at < now, SchedulerLock.holder == holder))
+        .values(holder=holder, expires_at=now + timedelta(seconds=lease_seconds))
+    )  # fmt: skip
+    return taken.rowcount == 1
+
+
+def reward_due(db: Session, project: Project) -> str | None:
+    """Why a reward job is due now (None: not due)."""
+    schedule = project.schedule or {}
+    every_pairs, every_minutes = schedule.get("reward_every_pairs"), schedule.get("reward_every_minutes")
+    if not every_pairs and not every_minutes:
+        return None
+    busy = db.scalar(select(Job.id).where(Job.project_id == project.id, Job.kind == "reward",
+                                          Job.status.in_([JobStatus.queued, JobStatus.running])).limit(1))  # fmt: skip
+    if busy is not None:
+        return None
+    last = db.scalar(
+        select(func.max(Job.created_at)).where(Job.project_id == project.id, Job.kind == "reward")
+    )
+    new_query = select(func.count()).select_from(Judgment).where(Judgment.project_id == project.id)
+    if last is not None:
+        new_query = new_query.where(Judgment.created_at > last)
+    new_judgments = db.scalar(new_query) or 0
+    if every_pairs and new_judgments >= int(every_pairs):
+        return f"{new_judgments} new judgments (every {every_pairs})"
+    if (
+        every_minutes
+        and new_judgments > 0
+        and (last is None or utcnow() - last >= timedelta(minutes=float(every_minutes)))
+    ):
+        return f"every {every_minutes} minutes"
+    return None
+
+
+def tick(worker_id: str) -> list[int]:
+    """Enqueue the reward jobs that are due; returns their ids (empty when another worker holds the lock)."""
+    from app.jobs.training import create_training_job
+
+    with session_scope() as db:
+        if not acquire_lock(db, worker_id):
+            return []
+    created = []
+    with session_scope() as db:
+        for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
+            reason = reward_due(db, project)
+            if reason is None:
+                continue
+            try:  # create_training_job checks everything before it adds a row: nothing to undo on error
+                job = create_training_job(
+                    db, project, "reward", params=(project.schedule or {}).get("reward_params")
+                )
+            except RankforgeError as error:
+                log.warning("scheduled reward job for %s not started: %s", project.slug, error.detail)
+                continue
+            job.message = f"queued by the schedule: {reason}"
+            created.append(job.id)
+            log.info("scheduled reward job %s for %s (%s)", job.id, project.slug, reason)
+    return created

@@ -1,0 +1,1 @@
+"""Model registry: versions of policies and reward models with their lineage."""

@@ -1,0 +1,39 @@
+"""JSON API of the model registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+
+from app.auth.deps import DbSession, Staff
+from app.projects.service import get_project
+from app.registry import service
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+
+
+class ModelCreate(BaseModel):
+    name: str = Field(description="Unique name, e.g. llama-1b-sft")
+    path: str = Field(description="A local Hugging Face checkpoint directory (config.json inside)")
+    kind: str = Field(description="policy or reward")
+    project_id: int | str | None = None
+
+
+@router.get("")
+def list_models(db: DbSession, principal: Staff, kind: str | None = None, project_id: int | None = None):
+    return [service.version_json(v) for v in service.list_versions(db, kind=kind, project_id=project_id)]
+
+
+@router.get("/{version_id}")
+def get_model(version_id: int, db: DbSession, principal: Staff):
+    version = service.get_version(db, version_id)
+    return service.version_json(version) | {"manifest": version.manifest or {}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def add_model(data: ModelCreate, db: DbSession, principal: Staff):
+    project = get_project(db, data.project_id) if data.project_id is not None else None
+    version = service.register_version(
+        db, data.name, data.path, data.kind, project=project, actor=principal.user
+    )
+    return service.version_json(version)

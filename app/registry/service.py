@@ -1,0 +1,142 @@
+"""Model registry: register local checkpoints, look versions up, pick defaults. Services never commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.errors import Conflict, NotFound, Unprocessable
+from app.models import Completion, ModelVersion, Project, Prompt, User
+from app.projects.service import audit
+
+MODEL_KINDS = ("policy", "reward")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def version_json(version: ModelVersion) -> dict:
+    return {
+        "id": version.id, "name": version.name, "kind": version.kind, "path": version.path,
+        "project_id": version.project_id, "base_version_id": version.base_version_id, "job_id": version.job_id,
+        "dataset_id": version.dataset_id, "dataset_sha256": version.dataset_sha256, "metrics": version.metrics or {},
+        "created_at": version.created_at.isoformat(),
+    }  # fmt: skip
+
+
+def list_versions(
+    db: Session, *, kind: str | None = None, project_id: int | None = None
+) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.id.desc())
+    if kind:
+        query = query.where(ModelVersion.kind == kind)
+    if project_id is not None:
+        query = query.where(ModelVersion.project_id == project_id)
+    return list(db.scalars(query))
+
+
+def get_version(db: Session, ref: int | str, *, kind: str | None = None) -> ModelVersion:
+    """A version by id (int or digits) or by name; `kind` checks it is the kind the caller needs."""
+    version = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        version = db.get(ModelVersion, int(ref))
+    if version is None and isinstance(ref, str):
+        version = db.scalar(select(ModelVersion).where(ModelVersion.name == ref))
+    if version is None:
+        raise NotFound(f"No model version {ref!r}.")
+    if kind and version.kind != kind:
+        raise Unprocessable(f"Model version {version.name!r} is a {version.kind} model, not a {kind} model.")
+    return version
+
+
+def newest_version(db: Session, kind: str, project_id: int | None) -> ModelVersion | None:
+    """The project's newest version of this kind, else the newest one of any project (or none)."""
+    query = select(ModelVersion).where(ModelVersion.kind == kind).order_by(ModelVersion.id.desc()).limit(1)
+    if project_id is not None:
+        found = db.scalar(query.where(ModelVersion.project_id == project_id))
+        if found is not None:
+            return found
+    return db.scalar(query)
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name or ""):
+        raise Unprocessable("A model name uses letters, digits, '.', '_' and '-' (at most 200 characters).")
+    return name
+
+
+def register_version(db: Session, name: str, path: str | Path, kind: str, *, project: Project | None = None,
+                     actor: User | None = None, manifest: dict | None = None) -> ModelVersion:  # fmt: skip
+    """Register a local Hugging Face checkpoint directory (it must hold a config.json)."""
+    if kind not in MODEL_KINDS:
+        raise Unprocessable(f"kind must be one of {', '.join(MODEL_KINDS)}, not {kind!r}.")
+    check_name(name)
+    directory = Path(path).expanduser().resolve()
+    if not (directory / "config.json").is_file():
+        raise Unprocessable(f"{directory} is not a Hugging Face checkpoint directory (no config.json there).")
+    if db.scalar(select(ModelVersion.id).where(ModelVersion.name == name)) is not None:
+        raise Conflict(f"A model version named {name!r} exists already.")
+    if manifest is None and (directory / "manifest.json").is_file():
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    version = ModelVersion(name=name, kind=kind, path=str(directory), project_id=project.id if project else None,
+                           metrics=(manifest or {}).get("metrics") or {}, manifest=manifest or {})  # fmt: skip
+    db.add(version)
+    db.flush()
+    audit(db, actor, "model.register", "model_version", version.id, name=name, kind=kind)
+    return version
+
+
+def project_texts(db: Session, project: Project, limit: int = 20000) -> list[str]:
+    """Prompt and completion texts of a project: what a tiny tokenizer is trained on."""
+    texts = []
+    for messages in db.scalars(select(Prompt.messages).where(Prompt.project_id == project.id).limit(limit)):
+        texts += [m.get("content", "") for m in messages or [] if isinstance(m, dict)]
+    texts += db.scalars(select(Completion.text).join(Prompt, Prompt.id == Completion.prompt_id)
+                        .where(Prompt.project_id == project.id).limit(limit))  # fmt: skip
+    return [t for t in texts if t]
+
+
+def build_tiny_models(texts: list[str], out_dir: Path, *, seed: int = 0) -> dict:
+    """Run `python -m trainer.tiny OUT --texts F` in a child process (the app never imports torch)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as handle:
+        handle.write("\n".join(t.replace("\n", " ") for t in texts))
+        texts_file = handle.name
+    command = [get_settings().python_executable or sys.executable, "-m", "trainer.tiny", str(out_dir),
+               "--seed", str(seed)] + (["--texts", texts_file] if texts else [])  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    try:
+        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        os.unlink(texts_file)
+    if completed.returncode != 0:
+        raise RuntimeError(f"trainer.tiny failed: {completed.stderr.strip()[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def init_tiny(
+    db: Session, project: Project | None, *, actor: User | None = None, seed: int = 0
+) -> list[ModelVersion]:
+    """Build a tiny policy and reward model (tokenizer trained on the project's texts) and register both."""
+    stem = f"tiny-{project.slug}" if project else "tiny"
+    name, n = stem, 1
+    while db.scalar(
+        select(ModelVersion.id).where(ModelVersion.name.in_([f"{name}-policy", f"{name}-reward"]))
+    ):
+        n += 1
+        name = f"{stem}-{n}"
+    out_dir = get_settings().data_dir.resolve() / "models" / name
+    if out_dir.exists():
+        raise Conflict(f"{out_dir} exists already.")
+    texts = project_texts(db, project) if project else []
+    paths = build_tiny_models(texts, out_dir, seed=seed)
+    return [register_version(db, f"{name}-{kind}", paths[kind], kind, project=project, actor=actor)
+            for kind in MODEL_KINDS]  # fmt: skip

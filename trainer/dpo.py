@@ -1,0 +1,99 @@
+"""Direct Preference Optimization of a policy on a pairs snapshot (TRL DPOTrainer).
+
+The policy pi starts as the base model, which also serves as the frozen reference pi_ref. Each pair's implicit
+reward margin is
+
+    m = beta * [(log pi(chosen|x) - log pi_ref(chosen|x)) - (log pi(rejected|x) - log pi_ref(rejected|x))]
+
+and the sigmoid loss is -log sigmoid(m). With precompute_ref_log_probs (default) the reference log-probs of the
+train and test splits are computed once before training, so no second model is kept in memory.
+
+Metrics while training: loss/total, rewards/{chosen,rejected,accuracies,margins}, logps/*; at the end on the
+snapshot's test split: eval/rewards/accuracies (held-out implicit-reward accuracy: share of pairs with m > 0,
+averaged over eval batches), eval/rewards/margins, eval/loss. Output: the trained policy ("policy" kind).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trl import DPOConfig, DPOTrainer
+
+from trainer import progress
+from trainer.data import dataset_for_trainer, has_split, read_rows, read_training_rows, require_format
+from trainer.models import load_policy, load_tokenizer, save_trained
+from trainer.params import DPOArgs, parse_params, trainer_kwargs
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only prompt/chosen/rejected: TRL takes standard or conversational rows as they are."""
+    return [{column: row[column] for column in PAIR_COLUMNS} for row in rows]
+
+
+def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    args: DPOArgs = parse_params("dpo", spec.get("params"))
+    dataset_path = spec.get("dataset_path")
+    require_format(dataset_path, "dpo", ("pairs",))
+    tokenizer = load_tokenizer(spec.get("base_model"))
+    policy = load_policy(spec.get("base_model"))
+
+    train_rows = read_training_rows(dataset_path)
+    eval_rows = []
+    if args.eval_split and has_split(dataset_path, args.eval_split):
+        eval_rows = read_rows(dataset_path, args.eval_split)
+    progress.log(f"dpo: {len(train_rows)} training pairs, {len(eval_rows)} held-out pairs")
+
+    scratch = out_dir / "_scratch"
+    config = DPOConfig(
+        **trainer_kwargs(args, str(scratch), int(spec.get("seed", 0) or 0)),
+        beta=args.beta,
+        loss_type=args.loss_type,
+        label_smoothing=args.label_smoothing,
+        precompute_ref_log_probs=args.precompute_ref_log_probs,
+    )
+    train_dataset = dataset_for_trainer(pair_rows(train_rows), scratch / "train", config)
+    eval_dataset = dataset_for_trainer(pair_rows(eval_rows), scratch / "eval", config) if eval_rows else None
+    callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
+    progress.progress(
+        0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    result = trainer.train()
+
+    metrics: dict[str, Any] = {
+        "loss/total": callback.last("loss/total", result.training_loss),
+        "train/loss_mean": result.training_loss,
+        "train/pairs": len(train_rows),
+        "train/steps": result.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+    }
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+        if (value := callback.last(name)) is not None:
+            metrics[name] = value
+    if eval_dataset is not None:
+        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
+        held_out = progress.map_metrics(trainer.evaluate())  # also emitted as a metrics event by the callback
+        for name in (
+            "eval/loss",
+            "eval/rewards/accuracies",
+            "eval/rewards/margins",
+            "eval/rewards/chosen",
+            "eval/rewards/rejected",
+        ):
+            if name in held_out:
+                metrics[name] = held_out[name]
+        metrics["eval/pairs"] = len(eval_dataset)
+
+    progress.progress(0.95, "saving the policy")
+    save_trained(trainer, tokenizer, out_dir, scratch)
+    return metrics

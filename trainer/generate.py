@@ -1,0 +1,199 @@
+"""Sampling completions from a policy (`generate`) and scoring completions with a reward model (`score`).
+
+generate: for every prompt (prompts_path, or the snapshot's unique prompts) the policy samples
+num_completions completions and out_dir/generations.jsonl gets one line per prompt:
+    {"prompt_id", "completions": [{"text", "params": {...}, "finish_reason": "eos" | "length"}]}
+
+score: prompts_path lines carry {"prompt_id", "prompt", "completions": [{"completion_id", "text"}]}; the reward
+model scores each (prompt, completion) exactly as reward training saw it (chat template for message prompts,
+else prompt + completion + EOS) and out_dir/scores.jsonl gets one line per completion:
+    {"prompt_id", "completion_id", "score"}
+
+Both run on one process (under a multi-process launch the other ranks do nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import progress
+from trainer.data import encode_sequence, is_conversational, read_prompts, read_prompts_file, to_prompt_text
+from trainer.models import default_device, load_policy, load_reward, load_tokenizer, reward_scores
+from trainer.params import GenerateArgs, ScoreArgs, parse_params
+
+
+def _stop_token_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a completion (generation configs may list several, e.g. end-of-turn and EOS)."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _sampling_kwargs(args: GenerateArgs) -> dict[str, Any]:
+    if args.temperature <= 0:
+        return {"do_sample": False}
+    return {
+        "do_sample": True,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k or None,
+    }
+
+
+@torch.no_grad()
+def generate_completions(
+    model, tokenizer, prompts: list[Any], args: GenerateArgs
+) -> list[list[dict[str, Any]]]:
+    """num_completions completions for each prompt: [[{"text", "finish_reason", "new_tokens"}...]...]."""
+    device = next(model.parameters()).device
+    greedy = args.temperature <= 0
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
+    encoded = []
+    for prompt in prompts:
+        # A chat template writes its own special tokens; a plain prompt is tokenized as TRL trainers do.
+        ids = tokenizer(to_prompt_text(prompt, tokenizer), add_special_tokens=not is_conversational(prompt))[
+            "input_ids"
+        ]
+        encoded.append(ids[-args.max_prompt_length :])
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=args.max_new_tokens,
+        num_return_sequences=1 if greedy else args.num_completions,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(stop_ids) or None,
+        **_sampling_kwargs(args),
+    )
+    new_tokens = output[:, width:].cpu().tolist()
+    if greedy:  # transformers refuses several greedy sequences: they would all be the same anyway
+        new_tokens = [tokens for tokens in new_tokens for _ in range(args.num_completions)]
+    results: list[list[dict[str, Any]]] = []
+    for index in range(len(prompts)):
+        completions = []
+        for tokens in new_tokens[index * args.num_completions : (index + 1) * args.num_completions]:
+            stop_at = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+            kept = tokens if stop_at is None else tokens[:stop_at]
+            completions.append(
+                {
+                    "text": tokenizer.decode(kept, skip_special_tokens=True),
+                    "finish_reason": "length" if stop_at is None else "eos",
+                    "new_tokens": len(kept),
+                }
+            )
+        results.append(completions)
+    return results
+
+
+def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    args: GenerateArgs = parse_params("generate", spec.get("params"))
+    if args.num_completions < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise ValueError("generate needs num_completions, max_new_tokens and batch_size >= 1")
+    if not progress.is_main_process():
+        return {}
+    tokenizer = load_tokenizer(spec.get("base_model"))
+    model = load_policy(spec.get("base_model")).to(default_device()).eval()
+    prompts = read_prompts(spec)
+    if not prompts:
+        raise ValueError("no prompts to generate for")
+    params = {
+        "model": spec.get("base_model"),
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": spec.get("seed", 0),
+    }
+    started = time.monotonic()
+    finished_by_eos = new_tokens = count = 0
+    with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
+        for start in range(0, len(prompts), args.batch_size):
+            batch = prompts[start : start + args.batch_size]
+            for item, completions in zip(
+                batch, generate_completions(model, tokenizer, [p["prompt"] for p in batch], args), strict=True
+            ):
+                row = {
+                    "prompt_id": item["prompt_id"],
+                    "completions": [
+                        {"text": c["text"], "params": params, "finish_reason": c["finish_reason"]}
+                        for c in completions
+                    ],
+                }
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                finished_by_eos += sum(c["finish_reason"] == "eos" for c in completions)
+                new_tokens += sum(c["new_tokens"] for c in completions)
+                count += len(completions)
+            done = min(len(prompts), start + args.batch_size)
+            progress.progress(
+                0.05 + 0.9 * done / len(prompts), f"generated for {done}/{len(prompts)} prompts"
+            )
+    return {
+        "generate/prompts": len(prompts),
+        "generate/completions": count,
+        "generate/eos_share": finished_by_eos / count,
+        "generate/mean_new_tokens": new_tokens / count,
+        "generate/runtime_s": round(time.monotonic() - started, 3),
+    }
+
+
+def main_score(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    args: ScoreArgs = parse_params("score", spec.get("params"))
+    if not progress.is_main_process():
+        return {}
+    if not spec.get("prompts_path"):
+        raise ValueError("a score job needs prompts_path: lines of {prompt_id, prompt, completions: [...]}")
+    rows = read_prompts_file(spec["prompts_path"])
+    tokenizer = load_tokenizer(spec.get("reward_model"), role="reward model")
+    model = load_reward(spec.get("reward_model"), tokenizer=tokenizer).to(default_device()).eval()
+
+    keys, sequences = [], []
+    for number, row in enumerate(rows, start=1):
+        for completion in row.get("completions") or []:
+            if "completion_id" not in completion or "text" not in completion:
+                raise ValueError(
+                    f"{spec['prompts_path']} line {number}: each completion needs completion_id and text"
+                )
+            keys.append((row["prompt_id"], completion["completion_id"]))
+            sequences.append(encode_sequence(row["prompt"], completion["text"], tokenizer))
+    if not sequences:
+        raise ValueError(f"{spec['prompts_path']} holds no completions to score")
+
+    scores: list[float] = []
+    chunk = max(args.batch_size * 8, 1)  # report progress every few batches
+    for start in range(0, len(sequences), chunk):
+        scores += reward_scores(
+            model,
+            tokenizer,
+            sequences[start : start + chunk],
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
+        done = min(len(sequences), start + chunk)
+        progress.progress(0.05 + 0.9 * done / len(sequences), f"scored {done}/{len(sequences)} completions")
+    with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as handle:
+        for (prompt_id, completion_id), score in zip(keys, scores, strict=True):
+            handle.write(
+                json.dumps({"prompt_id": prompt_id, "completion_id": completion_id, "score": score}) + "\n"
+            )
+    mean = sum(scores) / len(scores)
+    return {
+        "scores/count": len(scores),
+        "scores/mean": mean,
+        "scores/std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),
+        "scores/min": min(scores),
+        "scores/max": max(scores),
+    }

@@ -1,0 +1,114 @@
+"""Kahneman-Tversky Optimization of a policy on unpaired feedback (TRL KTOTrainer).
+
+Rows are {prompt, completion, label}: label true marks a desirable completion, false an undesirable one (the
+app's kto export; a pairs snapshot is unpaired here: chosen -> true, rejected -> false). With the implicit
+reward r = beta * (log pi(y|x) - log pi_ref(y|x)) and z_ref an estimate of KL(pi || pi_ref) from mismatched
+(prompt, completion) pairs in the same batch, KTO minimises
+
+    desirable_weight * (1 - sigmoid(r - z_ref))  for desirable rows
+    undesirable_weight * (1 - sigmoid(z_ref - r))  for undesirable rows
+
+TRL samples batches in order (the KL pairs are built per batch ahead of time), so the rows are shuffled with
+the job's seed first: an export lists a comparison's rows next to each other, and unshuffled batches would
+hold one label each, which teaches nothing.
+
+Metrics: loss/total, rewards/{chosen,rejected,margins}, train/kl; eval/* on the snapshot's test split.
+Output: the trained policy ("policy" kind).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trl import KTOConfig, KTOTrainer
+
+from trainer import progress
+from trainer.data import dataset_for_trainer, has_split, read_rows, require_format, shuffled, unpair
+from trainer.models import load_policy, load_tokenizer, save_trained
+from trainer.params import KTOArgs, parse_params, trainer_kwargs
+
+KTO_COLUMNS = ("prompt", "completion", "label")
+
+
+def kto_rows(dataset_path: str | Path, split: str, fmt: str, seed: int) -> list[dict[str, Any]]:
+    """Unpaired rows of a split (pairs snapshots unpaired), shuffled, with only the columns TRL needs."""
+    rows = read_rows(dataset_path, split)
+    if fmt == "pairs":
+        rows = unpair(rows)
+    return shuffled([{column: row[column] for column in KTO_COLUMNS} for row in rows], seed)
+
+
+def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    args: KTOArgs = parse_params("kto", spec.get("params"))
+    seed = int(spec.get("seed", 0) or 0)
+    dataset_path = spec.get("dataset_path")
+    fmt = require_format(dataset_path, "kto", ("kto", "pairs"))
+    tokenizer = load_tokenizer(spec.get("base_model"))
+    policy = load_policy(spec.get("base_model"))
+
+    train_rows = kto_rows(dataset_path, "train", fmt, seed)
+    if not train_rows:
+        raise ValueError(f"dataset snapshot {dataset_path}: the train split is empty")
+    if args.per_device_train_batch_size < 2:
+        raise ValueError(
+            "kto needs per_device_train_batch_size >= 2 (the KL estimate pairs rows within a batch)"
+        )
+    desirable = sum(bool(row["label"]) for row in train_rows)
+    eval_rows = []
+    if args.eval_split and has_split(dataset_path, args.eval_split):
+        eval_rows = kto_rows(dataset_path, args.eval_split, fmt, seed)
+    progress.log(f"kto: {len(train_rows)} training rows ({desirable} desirable), {len(eval_rows)} held-out")
+
+    scratch = out_dir / "_scratch"
+    config = KTOConfig(
+        **trainer_kwargs(args, str(scratch), seed),
+        beta=args.beta,
+        desirable_weight=args.desirable_weight,
+        undesirable_weight=args.undesirable_weight,
+        precompute_ref_log_probs=args.precompute_ref_log_probs,
+    )
+    train_dataset = dataset_for_trainer(train_rows, scratch / "train", config)
+    eval_dataset = dataset_for_trainer(eval_rows, scratch / "eval", config) if eval_rows else None
+    callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
+    progress.progress(
+        0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
+    )
+    trainer = KTOTrainer(
+        model=policy,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    result = trainer.train()
+
+    metrics: dict[str, Any] = {
+        "loss/total": callback.last("loss/total", result.training_loss),
+        "train/loss_mean": result.training_loss,
+        "train/rows": len(train_rows),
+        "train/desirable_rows": desirable,
+        "train/steps": result.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+    }
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "train/kl"):
+        if (value := callback.last(name)) is not None:
+            metrics[name] = value
+    if eval_dataset is not None:
+        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
+        held_out = progress.map_metrics(trainer.evaluate())
+        for name in (
+            "eval/loss",
+            "eval/rewards/chosen",
+            "eval/rewards/rejected",
+            "eval/rewards/margins",
+            "eval/kl",
+        ):
+            if name in held_out:
+                metrics[name] = held_out[name]
+        metrics["eval/rows"] = len(eval_dataset)
+
+    progress.progress(0.95, "saving the policy")
+    save_trained(trainer, tokenizer, out_dir, scratch)
+    return metrics

@@ -1,0 +1,393 @@
+"""Hyperparameters of every job kind: one dataclass per kind, a docstring under every field.
+
+Torch-free on purpose: the web app imports this module to show defaults and validate a job's params
+before queueing it, and the web process never imports torch.
+
+    ARGS[kind] -> the Args dataclass      DEFAULTS[kind] -> {field: default}
+    FIELD_DOCS[kind] -> {field: docstring}  parse_params(kind, params) -> Args (clear error on unknown keys)
+
+Defaults suit tiny models on CPU (each kind finishes in seconds on a few hundred rows). For pretrained models
+of 100M+ parameters lower the learning rates (about 1e-5 for reward models, 5e-7..5e-6 for DPO/KTO).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import textwrap
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TrainArgs:
+    """Fields shared by every kind that trains a model."""
+
+    learning_rate: float = 1e-3
+    """peak learning rate of AdamW"""
+    num_train_epochs: float = 1.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    max_steps: int = -1
+    """if > 0: train exactly this many optimizer steps, overriding num_train_epochs"""
+    per_device_train_batch_size: int = 8
+    """rows per device per forward pass"""
+    per_device_eval_batch_size: int = 16
+    """rows per device per forward pass when evaluating on the held-out split"""
+    gradient_accumulation_steps: int = 1
+    """forward passes accumulated into one optimizer step (effective batch = batch size x this x devices)"""
+    lr_scheduler_type: str = "linear"
+    """learning-rate schedule after warmup: linear, cosine, constant, constant_with_warmup, ..."""
+    warmup_steps: float = 0.0
+    """linear warmup: an integer number of steps, or a float in [0, 1) as a share of all steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    max_length: int = 512
+    """longest tokenized sequence (prompt + completion); longer rows are truncated or dropped"""
+    logging_steps: int = 5
+    """emit a metrics event every this many optimizer steps"""
+    bf16: bool | None = None
+    """bfloat16 mixed precision; None: on for GPUs that support it, off on CPU"""
+    activation_checkpointing: bool = False
+    """recompute activations in the backward pass (gradient checkpointing): less memory, about 20% slower"""
+    eval_split: str = "test"
+    """snapshot split used for held-out metrics (empty string: skip held-out evaluation)"""
+
+
+@dataclass
+class RewardArgs(TrainArgs):
+    """Bradley-Terry reward model: loss = -w * log sigmoid(r_chosen - r_rejected - margin_coefficient * margin)."""
+
+    num_train_epochs: float = 3.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    margin_coefficient: float = 0.0
+    """scale of the pair's rank margin (distance between tie groups, >= 1) inside the loss; 0 disables margins"""
+    use_weights: bool = True
+    """weight each pair's loss by its snapshot `weight` (vote agreement x rater reliability) when present"""
+    center_rewards_coefficient: float = 0.0
+    """pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2); 0 disables"""
+
+
+@dataclass
+class DPOArgs(TrainArgs):
+    """Direct Preference Optimization against the frozen base policy."""
+
+    learning_rate: float = 5e-4
+    """peak learning rate of AdamW"""
+    num_train_epochs: float = 3.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    beta: float = 0.1
+    """strength of the implicit KL penalty towards the reference (base) policy; higher stays closer"""
+    loss_type: str = "sigmoid"
+    """TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, bco_pair, apo_zero, ..."""
+    label_smoothing: float = 0.0
+    """assumed share of flipped preference labels (robust / conservative DPO); 0 trusts every label"""
+    precompute_ref_log_probs: bool = True
+    """compute the reference log-probs once before training instead of keeping a reference model in memory"""
+
+
+@dataclass
+class KTOArgs(TrainArgs):
+    """Kahneman-Tversky Optimization on unpaired desirable / undesirable completions."""
+
+    learning_rate: float = 5e-4
+    """peak learning rate of AdamW"""
+    num_train_epochs: float = 3.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    beta: float = 0.1
+    """strength of the implicit KL penalty towards the reference (base) policy; higher stays closer"""
+    desirable_weight: float = 1.0
+    """loss weight of desirable (label true) rows, to balance unequal counts"""
+    undesirable_weight: float = 1.0
+    """loss weight of undesirable (label false) rows, to balance unequal counts"""
+    precompute_ref_log_probs: bool = True
+    """compute the reference log-probs once before training instead of keeping a reference model in memory"""
+
+
+# PPO / GRPO / RLOO: placeholders owned by the engineer writing trainer/ppo.py and trainer/grpo.py, who fills
+# in their fields (a docstring under each one). Keep them dataclasses inheriting TrainArgs so DEFAULTS works.
+@dataclass
+class PPOArgs(TrainArgs):
+    """InstructGPT-style PPO against a learned reward model (trainer/ppo.py).
+
+    One update = sample a rollout batch of prompts, generate responses, score them, then num_ppo_epochs passes
+    of clipped policy + value updates over it. Rollout batch = per_device_train_batch_size x
+    gradient_accumulation_steps x num_mini_batches responses.
+    """
+
+    learning_rate: float = 3e-4
+    """peak learning rate of AdamW for policy and value model (tiny models; about 1e-6..3e-6 for real ones)"""
+    num_train_epochs: float = 1.0
+    """passes over the training prompts, one response per prompt and pass (ignored when max_steps > 0)"""
+    max_steps: int = -1
+    """if > 0: run exactly this many PPO updates (rollout batches), overriding num_train_epochs"""
+    per_device_train_batch_size: int = 8
+    """responses per forward/backward pass in the PPO update"""
+    per_device_eval_batch_size: int = 16
+    """prompts per generate() call when sampling for the before/after evaluation"""
+    num_mini_batches: int = 1
+    """optimizer steps per PPO epoch: the rollout batch is split into this many mini-batches"""
+    num_ppo_epochs: int = 4
+    """passes of PPO updates over each rollout batch"""
+    max_length: int = 512
+    """longest prompt + response in tokens: prompts keep their last (max_length - max_new_tokens) tokens"""
+    max_new_tokens: int = 32
+    """longest sampled response in tokens (a response cut here has no EOS: see missing_eos_penalty)"""
+    temperature: float = 0.7
+    """sampling temperature; log-probs of policy and reference use logits divided by it too"""
+    kl_coef: float = 0.05
+    """initial weight of the per-token KL penalty (policy vs frozen reference) inside the reward"""
+    adaptive_kl: bool = True
+    """adapt kl_coef so the KL per response approaches target_kl (Ziegler et al. 2019 controller)"""
+    target_kl: float = 6.0
+    """KL per response (nats, summed over its tokens) the adaptive controller steers towards"""
+    kl_horizon: int = 10000
+    """adaptive controller horizon in responses: larger adapts kl_coef more slowly"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the score of a response that hit max_new_tokens without EOS; 0 disables"""
+    gamma: float = 1.0
+    """discount factor of GAE"""
+    lam: float = 0.95
+    """lambda of GAE (bias/variance trade-off of the advantage estimate)"""
+    cliprange: float = 0.2
+    """policy ratio clip range of the surrogate objective"""
+    cliprange_value: float = 0.2
+    """value predictions may move at most this far from the rollout values (clipped value loss)"""
+    vf_coef: float = 0.1
+    """weight of the value loss in the total loss"""
+    whiten_rewards: bool = False
+    """whiten the per-token rewards of each rollout batch before GAE (advantages are always whitened)"""
+    eval_prompts: int = 16
+    """prompts held out of training to score fresh samples before and after (from eval_split when the
+    snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
+
+
+@dataclass
+class GRPOArgs(TrainArgs):
+    """Group Relative Policy Optimization with weighted reward functions (trainer/grpo.py, TRL GRPOTrainer).
+
+    Each prompt gets num_generations completions; a completion's advantage is its reward relative to its group.
+    per_device_train_batch_size x gradient_accumulation_steps must be a multiple of num_generations.
+    """
+
+    learning_rate: float = 3e-4
+    """peak learning rate of AdamW (tiny models; about 1e-6 for real ones)"""
+    per_device_train_batch_size: int = 16
+    """completions per device per forward pass (a multiple of num_generations, or accumulate to one)"""
+    rewards: list | None = None
+    """weighted reward functions, e.g. [{"name": "reward_model", "weight": 1.0}, {"name": "exact_match",
+    "weight": 0.5, "answer_field": "answer"}]; names: reward_model, exact_match, numeric_match, regex,
+    json_schema, length_penalty (see trainer/rewards); null: the spec's reward_model alone"""
+    num_generations: int = 8
+    """completions sampled per prompt (the group)"""
+    max_completion_length: int = 32
+    """longest sampled completion in tokens"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    top_p: float = 1.0
+    """nucleus sampling threshold; 1 disables"""
+    top_k: int = 0
+    """keep only the top_k most likely tokens when sampling; 0 disables"""
+    beta: float = 0.04
+    """weight of the KL penalty towards the frozen reference policy; 0 skips the reference (no KL metric)"""
+    epsilon: float = 0.2
+    """clip range of the policy ratio"""
+    num_iterations: int = 1
+    """policy updates per generated batch"""
+    loss_type: str = "dapo"
+    """TRL GRPO loss aggregation: dapo, grpo, dr_grpo, bnpo, cispo, sapo"""
+    scale_rewards: str = "group"
+    """divide advantages by the reward std of the group, the batch, or none"""
+    multi_objective_aggregation: str = "sum_then_normalize"
+    """how several rewards combine: sum_then_normalize, or normalize_then_sum (GDPO)"""
+    mask_truncated_completions: bool = False
+    """leave completions that hit max_completion_length out of the loss"""
+    eval_prompts: int = 16
+    """prompts held out of training to score fresh samples before and after (from eval_split when the
+    snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
+
+
+@dataclass
+class RLOOArgs(TrainArgs):
+    """REINFORCE Leave-One-Out with weighted reward functions (trainer/grpo.py, TRL RLOOTrainer).
+
+    A completion's baseline is the mean reward of the other completions of its prompt.
+    per_device_train_batch_size x gradient_accumulation_steps must be a multiple of num_generations.
+    """
+
+    learning_rate: float = 3e-4
+    """peak learning rate of AdamW (tiny models; about 1e-6 for real ones)"""
+    per_device_train_batch_size: int = 16
+    """completions per device per forward pass (a multiple of num_generations, or accumulate to one)"""
+    rewards: list | None = None
+    """weighted reward functions (same format as grpo's); null: the spec's reward_model alone"""
+    num_generations: int = 8
+    """completions sampled per prompt (at least 2: each one's baseline is the others' mean)"""
+    max_completion_length: int = 32
+    """longest sampled completion in tokens"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    top_p: float = 1.0
+    """nucleus sampling threshold; 1 disables"""
+    top_k: int = 0
+    """keep only the top_k most likely tokens when sampling; 0 disables"""
+    beta: float = 0.05
+    """weight of the KL penalty towards the frozen reference policy; 0 skips the reference (no KL metric)"""
+    epsilon: float = 0.2
+    """clip range of the policy ratio"""
+    num_iterations: int = 1
+    """policy updates per generated batch"""
+    normalize_advantages: bool = False
+    """scale the advantages of each generation batch to mean 0, std 1"""
+    mask_truncated_completions: bool = False
+    """leave completions that hit max_completion_length out of the loss"""
+    eval_prompts: int = 16
+    """prompts held out of training to score fresh samples before and after (from eval_split when the
+    snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
+
+
+@dataclass
+class GenerateArgs:
+    """Sample completions from a policy for every prompt."""
+
+    num_completions: int = 2
+    """completions sampled per prompt"""
+    temperature: float = 1.0
+    """sampling temperature; 0 means greedy decoding (then all completions of a prompt are the same)"""
+    top_p: float = 1.0
+    """nucleus sampling: keep the smallest token set whose probability reaches top_p; 1 disables"""
+    top_k: int = 0
+    """keep only the top_k most likely tokens; 0 disables"""
+    max_new_tokens: int = 64
+    """longest completion in tokens; a completion cut here has finish_reason "length\""""
+    batch_size: int = 8
+    """prompts per generate() call"""
+    max_prompt_length: int = 512
+    """prompts longer than this many tokens keep their last max_prompt_length tokens"""
+
+
+@dataclass
+class ScoreArgs:
+    """Score completions with a reward model."""
+
+    batch_size: int = 16
+    """(prompt, completion) sequences per forward pass"""
+    max_length: int = 1024
+    """longest tokenized prompt + completion; longer ones keep their last max_length tokens"""
+
+
+ARGS: dict[str, type] = {
+    "reward": RewardArgs,
+    "dpo": DPOArgs,
+    "kto": KTOArgs,
+    "ppo": PPOArgs,
+    "grpo": GRPOArgs,
+    "rloo": RLOOArgs,
+    "generate": GenerateArgs,
+    "score": ScoreArgs,
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (inherited fields included; subclasses win)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = following.value.value.strip()
+    return docs
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {kind: asdict(cls()) for kind, cls in ARGS.items()}
+FIELD_DOCS: dict[str, dict[str, str]] = {kind: field_docs(cls) for kind, cls in ARGS.items()}
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Accept JSON values that fit the field's annotation (an int where a float is wanted is fine)."""
+    origin = typing.get_origin(annotation)
+    allowed = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return None
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is str and isinstance(value, str):
+            return value
+        container = typing.get_origin(kind) or kind  # list, dict, list[dict], ...
+        if container in (list, dict) and isinstance(value, container):
+            return value
+    wanted = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ValueError(f"param {name!r} must be {wanted}, got {value!r}")
+
+
+def parse_params(kind: str, params: dict[str, Any] | None) -> Any:
+    """Build the kind's Args from a job's params, rejecting unknown names and wrong types with a clear message."""
+    if kind not in ARGS:
+        raise ValueError(f"unknown job kind {kind!r}; known kinds: {', '.join(ARGS)}")
+    cls = ARGS[kind]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(params or {}) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown param(s) for {kind}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    values = {name: _check_type(name, value, hints[name]) for name, value in (params or {}).items()}
+    return cls(**values)
+
+
+def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config (RewardConfig, DPOConfig, ...) built from TrainArgs.
+
+    Nothing is saved during training (the job saves the final model itself) and nothing is reported to
+    outside services; scratch_dir only receives what transformers insists on writing.
+    """
+    import torch  # only the training child gets here
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = args.bf16 if args.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
+    return {
+        "output_dir": scratch_dir,
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "max_length": args.max_length,
+        "logging_steps": args.logging_steps,
+        "bf16": bf16,
+        "activation_checkpointing": args.activation_checkpointing,
+        "gradient_checkpointing": None,  # deprecated alias in transformers 5; TRL configs default it to True
+        "seed": seed,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": on_gpu,
+        # Several processes without CUDA (torchrun / accelerate on CPU) only form a gloo group with use_cpu.
+        "use_cpu": not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    }

@@ -1,0 +1,174 @@
+"""Bradley-Terry reward model on a pairs snapshot.
+
+A sequence classifier with one output r(prompt, completion) learns to score the chosen completion above the
+rejected one:
+
+    loss = sum_i w_i * -log sigmoid(r(x_i, chosen_i) - r(x_i, rejected_i) - margin_coefficient * margin_i) / sum_i w_i
+
+w_i is the pair's snapshot weight (vote agreement x rater reliability; 1 when absent or use_weights is off),
+margin_i its rank distance (>= 1). TRL's RewardTrainer tokenizes and batches the pairs (and runs under
+accelerate); this subclass adds the per-pair weights and the scaled margin to its loss.
+
+Metrics: loss/total, rewards/{chosen,rejected,accuracies,margins} while training; eval/accuracy (share of
+held-out pairs where chosen scores higher) and eval/margin on the snapshot's test split at the end.
+Output: a one-label sequence-classification checkpoint + tokenizer ("reward" kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
+
+from trainer import progress
+from trainer.data import encode_sequence, has_split, read_rows, read_training_rows, require_format
+from trainer.models import load_reward, load_tokenizer, reward_scores, save_trained
+from trainer.params import RewardArgs, parse_params, trainer_kwargs
+
+
+@dataclass
+class WeightedPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator (chosen rows first, then rejected) plus a per-pair `weight` tensor."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().torch_call(examples)
+        if "weight" in examples[0]:
+            batch["weight"] = torch.tensor([float(example["weight"]) for example in examples])
+        return batch
+
+
+class WeightedRewardTrainer(RewardTrainer):
+    """RewardTrainer whose loss weighs each pair and subtracts its (already scaled) margin."""
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        weight = inputs.pop("weight", None)
+        margin = inputs.pop("margin", None)
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        )
+        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+
+        difference = rewards_chosen - rewards_rejected
+        pair_losses = -F.logsigmoid(difference - margin if margin is not None else difference)
+        if weight is None:
+            loss = pair_losses.mean()
+        else:
+            loss = (weight * pair_losses).sum() / weight.sum().clamp_min(1e-8)
+        if self.args.center_rewards_coefficient:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean(
+                (rewards_chosen + rewards_rejected) ** 2
+            )
+
+        with torch.no_grad():
+            gather = self.accelerator.gather_for_metrics
+            self._metrics[mode]["rewards/chosen"].append(gather(rewards_chosen).mean().item())
+            self._metrics[mode]["rewards/rejected"].append(gather(rewards_rejected).mean().item())
+            self._metrics[mode]["rewards/accuracies"].append(gather((difference > 0).float()).mean().item())
+            self._metrics[mode]["rewards/margins"].append(gather(difference).mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+def _training_rows(rows: list[dict[str, Any]], args: RewardArgs) -> list[dict[str, Any]]:
+    """Only the columns the trainer needs: metadata columns with mixed types would trouble Arrow."""
+    prepared = []
+    for row in rows:
+        item = {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
+        if args.margin_coefficient:
+            item["margin"] = args.margin_coefficient * float(row.get("margin") or 1)
+        if args.use_weights:
+            weight = row.get("weight")
+            item["weight"] = 1.0 if weight is None else float(weight)
+        prepared.append(item)
+    return prepared
+
+
+def pairwise_accuracy(
+    model, tokenizer, rows: list[dict[str, Any]], *, batch_size: int, max_length: int
+) -> dict:
+    """Share of pairs whose chosen completion the model scores strictly higher, and the mean score gap."""
+    chosen = [encode_sequence(r["prompt"], r["chosen"], tokenizer) for r in rows]
+    rejected = [encode_sequence(r["prompt"], r["rejected"], tokenizer) for r in rows]
+    scores = reward_scores(model, tokenizer, chosen + rejected, batch_size=batch_size, max_length=max_length)
+    gaps = [c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]
+    return {
+        "accuracy": sum(gap > 0 for gap in gaps) / len(gaps),
+        "margin": sum(gaps) / len(gaps),
+        "pairs": len(gaps),
+    }
+
+
+def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: RewardArgs, scratch_dir: Path, seed: int,
+                 callbacks: list | None = None) -> WeightedRewardTrainer:  # fmt: skip
+    """The configured trainer for pairs rows (weights and scaled margins taken from the rows per args)."""
+    from datasets import Dataset
+
+    config = RewardConfig(
+        **trainer_kwargs(args, str(scratch_dir), seed),
+        center_rewards_coefficient=args.center_rewards_coefficient or None,
+    )
+    return WeightedRewardTrainer(
+        model=model,
+        args=config,
+        data_collator=WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id),
+        train_dataset=Dataset.from_list(_training_rows(rows, args)),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    args: RewardArgs = parse_params("reward", spec.get("params"))
+    dataset_path = spec.get("dataset_path")
+    require_format(dataset_path, "reward", ("pairs",))
+    tokenizer = load_tokenizer(spec.get("base_model"))
+    model = load_reward(spec.get("base_model"), tokenizer=tokenizer, role="base model")
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    train_rows = read_training_rows(dataset_path)
+    progress.log(f"reward: {len(train_rows)} training pairs")
+
+    scratch = out_dir / "_scratch"
+    callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
+    trainer = make_trainer(
+        model, tokenizer, train_rows, args, scratch, int(spec.get("seed", 0) or 0), [callback]
+    )
+    result = trainer.train()
+
+    metrics: dict[str, Any] = {
+        "loss/total": callback.last("loss/total", result.training_loss),
+        "train/loss_mean": result.training_loss,
+        "train/pairs": len(train_rows),
+        "train/pairs_used": len(trainer.train_dataset),  # pairs longer than max_length are left out
+        "train/steps": result.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+    }
+    for name in ("rewards/accuracies", "rewards/margins"):
+        if (value := callback.last(name)) is not None:
+            metrics[name] = value
+    if args.eval_split and has_split(dataset_path, args.eval_split) and progress.is_main_process():
+        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
+        held_out = pairwise_accuracy(
+            trainer.model,
+            tokenizer,
+            read_rows(dataset_path, args.eval_split),
+            batch_size=args.per_device_eval_batch_size,
+            max_length=args.max_length,
+        )
+        metrics.update({f"eval/{name}": value for name, value in held_out.items()})
+        progress.metrics(
+            result.global_step, {"eval/accuracy": held_out["accuracy"], "eval/margin": held_out["margin"]}
+        )
+
+    progress.progress(0.95, "saving the reward model")
+    save_trained(trainer, tokenizer, out_dir, scratch)
+    return metrics

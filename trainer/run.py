@@ -1,0 +1,284 @@
+"""Entry point of a trainer job: `python -m trainer.run SPEC.json` (or under `accelerate launch ... -m trainer.run`).
+
+Reads the job spec, runs the kind's `main(spec, out_dir)` into a sibling temp dir `<output_dir>.partial-<pid>`,
+writes manifest.json last, fsyncs, and renames the temp dir to output_dir: output_dir appears whole or not at
+all. Reports on stdout as JSON lines (see trainer.progress); on failure the last line is
+{"event": "error", "message": ...} and the exit code is 1 (143 when cancelled by SIGTERM).
+
+Kinds and what they write:
+    reward -> "reward" model   dpo, kto, ppo, grpo, rloo -> "policy" model
+    generate -> generations.jsonl   score -> scores.jsonl
+
+Importing this module does not import torch: DEFAULTS (each kind's default params) can be read cheaply,
+though the app should prefer trainer.params, which holds the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainer import __version__
+from trainer.params import ARGS, DEFAULTS, FIELD_DOCS, parse_params
+
+__all__ = ["DEFAULTS", "FIELD_DOCS", "KINDS", "OUTPUT_KINDS", "main", "run"]
+
+# kind -> "module:function"; modules are imported on demand so one kind's import problem spares the others.
+KINDS: dict[str, str] = {
+    "reward": "trainer.reward:main",
+    "dpo": "trainer.dpo:main",
+    "kto": "trainer.kto:main",
+    "ppo": "trainer.ppo:main",
+    "grpo": "trainer.grpo:main_grpo",
+    "rloo": "trainer.grpo:main_rloo",
+    "generate": "trainer.generate:main",
+    "score": "trainer.generate:main_score",
+}
+
+OUTPUT_KINDS: dict[str, str] = {
+    "reward": "reward",
+    "dpo": "policy",
+    "kto": "policy",
+    "ppo": "policy",
+    "grpo": "policy",
+    "rloo": "policy",
+    "generate": "generations",
+    "score": "scores",
+}
+
+# Test hook: set to "before_rename" to fail after everything is written but before the rename, which shows a
+# failed write never leaves output_dir behind. Not for production use.
+FAIL_AT_ENV = "RANKFORGE_TRAINER_FAIL_AT"
+
+assert set(KINDS) == set(ARGS) == set(OUTPUT_KINDS)
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """Read and check a spec.json: kind known, output_dir absolute and not there yet, params valid."""
+    spec_path = Path(path)
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"job spec not found: {spec_path}")
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"job spec {spec_path} is not valid JSON ({error})") from error
+    if not isinstance(spec, dict):
+        raise ValueError(f"job spec {spec_path} must be a JSON object")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"job spec: unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    if not spec.get("output_dir"):
+        raise ValueError("job spec: output_dir is required")
+    output_dir = Path(spec["output_dir"])
+    if not output_dir.is_absolute():
+        raise ValueError(f"job spec: output_dir must be an absolute path, got {output_dir}")
+    parse_params(kind, spec.get("params"))  # fail before loading anything
+    return spec
+
+
+def _resolve_callable(kind: str):
+    module_name, function_name = KINDS[kind].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            raise NotImplementedError(
+                f"job kind {kind!r} is not available ({module_name} is missing)"
+            ) from error
+        raise
+    return getattr(module, function_name)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under root to disk (so the rename publishes durable content)."""
+    for directory, _subdirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(Path(directory) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dataset_sha256(spec: dict[str, Any]) -> str | None:
+    if not spec.get("dataset_path"):
+        return None
+    manifest = Path(spec["dataset_path"]) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("sha256")
+    except json.JSONDecodeError:
+        return None
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def partial_dir_for(output_dir: Path) -> Path:
+    """The sibling temp dir `<output_dir>.partial-<pid>`. Under a multi-process launch every rank, on every node,
+    must name the same dir (they share datasets through it), so the launch's run id stands in for the pid."""
+    owner: str | int = os.getpid()
+    if _world_size() > 1:
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        owner = (
+            run_id if run_id and run_id != "none" else f"{os.environ.get('MASTER_PORT', '0')}-{os.getppid()}"
+        )
+    return output_dir.with_name(f"{output_dir.name}.partial-{owner}")
+
+
+def write_manifest(
+    out_dir: Path, spec: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    manifest = {
+        "kind": OUTPUT_KINDS[spec["kind"]],
+        "job_kind": spec["kind"],
+        "job_id": spec.get("job_id"),
+        "base_model": spec.get("base_model"),
+        "reward_model": spec.get("reward_model"),
+        "dataset_path": spec.get("dataset_path"),
+        "dataset_sha256": _dataset_sha256(spec),
+        "prompts_path": spec.get("prompts_path"),
+        "params": params,
+        "seed": spec.get("seed", 0),
+        "metrics": metrics,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "trainer_version": __version__,
+    }
+    path = out_dir / "manifest.json"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2, ensure_ascii=False, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one job spec to completion: returns the final metrics; output_dir exists afterwards (main process)."""
+    from dataclasses import asdict
+
+    from trainer import progress
+
+    kind = spec["kind"]
+    output_dir = Path(spec["output_dir"])
+    if output_dir.exists():
+        raise FileExistsError(f"output_dir already exists: {output_dir} (each job writes a new directory)")
+    params = asdict(parse_params(kind, spec.get("params")))
+    main_process = progress.is_main_process()
+    partial = partial_dir_for(output_dir)
+    if main_process:
+        if partial.exists():  # left by a killed earlier attempt of the same pid: never ours to keep
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    try:
+        progress.progress(0.0, f"{kind}: starting")
+        _check_models(spec)
+        _seed_everything(int(spec.get("seed", 0) or 0))
+        kind_main = _resolve_callable(kind)
+        metrics = kind_main(spec, partial)
+        if not main_process:
+            return metrics
+        progress.progress(0.97, "writing output")
+        write_manifest(partial, spec, params, metrics)
+        _fsync_tree(partial)
+        if os.environ.get(FAIL_AT_ENV) == "before_rename":
+            raise RuntimeError(f"forced failure before rename ({FAIL_AT_ENV})")
+        if output_dir.exists():
+            raise FileExistsError(f"output_dir appeared while the job ran: {output_dir}; not overwriting it")
+        os.rename(partial, output_dir)
+        _fsync_dir(output_dir.parent)
+        return metrics
+    finally:
+        if main_process and partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_models(spec: dict[str, Any]) -> None:
+    """Fail fast, naming the path, when a model the kind needs is missing (before heavy imports and data work)."""
+    from trainer.models import check_checkpoint
+
+    if spec["kind"] != "score":
+        check_checkpoint(spec.get("base_model"), "base model")
+    if spec["kind"] == "score" or spec.get("reward_model"):
+        check_checkpoint(spec.get("reward_model"), "reward model")
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    try:
+        from transformers import set_seed
+    except ImportError:  # pragma: no cover
+        return
+    set_seed(seed)
+
+
+def _quiet_libraries() -> None:
+    """Offline, no telemetry, no tokenizer fork warnings; library logs stay on stderr."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+# Our own checks raise these with a message written for people; anything else gets its type name in front.
+_PLAIN_ERRORS = (FileNotFoundError, FileExistsError, ValueError, NotImplementedError)
+
+
+def error_message(error: BaseException) -> str:
+    """The human message of an error event."""
+    text = str(error).strip()
+    if isinstance(error, _PLAIN_ERRORS) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: python -m trainer.run SPEC.json. Returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    _quiet_libraries()
+    from trainer import progress
+
+    progress.claim_stdout()
+    progress.install_sigterm_handler()
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        progress.emit("error", message="usage: python -m trainer.run SPEC.json")
+        return 2
+    try:
+        spec = load_spec(argv[0])
+        metrics = run(spec)
+    except progress.Cancelled:
+        progress.emit("error", message="cancelled (SIGTERM)")
+        return progress.SIGTERM_EXIT_CODE
+    except Exception as error:  # every failure ends as one clear error event
+        traceback.print_exc(file=sys.stderr)
+        progress.emit("error", message=error_message(error))
+        return 1
+    progress.emit(
+        "done", output_dir=str(spec["output_dir"]), metrics=metrics, kind=OUTPUT_KINDS[spec["kind"]]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
