@@ -70,11 +70,11 @@ SEED_SQL = [
               false, {raters}, {raters}, 0, 0, 1e9, '{{}}', now()
        FROM generate_series(1, {n}) g""",
     """INSERT INTO judgment (id, comparison_id, project_id, rater_id, ranking, attributes, flags, source,
-                            guideline_version, created_at)
+                            guideline_version, top_completion_id, chosen_position, created_at)
        SELECT {raters} * (g - 1) + r, g, {project}, r,
               jsonb_build_array(jsonb_build_array({k} * (g - 1) + 1), jsonb_build_array({k} * (g - 1) + 2),
                                 jsonb_build_array({k} * (g - 1) + 3)),
-              '{{}}', '[]', 'human', 1, now() - make_interval(days => mod(g, 30))
+              '{{}}', '[]', 'human', 1, {k} * (g - 1) + 1, mod(g + r, {k}), now() - make_interval(days => mod(g, 30))
        FROM generate_series(1, {n}) g, generate_series(1, {raters}) r""",
 ]
 SEQUENCES = ["user", "prompt", "completion", "comparison", "judgment"]

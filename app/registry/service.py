@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
+from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Completion, ModelVersion, Project, Prompt, User
 from app.projects.service import audit
@@ -138,5 +139,8 @@ def init_tiny(
         raise Conflict(f"{out_dir} exists already.")
     texts = project_texts(db, project) if project else []
     paths = build_tiny_models(texts, out_dir, seed=seed)
+    # The build took seconds: on SQLite the read transaction from before it cannot be upgraded to a write
+    # once a worker has written meanwhile, so take the write lock afresh.
+    write_transaction(db)
     return [register_version(db, f"{name}-{kind}", paths[kind], kind, project=project, actor=actor)
             for kind in MODEL_KINDS]  # fmt: skip
