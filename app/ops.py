@@ -6,7 +6,8 @@ from sqlalchemy import func, select, text
 
 from app import metrics
 from app.auth.deps import DbSession, public
-from app.models import Comparison, Judgment
+from app.models import Judgment
+from app.tasks.service import open_comparisons_count
 
 router = APIRouter(tags=["ops"], dependencies=[Depends(public)])
 
@@ -23,9 +24,7 @@ def healthz(db: DbSession):
 @router.get("/metrics", response_class=PlainTextResponse)
 def prometheus(db: DbSession):
     judgments = db.scalar(select(func.count()).select_from(Judgment).where(Judgment.source == "human"))
-    open_comparisons = db.scalar(
-        select(func.count()).select_from(Comparison).where(Comparison.n_judgments < Comparison.required, ~Comparison.is_gold)
-    )
+    open_comparisons = open_comparisons_count(db)
     gauges = {
         "judgments": ("Human judgments stored.", judgments),
         "open_comparisons": ("Comparisons still collecting judgments.", open_comparisons),
