@@ -45,6 +45,8 @@ class Args:
     """Share of comparisons that are gold items (known answer: the stronger model)."""
     pg_url: str = os.environ.get("RANKFORGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     """Admin connection to PostgreSQL; the benchmark's database is created beside it and dropped after."""
+    keep_db: str = ""
+    """Name of a database to keep: seeded under that name when it does not exist, reused as is when it does."""
 
 
 def parse_args() -> Args:
@@ -110,22 +112,27 @@ def main() -> None:
     args = parse_args()
     comparisons = args.judgments // args.overlap
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    name = f"rankforge_bench_stats_{uuid.uuid4().hex[:8]}"
+    name = args.keep_db or f"rankforge_bench_stats_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        if not exists:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = args.pg_url.rsplit("/", 1)[0] + "/" + name
     try:
-        upgrade(url)
         engine = sa.create_engine(url)
-        params = {"raters": args.raters, "overlap": args.overlap, "comparisons": comparisons, "models": args.models,
-                  "gold_permille": int(args.gold_share * 1000)}  # fmt: skip
-        started = time.perf_counter()
-        with engine.begin() as conn:
-            for statement in SEED_SQL:
-                conn.execute(sa.text(statement), params if ":" in statement else {})
+        if not exists:
+            upgrade(url)
+            params = {"raters": args.raters, "overlap": args.overlap, "comparisons": comparisons,
+                      "models": args.models, "gold_permille": int(args.gold_share * 1000)}  # fmt: skip
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                for statement in SEED_SQL:
+                    conn.execute(sa.text(statement), params if ":" in statement else {})
+            print(f"seeded {comparisons} comparisons, {args.raters} raters, {args.models} models "
+                  f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        with engine.connect() as conn:
             n = conn.execute(sa.text("SELECT count(*) FROM judgment")).scalar()
-        print(f"seeded {n} judgments on {comparisons} comparisons, {args.raters} raters, {args.models} models "
-              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        print(f"{n} judgments in database {name}")
 
         from sqlalchemy.orm import Session
 
@@ -163,8 +170,9 @@ def main() -> None:
         print(f"time/agreement+reliability+leaderboard: {core:.2f} s (aim < 10 s)")
         engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not args.keep_db:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
 

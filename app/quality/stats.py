@@ -504,13 +504,13 @@ def rater_reliability(
 
     rater_ids, rater_code = np.unique(by_unit.rater, return_inverse=True)
     n_judgments = np.bincount(rater_code)
-    wrong_choices = (k - 1.0)[by_unit.unit_index]
+    log_wrong_choices = np.log((k - 1.0)[by_unit.unit_index])
     accuracy = np.full(len(rater_ids), args.initial_accuracy)
     for _ in range(args.max_iterations):
         # E-step. Log-likelihood of "truth = c" is base_u + sum over votes for c of log(p / ((1-p)/(k-1))),
         # with base_u the log-likelihood that every vote is wrong; base_u cancels in the posterior, and the
         # unobserved categories all share the score 0.
-        log_odds = np.log(accuracy / (1.0 - accuracy))[rater_code] + np.log(wrong_choices)
+        log_odds = np.log(accuracy / (1.0 - accuracy))[rater_code] + log_wrong_choices
         score = np.bincount(cell_of_judgment, weights=log_odds, minlength=len(cells))
         top = np.maximum.reduceat(score, cell_starts)
         top = np.where(unobserved > 0, np.maximum(top, 0.0), top)

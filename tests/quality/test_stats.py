@@ -468,3 +468,16 @@ def test_bradley_terry_on_real_oasst_rankings_keeps_each_ranking_and_matches_dir
         assert np.all(np.diff(ratings) < 0)
     direct = direct_bradley_terry(a, b, outcome, len(index), prior_ties=1.0)
     np.testing.assert_allclose(board.ratings, direct, atol=1.0)
+
+
+def test_dense_codes_number_values_within_each_unit_in_value_order():
+    from app.quality.service import _dense_codes
+
+    rng = np.random.default_rng(3)
+    unit = rng.integers(0, 50, size=2000)
+    value = rng.choice([-1.0, 10.0, 11.0, 57.5], size=2000)
+    codes = _dense_codes(unit, value)
+    for u in np.unique(unit):
+        mine = unit == u
+        expected = {v: i for i, v in enumerate(sorted(set(value[mine].tolist())))}
+        assert codes[mine].tolist() == [expected[v] for v in value[mine].tolist()]
