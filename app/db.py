@@ -7,10 +7,12 @@ lock instead of failing with "database is locked" half-way through and being ret
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,10 +28,20 @@ def is_sqlite(engine_or_session: Engine | Session) -> bool:
     return bind.dialect.name == "sqlite"
 
 
+def _json_loads(text: str | bytes):
+    """JSON columns are parsed with orjson (several times faster on exports and statistics); the stdlib parser
+    remains the fallback for what orjson refuses (NaN literals, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
+            json_deserializer=_json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=get_settings().db_pool_size,
             max_overflow=20,
@@ -55,6 +67,7 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
+        json_deserializer=_json_loads,
         pool_size=get_settings().db_pool_size,
         max_overflow=20,
         pool_pre_ping=True,

@@ -45,7 +45,7 @@ Row = dict[str, Any]
 EXPORT_FORMATS = ("pairs", "kto", "rankings", "sft")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JudgmentVote:
     """One rater's verdict on one comparison."""
 
@@ -81,6 +81,14 @@ class JudgedComparison:
 def _id_order(completion_id: CompletionId) -> tuple[str, Any]:
     """Sort key for ids of any one type, and stable across mixed int/str ids."""
     return (type(completion_id).__name__, completion_id)
+
+
+def _sorted_ids(ids: Iterable[CompletionId]) -> list[CompletionId]:
+    """Ids in `_id_order`; plain sorting gives that order for ids of one type (the usual case), and is faster."""
+    ids = list(ids)
+    if len({type(i) for i in ids}) <= 1:
+        return sorted(ids)
+    return sorted(ids, key=_id_order)
 
 
 def _mean(values: list[float]) -> float:
@@ -159,11 +167,12 @@ def pair_rows(
     votes: dict[tuple[CompletionId, CompletionId], list[tuple[int, int, float]]] = defaultdict(list)
     for vote in jc.judgments:
         position = _positions(vote)
-        for first, second in combinations(sorted(position, key=_id_order), 2):
+        for first, second in combinations(_sorted_ids(position), 2):
             gap = position[second] - position[first]
             votes[(first, second)].append(((gap > 0) - (gap < 0), abs(gap), vote.weight))
     prompt = None
-    for first, second in sorted(votes, key=lambda pair: (_id_order(pair[0]), _id_order(pair[1]))):
+    order = {completion_id: index for index, completion_id in enumerate(_sorted_ids({i for pair in votes for i in pair}))}
+    for first, second in sorted(votes, key=lambda pair: (order[pair[0]], order[pair[1]])):
         pair_votes = votes[(first, second)]
         for_first = math.fsum(weight for direction, _, weight in pair_votes if direction > 0)
         for_second = math.fsum(weight for direction, _, weight in pair_votes if direction < 0)
@@ -381,6 +390,32 @@ ROW_BUILDERS: dict[str, Callable[..., Iterator[Row]]] = {
     "rankings": ranking_rows,
     "sft": sft_rows,
 }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arrow schemas (for Parquet and hf/): the exact columns each row builder writes, for integer ids
+
+
+def arrow_schema(export_format: str, *, conversational: bool = False):
+    """The Arrow schema of `export_format`'s rows when ids are integers (as the database's are): a snapshot
+    parses its JSONL into this directly, without inferring types from the rows."""
+    import pyarrow as pa
+
+    text = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])) if conversational else pa.string()
+    common = [("comparison_id", pa.int64()), ("prompt_id", pa.int64()), ("prompt", text),
+              ("agreement", pa.float64()), ("n_votes", pa.int64()), ("weight", pa.float64()),
+              ("is_gold", pa.bool_())]  # fmt: skip
+    columns = {
+        "pairs": [("chosen", text), ("rejected", text), ("chosen_id", pa.int64()), ("rejected_id", pa.int64()),
+                  ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64())],
+        "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())],
+        "rankings": [("completions", pa.list_(pa.string())), ("completion_ids", pa.list_(pa.int64())),
+                     ("models", pa.list_(pa.string())), ("ranking", pa.list_(pa.list_(pa.int64())))],
+        "sft": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string())],
+    }  # fmt: skip
+    if export_format not in columns:
+        raise ValueError(f"unknown export format {export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    return pa.schema(sorted(common + columns[export_format]))
 
 
 # ----------------------------------------------------------------------------------------------------

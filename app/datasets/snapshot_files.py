@@ -4,11 +4,13 @@ A snapshot directory holds, per split (``train``, ``test``): ``<split>.jsonl`` a
 optionally ``hf/`` (a Hugging Face ``datasets`` ``save_to_disk`` directory), and ``manifest.json``:
 ``{"rows": {split: n}, "files": {name: {"sha256", "bytes"}}, "sha256": overall, ...manifest_extra}``.
 
-- Rows stream to JSONL as they come (canonical JSON: sorted keys, no spaces, UTF-8), so memory does not
-  grow with the number of rows.
-- Parquet and ``hf/`` are built in `SnapshotWriter.finish` from those JSONL files, batch by batch. Their
-  Arrow schema is unified over all rows of all splits first (a second streaming pass), so a column that
-  is null in the first rows and set later (e.g. a model name) works, and train and test share one schema.
+- Rows stream to JSONL as they come (canonical JSON: sorted keys, no spaces, UTF-8, by orjson), so memory
+  does not grow with the number of rows.
+- Parquet and ``hf/`` are built in `SnapshotWriter.finish` from those JSONL files, batch by batch. With a
+  ``schema`` (exports pass the one of their format), Arrow's own JSON reader parses the files straight into
+  that schema, in C++; a row with a column the schema lacks fails the snapshot. Without one, the schema is
+  unified over all rows of all splits first (a second streaming pass in Python), so a column that is null
+  in the first rows and set later (e.g. a model name) works, and train and test share one schema.
 - Same rows in the same order give byte-identical files and the same overall hash: no timestamps or
   random ids go into any file (the ``hf/`` fingerprint is derived from the data's hash).
 - Everything is written into a sibling temp directory, fsynced, and renamed to its final name in one
@@ -30,7 +32,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import orjson
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 MANIFEST_NAME = "manifest.json"
@@ -39,6 +43,10 @@ DEFAULT_SPLITS = ("train", "test")
 RESERVED_MANIFEST_KEYS = ("rows", "files", "sha256")
 SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 HASH_CHUNK_BYTES = 1 << 20
+ARROW_JSON_BLOCK_BYTES = 1 << 20
+"""Bytes of JSONL that Arrow's reader parses at a time (larger blocks cost more memory, not less time)."""
+PARQUET_ROW_GROUP_ROWS = 65536
+"""Rows per Parquet row group when Arrow parses the JSONL: blocks are gathered up to this many rows."""
 
 
 class SnapshotTamperedError(Exception):
@@ -58,9 +66,14 @@ class SnapshotFileNotFoundError(FileNotFoundError):
     """A requested file name is not one of the snapshot's files."""
 
 
+def canonical_json_bytes(value: Any) -> bytes:
+    """The one JSON text for a value, UTF-8 encoded: sorted keys, no whitespace, characters as is, floats in
+    their shortest round-trip form. orjson writes NaN and infinities as null: rows should not carry them."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 def canonical_json(value: Any) -> str:
-    """The one JSON text for a value: sorted keys, no whitespace, UTF-8 characters as is, no NaN."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return canonical_json_bytes(value).decode("utf-8")
 
 
 class SnapshotWriter:
@@ -77,6 +90,7 @@ class SnapshotWriter:
         hf_datasets: bool = False,
         splits: Iterable[str] = DEFAULT_SPLITS,
         parquet_batch_rows: int = 1000,
+        schema: pa.Schema | None = None,
     ):
         self.final_dir = Path(final_dir)
         self.formats = tuple(formats)
@@ -91,6 +105,7 @@ class SnapshotWriter:
         if parquet_batch_rows < 1:
             raise ValueError("parquet_batch_rows must be >= 1")
         self.parquet_batch_rows = parquet_batch_rows
+        self.schema = pa.schema(sorted(schema, key=lambda column: column.name)) if schema is not None else None
         if self.final_dir.exists():
             raise FileExistsError(f"snapshot directory already exists: {self.final_dir}")
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +133,7 @@ class SnapshotWriter:
             raise RuntimeError(f"snapshot writer is {self._state}")
         if split not in self._jsonl_files:
             raise ValueError(f"unknown split {split!r}; this writer has {', '.join(self.splits)}")
-        self._jsonl_files[split].write(canonical_json(row).encode("utf-8") + b"\n")
+        self._jsonl_files[split].write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE))
         self.rows[split] += 1
 
     def write_rows(self, split: str, rows: Iterable[dict[str, Any]]) -> None:
@@ -141,7 +156,7 @@ class SnapshotWriter:
                 os.fsync(handle.fileno())
                 handle.close()
             if "parquet" in self.formats or self.hf_datasets:
-                schema = self._unified_schema()
+                schema = self.schema if self.schema is not None else self._unified_schema()
                 if "parquet" in self.formats:
                     for split in self.splits:
                         self._write_parquet(split, schema)
@@ -214,8 +229,28 @@ class SnapshotWriter:
         return pa.schema(sorted(schema, key=lambda column: column.name))
 
     def _tables(self, split: str, schema: pa.Schema) -> Iterator[pa.Table]:
-        for batch in self._row_batches(split):
-            yield pa.Table.from_pylist(batch, schema=schema)
+        if self.schema is None:
+            for batch in self._row_batches(split):
+                yield pa.Table.from_pylist(batch, schema=schema)
+            return
+        if self.rows[split] == 0:
+            return
+        reader = pa_json.open_json(
+            self._jsonl_path(split),
+            read_options=pa_json.ReadOptions(block_size=ARROW_JSON_BLOCK_BYTES),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"),
+        )
+        pending: list[pa.RecordBatch] = []
+        try:
+            for batch in reader:
+                pending.append(batch)
+                if sum(b.num_rows for b in pending) >= PARQUET_ROW_GROUP_ROWS:
+                    yield pa.Table.from_batches(pending).select(schema.names).cast(schema)
+                    pending = []
+            if pending:
+                yield pa.Table.from_batches(pending).select(schema.names).cast(schema)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"rows do not fit the snapshot's schema (split {split}): {exc}") from exc
 
     def _write_parquet(self, split: str, schema: pa.Schema) -> None:
         path = self.temp_dir / f"{split}.parquet"

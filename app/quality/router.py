@@ -29,7 +29,7 @@ def review_queue(project_ref: str, db: DbSession, principal: Admin, resolved: bo
 
 
 class ReviewIn(BaseModel):
-    resolution: str = Field(description="confirmed | dismissed | excluded (drops the judgment from statistics)")
+    resolution: str = Field(description="confirmed | dismissed | excluded (drops the judgment from statistics and exports)")
     note: str = ""
 
 

@@ -111,3 +111,62 @@ def test_annotators_cannot_reach_datasets(client, users):
                         ("delete", f"/api/v1/datasets/{dataset['id']}")):  # fmt: skip
         response = client.request(method, url, headers=rater["headers"], json={} if method == "post" else None)
         assert response.status_code == 403, (method, url, response.status_code)
+
+
+def test_every_format_parquet_holds_the_same_rows_as_jsonl(client, users):
+    """Parquet is parsed from the JSONL into each format's declared Arrow schema: same rows, same values,
+    and a completion without a model name is a null, not an error."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    admin = users.create("admin", "admin")
+    project = make_project(client, admin, mode="rank")
+    lines = native_lines(8, k=3, ranking=True).decode().splitlines()
+    anonymous = json.loads(lines[0])
+    del anonymous["completions"][0]["model"]  # the best-ranked one: in the rows of every format
+    lines[0] = json.dumps(anonymous)
+    import_lines(client, admin, project["id"], ("\n".join(lines) + "\n").encode())
+    for export_format in ("pairs", "kto", "rankings", "sft"):
+        for conversational in (False, True):
+            dataset, job = _export(client, admin, project["id"], {"format": export_format,
+                                   "conversational": conversational, "split": {"test_fraction": 0.0}})  # fmt: skip
+            assert job["status"] == "succeeded", (export_format, job["error"])
+            jsonl = client.get(f"/api/v1/datasets/{dataset['id']}/files/train.jsonl", headers=admin["headers"])
+            parquet = client.get(f"/api/v1/datasets/{dataset['id']}/files/train.parquet", headers=admin["headers"])
+            rows = [json.loads(line) for line in jsonl.text.splitlines()]
+            table = pq.read_table(io.BytesIO(parquet.content))
+            assert table.num_rows == len(rows) > 0
+            assert table.to_pylist() == rows, export_format
+            assert table.schema.field("prompt_id").type == "int64"
+            models = [m for r in rows for key in ("chosen_model", "rejected_model", "model", "models") if key in r
+                      for m in (r[key] if key == "models" else [r[key]])]  # fmt: skip
+            assert None in models and "model-0" in models
+
+
+def test_a_judgment_excluded_in_review_leaves_exports(client, users):
+    admin = users.create("admin", "admin")
+    raters = [users.create(f"rater{i}", "annotator") for i in range(2)]
+    project = make_project(client, admin, overlap=2)
+    import_lines(client, admin, project["id"], native_lines(1))
+    judgment_ids = []
+    for rater, flags in zip(raters, ([], ["wrong"]), strict=True):
+        task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=rater["headers"]).json()
+        ids = sorted(o["id"] for o in task["options"])
+        response = client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment",
+                               json={"ranking": [[ids[0]], [ids[1]]], "flags": flags}, headers=rater["headers"])  # fmt: skip
+        assert response.status_code in (200, 201), response.text
+        judgment_ids.append(response.json()["id"])
+    before, _ = _export(client, admin, project["id"], {"format": "pairs", "filters": {"sources": ["human"]},
+                                                       "split": {"test_fraction": 0.0}})
+    (row,) = [json.loads(x) for x in client.get(f"/api/v1/datasets/{before['id']}/files/train.jsonl",
+                                                 headers=admin["headers"]).text.splitlines()]  # fmt: skip
+    assert row["n_votes"] == 2
+    review = client.post(f"/api/v1/judgments/{judgment_ids[1]}/review", json={"resolution": "excluded", "note": "x"},
+                         headers=admin["headers"])  # fmt: skip
+    assert review.status_code == 201, review.text
+    after, _ = _export(client, admin, project["id"], {"format": "pairs", "filters": {"sources": ["human"]},
+                                                       "split": {"test_fraction": 0.0}})
+    (row,) = [json.loads(x) for x in client.get(f"/api/v1/datasets/{after['id']}/files/train.jsonl",
+                                                headers=admin["headers"]).text.splitlines()]  # fmt: skip
+    assert row["n_votes"] == 1
