@@ -67,7 +67,7 @@ def user_create(name: str, role: str = typer.Option(..., help="admin | annotator
 
     secret = _read_password(password)
     try:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             user = create_user(db, name, role, secret, actor=None)
             typer.echo(f"Created {user.role} {user.username} (id {user.id}).")
     except RankforgeError as error:
@@ -84,7 +84,7 @@ def token_create(name: str = typer.Argument(..., help="The user the token acts a
     from app.db import session_scope
     from app.models import User
 
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         user = db.scalar(select(User).where(User.username == name))
         if user is None:
             fail(f"No user {name!r}.")
@@ -105,7 +105,7 @@ def import_cmd(project: str, file: Path, format: str = typer.Option("native", "-
     if not file.is_file():
         fail(f"No file {file}.")
     try:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             result = import_file(db, get_project(db, project), file.read_bytes(), format, None, gold=gold)
     except ImportValidationError as error:
         fail(str(error), code=2)
@@ -119,7 +119,7 @@ def _mark_inline_failure(snapshot_id: int, job_id: int, message: str) -> None:
     from app.jobs.service import fail as fail_job
     from app.models import DatasetSnapshot
 
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         fail_job(db, job_id, "cli", message)
         snapshot = db.get(DatasetSnapshot, snapshot_id)
         snapshot.status, snapshot.error = "failed", message[:2000]
@@ -145,7 +145,7 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
               "conversational": conversational, "hf_datasets": hf_datasets}  # fmt: skip
     snapshot_id = job_id = None
     try:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             snapshot = request_snapshot(db, get_project(db, project), params, None)
             job = db.get(Job, snapshot.job_id)
             # Run inline: the job is marked running by this process, so no worker picks it up.
@@ -255,7 +255,7 @@ def train(kind: str = typer.Argument(..., help="reward | dpo | kto | ppo | grpo 
 
     params = dict(_parse_param(p) for p in param)
     try:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             job = create_training_job(db, get_project(db, project), kind, dataset_id=dataset, base_model=base_model,
                                       reward_model=reward_model, params=params, actor=None)  # fmt: skip
             job_id = job.id
@@ -309,7 +309,7 @@ def models_add(name: str, path: Path, kind: str = typer.Option(..., "--kind", he
     from app.registry.service import register_version, version_json
 
     try:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             owner = get_project(db, project) if project else None
             typer.echo(json.dumps(version_json(register_version(db, name, path, kind, project=owner))))
     except RankforgeError as error:

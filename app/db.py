@@ -21,6 +21,7 @@ from app.config import get_settings
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
+_write_sessionmakers: dict[str, sessionmaker[Session]] = {}
 
 
 def is_sqlite(engine_or_session: Engine | Session) -> bool:
@@ -80,13 +81,17 @@ def get_engine(url: str | None = None) -> Engine:
         if url not in _engines:
             _engines[url] = make_engine(url)
             _sessionmakers[url] = sessionmaker(_engines[url], expire_on_commit=False)
+            # Same pool and events; on SQLite every transaction of these sessions starts BEGIN IMMEDIATE.
+            writer = _engines[url].execution_options(rankforge_write=True)
+            _write_sessionmakers[url] = sessionmaker(writer, expire_on_commit=False)
         return _engines[url]
 
 
-def session_factory(url: str | None = None) -> sessionmaker[Session]:
+def session_factory(url: str | None = None, *, write: bool = False) -> sessionmaker[Session]:
+    """Sessions for `url`; `write=True` for units of work that write (see `session_scope`)."""
     url = url or get_settings().database_url
     get_engine(url)
-    return _sessionmakers[url]
+    return (_write_sessionmakers if write else _sessionmakers)[url]
 
 
 def dispose_engines() -> None:
@@ -95,12 +100,19 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _sessionmakers.clear()
+        _write_sessionmakers.clear()
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A unit of work for jobs and the CLI: commit on success, roll back on error."""
-    session = session_factory(url)()
+def session_scope(url: str | None = None, *, write: bool = False) -> Iterator[Session]:
+    """A unit of work for jobs and the CLI: commit on success, roll back on error.
+
+    `write=True` for a unit that reads and then writes: on SQLite its transactions take the write lock when
+    they begin (BEGIN IMMEDIATE). A DEFERRED transaction that read first cannot take the lock once another
+    connection has committed since its read, and fails at once with "database is locked" (busy_timeout does
+    not apply), which a worker heartbeating beside the CLI or the web app makes likely. Long reads that
+    write only at the end (exports) stay DEFERRED and call `write_transaction` when they get there."""
+    session = session_factory(url, write=write)()
     try:
         yield session
         session.commit()

@@ -30,9 +30,8 @@ class LoginRequired(Unauthorized):
     """Log in first."""
 
 
-def get_db() -> Iterator[Session]:
-    """One session per request; committed when the endpoint returns, before the response is sent."""
-    session = session_factory()()
+def _session(write: bool) -> Iterator[Session]:
+    session = session_factory(write=write)()
     try:
         yield session
         session.commit()
@@ -46,10 +45,23 @@ def get_db() -> Iterator[Session]:
         session.close()
 
 
+def get_db(request: Request) -> Iterator[Session]:
+    """One session per request; committed when the endpoint returns, before the response is sent.
+
+    Requests that may write (POST, PUT, PATCH, DELETE) get a write session: on SQLite their transactions
+    begin IMMEDIATE, so a read-then-write handler never fails with "database is locked" because the
+    worker committed in between (see `app.db.session_scope`)."""
+    yield from _session(write=request.method not in SAFE_METHODS)
+
+
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
-request_session = contextmanager(get_db)
-"""get_db as a `with` block, for endpoints that do all their database work in their own thread."""
+
+@contextmanager
+def request_session() -> Iterator[Session]:
+    """A read session as a `with` block, for endpoints that do all their database work in their own thread
+    (and take the write lock themselves with `write_transaction` where they write)."""
+    yield from _session(write=False)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
         raise Forbidden("Missing or wrong CSRF token. Reload the page and try again.")
     error: RankforgeError | None = None
     # Its own unit of work, committed even when the password is wrong: the failure must be counted.
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         try:
             user = service.authenticate(db, username, password, client_ip(request))
         except RankforgeError as failure:

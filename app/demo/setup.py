@@ -42,7 +42,7 @@ def seed_demo(database_url: str | None = None) -> dict:
     from app.users.service import create_user
 
     records = parse_import(DATA_FILE.read_bytes(), "native")
-    with session_scope(database_url) as db:
+    with session_scope(database_url, write=True) as db:
         for username, role, password in DEMO_USERS:
             if db.scalar(select(User).where(User.username == username)) is None:
                 create_user(db, username, role, password, actor=None)
@@ -72,7 +72,7 @@ def ensure_tiny_models(database_url: str | None = None) -> None:
 
     if find_spec("torch") is None or find_spec("transformers") is None:
         return
-    with session_scope(database_url) as db:
+    with session_scope(database_url, write=True) as db:
         if db.scalar(select(ModelVersion.id).limit(1)) is not None:
             return
         from app.registry.service import init_tiny

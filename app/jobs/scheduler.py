@@ -73,7 +73,7 @@ def tick(worker_id: str) -> list[int]:
         if not acquire_lock(db, worker_id):
             return []
     created = []
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
             reason = reward_due(db, project)
             if reason is None:

@@ -232,7 +232,7 @@ def ensure_snapshot(ctx, job_id: int) -> SnapshotRef | None:
     """The job's dataset: the one given, or a fresh snapshot built inline (recorded on the job first)."""
     from app.datasets.service import build_snapshot, get_snapshot, snapshot_dir
 
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         job = db.get(Job, job_id)
         if job.dataset_id is None:
             if job.kind not in SNAPSHOT_FORMAT:
@@ -255,7 +255,7 @@ def ensure_snapshot(ctx, job_id: int) -> SnapshotRef | None:
                 build_snapshot(db, snapshot, progress=lambda f, m: ctx.progress(0.0, f"snapshot: {m}"))
             except Exception as error:
                 db.rollback()
-                with session_scope() as failed:
+                with session_scope(write=True) as failed:
                     row = failed.get(DatasetSnapshot, dataset_id)
                     row.status, row.error = "failed", str(error)[:2000]
                 raise TrainingFailed(f"Building dataset snapshot {dataset_id} failed: {error}") from error
@@ -454,7 +454,7 @@ def run_training_job(ctx) -> dict:
         ctx.log(f"{output_dir} was finished by an earlier attempt: registering it.\n")
 
     result = {"metrics": manifest.get("metrics") or {}, "dataset_id": snapshot.id if snapshot else None}
-    with session_scope() as db:
+    with session_scope(write=True) as db:
         job = db.get(Job, ctx.job_id)
         if kind == "generate":
             result |= store_generations(db, job, output_dir)

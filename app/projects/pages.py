@@ -145,7 +145,7 @@ async def import_page(project_ref: str, request: Request, principal: Admin, file
     data = await file.read(max_bytes + 1)
 
     def work():
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             project = service.get_project(db, project_ref)
             return project.id, import_file(db, project, data, format, principal.user, gold=gold, max_bytes=max_bytes)
 

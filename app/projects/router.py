@@ -81,7 +81,7 @@ async def import_into_project(
     data = await read_upload(request, max_bytes)
 
     def work() -> ImportResult:
-        with session_scope() as db:
+        with session_scope(write=True) as db:
             project = service.get_project(db, project_ref)
             return import_file(db, project, data, format, principal.user, gold=gold, max_bytes=max_bytes)
 
