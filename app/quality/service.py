@@ -41,15 +41,17 @@ def _array(db: Session, sql: str, columns: int, **params: int | str) -> np.ndarr
     PostgreSQL: the rows come as a binary COPY with every column cast to float8 (NULL as NaN), so each row has
     the same width and numpy reads the whole stream in one `frombuffer`: no Python object per value.
     SQLite: through the driver's cursor, whose rows are plain tuples that numpy converts in C (SQLAlchemy's
-    Row objects would cost numpy an attribute probe per row, 100 times slower). Parameters (ids, attribute
-    names) are inlined by SQLAlchemy's literal rendering, which quotes strings."""
-    statement = str(text(sql).bindparams(**params).compile(dialect=db.get_bind().dialect,
-                                                           compile_kwargs={"literal_binds": True}))  # fmt: skip
+    Row objects would cost numpy an attribute probe per row, 100 times slower). Parameters (ids, attribute and
+    model names) are bound by the driver, never pasted into the SQL."""
+    compiled = text(sql).bindparams(**params).compile(dialect=db.get_bind().dialect)
+    statement = str(compiled)
+    bound = (tuple(compiled.params[name] for name in compiled.positiontup) if compiled.positional
+             else dict(compiled.params))  # fmt: skip
     cursor = db.connection().connection.cursor()
     try:
         if _dialect(db) == "postgresql":
-            return _copy_float8(cursor, statement, columns)
-        cursor.execute(statement)
+            return _copy_float8(cursor, statement, columns, bound)
+        cursor.execute(statement, bound)
         rows = cursor.fetchall()
     finally:
         cursor.close()
@@ -59,13 +61,15 @@ def _array(db: Session, sql: str, columns: int, **params: int | str) -> np.ndarr
 _PG_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
-def _copy_float8(cursor, statement: str, columns: int) -> np.ndarray:
+def _copy_float8(cursor, statement: str, columns: int, params: dict) -> np.ndarray:
     """Rows of `statement` through `COPY ... TO STDOUT (FORMAT BINARY)`, parsed as fixed-width records:
     a field count (int16), then per column a length (int32, always 8) and a big-endian float8."""
     names = ", ".join(f"c{i}" for i in range(columns))
     casts = ", ".join(f"COALESCE(CAST(c{i} AS float8), 'NaN')" for i in range(columns))
     buffer = bytearray()
-    with cursor.copy(f"COPY (SELECT {casts} FROM ({statement}) AS q({names})) TO STDOUT (FORMAT BINARY)") as copy:
+    # COPY takes no server-side parameters: psycopg merges `params` into the statement client-side, quoted.
+    copy_statement = f"COPY (SELECT {casts} FROM ({statement}) AS q({names})) TO STDOUT (FORMAT BINARY)"
+    with cursor.copy(copy_statement, params or None) as copy:
         for chunk in copy:
             buffer += chunk
     if buffer[:11] != _PG_COPY_SIGNATURE:

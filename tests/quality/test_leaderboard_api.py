@@ -92,3 +92,20 @@ def test_empty_leaderboard(client, users):
     response = client.get(f"/api/v1/projects/{project['id']}/leaderboard", headers=admin["headers"])
     assert response.status_code == 200
     assert response.json()["models"] == [] and response.json()["win_rates"] == {}
+
+
+def test_model_names_with_sql_characters_are_counted(client, users, db_url):
+    """Names are bound as parameters: a percent sign or a quote in a model name changes nothing."""
+    admin = users.create("admin", "admin")
+    rater = users.create("rater", "annotator")
+    project = make_project(client, admin)
+    odd, plain = "50%-mix 'v2'", "base"
+    import_battles(client, admin, project["id"], [(odd, plain)] * 6)
+    with session_scope(db_url) as session:
+        for n, (comparison, options) in enumerate(comparisons(session, project["id"])):
+            winner = next(cid for cid, model, _ in options if model == (odd if n < 5 else plain))
+            loser = next(cid for cid, _, _ in options if cid != winner)
+            add_judgment(session, comparison, rater["id"], [[winner], [loser]])
+    board = client.get(f"/api/v1/projects/{project['id']}/leaderboard", headers=admin["headers"]).json()
+    assert {m["name"]: m["battles"] for m in board["models"]} == {odd: 6, plain: 6}
+    assert board["win_rates"][odd][plain] == 5 / 6
