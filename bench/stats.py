@@ -12,7 +12,7 @@ then times each figure the admin pages show and drops the database:
   1000 bootstrap replicates;
 - project_stats: the whole /stats endpoint (agreement, reliability, flags incl. length bias computed in SQL).
 
-    .venv/bin/python bench/stats.py [--judgments 1000000] [--overlap 4] [--raters 200]
+    .venv/bin/python bench/stats.py [--judgments 1000000] [--overlap 4] [--raters 200] [--keep-db NAME]
 """
 
 import dataclasses
