@@ -29,7 +29,7 @@ def is_sqlite(engine_or_session: Engine | Session) -> bool:
     return bind.dialect.name == "sqlite"
 
 
-def _json_loads(text: str | bytes):
+def json_loads(text: str | bytes):
     """JSON columns are parsed with orjson (several times faster on exports and statistics); the stdlib parser
     remains the fallback for what orjson refuses (NaN literals, integers beyond 64 bits)."""
     try:
@@ -42,7 +42,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            json_deserializer=_json_loads,
+            json_deserializer=json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=get_settings().db_pool_size,
             max_overflow=20,
@@ -68,7 +68,7 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
-        json_deserializer=_json_loads,
+        json_deserializer=json_loads,
         pool_size=get_settings().db_pool_size,
         max_overflow=20,
         pool_pre_ping=True,

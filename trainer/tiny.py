@@ -164,7 +164,6 @@ def build_tiny_policy(
     vocab_size: int = 1024,
 ) -> Path:
     """Write a randomly initialised LlamaForCausalLM + tokenizer to out_dir (save_pretrained layout)."""
-    out_dir = Path(out_dir)
     tokenizer = _tokenizer_for(texts, vocab_size)
     config = tiny_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
     torch.manual_seed(seed)
@@ -172,10 +171,7 @@ def build_tiny_policy(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return _save(model, tokenizer, out_dir)
 
 
 def build_tiny_reward(
@@ -189,13 +185,17 @@ def build_tiny_reward(
     vocab_size: int = 1024,
 ) -> Path:
     """Write a randomly initialised LlamaForSequenceClassification (num_labels=1, pad_token_id set) + tokenizer."""
-    out_dir = Path(out_dir)
     tokenizer = _tokenizer_for(texts, vocab_size)
     config = tiny_config(
         tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_labels=1
     )
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
+    return _save(LlamaForSequenceClassification(config), tokenizer, out_dir)
+
+
+def _save(model, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    """model + tokenizer as one save_pretrained directory."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -66,14 +66,11 @@ class SnapshotFileNotFoundError(FileNotFoundError):
     """A requested file name is not one of the snapshot's files."""
 
 
-def canonical_json_bytes(value: Any) -> bytes:
-    """The one JSON text for a value, UTF-8 encoded: sorted keys, no whitespace, characters as is, floats in
-    their shortest round-trip form. orjson writes NaN and infinities as null: rows should not carry them."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def canonical_json(value: Any) -> str:
-    return canonical_json_bytes(value).decode("utf-8")
+def canonical_json_line(value: Any) -> bytes:
+    """The one JSONL line for a value, UTF-8 encoded: sorted keys, no whitespace, characters as is, floats in
+    their shortest round-trip form, then a newline. orjson writes NaN and infinities as null: rows should not
+    carry them."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
 class SnapshotWriter:
@@ -133,7 +130,7 @@ class SnapshotWriter:
             raise RuntimeError(f"snapshot writer is {self._state}")
         if split not in self._jsonl_files:
             raise ValueError(f"unknown split {split!r}; this writer has {', '.join(self.splits)}")
-        self._jsonl_files[split].write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE))
+        self._jsonl_files[split].write(canonical_json_line(row))
         self.rows[split] += 1
 
     def write_rows(self, split: str, rows: Iterable[dict[str, Any]]) -> None:
@@ -241,12 +238,14 @@ class SnapshotWriter:
             parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"),
         )
         pending: list[pa.RecordBatch] = []
+        pending_rows = 0
         try:
             for batch in reader:
                 pending.append(batch)
-                if sum(b.num_rows for b in pending) >= PARQUET_ROW_GROUP_ROWS:
+                pending_rows += batch.num_rows
+                if pending_rows >= PARQUET_ROW_GROUP_ROWS:
                     yield pa.Table.from_batches(pending).select(schema.names).cast(schema)
-                    pending = []
+                    pending, pending_rows = [], 0
             if pending:
                 yield pa.Table.from_batches(pending).select(schema.names).cast(schema)
         except pa.ArrowInvalid as exc:

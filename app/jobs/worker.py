@@ -14,25 +14,13 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
-from sqlalchemy.orm import Session
+from collections.abc import Callable
 
 from app.config import get_settings
-from app.db import session_scope, write_transaction
+from app.db import session_scope
 from app.jobs import service
 
 log = logging.getLogger("rankforge.worker")
-
-
-@contextmanager
-def write_scope() -> Iterator[Session]:
-    """A unit of work that writes: on SQLite it takes the write lock first (BEGIN IMMEDIATE), because a
-    read-then-write transaction fails with "database is locked" when another worker wrote in between."""
-    with session_scope() as db:
-        write_transaction(db)
-        yield db
 
 
 class Cancelled(Exception):
@@ -52,15 +40,15 @@ class JobContext:
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         self.check_cancelled()
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.set_progress(db, self.job_id, fraction, message)
 
     def metrics(self, step: int, values: dict) -> None:
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.add_metrics(db, self.job_id, step, values)
 
     def log(self, text: str) -> None:
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.append_log(db, self.job_id, text)
 
 
@@ -90,7 +78,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every):
             try:
-                with write_scope() as db:
+                with session_scope(write=True) as db:
                     if service.heartbeat(db, self.ctx.job_id, self.ctx.worker_id):
                         self.ctx.cancel_event.set()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
@@ -104,9 +92,9 @@ def default_worker_id() -> str:
 def run_one(worker_id: str) -> int | None:
     """Claim and run one job; returns its id, or None when the queue is empty."""
     settings = get_settings()
-    with write_scope() as db:
+    with session_scope(write=True) as db:
         service.recover_stale(db, settings.worker_stale_seconds)
-    with write_scope() as db:
+    with session_scope(write=True) as db:
         job = service.claim(db, worker_id, kinds=list(RUNNERS))
         if job is None:
             return None
@@ -117,16 +105,16 @@ def run_one(worker_id: str) -> int | None:
     try:
         result = RUNNERS[kind](ctx)
     except Cancelled:
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.fail(db, job_id, worker_id, "cancelled")
     except Exception as error:  # noqa: BLE001 - any failure is recorded on the job
         log.warning("job %s failed: %s", job_id, error)
         message = str(error) or error.__class__.__name__
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.append_log(db, job_id, traceback.format_exc()[-3000:])
             service.fail(db, job_id, worker_id, message)
     else:
-        with write_scope() as db:
+        with session_scope(write=True) as db:
             service.finish(db, job_id, worker_id, result)
     finally:
         beat.stopped.set()

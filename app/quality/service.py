@@ -172,13 +172,14 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
                              "JOIN prompt p ON p.id = o.prompt_id WHERE p.project_id = :project", 3,
                          project=project.id, **{f"m{i}": name for i, name in enumerate(model_names)})  # fmt: skip
     completions = completions[np.argsort(completions[:, 0], kind="stable")]
+    if len(completions) == 0:
+        completions = np.full((1, 3), np.nan)  # a row no id matches, so lookups need no special case
     pairwise = n_options == 2
 
     def completion_column(ids: np.ndarray, column: int, missing: float) -> np.ndarray:
-        row = np.clip(np.searchsorted(completions[:, 0], ids), 0, max(len(completions) - 1, 0))
-        found = pairwise & (len(completions) > 0)
-        found &= completions[row, 0] == ids if len(completions) else found
-        return np.where(found, completions[row, column] if len(completions) else missing, missing)
+        row = np.minimum(np.searchsorted(completions[:, 0], ids), len(completions) - 1)
+        found = pairwise & (completions[row, 0] == ids)
+        return np.where(found, completions[row, column], missing)
 
     length_a, length_b = completion_column(first, 2, np.nan), completion_column(second, 2, np.nan)
     longer = np.where(length_a > length_b, first, np.where(length_b > length_a, second, np.nan))
