@@ -184,12 +184,15 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
 
 
 @app.command()
-def demo(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+def demo(host: str = typer.Option(None, help="Default: RANKFORGE_HOST (127.0.0.1)."),
+         port: int = typer.Option(None, help="Default: RANKFORGE_PORT (8000)."),
          worker: bool = typer.Option(True, help="Start a worker beside the web app.")):  # fmt: skip
     """Set up the embedded default (SQLite, local artifacts, demo data and users) and serve it."""
+    from app.config import get_settings
     from app.demo.setup import run_demo
 
-    run_demo(host=host, port=port, with_worker=worker)
+    settings = get_settings()
+    run_demo(host=host or settings.host, port=port or settings.port, with_worker=worker)
 
 
 @app.command()
