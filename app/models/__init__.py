@@ -8,6 +8,7 @@ from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, P
 from app.models.registry import ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
+from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "REVIEW_RESOLUTIONS",
@@ -38,5 +39,7 @@ __all__ = [
     "Role",
     "SchedulerLock",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "utcnow",
 ]
