@@ -145,7 +145,7 @@ def main() -> None:
             t = time.perf_counter()
             cols = service._judgment_arrays(db, project)
             regular = ~cols["is_gold"]
-            unit, rater, top = cols["comparison"][regular], cols["rater"][regular], cols["top"][regular]
+            unit, rater, top = cols["comparison"][regular], cols["rater"][regular], cols["top_code"][regular]
             alpha = stats.krippendorff_alpha(unit, rater, top, "nominal")
             stats.agreement_with_majority(unit, rater, top)
             stats.pairwise_rater_agreement(unit, rater, top)

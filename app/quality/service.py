@@ -20,7 +20,12 @@ from app.projects.service import audit
 from app.quality import stats
 
 TIE = -1
-"""Code for "no single best option" in the nominal top-choice data."""
+"""Code for "no single best option" in the nominal top-choice data (stats.TIE_CODE)."""
+TOP_CHOICE_CODING = ("the winner's position in the comparison's stored option order (first, second, ...), a tie "
+                     "for first as a category of its own; the same for every rater of a comparison, and comparable "
+                     "across comparisons, unlike the winner's id")  # fmt: skip
+RANK_POSITION_CODING = ("each completion's rank scaled to 0 (best) .. 1 (worst), tied completions sharing their "
+                        "mean rank, so rankings with ties or with different numbers of options are comparable")  # fmt: skip
 REVIEW_FLAGS = ("unsafe", "wrong", "all_bad")
 """Judgment flags that put a judgment in the admins' review queue."""
 LEADERBOARD_BOOTSTRAP = 1000
@@ -157,12 +162,16 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
     is several times faster than letting the database hash the completion texts once per side."""
     js = _json_sql(db)
     n_options = js["length"].format(column="c.completion_ids")
+    max_options = max(2, int(db.execute(text(f"SELECT max({n_options}) FROM comparison c WHERE c.project_id = :project"),
+                                        {"project": project.id}).scalar() or 0))  # fmt: skip
+    elements = ", ".join(js["element"].format(column="c.completion_ids", i=i) for i in range(max_options))
     comparisons = _array(db, f"""
-        SELECT c.id, CASE WHEN c.is_gold THEN 1 ELSE 0 END, {n_options},
-               {js["element"].format(column="c.completion_ids", i=0)}, {js["element"].format(column="c.completion_ids", i=1)}
-        FROM comparison c WHERE c.project_id = :project""", 5, project=project.id)  # fmt: skip
+        SELECT c.id, CASE WHEN c.is_gold THEN 1 ELSE 0 END, {n_options}, {elements}
+        FROM comparison c WHERE c.project_id = :project""", 3 + max_options, project=project.id)  # fmt: skip
     comparisons = comparisons[np.argsort(comparisons[:, 0], kind="stable")]
-    comparison, is_gold, n_options, first, second = comparisons.T
+    comparison, is_gold, n_options = comparisons[:, :3].T
+    options = comparisons[:, 3:]
+    first, second = options[:, 0], options[:, 1]
     model_names = [name for (name,) in db.execute(text(
         "SELECT DISTINCT o.model_name FROM completion o JOIN prompt p ON p.id = o.prompt_id "
         "WHERE p.project_id = :project AND o.model_name IS NOT NULL ORDER BY 1"), {"project": project.id})]  # fmt: skip
@@ -184,7 +193,7 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
     length_a, length_b = completion_column(first, 2, np.nan), completion_column(second, 2, np.nan)
     longer = np.where(length_a > length_b, first, np.where(length_b > length_a, second, np.nan))
     return {"id": comparison.astype(np.int64), "is_gold": is_gold == 1, "n_options": n_options, "first": first,
-            "second": second, "model_a": completion_column(first, 1, -1).astype(np.int64),
+            "second": second, "options": options, "model_a": completion_column(first, 1, -1).astype(np.int64),
             "model_b": completion_column(second, 1, -1).astype(np.int64), "longer": longer,
             "model_names": np.array(model_names, dtype=object)}  # fmt: skip
 
@@ -202,6 +211,7 @@ def _judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
     longer = comparisons["longer"][row]
     chose_longer = np.where(np.isnan(top) | np.isnan(longer), np.nan, (top == longer).astype(np.float64))
     return {"comparison": comparison, "rater": rater.astype(np.int64), "top": np.where(np.isnan(top), TIE, top),
+            "top_code": stats.top_choice_codes(top, comparisons["options"][row]),
             "time_ms": time_ms, "position": position, "is_gold": comparisons["is_gold"][row],
             "n_options": comparisons["n_options"][row], "chose_longer": chose_longer,
             **{f"c_{key}": value[row] for key, value in comparisons.items() if key != "model_names"},
@@ -232,13 +242,15 @@ def _attribute_agreement(db: Session, project: Project) -> dict[str, dict]:
 
 
 def _rank_position_agreement(db: Session, project: Project) -> stats.AlphaResult:
-    """Rank mode: ordinal alpha on each completion's tie-group position (unit = comparison x completion)."""
-    data = _array(db, f"SELECT e.comparison_id, e.rater_id, e.grp, e.completion_id FROM ({_ranking_elements_sql(db)}) e "
-                      "JOIN comparison c ON c.id = e.comparison_id WHERE NOT c.is_gold", 4, project=project.id)  # fmt: skip
+    """Rank mode: interval alpha on each completion's scaled midrank (unit = comparison x completion; coding and
+    why: stats.scaled_midranks)."""
+    data = _array(db, f"SELECT e.comparison_id, e.rater_id, e.grp, e.completion_id, e.judgment_id "
+                      f"FROM ({_ranking_elements_sql(db)}) e "
+                      "JOIN comparison c ON c.id = e.comparison_id WHERE NOT c.is_gold", 5, project=project.id)  # fmt: skip
     if len(data) == 0:
         return stats.AlphaResult(alpha=None, units=0)
     _, unit = np.unique(data[:, [0, 3]], axis=0, return_inverse=True)
-    return stats.krippendorff_alpha(unit.ravel(), data[:, 1], data[:, 2], "ordinal")
+    return stats.krippendorff_alpha(unit.ravel(), data[:, 1], stats.scaled_midranks(data[:, 4], data[:, 2]), "interval")
 
 
 def _reliability(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Project) -> dict[int, float]:
@@ -246,9 +258,18 @@ def _reliability(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Proj
     judged_gold = np.isin(gold_ids, cols["comparison"])
     gold_ids, gold_tops = gold_ids[judged_gold], gold_tops[judged_gold]
     units = np.concatenate([cols["comparison"], gold_ids])
+    # The one-coin model treats the categories of a unit symmetrically, so codes need only be consistent within a
+    # unit; what must be right is each unit's number of possible answers: its options, plus "tie" where ties are
+    # allowed (a K-option comparison has K + 1 answers, not the 2 + 1 of a pairwise one).
     codes = _dense_codes(units, np.concatenate([cols["top"], gold_tops]))
     n_judged = len(cols["top"])
-    n_categories = max(2 + int(project.allow_ties), int(codes.max()) + 1)
+    n_options = np.where(np.isnan(cols["n_options"]), 2.0, cols["n_options"])
+    n_categories = np.maximum(n_options + int(project.allow_ties), 2.0)
+    # At least as many as the distinct answers seen in the unit (a tie where ties are no longer allowed).
+    unit_ids, unit_index = np.unique(units, return_inverse=True)
+    seen = np.zeros(len(unit_ids))
+    np.maximum.at(seen, unit_index, codes + 1)
+    n_categories = np.maximum(n_categories, seen[unit_index[:n_judged]])
     return stats.rater_reliability(cols["comparison"], cols["rater"], codes[:n_judged], n_categories,
                                    gold=(gold_ids, codes[n_judged:]))  # fmt: skip
 
@@ -260,8 +281,13 @@ def rater_reliability(db: Session, project: Project) -> dict[int, float]:
     if len(data) == 0:
         return {}
     comparison, rater, top = data.T
-    cols = {"comparison": comparison.astype(np.int64), "rater": rater.astype(np.int64),
-            "top": np.where(np.isnan(top), TIE, top)}  # fmt: skip
+    comparison = comparison.astype(np.int64)
+    js = _json_sql(db)
+    sizes = _array(db, f"SELECT c.id, {js['length'].format(column='c.completion_ids')} FROM comparison c "
+                       "WHERE c.project_id = :project", 2, project=project.id)  # fmt: skip
+    sizes = sizes[np.argsort(sizes[:, 0], kind="stable")]
+    cols = {"comparison": comparison, "rater": rater.astype(np.int64), "top": np.where(np.isnan(top), TIE, top),
+            "n_options": sizes[np.searchsorted(sizes[:, 0], comparison), 1]}  # fmt: skip
     return _reliability(cols, *_gold_tops(db, project), project)
 
 
@@ -283,9 +309,12 @@ def project_stats(db: Session, project: Project) -> dict:
         gold_rows = np.flatnonzero(is_gold)[known]
         gold_answer[gold_rows] = gold_tops[where[known]]
         regular = ~is_gold
-        alpha = stats.krippendorff_alpha(comparison[regular], rater[regular], top[regular], "nominal")
-        majority = stats.agreement_with_majority(comparison[regular], rater[regular], top[regular])
-        pairs = stats.pairwise_rater_agreement(comparison[regular], rater[regular], top[regular])
+        # Alpha pools values across comparisons, so it needs the comparable coding (stats.top_choice_codes); the
+        # other figures test equality within a comparison only, where either coding gives the same answer.
+        code = cols["top_code"]
+        alpha = stats.krippendorff_alpha(comparison[regular], rater[regular], code[regular], "nominal")
+        majority = stats.agreement_with_majority(comparison[regular], rater[regular], code[regular])
+        pairs = stats.pairwise_rater_agreement(comparison[regular], rater[regular], code[regular])
         reliability = _reliability(cols, gold_ids, gold_tops, project)
         n_options = np.where(np.isnan(cols["n_options"]), 2.0, cols["n_options"])
         flags = stats.rater_flags(rater, cols["time_ms"], cols["position"], n_options, cols["chose_longer"])
@@ -312,7 +341,8 @@ def project_stats(db: Session, project: Project) -> dict:
         ]  # fmt: skip
         if project.mode == "rank":
             result = _rank_position_agreement(db, project)
-            rank_alpha = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "ordinal"}
+            rank_alpha = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "interval",
+                          "coding": RANK_POSITION_CODING}  # fmt: skip
     return {
         "comparisons": {k: overview["comparisons"][k] for k in ("total", "open", "complete")},
         "judgments": overview["judgments"],
@@ -321,6 +351,7 @@ def project_stats(db: Session, project: Project) -> dict:
             "units": alpha.units,
             "level": "nominal",
             "on": "top choice",
+            "coding": TOP_CHOICE_CODING,
             "rank_positions": rank_alpha,
             "attributes": _attribute_agreement(db, project) if len(cols["rater"]) else {},
         },
@@ -436,7 +467,8 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
                       "j.top_completion_id, CASE WHEN c.is_gold THEN 1 ELSE 0 END FROM judgment j "
                       f"JOIN comparison c ON c.id = j.comparison_id WHERE {_COUNTED}", 6, project=project.id)  # fmt: skip
     rater, created, time_ms, comparison, top, is_gold = data.T
-    top = np.where(np.isnan(top), TIE, top)
+    comparisons = _comparison_arrays(db, project)
+    top = stats.top_choice_codes(top, comparisons["options"][np.searchsorted(comparisons["id"], comparison)])
     now_s = now.timestamp()
     hour_start = now_s - (now_s % 3600) - (hours - 1) * 3600
     hour_index = np.floor((created - hour_start) / 3600).astype(np.int64)

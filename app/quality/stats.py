@@ -6,7 +6,8 @@ Everything is vectorized: costs grow as O(N log N) in the number of judgments, w
 only over raters, rater pairs, bootstrap chunks or solver iterations, never over judgments.
 
 Contents, top to bottom:
-1. agreement: `krippendorff_alpha`, `pairwise_rater_agreement`, `agreement_with_majority`
+1. agreement: `krippendorff_alpha`, `pairwise_rater_agreement`, `agreement_with_majority`, and the codings that
+   make verdicts comparable across comparisons: `top_choice_codes`, `scaled_midranks`
 2. leaderboard: `bradley_terry` (maximum likelihood on aggregated counts, Newton, multinomial bootstrap)
 3. rater reliability: `rater_reliability` (one-coin Dawid-Skene EM, gold items clamp the truth)
 4. rater flags: `rater_flags` (too fast, position bias, length bias)
@@ -121,6 +122,9 @@ def krippendorff_alpha(unit, rater, value, level: Level = "nominal") -> AlphaRes
     - ordinal: Krippendorff's ordinal distance between values c <= k is (sum_{g=c..k} n_g - (n_c + n_k)/2)^2,
       which equals (t_k - t_c)^2 with the midrank t_c = sum_{g<=c} n_g - n_c/2 over the pairable values'
       distribution, so ordinal alpha is interval alpha on midranks.
+
+    A value must mean the same thing in every unit (the expected disagreement pools all units): code verdicts
+    with `top_choice_codes` or `scaled_midranks`, never by completion ids, which differ in every comparison.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -153,6 +157,74 @@ def krippendorff_alpha(unit, rater, value, level: Level = "nominal") -> AlphaRes
     if expected <= 0.0:
         return AlphaResult(alpha=None, units=units)
     return AlphaResult(alpha=1.0 - (n - 1.0) * observed / expected, units=units)
+
+
+TIE_CODE = -1.0
+"""Top-choice code of a judgment with no single best option (a tie for first)."""
+
+
+def top_choice_codes(top, options) -> np.ndarray:
+    """Code each judgment's top choice as the winner's position in its comparison's stored option order.
+
+    top: per judgment, the completion id ranked best alone, NaN when several tie for first. options: per
+    judgment, its comparison's completion ids in stored order (rows padded with NaN). Returns 0, 1, ... (the
+    winner's position), TIE_CODE for a tie, NaN when the winner is none of the options.
+
+    Why: Krippendorff's alpha compares the disagreement observed within units with the disagreement expected
+    from the pooled values of all units, so a value must mean the same thing in every unit. Completion ids are
+    different in every comparison: coded by id, any two values from different comparisons differ, the expected
+    disagreement is about 1 whatever the raters do, and raters who click at random score about 0.5. The stored
+    order is the same for every rater of a comparison (display order is shuffled per assignment, the stored one
+    is not), so "first stored option won" means the same in every comparison, and random raters score about 0.
+    A tie is a verdict of its own, so it is a category of its own (nominal level). In rank mode, comparisons
+    with different numbers of options offer different categories (a 4th option can win only where there is one),
+    which still biases the top-choice alpha up slightly when the numbers of options are mixed: prefer the rank
+    position alpha (`scaled_midranks`) there.
+
+    Within a comparison this coding is a one-to-one relabelling of the winner's id, so figures that only test
+    equality within a comparison (pairwise rater agreement, agreement with the majority, gold accuracy, the
+    Dawid-Skene reliability) are the same under either coding.
+    """
+    top = _vector("top", top, np.float64)
+    options = np.asarray(options, dtype=np.float64)
+    if options.ndim != 2 or options.shape[0] != len(top):
+        raise ValueError(f"options must be (judgments, max options), got shape {options.shape}")
+    match = options == top[:, None]
+    position = np.where(match.any(axis=1), np.argmax(match, axis=1).astype(np.float64), np.nan)
+    return np.where(np.isnan(top), TIE_CODE, position)
+
+
+def scaled_midranks(judgment, group) -> np.ndarray:
+    """Per ranked element (one row per completion of a judgment's ranking; group = its tie group, 0 = best): its
+    rank scaled to 0 (best) .. 1 (worst), tied completions sharing their mean rank; NaN when the ranking has one
+    completion.
+
+    Why: the tie-group index is not comparable across raters or comparisons: after a tie for first the next
+    completion is group 1, the same as a plain second place, although it is third of three; and position 2 means
+    "worst" of three but "second worst" of four. Midranks fix the first (a completion below a two-way tie is 3rd
+    of 3 either way), scaling by the number of ranked completions fixes the second, so random rankings give an
+    alpha of about 0 even when comparisons have different numbers of options. Use the interval level: the
+    scaled ranks of different-sized rankings interleave (1/3 of four lies between 0 and 1/2 of three), which the
+    ordinal metric would count as categories standing between them.
+    """
+    judgment = _vector("judgment", judgment, np.int64)
+    group = _vector("group", group, np.int64)
+    _same_length(judgment=judgment, group=group)
+    if len(judgment) == 0:
+        return np.zeros(0)
+    cells, cell_of_row, cell_size = np.unique(
+        np.stack([judgment, group], axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    cell_of_row = cell_of_row.ravel()
+    new_judgment = np.concatenate(([True], cells[1:, 0] != cells[:-1, 0]))
+    offset = np.cumsum(cell_size) - cell_size
+    before = offset - np.maximum.accumulate(np.where(new_judgment, offset, 0))
+    judgment_index = np.cumsum(new_judgment) - 1
+    total = np.bincount(judgment_index, weights=cell_size)[judgment_index]
+    midrank = before + (cell_size + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(total > 1, (midrank - 1.0) / (total - 1.0), np.nan)
+    return scaled[cell_of_row]
 
 
 def pairwise_rater_agreement(unit, rater, value) -> dict[tuple[int, int], tuple[float, int]]:

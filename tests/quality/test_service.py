@@ -142,23 +142,26 @@ def test_agreement_per_attribute_and_on_rank_positions_match_the_krippendorff_pa
                 for name, by_option in scores.items():
                     for option, score in by_option.items():
                         reliability_data[name].setdefault((comparison.id, option), {})[r] = score
-                for group, members in enumerate(ranking):
+                place = 0  # scaled midrank: tied completions share their mean rank, 0 = best .. 1 = worst
+                for members in ranking:
                     for c in members:
-                        reliability_data["rank"].setdefault((comparison.id, c), {})[r] = group
+                        midrank = place + (len(members) - 1) / 2
+                        reliability_data["rank"].setdefault((comparison.id, c), {})[r] = midrank / (len(ids) - 1)
+                    place += len(members)
     with session_scope(db_url) as session:
         agreement = project_stats(session, session.get(Project, project["id"]))["agreement"]
 
-    def package_alpha(table: dict) -> float:
+    def package_alpha(table: dict, level: str = "ordinal") -> float:
         units = sorted(table)
         matrix = np.array([[table[u].get(r, np.nan) for u in units] for r in range(3)], dtype=float)
-        return krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal")
+        return krippendorff.alpha(reliability_data=matrix, level_of_measurement=level)
 
     for name in ("helpful", "harmless"):
         assert agreement["attributes"][name]["krippendorff_alpha"] == pytest.approx(
             package_alpha(reliability_data[name]), abs=1e-9)  # fmt: skip
         assert agreement["attributes"][name]["units"] == len(reliability_data[name])
     assert agreement["rank_positions"]["krippendorff_alpha"] == pytest.approx(
-        package_alpha(reliability_data["rank"]), abs=1e-9)  # fmt: skip
+        package_alpha(reliability_data["rank"], "interval"), abs=1e-9)  # fmt: skip
 
 
 def test_flags_too_fast_position_and_length_bias(client, users, db_url):
