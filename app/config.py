@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     python_executable: str | None = None
     """Python used to start trainer child processes (defaults to the worker's own)."""
 
+    webhooks_allow_private: bool = False
+    """Allow webhook URLs on loopback, link-local and private addresses (self-hosted receivers)."""
+    webhooks_timeout_seconds: float = 10.0
+    webhooks_max_attempts: int = 8
+    """Attempts per delivery before it gives up (backoff doubles from webhooks_retry_base_seconds)."""
+    webhooks_retry_base_seconds: float = 5.0
+    webhooks_disable_after: int = 20
+    """Consecutive failed attempts after which an endpoint is disabled (and the admin told)."""
+    webhooks_batch_seconds: float = 1.0
+    """judgment.created: at most one delivery per endpoint this often, carrying every judgment since."""
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -133,6 +133,11 @@ def create_app() -> FastAPI:
     app.include_router(dataset_pages)
     app.include_router(job_pages)
     app.include_router(model_pages)
+    from app.webhooks.pages import router as webhook_pages
+    from app.webhooks.router import router as webhooks_api
+
+    app.include_router(webhooks_api)
+    app.include_router(webhook_pages)
     app.include_router(docs_router)
 
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")

@@ -35,6 +35,7 @@ from app.models import (
     utcnow,
 )
 from app.projects.service import audit
+from app.webhooks.service import emit
 
 BATCH_COMPARISONS = 2000
 
@@ -260,6 +261,7 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
     snapshot.files = sorted(manifest["files"])
     snapshot.size_bytes = sum(f["bytes"] for f in manifest["files"].values())
     snapshot.manifest = manifest
+    emit(db, "dataset.ready", snapshot.project_id, snapshot_json(snapshot))
     return {"dataset_id": snapshot.id, "sha256": snapshot.sha256,
             "rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}}  # fmt: skip
 
@@ -278,6 +280,7 @@ def build_snapshot_for_job(ctx) -> dict:
             db.rollback()
             write_transaction(db)
             snapshot.status, snapshot.error = "failed", str(error)[:2000]
+            emit(db, "dataset.failed", snapshot.project_id, snapshot_json(snapshot))
             db.commit()
             raise
 

@@ -9,6 +9,7 @@ from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
+from app.webhooks.service import emit_judgment
 
 
 def validate_ranking(ranking: list[list[int]], completion_ids: list[int], *, allow_ties: bool,
@@ -101,6 +102,7 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
     db.add(judgment)
     db.flush()
     _maybe_extend_overlap(db, project, comparison)
+    emit_judgment(db, judgment, comparison)
     return judgment, True
 
 

@@ -18,6 +18,7 @@ from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Completion, ModelVersion, Project, Prompt, User
 from app.projects.service import audit
+from app.webhooks.service import emit
 
 MODEL_KINDS = ("policy", "reward")
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,7 @@ def register_version(db: Session, name: str, path: str | Path, kind: str, *, pro
     db.add(version)
     db.flush()
     audit(db, actor, "model.register", "model_version", version.id, name=name, kind=kind)
+    emit(db, "model.registered", version.project_id, version_json(version))
     return version
 
 

@@ -1,0 +1,284 @@
+"""Webhook endpoints, the delivery outbox, and Standard Webhooks signing. Never commits.
+
+`emit` writes delivery rows in the caller's transaction (an outbox): an event is queued exactly when the
+change that caused it commits, and sending happens later in the worker (`app.webhooks.tasks.deliver_due`),
+so a slow or failing receiver never slows the request that caused the event.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+from urllib.parse import urlsplit
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.errors import Conflict, NotFound, Unprocessable
+from app.models import AuditLog, Project, User, WebhookDelivery, WebhookEndpoint, utcnow
+
+EVENT_TYPES = (
+    "judgment.created",
+    "comparison.completed",
+    "dataset.ready",
+    "dataset.failed",
+    "job.succeeded",
+    "job.failed",
+    "model.registered",
+)
+BATCHED_EVENTS = frozenset({"judgment.created"})
+"""Written as batch items; the worker sends them many to a message, at most one message a second."""
+
+
+class UnsafeWebhookUrl(Unprocessable):
+    """This webhook URL is not allowed."""
+
+
+# --- signing (https://www.standardwebhooks.com) ----------------------------------------------------------------
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def new_msg_id() -> str:
+    return "msg_" + secrets.token_urlsafe(18)
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed with the secret's base64-decoded bytes."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def headers_for(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "user-agent": "Rankforge-Webhooks/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+# --- server-side request forgery -------------------------------------------------------------------------------
+
+
+def _blocked(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+            or ip.is_unspecified or not ip.is_global)  # fmt: skip
+
+
+def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]:
+    """The URL's addresses, after refusing anything but http(s) and (unless allowed) non-public addresses.
+
+    Called when an endpoint is saved and again before every send (DNS may have changed since)."""
+    if allow_private is None:
+        allow_private = get_settings().webhooks_allow_private
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeWebhookUrl("A webhook URL must start with http:// or https://.")
+    if not parts.hostname:
+        raise UnsafeWebhookUrl("A webhook URL needs a host.")
+    if parts.username or parts.password:
+        raise UnsafeWebhookUrl("A webhook URL may not carry a user name or password.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError) as error:
+        raise UnsafeWebhookUrl(f"Cannot resolve {parts.hostname!r}: {error}") from error
+    addresses = sorted({info[4][0] for info in infos})
+    if not allow_private:
+        blocked = [a for a in addresses if _blocked(a)]
+        if blocked:
+            raise UnsafeWebhookUrl(
+                f"{parts.hostname} resolves to a loopback, link-local or private address ({', '.join(blocked)}); "
+                "set RANKFORGE_WEBHOOKS_ALLOW_PRIVATE=true to allow receivers on a private network."
+            )
+    return addresses
+
+
+# --- endpoints -------------------------------------------------------------------------------------------------
+
+
+def _audit(db: Session, actor: User | None, action: str, endpoint_id: int, **details) -> None:
+    db.add(AuditLog(actor_id=actor.id if actor else None, action=action, target_type="webhook",
+                    target_id=endpoint_id, details=details))  # fmt: skip
+
+
+def check_events(events: list[str]) -> list[str]:
+    events = sorted(set(events))
+    if not events:
+        raise Unprocessable(f"Choose at least one event: {', '.join(EVENT_TYPES)} (or '*' for all).")
+    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES]
+    if unknown:
+        raise Unprocessable(f"Unknown events {unknown}; known: {', '.join(EVENT_TYPES)} (or '*').")
+    return ["*"] if "*" in events else events
+
+
+def create_endpoint(db: Session, url: str, events: list[str], *, project: Project | None = None,
+                    description: str = "", actor: User | None = None) -> WebhookEndpoint:  # fmt: skip
+    """A new endpoint; its `secret` is returned to the caller once (the API shows it only on creation)."""
+    resolve_checked(url)
+    endpoint = WebhookEndpoint(url=url, events=check_events(events), project_id=project.id if project else None,
+                               description=description, secret=new_secret(), enabled=True, consecutive_failures=0,
+                               created_by_id=actor.id if actor else None)  # fmt: skip
+    db.add(endpoint)
+    db.flush()
+    _audit(db, actor, "webhook.create", endpoint.id, url=url, events=endpoint.events, project_id=endpoint.project_id)
+    return endpoint
+
+
+def get_endpoint(db: Session, endpoint_id: int) -> WebhookEndpoint:
+    endpoint = db.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None:
+        raise NotFound(f"No webhook endpoint {endpoint_id}.")
+    return endpoint
+
+
+def list_endpoints(db: Session, *, project_id: int | None = None, limit: int | None = None,
+                   offset: int = 0) -> list[WebhookEndpoint]:  # fmt: skip
+    query = select(WebhookEndpoint).order_by(WebhookEndpoint.id)
+    if project_id is not None:
+        query = query.where(WebhookEndpoint.project_id == project_id)
+    return list(db.scalars(query.offset(offset).limit(limit)))
+
+
+def update_endpoint(db: Session, endpoint: WebhookEndpoint, changes: dict, actor: User | None) -> WebhookEndpoint:
+    if changes.get("url") is not None:
+        resolve_checked(changes["url"])
+        endpoint.url = changes["url"]
+    if changes.get("events") is not None:
+        endpoint.events = check_events(changes["events"])
+    if changes.get("description") is not None:
+        endpoint.description = changes["description"]
+    if changes.get("enabled") is not None:
+        endpoint.enabled = bool(changes["enabled"])
+        if endpoint.enabled:
+            endpoint.consecutive_failures, endpoint.disabled_reason = 0, None
+    _audit(db, actor, "webhook.update", endpoint.id, changes=sorted(k for k, v in changes.items() if v is not None))
+    return endpoint
+
+
+def rotate_secret(db: Session, endpoint: WebhookEndpoint, actor: User | None) -> str:
+    endpoint.secret = new_secret()
+    _audit(db, actor, "webhook.rotate_secret", endpoint.id)
+    return endpoint.secret
+
+
+def delete_endpoint(db: Session, endpoint: WebhookEndpoint, actor: User | None) -> None:
+    _audit(db, actor, "webhook.delete", endpoint.id, url=endpoint.url)
+    db.delete(endpoint)
+
+
+def disable_endpoint(db: Session, endpoint: WebhookEndpoint, reason: str) -> None:
+    """Stop sending to an endpoint that keeps failing; the audit log and the endpoint's page tell the admin."""
+    endpoint.enabled, endpoint.disabled_reason = False, reason[:500]
+    _audit(db, None, "webhook.disabled", endpoint.id, url=endpoint.url, reason=reason[:500])
+
+
+# --- events ----------------------------------------------------------------------------------------------------
+
+
+def emit(db: Session, event_type: str, project_id: int | None, payload: dict) -> int:
+    """Queue `event_type` for every enabled endpoint that wants it (the project's and the global ones), in the
+    caller's transaction. Returns how many deliveries were queued. Cheap when no endpoint listens: one indexed
+    read of a small table."""
+    query = select(WebhookEndpoint.id, WebhookEndpoint.events).where(WebhookEndpoint.enabled)
+    if project_id is None:
+        query = query.where(WebhookEndpoint.project_id.is_(None))
+    else:
+        query = query.where(or_(WebhookEndpoint.project_id == project_id, WebhookEndpoint.project_id.is_(None)))
+    targets = [endpoint_id for endpoint_id, events in db.execute(query) if "*" in events or event_type in events]
+    if not targets:
+        return 0
+    now = utcnow()
+    batched = event_type in BATCHED_EVENTS
+    body = payload if batched else {"type": event_type, "timestamp": now.isoformat(), "data": payload}
+    db.add_all(
+        WebhookDelivery(endpoint_id=endpoint_id, event_type=event_type, msg_id=new_msg_id(), payload=body,
+                        batch_item=batched, status="pending", attempts=0, next_attempt_at=now, created_at=now)
+        for endpoint_id in targets
+    )  # fmt: skip
+    return len(targets)
+
+
+def emit_judgment(db: Session, judgment, comparison) -> None:
+    """judgment.created, and comparison.completed when this judgment filled the comparison."""
+    emit(db, "judgment.created", judgment.project_id, {
+        "id": judgment.id, "assignment_id": judgment.assignment_id, "comparison_id": judgment.comparison_id,
+        "project_id": judgment.project_id, "rater_id": judgment.rater_id, "ranking": judgment.ranking,
+        "attributes": judgment.attributes, "flags": judgment.flags, "source": judgment.source,
+        "created_at": judgment.created_at.isoformat() if judgment.created_at else None,
+    })  # fmt: skip
+    if not comparison.is_gold and comparison.n_judgments >= comparison.required:
+        emit(db, "comparison.completed", comparison.project_id, {
+            "id": comparison.id, "project_id": comparison.project_id, "judgments": comparison.n_judgments,
+            "required": comparison.required,
+        })  # fmt: skip
+
+
+def emit_job(db: Session, job) -> None:
+    """job.succeeded or job.failed, as the job reached that state."""
+    if job.status in ("succeeded", "failed"):
+        from app.jobs.service import job_json
+
+        emit(db, f"job.{job.status}", job.project_id, job_json(job))
+
+
+def redeliver(db: Session, delivery: WebhookDelivery, actor: User | None) -> WebhookDelivery:
+    """Send a message again (same webhook-id, so receivers can deduplicate), now."""
+    if delivery.batch_item:
+        raise Conflict("This is one judgment of a batch; redeliver its batch message instead.")
+    delivery.status, delivery.next_attempt_at, delivery.lease_until = "pending", utcnow(), None
+    _audit(db, actor, "webhook.redeliver", delivery.endpoint_id, delivery_id=delivery.id)
+    return delivery
+
+
+def get_delivery(db: Session, delivery_id: int) -> WebhookDelivery:
+    delivery = db.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"No webhook delivery {delivery_id}.")
+    return delivery
+
+
+def list_deliveries(db: Session, endpoint_id: int, *, limit: int = 50, offset: int = 0) -> list[WebhookDelivery]:
+    """Messages (batch items hidden: their batch message stands for them), newest first."""
+    query = (select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id, ~WebhookDelivery.batch_item)
+             .order_by(WebhookDelivery.id.desc()).offset(offset).limit(limit))  # fmt: skip
+    return list(db.scalars(query))
+
+
+def endpoint_json(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict:
+    body = {
+        "id": endpoint.id, "project_id": endpoint.project_id, "url": endpoint.url, "events": endpoint.events,
+        "description": endpoint.description, "enabled": endpoint.enabled, "disabled_reason": endpoint.disabled_reason,
+        "consecutive_failures": endpoint.consecutive_failures, "secret_hint": endpoint.secret[:10] + "…",
+        "created_at": endpoint.created_at.isoformat(),
+    }  # fmt: skip
+    if with_secret:
+        body["secret"] = endpoint.secret
+    return body
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict:
+    def iso(value):
+        return value.isoformat() if value else None
+
+    return {
+        "id": delivery.id, "endpoint_id": delivery.endpoint_id, "event_type": delivery.event_type,
+        "msg_id": delivery.msg_id, "status": delivery.status, "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code, "last_latency_ms": delivery.last_latency_ms,
+        "last_error": delivery.last_error, "next_attempt_at": iso(delivery.next_attempt_at),
+        "delivered_at": iso(delivery.delivered_at), "created_at": iso(delivery.created_at),
+        "payload": delivery.payload,
+    }  # fmt: skip

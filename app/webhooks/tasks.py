@@ -1,0 +1,180 @@
+"""The worker's webhook sender: `deliver_due(worker_id)` is an idle task, called each idle loop.
+
+1. Cut batches: every endpoint's pending `judgment.created` items become one message, at most one a
+   `webhooks_batch_seconds` per endpoint.
+2. Claim due messages under a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so many workers share the work).
+3. Send them outside any transaction, a few endpoints in parallel, checking the resolved address first.
+4. Record each outcome: success; or a retry with exponential backoff; or give up after the last attempt.
+   An endpoint failing `webhooks_disable_after` times in a row is disabled and the admin told.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import or_, select
+
+from app.config import get_settings
+from app.db import is_sqlite, session_scope
+from app.models import WebhookDelivery, WebhookEndpoint, utcnow
+from app.webhooks.service import (
+    UnsafeWebhookUrl,
+    disable_endpoint,
+    headers_for,
+    new_msg_id,
+    resolve_checked,
+)
+
+log = logging.getLogger("rankforge.webhooks")
+
+CLAIM_LIMIT = 50
+BATCH_LIMIT = 1000
+"""Judgments per judgment.created message; more wait for the next one."""
+MAX_BACKOFF_SECONDS = 6 * 3600
+PARALLEL = 8
+
+
+def body_bytes(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def cut_batches() -> int:
+    """Turn pending judgment items into batch messages; returns how many messages were made."""
+    settings = get_settings()
+    now = utcnow()
+    made = 0
+    with session_scope(write=True) as db:
+        waiting = select(WebhookDelivery.endpoint_id).where(
+            WebhookDelivery.batch_item, WebhookDelivery.status == "pending").distinct()  # fmt: skip
+        query = select(WebhookEndpoint).where(
+            WebhookEndpoint.enabled, WebhookEndpoint.id.in_(waiting),
+            or_(WebhookEndpoint.last_batch_at.is_(None),
+                WebhookEndpoint.last_batch_at <= now - timedelta(seconds=settings.webhooks_batch_seconds)),
+        ).order_by(WebhookEndpoint.id)  # fmt: skip
+        if not is_sqlite(db):
+            query = query.with_for_update(skip_locked=True)
+        for endpoint in db.scalars(query).all():
+            items = list(db.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.batch_item,
+                                              WebhookDelivery.status == "pending")
+                .order_by(WebhookDelivery.id).limit(BATCH_LIMIT)
+            ))  # fmt: skip
+            if not items:
+                continue
+            message = WebhookDelivery(
+                endpoint_id=endpoint.id, event_type="judgment.created", msg_id=new_msg_id(), batch_item=False,
+                status="pending", attempts=0, next_attempt_at=now, created_at=now,
+                payload={"type": "judgment.created", "timestamp": now.isoformat(),
+                         "data": {"count": len(items), "judgments": [item.payload for item in items]}},
+            )  # fmt: skip
+            db.add(message)
+            db.flush()
+            for item in items:
+                item.status, item.batch_id = "batched", message.id
+            endpoint.last_batch_at = now
+            made += 1
+    return made
+
+
+def _claim(worker_id: str) -> list[dict]:
+    settings = get_settings()
+    now = utcnow()
+    with session_scope(write=True) as db:
+        query = (
+            select(WebhookDelivery, WebhookEndpoint)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.status == "pending", ~WebhookDelivery.batch_item,
+                   WebhookDelivery.next_attempt_at <= now, WebhookEndpoint.enabled,
+                   or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(CLAIM_LIMIT)
+        )  # fmt: skip
+        if not is_sqlite(db):
+            query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+        claimed = []
+        for delivery, endpoint in db.execute(query).all():
+            delivery.lease_until = now + timedelta(seconds=settings.webhooks_timeout_seconds + 30)
+            delivery.attempts += 1
+            claimed.append({"id": delivery.id, "endpoint_id": endpoint.id, "url": endpoint.url,
+                            "secret": endpoint.secret, "msg_id": delivery.msg_id, "body": body_bytes(delivery.payload),
+                            "attempts": delivery.attempts})  # fmt: skip
+    return claimed
+
+
+def _send(client: httpx.Client, item: dict) -> dict:
+    started = time.perf_counter()
+    outcome = {"id": item["id"], "status_code": None, "error": None}
+    try:
+        resolve_checked(item["url"])  # again at send time: DNS may point somewhere else by now
+        timestamp = int(time.time())
+        response = client.post(item["url"], content=item["body"],
+                               headers=headers_for(item["secret"], item["msg_id"], timestamp, item["body"]))  # fmt: skip
+        outcome["status_code"] = response.status_code
+        if not 200 <= response.status_code < 300:
+            outcome["error"] = f"HTTP {response.status_code}: {response.text[:300]}"
+    except UnsafeWebhookUrl as error:
+        outcome["error"] = str(error.detail)
+    except httpx.HTTPError as error:
+        outcome["error"] = f"{error.__class__.__name__}: {error}"[:500]
+    outcome["latency_ms"] = int((time.perf_counter() - started) * 1000)
+    return outcome
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Exponential, from the base, with up to 20% jitter so retries of many messages spread out."""
+    base = get_settings().webhooks_retry_base_seconds
+    delay = min(MAX_BACKOFF_SECONDS, base * 2 ** max(0, attempts - 1))
+    return delay * (1 + random.random() * 0.2)
+
+
+def _record(outcomes: list[dict]) -> None:
+    settings = get_settings()
+    now = utcnow()
+    with session_scope(write=True) as db:
+        for outcome in outcomes:
+            delivery = db.get(WebhookDelivery, outcome["id"])
+            if delivery is None:  # its endpoint was deleted meanwhile
+                continue
+            endpoint = db.get(WebhookEndpoint, delivery.endpoint_id)
+            delivery.lease_until = None
+            delivery.last_status_code, delivery.last_latency_ms = outcome["status_code"], outcome["latency_ms"]
+            delivery.last_error = outcome["error"]
+            if outcome["error"] is None:
+                delivery.status, delivery.delivered_at = "succeeded", now
+                endpoint.consecutive_failures = 0
+                continue
+            if delivery.attempts >= settings.webhooks_max_attempts:
+                delivery.status = "failed"
+            else:
+                delivery.next_attempt_at = now + timedelta(seconds=backoff_seconds(delivery.attempts))
+            endpoint.consecutive_failures += 1
+            if endpoint.enabled and endpoint.consecutive_failures >= settings.webhooks_disable_after:
+                disable_endpoint(db, endpoint, f"Disabled after {endpoint.consecutive_failures} failed attempts in "
+                                               f"a row; last: {outcome['error']}")  # fmt: skip
+
+
+def deliver_due(worker_id: str) -> int:
+    """Send what is due; returns how many messages were attempted."""
+    cut_batches()
+    claimed = _claim(worker_id)
+    if not claimed:
+        return 0
+    settings = get_settings()
+    timeout = httpx.Timeout(settings.webhooks_timeout_seconds)
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        if len(claimed) == 1:
+            outcomes = [_send(client, claimed[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL, len(claimed))) as pool:
+                outcomes = list(pool.map(lambda item: _send(client, item), claimed))
+    _record(outcomes)
+    failed = sum(1 for o in outcomes if o["error"])
+    if failed:
+        log.info("webhooks: %s sent, %s failed (worker %s)", len(outcomes) - failed, failed, worker_id)
+    return len(outcomes)
