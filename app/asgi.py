@@ -7,11 +7,26 @@ locks never wait for a thread (they do all their work in one), so a small pool c
 """
 
 import os
+import sys
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
 
 from app.main import create_app
+
+
+def _ignore_uvicorn_proxy_headers() -> None:
+    """`uvicorn app.asgi:app` turns --proxy-headers on by default and then believes X-Forwarded-For from
+    FORWARDED_ALLOW_IPS (loopback by default), rewriting the client address before the app sees the real peer:
+    anyone on the machine, or a proxy not configured here, could pick their address. RANKFORGE_TRUSTED_PROXIES
+    must decide alone (app.proxies), so when uvicorn loads this module (it wraps the app afterwards, through
+    the name ProxyHeadersMiddleware in uvicorn.config) that wrapper hands the app through unchanged."""
+    config = sys.modules.get("uvicorn.config")
+    if config is not None and hasattr(config, "ProxyHeadersMiddleware"):
+        config.ProxyHeadersMiddleware = lambda app, trusted_hosts=None: app
+
+
+_ignore_uvicorn_proxy_headers()
 
 WORKER_THREADS = int(os.environ.get("RANKFORGE_WORKER_THREADS", "8"))
 """Worker threads per process for sync endpoints and dependencies."""

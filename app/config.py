@@ -22,7 +22,14 @@ class Settings(BaseSettings):
     """Force the Secure cookie flag; by default it follows the request scheme (https behind a proxy)."""
     login_max_failures: int = 5
     """Wrong passwords from one address before that account is locked for that address."""
+    login_max_failures_per_user: int = 20
+    """Wrong passwords for one account from all addresses together before it is locked everywhere (so an
+    attacker rotating addresses is stopped too); higher than the per-address limit."""
     login_lock_minutes: int = 15
+    """How long failures count (and locks last); older failure rows are pruned."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto
+    are believed (app.proxies); empty: the direct peer is the client."""
 
     lease_seconds: int = 1200
     """Default assignment lease for new projects."""

@@ -141,7 +141,12 @@ def create_app() -> FastAPI:
     app.include_router(docs_router)
 
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
-    app.add_middleware(EdgeMiddleware)
+    # Outermost, outside Starlette's ServerErrorMiddleware, so a 500 gets the security headers too; the client
+    # address is resolved (app.proxies) before anything reads it.
+    from app.proxies import ClientAddressMiddleware
+
+    build_middleware_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: ClientAddressMiddleware(EdgeMiddleware(build_middleware_stack()))
     return app
 
 

@@ -1,6 +1,9 @@
 """Starting uvicorn. With several workers uvicorn creates the listening socket itself in a way that
 leaves Nagle's algorithm on, and every response then waits ~40 ms for the client's delayed ACK; binding
-a TCP socket here and handing it to uvicorn's supervisor avoids that."""
+a TCP socket here and handing it to uvicorn's supervisor avoids that.
+
+uvicorn's proxy headers are off: it would believe X-Forwarded-For from loopback (its default
+FORWARDED_ALLOW_IPS); RANKFORGE_TRUSTED_PROXIES alone decides, in app.proxies."""
 
 from __future__ import annotations
 
@@ -11,12 +14,12 @@ import uvicorn
 
 def run_server(host: str, port: int, workers: int = 1, log_level: str = "warning") -> None:
     if workers <= 1:
-        uvicorn.run("app.asgi:app", host=host, port=port, log_level=log_level, proxy_headers=True)
+        uvicorn.run("app.asgi:app", host=host, port=port, log_level=log_level, proxy_headers=False)
         return
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config("app.asgi:app", host=host, port=port, workers=workers, log_level=log_level,
-                            proxy_headers=True)  # fmt: skip
+                            proxy_headers=False)  # fmt: skip
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -39,31 +39,48 @@ def new_token(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-def _recent_failures(db: Session, username: str, ip: str) -> int:
+def _recent_failures(db: Session, username: str, ip: str) -> tuple[int, int]:
+    """(failures for this account from this address, failures for this account from anywhere) in the window."""
     since = utcnow() - timedelta(minutes=get_settings().login_lock_minutes)
-    return db.scalar(
-        select(func.count())
+    from_here, total = db.execute(
+        select(func.count().filter(LoginFailure.ip == ip), func.count())
         .select_from(LoginFailure)
-        .where(LoginFailure.username == username, LoginFailure.ip == ip, LoginFailure.created_at >= since)
-    )
+        .where(LoginFailure.username == username, LoginFailure.created_at >= since)
+    ).one()
+    return int(from_here), int(total)
+
+
+def prune_login_failures(db: Session) -> int:
+    """Delete failure rows older than the lock window (they no longer count). Returns the rows deleted."""
+    since = utcnow() - timedelta(minutes=get_settings().login_lock_minutes)
+    return db.execute(delete(LoginFailure).where(LoginFailure.created_at < since)).rowcount or 0
 
 
 def authenticate(db: Session, username: str, password: str, ip: str) -> User:
-    """Check a login. Failures are recorded; too many from one address lock that account there.
+    """Check a login. Failures are recorded; too many from one address lock that account there, and too many
+    from all addresses together (RANKFORGE_LOGIN_MAX_FAILURES_PER_USER) lock it everywhere, so rotating
+    addresses does not help an attacker. `ip` is the client address as app.proxies resolved it.
 
     Raises TooManyRequests while locked (the password is not even checked), Unauthorized otherwise.
     The caller must commit even on failure, so the failure is counted.
     """
     settings = get_settings()
     username = username.strip()
-    if _recent_failures(db, username, ip) >= settings.login_max_failures:
+    ip = (ip or "unknown")[:64]
+    from_here, total = _recent_failures(db, username, ip)
+    if from_here >= settings.login_max_failures:
         raise TooManyRequests(
             f"Too many failed logins for this account from your address; "
             f"try again in {settings.login_lock_minutes} minutes."
         )
+    if total >= settings.login_max_failures_per_user:
+        raise TooManyRequests(
+            f"Too many failed logins for this account; try again in {settings.login_lock_minutes} minutes."
+        )
     user = db.scalar(select(User).where(User.username == username))
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
     if not (user and ok and user.is_active):
+        prune_login_failures(db)
         db.add(LoginFailure(username=username, ip=ip))
         raise Unauthorized("Wrong username or password.")
     db.execute(delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.ip == ip))
