@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
@@ -30,8 +30,9 @@ def create_dataset(project_ref: str, body: dict, db: DbSession, principal: Staff
 
 
 @router.get("/datasets")
-def list_datasets(db: DbSession, principal: Staff, project_id: int | None = None):
-    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(200)
+def list_datasets(db: DbSession, principal: Staff, project_id: int | None = None,
+                  limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)):  # fmt: skip
+    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit).offset(offset)
     if project_id is not None:
         query = query.where(DatasetSnapshot.project_id == project_id)
     return [service.snapshot_json(s) for s in db.scalars(query)]

@@ -42,8 +42,8 @@ def create_job(data: JobCreate, db: DbSession, principal: Staff):
 
 
 @router.get("")
-def list_jobs(db: DbSession, principal: Staff, project_id: int | None = None, limit: int = 50):
-    query = select(Job).order_by(Job.id.desc()).limit(min(limit, 500))
+def list_jobs(db: DbSession, principal: Staff, project_id: int | None = None, limit: int = 50, offset: int = 0):
+    query = select(Job).order_by(Job.id.desc()).limit(min(limit, 500)).offset(max(offset, 0))
     if project_id is not None:
         query = query.where(Job.project_id == project_id)
     return [service.job_json(job) for job in db.scalars(query)]

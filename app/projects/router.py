@@ -21,8 +21,10 @@ def create_project(data: ProjectCreate, db: DbSession, principal: Admin):
 
 
 @router.get("", response_model=list[ProjectOut])
-def list_projects(db: DbSession, principal: AnyUser):
-    return service.visible_projects(db, principal.user)
+def list_projects(db: DbSession, principal: AnyUser, limit: int | None = Query(None, ge=1, le=1000),
+                  offset: int = Query(0, ge=0)):  # fmt: skip
+    """Projects by id; `limit`/`offset` page (no limit: all)."""
+    return service.visible_projects(db, principal.user)[offset : offset + limit if limit else None]
 
 
 @router.get("/{project_ref}", response_model=ProjectOut)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from app.auth.deps import DbSession, Staff
@@ -20,8 +20,11 @@ class ModelCreate(BaseModel):
 
 
 @router.get("")
-def list_models(db: DbSession, principal: Staff, kind: str | None = None, project_id: int | None = None):
-    return [service.version_json(v) for v in service.list_versions(db, kind=kind, project_id=project_id)]
+def list_models(db: DbSession, principal: Staff, kind: str | None = None, project_id: int | None = None,
+                limit: int | None = Query(None, ge=1, le=1000), offset: int = Query(0, ge=0)):  # fmt: skip
+    """Newest first; `limit`/`offset` page (no limit: all)."""
+    versions = service.list_versions(db, kind=kind, project_id=project_id)[offset : offset + limit if limit else None]
+    return [service.version_json(v) for v in versions]
 
 
 @router.get("/{version_id}")
