@@ -338,6 +338,12 @@ def models_init_tiny(project: str = typer.Option(None, "--project", "-p", help="
     except (RankforgeError, RuntimeError) as error:
         fail(str(getattr(error, "detail", error)))
 
+
+from app.cli_commands import register as register_engineer_commands  # noqa: E402 (project, dataset, job)
+
+register_engineer_commands(app)
+
+
 def main():
     app()
 
