@@ -42,6 +42,7 @@ case "$cmd" in
   test)
     setup
     .venv/bin/ruff check .
+    .venv/bin/lint-imports --no-cache  # the layering of DESIGN.md (contracts in pyproject.toml)
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)

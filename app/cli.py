@@ -97,8 +97,7 @@ def import_cmd(project: str, file: Path, format: str = typer.Option("native", "-
                gold: bool = typer.Option(False, help="Rankings in the file make gold items.")):  # fmt: skip
     """Import prompts and completions into PROJECT (slug or id)."""
     from app.db import session_scope
-    from app.errors import RankforgeError
-    from app.imports.parsers import ImportValidationError
+    from app.errors import ImportValidationError, RankforgeError
     from app.imports.service import import_file
     from app.projects.service import get_project
 
@@ -186,13 +185,18 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
 @app.command()
 def demo(host: str = typer.Option(None, help="Default: RANKFORGE_HOST (127.0.0.1)."),
          port: int = typer.Option(None, help="Default: RANKFORGE_PORT (8000)."),
-         worker: bool = typer.Option(True, help="Start a worker beside the web app.")):  # fmt: skip
-    """Set up the embedded default (SQLite, local artifacts, demo data and users) and serve it."""
+         worker: bool = typer.Option(True, help="Start a worker beside the web app."),
+         empty: bool = typer.Option(False, "--empty", help="No simulated history: projects, users and models "
+                                    "only, nothing rated yet.")):  # fmt: skip
+    """Set up the embedded default (SQLite, local artifacts, demo data and users) and serve it.
+
+    The first start also simulates a week of rating on the demo projects (raters sim-*, labelled as demo data)
+    and trains a tiny reward model on it, unless --empty."""
     from app.config import get_settings
     from app.demo.setup import run_demo
 
     settings = get_settings()
-    run_demo(host=host or settings.host, port=port or settings.port, with_worker=worker)
+    run_demo(host=host or settings.host, port=port or settings.port, with_worker=worker, empty=empty)
 
 
 @app.command()
@@ -201,7 +205,7 @@ def worker(once: bool = typer.Option(False, "--once", help="Run at most one job,
     """Claim and run queued jobs (exports, training, generation)."""
     import logging
 
-    from app.jobs.worker import run_worker
+    from app.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run_worker(once=once, poll_seconds=poll)
@@ -215,7 +219,7 @@ app.add_typer(models_app, name="models")
 
 def _train_epilog() -> str:
     """Every default of every kind, from trainer.params (torch-free), for `rankforge train --help`."""
-    from app.jobs.training import APP_PARAMS, KEY_PARAMS
+    from app.training.kinds import APP_PARAMS, KEY_PARAMS
     from trainer.params import DEFAULTS, FIELD_DOCS
 
     lines = ["Hyperparameters (--param NAME=VALUE; VALUE is JSON, else a string). Defaults per kind:"]
@@ -253,8 +257,8 @@ def train(kind: str = typer.Argument(..., help="reward | dpo | kto | ppo | grpo 
     from app.db import session_scope
     from app.errors import RankforgeError
     from app.jobs.service import get_job, job_json
-    from app.jobs.training import create_training_job
     from app.projects.service import get_project
+    from app.training.service import create_training_job
 
     params = dict(_parse_param(p) for p in param)
     try:
@@ -335,8 +339,8 @@ def models_init_tiny(project: str = typer.Option(None, "--project", "-p", help="
             owner = get_project(db, project) if project else None
             for version in init_tiny(db, owner, seed=seed):
                 typer.echo(json.dumps(version_json(version)))
-    except (RankforgeError, RuntimeError) as error:
-        fail(str(getattr(error, "detail", error)))
+    except RankforgeError as error:
+        fail(str(error.detail))
 
 
 from app.cli_commands import register as register_engineer_commands  # noqa: E402 (project, dataset, job)

@@ -63,3 +63,41 @@ class TooManyRequests(RankforgeError):
     """Too many attempts; try again later."""
 
     status_code = 429
+
+
+class EmptyExport(Unprocessable):
+    """The filters match no judgments: say so instead of writing an empty file."""
+
+
+class ImportValidationError(Unprocessable):
+    """An import file is rejected whole. ``errors`` holds the first problems (app.imports.parsers.LineError:
+    line number and message), ``total`` counts all of them."""
+
+    MAX_REPORTED = 100
+
+    def __init__(self, errors: list, total: int | None = None):
+        self.errors = list(errors)[: self.MAX_REPORTED]
+        self.total = len(errors) if total is None else total
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [f"import rejected: {self.total} error{'s' if self.total != 1 else ''}"]
+        for error in self.errors:
+            where = "file" if error.line == 0 else f"line {error.line}"
+            lines.append(f"  {where}: {error.message}")
+        if self.total > len(self.errors):
+            lines.append(f"  ... and {self.total - len(self.errors)} more")
+        return "\n".join(lines)
+
+
+class JobFailed(RankforgeError):
+    """A job could not finish (its child process failed, its input is unusable). Raised inside the worker and
+    recorded on the job as its error; never an HTTP answer."""
+
+    status_code = 500
+
+
+class JobCancelled(RankforgeError):
+    """The job was cancelled while it ran."""
+
+    status_code = 409

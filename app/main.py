@@ -89,7 +89,7 @@ def create_app() -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
 
-    from app.imports.parsers import ImportValidationError
+    from app.errors import ImportValidationError
 
     @app.exception_handler(ImportValidationError)
     async def import_error(request: Request, error: ImportValidationError):
@@ -113,6 +113,8 @@ def create_app() -> FastAPI:
     from app.datasets.pages import router as dataset_pages
     from app.datasets.router import router as datasets_api
     from app.docs import router as docs_router
+    from app.imports.pages import router as import_pages
+    from app.imports.router import router as imports_api
     from app.jobs.pages import router as job_pages
     from app.jobs.router import router as jobs_api
     from app.ops import router as ops_router
@@ -124,14 +126,17 @@ def create_app() -> FastAPI:
     from app.registry.router import router as models_api
     from app.tasks.pages import router as task_pages
     from app.tasks.router import router as tasks_api
+    from app.training.pages import router as training_pages
+    from app.training.router import router as training_api
     from app.users.pages import router as user_pages
     from app.users.router import router as users_api
 
-    for router in (ops_router, auth_pages, projects_api, tasks_api, project_pages, task_pages, datasets_api,
-                   jobs_api, models_api, quality_api, quality_pages, users_api, user_pages):
+    for router in (ops_router, auth_pages, projects_api, imports_api, tasks_api, project_pages, import_pages,
+                   task_pages, datasets_api, training_api, jobs_api, models_api, quality_api, quality_pages, users_api, user_pages):
         app.include_router(router)
     app.include_router(dataset_pages)
     app.include_router(job_pages)
+    app.include_router(training_pages)
     app.include_router(model_pages)
     from app.webhooks.pages import router as webhook_pages
     from app.webhooks.router import router as webhooks_api
@@ -140,6 +145,13 @@ def create_app() -> FastAPI:
     app.include_router(webhook_pages)
     app.include_router(docs_router)
 
+    from app.imports.parsers import FORMATS as IMPORT_FORMATS
+    from app.web import templates
+
+    templates.env.globals["import_formats"] = IMPORT_FORMATS  # the import form on a project's admin page
+    from app.openapi import install as install_openapi
+
+    install_openapi(app)  # /openapi.json describes the errors and HTML answers the app really gives
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     # Outermost, outside Starlette's ServerErrorMiddleware, so a 500 gets the security headers too; the client
     # address is resolved (app.proxies) before anything reads it.

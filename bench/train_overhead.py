@@ -66,7 +66,7 @@ def setup(root: Path, pairs: int) -> dict:
     from app.db import session_scope
     from app.imports.parsers import parse_import
     from app.imports.service import import_records
-    from app.jobs.worker import run_one
+    from app.worker import run_one
     from app.migrate import upgrade
     from app.projects.schemas import ProjectCreate
     from app.projects.service import create_project
@@ -98,8 +98,8 @@ def setup(root: Path, pairs: int) -> dict:
 def run_job_system(world: dict, params: dict) -> float:
     from app.db import session_scope
     from app.jobs.service import get_job
-    from app.jobs.training import create_training_job
-    from app.jobs.worker import run_one
+    from app.training.service import create_training_job
+    from app.worker import run_one
     from app.models import Project
 
     with session_scope() as db:

@@ -15,6 +15,8 @@ from typing import Any
 
 from datasets import Dataset
 
+from trainer.spec import JobSpec
+
 
 def read_manifest(dataset_path: str | Path) -> dict[str, Any]:
     """The snapshot's manifest.json, with a clear error when the snapshot is missing or broken."""
@@ -163,19 +165,19 @@ def read_prompts_file(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_prompts(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{prompt_id, prompt}] from spec["prompts_path"], else the unique prompts of the snapshot's train split."""
-    if spec.get("prompts_path"):
+def read_prompts(spec: JobSpec) -> list[dict[str, Any]]:
+    """[{prompt_id, prompt}] from spec.prompts_path, else the unique prompts of the snapshot's train split."""
+    if spec.prompts_path:
         return [
             {"prompt_id": r["prompt_id"], "prompt": r["prompt"]}
-            for r in read_prompts_file(spec["prompts_path"])
+            for r in read_prompts_file(spec.prompts_path)
         ]
-    if not spec.get("dataset_path"):
+    if not spec.dataset_path:
         raise ValueError("the job spec needs prompts_path or dataset_path to know which prompts to use")
-    read_manifest(spec["dataset_path"])
+    read_manifest(spec.dataset_path)
     prompts: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for index, row in enumerate(read_rows(spec["dataset_path"], "train")):
+    for index, row in enumerate(read_rows(spec.dataset_path, "train")):
         key = json.dumps(row["prompt"], sort_keys=True)
         if key in seen:
             continue

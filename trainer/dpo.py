@@ -22,8 +22,9 @@ from trl import DPOConfig, DPOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, read_training_rows, require_format
-from trainer.models import load_policy, load_tokenizer, save_trained
-from trainer.params import DPOArgs, parse_params, trainer_kwargs
+from trainer.models import load_policy, load_tokenizer, save_trained, trainer_kwargs
+from trainer.params import DPOArgs
+from trainer.spec import JobSpec
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -33,12 +34,12 @@ def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{column: row[column] for column in PAIR_COLUMNS} for row in rows]
 
 
-def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: DPOArgs = parse_params("dpo", spec.get("params"))
-    dataset_path = spec.get("dataset_path")
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: DPOArgs = spec.args
+    dataset_path = spec.dataset_path
     require_format(dataset_path, "dpo", ("pairs",))
-    tokenizer = load_tokenizer(spec.get("base_model"))
-    policy = load_policy(spec.get("base_model"))
+    tokenizer = load_tokenizer(spec.base_model)
+    policy = load_policy(spec.base_model)
 
     train_rows = read_training_rows(dataset_path)
     eval_rows = []
@@ -48,7 +49,7 @@ def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
     scratch = out_dir / "_scratch"
     config = DPOConfig(
-        **trainer_kwargs(args, str(scratch), int(spec.get("seed", 0) or 0)),
+        **trainer_kwargs(args, str(scratch), spec.seed),
         beta=args.beta,
         loss_type=args.loss_type,
         label_smoothing=args.label_smoothing,

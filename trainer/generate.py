@@ -25,7 +25,8 @@ import torch
 from trainer import progress
 from trainer.data import encode_sequence, is_conversational, read_prompts, read_prompts_file, to_prompt_text
 from trainer.models import default_device, load_policy, load_reward, load_tokenizer, reward_scores
-from trainer.params import GenerateArgs, ScoreArgs, parse_params
+from trainer.params import GenerateArgs, ScoreArgs
+from trainer.spec import JobSpec
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
@@ -99,24 +100,24 @@ def generate_completions(
     return results
 
 
-def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: GenerateArgs = parse_params("generate", spec.get("params"))
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: GenerateArgs = spec.args
     if args.num_completions < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise ValueError("generate needs num_completions, max_new_tokens and batch_size >= 1")
     if not progress.is_main_process():
         return {}
-    tokenizer = load_tokenizer(spec.get("base_model"))
-    model = load_policy(spec.get("base_model")).to(default_device()).eval()
+    tokenizer = load_tokenizer(spec.base_model)
+    model = load_policy(spec.base_model).to(default_device()).eval()
     prompts = read_prompts(spec)
     if not prompts:
         raise ValueError("no prompts to generate for")
     params = {
-        "model": spec.get("base_model"),
+        "model": spec.base_model,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens,
-        "seed": spec.get("seed", 0),
+        "seed": spec.seed,
     }
     started = time.monotonic()
     finished_by_eos = new_tokens = count = 0
@@ -150,15 +151,15 @@ def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     }
 
 
-def main_score(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: ScoreArgs = parse_params("score", spec.get("params"))
+def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: ScoreArgs = spec.args
     if not progress.is_main_process():
         return {}
-    if not spec.get("prompts_path"):
+    if not spec.prompts_path:
         raise ValueError("a score job needs prompts_path: lines of {prompt_id, prompt, completions: [...]}")
-    rows = read_prompts_file(spec["prompts_path"])
-    tokenizer = load_tokenizer(spec.get("reward_model"), role="reward model")
-    model = load_reward(spec.get("reward_model"), tokenizer=tokenizer).to(default_device()).eval()
+    rows = read_prompts_file(spec.prompts_path)
+    tokenizer = load_tokenizer(spec.reward_model, role="reward model")
+    model = load_reward(spec.reward_model, tokenizer=tokenizer).to(default_device()).eval()
 
     keys, sequences = [], []
     for number, row in enumerate(rows, start=1):

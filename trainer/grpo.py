@@ -3,11 +3,11 @@
 Both sample num_generations completions per prompt and push up the ones that score above their group: GRPO
 normalises each reward by its group's mean (and std), RLOO uses the mean of the other completions as baseline.
 The reward is the weighted sum of params["rewards"] (see trainer/rewards): a reward model from the registry
-(spec["reward_model"]) and verifiable rules (exact answer, number within tolerance, regex, JSON schema, length
+(spec.reward_model) and verifiable rules (exact answer, number within tolerance, regex, JSON schema, length
 penalty) that may read extra fields of the prompt rows (e.g. "answer"). TRL logs each one under
 rewards/<label>/mean and applies the weights.
 
-Prompts come from spec["prompts_path"] (every field of a row kept) or the snapshot's unique prompts; eval_prompts
+Prompts come from spec.prompts_path (every field of a row kept) or the snapshot's unique prompts; eval_prompts
 of them are held out. Before and after training, fresh samples of the held-out prompts are scored with the same
 weighted reward, and the trained policy's KL to the base policy is measured on them.
 
@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from trainer import progress
-from trainer.models import check_checkpoint, default_device, load_policy, load_tokenizer
-from trainer.params import GRPOArgs, RLOOArgs, parse_params, trainer_kwargs
-from trainer.ppo import (
+from trainer.models import check_checkpoint, default_device, load_policy, load_tokenizer, trainer_kwargs
+from trainer.params import GRPOArgs, RLOOArgs
+from trainer.rewards import MultiObjectiveReward, WeightedReward, build_rewards
+from trainer.rollout import (
     encode_prompt,
     forward_logits,
     generate_responses,
@@ -38,7 +39,7 @@ from trainer.ppo import (
     sampling_config,
     split_prompts,
 )
-from trainer.rewards import MultiObjectiveReward, WeightedReward, build_rewards
+from trainer.spec import JobSpec
 
 EVAL_SAMPLES_PER_PROMPT = 4  # fresh samples per held-out prompt: the before/after means are less noisy
 
@@ -156,13 +157,13 @@ def trl_config(
     return RLOOConfig(**common, normalize_advantages=args.normalize_advantages)
 
 
-def train(kind: str, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     """Run GRPO or RLOO for a job spec; saves the policy into out_dir and returns final metrics."""
     from trl import GRPOTrainer, RLOOTrainer
 
-    args: GRPOArgs | RLOOArgs = parse_params(kind, spec.get("params"))
+    args: GRPOArgs | RLOOArgs = spec.args
     progress.install_sigterm_handler()
-    seed = int(spec.get("seed", 0) or 0)
+    seed = spec.seed
     if args.num_generations < 2:
         raise ValueError(f"{kind} needs num_generations >= 2 to compare completions of a prompt")
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -178,7 +179,7 @@ def train(kind: str, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     device = default_device()
 
     # --- policy, tokenizer, rewards
-    base_path = check_checkpoint(spec.get("base_model"), "base model")
+    base_path = check_checkpoint(spec.base_model, "base model")
     progress.progress(0.01, "loading models")
     tokenizer = load_tokenizer(base_path)
     if tokenizer.eos_token_id is None:
@@ -187,7 +188,7 @@ def train(kind: str, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     reference = load_policy(base_path).to(device).eval().requires_grad_(False)
     rewards: list[WeightedReward] = build_rewards(
         args.rewards,
-        reward_model_path=spec.get("reward_model"),
+        reward_model_path=spec.reward_model,
         device=device,
         policy_eos_token_id=tokenizer.eos_token_id,
     )
@@ -258,11 +259,11 @@ def train(kind: str, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return final
 
 
-def main_grpo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def main_grpo(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     """Job kind "grpo": Group Relative Policy Optimization."""
     return train("grpo", spec, out_dir)
 
 
-def main_rloo(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def main_rloo(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     """Job kind "rloo": REINFORCE Leave-One-Out."""
     return train("rloo", spec, out_dir)

@@ -25,8 +25,9 @@ from trl import KTOConfig, KTOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, require_format, shuffled, unpair
-from trainer.models import load_policy, load_tokenizer, save_trained
-from trainer.params import KTOArgs, parse_params, trainer_kwargs
+from trainer.models import load_policy, load_tokenizer, save_trained, trainer_kwargs
+from trainer.params import KTOArgs
+from trainer.spec import JobSpec
 
 KTO_COLUMNS = ("prompt", "completion", "label")
 
@@ -39,13 +40,13 @@ def kto_rows(dataset_path: str | Path, split: str, fmt: str, seed: int) -> list[
     return shuffled([{column: row[column] for column in KTO_COLUMNS} for row in rows], seed)
 
 
-def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: KTOArgs = parse_params("kto", spec.get("params"))
-    seed = int(spec.get("seed", 0) or 0)
-    dataset_path = spec.get("dataset_path")
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: KTOArgs = spec.args
+    seed = spec.seed
+    dataset_path = spec.dataset_path
     fmt = require_format(dataset_path, "kto", ("kto", "pairs"))
-    tokenizer = load_tokenizer(spec.get("base_model"))
-    policy = load_policy(spec.get("base_model"))
+    tokenizer = load_tokenizer(spec.base_model)
+    policy = load_policy(spec.base_model)
 
     train_rows = kto_rows(dataset_path, "train", fmt, seed)
     if not train_rows:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from trainer.params import TrainArgs
 
 
 def default_device() -> torch.device:
@@ -125,3 +129,40 @@ def save_trained(trainer, tokenizer, out_dir: str | Path, scratch_dir: str | Pat
         (out_dir / "training_args.bin").unlink(missing_ok=True)
         if scratch_dir is not None:
             shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config (RewardConfig, DPOConfig, ...) built from TrainArgs.
+
+    Nothing is saved during training (the job saves the final model itself) and nothing is reported to
+    outside services; scratch_dir only receives what transformers insists on writing.
+    """
+    on_gpu = torch.cuda.is_available()
+    bf16 = args.bf16 if args.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
+    return {
+        "output_dir": scratch_dir,
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "max_length": args.max_length,
+        "logging_steps": args.logging_steps,
+        "bf16": bf16,
+        "activation_checkpointing": args.activation_checkpointing,
+        "gradient_checkpointing": None,  # deprecated alias in transformers 5; TRL configs default it to True
+        "seed": seed,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": on_gpu,
+        # Several processes without CUDA (torchrun / accelerate on CPU) only form a gloo group with use_cpu.
+        "use_cpu": not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    }

@@ -3,6 +3,7 @@
 Torch-free on purpose: the web app imports this module to show defaults and validate a job's params
 before queueing it, and the web process never imports torch.
 
+    KIND_INFO[kind] -> Kind (args, entry point, output, data it reads, key params)   KINDS -> every kind
     ARGS[kind] -> the Args dataclass      DEFAULTS[kind] -> {field: default}
     FIELD_DOCS[kind] -> {field: docstring}  parse_params(kind, params) -> Args (clear error on unknown keys)
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import os
 import textwrap
 import types
 import typing
@@ -280,16 +280,42 @@ class ScoreArgs:
     """longest tokenized prompt + completion; longer ones keep their last max_length tokens"""
 
 
-ARGS: dict[str, type] = {
-    "reward": RewardArgs,
-    "dpo": DPOArgs,
-    "kto": KTOArgs,
-    "ppo": PPOArgs,
-    "grpo": GRPOArgs,
-    "rloo": RLOOArgs,
-    "generate": GenerateArgs,
-    "score": ScoreArgs,
-}
+@dataclass(frozen=True)
+class Kind:
+    """Everything about one job kind that both sides need; KIND_INFO below is the one list of kinds."""
+
+    args: type
+    """its hyperparameters (a dataclass above)"""
+    entry: str
+    """"module:function" that trainer.run calls with the parsed JobSpec (imported only when that kind runs)"""
+    output: str
+    """what it writes: a "reward" or "policy" model to register, or "generations" / "scores" for the app"""
+    dataset_format: str | None = None
+    """the snapshot format it trains on (the app builds one when none is given); None: it reads prompts"""
+    reads_prompts: bool = False
+    """it can read a JSONL of the project's prompts (prompts_path) instead of, or besides, a snapshot"""
+    key_params: tuple[str, ...] = ()
+    """the few hyperparameters that matter, shown on the training page and by `rankforge train --help`"""
+
+
+_EPOCHS = ("learning_rate", "num_train_epochs", "max_steps")
+_GROUPS = ("learning_rate", "max_steps", "num_generations", "beta", "max_completion_length")
+
+KIND_INFO: dict[str, Kind] = {
+    "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "pairs", key_params=(*_EPOCHS, "per_device_train_batch_size", "margin_coefficient")),
+    "dpo": Kind(DPOArgs, "trainer.dpo:main", "policy", "pairs", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
+    "kto": Kind(KTOArgs, "trainer.kto:main", "policy", "kto", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
+    "ppo": Kind(PPOArgs, "trainer.ppo:main", "policy", reads_prompts=True,
+                key_params=("learning_rate", "max_steps", "kl_coef", "max_new_tokens", "temperature")),
+    "grpo": Kind(GRPOArgs, "trainer.grpo:main_grpo", "policy", reads_prompts=True, key_params=_GROUPS),
+    "rloo": Kind(RLOOArgs, "trainer.grpo:main_rloo", "policy", reads_prompts=True, key_params=_GROUPS),
+    "generate": Kind(GenerateArgs, "trainer.generate:main", "generations", reads_prompts=True,
+                     key_params=("num_completions", "temperature", "top_p", "max_new_tokens")),
+    "score": Kind(ScoreArgs, "trainer.generate:main_score", "scores", key_params=("batch_size",)),
+}  # fmt: skip
+KINDS: tuple[str, ...] = tuple(KIND_INFO)
+"""Every trainer job kind, in the order pages list them. The app derives its list from this one."""
+ARGS: dict[str, type] = {kind: info.args for kind, info in KIND_INFO.items()}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -352,42 +378,3 @@ def parse_params(kind: str, params: dict[str, Any] | None) -> Any:
         )
     values = {name: _check_type(name, value, hints[name]) for name, value in (params or {}).items()}
     return cls(**values)
-
-
-def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, Any]:
-    """Keyword arguments shared by every TRL config (RewardConfig, DPOConfig, ...) built from TrainArgs.
-
-    Nothing is saved during training (the job saves the final model itself) and nothing is reported to
-    outside services; scratch_dir only receives what transformers insists on writing.
-    """
-    import torch  # only the training child gets here
-
-    on_gpu = torch.cuda.is_available()
-    bf16 = args.bf16 if args.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
-    return {
-        "output_dir": scratch_dir,
-        "learning_rate": args.learning_rate,
-        "num_train_epochs": args.num_train_epochs,
-        "max_steps": args.max_steps,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "per_device_eval_batch_size": args.per_device_eval_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "lr_scheduler_type": args.lr_scheduler_type,
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "max_grad_norm": args.max_grad_norm,
-        "max_length": args.max_length,
-        "logging_steps": args.logging_steps,
-        "bf16": bf16,
-        "activation_checkpointing": args.activation_checkpointing,
-        "gradient_checkpointing": None,  # deprecated alias in transformers 5; TRL configs default it to True
-        "seed": seed,
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": on_gpu,
-        # Several processes without CUDA (torchrun / accelerate on CPU) only form a gloo group with use_cpu.
-        "use_cpu": not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-    }

@@ -16,7 +16,7 @@ TRL removed its PPO trainer, so this is our own, following "The N Implementation
 * GAE (gamma 1, lambda 0.95) over response tokens, whitened advantages, clipped surrogate policy loss, clipped
   value loss, AdamW with eps 1e-5, dropout off in every model.
 
-Prompts come from spec["prompts_path"] or the snapshot's unique prompts; eval_prompts of them are held out to
+Prompts come from spec.prompts_path or the snapshot's unique prompts; eval_prompts of them are held out to
 score fresh samples before and after training. `main(spec, out_dir)` saves the policy (save_pretrained) into
 out_dir and returns final metrics: eval/score_before, eval/score_after, eval/kl_to_reference, ...
 Metrics are grouped: objective/*, policy/*, loss/*, val/*, rollout/*, train/*, eval/*.
@@ -24,7 +24,6 @@ Metrics are grouped: objective/*, policy/*, loss/*, val/*, rollout/*, train/*, e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -36,101 +35,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationConfig, get_scheduler
+from transformers import get_scheduler
 
 from trainer import progress
-from trainer.data import has_split, is_conversational, read_manifest, read_prompts_file, read_rows
 from trainer.models import check_checkpoint, default_device, load_policy, load_reward, load_tokenizer
-from trainer.params import PPOArgs, parse_params
+from trainer.params import PPOArgs
+from trainer.rollout import (
+    encode_prompt,
+    forward_logits,
+    generate_responses,
+    left_pad,
+    position_ids_for,
+    response_logprobs,
+    sampling_config,
+    split_prompts,
+)
+from trainer.spec import JobSpec
 
 EVAL_SAMPLES_PER_PROMPT = 4  # fresh samples per evaluation prompt: the before/after means are less noisy
-UNHELD_EVAL_PROMPTS = 16  # training prompts scored before/after when none are held out
-
-# ---------------------------------------------------------------------------------------------------------------
-# prompts
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def load_prompt_rows(spec: dict[str, Any], split: str = "train") -> list[dict[str, Any]]:
-    """Prompt rows with every field kept (prompt_id, prompt, and extras such as "answer").
-
-    From spec["prompts_path"] when given, else the unique prompts of the snapshot's `split`.
-    """
-    if spec.get("prompts_path"):
-        rows = read_prompts_file(spec["prompts_path"])
-    elif spec.get("dataset_path"):
-        read_manifest(spec["dataset_path"])
-        rows, seen = [], set()
-        for index, row in enumerate(read_rows(spec["dataset_path"], split)):
-            key = json.dumps(row["prompt"], sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                # snapshot rows carry chosen/rejected/...: only the prompt (and its id) defines a prompt row
-                rows.append({"prompt_id": row.get("prompt_id", index), "prompt": row["prompt"]})
-    else:
-        raise ValueError("the job spec needs prompts_path or dataset_path to know which prompts to use")
-    if not rows:
-        raise ValueError("no prompts: the prompts file or snapshot split is empty")
-    for row in rows:
-        if not (isinstance(row["prompt"], str) or is_conversational(row["prompt"])):
-            raise ValueError(f"prompt {row.get('prompt_id')!r} must be a string or a list of messages")
-    return rows
-
-
-def split_prompts(
-    spec: dict[str, Any], *, eval_prompts: int, eval_split: str, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-    """(train rows, evaluation rows, whether the evaluation rows are held out of training).
-
-    Held out: up to eval_prompts rows of the snapshot's eval_split when it has one, else eval_prompts rows set
-    aside after a seeded shuffle. With eval_prompts 0, or too few prompts to spare any, the evaluation uses up
-    to UNHELD_EVAL_PROMPTS (or eval_prompts) training rows instead.
-    """
-    rows = load_prompt_rows(spec, "train")
-    random.Random(seed).shuffle(rows)
-    if eval_prompts <= 0:
-        return rows, rows[:UNHELD_EVAL_PROMPTS], False
-    if not spec.get("prompts_path") and eval_split and has_split(spec["dataset_path"], eval_split):
-        return rows, load_prompt_rows(spec, eval_split)[:eval_prompts], True
-    if len(rows) < 2 * eval_prompts:
-        progress.log(
-            f"only {len(rows)} prompts: evaluating on training prompts instead of {eval_prompts} held out"
-        )
-        return rows, rows[:eval_prompts], False
-    return rows[eval_prompts:], rows[:eval_prompts], True
-
-
-def encode_prompt(prompt: str | list[dict[str, str]], tokenizer, max_tokens: int) -> list[int]:
-    """Token ids of a prompt (message lists through the chat template, assistant turn opened), keeping the
-    last max_tokens tokens: the end of a prompt is what the response must follow."""
-    if is_conversational(prompt):
-        ids = tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-    else:
-        ids = tokenizer(text=prompt)["input_ids"]
-    ids = list(ids)[-max_tokens:]
-    if not ids:
-        raise ValueError("a prompt encodes to no tokens")
-    return ids
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # tensor helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def left_pad(
-    id_lists: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask), left-padded: generation continues from the right edge of every row."""
-    width = max(len(ids) for ids in id_lists)
-    ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-    for row, seq in enumerate(id_lists):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -159,16 +85,6 @@ def disable_dropout(model: nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (left padding must not shift positions)."""
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
-
-
-def forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
-    return out.logits
-
-
 def token_values(seq_cls_model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The seq-cls head applied at every position, (batch, length): per-token values of the value model, and
     the reward model's score wherever a sequence ends."""
@@ -177,13 +93,6 @@ def token_values(seq_cls_model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
         input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False
     )[0]
     return seq_cls_model.score(hidden).squeeze(-1)
-
-
-def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) of each response token under temperature-scaled logits, (batch, response length).
-    `logits` are the logits predicting the response tokens (already sliced)."""
-    logprobs = F.log_softmax(logits.float() / (temperature + 1e-7), dim=-1)
-    return torch.gather(logprobs, 2, responses.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -213,46 +122,12 @@ class FixedKLController:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# sampling
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def sampling_config(tokenizer, *, max_new_tokens: int, temperature: float) -> GenerationConfig:
-    """Plain sampling at `temperature`: no top-k / top-p, so samples follow the distribution we take log-probs of."""
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=1,
-        do_sample=True,
-        temperature=temperature + 1e-7,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-@torch.no_grad()
-def generate_responses(
-    model: nn.Module, queries: torch.Tensor, query_mask: torch.Tensor, config: GenerationConfig, eos_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(responses, response mask): sampled continuations, masked after their first EOS (EOS itself kept)."""
-    output = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)
-    responses = output[:, queries.shape[1] :]
-    is_eos = responses == eos_id
-    positions = torch.arange(responses.shape[1], device=responses.device).expand_as(responses)
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), responses.shape[1] - 1)
-    response_mask = (positions <= first_eos.unsqueeze(1)).long()
-    responses = responses.masked_fill(response_mask == 0, config.pad_token_id)
-    return responses, response_mask
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # PPO
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: PPOArgs = parse_params("ppo", spec.get("params"))
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: PPOArgs = spec.args
     progress.install_sigterm_handler()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("ppo runs in a single process; use launcher 'python' (one GPU)")
@@ -260,7 +135,7 @@ def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         raise ValueError(
             f"max_new_tokens ({args.max_new_tokens}) must be below max_length ({args.max_length})"
         )
-    seed = int(spec.get("seed", 0) or 0)
+    seed = spec.seed
     torch.manual_seed(seed)
     device = default_device()
     use_bf16 = (
@@ -270,8 +145,8 @@ def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     start_time = time.time()
 
     # --- models: policy (trained), reference (frozen), reward (frozen), value (trained, from the reward model)
-    base_path = check_checkpoint(spec.get("base_model"), "base model")
-    reward_path = check_checkpoint(spec.get("reward_model"), "reward model")
+    base_path = check_checkpoint(spec.base_model, "base model")
+    reward_path = check_checkpoint(spec.reward_model, "reward model")
     progress.progress(0.01, "loading models")
     tokenizer = load_tokenizer(base_path)
     reward_tokenizer = load_tokenizer(reward_path, role="reward model")

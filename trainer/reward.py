@@ -27,8 +27,9 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from trainer import progress
 from trainer.data import encode_sequence, has_split, read_rows, read_training_rows, require_format
-from trainer.models import load_reward, load_tokenizer, reward_scores, save_trained
-from trainer.params import RewardArgs, parse_params, trainer_kwargs
+from trainer.models import load_reward, load_tokenizer, reward_scores, save_trained, trainer_kwargs
+from trainer.params import RewardArgs
+from trainer.spec import JobSpec
 
 
 @dataclass
@@ -126,12 +127,12 @@ def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: RewardArgs,
     )
 
 
-def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    args: RewardArgs = parse_params("reward", spec.get("params"))
-    dataset_path = spec.get("dataset_path")
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: RewardArgs = spec.args
+    dataset_path = spec.dataset_path
     require_format(dataset_path, "reward", ("pairs",))
-    tokenizer = load_tokenizer(spec.get("base_model"))
-    model = load_reward(spec.get("base_model"), tokenizer=tokenizer, role="base model")
+    tokenizer = load_tokenizer(spec.base_model)
+    model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model")
     model.config.pad_token_id = tokenizer.pad_token_id
 
     train_rows = read_training_rows(dataset_path)
@@ -140,7 +141,7 @@ def main(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     scratch = out_dir / "_scratch"
     callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
     trainer = make_trainer(
-        model, tokenizer, train_rows, args, scratch, int(spec.get("seed", 0) or 0), [callback]
+        model, tokenizer, train_rows, args, scratch, spec.seed, [callback]
     )
     result = trainer.train()
 

@@ -1,7 +1,7 @@
 """Entry point of a trainer job: `python -m trainer.run SPEC.json` (or under `accelerate launch ... -m trainer.run`).
 
-Reads the job spec, runs the kind's `main(spec, out_dir)` into a sibling temp dir `<output_dir>.partial-<pid>`,
-writes manifest.json last, fsyncs, and renames the temp dir to output_dir: output_dir appears whole or not at
+Reads the job spec (trainer.spec.JobSpec, validated once), runs the kind's `main(spec, out_dir)` into a sibling
+temp dir `<output_dir>.partial-<pid>`, writes manifest.json last, fsyncs, and renames the temp dir to output_dir: output_dir appears whole or not at
 all. Reports on stdout as JSON lines (see trainer.progress); on failure the last line is
 {"event": "error", "message": ...} and the exit code is 1 (143 when cancelled by SIGTERM).
 
@@ -22,69 +22,28 @@ import os
 import shutil
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from trainer import __version__
-from trainer.params import ARGS, DEFAULTS, FIELD_DOCS, parse_params
+from trainer.params import DEFAULTS, FIELD_DOCS, KIND_INFO
+from trainer.spec import JobSpec
 
-__all__ = ["DEFAULTS", "FIELD_DOCS", "KINDS", "OUTPUT_KINDS", "main", "run"]
-
-# kind -> "module:function"; modules are imported on demand so one kind's import problem spares the others.
-KINDS: dict[str, str] = {
-    "reward": "trainer.reward:main",
-    "dpo": "trainer.dpo:main",
-    "kto": "trainer.kto:main",
-    "ppo": "trainer.ppo:main",
-    "grpo": "trainer.grpo:main_grpo",
-    "rloo": "trainer.grpo:main_rloo",
-    "generate": "trainer.generate:main",
-    "score": "trainer.generate:main_score",
-}
-
-OUTPUT_KINDS: dict[str, str] = {
-    "reward": "reward",
-    "dpo": "policy",
-    "kto": "policy",
-    "ppo": "policy",
-    "grpo": "policy",
-    "rloo": "policy",
-    "generate": "generations",
-    "score": "scores",
-}
+__all__ = ["DEFAULTS", "FIELD_DOCS", "load_spec", "main", "run"]
 
 # Test hook: set to "before_rename" to fail after everything is written but before the rename, which shows a
 # failed write never leaves output_dir behind. Not for production use.
 FAIL_AT_ENV = "RANKFORGE_TRAINER_FAIL_AT"
 
-assert set(KINDS) == set(ARGS) == set(OUTPUT_KINDS)
 
-
-def load_spec(path: str | Path) -> dict[str, Any]:
-    """Read and check a spec.json: kind known, output_dir absolute and not there yet, params valid."""
-    spec_path = Path(path)
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"job spec not found: {spec_path}")
-    try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"job spec {spec_path} is not valid JSON ({error})") from error
-    if not isinstance(spec, dict):
-        raise ValueError(f"job spec {spec_path} must be a JSON object")
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"job spec: unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
-    if not spec.get("output_dir"):
-        raise ValueError("job spec: output_dir is required")
-    output_dir = Path(spec["output_dir"])
-    if not output_dir.is_absolute():
-        raise ValueError(f"job spec: output_dir must be an absolute path, got {output_dir}")
-    parse_params(kind, spec.get("params"))  # fail before loading anything
-    return spec
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and check a spec.json once: kind known, output_dir absolute, params valid (see trainer.spec)."""
+    return JobSpec.load(path)
 
 
 def _resolve_callable(kind: str):
-    module_name, function_name = KINDS[kind].split(":")
+    module_name, function_name = KIND_INFO[kind].entry.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -116,10 +75,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _dataset_sha256(spec: dict[str, Any]) -> str | None:
-    if not spec.get("dataset_path"):
+def _dataset_sha256(spec: JobSpec) -> str | None:
+    if not spec.dataset_path:
         return None
-    manifest = Path(spec["dataset_path"]) / "manifest.json"
+    manifest = Path(spec.dataset_path) / "manifest.json"
     if not manifest.is_file():
         return None
     try:
@@ -144,20 +103,18 @@ def partial_dir_for(output_dir: Path) -> Path:
     return output_dir.with_name(f"{output_dir.name}.partial-{owner}")
 
 
-def write_manifest(
-    out_dir: Path, spec: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any]
-) -> None:
+def write_manifest(out_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> None:
     manifest = {
-        "kind": OUTPUT_KINDS[spec["kind"]],
-        "job_kind": spec["kind"],
-        "job_id": spec.get("job_id"),
-        "base_model": spec.get("base_model"),
-        "reward_model": spec.get("reward_model"),
-        "dataset_path": spec.get("dataset_path"),
+        "kind": spec.output_kind,
+        "job_kind": spec.kind,
+        "job_id": spec.job_id,
+        "base_model": spec.base_model,
+        "reward_model": spec.reward_model,
+        "dataset_path": spec.dataset_path,
         "dataset_sha256": _dataset_sha256(spec),
-        "prompts_path": spec.get("prompts_path"),
-        "params": params,
-        "seed": spec.get("seed", 0),
+        "prompts_path": spec.prompts_path,
+        "params": asdict(spec.args),
+        "seed": spec.seed,
         "metrics": metrics,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "trainer_version": __version__,
@@ -170,17 +127,14 @@ def write_manifest(
         os.fsync(handle.fileno())
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: JobSpec) -> dict[str, Any]:
     """Run one job spec to completion: returns the final metrics; output_dir exists afterwards (main process)."""
-    from dataclasses import asdict
-
     from trainer import progress
 
-    kind = spec["kind"]
-    output_dir = Path(spec["output_dir"])
+    kind = spec.kind
+    output_dir = Path(spec.output_dir)
     if output_dir.exists():
         raise FileExistsError(f"output_dir already exists: {output_dir} (each job writes a new directory)")
-    params = asdict(parse_params(kind, spec.get("params")))
     main_process = progress.is_main_process()
     partial = partial_dir_for(output_dir)
     if main_process:
@@ -190,13 +144,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         progress.progress(0.0, f"{kind}: starting")
         _check_models(spec)
-        _seed_everything(int(spec.get("seed", 0) or 0))
+        _seed_everything(spec.seed)
         kind_main = _resolve_callable(kind)
         metrics = kind_main(spec, partial)
         if not main_process:
             return metrics
         progress.progress(0.97, "writing output")
-        write_manifest(partial, spec, params, metrics)
+        write_manifest(partial, spec, metrics)
         _fsync_tree(partial)
         if os.environ.get(FAIL_AT_ENV) == "before_rename":
             raise RuntimeError(f"forced failure before rename ({FAIL_AT_ENV})")
@@ -210,14 +164,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _check_models(spec: dict[str, Any]) -> None:
+def _check_models(spec: JobSpec) -> None:
     """Fail fast, naming the path, when a model the kind needs is missing (before heavy imports and data work)."""
     from trainer.models import check_checkpoint
 
-    if spec["kind"] != "score":
-        check_checkpoint(spec.get("base_model"), "base model")
-    if spec["kind"] == "score" or spec.get("reward_model"):
-        check_checkpoint(spec.get("reward_model"), "reward model")
+    if spec.kind != "score":
+        check_checkpoint(spec.base_model, "base model")
+    if spec.kind == "score" or spec.reward_model:
+        check_checkpoint(spec.reward_model, "reward model")
 
 
 def _seed_everything(seed: int) -> None:
@@ -274,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         progress.emit("error", message=error_message(error))
         return 1
-    progress.emit(
-        "done", output_dir=str(spec["output_dir"]), metrics=metrics, kind=OUTPUT_KINDS[spec["kind"]]
-    )
+    progress.emit("done", output_dir=spec.output_dir, metrics=metrics, kind=spec.output_kind)
     return 0
 
 

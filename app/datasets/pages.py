@@ -9,13 +9,15 @@ from pathlib import Path
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from sqlalchemy import select
 
+from app import charts
 from app.auth.deps import Admin, DbSession, Staff
+from app.charts import Axis
 from app.datasets import service
-from app.datasets.router import ready_file
 from app.errors import Conflict, RankforgeError, Unprocessable
+from app.limits import Id
 from app.models import DatasetSnapshot, Job, Project, User
 from app.projects.service import get_project
 from app.web import is_htmx, render
@@ -25,11 +27,10 @@ router = APIRouter(tags=["pages"])
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 600
 """A preview cell longer than this is cut: the page shows the shape of the rows, the file has the rest."""
-CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 640, 180, 28
 
 
 @router.get("/datasets")
-def datasets_page(request: Request, db: DbSession, principal: Staff, project_id: int | None = None):
+def datasets_page(request: Request, db: DbSession, principal: Staff, project_id: Id | None = None):
     query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(200)
     if project_id is not None:
         query = query.where(DatasetSnapshot.project_id == project_id)
@@ -48,7 +49,7 @@ def _names(db, model, column, ids: set[int]) -> dict[int, str]:
 
 
 @router.get("/datasets/{dataset_id}")
-def dataset_page(dataset_id: int, request: Request, db: DbSession, principal: Staff):
+def dataset_page(dataset_id: Id, request: Request, db: DbSession, principal: Staff):
     """The detail page; an htmx request gets only the status partial (it polls itself while building)."""
     snapshot = service.get_snapshot(db, dataset_id)
     job = db.get(Job, snapshot.job_id) if snapshot.job_id else None
@@ -110,53 +111,26 @@ def _short(value) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + " …"
 
 
-def pairs_per_day_svg(rows_per_day: dict[str, int], export_format: str) -> Markup | None:
-    """An inline SVG bar chart of rows per day, drawn on the server (no script, CSP friendly)."""
-    if not rows_per_day:
-        return None
-    days = sorted(rows_per_day)
-    peak = max(rows_per_day.values()) or 1
-    inner_width = CHART_WIDTH - 2 * CHART_PAD
-    inner_height = CHART_HEIGHT - 2 * CHART_PAD
-    slot = inner_width / len(days)
-    bar_width = max(1.0, slot * 0.8)
-    label = "pairs" if export_format == "pairs" else "rows"
-    parts = [
-        f'<svg class="chart" role="img" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" width="100%" '
-        f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(label)} per day">',
-        f"<title>{escape(label)} per day</title>",
-        f'<line x1="{CHART_PAD}" y1="{CHART_HEIGHT - CHART_PAD}" x2="{CHART_WIDTH - CHART_PAD}" '
-        f'y2="{CHART_HEIGHT - CHART_PAD}" stroke="currentColor" stroke-width="1"/>',
-        f'<text x="{CHART_PAD}" y="{CHART_PAD - 10}" font-size="11" fill="currentColor">max {peak} {escape(label)}'
-        "</text>",
-    ]
-    for index, day in enumerate(days):
-        count = rows_per_day[day]
-        height = inner_height * count / peak
-        x = CHART_PAD + index * slot + (slot - bar_width) / 2
-        y = CHART_HEIGHT - CHART_PAD - height
-        parts.append(
-            f'<rect class="chart-bar" x="{x:.1f}" y="{y:.1f}" width="{bar_width:.1f}" height="{height:.1f}" '
-            f'fill="currentColor" fill-opacity="0.6"><title>{escape(day)}: {count}</title></rect>'
-        )
-    for index in sorted({0, len(days) - 1}):
-        anchor = "start" if index == 0 else "end"
-        x = CHART_PAD if index == 0 else CHART_WIDTH - CHART_PAD
-        parts.append(f'<text x="{x}" y="{CHART_HEIGHT - 8}" font-size="11" text-anchor="{anchor}" '
-                     f'fill="currentColor">{escape(days[index])}</text>')  # fmt: skip
-    parts.append("</svg>")
-    return Markup("".join(parts))
+def pairs_per_day_svg(rows_per_day: dict[str, int], export_format: str) -> Markup:
+    """Rows per day of the judgments behind the snapshot, as a bar chart (app.charts)."""
+    label = "Pairs" if export_format == "pairs" else "Rows"
+    days = sorted(d for d in rows_per_day if _is_date(d))  # "unknown": judgments without a date
+    return charts.bar_chart(
+        f"{label} per day of judgment", [datetime.fromisoformat(d) for d in days], [rows_per_day[d] for d in days],
+        x_axis=Axis("Day of the judgment", "UTC"), y_axis=Axis(label, "per day"), bar_span=86400,
+        empty="This snapshot's manifest records no dates: snapshots built by this version record the rows of "
+              "each day of judgment; export again to see them.")  # fmt: skip
 
 
 @router.get("/datasets/{dataset_id}/files/{name:path}")
-def download_page_file(dataset_id: int, name: str, db: DbSession, principal: Staff):
+def download_page_file(dataset_id: Id, name: str, db: DbSession, principal: Staff):
     """Download one file of a ready snapshot (name checked against the manifest, hashes verified)."""
-    path: Path = ready_file(db, dataset_id, name)
+    path: Path = service.ready_file(db, dataset_id, name)
     return FileResponse(path, filename=path.name)
 
 
 @router.post("/datasets/{dataset_id}/delete")
-def delete_page(dataset_id: int, request: Request, db: DbSession, principal: Admin):
+def delete_page(dataset_id: Id, request: Request, db: DbSession, principal: Admin):
     snapshot = service.get_snapshot(db, dataset_id)
     try:
         service.delete_snapshot(db, snapshot, principal.user)
@@ -165,6 +139,14 @@ def delete_page(dataset_id: int, request: Request, db: DbSession, principal: Adm
         context = _detail_context(db, snapshot, job) | {"error": str(error.detail)}
         return render(request, "datasets/detail.html", context, status_code=409)
     return RedirectResponse("/datasets?deleted=1", status_code=303)
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _day(text: str, field: str) -> datetime | None:

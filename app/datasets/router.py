@@ -8,14 +8,7 @@ from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
-from app.datasets.snapshot_files import (
-    SnapshotFileNotFoundError,
-    SnapshotTamperedError,
-    UnsafeSnapshotPathError,
-    safe_snapshot_file,
-    verify_snapshot,
-)
-from app.errors import BadRequest, Conflict, NotFound
+from app.limits import Id
 from app.models import DatasetSnapshot
 from app.projects.service import get_project
 
@@ -30,7 +23,7 @@ def create_dataset(project_ref: str, body: dict, db: DbSession, principal: Staff
 
 
 @router.get("/datasets")
-def list_datasets(db: DbSession, principal: Staff, project_id: int | None = None,
+def list_datasets(db: DbSession, principal: Staff, project_id: Id | None = None,
                   limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)):  # fmt: skip
     query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit).offset(offset)
     if project_id is not None:
@@ -39,33 +32,16 @@ def list_datasets(db: DbSession, principal: Staff, project_id: int | None = None
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: int, db: DbSession, principal: Staff):
+def get_dataset(dataset_id: Id, db: DbSession, principal: Staff):
     return service.snapshot_json(service.get_snapshot(db, dataset_id))
 
 
-def ready_file(db, dataset_id: int, name: str):
-    snapshot = service.get_snapshot(db, dataset_id)
-    if snapshot.status != "ready":
-        raise Conflict(f"Dataset {dataset_id} is {snapshot.status}.")
-    directory = service.snapshot_dir(snapshot)
-    try:
-        path = safe_snapshot_file(directory, name)
-        verify_snapshot(directory)
-    except UnsafeSnapshotPathError as error:
-        raise BadRequest(str(error)) from error
-    except SnapshotFileNotFoundError as error:
-        raise NotFound(str(error)) from error
-    except SnapshotTamperedError as error:
-        raise Conflict(f"Dataset {dataset_id} failed its integrity check: {error}") from error
-    return path
-
-
 @router.get("/datasets/{dataset_id}/files/{name:path}")
-def download_file(dataset_id: int, name: str, db: DbSession, principal: Staff):
-    path = ready_file(db, dataset_id, name)
+def download_file(dataset_id: Id, name: str, db: DbSession, principal: Staff):
+    path = service.ready_file(db, dataset_id, name)
     return FileResponse(path, filename=path.name)
 
 
 @router.delete("/datasets/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: int, db: DbSession, principal: Admin):
+def delete_dataset(dataset_id: Id, db: DbSession, principal: Admin):
     service.delete_snapshot(db, service.get_snapshot(db, dataset_id), principal.user)

@@ -13,12 +13,20 @@ from sqlalchemy import Text, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from app import __version__
+from app.audit import audit
 from app.config import get_settings
 from app.datasets.formats import JudgedComparison, JudgmentVote, arrow_schema, export_rows
 from app.datasets.schemas import DatasetCreate
-from app.datasets.snapshot_files import SnapshotWriter, verify_snapshot
+from app.datasets.snapshot_files import (
+    SnapshotFileNotFoundError,
+    SnapshotTamperedError,
+    SnapshotWriter,
+    UnsafeSnapshotPathError,
+    safe_snapshot_file,
+    verify_snapshot,
+)
 from app.db import json_loads, write_transaction
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
 from app.jobs.service import create_job
 from app.models import (
     Comparison,
@@ -34,14 +42,9 @@ from app.models import (
     User,
     utcnow,
 )
-from app.projects.service import audit
 from app.webhooks.service import emit
 
 BATCH_COMPARISONS = 2000
-
-
-class EmptyExport(Exception):
-    """The filters match no judgments: say so instead of writing an empty file."""
 
 
 def parse_spec(params: dict) -> DatasetCreate:
@@ -266,23 +269,11 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             "rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}}  # fmt: skip
 
 
-def build_snapshot_for_job(ctx) -> dict:
-    """The `export` job: build the snapshot its params name."""
-    from app.db import session_scope
-
-    with session_scope() as db:
-        job = db.get(Job, ctx.job_id)
-        snapshot = get_snapshot(db, job.params["dataset_id"])
-        try:
-            return build_snapshot(db, snapshot, progress=ctx.progress)
-        except (EmptyExport, Unprocessable) as error:
-            # Retrying cannot help: the snapshot has failed for good (a crash, in contrast, is retried).
-            db.rollback()
-            write_transaction(db)
-            snapshot.status, snapshot.error = "failed", str(error)[:2000]
-            emit(db, "dataset.failed", snapshot.project_id, snapshot_json(snapshot))
-            db.commit()
-            raise
+def mark_snapshot_failed(db: Session, snapshot: DatasetSnapshot, error: str) -> None:
+    """A snapshot that cannot be built (no matching judgments, data that cannot take the spec): failed for good,
+    so every caller (export job, training job, CLI) leaves it the same way."""
+    snapshot.status, snapshot.error = "failed", str(error)[:2000]
+    emit(db, "dataset.failed", snapshot.project_id, snapshot_json(snapshot))
 
 
 def snapshot_json(snapshot: DatasetSnapshot) -> dict:
@@ -307,3 +298,21 @@ def delete_snapshot(db: Session, snapshot: DatasetSnapshot, actor: User | None) 
         shutil.rmtree(trash, ignore_errors=True)
     audit(db, actor, "dataset.delete", "dataset", snapshot.id)
     db.delete(snapshot)
+
+
+def ready_file(db: Session, dataset_id: int, name: str) -> Path:
+    """A file of a ready snapshot, checked against the manifest before it is served (clear 4xx otherwise)."""
+    snapshot = get_snapshot(db, dataset_id)
+    if snapshot.status != "ready":
+        raise Conflict(f"Dataset {dataset_id} is {snapshot.status}.")
+    directory = snapshot_dir(snapshot)
+    try:
+        path = safe_snapshot_file(directory, name)
+        verify_snapshot(directory)
+    except UnsafeSnapshotPathError as error:
+        raise BadRequest(str(error)) from error
+    except SnapshotFileNotFoundError as error:
+        raise NotFound(str(error)) from error
+    except SnapshotTamperedError as error:
+        raise Conflict(f"Dataset {dataset_id} failed its integrity check: {error}") from error
+    return path

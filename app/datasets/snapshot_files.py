@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from app.errors import RankforgeError
+
 MANIFEST_NAME = "manifest.json"
 FILE_FORMATS = ("jsonl", "parquet")
 DEFAULT_SPLITS = ("train", "test")
@@ -259,33 +261,25 @@ class SnapshotWriter:
         _fsync_path(path)
 
     def _write_hf_datasets(self, schema: pa.Schema) -> None:
-        """hf/: a `datasets.DatasetDict.save_to_disk` directory (``datasets`` does not import torch)."""
-        try:
-            import datasets
-        except ImportError as exc:
-            raise RuntimeError(
-                "hf_datasets=True needs the 'datasets' package (pip install 'rankforge[train]')"
-            ) from exc
+        """hf/: a `datasets.DatasetDict.save_to_disk` directory, made by `python -m trainer.hf_dataset` in a child
+        process from Arrow streams written here (neither the web process nor the worker imports HF datasets)."""
+        from app.jobs.child import python_executable, run_captured
+
         scratch = Path(tempfile.mkdtemp(prefix=".hf-build-", dir=self.temp_dir))
         try:
-            splits = {}
+            command = [python_executable(), "-m", "trainer.hf_dataset", str(self.temp_dir / "hf")]
             for split in self.splits:
                 arrow_path = scratch / f"{split}.arrow"
                 with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
                     for table in self._tables(split, schema):
                         stream.write_table(table)
-                dataset = datasets.Dataset.from_file(str(arrow_path), in_memory=False)
-                # The default fingerprint mixes in the file path; derive it from the data for stable bytes.
                 fingerprint = _sha256_file(self._jsonl_path(split))[:16]
-                splits[split] = dataset.select_columns(dataset.column_names, new_fingerprint=fingerprint)
-            bars_were_on = datasets.is_progress_bar_enabled()
-            datasets.disable_progress_bars()  # a worker's log is no place for progress bars
+                command.append(f"{split}={arrow_path}:{fingerprint}")
             try:
-                datasets.DatasetDict(splits).save_to_disk(str(self.temp_dir / "hf"))
-            finally:
-                if bars_were_on:
-                    datasets.enable_progress_bars()
-            del splits
+                run_captured(command, timeout=3600)
+            except RankforgeError as error:
+                raise RuntimeError(f"hf_datasets=True: {error.detail} (is the 'datasets' package installed? "
+                                   "pip install 'rankforge[train]')") from error  # fmt: skip
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -75,16 +75,17 @@ def ensure_tiny_models(database_url: str | None = None) -> None:
     with session_scope(database_url, write=True) as db:
         if db.scalar(select(ModelVersion.id).limit(1)) is not None:
             return
+        from app.errors import JobFailed
         from app.registry.service import init_tiny
 
         print("Building tiny demo models (a few seconds, once)...", flush=True)
         try:
             init_tiny(db, db.scalar(select(Project).where(Project.slug == "demo")))
-        except RuntimeError as error:
-            print(f"Tiny demo models not built: {error}", flush=True)
+        except JobFailed as error:
+            print(f"Tiny demo models not built: {error.detail}", flush=True)
 
 
-def run_demo(host: str, port: int, with_worker: bool) -> None:
+def run_demo(host: str, port: int, with_worker: bool, empty: bool = False) -> None:
     from app.config import get_settings
     from app.migrate import upgrade
     from app.serving import run_server
@@ -94,6 +95,10 @@ def run_demo(host: str, port: int, with_worker: bool) -> None:
     upgrade()
     seed_demo()
     ensure_tiny_models()
+    if not empty:
+        from app.demo.history import build_history
+
+        build_history(log=lambda line: print(line, flush=True))
     worker = _start_worker() if with_worker else None
     url = f"http://{host}:{port}"
     lines = [
@@ -116,10 +121,7 @@ def run_demo(host: str, port: int, with_worker: bool) -> None:
 def _start_worker():
     import subprocess
     import sys
-    from importlib.util import find_spec
 
-    if find_spec("app.jobs.worker") is None:
-        return None
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
 
 

@@ -34,9 +34,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.errors import ImportValidationError
+from app.limits import INT4_MAX, INT4_MIN, column_length, find_bad_character
+from app.models import Comparison, Completion, Prompt
+
 FORMATS = ("native", "trl", "hh-rlhf", "oasst")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-MAX_REPORTED_ERRORS = 100
+MAX_REPORTED_ERRORS = ImportValidationError.MAX_REPORTED
 DEFAULT_MAX_BYTES = 50 * 2**20
 
 
@@ -63,24 +67,6 @@ class LineError:
     line: int
     """1-based line number; 0 means the file as a whole."""
     message: str
-
-
-class ImportValidationError(Exception):
-    """The file is rejected. ``errors`` holds the first 100 problems, ``total`` counts all of them."""
-
-    def __init__(self, errors: list[LineError], total: int | None = None):
-        self.errors = errors[:MAX_REPORTED_ERRORS]
-        self.total = len(errors) if total is None else total
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        lines = [f"import rejected: {self.total} error{'s' if self.total != 1 else ''}"]
-        for error in self.errors:
-            where = "file" if error.line == 0 else f"line {error.line}"
-            lines.append(f"  {where}: {error.message}")
-        if self.total > len(self.errors):
-            lines.append(f"  ... and {self.total - len(self.errors)} more")
-        return "\n".join(lines)
 
 
 class _RowError(Exception):
@@ -121,6 +107,10 @@ def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
     saw_a_row = False
     for line_no, row in _json_lines(data, errors):
         saw_a_row = True
+        problem = find_bad_character(row)
+        if problem:
+            errors.add(line_no, problem)
+            continue
         try:
             new_records = parse_row(row, line_no)
             for record in new_records:
@@ -255,6 +245,38 @@ def _check_record(record: ImportRecord) -> None:
         first_index_of[text] = index
     if record.ranking is not None:
         _check_ranking(record.ranking, count)
+    _check_storable(record)
+
+
+def _check_storable(record: ImportRecord) -> None:
+    """What the database would refuse: values longer than their columns, priorities outside int4."""
+    if record.external_id is not None and len(record.external_id) > (limit := column_length(Prompt.external_id)):
+        raise _RowError(f"external_id is {len(record.external_id)} characters long; the limit is {limit}")
+    model_limit = column_length(Completion.model_name)
+    for index, completion in enumerate(record.completions):
+        model = completion.get("model")
+        if model is not None and len(model) > model_limit:
+            raise _RowError(f"completions[{index}].model is {len(model)} characters long; the limit is {model_limit}")
+    metadata = record.metadata or {}
+    batch = metadata.get("batch")
+    batch_limit = min(column_length(Prompt.batch), column_length(Comparison.batch))
+    if batch is not None and not isinstance(batch, str):
+        raise _RowError(f"metadata.batch must be a string, got {_type_name(batch)}")
+    if batch is not None and len(batch) > batch_limit:
+        raise _RowError(f"metadata.batch is {len(batch)} characters long; the limit is {batch_limit}")
+    record_priority(record)
+
+
+def record_priority(record: ImportRecord) -> int:
+    """The record's ``metadata.priority`` (higher is served first): an integer within int4, 0 when absent."""
+    priority = (record.metadata or {}).get("priority")
+    if priority is None:
+        return 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise _RowError(f"metadata.priority must be an integer, got {_type_name(priority)}")
+    if not INT4_MIN <= priority <= INT4_MAX:
+        raise _RowError(f"metadata.priority must be between {INT4_MIN} and {INT4_MAX}, got {priority}")
+    return priority
 
 
 def _check_ranking(ranking: Any, count: int) -> list[list[int]]:

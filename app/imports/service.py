@@ -12,10 +12,11 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.imports.parsers import ImportRecord, parse_import
-from app.models import Comparison, Completion, Judgment, Project, Prompt, User
+from app.audit import audit
+from app.imports.parsers import ImportRecord, parse_import, record_priority
+from app.models import Comparison, Completion, Judgment, ModelVersion, Project, Prompt, User
 from app.projects.schemas import ImportResult
-from app.projects.service import GOLD_REQUIRED, audit
+from app.projects.service import GOLD_REQUIRED
 
 CHUNK = 500
 
@@ -57,7 +58,7 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
             messages, is_chat = _messages(record.prompt)
             meta = dict(record.metadata or {})
             prompts.append(Prompt(project_id=project.id, external_id=external_id, messages=messages, is_chat=is_chat,
-                                  meta=meta, batch=meta.get("batch"), priority=int(meta.get("priority", 0) or 0)))  # fmt: skip
+                                  meta=meta, batch=meta.get("batch"), priority=record_priority(record)))  # fmt: skip
         db.add_all(prompts)
         db.flush()
         completions = []
@@ -96,3 +97,46 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
         counts["completions_created"] += sum(len(rows) for rows in completions)
         counts["comparisons_created"] += len(comparisons)
     return ImportResult(format="", records=len(records), **counts)
+
+
+def add_generations(db: Session, project: Project, version: ModelVersion, rows: list[dict], *, job_id: int,
+                    arena: bool = False) -> dict:  # fmt: skip
+    """A generate job's output ({prompt_id, completions: [{text, params, finish_reason}]} rows) as completions
+    of `version`, grouped into new comparisons (pairs, or groups of 4 in rank mode); with `arena`, each prompt's
+    first new completion is also paired with the newest completion of every other model."""
+    group = 2 if project.mode == "pairwise" else 4
+    completion_ids, comparison_ids = [], []
+    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id,
+                                                                Prompt.id.in_([r["prompt_id"] for r in rows])))}  # fmt: skip
+    for row in rows:
+        prompt = prompts.get(row["prompt_id"])
+        if prompt is None:
+            continue
+        fresh = [Completion(prompt_id=prompt.id, text=c["text"], model_name=version.name, model_version_id=version.id,
+                            params=c.get("params") or {},
+                            meta={"job_id": job_id, "finish_reason": c.get("finish_reason")})
+                 for c in row["completions"]]  # fmt: skip
+        db.add_all(fresh)
+        db.flush()
+        completion_ids += [c.id for c in fresh]
+        sets = [[c.id for c in fresh[i : i + group]] for i in range(0, len(fresh), group)]
+        sets = [s for s in sets if len(s) >= 2]
+        if arena and fresh:
+            sets += [[fresh[0].id, other] for other in _newest_by_model(db, prompt.id, exclude=version.name)]
+        for ids in sets:
+            comparison = Comparison(project_id=project.id, prompt_id=prompt.id, completion_ids=ids,
+                                    required=project.overlap, priority=prompt.priority, batch=f"job-{job_id}",
+                                    meta={"job_id": job_id})  # fmt: skip
+            db.add(comparison)
+            db.flush()
+            comparison_ids.append(comparison.id)
+    return {"completion_ids": completion_ids, "comparison_ids": comparison_ids}
+
+
+def _newest_by_model(db: Session, prompt_id: int, exclude: str) -> list[int]:
+    newest: dict[str, int] = {}
+    for completion_id, model in db.execute(select(Completion.id, Completion.model_name)
+                                           .where(Completion.prompt_id == prompt_id).order_by(Completion.id)):  # fmt: skip
+        if model and model != exclude:
+            newest[model] = completion_id
+    return list(newest.values())

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, NotFound
 from app.models import TERMINAL_STATUSES, Job, JobMetric, JobStatus, User, utcnow
-from app.webhooks.service import emit_job
+from app.webhooks.service import emit
 
 LOG_TAIL_CHARS = 8000
 
@@ -51,7 +51,7 @@ def recover_stale(db: Session, stale_seconds: float) -> list[int]:
         elif job.attempts >= job.max_attempts:
             job.status, job.finished_at, job.error = JobStatus.failed, utcnow(), f"Failed: {lost}."
             job.message = "failed"
-            emit_job(db, job)
+            _emit_ended(db, job)
         else:
             job.status, job.worker_id, job.message = JobStatus.queued, None, f"retrying: {lost}"
     return [job.id for job in stale]
@@ -104,7 +104,7 @@ def finish(db: Session, job_id: int, worker_id: str, result: dict) -> None:
         return  # someone else took it over (we were presumed dead): their result wins
     job.status, job.progress, job.result = JobStatus.succeeded, 1.0, result
     job.finished_at, job.message = utcnow(), "succeeded"
-    emit_job(db, job)
+    _emit_ended(db, job)
 
 
 def fail(db: Session, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> None:
@@ -119,7 +119,7 @@ def fail(db: Session, job_id: int, worker_id: str, error: str, *, retry: bool = 
     else:
         job.status, job.error, job.message = JobStatus.failed, error[:4000], "failed"
     job.finished_at = utcnow()
-    emit_job(db, job)
+    _emit_ended(db, job)
 
 
 def request_cancel(db: Session, job: Job) -> Job:
@@ -131,6 +131,12 @@ def request_cancel(db: Session, job: Job) -> Job:
     else:
         job.message = "cancelling"
     return job
+
+
+def _emit_ended(db: Session, job: Job) -> None:
+    """The webhook event of a job that just succeeded or failed (in the same transaction as that change)."""
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        emit(db, f"job.{job.status}", job.project_id, job_json(job))
 
 
 def job_json(job: Job) -> dict:

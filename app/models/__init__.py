@@ -1,6 +1,6 @@
 """All ORM models; importing this package registers every table on Base.metadata."""
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, start_of_day, utcnow
 from app.models.comparison import UNSCORED_GAP, Assignment, Comparison, Completion, Judgment, Prompt
 from app.models.dataset import DatasetSnapshot
 from app.models.job import TERMINAL_STATUSES, Job, JobKind, JobMetric, JobStatus, SchedulerLock
@@ -41,5 +41,6 @@ __all__ = [
     "User",
     "WebhookDelivery",
     "WebhookEndpoint",
+    "start_of_day",
     "utcnow",
 ]

@@ -1,6 +1,6 @@
 """Declarative base with a naming convention, so constraint names are stable across databases."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from sqlalchemy import JSON, DateTime, MetaData
 from sqlalchemy.dialects.postgresql import JSONB
@@ -18,6 +18,11 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def start_of_day(now: datetime) -> datetime:
+    """Midnight UTC of `now`'s day: where daily counts (caps, "today") start."""
+    return datetime.combine(now.date(), time.min, tzinfo=UTC)
 
 
 class UTCDateTime(TypeDecorator):

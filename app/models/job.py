@@ -7,18 +7,10 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedMixin, IdMixin
+from trainer.params import KINDS as TRAINER_KINDS
 
-
-class JobKind(StrEnum):
-    export = "export"
-    reward = "reward"
-    dpo = "dpo"
-    kto = "kto"
-    ppo = "ppo"
-    grpo = "grpo"
-    rloo = "rloo"
-    generate = "generate"
-    score = "score"
+JobKind = StrEnum("JobKind", [("export", "export"), *((kind, kind) for kind in TRAINER_KINDS)])
+"""Every job kind: `export` (a dataset snapshot) and the trainer's kinds, from their one list (trainer.params)."""
 
 
 class JobStatus(StrEnum):

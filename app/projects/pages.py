@@ -1,24 +1,20 @@
-"""Project pages: list, create, admin view (settings, import)."""
+"""Project pages: list, create, admin view (settings, queue overview). The import form posts to app.imports.pages."""
 
 from __future__ import annotations
 
 import re
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.errors import RankforgeError
-from app.imports.parsers import ImportValidationError
-from app.imports.service import import_file
-from app.models import Comparison, Judgment, Role
+from app.models import Comparison, Judgment, Role, start_of_day
 from app.projects import service
-from app.projects.router import IMPORT_FORMATS
 from app.projects.schemas import AttributeScale, ProjectCreate, ProjectUpdate
-from app.tasks.service import start_of_day
-from app.web import is_htmx, render
+from app.web import render
 
 router = APIRouter(tags=["pages"])
 
@@ -97,13 +93,10 @@ def _readable(error: Exception) -> str:
 
 
 def _detail_context(db, project) -> dict:
-    from app.quality.service import project_overview
-
     return {
         "project": project,
         "guidelines": service.current_guidelines(db, project),
-        "overview": project_overview(db, project),
-        "formats": IMPORT_FORMATS,
+        "overview": service.project_overview(db, project),
     }
 
 
@@ -133,39 +126,8 @@ def update_settings(project_ref: str, request: Request, db: DbSession, principal
     return RedirectResponse(f"/projects/{project.id}?saved=1", status_code=303)
 
 
-@router.post("/projects/{project_ref}/import")
-async def import_page(project_ref: str, request: Request, principal: Admin, file: UploadFile,
-                      format: str = Form("native"), gold: bool = Form(False)):  # fmt: skip
-    from starlette.concurrency import run_in_threadpool
-
-    from app.config import get_settings
-    from app.db import session_scope
-
-    max_bytes = get_settings().max_import_bytes
-    data = await file.read(max_bytes + 1)
-
-    def work():
-        with session_scope(write=True) as db:
-            project = service.get_project(db, project_ref)
-            return project.id, import_file(db, project, data, format, principal.user, gold=gold, max_bytes=max_bytes)
-
-    try:
-        project_id, result = await run_in_threadpool(work)
-        context = {"result": result, "import_errors": None, "message": None}
-        status_code = 200
-    except ImportValidationError as error:
-        context = {"result": None, "import_errors": error.errors, "message": f"The file has {error.total} problem{'' if error.total == 1 else 's'}."}  # fmt: skip
-        status_code = 422
-    template = "projects/_import_result.html"
-    if is_htmx(request):
-        return render(request, template, context, status_code=status_code)
-    return render(request, "projects/import_done.html", context | {"project_ref": project_ref}, status_code=status_code)
-
-
 @router.get("/projects/{project_ref}/overview")
 def overview_fragment(project_ref: str, request: Request, db: DbSession, principal: Staff):
-    from app.quality.service import project_overview
-
     project = service.get_project(db, project_ref)
-    return render(request, "projects/_overview.html", {"project": project, "overview": project_overview(db, project)})
+    return render(request, "projects/_overview.html", {"project": project, "overview": service.project_overview(db, project)})
 

@@ -3,14 +3,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.limits import Input, PositiveInt4, varchar
+from app.models import Project
+
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
-class AttributeScale(BaseModel):
+class AttributeScale(Input):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    label: str | None = None
-    min: int = 1
-    max: int = 7
+    label: str | None = Field(default=None, max_length=200)
+    min: int = Field(default=1, ge=-1000, le=1000)
+    max: int = Field(default=7, ge=-1000, le=1000)
 
     @field_validator("max")
     @classmethod
@@ -20,8 +23,8 @@ class AttributeScale(BaseModel):
         return value
 
 
-class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+class ProjectCreate(Input):
+    name: varchar(Project.name) = Field(min_length=1)
     slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
     description: str = ""
     guidelines: str = ""
@@ -32,12 +35,12 @@ class ProjectCreate(BaseModel):
     attributes: list[AttributeScale] = []
     gold_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     lease_seconds: int | None = Field(default=None, ge=30, le=7 * 86400)
-    daily_cap: int | None = Field(default=None, ge=1)
+    daily_cap: PositiveInt4 | None = None
     members_only: bool = False
 
 
-class ProjectUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+class ProjectUpdate(Input):
+    name: varchar(Project.name) | None = Field(default=None, min_length=1)
     description: str | None = None
     guidelines: str | None = None
     overlap: int | None = Field(default=None, ge=1, le=50)
@@ -45,7 +48,7 @@ class ProjectUpdate(BaseModel):
     allow_ties: bool | None = None
     gold_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     lease_seconds: int | None = Field(default=None, ge=30, le=7 * 86400)
-    daily_cap: int | None = Field(default=None, ge=1)
+    daily_cap: PositiveInt4 | None = None
     members_only: bool | None = None
     status: Literal["active", "paused", "archived"] | None = None
     schedule: dict | None = None

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.auth.deps import Admin, DbSession, Staff
+from app.limits import Id, Input, Int4, varchar
+from app.models import Comparison
 from app.projects.service import get_project
 from app.quality import service
 
 router = APIRouter(prefix="/api/v1", tags=["quality"])
+
+
+@router.get("/projects/{project_ref}/stats")
+def project_stats(project_ref: str, db: DbSession, principal: Staff):
+    """Queue counts, agreement, and per-rater figures (gold accuracy, agreement with the majority, reliability)."""
+    return service.project_stats(db, get_project(db, project_ref))
 
 
 @router.get("/projects/{project_ref}/leaderboard")
@@ -28,13 +36,13 @@ def review_queue(project_ref: str, db: DbSession, principal: Admin, resolved: bo
     return service.review_queue(db, get_project(db, project_ref), resolved=resolved)
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(Input):
     resolution: str = Field(description="confirmed | dismissed | excluded (drops the judgment from statistics and exports)")
     note: str = ""
 
 
 @router.post("/judgments/{judgment_id}/review", status_code=201)
-def resolve(judgment_id: int, data: ReviewIn, db: DbSession, principal: Admin):
+def resolve(judgment_id: Id, data: ReviewIn, db: DbSession, principal: Admin):
     review = service.resolve_flag(db, judgment_id, data.resolution, data.note, principal.user)
     return {"judgment_id": review.judgment_id, "resolution": review.resolution, "note": review.note}
 
@@ -44,9 +52,9 @@ def batches(project_ref: str, db: DbSession, principal: Admin):
     return service.batch_priorities(db, get_project(db, project_ref))
 
 
-class BatchPriorityIn(BaseModel):
-    batch: str | None = Field(description="Batch name; null for the comparisons without one.")
-    priority: int
+class BatchPriorityIn(Input):
+    batch: varchar(Comparison.batch) | None = Field(description="Batch name; null for the comparisons without one.")
+    priority: Int4
 
 
 @router.post("/projects/{project_ref}/batches/priority")

@@ -14,9 +14,10 @@ import numpy as np
 from sqlalchemy import String, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
-from app.projects.service import audit
+from app.projects.service import project_overview
 from app.quality import stats
 
 TIE = -1
@@ -125,29 +126,6 @@ def _attribute_scores_sql(db: Session) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # queue overview
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def project_overview(db: Session, project: Project) -> dict:
-    complete = case((Comparison.n_judgments >= Comparison.required, 1), else_=0)
-    open_slots = case((Comparison.required > Comparison.n_judgments, Comparison.required - Comparison.n_judgments),
-                      else_=0)  # fmt: skip
-    total, done, leased, depth = db.execute(
-        select(func.count(), func.coalesce(func.sum(complete), 0), func.coalesce(func.sum(Comparison.n_leases), 0),
-               func.coalesce(func.sum(open_slots), 0))
-        .where(Comparison.project_id == project.id, ~Comparison.is_gold)
-    ).one()  # fmt: skip
-    gold = db.scalar(select(func.count()).where(Comparison.project_id == project.id, Comparison.is_gold))
-    by_source = dict(
-        db.execute(
-            select(Judgment.source, func.count()).where(Judgment.project_id == project.id).group_by(Judgment.source)
-        ).all()
-    )
-    return {
-        "comparisons": {"total": total, "open": total - done, "complete": done, "gold": gold, "leased": leased},
-        "queue_depth": int(depth),
-        "judgments": by_source.get("human", 0),
-        "judgments_by_source": by_source,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,7 +469,14 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
         upto = regular & (created < end)
         result = stats.krippendorff_alpha(comparison[upto].astype(np.int64), rater[upto].astype(np.int64), top[upto])
         agreement_series.append({"day": datetime.fromtimestamp(end - 1, UTC).strftime("%m-%d"), "alpha": result.alpha,
-                                 "units": result.units})  # fmt: skip
+                                 "units": result.units,
+                                 "date": datetime.fromtimestamp(end - 1, UTC).date().isoformat()})  # fmt: skip
+    day_index = np.floor((created - (day_end[0] - 86400)) / 86400).astype(np.int64)
+    in_days = (day_index >= 0) & (day_index < days)
+    per_day_by_rater = {}
+    for rater_id in np.unique(rater[in_days]).astype(np.int64).tolist():
+        mine = in_days & (rater == rater_id)
+        per_day_by_rater[usernames.get(rater_id, f"user {rater_id}")] = np.bincount(day_index[mine], minlength=days)[:days].tolist()
 
     timed = time_ms[~np.isnan(time_ms)] / 1000.0
     if len(timed):
@@ -505,6 +490,9 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
         "hours": hour_labels,
         "judgments_per_hour": per_hour.tolist(),
         "judgments_per_hour_by_rater": per_rater,
+        "hour_starts": [datetime.fromtimestamp(hour_start + 3600 * i, UTC).isoformat() for i in range(hours)],
+        "days": [datetime.fromtimestamp(end - 86400, UTC).date().isoformat() for end in day_end],
+        "judgments_per_day_by_rater": per_day_by_rater,
         "judgments_last_24h": last_day,
         "queue_depth": overview["queue_depth"],
         "eta_hours": eta_hours,

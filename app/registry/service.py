@@ -5,23 +5,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import audit
 from app.config import get_settings
 from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
-from app.models import Completion, ModelVersion, Project, Prompt, User
-from app.projects.service import audit
+from app.jobs.child import python_executable, run_captured
+from app.limits import bad_character, column_length, parse_id
+from app.models import Completion, Job, ModelVersion, Project, Prompt, User
 from app.webhooks.service import emit
 
 MODEL_KINDS = ("policy", "reward")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def version_json(version: ModelVersion) -> dict:
@@ -47,9 +46,11 @@ def list_versions(
 def get_version(db: Session, ref: int | str, *, kind: str | None = None) -> ModelVersion:
     """A version by id (int or digits) or by name; `kind` checks it is the kind the caller needs."""
     version = None
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        version = db.get(ModelVersion, int(ref))
-    if version is None and isinstance(ref, str):
+    version_id = parse_id(str(ref))
+    if version_id is not None:
+        version = db.get(ModelVersion, version_id)
+    if version is None and isinstance(ref, str) and len(ref) <= column_length(ModelVersion.name) \
+            and bad_character(ref) is None:
         version = db.scalar(select(ModelVersion).where(ModelVersion.name == ref))
     if version is None:
         raise NotFound(f"No model version {ref!r}.")
@@ -112,17 +113,12 @@ def build_tiny_models(texts: list[str], out_dir: Path, *, seed: int = 0) -> dict
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as handle:
         handle.write("\n".join(t.replace("\n", " ") for t in texts))
         texts_file = handle.name
-    command = [get_settings().python_executable or sys.executable, "-m", "trainer.tiny", str(out_dir),
-               "--seed", str(seed)] + (["--texts", texts_file] if texts else [])  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    command = [python_executable(), "-m", "trainer.tiny", str(out_dir), "--seed", str(seed)]
     try:
-        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        stdout = run_captured(command + (["--texts", texts_file] if texts else []), timeout=600)
     finally:
         os.unlink(texts_file)
-    if completed.returncode != 0:
-        raise RuntimeError(f"trainer.tiny failed: {completed.stderr.strip()[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def init_tiny(
@@ -146,3 +142,21 @@ def init_tiny(
     write_transaction(db)
     return [register_version(db, f"{name}-{kind}", paths[kind], kind, project=project, actor=actor)
             for kind in MODEL_KINDS]  # fmt: skip
+
+
+def register_job_output(db: Session, job: Job, name: str, output_dir: Path, manifest: dict,
+                        dataset_id: int | None, dataset_sha256: str | None) -> ModelVersion:  # fmt: skip
+    """The model a training job wrote, with its lineage (base version, job, dataset). Idempotent per job."""
+    existing = db.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    if existing is not None:
+        return existing
+    version = ModelVersion(
+        name=name, kind=manifest["kind"], path=str(output_dir), project_id=job.project_id,
+        base_version_id=job.base_model_id, job_id=job.id, dataset_id=dataset_id,
+        dataset_sha256=manifest.get("dataset_sha256") or dataset_sha256,
+        metrics=manifest.get("metrics") or {}, manifest=manifest,
+    )  # fmt: skip
+    db.add(version)
+    db.flush()
+    emit(db, "model.registered", version.project_id, version_json(version))
+    return version

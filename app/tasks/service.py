@@ -9,32 +9,42 @@ candidate comparison is taken `FOR UPDATE SKIP LOCKED`; on SQLite the whole clai
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, or_, select, true, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound
-from app.models import Assignment, Comparison, Judgment, Project, ProjectStatus, Role, User, utcnow
-from app.projects.service import _annotator_filter
+from app.models import (
+    Assignment,
+    Comparison,
+    Judgment,
+    Project,
+    ProjectStatus,
+    Role,
+    User,
+    start_of_day,
+    utcnow,
+)
+from app.projects.service import annotator_filter, parse_ref, rating_filter
 
 _rng = random.SystemRandom()
-
-
-def start_of_day(now: datetime) -> datetime:
-    return datetime.combine(now.date(), time.min, tzinfo=UTC)
 
 
 def project_for_rater(db: Session, ref: str | int, user: User) -> Project:
     """`get_visible_project` in one query: the project by id or slug, with whether `user` may see it."""
     ref = str(ref)
-    by_ref = or_(Project.id == int(ref), Project.slug == ref) if ref.isdigit() else Project.slug == ref
-    visible = _annotator_filter(user) if user.role == Role.annotator else true()
+    project_id, slug = parse_ref(ref)
+    if project_id is None and slug is None:
+        raise NotFound(f"No project {ref!r}.")
+    by_ref = or_(Project.id == project_id, Project.slug == slug) if project_id is not None else Project.slug == slug
+    # Annotators see only active projects open to them; every role rates only where the members rule lets it.
+    visible = annotator_filter(user) if user.role == Role.annotator else rating_filter(user)
     rows = db.execute(select(Project, visible.label("visible")).where(by_ref)).all()
     if not rows:
         raise NotFound(f"No project {ref!r}.")
-    project, is_visible = min(rows, key=lambda row: row[0].id != int(ref) if ref.isdigit() else 0)
+    project, is_visible = min(rows, key=lambda row: row[0].id != project_id)
     if not is_visible:
         raise Forbidden("You are not a member of this project.")
     return project
@@ -158,3 +168,16 @@ def open_comparisons_count(db: Session, project_id: int | None = None) -> int:
     if project_id is not None:
         query = query.where(Comparison.project_id == project_id)
     return db.scalar(query)
+
+
+def apply_scores(db: Session, project_id: int, scores: dict[int, float]) -> int:
+    """A score job's reward-model scores (completion id -> score) as each comparison's score_gap: the smallest
+    score difference among its completions (a small gap: the reward model is unsure, so raters see it first).
+    Returns how many comparisons were scored (those whose every completion has a score)."""
+    scored = 0
+    for comparison in db.scalars(select(Comparison).where(Comparison.project_id == project_id)):
+        values = sorted(scores[c] for c in comparison.completion_ids if c in scores)
+        if len(values) == len(comparison.completion_ids) >= 2:
+            comparison.score_gap = min(b - a for a, b in zip(values, values[1:], strict=False))
+            scored += 1
+    return scored

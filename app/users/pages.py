@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
 from app.auth.deps import Admin, DbSession
-from app.errors import RankforgeError
+from app.errors import RankforgeError, Unprocessable
+from app.limits import INT4_MAX, CleanStr, Id, parse_id
 from app.models import AuditLog, Project, ProjectMember, Role, User
-from app.projects.service import get_project, set_members
+from app.projects.service import get_project, revoke_nonmember_leases, set_members
 from app.users import service
-from app.users.router import set_active
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -53,7 +53,7 @@ def create_user_page(request: Request, db: DbSession, principal: Admin, username
 
 
 @router.post("/admin/users/{user_id}/role")
-def role_page(user_id: int, request: Request, db: DbSession, principal: Admin, role: str = Form(...)):
+def role_page(user_id: Id, request: Request, db: DbSession, principal: Admin, role: str = Form(...)):
     user = service.get_user(db, user_id)
     if user.id == principal.user.id:
         return _failed(request, db, RankforgeError("You cannot change your own role."))
@@ -65,16 +65,16 @@ def role_page(user_id: int, request: Request, db: DbSession, principal: Admin, r
 
 
 @router.post("/admin/users/{user_id}/active")
-def active_page(user_id: int, request: Request, db: DbSession, principal: Admin, active: bool = Form(False)):
+def active_page(user_id: Id, request: Request, db: DbSession, principal: Admin, active: bool = Form(False)):
     try:
-        set_active(db, service.get_user(db, user_id), active, principal.user)
+        service.set_active(db, service.get_user(db, user_id), active, principal.user)
     except RankforgeError as error:
         return _failed(request, db, error)
     return _done("activated" if active else "deactivated")
 
 
 @router.post("/admin/users/{user_id}/password")
-def password_page(user_id: int, request: Request, db: DbSession, principal: Admin, password: str = Form("")):
+def password_page(user_id: Id, request: Request, db: DbSession, principal: Admin, password: str = Form("")):
     try:
         service.reset_password(db, service.get_user(db, user_id), password, principal.user)
     except RankforgeError as error:
@@ -86,7 +86,8 @@ def password_page(user_id: int, request: Request, db: DbSession, principal: Admi
 def members_page(project_ref: str, request: Request, db: DbSession, principal: Admin):
     project = get_project(db, project_ref)
     members = set(db.scalars(select(ProjectMember.user_id).where(ProjectMember.project_id == project.id)))
-    annotators = list(db.scalars(select(User).where(User.role == Role.annotator).order_by(User.username)))
+    # Everyone who can rate: the members-only rule holds for every role, so admins and engineers can be members.
+    annotators = list(db.scalars(select(User).order_by(User.role != Role.annotator, User.username)))
     return render(request, "users/members.html", {"project": project, "annotators": annotators, "members": members,
                                                   "saved": request.query_params.get("saved")})  # fmt: skip
 
@@ -94,20 +95,26 @@ def members_page(project_ref: str, request: Request, db: DbSession, principal: A
 @router.post("/projects/{project_ref}/members")
 async def save_members_page(project_ref: str, request: Request, db: DbSession, principal: Admin):
     form = await request.form()
-    user_ids = [int(v) for v in form.getlist("user_id") if str(v).isdigit()]
+    raw_ids = [str(v) for v in form.getlist("user_id")]
+    user_ids = [parse_id(v) for v in raw_ids]
+    if None in user_ids:
+        raise Unprocessable(f"user_id: {raw_ids[user_ids.index(None)][:20]!r} is not a user id.")
     members_only = form.get("members_only") == "true"
     project = get_project(db, project_ref)
     set_members(db, project, user_ids, principal.user)
     if project.members_only != members_only:
         project.members_only = members_only
-        from app.projects.service import audit
+        from app.audit import audit
 
         audit(db, principal.user, "project.members_only", "project", project.id, members_only=members_only)
+        db.flush()
+        revoke_nonmember_leases(db, project)
     return RedirectResponse(f"/projects/{project.id}/members?saved=1", status_code=303)
 
 
 @router.get("/admin/audit")
-def audit_page(request: Request, db: DbSession, principal: Admin, page: int = 1, action: str = ""):
+def audit_page(request: Request, db: DbSession, principal: Admin, page: int = Query(1, ge=1, le=INT4_MAX),
+               action: CleanStr = ""):  # fmt: skip
     query = select(AuditLog, User.username).outerjoin(User, User.id == AuditLog.actor_id)
     count = select(func.count()).select_from(AuditLog)
     if action:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from pydantic import Field
+from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession
 from app.errors import Unprocessable
-from app.models import ApiToken, User, utcnow
+from app.limits import Id, Input, varchar
+from app.models import User
 from app.users import service
+
+PASSWORD_MAX = 1024
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -20,26 +22,16 @@ def user_json(user: User) -> dict:
             "created_at": user.created_at, "last_login_at": user.last_login_at}  # fmt: skip
 
 
-def set_active(db: Session, user: User, active: bool, actor: User) -> None:
-    """(De)activate; deactivating also ends the user's browser sessions and revokes every API token."""
-    if not active and user.id == actor.id:
-        raise Unprocessable("You cannot deactivate yourself.")
-    service.set_active(db, user, active, actor)
-    if not active:
-        db.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                   .values(revoked_at=utcnow()))  # fmt: skip
+class UserCreate(Input):
+    username: varchar(User.username)
+    role: varchar(User.role)
+    password: str = Field(min_length=8, max_length=PASSWORD_MAX)
 
 
-class UserCreate(BaseModel):
-    username: str
-    role: str
-    password: str = Field(min_length=8)
-
-
-class UserUpdate(BaseModel):
-    role: str | None = None
+class UserUpdate(Input):
+    role: varchar(User.role) | None = None
     is_active: bool | None = None
-    password: str | None = Field(default=None, min_length=8)
+    password: str | None = Field(default=None, min_length=8, max_length=PASSWORD_MAX)
 
 
 @router.get("")
@@ -53,19 +45,19 @@ def create_user(data: UserCreate, db: DbSession, principal: Admin):
 
 
 @router.get("/{user_id}")
-def get_user(user_id: int, db: DbSession, principal: Admin):
+def get_user(user_id: Id, db: DbSession, principal: Admin):
     return user_json(service.get_user(db, user_id))
 
 
 @router.patch("/{user_id}")
-def update_user(user_id: int, data: UserUpdate, db: DbSession, principal: Admin):
+def update_user(user_id: Id, data: UserUpdate, db: DbSession, principal: Admin):
     user = service.get_user(db, user_id)
     if data.role is not None and data.role != user.role:
         if user.id == principal.user.id:
             raise Unprocessable("You cannot change your own role.")
         service.set_role(db, user, data.role, principal.user)
     if data.is_active is not None and data.is_active != user.is_active:
-        set_active(db, user, data.is_active, principal.user)
+        service.set_active(db, user, data.is_active, principal.user)
     if data.password is not None:
         service.reset_password(db, user, data.password, principal.user)
     return user_json(user)

@@ -7,10 +7,10 @@ import re
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from app.audit import audit
 from app.auth.service import hash_password, revoke_user_sessions
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import ApiToken, Role, User, utcnow
-from app.projects.service import audit
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 
@@ -39,6 +39,9 @@ def get_user(db: Session, user_id: int) -> User:
 
 
 def set_active(db: Session, user: User, active: bool, actor: User | None) -> None:
+    """(De)activate; deactivating also ends the user's browser sessions and revokes every API token."""
+    if not active and actor is not None and user.id == actor.id:
+        raise Unprocessable("You cannot deactivate yourself.")
     user.is_active = active
     if not active:
         revoke_user_sessions(db, user.id)

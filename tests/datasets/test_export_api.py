@@ -5,7 +5,7 @@ import json
 import shutil
 
 from app.db import session_scope
-from app.jobs.worker import run_one
+from app.worker import run_one
 from tests.helpers import import_lines, make_project, native_lines
 
 

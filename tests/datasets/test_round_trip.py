@@ -12,7 +12,7 @@ import pytest
 
 from app.datasets.snapshot_files import verify_snapshot
 from app.imports.parsers import HH_TURN, hh_transcript
-from app.jobs.worker import run_one
+from app.worker import run_one
 from tests.helpers import import_lines, make_project
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

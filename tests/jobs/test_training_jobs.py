@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.jobs.worker import run_one
+from app.worker import run_one
 from tests.helpers import import_lines, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,7 +273,7 @@ def test_kill_9_of_a_worker_mid_training_then_another_worker_finishes(client, wo
     from app.models import ModelVersion
 
     queued = start(client, world, "dpo", params=FAST | {"max_steps": 40})
-    victim = subprocess.Popen([sys.executable, "-c", "from app.jobs.worker import run_one; run_one('victim')"],
+    victim = subprocess.Popen([sys.executable, "-c", "from app.worker import run_one; run_one('victim')"],
                               cwd=ROOT, env=os.environ | {"RANKFORGE_WORKER_HEARTBEAT_SECONDS": "0.5"})  # fmt: skip
     try:
         wait_for(lambda: client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json(),
@@ -299,7 +299,7 @@ def test_kill_9_of_a_worker_mid_training_then_another_worker_finishes(client, wo
 def test_scheduler_fires_once_with_two_workers(client, world, db):
     from sqlalchemy import select
 
-    from app.jobs.scheduler import tick
+    from app.training.scheduler import tick
     from app.models import Job, Project
 
     project = db.get(Project, world["project"]["id"])

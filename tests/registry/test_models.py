@@ -9,7 +9,7 @@ import time
 from typer.testing import CliRunner
 
 from app.cli import app as cli
-from app.jobs.worker import run_one
+from app.worker import run_one
 from tests.helpers import import_lines, make_project, native_lines
 
 runner = CliRunner()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from trainer.data import unpair
+from trainer.spec import JobSpec
 from trainer.tiny import (
     build_tiny_policy,
     build_tiny_reward,
@@ -108,6 +109,11 @@ def stop(child: subprocess.Popen) -> None:
     if child.poll() is None:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
+
+
+def parsed(spec: dict[str, Any]) -> JobSpec:
+    """The JobSpec a kind's main receives (what trainer.run builds from spec.json)."""
+    return JobSpec.from_dict(spec)
 
 
 def spec_for(kind: str, output_dir: Path, **fields: Any) -> dict[str, Any]:

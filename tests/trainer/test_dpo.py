@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.trainer.conftest import run_job, spec_for
+from tests.trainer.conftest import parsed, run_job, spec_for
 from trainer import dpo
 from trainer.data import read_rows
 from trainer.models import load_policy, load_tokenizer
@@ -70,7 +70,7 @@ def test_dpo_on_conversational_rows(tmp_path, tiny):
     out_dir.mkdir()
     spec = spec_for("dpo", out_dir, base_model=str(tiny.policy), dataset_path=str(tiny.chat_pairs),
                     params={"num_train_epochs": 2, "precompute_ref_log_probs": False})  # fmt: skip
-    metrics = dpo.main(spec, out_dir)
+    metrics = dpo.main(parsed(spec), out_dir)
     assert metrics["eval/pairs"] == 24
     assert metrics["eval/rewards/accuracies"] >= 0.6, metrics
     assert (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file()
@@ -80,4 +80,4 @@ def test_dpo_refuses_a_kto_snapshot(tmp_path, tiny):
     out_dir = tmp_path / "wrong"
     out_dir.mkdir()
     with pytest.raises(ValueError, match="needs a pairs snapshot"):
-        dpo.main(spec_for("dpo", out_dir, base_model=str(tiny.policy), dataset_path=str(tiny.kto)), out_dir)
+        dpo.main(parsed(spec_for("dpo", out_dir, base_model=str(tiny.policy), dataset_path=str(tiny.kto))), out_dir)

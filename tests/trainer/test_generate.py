@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.trainer.conftest import run_job, spec_for
+from tests.trainer.conftest import parsed, run_job, spec_for
 from trainer import generate, reward
 from trainer.data import read_prompts, read_rows
 from trainer.models import load_policy, load_tokenizer
@@ -72,7 +72,7 @@ def test_finish_reason_matches_the_token_budget_and_greedy_is_deterministic(tiny
 
 
 def test_prompts_come_from_the_snapshot_when_no_prompts_file(tiny):
-    prompts = read_prompts(spec_for("generate", tiny.root / "x", dataset_path=str(tiny.pairs)))
+    prompts = read_prompts(parsed(spec_for("generate", tiny.root / "x", dataset_path=str(tiny.pairs))))
     texts = [p["prompt"] for p in prompts]
     assert len(texts) == len(set(texts)) == len({row["prompt"] for row in read_rows(tiny.pairs, "train")})
     assert all(isinstance(p["prompt_id"], int) for p in prompts)
@@ -81,8 +81,8 @@ def test_prompts_come_from_the_snapshot_when_no_prompts_file(tiny):
 def test_score_job_ranks_completions_with_a_trained_reward_model(tmp_path, tiny):
     reward_dir = tmp_path / "reward"
     reward_dir.mkdir()
-    reward.main(spec_for("reward", reward_dir, base_model=str(tiny.reward), dataset_path=str(tiny.pairs),
-                         params={"num_train_epochs": 1, "eval_split": ""}), reward_dir)  # fmt: skip
+    reward.main(parsed(spec_for("reward", reward_dir, base_model=str(tiny.reward), dataset_path=str(tiny.pairs),
+                         params={"num_train_epochs": 1, "eval_split": ""})), reward_dir)  # fmt: skip
 
     lines, good_ids = [], set()
     for number, row in enumerate(read_rows(tiny.pairs, "test")[:6]):

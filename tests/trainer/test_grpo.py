@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.trainer.conftest import child_env, run_job, spec_for
+from tests.trainer.conftest import child_env, parsed, run_job, spec_for
 from tests.trainer.test_ppo import HELD_OUT_TOPICS, ONE_THREAD, build_rl_world, keyword_rate, one_torch_thread
 from trainer import grpo
 
@@ -94,7 +94,7 @@ def test_grpo_on_snapshot_chat_prompts_defaults_to_the_reward_model(tmp_path, ti
     spec's reward model alone, reading prompt + completion through the chat template."""
     spec = spec_for("grpo", tmp_path / "o", base_model=str(rl_world.base), reward_model=str(rl_world.reward),
                     dataset_path=str(tiny.chat_pairs), params={**FAST_GROUPS, "max_steps": 2, "eval_prompts": 2})  # fmt: skip
-    metrics = grpo.main_grpo(spec, tmp_path)
+    metrics = grpo.main_grpo(parsed(spec), tmp_path)
     assert metrics["train/steps"] == 2 and metrics["eval/prompts"] == 2 and metrics["eval/held_out"] is True
     assert "rewards/reward_model/mean" in metrics and "eval/rewards/reward_model_after" in metrics
     assert (tmp_path / "config.json").is_file() and (tmp_path / "tokenizer.json").is_file()
@@ -106,12 +106,12 @@ def test_grpo_errors_are_clear(tmp_path, rl_world, one_thread):
                         params={**FAST_GROUPS, **params})  # fmt: skip
 
     with pytest.raises(ValueError, match="unknown reward 'bleu'"):
-        grpo.main_grpo(spec(rewards=[{"name": "bleu"}]), tmp_path)
+        grpo.main_grpo(parsed(spec(rewards=[{"name": "bleu"}])), tmp_path)
     with pytest.raises(ValueError, match="no reward"):  # neither params.rewards nor a reward model
-        grpo.main_grpo(spec(), tmp_path)
+        grpo.main_grpo(parsed(spec()), tmp_path)
     with pytest.raises(ValueError, match="multiple of num_generations"):
-        grpo.main_rloo(spec(rewards=KEYWORD_RULES, per_device_train_batch_size=12), tmp_path)
+        grpo.main_rloo(parsed(spec(rewards=KEYWORD_RULES, per_device_train_batch_size=12)), tmp_path)
     with pytest.raises(
         ValueError, match="'answer'.*do not have"
     ):  # the rule's field is not in the prompt rows
-        grpo.main_grpo(spec(rewards=[{"name": "exact_match"}], max_steps=1), tmp_path)
+        grpo.main_grpo(parsed(spec(rewards=[{"name": "exact_match"}], max_steps=1)), tmp_path)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.trainer.conftest import run_job, spec_for
+from tests.trainer.conftest import parsed, run_job, spec_for
 from trainer import kto
 from trainer.data import read_rows
 
@@ -56,6 +56,6 @@ def test_kto_unpairs_a_pairs_snapshot(tmp_path, tiny):
     out_dir.mkdir()
     spec = spec_for("kto", out_dir, base_model=str(tiny.policy), dataset_path=str(tiny.chat_pairs),
                     params={"max_steps": 4, "eval_split": ""})  # fmt: skip
-    metrics = kto.main(spec, out_dir)
+    metrics = kto.main(parsed(spec), out_dir)
     assert metrics["train/rows"] == 2 * 64 and metrics["train/desirable_rows"] == 64
     assert metrics["train/steps"] == 4 and "eval/loss" not in metrics

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.conftest import ROOT, child_env, run_job, spec_for
+from tests.trainer.conftest import ROOT, child_env, parsed, run_job, spec_for
 from trainer import ppo
 from trainer.tiny import KEYWORD, build_tiny_reward, keyword_pairs, train_tokenizer
 
@@ -114,7 +114,7 @@ def build_rl_world(root: Path, tiny) -> RLWorld:
         warm_start(tiny.policy, world.base, steps=150, seed=0)
         spec = spec_for("reward", world.reward, base_model=str(tiny.reward), dataset_path=str(tiny.pairs))
         world.reward.mkdir()
-        metrics = reward.main(spec, world.reward)
+        metrics = reward.main(parsed(spec), world.reward)
         assert metrics["eval/accuracy"] >= 0.8, metrics  # the reward model really learned the keyword
     rows = [
         {"prompt_id": i, "prompt": prompt_text(t), "keyword": KEYWORD} for i, t in enumerate(TRAIN_TOPICS)
@@ -211,13 +211,13 @@ def test_ppo_fails_clearly_without_a_usable_reward_model(tmp_path, tiny):
     spec = spec_for("ppo", tmp_path / "o", base_model=str(tiny.policy), reward_model=str(missing),
                     prompts_path=str(tmp_path / "p.jsonl"))  # fmt: skip
     with pytest.raises(FileNotFoundError, match=f"reward model.*{re.escape(str(missing))}"):
-        ppo.main(spec, tmp_path)
+        ppo.main(parsed(spec), tmp_path)
 
     other_tokenizer = train_tokenizer(["an entirely different corpus of words"] * 20, vocab_size=300)
     foreign = build_tiny_reward(tmp_path / "foreign-reward", other_tokenizer)
     spec["reward_model"] = str(foreign)
     with pytest.raises(ValueError, match="shares the policy's tokenizer"):
-        ppo.main(spec, tmp_path)
+        ppo.main(parsed(spec), tmp_path)
 
 
 def test_sigterm_stops_a_ppo_run_promptly_and_leaves_no_output(tmp_path, rl_world):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.conftest import run_job, spec_for
+from tests.trainer.conftest import parsed, run_job, spec_for
 from trainer import reward
 from trainer.data import read_rows
 from trainer.models import load_reward, load_tokenizer
@@ -71,7 +71,7 @@ def test_pair_weights_decide_what_is_learned(tmp_path, tiny):
                         params={"use_weights": use_weights, "num_train_epochs": 1})  # fmt: skip
         out_dir = tmp_path / f"w-{use_weights}"
         out_dir.mkdir()
-        return reward.main(spec, out_dir)["eval/accuracy"]
+        return reward.main(parsed(spec), out_dir)["eval/accuracy"]
 
     weighted, unweighted = train(True), train(False)
     assert weighted >= 0.8
@@ -132,6 +132,6 @@ def test_reward_trains_on_real_hh_rlhf_pairs(tmp_path, tiny):
     out_dir.mkdir()
     spec = spec_for("reward", out_dir, base_model=str(tiny.reward), dataset_path=str(snapshot),
                     params={"num_train_epochs": 1, "max_length": 256})  # fmt: skip
-    metrics = reward.main(spec, out_dir)
+    metrics = reward.main(parsed(spec), out_dir)
     assert 0.0 <= metrics["eval/accuracy"] <= 1.0 and metrics["eval/pairs"] == len(rows) - 64
     assert (out_dir / "model.safetensors").is_file()

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.db import is_sqlite, session_scope
 from app.errors import RankforgeError
 from app.models import Job, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
+from app.training.service import create_training_job
 
 LOCK_NAME = "scheduler"
 LEASE_SECONDS = 60.0
@@ -67,8 +68,6 @@ def reward_due(db: Session, project: Project) -> str | None:
 
 def tick(worker_id: str) -> list[int]:
     """Enqueue the reward jobs that are due; returns their ids (empty when another worker holds the lock)."""
-    from app.jobs.training import create_training_job
-
     with session_scope() as db:
         if not acquire_lock(db, worker_id):
             return []

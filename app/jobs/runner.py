@@ -1,9 +1,12 @@
-"""`rankforge worker`: claims queued jobs, runs them, heartbeats, records progress and metrics.
+"""Running queued jobs: claim one, run its kind's handler with a heartbeat, record how it ended.
 
-A heartbeat thread refreshes the claim every few seconds and watches for cancel requests. Jobs that
-train run in a child process (app.jobs.training), so a crash or OOM never takes the worker down.
-A worker that dies (kill -9) stops heartbeating; any worker then puts its job back in the queue
-(or fails it after the last attempt).
+The queue knows no job kind: `run_one(worker_id, handlers)` gets the handlers from the worker's composition
+root (app.worker), which imports each domain's `tasks.py`. A handler receives a `JobContext` (the job's id,
+progress/metrics/log reporting, the cancel flag) and returns the job's result dict.
+
+A heartbeat thread refreshes the claim every few seconds and watches for cancel requests. A worker that dies
+(kill -9) stops heartbeating; any worker then puts its job back in the queue (or fails it after the last
+attempt): see service.recover_stale.
 """
 
 from __future__ import annotations
@@ -14,17 +17,14 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from app.config import get_settings
 from app.db import session_scope
+from app.errors import JobCancelled
 from app.jobs import service
 
 log = logging.getLogger("rankforge.worker")
-
-
-class Cancelled(Exception):
-    """The job was cancelled while running."""
 
 
 class JobContext:
@@ -36,7 +36,7 @@ class JobContext:
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():
-            raise Cancelled()
+            raise JobCancelled()
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         self.check_cancelled()
@@ -52,22 +52,9 @@ class JobContext:
             service.append_log(db, self.job_id, text)
 
 
-def _run_export(ctx: JobContext) -> dict:
-    from app.datasets.service import build_snapshot_for_job
-
-    return build_snapshot_for_job(ctx)
-
-
-def _run_training(ctx: JobContext) -> dict:
-    from app.jobs.training import run_training_job
-
-    return run_training_job(ctx)
-
-
-RUNNERS: dict[str, Callable[[JobContext], dict]] = {
-    "export": _run_export,
-    **{kind: _run_training for kind in ("reward", "dpo", "kto", "ppo", "grpo", "rloo", "generate", "score")},
-}
+Handler = Callable[[JobContext], dict]
+IdleTask = Callable[[str], object]
+"""Called with the worker id whenever the queue is empty (schedules, webhook deliveries)."""
 
 
 class Heartbeat(threading.Thread):
@@ -89,13 +76,13 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_one(worker_id: str) -> int | None:
-    """Claim and run one job; returns its id, or None when the queue is empty."""
+def run_one(worker_id: str, handlers: Mapping[str, Handler]) -> int | None:
+    """Claim and run one job of a kind in `handlers`; returns its id, or None when the queue is empty."""
     settings = get_settings()
     with session_scope(write=True) as db:
         service.recover_stale(db, settings.worker_stale_seconds)
     with session_scope(write=True) as db:
-        job = service.claim(db, worker_id, kinds=list(RUNNERS))
+        job = service.claim(db, worker_id, kinds=list(handlers))
         if job is None:
             return None
         job_id, kind = job.id, job.kind
@@ -103,8 +90,8 @@ def run_one(worker_id: str) -> int | None:
     beat = Heartbeat(ctx, settings.worker_heartbeat_seconds)
     beat.start()
     try:
-        result = RUNNERS[kind](ctx)
-    except Cancelled:
+        result = handlers[kind](ctx)
+    except JobCancelled:
         with session_scope(write=True) as db:
             service.fail(db, job_id, worker_id, "cancelled")
     except Exception as error:  # noqa: BLE001 - any failure is recorded on the job
@@ -122,22 +109,18 @@ def run_one(worker_id: str) -> int | None:
     return job_id
 
 
-def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:
+def run_loop(handlers: Mapping[str, Handler], idle_tasks: Sequence[IdleTask] = (), *, once: bool = False,
+             poll_seconds: float = 1.0, worker_id: str | None = None) -> None:  # fmt: skip
     worker_id = worker_id or default_worker_id()
-    log.info("worker %s started", worker_id)
+    log.info("worker %s started (kinds: %s)", worker_id, ", ".join(handlers))
     while True:
-        job_id = run_one(worker_id)
+        job_id = run_one(worker_id, handlers)
         if once:
             return
         if job_id is None:
-            _scheduler_tick(worker_id)
+            for task in idle_tasks:
+                try:
+                    task(worker_id)
+                except Exception:  # noqa: BLE001 - one failing idle task must not stop the worker
+                    log.exception("idle task %s failed", getattr(task, "__name__", task))
             time.sleep(poll_seconds)
-
-
-def _scheduler_tick(worker_id: str) -> None:
-    """Retraining schedules (per project), evaluated under a lock so one worker acts."""
-    try:
-        from app.jobs.scheduler import tick
-    except ModuleNotFoundError:
-        return
-    tick(worker_id)

@@ -1,0 +1,42 @@
+"""The import form's target on a project's admin page: the result (or every line's problem) as a fragment."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Form, Request, UploadFile
+
+from app.auth.deps import Admin
+from app.errors import ImportValidationError
+from app.imports.service import import_file
+from app.projects.service import get_project
+from app.web import is_htmx, render
+
+router = APIRouter(tags=["pages"])
+
+
+@router.post("/projects/{project_ref}/import")
+async def import_page(project_ref: str, request: Request, principal: Admin, file: UploadFile,
+                      format: str = Form("native"), gold: bool = Form(False)):  # fmt: skip
+    from starlette.concurrency import run_in_threadpool
+
+    from app.config import get_settings
+    from app.db import session_scope
+
+    max_bytes = get_settings().max_import_bytes
+    data = await file.read(max_bytes + 1)
+
+    def work():
+        with session_scope(write=True) as db:
+            project = get_project(db, project_ref)
+            return project.id, import_file(db, project, data, format, principal.user, gold=gold, max_bytes=max_bytes)
+
+    try:
+        project_id, result = await run_in_threadpool(work)
+        context = {"result": result, "import_errors": None, "message": None}
+        status_code = 200
+    except ImportValidationError as error:
+        context = {"result": None, "import_errors": error.errors, "message": f"The file has {error.total} problem{'' if error.total == 1 else 's'}."}  # fmt: skip
+        status_code = 422
+    template = "projects/_import_result.html"
+    if is_htmx(request):
+        return render(request, template, context, status_code=status_code)
+    return render(request, "projects/import_done.html", context | {"project_ref": project_ref}, status_code=status_code)

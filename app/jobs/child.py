@@ -1,0 +1,172 @@
+"""Child processes of jobs: start one in its own process group, read its JSON-lines events, end it on cancel.
+
+Used by every job kind that runs a child (training, the registry's tiny-model builder), so none of them imports
+torch into the worker. The child:
+- runs in a new session (process group) so cancel ends it and everything it spawned: SIGTERM, then SIGKILL
+  after a grace period;
+- gets SIGKILL from the kernel when the worker dies (PR_SET_PDEATHSIG), so a retried job never races an orphan;
+- reports on stdout, one JSON object a line (trainer.progress): progress, metrics, log, done, error. Other
+  stdout lines are kept as log; stderr's tail is logged and quoted when the child fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from app.config import get_settings
+from app.errors import JobCancelled, JobFailed
+
+ROOT = Path(__file__).resolve().parents[2]
+CANCEL_GRACE_SECONDS = 5.0
+PROGRESS_EVERY_SECONDS = 0.5
+LOG_EVERY_SECONDS = 2.0
+
+
+def python_executable() -> str:
+    return get_settings().python_executable or sys.executable
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # One BLAS thread per process: much faster for small models on small, shared CPUs (override for big ones).
+    env["OMP_NUM_THREADS"] = os.environ.get("RANKFORGE_TRAINER_OMP_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | (extra or {})
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the worker dies (Linux), so no orphan works on."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def end_process_group(child: subprocess.Popen, grace: float = CANCEL_GRACE_SECONDS) -> None:
+    """SIGTERM the child's process group, SIGKILL whatever is left after `grace` seconds."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(grace)
+    with contextlib.suppress(ProcessLookupError):  # the group may outlive its leader (accelerate's ranks)
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+class ChildReader:
+    """Reads the child's stdout lines into a queue and keeps a tail of its stderr (two small threads)."""
+
+    def __init__(self, child: subprocess.Popen):
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=60)
+        self.stderr_done = threading.Event()
+        threading.Thread(target=self._pump_stdout, args=(child.stdout,), daemon=True).start()
+        threading.Thread(target=self._pump_stderr, args=(child.stderr,), daemon=True).start()
+
+    def _pump_stdout(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)  # end of output
+
+    def _pump_stderr(self, stream) -> None:
+        for line in stream:
+            self.stderr_tail.append(line.rstrip("\n"))
+        self.stderr_done.set()
+
+
+def parse_event(line: str) -> dict | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def run_child(ctx, command: list[str], cwd: Path) -> dict:
+    """Run a child to its end under job `ctx` (app.jobs.runner.JobContext), reporting its events as the job's
+    progress, metrics and log; returns its `done` event. Raises JobCancelled on cancel, JobFailed when the child
+    fails (its own error event, else its exit code and stderr tail)."""
+    child = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+    (cwd / "child.pid").write_text(str(child.pid))
+    reader = ChildReader(child)
+    done = error = None
+    log_lines: list[str] = []
+    pending_progress: tuple[float, str | None] | None = None
+    last_progress = last_log = 0.0
+    try:
+        stdout_open = True
+        while stdout_open:
+            if ctx.cancel_event.is_set():
+                end_process_group(child)
+                raise JobCancelled()
+            try:
+                line = reader.lines.get(timeout=0.2)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                stdout_open = False
+            elif line:
+                event = parse_event(line)
+                if event is None:
+                    log_lines.append(line)
+                elif event["event"] == "progress":
+                    pending_progress = (float(event.get("progress", 0.0)), event.get("message"))
+                elif event["event"] == "metrics":
+                    ctx.metrics(int(event.get("step", 0)), event.get("metrics") or {})
+                elif event["event"] == "log":
+                    log_lines.append(str(event.get("message", "")))
+                elif event["event"] == "done":
+                    done = event
+                elif event["event"] == "error":
+                    error = str(event.get("message", "child process error"))
+            now = time.monotonic()
+            if pending_progress and (now - last_progress >= PROGRESS_EVERY_SECONDS or not stdout_open):
+                ctx.progress(min(pending_progress[0], 0.99), pending_progress[1])
+                pending_progress, last_progress = None, now
+            if log_lines and (now - last_log >= LOG_EVERY_SECONDS or not stdout_open):
+                ctx.log("\n".join(log_lines) + "\n")
+                log_lines, last_log = [], now
+        returncode = child.wait()
+    finally:
+        end_process_group(child)
+    reader.stderr_done.wait(5)
+    stderr = "\n".join(reader.stderr_tail)
+    if stderr:
+        ctx.log(stderr[-4000:] + "\n")
+    if returncode != 0 or done is None:
+        raise JobFailed(error or f"The child exited with code {returncode}: {stderr[-1500:] or 'no output'}")
+    return done
+
+
+def run_captured(command: list[str], *, timeout: float) -> str:
+    """Run a short child outside any job (same environment, own process group, dies with us) and return its
+    stdout; JobFailed with its stderr tail when it fails or outlives `timeout`."""
+    child = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        end_process_group(child, grace=1.0)
+        raise JobFailed(f"{command[2] if len(command) > 2 else command[0]} ran past {timeout:.0f} s") from expired
+    finally:
+        end_process_group(child, grace=1.0)
+    if child.returncode != 0:
+        raise JobFailed(f"{' '.join(command[1:3])} failed: {stderr.strip()[-2000:]}")
+    return stdout

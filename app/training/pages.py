@@ -1,0 +1,104 @@
+"""The per-project training page: pick a kind, see its key hyperparameters with their defaults and docs, start a
+job (then the job's page follows it)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+
+from app.auth.deps import DbSession, Staff
+from app.errors import RankforgeError
+from app.limits import Id
+from app.models import DatasetSnapshot, Project
+from app.projects.service import get_project
+from app.registry.service import list_versions, newest_version
+from app.training.kinds import DEFAULTS, FIELD_DOCS, KEY_PARAMS, SNAPSHOT_FORMAT, TRAINING_KINDS
+from app.training.service import create_training_job
+from app.web import render
+
+router = APIRouter(tags=["pages"])
+
+
+def _param_fields(kind: str, values: dict | None = None) -> list[dict]:
+    values = values or {}
+    return [{"name": name, "default": DEFAULTS[kind][name], "doc": FIELD_DOCS[kind].get(name, ""),
+             "value": values.get(name, DEFAULTS[kind][name]),
+             "type": type(DEFAULTS[kind][name]).__name__} for name in KEY_PARAMS[kind]]  # fmt: skip
+
+
+def _train_context(
+    db, project: Project, kind: str, form: dict | None = None, error: str | None = None
+) -> dict:
+    wanted = SNAPSHOT_FORMAT.get(kind)
+    snapshots = list(db.scalars(select(DatasetSnapshot).where(DatasetSnapshot.project_id == project.id,
+                                                              DatasetSnapshot.status == "ready")
+                                .order_by(DatasetSnapshot.id.desc())))  # fmt: skip
+    if wanted:
+        snapshots = [s for s in snapshots if s.format == wanted]
+    return {
+        "project": project, "kind": kind, "kinds": TRAINING_KINDS, "snapshot_format": wanted, "snapshots": snapshots,
+        "policies": list_versions(db, kind="policy"), "rewards": list_versions(db, kind="reward"),
+        "default_policy": newest_version(db, "policy", project.id),
+        "default_reward": newest_version(db, "reward", project.id),
+        "fields": _param_fields(kind, (form or {}).get("params")), "form": form or {}, "error": error,
+    }  # fmt: skip
+
+
+@router.get("/projects/{project_id}/train")
+def train_page(project_id: Id, request: Request, db: DbSession, principal: Staff, kind: str = "reward"):
+    project = get_project(db, project_id)
+    kind = kind if kind in TRAINING_KINDS else "reward"
+    return render(request, "training/train.html", _train_context(db, project, kind))
+
+
+def _read_param(raw: str, default):
+    if isinstance(default, bool):
+        return raw in ("on", "true", "1", "yes")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+@router.post("/projects/{project_id}/train")
+async def start_training(project_id: Id, request: Request, db: DbSession, principal: Staff):
+    project = get_project(db, project_id)
+    form = await request.form()
+    kind = str(form.get("kind", ""))
+    if kind not in TRAINING_KINDS:
+        return render(
+            request, "error.html", {"status": 422, "message": f"Unknown kind {kind!r}."}, status_code=422
+        )
+    params, error = {}, None
+    for name in KEY_PARAMS[kind]:
+        raw = str(form.get(f"param_{name}", "")).strip()
+        default = DEFAULTS[kind][name]
+        if raw == "" and not isinstance(default, bool):
+            continue
+        try:
+            value = _read_param(raw, default)
+        except ValueError:
+            error = f"{name}: {raw!r} is not a {type(default).__name__}."
+            break
+        if value != default:
+            params[name] = value
+    if kind == "generate" and form.get("arena"):
+        params["arena"] = True
+    dataset = str(form.get("dataset_id", "")).strip()
+    base, reward = str(form.get("base_model", "")).strip(), str(form.get("reward_model", "")).strip()
+    if error is None:
+        try:
+            job = create_training_job(db, project, kind, dataset_id=int(dataset) if dataset else None,
+                                      base_model=base or None, reward_model=reward or None, params=params,
+                                      actor=principal.user)  # fmt: skip
+        except RankforgeError as failure:
+            error = str(failure.detail)
+        else:
+            db.commit()
+            return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+    db.rollback()
+    context = _train_context(db, project, kind, {"params": params, "dataset_id": dataset, "base_model": base,
+                                                  "reward_model": reward}, error)  # fmt: skip
+    return render(request, "training/train.html", context, status_code=422)

@@ -1,0 +1,74 @@
+"""Creating training jobs with every default resolved at once, so the job page shows what will run.
+Services never commit: the request or CLI command does."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.audit import audit
+from app.datasets.service import parse_spec
+from app.errors import Unprocessable
+from app.jobs.service import create_job
+from app.models import DatasetSnapshot, Job, ModelVersion, Project, User
+from app.registry.service import get_version, newest_version
+from app.training.kinds import SNAPSHOT_FORMAT, TRAINING_KINDS, needs_reward_model, split_params
+from trainer.params import parse_params
+
+
+def validated_params(kind: str, params: dict | None) -> tuple[dict, dict]:
+    """(app params, trainer params), the trainer's checked by trainer.params (torch-free): clear 422s."""
+    app_params, trainer_params = split_params(params)
+    if app_params.get("launcher", "python") not in ("python", "accelerate"):
+        raise Unprocessable("params.launcher must be 'python' or 'accelerate'.")
+    try:
+        parse_params(kind, trainer_params)
+    except ValueError as error:
+        raise Unprocessable(f"params: {error}") from error
+    return app_params, trainer_params
+
+
+def _resolve_version(db: Session, ref, kind: str, project: Project) -> ModelVersion | None:
+    if ref not in (None, ""):
+        return get_version(db, ref, kind=kind)
+    return newest_version(db, kind, project.id)
+
+
+def create_training_job(db: Session, project: Project, kind: str, *, dataset_id: int | None = None,
+                        base_model=None, reward_model=None, params: dict | None = None,
+                        actor: User | None = None) -> Job:  # fmt: skip
+    """Queue a training job with every default resolved now, so the job page shows what will run."""
+    kind = str(kind)
+    if kind not in TRAINING_KINDS:
+        raise Unprocessable(f"Unknown training kind {kind!r}; known: {', '.join(TRAINING_KINDS)}.")
+    app_params, trainer_params = validated_params(kind, params)
+    if dataset_id is not None:
+        snapshot = db.get(DatasetSnapshot, dataset_id)
+        if snapshot is None or snapshot.project_id != project.id:
+            raise Unprocessable(f"No dataset {dataset_id} in project {project.slug}.")
+        wanted = SNAPSHOT_FORMAT.get(kind)
+        if wanted and snapshot.format != wanted:
+            raise Unprocessable(
+                f"A {kind} job needs a {wanted} snapshot; dataset {dataset_id} is {snapshot.format}."
+            )
+        if snapshot.status == "failed":
+            raise Unprocessable(f"Dataset {dataset_id} failed to build: {snapshot.error}")
+    elif kind in SNAPSHOT_FORMAT:
+        spec = dict(app_params.get("snapshot") or {}) | {"format": SNAPSHOT_FORMAT[kind]}
+        app_params["snapshot"] = parse_spec(spec).model_dump(mode="json")  # validated now, built by the job
+    base = None
+    if kind != "score":
+        base = _resolve_version(db, base_model, "policy", project)
+        if base is None:
+            raise Unprocessable("No policy model version is registered: register one (`rankforge models add` or "
+                                "`rankforge models init-tiny`) or pass base_model.")  # fmt: skip
+    reward = None
+    if needs_reward_model(kind, trainer_params) or reward_model not in (None, ""):
+        reward = _resolve_version(db, reward_model, "reward", project)
+        if reward is None:
+            raise Unprocessable(f"A {kind} job needs a reward model version and none is registered: train one "
+                                "(a reward job) or pass reward_model.")  # fmt: skip
+    job = create_job(db, kind, project_id=project.id, params=app_params | trainer_params, dataset_id=dataset_id,
+                     base_model_id=base.id if base else None, reward_model_id=reward.id if reward else None,
+                     actor=actor)  # fmt: skip
+    audit(db, actor, "job.create", "job", job.id, kind=kind)
+    return job

@@ -1,0 +1,30 @@
+"""`rankforge worker`: the worker's composition root.
+
+The queue (app.jobs) knows no job kind; each domain owns the handlers of its kinds in its `tasks.py`, and this
+module wires them together: which handler runs which kind, and what an idle worker does between jobs.
+"""
+
+from __future__ import annotations
+
+from app.datasets.tasks import run_export_job
+from app.jobs import runner
+from app.jobs.runner import Handler, IdleTask
+from app.training.kinds import TRAINING_KINDS
+from app.training.scheduler import tick as schedule_training
+from app.training.tasks import run_training_job
+
+HANDLERS: dict[str, Handler] = {
+    "export": run_export_job,
+    **dict.fromkeys(TRAINING_KINDS, run_training_job),
+}
+IDLE_TASKS: list[IdleTask] = [schedule_training]
+"""Run with the worker id whenever the queue is empty: retraining schedules (under a lock: one worker acts)."""
+
+
+def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:
+    runner.run_loop(HANDLERS, IDLE_TASKS, once=once, poll_seconds=poll_seconds, worker_id=worker_id)
+
+
+def run_one(worker_id: str) -> int | None:
+    """Claim and run one job; its id, or None when the queue is empty."""
+    return runner.run_one(worker_id, HANDLERS)
