@@ -9,6 +9,7 @@ from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
+from app.projects.service import may_rate
 from app.webhooks.service import emit_judgment
 
 
@@ -66,12 +67,16 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
             return existing, False
     if assignment.state == "skipped":
         raise Conflict("This assignment was skipped.")
+    if assignment.state == "revoked":
+        raise Forbidden("This assignment was revoked: you are no longer a member of this project.")
     comparison_query = select(Comparison, Project).join(Project, Project.id == Comparison.project_id)
     comparison_query = comparison_query.where(Comparison.id == assignment.comparison_id)
     if not is_sqlite(db):
         comparison_query = comparison_query.with_for_update(of=Comparison)
     # populate_existing: the counters as locked now, not as this session may have loaded them before.
     comparison, project = db.execute(comparison_query.execution_options(populate_existing=True)).one()
+    if not may_rate(db, project, rater):
+        raise Forbidden("You are not a member of this project.")
     unknown = sorted(set(data.flags) - set(ALLOWED_FLAGS))
     if unknown:
         raise Unprocessable(f"Unknown flags {unknown}; allowed: {list(ALLOWED_FLAGS)}.")
@@ -145,6 +150,8 @@ def skip(db: Session, assignment_id: int, rater: User, reason: str) -> Assignmen
         return assignment
     if assignment.state == "submitted":
         raise Conflict("This assignment was already judged.")
+    if assignment.state == "revoked":
+        return assignment  # its slot was given back when it was revoked
     if assignment.state == "active":
         db.execute(update(Comparison).where(Comparison.id == assignment.comparison_id)
                    .values(n_leases=Comparison.n_leases - 1))  # fmt: skip

@@ -14,7 +14,7 @@ from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn
 from app.metrics import inc
 from app.models import Judgment, Project, User, utcnow
-from app.projects.service import current_guidelines, get_visible_project
+from app.projects.service import current_guidelines
 from app.tasks import service
 from app.tasks.views import task_html_context
 from app.web import is_htmx, render, render_markdown
@@ -68,7 +68,7 @@ def _task_response(request: Request, db, project: Project, user: User, *, flash=
 
 @router.get("/projects/{project_ref}/annotate")
 def annotate_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
-    project = get_visible_project(db, project_ref, principal.user)
+    project = service.project_for_rater(db, project_ref, principal.user)
     return _task_response(request, db, project, principal.user)
 
 
@@ -106,7 +106,7 @@ def _submit(project_ref, assignment_id, request, principal, form):
     from app.db import session_scope
 
     with session_scope() as db:
-        project = get_visible_project(db, project_ref, principal.user)
+        project = service.project_for_rater(db, project_ref, principal.user)
         try:
             data = _judgment_from_form(form)
             _, created = judgments.submit(db, assignment_id, principal.user, data)
@@ -129,7 +129,7 @@ async def skip_page(project_ref: str, assignment_id: int, request: Request, prin
         from app.db import session_scope
 
         with session_scope() as db:
-            project = get_visible_project(db, project_ref, principal.user)
+            project = service.project_for_rater(db, project_ref, principal.user)
             judgments.skip(db, assignment_id, principal.user, str(form.get("reason") or ""))
             db.commit()
             return _task_response(request, db, project, principal.user, flash="Skipped.")
