@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
+from app import charts
 from app.auth.deps import Admin, DbSession, Staff
+from app.charts import Axis
 from app.projects.service import get_project
-from app.quality import service, svg
+from app.quality import service
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -18,21 +22,46 @@ def leaderboard_page(project_ref: str, request: Request, db: DbSession, principa
     project = get_project(db, project_ref)
     board = service.leaderboard(db, project)
     names = sorted(board["win_rates"])
-    return render(request, "quality/leaderboard.html", {"project": project, "board": board, "names": names})
+    return render(request, "quality/leaderboard.html",
+                  {"project": project, "board": board, "names": names, "chart": _ratings_chart(board)})  # fmt: skip
+
+
+def _ratings_chart(board: dict):
+    models = board["models"]
+    return charts.interval_chart(
+        "Model ratings with 95% intervals", [m["name"] for m in models], [m["rating"] for m in models],
+        [m["ci_low"] for m in models], [m["ci_high"] for m in models],
+        x_axis=Axis("Rating", "Elo scale"), y_axis=Axis("Model"),
+        empty="No ratings yet: each model gets a rating and an interval once raters have judged comparisons "
+              "between answers of different models (import completions with their model names).")  # fmt: skip
 
 
 def _charts(figures: dict) -> dict:
-    hours = figures["hours"]
+    hours = [datetime.fromisoformat(h) for h in figures["hour_starts"]]
+    days = [datetime.fromisoformat(d) for d in figures["days"]]
     agreement = figures["agreement_over_time"]
     histogram = figures["time_histogram"]
+    how = "They appear as raters submit judgments on the rating page (or through the API)."
     return {
-        "per_hour": svg.bar_chart(figures["judgments_per_hour"], hours, title="Judgments per hour"),
-        "per_rater": svg.line_chart(figures["judgments_per_hour_by_rater"] or {"none": []}, hours,
-                                    title="Judgments per hour by rater"),  # fmt: skip
-        "agreement": svg.line_chart({"alpha": [a["alpha"] for a in agreement]}, [a["day"] for a in agreement],
-                                    title="Krippendorff's alpha (cumulative) by day", y_min=-0.2, y_max=1.0),  # fmt: skip
-        "time": svg.histogram(histogram["counts"], histogram["edges_s"], title="Seconds per judgment", unit="s"),
-    }
+        "per_hour": charts.bar_chart(
+            "Judgments per hour, last 48 hours", hours, figures["judgments_per_hour"],
+            x_axis=Axis("Hour", "UTC"), y_axis=Axis("Judgments", "per hour"),
+            empty=f"No judgments in the last 48 hours. {how}"),
+        "per_rater": charts.line_chart(
+            "Judgments per day by rater, last 14 days", days, figures["judgments_per_day_by_rater"],
+            x_axis=Axis("Day", "UTC"), y_axis=Axis("Judgments", "per day"),
+            empty=f"No judgments in the last 14 days: one line per rater will show their daily work. {how}"),
+        "agreement": charts.line_chart(
+            "Agreement over time (Krippendorff's alpha, cumulative)",
+            [datetime.fromisoformat(a["date"]) for a in agreement], {"alpha": [a["alpha"] for a in agreement]},
+            x_axis=Axis("Day", "UTC"), y_axis=Axis("Krippendorff's alpha", "-1 to 1"), y_min=-0.2, y_max=1.0,
+            empty="No agreement yet: alpha needs comparisons judged by at least two raters (set the project's "
+                  "overlap to 2 or more)."),
+        "time": charts.histogram(
+            "Time per judgment", histogram["counts"], histogram["edges_s"],
+            x_axis=Axis("Time per judgment", "s"), y_axis=Axis("Judgments", "count"),
+            empty=f"No timed judgments yet: the rating page records how long each judgment takes. {how}"),
+    }  # fmt: skip
 
 
 @router.get("/projects/{project_ref}/dashboard")
