@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.errors import TooManyRequests, Unauthorized
+from app.limits import bad_character, column_length, strip_bad_characters
 from app.models import ApiToken, AuthSession, LoginFailure, User, utcnow
 
 _hasher = PasswordHasher()
@@ -66,6 +67,11 @@ def authenticate(db: Session, username: str, password: str, ip: str) -> User:
     """
     settings = get_settings()
     username = username.strip()
+    # A name no account can have (too long, or with characters the database refuses) is a plain failure,
+    # counted under a storable form of it.
+    possible = len(username) <= column_length(User.username) and bad_character(username) is None
+    if not possible:
+        username = strip_bad_characters(username)[: column_length(User.username)]
     ip = (ip or "unknown")[:64]
     from_here, total = _recent_failures(db, username, ip)
     if from_here >= settings.login_max_failures:
@@ -77,7 +83,7 @@ def authenticate(db: Session, username: str, password: str, ip: str) -> User:
         raise TooManyRequests(
             f"Too many failed logins for this account; try again in {settings.login_lock_minutes} minutes."
         )
-    user = db.scalar(select(User).where(User.username == username))
+    user = db.scalar(select(User).where(User.username == username)) if possible else None
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
     if not (user and ok and user.is_active):
         prune_login_failures(db)

@@ -1,16 +1,18 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from app.limits import Input, PositiveInt4
 
 
-class DatasetFilters(BaseModel):
+class DatasetFilters(Input):
     date_from: datetime | None = None
     date_to: datetime | None = None
     include_raters: list[str] | None = Field(default=None, description="Usernames; None keeps everyone.")
     exclude_raters: list[str] = []
     min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_votes: int = Field(default=1, ge=1)
+    min_votes: PositiveInt4 = 1
     exclude_unsafe: bool = Field(default=False, description="Leave out comparisons any rater flagged unsafe.")
     exclude_gold: bool = False
     sources: list[Literal["human", "imported", "ai"]] = Field(
@@ -18,12 +20,12 @@ class DatasetFilters(BaseModel):
     )
 
 
-class DatasetSplit(BaseModel):
+class DatasetSplit(Input):
     test_fraction: float = Field(default=0.1, ge=0.0, le=0.9)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
-class DatasetCreate(BaseModel):
+class DatasetCreate(Input):
     format: Literal["pairs", "kto", "rankings", "sft"] = "pairs"
     filters: DatasetFilters = DatasetFilters()
     split: DatasetSplit = DatasetSplit()

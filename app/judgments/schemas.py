@@ -2,21 +2,24 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.limits import Input, NonNegativeInt4, varchar
+from app.models import Assignment
+
 ALLOWED_FLAGS = ("unsafe", "wrong", "all_bad")
 
 
-class JudgmentIn(BaseModel):
+class JudgmentIn(Input):
     ranking: list[list[int]] = Field(description="Tie groups of option (completion) ids, best first.")
     attributes: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="{attribute: {option_id: score}}"
     )
     rationale: str | None = Field(default=None, max_length=10_000)
     flags: list[str] = []
-    time_spent_ms: int | None = Field(default=None, ge=0)
+    time_spent_ms: NonNegativeInt4 | None = None
 
 
-class SkipIn(BaseModel):
-    reason: str = Field(default="", max_length=200)
+class SkipIn(Input):
+    reason: varchar(Assignment.skip_reason) = ""
 
 
 class JudgmentOut(BaseModel):

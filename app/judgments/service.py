@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
+from app.limits import parse_id
 from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
 from app.projects.service import may_rate
 from app.webhooks.service import emit_judgment
@@ -119,11 +120,11 @@ def _validate_attributes(attributes: dict, project: Project, comparison: Compari
         if scale is None:
             raise Unprocessable(f"Unknown attribute {name!r}; this project has {sorted(scales)}.")
         for option_id, score in scores.items():
-            if int(option_id) not in comparison.completion_ids:
-                raise Unprocessable(f"Attribute {name!r} scores option {option_id}, which is not in this comparison.")
+            if parse_id(option_id) not in comparison.completion_ids:
+                raise Unprocessable(f"Attribute {name!r} scores option {option_id!r}, which is not in this comparison.")
             if not scale["min"] <= score <= scale["max"]:
                 raise Unprocessable(f"{name} must be between {scale['min']} and {scale['max']}, got {score}.")
-            clean.setdefault(name, {})[str(option_id)] = score
+            clean.setdefault(name, {})[str(parse_id(option_id))] = score
     return clean
 
 

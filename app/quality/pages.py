@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from app import charts
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
+from app.limits import Id
 from app.projects.service import get_project
 from app.quality import service
 from app.web import render
@@ -84,7 +85,7 @@ def dashboard_page(project_ref: str, request: Request, db: DbSession, principal:
 
 
 @router.post("/projects/{project_ref}/reviews/{judgment_id}")
-def resolve_page(project_ref: str, judgment_id: int, db: DbSession, principal: Admin,
+def resolve_page(project_ref: str, judgment_id: Id, db: DbSession, principal: Admin,
                  resolution: str = Form(...), note: str = Form("")):  # fmt: skip
     project = get_project(db, project_ref)
     service.resolve_flag(db, judgment_id, resolution, note, principal.user)

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.auth.deps import DbSession, Staff
+from app.limits import CleanStr, Id, Input, varchar
+from app.models import ModelVersion, Project
 from app.projects.service import get_project
 from app.registry import service
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 
-class ModelCreate(BaseModel):
-    name: str = Field(description="Unique name, e.g. llama-1b-sft")
-    path: str = Field(description="A local Hugging Face checkpoint directory (config.json inside)")
-    kind: str = Field(description="policy or reward")
-    project_id: int | str | None = None
+class ModelCreate(Input):
+    name: varchar(ModelVersion.name) = Field(min_length=1, description="Unique name, e.g. llama-1b-sft")
+    path: varchar(ModelVersion.path) = Field(description="A local Hugging Face checkpoint directory (config.json inside)")
+    kind: varchar(ModelVersion.kind) = Field(description="policy or reward")
+    project_id: Id | varchar(Project.slug) | None = None
 
 
 @router.get("")
-def list_models(db: DbSession, principal: Staff, kind: str | None = None, project_id: int | None = None,
+def list_models(db: DbSession, principal: Staff, kind: CleanStr | None = None, project_id: Id | None = None,
                 limit: int | None = Query(None, ge=1, le=1000), offset: int = Query(0, ge=0)):  # fmt: skip
     """Newest first; `limit`/`offset` page (no limit: all)."""
     versions = service.list_versions(db, kind=kind, project_id=project_id)[offset : offset + limit if limit else None]
@@ -28,7 +30,7 @@ def list_models(db: DbSession, principal: Staff, kind: str | None = None, projec
 
 
 @router.get("/{version_id}")
-def get_model(version_id: int, db: DbSession, principal: Staff):
+def get_model(version_id: Id, db: DbSession, principal: Staff):
     version = service.get_version(db, version_id)
     return service.version_json(version) | {"manifest": version.manifest or {}}
 

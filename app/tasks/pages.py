@@ -12,6 +12,7 @@ from app.auth.deps import AnyUser, DbSession
 from app.errors import RankforgeError
 from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn
+from app.limits import Id
 from app.metrics import inc
 from app.models import Judgment, Project, User, utcnow
 from app.projects.service import current_guidelines
@@ -93,7 +94,7 @@ def _judgment_from_form(form) -> JudgmentIn:
 
 
 @router.post("/projects/{project_ref}/annotate/{assignment_id}")
-async def submit_page(project_ref: str, assignment_id: int, request: Request, principal: AnyUser):
+async def submit_page(project_ref: str, assignment_id: Id, request: Request, principal: AnyUser):
     form = await request.form()
     from starlette.concurrency import run_in_threadpool
 
@@ -121,7 +122,7 @@ def _submit(project_ref, assignment_id, request, principal, form):
 
 
 @router.post("/projects/{project_ref}/annotate/{assignment_id}/skip")
-async def skip_page(project_ref: str, assignment_id: int, request: Request, principal: AnyUser):
+async def skip_page(project_ref: str, assignment_id: Id, request: Request, principal: AnyUser):
     form = await request.form()
     from starlette.concurrency import run_in_threadpool
 

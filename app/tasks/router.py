@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from app.auth.deps import authenticate, request_session, require_in_endpoint
 from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn, JudgmentOut, SkipIn
+from app.limits import Id
 from app.metrics import inc
 from app.models import Role
 from app.tasks import service
@@ -46,7 +47,7 @@ def next_task(project_ref: str, request: Request, roles: AnyRole):
 
 @router.post("/assignments/{assignment_id}/judgment", response_model=None,
              responses={200: {"model": JudgmentOut}, 201: {"model": JudgmentOut}})  # fmt: skip
-def submit_judgment(assignment_id: int, data: JudgmentIn, request: Request, roles: AnyRole):
+def submit_judgment(assignment_id: Id, data: JudgmentIn, request: Request, roles: AnyRole):
     with request_session() as db:
         principal = authenticate(request, db, roles)
         judgment, created = judgments.submit(db, assignment_id, principal.user, data)
@@ -57,7 +58,7 @@ def submit_judgment(assignment_id: int, data: JudgmentIn, request: Request, role
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip_assignment(assignment_id: int, data: SkipIn, request: Request, roles: AnyRole):
+def skip_assignment(assignment_id: Id, data: SkipIn, request: Request, roles: AnyRole):
     with request_session() as db:
         principal = authenticate(request, db, roles)
         assignment = judgments.skip(db, assignment_id, principal.user, data.reason)

@@ -3,12 +3,13 @@ redelivery, enable/disable, and the notice when it was disabled after repeated f
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession
 from app.errors import RankforgeError
+from app.limits import INT4_MAX, Id
 from app.models import Project
 from app.projects.service import get_project
 from app.web import render
@@ -46,7 +47,8 @@ async def create_webhook_page(request: Request, db: DbSession, principal: Admin,
 
 
 @router.get("/webhooks/{endpoint_id}")
-def webhook_page(endpoint_id: int, request: Request, db: DbSession, principal: Admin, page: int = 1):
+def webhook_page(endpoint_id: Id, request: Request, db: DbSession, principal: Admin,
+                 page: int = Query(1, ge=1, le=INT4_MAX)):  # fmt: skip
     endpoint = service.get_endpoint(db, endpoint_id)
     page = max(1, page)
     deliveries = service.list_deliveries(db, endpoint.id, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
@@ -58,18 +60,18 @@ def webhook_page(endpoint_id: int, request: Request, db: DbSession, principal: A
 
 
 @router.post("/webhooks/{endpoint_id}/enabled")
-def set_enabled_page(endpoint_id: int, db: DbSession, principal: Admin, enabled: bool = Form(False)):
+def set_enabled_page(endpoint_id: Id, db: DbSession, principal: Admin, enabled: bool = Form(False)):
     service.update_endpoint(db, service.get_endpoint(db, endpoint_id), {"enabled": enabled}, principal.user)
     return RedirectResponse(f"/webhooks/{endpoint_id}?saved={'enabled' if enabled else 'disabled'}", status_code=303)
 
 
 @router.post("/webhooks/{endpoint_id}/delete")
-def delete_page(endpoint_id: int, db: DbSession, principal: Admin):
+def delete_page(endpoint_id: Id, db: DbSession, principal: Admin):
     service.delete_endpoint(db, service.get_endpoint(db, endpoint_id), principal.user)
     return RedirectResponse("/webhooks", status_code=303)
 
 
 @router.post("/webhooks/deliveries/{delivery_id}/redeliver")
-def redeliver_page(delivery_id: int, db: DbSession, principal: Admin):
+def redeliver_page(delivery_id: Id, db: DbSession, principal: Admin):
     delivery = service.redeliver(db, service.get_delivery(db, delivery_id), principal.user)
     return RedirectResponse(f"/webhooks/{delivery.endpoint_id}?saved=redelivery+queued", status_code=303)

@@ -1,0 +1,111 @@
+"""The OpenAPI document, made to say what the app really answers.
+
+FastAPI documents only the success status and a 422 whose `detail` is a list of validation errors. The app
+also answers 4xx errors from its own checks (`app.errors`: `{"detail": "a sentence"}`), import rejections
+(`{"detail": {"message", "errors": [{line, message}], "total_errors"}}`) and 413 from the body limit; and the
+HTML pages answer HTML or redirects. This module rewrites each operation's responses accordingly; the
+schemathesis run in the test suite (tests/test_openapi_fuzz.py) checks that responses keep to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+ERROR_STATUSES = {
+    "400": "Bad request.",
+    "401": "Not logged in, or an invalid API token.",
+    "403": "Not allowed (role, membership, CSRF token).",
+    "404": "No such resource.",
+    "409": "Conflict with the current state.",
+    "413": "The request body is larger than this route's limit.",
+    "422": "Invalid input: `detail` is a sentence naming the field, a list of validation errors, or (imports) "
+    "the file's errors by line.",
+    "429": "Too many attempts; try again later.",
+    "503": "The database is unavailable; retry after `Retry-After` seconds.",
+}
+NOT_PAGES = ("/api/", "/healthz", "/metrics", "/openapi.json", "/docs")
+
+ERROR_SCHEMAS: dict[str, Any] = {
+    "ErrorBody": {
+        "title": "ErrorBody",
+        "type": "object",
+        "required": ["detail"],
+        "properties": {
+            "detail": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                    {"$ref": "#/components/schemas/ImportRejection"},
+                    {"type": "object"},
+                ]
+            }
+        },
+    },
+    "ImportRejection": {
+        "title": "ImportRejection",
+        "type": "object",
+        "required": ["message", "errors", "total_errors"],
+        "properties": {
+            "message": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["line", "message"],
+                    "properties": {
+                        "line": {"type": "integer", "description": "1-based; 0 means the whole file"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+            "total_errors": {"type": "integer"},
+        },
+    },
+}
+
+
+def _error_response(description: str, page: bool) -> dict:
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    if page:
+        content["text/html"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+def describe_errors(schema: dict) -> dict:
+    """Rewrite the operations of a FastAPI OpenAPI document in place (see the module docstring)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(ERROR_SCHEMAS)
+    components.setdefault("ValidationError", {
+        "title": "ValidationError", "type": "object", "required": ["loc", "msg", "type"],
+        "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                       "msg": {"type": "string"}, "type": {"type": "string"}},
+    })  # fmt: skip
+    components.pop("HTTPValidationError", None)
+    for path, operations in schema.get("paths", {}).items():
+        page = not path.startswith(NOT_PAGES)
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if page:
+                for status, response in responses.items():
+                    if status.startswith("2"):
+                        response["content"] = {"text/html": {"schema": {"type": "string"}}}
+                responses.setdefault("303", {"description": "Redirect: after a form is saved, or to the login page."})
+            for status, description in ERROR_STATUSES.items():
+                responses[status] = _error_response(description, page)
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    """Serve the rewritten document at /openapi.json (built once, on first use)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_errors(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi
