@@ -74,6 +74,9 @@ def assert_4xx(response, *, status=422, mentions: str | None = None):
         f"/api/v1/datasets?project_id={BIG}",
         f"/api/v1/models?project_id={BIG}",
         "/api/v1/jobs?limit=-1",
+        f"/api/v1/jobs?offset={2**63}",
+        f"/api/v1/datasets?offset={2**63}",
+        f"/api/v1/projects?offset={2**70}",
         f"/api/v1/jobs?limit={HUGE}",
     ],
 )

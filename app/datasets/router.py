@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
-from app.limits import Id
+from app.limits import INT4_MAX, Id
 from app.models import DatasetSnapshot
 from app.projects.service import get_project
 
@@ -24,7 +24,7 @@ def create_dataset(project_ref: str, body: dict, db: DbSession, principal: Staff
 
 @router.get("/datasets")
 def list_datasets(db: DbSession, principal: Staff, project_id: Id | None = None,
-                  limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)):  # fmt: skip
+                  limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT4_MAX)):  # fmt: skip
     query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit).offset(offset)
     if project_id is not None:
         query = query.where(DatasetSnapshot.project_id == project_id)

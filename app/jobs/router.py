@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.auth.deps import DbSession, Staff
 from app.jobs import service
-from app.limits import Id
+from app.limits import INT4_MAX, Id
 from app.models import Job, JobMetric
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 @router.get("")
 def list_jobs(db: DbSession, principal: Staff, project_id: Id | None = None,
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):  # fmt: skip
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=INT4_MAX)):  # fmt: skip
     query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if project_id is not None:
         query = query.where(Job.project_id == project_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from app.auth.deps import Admin, AnyUser, DbSession
+from app.limits import INT4_MAX
 from app.projects import service
 from app.projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
 
@@ -17,7 +18,7 @@ def create_project(data: ProjectCreate, db: DbSession, principal: Admin):
 
 @router.get("", response_model=list[ProjectOut])
 def list_projects(db: DbSession, principal: AnyUser, limit: int | None = Query(None, ge=1, le=1000),
-                  offset: int = Query(0, ge=0)):  # fmt: skip
+                  offset: int = Query(0, ge=0, le=INT4_MAX)):  # fmt: skip
     """Projects by id; `limit`/`offset` page (no limit: all)."""
     return service.visible_projects(db, principal.user)[offset : offset + limit if limit else None]
 
