@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 
 from app.config import get_settings
 from app.db import is_sqlite, session_scope
@@ -159,8 +160,40 @@ def _record(outcomes: list[dict]) -> None:
                                                f"a row; last: {outcome['error']}")  # fmt: skip
 
 
+RETENTION_DAYS = 30
+"""Delivered, given-up and batched rows older than this are deleted (the log shows the recent past)."""
+_last_prune = {"at": 0.0}
+
+
+def _anything_due() -> bool:
+    """A read-only look first, so an idle sender never takes SQLite's write lock (the raters need it)."""
+    now = utcnow()
+    with session_scope() as db:
+        return bool(db.scalar(select(
+            select(WebhookDelivery.id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.status == "pending", WebhookEndpoint.enabled,
+                   or_(WebhookDelivery.batch_item, WebhookDelivery.next_attempt_at <= now))
+            .limit(1).exists()
+        )))  # fmt: skip
+
+
+def prune(now=None) -> int:
+    """Delete finished rows older than RETENTION_DAYS; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(days=RETENTION_DAYS)
+    with session_scope(write=True) as db:
+        result = db.execute(delete(WebhookDelivery).where(
+            WebhookDelivery.status.in_(("succeeded", "failed", "batched")), WebhookDelivery.created_at < cutoff))  # fmt: skip
+        return result.rowcount or 0
+
+
 def deliver_due(worker_id: str) -> int:
     """Send what is due; returns how many messages were attempted."""
+    if time.monotonic() - _last_prune["at"] > 3600:
+        _last_prune["at"] = time.monotonic()
+        prune()
+    if not _anything_due():
+        return 0
     cut_batches()
     claimed = _claim(worker_id)
     if not claimed:
@@ -178,3 +211,23 @@ def deliver_due(worker_id: str) -> int:
     if failed:
         log.info("webhooks: %s sent, %s failed (worker %s)", len(outcomes) - failed, failed, worker_id)
     return len(outcomes)
+
+
+def run_in_background(worker_id: str, every: float = 0.5) -> tuple[threading.Thread, threading.Event]:
+    """A daemon thread calling `deliver_due` every `every` seconds until the returned event is set: webhooks keep
+    flowing while the worker's main loop runs a long training job. Errors are logged and retried."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                sent = deliver_due(worker_id)
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the sender
+                log.exception("webhook delivery failed")
+                sent = 0
+            if not sent:
+                stop.wait(every)
+
+    thread = threading.Thread(target=loop, name="webhooks", daemon=True)
+    thread.start()
+    return thread, stop

@@ -239,3 +239,46 @@ def test_send_time_check_and_disable_after_repeated_failures(client, users, rece
 def test_only_admins_manage_webhooks(client, users):
     engineer = users.create("eng", "engineer")
     assert client.get("/api/v1/webhooks", headers=engineer["headers"]).status_code == 403
+
+
+def test_background_sender_and_pruning(client, users, receiver, db, tmp_path):
+    from datetime import timedelta
+
+    from app.models import utcnow
+    from app.webhooks.tasks import prune, run_in_background
+
+    admin = users.create("admin", "admin")
+    add_endpoint(client, admin, receiver.url, ["model.registered"])
+    thread, stop = run_in_background("bg", every=0.05)
+    try:
+        (tmp_path / "ckpt").mkdir()
+        (tmp_path / "ckpt" / "config.json").write_text("{}")
+        client.post("/api/v1/models", json={"name": "m1", "path": str(tmp_path / "ckpt"), "kind": "policy"},
+                    headers=admin["headers"])  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(receiver.received) == 1
+    finally:
+        stop.set()
+        thread.join(5)
+    assert prune() == 0  # delivered just now: kept
+    assert prune(utcnow() + timedelta(days=31)) == 1
+    assert db.scalar(select(WebhookDelivery).execution_options(populate_existing=True)) is None
+
+
+def test_pages_show_the_secret_once_and_redeliver(client, users, receiver):
+    admin = users.create("admin", "admin")
+    html = admin["headers"] | {"accept": "text/html"}
+    created = client.post("/webhooks", data={"url": receiver.url, "events": ["dataset.ready", "job.failed"],
+                                             "project": "", "description": "ci"}, headers=html)  # fmt: skip
+    assert created.status_code == 201 and "whsec_" in created.text and "this once" in created.text
+    endpoint = client.get("/api/v1/webhooks", headers=admin["headers"]).json()[0]
+    assert endpoint["events"] == ["dataset.ready", "job.failed"]
+    listing = client.get("/webhooks", headers=html)
+    assert receiver.url in listing.text and "this once" not in listing.text
+    refused = client.post("/webhooks", data={"url": "ftp://example.com/", "events": ["job.failed"]}, headers=html)
+    assert refused.status_code == 422 and "http" in refused.text
+    off = client.post(f"/webhooks/{endpoint['id']}/enabled", data={}, headers=html, follow_redirects=False)
+    assert off.status_code == 303
+    assert client.get(f"/api/v1/webhooks/{endpoint['id']}", headers=admin["headers"]).json()["enabled"] is False
