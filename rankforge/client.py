@@ -207,8 +207,16 @@ class Projects(_Resource):
             data = data.to_list()
         return self.import_records(project, data, format=format, gold=gold)
 
-    def members(self, project) -> list[dict]:
-        return self._c._json("GET", f"/projects/{_ref(project)}/members")
+    def members(self, project) -> list[str]:
+        """Usernames of the project's members (admin)."""
+        return self._c._json("GET", f"/projects/{_ref(project)}/members")["usernames"]
+
+    def set_members(self, project, usernames: list[str], *, members_only: bool | None = None) -> list[str]:
+        """Replace the members (admin); `members_only=True` also restricts rating to them."""
+        body: dict[str, Any] = {"usernames": list(usernames)}
+        if members_only is not None:
+            body["members_only"] = members_only
+        return self._c._json("PUT", f"/projects/{_ref(project)}/members", json=body)["usernames"]
 
 
 class Tasks(_Resource):

@@ -145,6 +145,11 @@ def test_errors_carry_status_and_detail(clients, live_server):
     admin.projects.create("Once", slug="once")
     with pytest.raises(rankforge.ConflictError):
         admin.projects.create("Twice", slug="once")
+    assert admin.projects.set_members("once", ["rita"], members_only=True) == ["rita"]
+    assert admin.projects.members("once") == ["rita"] and admin.projects.get("once").members_only
+    with pytest.raises(rankforge.ValidationError) as unknown:
+        admin.projects.set_members("once", ["ghost"])
+    assert "ghost" in str(unknown.value.detail)
     with pytest.raises(rankforge.AuthenticationError), Rankforge(live_server, "wrong-token") as stranger:
         stranger.projects.list()
     with pytest.raises(rankforge.ConnectionFailed), Rankforge("http://127.0.0.1:9", "t", max_retries=1,
