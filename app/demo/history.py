@@ -192,7 +192,7 @@ def simulate_week(db, data_file, *, now: datetime, seed: int = 0) -> dict:
     encode = lambda rows: "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()  # noqa: E731
     import_records(db, projects["demo"], parse_import(encode(pairs), "native"))
     import_records(db, projects["demo"], parse_import(encode(gold), "native"), gold=True)
-    update_project(db, projects["demo"], ProjectUpdate(gold_rate=0.15, description=DESCRIPTION), admin)
+    update_project(db, projects["demo"], ProjectUpdate(gold_rate=0.2, description=DESCRIPTION), admin)
     update_project(db, projects["demo-rank"], ProjectUpdate(description=DESCRIPTION), admin)
     quality_of = _quality_by_completion(db, projects)
     users = {r.username: create_user(db, r.username, "annotator", secrets.token_urlsafe(SIM_PASSWORD_BYTES), admin)
