@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     attacker rotating addresses is stopped too); higher than the per-address limit."""
     login_lock_minutes: int = 15
     """How long failures count (and locks last); older failure rows are pruned."""
+    metrics_scrape_addresses: str = ""
+    """Comma-separated addresses or CIDR networks allowed to read /metrics without a token (a Prometheus server);
+    otherwise /metrics needs an admin's or engineer's API token."""
     trusted_proxies: str = ""
     """Comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto
     are believed (app.proxies); empty: the direct peer is the client."""

@@ -44,6 +44,7 @@ def make_engine(url: str) -> Engine:
             url,
             json_deserializer=json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,  # error messages (and so logs) never carry values: tokens, hashes, user text
             pool_size=get_settings().db_pool_size,
             max_overflow=20,
         )
@@ -72,6 +73,7 @@ def make_engine(url: str) -> Engine:
         pool_size=get_settings().db_pool_size,
         max_overflow=20,
         pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 

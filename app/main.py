@@ -28,7 +28,8 @@ DOCS_HEADERS = [header for header in SECURITY_HEADERS if header[0] != b"content-
 
 
 class EdgeMiddleware:
-    """Pure ASGI: request metrics, security headers, and the pre-login CSRF cookie."""
+    """Pure ASGI: request metrics, security headers (on every response: it wraps Starlette's error middleware, so
+    500s get them too), Cache-Control: no-store outside /static, and the pre-login CSRF cookie."""
 
     def __init__(self, app):
         self.app = app
@@ -46,6 +47,9 @@ class EdgeMiddleware:
                 path = scope.get("path", "")
                 # Swagger UI at /docs starts from an inline script: it gets every header but the CSP.
                 headers += DOCS_HEADERS if path.startswith("/docs") else SECURITY_HEADERS
+                # Pages and API answers carry one user's data: never stored by browsers or proxies.
+                if not path.startswith("/static") and not any(name == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
                 token = scope.get("state", {}).get("set_anon_csrf")
                 if token:
                     cookie = SimpleCookie()
@@ -88,6 +92,10 @@ def create_app() -> FastAPI:
                           status_code=error.status_code)  # fmt: skip
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
+
+    from app import outage
+
+    outage.register(app)  # database down: 503 with Retry-After
 
     from app.errors import ImportValidationError
 

@@ -20,8 +20,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @lru_cache(maxsize=16)
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """`10.0.0.1, 10.1.0.0/16, ::1` -> networks; ValueError naming the entry that is neither."""
+def parse_networks(value: str, setting: str = "RANKFORGE_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """`10.0.0.1, 10.1.0.0/16, ::1` -> networks; ValueError naming the setting and the entry that is neither."""
     networks = []
     for item in value.split(","):
         item = item.strip()
@@ -30,7 +30,7 @@ def parse_networks(value: str) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError as error:
-            raise ValueError(f"RANKFORGE_TRUSTED_PROXIES: {item!r} is not an address or CIDR network") from error
+            raise ValueError(f"{setting}: {item!r} is not an address or CIDR network") from error
     return tuple(networks)
 
 
@@ -45,6 +45,11 @@ def parse_address(value: str) -> Address | None:
         return ipaddress.ip_address(value)
     except ValueError:
         return None
+
+
+def address_in(address: str | None, networks: tuple[Network, ...]) -> bool:
+    """Whether an address (as the ASGI scope gives it) lies in one of the networks."""
+    return _trusted(parse_address(address) if address else None, networks)
 
 
 def _trusted(address: Address | None, networks: tuple[Network, ...]) -> bool:

@@ -6,6 +6,7 @@ from demo_prompts.jsonl, then the web app (and a worker beside it, when the work
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from sqlalchemy import select
@@ -99,6 +100,10 @@ def run_demo(host: str, port: int, with_worker: bool, empty: bool = False) -> No
         from app.demo.history import build_history
 
         build_history(log=lambda line: print(line, flush=True))
+    # uvicorn handles SIGTERM and SIGINT itself, shuts down, then raises the signal again with the handler it found:
+    # Python's default for SIGTERM ends the process on the spot, skipping the `finally` that stops the worker.
+    # With this handler that second SIGTERM unwinds like Ctrl+C, so the worker is stopped either way.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker = _start_worker() if with_worker else None
     url = f"http://{host}:{port}"
     lines = [
@@ -115,7 +120,25 @@ def run_demo(host: str, port: int, with_worker: bool, empty: bool = False) -> No
         run_server(host, port)
     finally:
         if worker is not None:
-            worker.terminate()
+            _stop_worker(worker)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop_worker(worker, grace_seconds: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within the grace period (it ends its job's child first)."""
+    import subprocess
+
+    if worker.poll() is not None:
+        return
+    worker.terminate()
+    try:
+        worker.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 def _start_worker():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app.auth.deps import AnyUser, DbSession
@@ -45,13 +46,22 @@ def _guidelines_changed(db, project: Project, user: User) -> bool:
     return last is not None and last < project.guideline_version
 
 
-def _task_response(request: Request, db, project: Project, user: User, *, flash=None, error=None, status_code=200):
-    try:
-        assignment = service.claim_next(db, project, user)
-    except RankforgeError as refusal:  # e.g. the daily cap
-        assignment, error = None, str(refusal.detail)
+def _task_response(request: Request, db, project: Project, user: User, *, claim: bool = True, flash=None, error=None,
+                   status_code=200):  # fmt: skip
+    """The rating page or its task fragment. claim=False (GET): show the rater's current lease if any, else a
+    placeholder that claims through a POST once a browser runs it; a GET never takes a lease (prefetchers and
+    link previews follow GETs)."""
     now = utcnow()
+    if claim:
+        try:
+            assignment = service.claim_next(db, project, user)
+        except RankforgeError as refusal:  # e.g. the daily cap
+            assignment, error = None, str(refusal.detail)
+    else:
+        assignment = service.current_assignment(db, project, user, now=now)
+    claiming = assignment is None and not claim
     context = {
+        "claiming": claiming,
         "project": _project_context(db, project),
         "task": task_html_context(db, assignment) if assignment else None,
         "progress": {
@@ -62,7 +72,7 @@ def _task_response(request: Request, db, project: Project, user: User, *, flash=
         "flash": flash,
         "error": error,
     }
-    fragment = "tasks/_task.html" if assignment else "tasks/_empty.html"
+    fragment = "tasks/_task.html" if assignment else "tasks/_claim.html" if claiming else "tasks/_empty.html"
     name = fragment if is_htmx(request) else "tasks/annotate.html"
     return render(request, name, context, status_code=status_code)
 
@@ -70,6 +80,17 @@ def _task_response(request: Request, db, project: Project, user: User, *, flash=
 @router.get("/projects/{project_ref}/annotate")
 def annotate_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
     project = service.project_for_rater(db, project_ref, principal.user)
+    return _task_response(request, db, project, principal.user, claim=False)
+
+
+@router.post("/projects/{project_ref}/annotate/next")
+def claim_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
+    """Claim the next task (the rating page asks with htmx when it has none); a plain form post is redirected
+    to the page, which then shows the lease."""
+    project = service.project_for_rater(db, project_ref, principal.user)
+    if not is_htmx(request):
+        service.claim_next(db, project, principal.user)
+        return RedirectResponse(f"/projects/{project.id}/annotate", status_code=303)
     return _task_response(request, db, project, principal.user)
 
 

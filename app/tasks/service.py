@@ -95,6 +95,22 @@ def _candidate(db: Session, project_id: int, rater_id: int, gold: bool) -> Compa
     return db.scalar(query)
 
 
+def current_assignment(db: Session, project: Project, rater: User, *, now: datetime | None = None) -> Assignment | None:
+    """The rater's unexpired lease in this project, if any: what a GET may show (it reads, never claims)."""
+    now = now or utcnow()
+    return db.scalar(
+        select(Assignment)
+        .where(
+            Assignment.rater_id == rater.id,
+            Assignment.project_id == project.id,
+            Assignment.state == "active",
+            Assignment.expires_at > now,
+        )
+        .order_by(Assignment.id)
+        .limit(1)
+    )
+
+
 def claim_next(db: Session, project: Project, rater: User, *, now: datetime | None = None) -> Assignment | None:
     """The rater's next assignment in this project, or None when nothing is left for them."""
     now = now or utcnow()

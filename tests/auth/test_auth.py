@@ -306,6 +306,10 @@ def test_completions_render_escaped_and_model_names_stay_hidden(client, users):
     assert import_lines(client, admin, project["id"], row.encode()).status_code == 200
 
     assert login(client, "rita", "secret-pass-1").status_code == 303
+    # A GET never claims (prefetchers follow GETs): claim with the POST the page makes, then load the page.
+    claimed = client.post(f"/projects/{project['id']}/annotate/next", data={"csrf_token": session_csrf(client)},
+                          follow_redirects=False)  # fmt: skip
+    assert claimed.status_code == 303
     page = client.get(f"/projects/{project['id']}/annotate", headers={"Accept": "text/html"})
     assert page.status_code == 200
     html = page.text
