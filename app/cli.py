@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from app.training.kinds import TRAINING_KINDS
+
 app = typer.Typer(help="Rankforge: collect human feedback on model outputs and turn it into better models.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -114,14 +116,14 @@ def import_cmd(project: str, file: Path, format: str = typer.Option("native", "-
 
 
 def _mark_inline_failure(snapshot_id: int, job_id: int, message: str) -> None:
+    from app.datasets.service import mark_snapshot_failed
     from app.db import session_scope
     from app.jobs.service import fail as fail_job
     from app.models import DatasetSnapshot
 
     with session_scope(write=True) as db:
         fail_job(db, job_id, "cli", message)
-        snapshot = db.get(DatasetSnapshot, snapshot_id)
-        snapshot.status, snapshot.error = "failed", message[:2000]
+        mark_snapshot_failed(db, db.get(DatasetSnapshot, snapshot_id), message)
 
 
 @app.command()
@@ -133,7 +135,7 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
     """Build a dataset snapshot of PROJECT inline (with a progress bar) and print its manifest summary."""
     import shutil
 
-    from app.datasets.service import EmptyExport, build_snapshot, request_snapshot, snapshot_dir
+    from app.datasets.service import build_snapshot, request_snapshot, snapshot_dir
     from app.db import session_scope
     from app.errors import RankforgeError
     from app.jobs.service import finish
@@ -166,8 +168,8 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
             finish(db, job_id, "cli", result)
             bar.update(100 - state["done"])
             directory = snapshot_dir(snapshot)
-    except (EmptyExport, RankforgeError) as error:
-        message = str(error.detail) if isinstance(error, RankforgeError) else str(error)
+    except RankforgeError as error:
+        message = str(error.detail)
         if job_id is not None:
             _mark_inline_failure(snapshot_id, job_id, message)
         fail(message)
@@ -241,7 +243,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 
 @app.command(epilog=_train_epilog())
-def train(kind: str = typer.Argument(..., help="reward | dpo | kto | ppo | grpo | rloo | generate | score"),
+def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
           project: str = typer.Option(..., "--project", "-p", help="Project slug or id."),
           base_model: str = typer.Option(None, help="Policy version id or name (default: the project's newest policy, "
                                                     "else the newest one)."),
