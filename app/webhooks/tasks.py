@@ -112,10 +112,16 @@ def _send(client: httpx.Client, item: dict) -> dict:
     started = time.perf_counter()
     outcome = {"id": item["id"], "status_code": None, "error": None}
     try:
-        resolve_checked(item["url"])  # again at send time: DNS may point somewhere else by now
+        # Resolved and checked again at send time (DNS may point somewhere else by now), and the connection goes
+        # to the address checked, not to a second lookup (no DNS rebinding between the check and the send):
+        # the URL carries the IP, the Host header and TLS's SNI (so certificate checks) the name.
+        addresses = resolve_checked(item["url"])
+        url = httpx.URL(item["url"])
         timestamp = int(time.time())
-        response = client.post(item["url"], content=item["body"],
-                               headers=headers_for(item["secret"], item["msg_id"], timestamp, item["body"]))  # fmt: skip
+        headers = headers_for(item["secret"], item["msg_id"], timestamp, item["body"]) | {"host": url.netloc.decode()}
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        response = client.post(url.copy_with(host=addresses[0]), content=item["body"], headers=headers,
+                               extensions=extensions)  # fmt: skip
         outcome["status_code"] = response.status_code
         if not 200 <= response.status_code < 300:
             outcome["error"] = f"HTTP {response.status_code}: {response.text[:300]}"
