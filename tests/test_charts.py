@@ -146,3 +146,18 @@ def test_many_points_keep_hover_targets_bounded_and_table_complete():
                                    x_axis=Axis("Step"), y_axis=Axis("Loss"), empty="e"))  # fmt: skip
     assert markup.count('class="mark"') <= charts.MAX_MARKERS + 1
     assert markup.count("<tr>") <= charts.MAX_TABLE_ROWS + 2
+
+
+def test_job_page_curves_join_metrics_logged_at_different_steps_and_say_when_they_will_appear():
+    from app.jobs.pages import metric_charts
+    from app.models import JobMetric
+
+    assert 'data-chart="empty"' in str(metric_charts([], "reward")[0])
+    assert metric_charts([], "export") == []
+    rows = [JobMetric(job_id=1, step=s, values={"loss": 1.0 / s}) for s in range(1, 11)]
+    rows += [JobMetric(job_id=1, step=s, values={"eval_loss": 0.9 / s}) for s in (5, 10)]
+    (loss,) = metric_charts(rows, "reward")
+    svg = svg_of(loss)
+    assert texts(svg, "chart-title") == ["Loss by training step"]
+    assert "Training step" in texts(svg, "axis-label")
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}polyline"))) == 2  # eval_loss joined across its gaps

@@ -31,7 +31,8 @@ from sqlalchemy import select
 SIM_PASSWORD_BYTES = 18
 HISTORY_BATCH = "history"
 DESCRIPTION = ("Demo data: the judgments of the sim-* raters are simulated (a week of activity made by "
-               "`rankforge demo`); the dataset, the reward job and its model were built from them.")  # fmt: skip
+               "rankforge demo); eng's dataset snapshot, reward job and reward model were built from them.")  # fmt: skip
+RANK_DESCRIPTION = "Demo data: the judgments of the sim-* raters are simulated (made by rankforge demo)."
 QUALITY = {
     "demo-002": [3, 4, 9], "demo-005": [1, 2, 9], "demo-007": [3, 9, 1], "demo-009": [9, 4, 2],
     "demo-011": [2, 1, 6, 9], "demo-013": [1, 9, 6], "demo-016": [2, 9, 3], "demo-019": [1, 9, 7],
@@ -193,7 +194,7 @@ def simulate_week(db, data_file, *, now: datetime, seed: int = 0) -> dict:
     import_records(db, projects["demo"], parse_import(encode(pairs), "native"))
     import_records(db, projects["demo"], parse_import(encode(gold), "native"), gold=True)
     update_project(db, projects["demo"], ProjectUpdate(gold_rate=0.2, description=DESCRIPTION), admin)
-    update_project(db, projects["demo-rank"], ProjectUpdate(description=DESCRIPTION), admin)
+    update_project(db, projects["demo-rank"], ProjectUpdate(description=RANK_DESCRIPTION), admin)
     quality_of = _quality_by_completion(db, projects)
     users = {r.username: create_user(db, r.username, "annotator", secrets.token_urlsafe(SIM_PASSWORD_BYTES), admin)
              for r in SIM_RATERS}  # fmt: skip
