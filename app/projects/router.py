@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.auth.deps import Admin, AnyUser, DbSession
-from app.limits import INT4_MAX
+from app.limits import INT4_MAX, Input
 from app.projects import service
 from app.projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
 
@@ -35,7 +35,7 @@ def update_project(project_ref: str, data: ProjectUpdate, db: DbSession, princip
     return service.update_project(db, project, data, principal.user)
 
 
-class MembersIn(BaseModel):
+class MembersIn(Input):
     usernames: list[str] = Field(max_length=10_000, description="Every member (replaces the list).")
     members_only: bool | None = Field(default=None, description="Also restrict the project to its members.")
 

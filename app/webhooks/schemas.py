@@ -1,15 +1,18 @@
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from app.limits import Input, varchar
+from app.models import WebhookEndpoint
 
 
-class WebhookCreate(BaseModel):
-    url: str = Field(min_length=8, max_length=2000, description="http(s) URL of the receiver")
+class WebhookCreate(Input):
+    url: varchar(WebhookEndpoint.url) = Field(min_length=8, description="http(s) URL of the receiver")
     events: list[str] = Field(min_length=1, max_length=20, description="Event types, or ['*'] for every event")
     project_id: int | str | None = Field(default=None, description="Project id or slug; none: every project")
-    description: str = Field(default="", max_length=500)
+    description: varchar(WebhookEndpoint.description) = ""
 
 
-class WebhookUpdate(BaseModel):
-    url: str | None = Field(default=None, min_length=8, max_length=2000)
+class WebhookUpdate(Input):
+    url: varchar(WebhookEndpoint.url) | None = Field(default=None, min_length=8)
     events: list[str] | None = Field(default=None, min_length=1, max_length=20)
-    description: str | None = Field(default=None, max_length=500)
+    description: varchar(WebhookEndpoint.description) | None = None
     enabled: bool | None = None

@@ -84,7 +84,10 @@ def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]
     Called when an endpoint is saved and again before every send (DNS may have changed since)."""
     if allow_private is None:
         allow_private = get_settings().webhooks_allow_private
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise UnsafeWebhookUrl(f"Not a URL: {error}") from error
     if parts.scheme not in ("http", "https"):
         raise UnsafeWebhookUrl("A webhook URL must start with http:// or https://.")
     if not parts.hostname:
