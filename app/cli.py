@@ -34,6 +34,54 @@ def db_upgrade(revision: str = typer.Argument("head")):
     typer.echo("Database is up to date.")
 
 
+@db_app.command("backup")
+def db_backup(path: Path = typer.Argument(..., help="A new directory for the backup.")):
+    """Back up the database (SQLite: online backup API; PostgreSQL: pg_dump custom format) with a manifest listing
+    every dataset snapshot and model file of the artifact store with its sha256. Safe while the server runs."""
+    from app.backup import backup
+    from app.config import get_settings
+    from app.errors import BackupError
+
+    settings = get_settings()
+    try:
+        manifest = backup(settings.database_url, settings.data_dir, path)
+    except BackupError as error:
+        fail(str(error.detail))
+    files = sum(len(a["files"]) for a in manifest["artifacts"])
+    missing = [a["path"] for a in manifest["artifacts"] if a.get("missing")]
+    typer.echo(f"Backed up {manifest['dialect']} database ({manifest['counts']['judgments']} judgments, schema "
+               f"{manifest['schema_revision']}) to {path}; manifest lists {len(manifest['artifacts'])} artifacts, "
+               f"{files} files.")  # fmt: skip
+    if missing:
+        typer.secho(f"Note: {len(missing)} artifacts the database points at are missing from the store: "
+                    + ", ".join(missing[:10]), err=True, fg=typer.colors.YELLOW)  # fmt: skip
+
+
+@db_app.command("restore")
+def db_restore(path: Path = typer.Argument(..., help="A directory written by `rankforge db backup`."),
+               force: bool = typer.Option(False, "--force", help="Replace a target database that is not empty.")):  # fmt: skip
+    """Restore a backup into RANKFORGE_DATABASE_URL (a new, empty database unless --force), then verify the
+    artifact store against the manifest's sha256s. Exit 3 when artifacts are missing or changed."""
+    from app.backup import restore
+    from app.config import get_settings
+    from app.errors import BackupError
+
+    settings = get_settings()
+    try:
+        manifest, check = restore(settings.database_url, settings.data_dir, path, force=force)
+    except BackupError as error:
+        fail(str(error.detail))
+    typer.echo(f"Restored the {manifest['dialect']} database from {path} ({manifest['counts']['judgments']} "
+               f"judgments, schema {manifest['schema_revision']}; run `rankforge db upgrade` if this version is "
+               f"newer). Artifacts: {check.checked} files checked.")  # fmt: skip
+    if not check.ok:
+        for label, paths in (("missing", check.missing), ("changed", check.changed)):
+            if paths:
+                typer.secho(f"{len(paths)} artifact files {label}: " + ", ".join(paths[:20]), err=True,
+                            fg=typer.colors.RED)  # fmt: skip
+        raise typer.Exit(3)
+
+
 @app.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = typer.Option(1),
           upgrade_db: bool = typer.Option(True, help="Run migrations first.")):  # fmt: skip

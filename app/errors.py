@@ -101,3 +101,10 @@ class JobCancelled(RankforgeError):
     """The job was cancelled while it ran."""
 
     status_code = 409
+
+
+class BackupError(RankforgeError):
+    """A backup or restore could not be made (a missing tool, a damaged backup, a non-empty target). Raised by
+    app.backup for the CLI, which prints it; never an HTTP answer."""
+
+    status_code = 500
