@@ -143,7 +143,7 @@ def main() -> None:
         with Session(engine) as db:
             project = db.get(Project, 1)
             t = time.perf_counter()
-            cols = service._judgment_arrays(db, project)
+            cols = service.judgment_arrays(db, project)
             regular = ~cols["is_gold"]
             unit, rater, top = cols["comparison"][regular], cols["rater"][regular], cols["top_code"][regular]
             alpha = stats.krippendorff_alpha(unit, rater, top, "nominal")
@@ -151,8 +151,8 @@ def main() -> None:
             stats.pairwise_rater_agreement(unit, rater, top)
             timings["agreement"] = time.perf_counter() - t
             t = time.perf_counter()
-            gold_ids, gold_tops = service._gold_tops(db, project)
-            reliability = service._reliability(cols, gold_ids, gold_tops, project)
+            gold_ids, gold_tops = service.gold_answers(db, project)
+            reliability = service.reliability_from_arrays(cols, gold_ids, gold_tops, project)
             timings["reliability"] = time.perf_counter() - t
             t = time.perf_counter()
             board = service.leaderboard(db, project)

@@ -176,7 +176,7 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
             "model_names": np.array(model_names, dtype=object)}  # fmt: skip
 
 
-def _judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
+def judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
     """Counted human judgments as columns, with their comparison's columns (`c_...`, see `_comparison_arrays`)
     and the length-bias input: in a decisive pairwise judgment between answers of different lengths, whether
     the longer one won."""
@@ -196,7 +196,7 @@ def _judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
             "model_names": comparisons["model_names"]}  # fmt: skip
 
 
-def _gold_tops(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]:
+def gold_answers(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]:
     """(gold comparison ids, their known top choice coded like `top`): one row per gold item, not per judgment."""
     rows = db.execute(
         select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id, Comparison.is_gold)
@@ -231,7 +231,7 @@ def _rank_position_agreement(db: Session, project: Project) -> stats.AlphaResult
     return stats.krippendorff_alpha(unit.ravel(), data[:, 1], stats.scaled_midranks(data[:, 4], data[:, 2]), "interval")
 
 
-def _reliability(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Project) -> dict[int, float]:
+def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Project) -> dict[int, float]:
     # Codes are computed over judgments and gold answers together so they agree within a unit.
     judged_gold = np.isin(gold_ids, cols["comparison"])
     gold_ids, gold_tops = gold_ids[judged_gold], gold_tops[judged_gold]
@@ -266,12 +266,12 @@ def rater_reliability(db: Session, project: Project) -> dict[int, float]:
     sizes = sizes[np.argsort(sizes[:, 0], kind="stable")]
     cols = {"comparison": comparison, "rater": rater.astype(np.int64), "top": np.where(np.isnan(top), TIE, top),
             "n_options": sizes[np.searchsorted(sizes[:, 0], comparison), 1]}  # fmt: skip
-    return _reliability(cols, *_gold_tops(db, project), project)
+    return reliability_from_arrays(cols, *gold_answers(db, project), project)
 
 
 def project_stats(db: Session, project: Project) -> dict:
     overview = project_overview(db, project)
-    cols = _judgment_arrays(db, project)
+    cols = judgment_arrays(db, project)
     usernames = dict(db.execute(select(User.id, User.username)).all())
     raters_out: list[dict] = []
     pairwise_out: list[dict] = []
@@ -279,7 +279,7 @@ def project_stats(db: Session, project: Project) -> dict:
     rank_alpha = None
     if len(cols["rater"]):
         comparison, rater, top, is_gold = cols["comparison"], cols["rater"], cols["top"], cols["is_gold"]
-        gold_ids, gold_tops = _gold_tops(db, project)
+        gold_ids, gold_tops = gold_answers(db, project)
         gold_answer = np.full(len(top), np.nan)
         where = np.searchsorted(gold_ids, comparison[is_gold]) if len(gold_ids) else np.zeros(0, dtype=np.int64)
         known = (where < len(gold_ids))
@@ -293,7 +293,7 @@ def project_stats(db: Session, project: Project) -> dict:
         alpha = stats.krippendorff_alpha(comparison[regular], rater[regular], code[regular], "nominal")
         majority = stats.agreement_with_majority(comparison[regular], rater[regular], code[regular])
         pairs = stats.pairwise_rater_agreement(comparison[regular], rater[regular], code[regular])
-        reliability = _reliability(cols, gold_ids, gold_tops, project)
+        reliability = reliability_from_arrays(cols, gold_ids, gold_tops, project)
         n_options = np.where(np.isnan(cols["n_options"]), 2.0, cols["n_options"])
         flags = stats.rater_flags(rater, cols["time_ms"], cols["position"], n_options, cols["chose_longer"])
         rater_ids, rater_code = np.unique(rater, return_inverse=True)
@@ -365,7 +365,7 @@ def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, 
     outcome read from `top_completion_id` (no single top: a tie). Only rankings of three or more options are
     expanded from JSON into their pairs, by the database, and only when the project has such comparisons."""
     cells: dict[tuple[str, str, float], int] = {}
-    cols = _judgment_arrays(db, project)
+    cols = judgment_arrays(db, project)
     names = cols["model_names"]
     model_a, model_b = cols["c_model_a"], cols["c_model_b"]
     battle = (cols["n_options"] == 2) & (model_a >= 0) & (model_b >= 0) & (model_a != model_b)
