@@ -253,7 +253,7 @@ def build_history(*, now: datetime | None = None, train: bool = True, log=print)
     """The simulated week, then an engineer's snapshot and reward job run by the worker's own code path, on the
     configured database. Once: does nothing when the simulated raters exist already."""
     from app.db import session_scope
-    from app.demo.setup import DATA_FILE
+    from app.demo import DATA_FILE
     from app.models import DatasetSnapshot, Job, ModelVersion, Project, User, utcnow
 
     with session_scope(write=True) as db:

@@ -7,9 +7,10 @@ from demo_prompts.jsonl, then the web app (and a worker beside it, when the work
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 from sqlalchemy import select
+
+from app.demo import DATA_FILE
 
 DEMO_USERS = [
     ("admin", "admin", "admin-demo-pass"),
@@ -17,7 +18,6 @@ DEMO_USERS = [
     ("ann2", "annotator", "ann2-demo-pass"),
     ("eng", "engineer", "eng-demo-pass"),
 ]
-DATA_FILE = Path(__file__).with_name("demo_prompts.jsonl")
 GUIDELINES = """# How to rank
 
 Pick the response you would rather receive.
