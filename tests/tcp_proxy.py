@@ -7,6 +7,7 @@ and refuses new ones until `restore()`. Used by tests/test_faults.py and bench/f
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -86,11 +87,7 @@ class TcpProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
