@@ -75,6 +75,7 @@ class Rankforge:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.webhooks = Webhooks(self)
+        self.rounds = Rounds(self)
 
     # --- plumbing ------------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -444,3 +445,17 @@ class Webhooks(_Resource):
 
     def delete(self, webhook) -> None:
         self._c._json("DELETE", f"/webhooks/{_ref(webhook)}")
+
+
+class Rounds(_Resource):
+    """Turns of the loop (`GET|POST /api/v1/projects/{id}/rounds`), on servers that have them."""
+
+    def list(self, project) -> list[dict]:
+        return self._c._json("GET", f"/projects/{_ref(project)}/rounds")["rounds"]
+
+    def start(self, project, **recipe) -> dict:
+        """Start the project's next round (its round recipe, overridden by `recipe`)."""
+        return self._c._json("POST", f"/projects/{_ref(project)}/rounds", json=recipe)
+
+    def judges(self, project) -> Any:
+        return self._c._json("GET", f"/projects/{_ref(project)}/judges")

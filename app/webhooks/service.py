@@ -30,6 +30,7 @@ EVENT_TYPES = (
     "job.succeeded",
     "job.failed",
     "model.registered",
+    "round.finished",
 )
 BATCHED_EVENTS = frozenset({"judgment.created"})
 """Written as batch items; the worker sends them many to a message, at most one message a second."""

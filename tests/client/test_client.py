@@ -194,3 +194,23 @@ def test_list_calls_page_through_everything(clients, tmp_path):
     for i in range(5):
         admin.models.add(f"m{i}", tmp_path / "ckpt", kind="policy")
     assert [m.name for m in admin.models.list(page_size=2)] == [f"m{i}" for i in reversed(range(5))]
+
+
+def test_cancel_and_failed_waits_raise(clients):
+    admin = clients["admin"]
+    project = admin.projects.create("Failing")
+    empty = admin.datasets.create(project)  # nothing judged yet: the export fails for good
+    queued = admin.datasets.create(project)
+    cancelled = admin.jobs.cancel(queued.job_id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(rankforge.JobFailedError) as stopped:
+        admin.jobs.wait(cancelled, timeout=5, progress=False)
+    assert stopped.value.job.status == "cancelled"
+    with pytest.raises(rankforge.ConflictError):
+        admin.jobs.cancel(queued.job_id)
+    assert run_one("w") == empty.job_id
+    with pytest.raises(rankforge.JobFailedError) as failed:
+        admin.datasets.wait(empty, timeout=10, poll=0.1, progress=False)
+    assert failed.value.job.status == "failed" and "nothing to export" in str(failed.value)
+    with pytest.raises(rankforge.WaitTimeout):
+        admin.jobs.wait(admin.jobs.start("export", project), timeout=0.3, poll=0.1, progress=False)
