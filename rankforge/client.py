@@ -208,6 +208,10 @@ class Projects(_Resource):
             data = data.to_list()
         return self.import_records(project, data, format=format, gold=gold)
 
+    def judges(self, project) -> Any:
+        """The project's AI judges (`GET /api/v1/projects/{id}/judges`), on servers that have them."""
+        return self._c._json("GET", f"/projects/{_ref(project)}/judges")
+
     def members(self, project) -> list[str]:
         """Usernames of the project's members (admin)."""
         return self._c._json("GET", f"/projects/{_ref(project)}/members")["usernames"]
@@ -456,6 +460,3 @@ class Rounds(_Resource):
     def start(self, project, **recipe) -> dict:
         """Start the project's next round (its round recipe, overridden by `recipe`)."""
         return self._c._json("POST", f"/projects/{_ref(project)}/rounds", json=recipe)
-
-    def judges(self, project) -> Any:
-        return self._c._json("GET", f"/projects/{_ref(project)}/judges")
