@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     lease_seconds: int = 1200
     """Default assignment lease for new projects."""
     max_import_bytes: int = 64 * 2**20
+    max_body_bytes: int = 8 * 2**20
+    """Largest request body of every route but imports (those take max_import_bytes); see app.bodylimit."""
     db_pool_size: int = 20
 
     worker_heartbeat_seconds: float = 3.0

@@ -160,6 +160,9 @@ def create_app() -> FastAPI:
     from app.openapi import install as install_openapi
 
     install_openapi(app)  # /openapi.json describes the errors and HTML answers the app really gives
+    from app.bodylimit import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware)  # bodies bounded, and anonymous ones refused, before anything reads them
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     # Outermost, outside Starlette's ServerErrorMiddleware, so a 500 gets the security headers too; the client
     # address is resolved (app.proxies) before anything reads it.
