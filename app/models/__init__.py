@@ -3,15 +3,18 @@
 from app.models.base import Base, start_of_day, utcnow
 from app.models.comparison import UNSCORED_GAP, Assignment, Comparison, Completion, Judgment, Prompt
 from app.models.dataset import DatasetSnapshot
-from app.models.job import TERMINAL_STATUSES, Job, JobKind, JobMetric, JobStatus, SchedulerLock
+from app.models.job import TERMINAL_STATUSES, Job, JobDependency, JobKind, JobMetric, JobStatus, SchedulerLock
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
 from app.models.registry import ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
+from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "REVIEW_RESOLUTIONS",
+    "ROUND_ACTIVE",
+    "ROUND_ENDED",
     "UNSCORED_GAP",
     "TERMINAL_STATUSES",
     "ApiToken",
@@ -25,6 +28,7 @@ __all__ = [
     "FlagReview",
     "GuidelineVersion",
     "Job",
+    "JobDependency",
     "JobKind",
     "JobMetric",
     "JobStatus",
@@ -37,6 +41,8 @@ __all__ = [
     "ProjectStatus",
     "Prompt",
     "Role",
+    "Round",
+    "RoundStatus",
     "SchedulerLock",
     "User",
     "WebhookDelivery",

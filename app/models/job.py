@@ -59,6 +59,16 @@ class JobMetric(IdMixin, CreatedMixin, Base):
     values: Mapped[dict] = mapped_column()
 
 
+class JobDependency(Base):
+    """`job_id` waits until `depends_on_id` has succeeded (claim skips it); a failed dependency stops it."""
+
+    __tablename__ = "job_dependency"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True,
+                                               index=True)
+
+
 class SchedulerLock(Base):
     """One row per named lock; the scheduler holds it by lease so one acts among many workers."""
 

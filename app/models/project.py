@@ -41,6 +41,8 @@ class Project(IdMixin, CreatedMixin, Base):
     guideline_version: Mapped[int] = mapped_column(default=1)
     schedule: Mapped[dict] = mapped_column(default=dict)
     """Retraining schedule: {"reward_every_pairs": N, "reward_every_minutes": T}."""
+    round_recipe: Mapped[dict] = mapped_column(default=dict)
+    """How a round of the loop runs (app.training.rounds.RoundRecipe); empty: the defaults."""
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
 
 
