@@ -193,16 +193,24 @@ def disable_endpoint(db: Session, endpoint: WebhookEndpoint, reason: str) -> Non
 # --- events ----------------------------------------------------------------------------------------------------
 
 
-def emit(db: Session, event_type: str, project_id: int | None, payload: dict) -> int:
-    """Queue `event_type` for every enabled endpoint that wants it (the project's and the global ones), in the
-    caller's transaction. Returns how many deliveries were queued. Cheap when no endpoint listens: one indexed
-    read of a small table."""
+def listeners(db: Session, project_id: int | None) -> list[tuple[int, list]]:
+    """(id, events) of the enabled endpoints of this project and the global ones: one indexed read."""
     query = select(WebhookEndpoint.id, WebhookEndpoint.events).where(WebhookEndpoint.enabled)
     if project_id is None:
         query = query.where(WebhookEndpoint.project_id.is_(None))
     else:
         query = query.where(or_(WebhookEndpoint.project_id == project_id, WebhookEndpoint.project_id.is_(None)))
-    targets = [endpoint_id for endpoint_id, events in db.execute(query) if "*" in events or event_type in events]
+    return [tuple(row) for row in db.execute(query)]
+
+
+def emit(db: Session, event_type: str, project_id: int | None, payload: dict, *,
+         endpoints: list[tuple[int, list]] | None = None) -> int:  # fmt: skip
+    """Queue `event_type` for every enabled endpoint that wants it (the project's and the global ones), in the
+    caller's transaction. Returns how many deliveries were queued. Cheap when no endpoint listens: one indexed
+    read of a small table (none when the caller passes the `listeners` it read already)."""
+    if endpoints is None:
+        endpoints = listeners(db, project_id)
+    targets = [endpoint_id for endpoint_id, events in endpoints if "*" in events or event_type in events]
     if not targets:
         return 0
     now = utcnow()
@@ -217,18 +225,22 @@ def emit(db: Session, event_type: str, project_id: int | None, payload: dict) ->
 
 
 def emit_judgment(db: Session, judgment, comparison) -> None:
-    """judgment.created, and comparison.completed when this judgment filled the comparison."""
+    """judgment.created, and comparison.completed when this judgment filled the comparison. On the rating loop's
+    path: one read of the listening endpoints, nothing more when there are none."""
+    endpoints = listeners(db, judgment.project_id)
+    if not endpoints:
+        return
     emit(db, "judgment.created", judgment.project_id, {
         "id": judgment.id, "assignment_id": judgment.assignment_id, "comparison_id": judgment.comparison_id,
         "project_id": judgment.project_id, "rater_id": judgment.rater_id, "ranking": judgment.ranking,
         "attributes": judgment.attributes, "flags": judgment.flags, "source": judgment.source,
         "created_at": judgment.created_at.isoformat() if judgment.created_at else None,
-    })  # fmt: skip
+    }, endpoints=endpoints)  # fmt: skip
     if not comparison.is_gold and comparison.n_judgments >= comparison.required:
         emit(db, "comparison.completed", comparison.project_id, {
             "id": comparison.id, "project_id": comparison.project_id, "judgments": comparison.n_judgments,
             "required": comparison.required,
-        })  # fmt: skip
+        }, endpoints=endpoints)  # fmt: skip
 
 
 def emit_job(db: Session, job) -> None:
