@@ -38,3 +38,11 @@ def job_metrics(job_id: Id, db: DbSession, principal: Staff):
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: Id, db: DbSession, principal: Staff):
     return service.job_json(service.request_cancel(db, service.get_job(db, job_id)))
+
+
+@router.post("/{job_id}/retry")
+def retry_job(job_id: Id, db: DbSession, principal: Staff):
+    """A failed or cancelled job back in the queue, with the jobs waiting on it that its failure stopped."""
+    job = service.get_job(db, job_id)
+    service.retry(db, job)
+    return service.job_json(job)
