@@ -282,3 +282,24 @@ def test_pages_show_the_secret_once_and_redeliver(client, users, receiver):
     off = client.post(f"/webhooks/{endpoint['id']}/enabled", data={}, headers=html, follow_redirects=False)
     assert off.status_code == 303
     assert client.get(f"/api/v1/webhooks/{endpoint['id']}", headers=admin["headers"]).json()["enabled"] is False
+
+
+def test_outbox_follows_the_transaction_and_project_scoping(client, users, receiver, db):
+    from sqlalchemy import func
+
+    from app.db import session_scope
+    from app.webhooks.service import emit
+
+    admin = users.create("admin", "admin")
+    one, two = make_project(client, admin, name="One"), make_project(client, admin, name="Two")
+    scoped = add_endpoint(client, admin, receiver.url, ["dataset.ready"], project_id=one["id"])
+    everywhere = add_endpoint(client, admin, receiver.url, ["*"])
+    with session_scope(write=True) as session:
+        assert emit(session, "dataset.ready", one["id"], {"id": 1}) == 2
+        assert emit(session, "dataset.ready", two["id"], {"id": 2}) == 1  # the global endpoint only
+        assert emit(session, "job.failed", one["id"], {"id": 3}) == 1
+    with pytest.raises(RuntimeError), session_scope(write=True) as session:
+        emit(session, "dataset.ready", one["id"], {"id": 4})
+        raise RuntimeError("the change that caused the event is rolled back, and the event with it")
+    rows = db.execute(select(WebhookDelivery.endpoint_id, func.count()).group_by(WebhookDelivery.endpoint_id)).all()
+    assert dict(rows) == {scoped["id"]: 1, everywhere["id"]: 3}
