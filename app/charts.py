@@ -514,8 +514,10 @@ def line_chart(title: str, x: Sequence, series: Mapping[str, Sequence[float | No
         radius = 2.5 if points and len(finite) <= 60 else 1.5
         for i in shown:
             tip = f"{name} · {scale.labels[i]}: {_with_unit(float(ys[i]), y_axis)}"
-            parts.append(f'<circle class="mark" cx="{x_of(scale.positions[i]):.1f}" cy="{y_of(float(ys[i])):.1f}" '
-                         f'r="{radius}" fill="{colour}"><title>{escape(tip)}</title></circle>')  # fmt: skip
+            cx, cy = x_of(scale.positions[i]), y_of(float(ys[i]))
+            parts.append(f'<g class="mark"><title>{escape(tip)}</title>'  # a wider transparent target for hovering
+                         f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="7" fill="transparent"/>'
+                         f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius}" fill="{colour}"/></g>')  # fmt: skip
         parts.append("</g>")
     return _figure(parts, _table(title, x_axis, scale.labels, series, y_axis))
 
@@ -563,11 +565,19 @@ def bar_chart(title: str, x: Sequence, values: Sequence[float | None], *, x_axis
             continue
         top, base = y_of(max(float(value), 0.0)), y_of(min(float(value), 0.0))
         tip = f"{scale.labels[i]}: {_with_unit(float(value), y_axis)}"
-        parts.append(f'<rect class="mark" x="{x_of(scale.positions[i]) - bar_width / 2:.1f}" y="{top:.1f}" '
-                     f'width="{bar_width:.1f}" height="{max(base - top, 0.0):.1f}" fill="{colour}">'
-                     f"<title>{escape(tip)}</title></rect>")  # fmt: skip
+        parts.append(_bar(x_of(scale.positions[i]) - bar_width / 2, bar_width, top, base, frame, colour, tip))
     parts.append("</g>")
     return _figure(parts, _table(title, x_axis, scale.labels, {y_axis.title: values}, y_axis))
+
+
+def _bar(x: float, width: float, top: float, base: float, frame: _Frame, colour: str, tip: str) -> str:
+    """A bar and, behind it, a transparent column the height of the plot: hovering anywhere above a short (or
+    zero) bar still shows its value."""
+    return (f'<g class="mark"><title>{escape(tip)}</title>'
+            f'<rect x="{x:.1f}" y="{frame.top}" width="{width:.1f}" height="{frame.bottom - frame.top:.1f}" '
+            'fill="transparent"/>'
+            f'<rect x="{x:.1f}" y="{top:.1f}" width="{width:.1f}" height="{max(base - top, 0.0):.1f}" '
+            f'fill="{colour}"/></g>')  # fmt: skip
 
 
 def histogram(title: str, counts: Sequence[int], edges: Sequence[float], *, x_axis: Axis, y_axis: Axis,
@@ -601,8 +611,7 @@ def histogram(title: str, counts: Sequence[int], edges: Sequence[float], *, x_ax
         top = y_of(float(count))
         unit = f" {x_axis.unit}" if x_axis.unit else ""
         tip = f"{format_number(a)}–{format_number(b)}{unit}: {format_number(count)}"
-        parts.append(f'<rect class="mark" x="{left + 0.5:.1f}" y="{top:.1f}" width="{max(right - left - 1, 0.5):.1f}" '
-                     f'height="{max(frame.bottom - top, 0.0):.1f}" fill="{colour}"><title>{escape(tip)}</title></rect>')  # fmt: skip
+        parts.append(_bar(left + 0.5, max(right - left - 1, 0.5), top, frame.bottom, frame, colour, tip))
     parts.append("</g>")
     return _figure(parts, _table(title, x_axis, labels, {y_axis.title: list(counts)}, y_axis))
 
