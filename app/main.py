@@ -135,6 +135,7 @@ def create_app() -> FastAPI:
     from app.tasks.pages import router as task_pages
     from app.tasks.router import router as tasks_api
     from app.training.pages import router as training_pages
+    from app.training.router import rounds_router as rounds_api
     from app.training.router import router as training_api
     from app.users.pages import router as user_pages
     from app.users.router import router as users_api
@@ -145,6 +146,7 @@ def create_app() -> FastAPI:
     app.include_router(dataset_pages)
     app.include_router(job_pages)
     app.include_router(training_pages)
+    app.include_router(rounds_api)
     app.include_router(model_pages)
     from app.webhooks.pages import router as webhook_pages
     from app.webhooks.router import router as webhooks_api

@@ -10,6 +10,7 @@ from app.datasets.tasks import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.training.kinds import TRAINING_KINDS
+from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
 from app.training.tasks import run_training_job
 
@@ -17,8 +18,9 @@ HANDLERS: dict[str, Handler] = {
     "export": run_export_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
 }
-IDLE_TASKS: list[IdleTask] = [schedule_training]
-"""Run with the worker id whenever the queue is empty: retraining schedules (under a lock: one worker acts)."""
+IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]
+"""Run with the worker id whenever the queue is empty: retraining schedules and rounds (each under a lease lock:
+one worker acts)."""
 
 
 def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:

@@ -3,7 +3,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.limits import Input, PositiveInt4
+from app.limits import Input, PositiveInt4, varchar
+from app.models import Comparison
 
 
 class DatasetFilters(Input):
@@ -17,6 +18,11 @@ class DatasetFilters(Input):
     exclude_gold: bool = False
     sources: list[Literal["human", "imported", "ai"]] = Field(
         default=["human", "imported"], description="Which judgments count: human, imported, ai."
+    )
+    batches: list[varchar(Comparison.batch)] | None = Field(default=None, max_length=1000,
+                                      description="Only comparisons of these batches; None keeps every batch.")
+    exclude_prompt_ids: list[PositiveInt4] = Field(
+        default=[], max_length=100_000, description="Leave out these prompts (a round's evaluation prompts)."
     )
 
 

@@ -114,6 +114,10 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
         query = query.where(Judgment.rater_id.is_(None) | Judgment.rater_id.not_in(ids))
     if filters.exclude_gold:
         query = query.where(~Comparison.is_gold)
+    if filters.batches is not None:
+        query = query.where(Comparison.batch.in_(filters.batches))
+    if filters.exclude_prompt_ids:
+        query = query.where(Comparison.prompt_id.not_in(filters.exclude_prompt_ids))
     return query
 
 

@@ -18,6 +18,10 @@ APP_PARAMS = {
     "snapshot": "spec of the fresh snapshot taken when no dataset is given (format, filters, split)",
     "arena": "generate: also pair each new completion with the newest completion of every other model",
     "max_prompts": "generate/ppo/grpo/rloo: use at most this many of the project's prompts (newest first)",
+    "prompt_ids": "generate/score/ppo/grpo/rloo: only these prompts of the project (a round's prompts)",
+    "base_model_from": "id of a job this one depends on: its model version becomes the base when this job starts",
+    "reward_model_from": "id of a job this one depends on: its model version becomes the reward model",
+    "round_id": "the round this job is a step of (set by the round driver)",
 }
 """Job params the app reads itself; every other key is a trainer hyperparameter (trainer.params)."""
 

@@ -24,14 +24,14 @@ LEASE_SECONDS = 60.0
 log = logging.getLogger("rankforge.scheduler")
 
 
-def acquire_lock(db: Session, holder: str, lease_seconds: float = LEASE_SECONDS) -> bool:
-    """Take or renew the scheduler lease; True when `holder` holds it now."""
+def acquire_lock(db: Session, holder: str, lease_seconds: float = LEASE_SECONDS, *, name: str = LOCK_NAME) -> bool:
+    """Take or renew the lease named `name` (the scheduler's by default); True when `holder` holds it now."""
     insert = (sqlite.insert if is_sqlite(db) else postgresql.insert)(SchedulerLock)
-    db.execute(insert.values(name=LOCK_NAME, holder=None, expires_at=None).on_conflict_do_nothing())
+    db.execute(insert.values(name=name, holder=None, expires_at=None).on_conflict_do_nothing())
     now = utcnow()
     taken = db.execute(
         update(SchedulerLock)
-        .where(SchedulerLock.name == LOCK_NAME,
+        .where(SchedulerLock.name == name,
                or_(SchedulerLock.expires_at.is_(None), SchedulerLock.expires_at < now, SchedulerLock.holder == holder))
         .values(holder=holder, expires_at=now + timedelta(seconds=lease_seconds))
     )  # fmt: skip

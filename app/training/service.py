@@ -20,6 +20,12 @@ def validated_params(kind: str, params: dict | None) -> tuple[dict, dict]:
     app_params, trainer_params = split_params(params)
     if app_params.get("launcher", "python") not in ("python", "accelerate"):
         raise Unprocessable("params.launcher must be 'python' or 'accelerate'.")
+    ids = app_params.get("prompt_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, int) and i > 0 for i in ids)):
+        raise Unprocessable("params.prompt_ids must be a list of prompt ids.")
+    for name in ("base_model_from", "reward_model_from", "round_id"):
+        if app_params.get(name) is not None and not (isinstance(app_params[name], int) and app_params[name] > 0):
+            raise Unprocessable(f"params.{name} must be an id.")
     try:
         parse_params(kind, trainer_params)
     except ValueError as error:
@@ -35,7 +41,7 @@ def _resolve_version(db: Session, ref, kind: str, project: Project) -> ModelVers
 
 def create_training_job(db: Session, project: Project, kind: str, *, dataset_id: int | None = None,
                         base_model=None, reward_model=None, params: dict | None = None,
-                        actor: User | None = None) -> Job:  # fmt: skip
+                        actor: User | None = None, depends_on: list[int] | tuple = ()) -> Job:  # fmt: skip
     """Queue a training job with every default resolved now, so the job page shows what will run."""
     kind = str(kind)
     if kind not in TRAINING_KINDS:
@@ -69,6 +75,6 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
                                 "(a reward job) or pass reward_model.")  # fmt: skip
     job = create_job(db, kind, project_id=project.id, params=app_params | trainer_params, dataset_id=dataset_id,
                      base_model_id=base.id if base else None, reward_model_id=reward.id if reward else None,
-                     actor=actor)  # fmt: skip
+                     actor=actor, depends_on=depends_on)  # fmt: skip
     audit(db, actor, "job.create", "job", job.id, kind=kind)
     return job

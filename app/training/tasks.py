@@ -53,8 +53,10 @@ def _prompt_value(prompt: Prompt):
     return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
 
 
-def write_prompts(db: Session, project: Project, path: Path, limit: int | None) -> int:
+def write_prompts(db: Session, project: Project, path: Path, limit: int | None, prompt_ids: list | None = None) -> int:
     query = select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id.desc())
+    if prompt_ids is not None:
+        query = query.where(Prompt.id.in_([int(i) for i in prompt_ids]))
     if limit:
         query = query.limit(int(limit))
     n = 0
@@ -67,10 +69,14 @@ def write_prompts(db: Session, project: Project, path: Path, limit: int | None) 
     return n
 
 
-def write_score_prompts(db: Session, project: Project, path: Path) -> int:
-    """Every prompt of an open comparison with its completions, for the reward model to score."""
-    comparisons = db.scalars(select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold,
-                                                      Comparison.n_judgments < Comparison.required))  # fmt: skip
+def write_score_prompts(db: Session, project: Project, path: Path, prompt_ids: list | None = None) -> int:
+    """Every prompt of an open comparison with its completions (of `prompt_ids` when given), for the reward
+    model to score."""
+    query = select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold,
+                                     Comparison.n_judgments < Comparison.required)  # fmt: skip
+    if prompt_ids is not None:
+        query = query.where(Comparison.prompt_id.in_([int(i) for i in prompt_ids]))
+    comparisons = db.scalars(query)
     by_prompt: dict[int, set[int]] = collections.defaultdict(set)
     for comparison in comparisons:
         by_prompt[comparison.prompt_id].update(comparison.completion_ids)
@@ -114,8 +120,24 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _models_from_dependencies(ctx: JobContext) -> None:
+    """Params base_model_from / reward_model_from: the model version a job this one depends on registered
+    becomes this job's base / reward model now that it exists (a round chains its steps this way)."""
+    with session_scope(write=True) as db:
+        job = db.get(Job, ctx.job_id)
+        for param, column in (("base_model_from", "base_model_id"), ("reward_model_from", "reward_model_id")):
+            if job.params.get(param) is None:
+                continue
+            source = db.get(Job, int(job.params[param]))
+            version_id = ((source.result or {}).get("model_version_id") if source else None)
+            if version_id is None:
+                raise JobFailed(f"{param}: job {job.params[param]} registered no model version.")
+            setattr(job, column, int(version_id))
+
+
 def run_training_job(ctx: JobContext) -> dict:
     """The worker's handler for every training kind."""
+    _models_from_dependencies(ctx)
     with session_scope() as db:
         job = db.get(Job, ctx.job_id)
         project = db.get(Project, job.project_id)
@@ -143,10 +165,10 @@ def run_training_job(ctx: JobContext) -> dict:
             project = db.get(Project, project.id)
             if kind == "score":
                 prompts_path = work / "prompts.jsonl"
-                write_score_prompts(db, project, prompts_path)
+                write_score_prompts(db, project, prompts_path, app_params.get("prompt_ids"))
             elif kind in PROMPT_KINDS and (snapshot is None or kind == "generate"):
                 prompts_path = work / "prompts.jsonl"
-                write_prompts(db, project, prompts_path, app_params.get("max_prompts"))
+                write_prompts(db, project, prompts_path, app_params.get("max_prompts"), app_params.get("prompt_ids"))
         try:
             spec = JobSpec(kind=kind, job_id=ctx.job_id, base_model=base_path, reward_model=reward_path,
                            dataset_path=str(snapshot.path) if snapshot else None,

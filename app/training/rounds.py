@@ -1,0 +1,621 @@
+"""Rounds: the loop running itself. One round of a project is
+
+    generating  the current policy samples `samples_per_prompt` completions for the round's prompts (a generate
+                job); comparisons enter the queue; a score job orders them by reward-model uncertainty when a
+                reward model exists
+    rating      raters rate until the round's comparisons are complete (or a share of them, or a deadline)
+    training    a snapshot of the judgments so far (evaluation prompts left out) -> reward model retrained when
+                the recipe says (always for ppo/grpo/rloo) -> policy update (dpo, kto, ppo, grpo, rloo)
+    evaluating  the new version and the previous one answer the held-out evaluation prompts; those pairs go to
+                raters (arena comparisons); a score job scores them with the round's reward model
+    done        metrics: human win rate of new over previous (ties half a win, 95% Wilson interval), reward
+                accuracy on judgments made after the reward model's snapshot, KL, mean reward score
+
+Every step is an ordinary job (visible on the jobs pages) chained to the previous one by a job dependency, so
+the queue runs a stage's jobs back to back; the round row only remembers which jobs are its steps. Its state
+is derived from theirs by `advance`, which the worker calls between jobs (`tick`, under a lease lock so one
+worker acts): a worker killed mid-round leaves jobs the queue retries, and the next tick carries on. A failed
+step fails the round with the job linked; `retry_step` re-queues it (and the steps it stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.audit import audit
+from app.db import session_scope
+from app.errors import Conflict, NotFound, RankforgeError, Unprocessable
+from app.jobs import service as jobs
+from app.limits import Input
+from app.models import (
+    ROUND_ACTIVE,
+    Comparison,
+    Completion,
+    DatasetSnapshot,
+    Job,
+    JobStatus,
+    Judgment,
+    ModelVersion,
+    Project,
+    ProjectStatus,
+    Prompt,
+    Round,
+    RoundStatus,
+    User,
+    utcnow,
+)
+from app.registry.service import newest_version
+from app.training.scheduler import acquire_lock
+from app.training.service import create_training_job, validated_params
+from app.training.tasks import job_dir
+from app.webhooks.service import emit
+
+log = logging.getLogger("rankforge.rounds")
+
+LOCK_NAME = "rounds"
+POLICY_UPDATES = ("dpo", "kto", "ppo", "grpo", "rloo")
+NEEDS_REWARD = ("ppo", "grpo", "rloo")
+STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generating,
+              "reward": RoundStatus.training, "policy": RoundStatus.training,
+              "eval_previous": RoundStatus.evaluating, "eval": RoundStatus.evaluating,
+              "eval_score": RoundStatus.evaluating}  # fmt: skip
+"""Each step's job and the stage it belongs to (a retried step puts the round back in that stage)."""
+Z95 = 1.959963984540054
+
+
+class RoundRecipe(Input):
+    """A project's settings for its rounds (stored in project.round_recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_batch: str | None = Field(default=None, max_length=100,
+                                   description="Generate for the prompts of this batch; None: every prompt.")
+    prompts_per_round: int = Field(default=32, ge=1, le=100_000, description="Unused pool prompts per round.")
+    samples_per_prompt: int = Field(default=2, ge=2, le=16, description="Completions sampled per prompt.")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=64, ge=1, le=32_768)
+    policy_update: Literal["dpo", "kto", "ppo", "grpo", "rloo"] = "dpo"
+    update_params: dict = Field(default={}, description="Hyperparameters of the policy update (trainer.params).")
+    retrain_reward: bool = Field(default=True, description="Retrain the reward model each round (always for "
+                                                           "ppo, grpo and rloo).")  # fmt: skip
+    reward_params: dict = Field(default={}, description="Hyperparameters of the reward job.")
+    train_on: Literal["all", "round"] = Field(default="all", description="all: every judgment so far (earlier "
+                                              "rounds' too); round: this round's comparisons only.")  # fmt: skip
+    score_before_rating: bool = Field(default=True, description="Order the round's comparisons by reward-model "
+                                      "uncertainty (a score job) when a reward model exists.")  # fmt: skip
+    eval_fraction: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of the pool held out for "
+                                 "evaluation, never trained on.")  # fmt: skip
+    eval_min_prompts: int = Field(default=20, ge=0, le=100_000,
+                                  description="At least this many evaluation prompts when the pool allows.")
+    eval_prompt_ids: list[int] = Field(default=[], max_length=100_000,
+                                       description="The evaluation prompts (chosen once, then fixed).")
+    complete_share: float = Field(default=1.0, gt=0.0, le=1.0,
+                                  description="Train once this share of the round's comparisons is complete.")
+    deadline_minutes: float | None = Field(default=None, gt=0, description="Or once rating took this long.")
+    eval_complete_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    eval_deadline_minutes: float | None = Field(default=None, gt=0)
+    auto_after_previous: bool = Field(default=False, description="Start the next round when one finishes.")
+    auto_every_minutes: float | None = Field(default=None, gt=0, description="Start one every T minutes...")
+    auto_min_judgments: int = Field(default=0, ge=0, le=2**31 - 1,
+                                    description="...once at least this many new judgments exist.")
+
+
+def get_recipe(project: Project) -> RoundRecipe:
+    return RoundRecipe.model_validate(project.round_recipe or {})
+
+
+def set_recipe(db: Session, project: Project, values: dict, actor: User | None = None) -> RoundRecipe:
+    """Update the recipe with `values` (unknown keys and bad values: 422; the update's and reward's
+    hyperparameters are checked against the trainer's)."""
+    try:
+        recipe = RoundRecipe.model_validate((project.round_recipe or {}) | dict(values))
+    except ValidationError as error:
+        raise Unprocessable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
+    validated_params(recipe.policy_update, recipe.update_params)
+    validated_params("reward", recipe.reward_params)
+    if recipe.eval_prompt_ids:
+        found = set(db.scalars(select(Prompt.id).where(Prompt.project_id == project.id,
+                                                       Prompt.id.in_(recipe.eval_prompt_ids))))  # fmt: skip
+        missing = [i for i in recipe.eval_prompt_ids if i not in found]
+        if missing:
+            raise Unprocessable(f"eval_prompt_ids: no prompt {missing[0]} in project {project.slug}.")
+    project.round_recipe = recipe.model_dump(mode="json")
+    audit(db, actor, "project.round_recipe", "project", project.id)
+    return recipe
+
+
+def _pool(db: Session, project: Project, recipe: RoundRecipe) -> list[int]:
+    query = select(Prompt.id).where(Prompt.project_id == project.id).order_by(Prompt.priority.desc(), Prompt.id)
+    if recipe.pool_batch:
+        query = query.where(Prompt.batch == recipe.pool_batch)
+    return list(db.scalars(query))
+
+
+def ensure_eval_prompts(db: Session, project: Project, recipe: RoundRecipe) -> list[int]:
+    """The fixed evaluation prompts, held out of the pool the first time they are needed: eval_fraction of it,
+    at least eval_min_prompts when the pool has twice as many (a seeded draw, so it is reproducible)."""
+    if recipe.eval_prompt_ids or recipe.eval_fraction == 0:
+        return recipe.eval_prompt_ids
+    used = set(_used_prompts(db, project))
+    pool = [i for i in _pool(db, project, recipe) if i not in used]
+    wanted = max(round(recipe.eval_fraction * len(pool)), min(recipe.eval_min_prompts, len(pool) // 2))
+    chosen = sorted(random.Random(project.id).sample(pool, min(wanted, len(pool))))
+    recipe.eval_prompt_ids = chosen
+    project.round_recipe = recipe.model_dump(mode="json")
+    return chosen
+
+
+def _used_prompts(db: Session, project: Project) -> list[int]:
+    used: list[int] = []
+    for ids in db.scalars(select(Round.prompt_ids).where(Round.project_id == project.id,
+                                                         Round.status != RoundStatus.cancelled)):  # fmt: skip
+        used += ids or []
+    return used
+
+
+def _active_round(db: Session, project_id: int) -> Round | None:
+    return db.scalar(select(Round).where(Round.project_id == project_id, Round.status.in_(list(ROUND_ACTIVE)))
+                     .order_by(Round.number.desc()).limit(1))  # fmt: skip
+
+
+def _last_round(db: Session, project_id: int) -> Round | None:
+    return db.scalar(select(Round).where(Round.project_id == project_id).order_by(Round.number.desc()).limit(1))
+
+
+def current_policy(db: Session, project: Project) -> ModelVersion | None:
+    """The policy the next round starts from: the newest one a finished round made, else the project's newest."""
+    made = db.scalar(select(Round.new_policy_version_id).where(Round.project_id == project.id,
+                                                               Round.status == RoundStatus.done,
+                                                               Round.new_policy_version_id.is_not(None))
+                     .order_by(Round.number.desc()).limit(1))  # fmt: skip
+    return db.get(ModelVersion, made) if made else newest_version(db, "policy", project.id)
+
+
+def start_round(db: Session, project: Project, *, actor: User | None = None, trigger: str = "manual") -> Round:
+    """Round N+1: queue its generate job (and the score job that waits for it). 409 while a round runs."""
+    active = _active_round(db, project.id)
+    if active is not None:
+        raise Conflict(f"Round {active.number} of {project.slug} is still {active.status}.")
+    recipe = get_recipe(project)
+    eval_ids = set(ensure_eval_prompts(db, project, recipe))
+    used = set(_used_prompts(db, project))
+    prompts = [i for i in _pool(db, project, recipe) if i not in eval_ids and i not in used][: recipe.prompts_per_round]
+    if not prompts:
+        raise Conflict(f"No unused prompts left in {project.slug}'s pool"
+                       f"{f' (batch {recipe.pool_batch})' if recipe.pool_batch else ''}: import more.")  # fmt: skip
+    policy = current_policy(db, project)
+    if policy is None:
+        raise Unprocessable("No policy model version is registered: register one (`rankforge models add` or "
+                            "`rankforge models init-tiny`).")  # fmt: skip
+    last = _last_round(db, project.id)
+    now = utcnow()
+    round_ = Round(project_id=project.id, number=(last.number if last else 0) + 1, status=RoundStatus.generating,
+                   recipe=recipe.model_dump(mode="json"), trigger=trigger[:200], prompt_ids=prompts,
+                   policy_version_id=policy.id, started_at=now, stage_started_at=now,
+                   created_by_id=actor.id if actor else None)  # fmt: skip
+    db.add(round_)
+    db.flush()
+    sampling = {"temperature": recipe.temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
+    generate = create_training_job(db, project, "generate", base_model=policy.id, actor=actor,
+                                   params={"num_completions": recipe.samples_per_prompt, **sampling,
+                                           "prompt_ids": prompts, "round_id": round_.id})  # fmt: skip
+    steps = {"generate": generate.id}
+    reward = newest_version(db, "reward", project.id)
+    if recipe.score_before_rating and reward is not None:
+        score = create_training_job(db, project, "score", reward_model=reward.id, actor=actor,
+                                    params={"prompt_ids": prompts, "round_id": round_.id},
+                                    depends_on=[generate.id])  # fmt: skip
+        steps["score"] = score.id
+    round_.jobs = steps
+    for job_id in steps.values():
+        _label(db, job_id, round_, "generating")
+    audit(db, actor, "round.start", "round", round_.id, project_id=project.id, number=round_.number, trigger=trigger)
+    return round_
+
+
+def _label(db: Session, job_id: int, round_: Round, stage: str) -> None:
+    job = db.get(Job, job_id)
+    if not jobs.dependencies(db, job_id):
+        job.message = f"queued: round {round_.number}, {stage}"
+
+
+def _jobs(db: Session, round_: Round, steps: tuple[str, ...] | None = None) -> dict[str, Job]:
+    wanted = {name: job_id for name, job_id in (round_.jobs or {}).items() if steps is None or name in steps}
+    found = {job.id: job for job in db.scalars(select(Job).where(Job.id.in_(list(wanted.values()))))}
+    return {name: found[job_id] for name, job_id in wanted.items() if job_id in found}
+
+
+def _stage_done(db: Session, round_: Round, steps: tuple[str, ...]) -> bool | None:
+    """True: every step of the stage succeeded; None: one failed (the round is failed now); False: running."""
+    stage_jobs = _jobs(db, round_, steps)
+    bad = [job for job in stage_jobs.values() if job.status in (JobStatus.failed, JobStatus.cancelled)]
+    if bad:
+        root = next((j for j in bad if j.message != jobs.STOPPED_BY_DEPENDENCY), bad[0])
+        _fail(db, round_, root)
+        return None
+    return all(job.status == JobStatus.succeeded for job in stage_jobs.values())
+
+
+def _fail(db: Session, round_: Round, job: Job) -> None:
+    round_.status, round_.failed_job_id, round_.finished_at = RoundStatus.failed, job.id, utcnow()
+    step = next((name for name, job_id in round_.jobs.items() if job_id == job.id), job.kind)
+    round_.error = f"Step {step} (job {job.id}, {job.kind}) {job.status}: {job.error or job.message}"[:4000]
+    log.warning("round %s of project %s failed: %s", round_.number, round_.project_id, round_.error)
+
+
+def _next_stage(round_: Round, status: str) -> None:
+    now = utcnow()
+    if round_.stage_started_at is not None:
+        round_.step_times = dict(round_.step_times or {}) | {
+            round_.status: round(((now - round_.stage_started_at).total_seconds()), 3)}
+    round_.status, round_.stage_started_at = status, now
+
+
+def _share_complete(db: Session, comparison_ids: list[int]) -> tuple[int, int]:
+    """(complete, total) of these comparisons."""
+    if not comparison_ids:
+        return 0, 0
+    complete = db.scalar(select(func.count()).select_from(Comparison).where(
+        Comparison.id.in_(comparison_ids), Comparison.n_judgments >= Comparison.required))  # fmt: skip
+    return int(complete or 0), len(comparison_ids)
+
+
+def _rated_enough(db: Session, ids: list[int], share: float, deadline: float | None, since) -> bool:
+    complete, total = _share_complete(db, ids)
+    if total == 0 or complete >= math.ceil(share * total - 1e-9):
+        return True
+    return deadline is not None and since is not None and utcnow() - since >= timedelta(minutes=deadline)
+
+
+def advance(db: Session, round_: Round) -> str:
+    """Move the round on as far as its jobs and ratings allow; returns its status."""
+    project = db.get(Project, round_.project_id)
+    recipe = RoundRecipe.model_validate(round_.recipe or {})
+    if round_.status == RoundStatus.generating:
+        done = _stage_done(db, round_, ("generate", "score"))
+        if done:
+            generate = _jobs(db, round_, ("generate",))["generate"]
+            round_.comparison_ids = list((generate.result or {}).get("comparison_ids") or [])
+            _next_stage(round_, RoundStatus.rating)
+    if round_.status == RoundStatus.rating and _rated_enough(
+        db, round_.comparison_ids, recipe.complete_share, recipe.deadline_minutes, round_.stage_started_at
+    ):
+        savepoint = db.begin_nested()
+        try:
+            _start_training(db, round_, project, recipe)
+        except RankforgeError as error:  # e.g. no reward model for a ppo update: the round cannot go on
+            savepoint.rollback()
+            round_.status, round_.finished_at = RoundStatus.failed, utcnow()
+            round_.error = f"Training could not start: {error.detail}"
+            return round_.status
+        savepoint.commit()
+        _next_stage(round_, RoundStatus.training)
+    if round_.status == RoundStatus.training:
+        done = _stage_done(db, round_, ("reward", "policy"))
+        if done:
+            steps = _jobs(db, round_, ("reward", "policy"))
+            policy = steps["policy"]
+            round_.new_policy_version_id = (policy.result or {}).get("model_version_id")
+            round_.dataset_id = (policy.result or {}).get("dataset_id") or policy.dataset_id
+            if "reward" in steps:
+                round_.reward_version_id = (steps["reward"].result or {}).get("model_version_id")
+                round_.dataset_id = round_.dataset_id or steps["reward"].dataset_id
+            _next_stage(round_, RoundStatus.evaluating)
+    if round_.status == RoundStatus.evaluating:
+        done = _stage_done(db, round_, ("eval_previous", "eval", "eval_score"))
+        if done:
+            steps = _jobs(db, round_, ("eval", "eval_score"))
+            if "eval" in steps and not round_.eval_comparison_ids:
+                round_.eval_comparison_ids = list((steps["eval"].result or {}).get("comparison_ids") or [])
+            if "eval_score" in steps and not round_.eval_scores:
+                round_.eval_scores = _read_scores(steps["eval_score"].id)
+            if _rated_enough(db, round_.eval_comparison_ids, recipe.eval_complete_share,
+                             recipe.eval_deadline_minutes, round_.stage_started_at):  # fmt: skip
+                _finish(db, round_, project)
+    return round_.status
+
+
+def _read_scores(job_id: int) -> dict:
+    path = job_dir(job_id) / "output" / "scores.jsonl"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return {str(row["completion_id"]): float(row["score"]) for row in rows}
+
+
+def _start_training(db: Session, round_: Round, project: Project, recipe: RoundRecipe) -> None:
+    """Queue the training stage and the evaluation after it, chained by job dependencies."""
+    eval_ids = list(get_recipe(project).eval_prompt_ids or recipe.eval_prompt_ids)
+    filters: dict = {"date_to": utcnow().isoformat(), "exclude_prompt_ids": eval_ids}
+    if recipe.train_on == "round":
+        filters["batches"] = [f"job-{round_.jobs['generate']}"]
+    tag = {"round_id": round_.id}
+    steps = dict(round_.jobs)
+    update = recipe.policy_update
+    reward_job = None
+    if recipe.retrain_reward or update in NEEDS_REWARD:
+        reward_job = create_training_job(db, project, "reward", base_model=round_.policy_version_id,
+                                         params=recipe.reward_params | tag | {"snapshot": {"filters": filters}})  # fmt: skip
+        steps["reward"] = reward_job.id
+    params = recipe.update_params | tag
+    if update in ("dpo", "kto"):
+        params["snapshot"] = {"filters": filters}
+    else:
+        params["prompt_ids"] = list(round_.prompt_ids)
+        if reward_job is not None:
+            params["reward_model_from"] = reward_job.id
+    policy_job = create_training_job(db, project, update, base_model=round_.policy_version_id, params=params,
+                                     depends_on=[reward_job.id] if reward_job else [])  # fmt: skip
+    steps["policy"] = policy_job.id
+    if eval_ids:
+        sampling = {"temperature": recipe.temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens,
+                    "num_completions": 1, "prompt_ids": eval_ids} | tag  # fmt: skip
+        waits = [policy_job.id]
+        answered = db.scalar(select(Completion.id).where(Completion.prompt_id.in_(eval_ids),
+                                                         Completion.model_version_id == round_.policy_version_id)
+                             .limit(1))  # fmt: skip
+        if answered is None:  # the previous policy has not answered the evaluation prompts yet (round 1)
+            previous = create_training_job(db, project, "generate", base_model=round_.policy_version_id,
+                                           params=dict(sampling))  # fmt: skip
+            steps["eval_previous"] = previous.id
+            waits.append(previous.id)
+        evaluate = create_training_job(db, project, "generate", base_model=round_.policy_version_id,
+                                       params=sampling | {"arena": True, "base_model_from": policy_job.id},
+                                       depends_on=waits)  # fmt: skip
+        steps["eval"] = evaluate.id
+        reward = newest_version(db, "reward", project.id)
+        if reward is not None:
+            score = create_training_job(db, project, "score", reward_model=reward.id if reward else None,
+                                        params={"prompt_ids": eval_ids, **tag}
+                                        | ({"reward_model_from": reward_job.id} if reward_job else {}),
+                                        depends_on=[evaluate.id])  # fmt: skip
+            steps["eval_score"] = score.id
+    round_.jobs = steps
+    for name in ("reward", "policy", "eval_previous"):
+        if name in steps:
+            _label(db, steps[name], round_, "training" if name != "eval_previous" else "evaluating")
+
+
+def _finish(db: Session, round_: Round, project: Project) -> None:
+    _next_stage(round_, RoundStatus.done)
+    round_.finished_at = utcnow()
+    round_.metrics = round_metrics(db, round_)
+    emit(db, "round.finished", project.id, round_json(db, round_))
+    log.info("round %s of %s done: %s", round_.number, project.slug, round_.metrics)
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(wins: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a share (wins may hold halves: ties count half a win)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = wins / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _outcome(ranking: list, a: int, b: int) -> float | None:
+    """1 when a is ranked above b, 0 when below, 0.5 when tied; None when either is missing."""
+    rank = {c: i for i, group in enumerate(ranking or []) for c in group}
+    if a not in rank or b not in rank:
+        return None
+    return 1.0 if rank[a] < rank[b] else 0.0 if rank[a] > rank[b] else 0.5
+
+
+def head_to_head(db: Session, comparison_ids: list[int], new_id: int | None, old_id: int | None) -> dict:
+    """Human (and AI) verdicts of version new_id against old_id on these comparisons: ties half a win."""
+    if not comparison_ids or new_id is None or old_id is None:
+        return {"win_rate": None, "win_rate_ci": None, "battles": 0}
+    comparisons = {c.id: c.completion_ids for c in db.scalars(select(Comparison).where(
+        Comparison.id.in_(comparison_ids)))}  # fmt: skip
+    all_ids = {c for ids in comparisons.values() for c in ids}
+    version = dict(db.execute(select(Completion.id, Completion.model_version_id)
+                              .where(Completion.id.in_(all_ids))).all()) if all_ids else {}  # fmt: skip
+    wins, battles = 0.0, 0
+    for comparison_id, ranking in db.execute(select(Judgment.comparison_id, Judgment.ranking).where(
+            Judgment.comparison_id.in_(list(comparisons)), Judgment.source != "imported")):  # fmt: skip
+        ids = comparisons[comparison_id]
+        new = [c for c in ids if version.get(c) == new_id]
+        old = [c for c in ids if version.get(c) == old_id]
+        if len(new) != 1 or len(old) != 1:
+            continue
+        outcome = _outcome(ranking, new[0], old[0])
+        if outcome is not None:
+            wins, battles = wins + outcome, battles + 1
+    if battles == 0:
+        return {"win_rate": None, "win_rate_ci": None, "battles": 0}
+    return {"win_rate": wins / battles, "win_rate_ci": list(wilson_interval(wins, battles)), "battles": battles}
+
+
+def reward_accuracy(db: Session, comparison_ids: list[int], scores: dict, since) -> tuple[float | None, int]:
+    """Share of human verdicts (a strict winner, made after `since`: the reward model's snapshot) on which the
+    reward model's scores agree; and how many there were."""
+    if not comparison_ids or not scores:
+        return None, 0
+    right = total = 0
+    comparisons = {c.id: c.completion_ids for c in db.scalars(select(Comparison).where(
+        Comparison.id.in_(comparison_ids)))}  # fmt: skip
+    query = select(Judgment.comparison_id, Judgment.ranking).where(Judgment.comparison_id.in_(list(comparisons)),
+                                                                   Judgment.source == "human")  # fmt: skip
+    if since is not None:
+        query = query.where(Judgment.created_at > since)
+    for comparison_id, ranking in db.execute(query):
+        ids = comparisons[comparison_id]
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                outcome = _outcome(ranking, a, b)
+                if outcome in (0.0, 1.0) and str(a) in scores and str(b) in scores and scores[str(a)] != scores[str(b)]:
+                    total += 1
+                    right += (scores[str(a)] > scores[str(b)]) == (outcome == 1.0)
+    return (right / total if total else None), total
+
+
+def _kl(job: Job | None) -> float | None:
+    metrics = (job.result or {}).get("metrics") or {} if job else {}
+    for key in ("eval/kl_to_reference", "kl", "train/kl", "objective/kl", "eval/kl"):
+        if isinstance(metrics.get(key), int | float):
+            return float(metrics[key])
+    found = [v for k, v in sorted(metrics.items()) if "kl" in k.lower() and isinstance(v, int | float)]
+    return float(found[-1]) if found else None
+
+
+def round_metrics(db: Session, round_: Round) -> dict:
+    """The round's figures, computed from its rows (cached in round.metrics when it finishes)."""
+    steps = _jobs(db, round_)
+    metrics = head_to_head(db, round_.eval_comparison_ids, round_.new_policy_version_id, round_.policy_version_id)
+    since = None
+    reward_version = db.get(ModelVersion, round_.reward_version_id) if round_.reward_version_id else None
+    if reward_version is not None and reward_version.dataset_id:
+        snapshot = db.get(DatasetSnapshot, reward_version.dataset_id)
+        since = snapshot.created_at if snapshot else None
+    accuracy, verdicts = reward_accuracy(db, round_.eval_comparison_ids, round_.eval_scores or {}, since)
+    new_scores = []
+    if round_.eval_scores and round_.new_policy_version_id:
+        mine = set(db.scalars(select(Completion.id).where(
+            Completion.id.in_([int(k) for k in round_.eval_scores]),
+            Completion.model_version_id == round_.new_policy_version_id)))  # fmt: skip
+        new_scores = [v for k, v in round_.eval_scores.items() if int(k) in mine]
+    judgments = db.scalar(select(func.count()).select_from(Judgment).where(
+        Judgment.comparison_id.in_(round_.comparison_ids or [-1]))) or 0  # fmt: skip
+    eval_judgments = db.scalar(select(func.count()).select_from(Judgment).where(
+        Judgment.comparison_id.in_(round_.eval_comparison_ids or [-1]))) or 0  # fmt: skip
+    complete, total = _share_complete(db, round_.comparison_ids or [])
+    policy_metrics = ((steps["policy"].result or {}).get("metrics") or {}) if "policy" in steps else {}
+    snapshot = db.get(DatasetSnapshot, round_.dataset_id) if round_.dataset_id else None
+    return metrics | {
+        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": _kl(steps.get("policy")),
+        "score_mean": sum(new_scores) / len(new_scores) if new_scores else None,
+        "judgments": int(judgments), "eval_judgments": int(eval_judgments),
+        "prompts": len(round_.prompt_ids or []), "comparisons": total, "comparisons_complete": complete,
+        "eval_comparisons": len(round_.eval_comparison_ids or []),
+        "pairs_trained": snapshot.rows_train if snapshot else None,
+        "policy_train_loss": policy_metrics.get("train/loss"),
+    }  # fmt: skip
+
+
+# --- reading and acting on rounds --------------------------------------------------------------------------------
+
+
+def get_round(db: Session, project: Project, number: int) -> Round:
+    round_ = db.scalar(select(Round).where(Round.project_id == project.id, Round.number == number))
+    if round_ is None:
+        raise NotFound(f"No round {number} in project {project.slug}.")
+    return round_
+
+
+def list_rounds(db: Session, project: Project) -> list[Round]:
+    return list(db.scalars(select(Round).where(Round.project_id == project.id).order_by(Round.number)))
+
+
+def round_json(db: Session, round_: Round) -> dict:
+    metrics = round_.metrics if round_.status == RoundStatus.done and round_.metrics else round_metrics(db, round_)
+    iso = lambda value: value.isoformat() if value else None  # noqa: E731
+    return {
+        "id": round_.id, "project_id": round_.project_id, "number": round_.number, "status": round_.status,
+        "trigger": round_.trigger, "policy_version_id": round_.policy_version_id,
+        "new_policy_version_id": round_.new_policy_version_id, "reward_version_id": round_.reward_version_id,
+        "dataset_id": round_.dataset_id, "job_ids": sorted((round_.jobs or {}).values()), "jobs": round_.jobs or {},
+        "prompt_ids": round_.prompt_ids or [], "comparison_ids": round_.comparison_ids or [],
+        "eval_comparison_ids": round_.eval_comparison_ids or [],
+        "started_at": iso(round_.started_at), "finished_at": iso(round_.finished_at),
+        "step_times": round_.step_times or {}, "error": round_.error, "failed_job_id": round_.failed_job_id,
+        "metrics": metrics,
+    }  # fmt: skip
+
+
+def retry_step(db: Session, round_: Round, actor: User | None = None) -> Round:
+    """A failed round's failing step back in the queue (with the steps it stopped); the round resumes there."""
+    if round_.status != RoundStatus.failed or round_.failed_job_id is None:
+        raise Conflict(f"Round {round_.number} is {round_.status}: only a failed round has a step to retry.")
+    job = jobs.get_job(db, round_.failed_job_id)
+    step = next((name for name, job_id in round_.jobs.items() if job_id == job.id), None)
+    jobs.retry(db, job)
+    for job_id in round_.jobs.values():  # steps cancelled or stopped along with it
+        other = db.get(Job, job_id)
+        if other is not None and other.status in (JobStatus.failed, JobStatus.cancelled):
+            jobs.retry(db, other)
+    round_.status = STEP_STAGE.get(step, RoundStatus.generating)
+    round_.error, round_.failed_job_id, round_.finished_at = None, None, None
+    audit(db, actor, "round.retry", "round", round_.id, job_id=job.id)
+    return round_
+
+
+def cancel_round(db: Session, round_: Round, actor: User | None = None) -> Round:
+    """Cancel the round's pending jobs; the round ends cancelled."""
+    if round_.status not in ROUND_ACTIVE and round_.status != RoundStatus.failed:
+        raise Conflict(f"Round {round_.number} is already {round_.status}.")
+    for job in _jobs(db, round_).values():
+        if job.status in (JobStatus.queued, JobStatus.running):
+            jobs.request_cancel(db, job)
+    round_.status, round_.finished_at = RoundStatus.cancelled, utcnow()
+    audit(db, actor, "round.cancel", "round", round_.id)
+    return round_
+
+
+def auto_start_reason(db: Session, project: Project) -> str | None:
+    """Why the recipe's trigger starts the next round now (None: not now)."""
+    recipe = get_recipe(project)
+    if not recipe.auto_after_previous and not recipe.auto_every_minutes:
+        return None
+    if _active_round(db, project.id) is not None:
+        return None
+    last = _last_round(db, project.id)
+    if recipe.auto_after_previous and last is not None and last.status == RoundStatus.done:
+        return f"round {last.number} finished"
+    if recipe.auto_every_minutes:
+        since = last.started_at if last is not None else None
+        if since is not None and utcnow() - since < timedelta(minutes=recipe.auto_every_minutes):
+            return None
+        query = select(func.count()).select_from(Judgment).where(Judgment.project_id == project.id)
+        if since is not None:
+            query = query.where(Judgment.created_at > since)
+        new = int(db.scalar(query) or 0)
+        if new >= max(recipe.auto_min_judgments, 1):
+            return f"every {recipe.auto_every_minutes:g} minutes ({new} new judgments)"
+    return None
+
+
+def tick(worker_id: str) -> list[tuple[int, int, str]]:
+    """The worker's idle task: advance every active round and start those the recipes' triggers call for, under
+    a lease lock so one worker acts. Returns (project id, round number, status) of the rounds it touched."""
+    with session_scope() as db:
+        if not acquire_lock(db, worker_id, name=LOCK_NAME):
+            return []
+    touched = []
+    with session_scope(write=True) as db:
+        for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
+            savepoint = db.begin_nested()
+            try:
+                round_ = _active_round(db, project.id)
+                if round_ is not None:
+                    before = round_.status
+                    if advance(db, round_) != before:
+                        touched.append((project.id, round_.number, round_.status))
+                reason = auto_start_reason(db, project)
+                if reason is not None:
+                    round_ = start_round(db, project, trigger=f"auto: {reason}")
+                    touched.append((project.id, round_.number, round_.status))
+                    log.info("round %s of %s started (%s)", round_.number, project.slug, reason)
+                savepoint.commit()
+            except RankforgeError as error:
+                savepoint.rollback()
+                log.warning("rounds of %s: %s", project.slug, error.detail)
+            except Exception:
+                savepoint.rollback()
+                log.exception("rounds of %s failed", project.slug)
+    return touched
