@@ -379,6 +379,10 @@ class Jobs(_Resource):
     def cancel(self, job) -> Job:
         return Job(**self._c._json("POST", f"/jobs/{_ref(job)}/cancel"))
 
+    def retry(self, job) -> Job:
+        """Queue a failed or cancelled job again (its dependents too)."""
+        return Job(**self._c._json("POST", f"/jobs/{_ref(job)}/retry"))
+
     def metrics(self, job) -> list[dict]:
         """Per-step metrics `[{step, metrics: {...}, at}]`."""
         return self._c._json("GET", f"/jobs/{_ref(job)}/metrics")
@@ -452,11 +456,19 @@ class Webhooks(_Resource):
 
 
 class Rounds(_Resource):
-    """Turns of the loop (`GET|POST /api/v1/projects/{id}/rounds`), on servers that have them."""
+    """Turns of the loop: generate, rate, snapshot, reward and policy updates, evaluation (staff)."""
 
     def list(self, project) -> list[dict]:
+        """Every round, oldest first, with its jobs, versions and metrics (win rate, reward accuracy, KL, ...)."""
         return self._c._json("GET", f"/projects/{_ref(project)}/rounds")["rounds"]
 
-    def start(self, project, **recipe) -> dict:
-        """Start the project's next round (its round recipe, overridden by `recipe`)."""
-        return self._c._json("POST", f"/projects/{_ref(project)}/rounds", json=recipe)
+    def start(self, project) -> dict:
+        """Start the project's next round now (ConflictError while one is running)."""
+        return self._c._json("POST", f"/projects/{_ref(project)}/rounds")
+
+    def recipe(self, project) -> dict:
+        return self._c._json("GET", f"/projects/{_ref(project)}/rounds/recipe")
+
+    def set_recipe(self, project, **settings) -> dict:
+        """Change some of the round recipe's settings; the others keep their values."""
+        return self._c._json("PUT", f"/projects/{_ref(project)}/rounds/recipe", json=settings)

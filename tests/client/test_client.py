@@ -208,6 +208,9 @@ def test_cancel_and_failed_waits_raise(clients):
     assert stopped.value.job.status == "cancelled"
     with pytest.raises(rankforge.ConflictError):
         admin.jobs.cancel(queued.job_id)
+    assert admin.jobs.retry(queued.job_id).status == "queued"
+    admin.jobs.cancel(queued.job_id)
+    assert admin.rounds.list(project) == [] and isinstance(admin.rounds.recipe(project), dict)
     assert run_one("w") == empty.job_id
     with pytest.raises(rankforge.JobFailedError) as failed:
         admin.datasets.wait(empty, timeout=10, poll=0.1, progress=False)
