@@ -200,6 +200,7 @@ def gold_answers(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]
     """(gold comparison ids, their known top choice coded like `top`): one row per gold item, not per judgment."""
     rows = db.execute(
         select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id, Comparison.is_gold)
+        .order_by(Comparison.id)  # sorted: callers look ids up with np.searchsorted (PostgreSQL returns heap order)
     ).all()
     ids = np.array([r[0] for r in rows if r[1]], dtype=np.int64)
     tops = np.array([r[1][0][0] if len(r[1][0]) == 1 else TIE for r in rows if r[1]], dtype=np.float64)
