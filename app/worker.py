@@ -13,6 +13,7 @@ from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
 from app.training.tasks import run_training_job
+from app.webhooks.tasks import deliver_due, run_in_background
 
 HANDLERS: dict[str, Handler] = {
     "export": run_export_job,
@@ -24,7 +25,19 @@ one worker acts)."""
 
 
 def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:
-    runner.run_loop(HANDLERS, IDLE_TASKS, once=once, poll_seconds=poll_seconds, worker_id=worker_id)
+    """Run jobs until stopped (or one, with `once`). Webhook deliveries go out from a thread of their own, so they
+    keep flowing while a long training job runs (a slow receiver never holds up a job, nor a job a receiver)."""
+    worker_id = worker_id or runner.default_worker_id()
+    if once:
+        runner.run_loop(HANDLERS, IDLE_TASKS, once=True, poll_seconds=poll_seconds, worker_id=worker_id)
+        deliver_due(worker_id)
+        return
+    sender, stop_sending = run_in_background(worker_id)
+    try:
+        runner.run_loop(HANDLERS, IDLE_TASKS, poll_seconds=poll_seconds, worker_id=worker_id)
+    finally:
+        stop_sending.set()
+        sender.join(timeout=10)
 
 
 def run_one(worker_id: str) -> int | None:

@@ -243,14 +243,6 @@ def emit_judgment(db: Session, judgment, comparison) -> None:
         }, endpoints=endpoints)  # fmt: skip
 
 
-def emit_job(db: Session, job) -> None:
-    """job.succeeded or job.failed, as the job reached that state."""
-    if job.status in ("succeeded", "failed"):
-        from app.jobs.service import job_json
-
-        emit(db, f"job.{job.status}", job.project_id, job_json(job))
-
-
 def redeliver(db: Session, delivery: WebhookDelivery, actor: User | None) -> WebhookDelivery:
     """Send a message again (same webhook-id, so receivers can deduplicate), now."""
     if delivery.batch_item:
