@@ -147,6 +147,9 @@ def create_app() -> FastAPI:
     app.include_router(job_pages)
     app.include_router(training_pages)
     app.include_router(rounds_api)
+    from app.training.round_pages import router as round_pages
+
+    app.include_router(round_pages)
     app.include_router(model_pages)
     from app.webhooks.pages import router as webhook_pages
     from app.webhooks.router import router as webhooks_api
