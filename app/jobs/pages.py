@@ -18,13 +18,15 @@ from app.jobs import service
 from app.limits import Id
 from app.models import TERMINAL_STATUSES, DatasetSnapshot, Job, JobMetric, ModelVersion, Project, utcnow
 from app.web import is_htmx, render
+from trainer.params import KIND_INFO
 
 router = APIRouter(tags=["pages"])
 
 CURVES = (("Loss", ("loss",), ""), ("Reward", ("reward", "score", "accurac", "margin"), ""), ("KL", ("kl",), "nats"))
 """Charts on the job page (title, words, unit): a metric goes into the first chart whose words its name contains."""
 MAX_SERIES = 4
-TRAINING_KINDS_WITH_CURVES = ("reward", "dpo", "kto", "ppo", "grpo", "rloo")
+KINDS_WITH_CURVES = tuple(kind for kind, info in KIND_INFO.items() if info.output in ("reward", "policy"))
+"""Kinds that train a model and report curves while they run (from the trainer's one list of kinds)."""
 
 
 def metric_charts(rows: list[JobMetric], kind: str = "reward") -> list[Markup]:
@@ -51,7 +53,7 @@ def metric_charts(rows: list[JobMetric], kind: str = "reward") -> list[Markup]:
             f"{title} by training step", steps, {name: [values.get(s) for s in steps] for name, values in curves.items()},
             x_axis=Axis("Training step", kind="number"), y_axis=Axis(title, unit), gaps=False,
             empty="No values yet."))  # fmt: skip
-    if not out and kind in TRAINING_KINDS_WITH_CURVES:
+    if not out and kind in KINDS_WITH_CURVES:
         out.append(charts.empty_chart("Training curves", "Loss, reward and KL curves appear here while the job "
                                       "runs: the trainer reports them every logging_steps steps."))  # fmt: skip
     return out
