@@ -3,6 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +58,16 @@ class Settings(BaseSettings):
     """Consecutive failed attempts after which an endpoint is disabled (and the admin told)."""
     webhooks_batch_seconds: float = 1.0
     """judgment.created: at most one delivery per endpoint this often, carrying every judgment since."""
+
+
+    @field_validator("trusted_proxies", "metrics_scrape_addresses")
+    @classmethod
+    def _networks(cls, value: str, info) -> str:
+        """Refuse a malformed address list at start-up rather than on every request."""
+        from app.proxies import parse_networks
+
+        parse_networks(value, f"RANKFORGE_{info.field_name.upper()}")
+        return value
 
 
 @lru_cache
