@@ -8,14 +8,17 @@ from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, P
 from app.models.registry import ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
+from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "REVIEW_RESOLUTIONS",
+    "AUDIT_STATUSES",
     "ROUND_ACTIVE",
     "ROUND_ENDED",
     "UNSCORED_GAP",
+    "VERDICT_REASONS",
     "TERMINAL_STATUSES",
     "ApiToken",
     "Assignment",
@@ -45,6 +48,7 @@ __all__ = [
     "RoundStatus",
     "SchedulerLock",
     "User",
+    "Verdict",
     "WebhookDelivery",
     "WebhookEndpoint",
     "start_of_day",

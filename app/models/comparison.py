@@ -23,6 +23,10 @@ class Prompt(IdMixin, CreatedMixin, Base):
     meta: Mapped[dict] = mapped_column("metadata", default=dict)
     batch: Mapped[str | None] = mapped_column(String(100))
     priority: Mapped[int] = mapped_column(default=0)
+    reference: Mapped[dict | None] = mapped_column()
+    """Verifiable prompts: the answer and the rule comparing to it (trainer.rewards.verifier.check_reference)."""
+    tests: Mapped[dict | None] = mapped_column()
+    """Verifiable prompts: Python tests an answer's code must pass, {code, entry_point?, prefix?}."""
 
 
 class Completion(IdMixin, CreatedMixin, Base):

@@ -9,8 +9,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.models.base import Base, CreatedMixin, IdMixin
 from trainer.params import KINDS as TRAINER_KINDS
 
-JobKind = StrEnum("JobKind", [("export", "export"), *((kind, kind) for kind in TRAINER_KINDS)])
-"""Every job kind: `export` (a dataset snapshot) and the trainer's kinds, from their one list (trainer.params)."""
+APP_JOB_KINDS: tuple[str, ...] = ("export", "verify")
+"""Job kinds the app runs itself: `export` (a dataset snapshot), `verify` (verdicts and pass rates of a version)."""
+JobKind = StrEnum("JobKind", [(kind, kind) for kind in (*APP_JOB_KINDS, *TRAINER_KINDS)])
+"""Every job kind: the app's own and the trainer's, from their one list (trainer.params)."""
 
 
 class JobStatus(StrEnum):

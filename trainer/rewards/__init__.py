@@ -8,7 +8,8 @@ A job's params name the rewards and their weights:
         {"name": "numeric_match", "weight": 0.5, "answer_field": "answer", "tolerance": 0.01},
         {"name": "regex", "weight": 0.2, "pattern": "^Answer: "},
         {"name": "json_schema", "weight": 1.0, "schema": {"type": "object", "required": ["name"]}},
-        {"name": "length_penalty", "weight": 0.1, "max_length": 128, "unit": "tokens"}
+        {"name": "length_penalty", "weight": 0.1, "max_length": 128, "unit": "tokens"},
+        {"name": "verifier", "weight": 1.0}     # the prompt rows' reference / tests (trainer/rewards/verifier.py)
     ]}
 
 Every entry but "name", "weight" and "label" is passed to the reward's constructor (see trainer/rewards/rules.py).
@@ -41,6 +42,7 @@ from trainer.rewards.rules import (
     numeric_match_score,
     regex_score,
 )
+from trainer.rewards.verifier import VerifierReward
 
 RULES: dict[str, type] = {
     "exact_match": ExactMatch,
@@ -48,6 +50,7 @@ RULES: dict[str, type] = {
     "regex": RegexMatch,
     "json_schema": JsonSchemaMatch,
     "length_penalty": LengthPenalty,
+    "verifier": VerifierReward,
 }
 REWARD_NAMES = ("reward_model", *RULES)
 
