@@ -18,6 +18,7 @@ import typer
 project_app = typer.Typer(help="Projects: create, list, show, update.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Dataset snapshots: list, show, download.", no_args_is_help=True)
 job_app = typer.Typer(help="Jobs: list, show, cancel, wait.", no_args_is_help=True)
+round_app = typer.Typer(help="Rounds of the loop: start, list, recipe.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable JSON instead of a table.")
 
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(project_app, name="project")
     app.add_typer(dataset_app, name="dataset")
     app.add_typer(job_app, name="job")
+    app.add_typer(round_app, name="round")
 
 
 def _fail(message: str, code: int = 1):
@@ -416,3 +418,73 @@ def job_wait(job_id: int, timeout: float = typer.Option(None, help="Give up afte
         typer.echo(f"Job {job_id} {state['status']}" + (f": {state['error']}" if state["error"] else "."))
     if state["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+# --- rounds ------------------------------------------------------------------------------------------------------
+
+
+def _round_row(body: dict) -> dict:
+    metrics = body["metrics"]
+    ci = metrics.get("win_rate_ci")
+    return {"number": body["number"], "status": body["status"], "policy": body["policy_version_id"],
+            "new_policy": body["new_policy_version_id"],
+            "win_rate": f"{metrics['win_rate']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if metrics.get("win_rate") is not None else None,
+            "battles": metrics.get("battles"), "judgments": metrics.get("judgments"),
+            "jobs": ",".join(map(str, body["job_ids"])), "error": body["error"]}  # fmt: skip
+
+
+@round_app.command("start")
+def round_start(project: str, as_json: bool = JSON_OPTION):
+    """Start PROJECT's next round now (its generate job is queued; the worker does the rest)."""
+    from app.projects.service import get_project
+    from app.training.rounds import round_json, start_round
+
+    body = _run(lambda db: round_json(db, start_round(db, get_project(db, project))))
+    if as_json:
+        _emit_json(body)
+    else:
+        typer.echo(f"Round {body['number']} of {project} started: {body['status']} (jobs {', '.join(map(str, body['job_ids']))}).")
+
+
+@round_app.command("list")
+def round_list(project: str, as_json: bool = JSON_OPTION):
+    """PROJECT's rounds with their status and win rate over the previous policy."""
+    from app.projects.service import get_project
+    from app.training.rounds import list_rounds, round_json
+
+    rows = _run(lambda db: [round_json(db, r) for r in list_rounds(db, get_project(db, project))])
+    if as_json:
+        _emit_json({"rounds": rows})
+    else:
+        typer.echo(table([_round_row(r) for r in rows], ["number", "status", "policy", "new_policy", "win_rate",
+                                                          "battles", "judgments", "jobs", "error"]))  # fmt: skip
+
+
+@round_app.command("recipe")
+def round_recipe(project: str, set_values: list[str] = typer.Option(None, "--set", help="KEY=VALUE (VALUE is JSON "
+                 "when it parses, else text); repeatable."), as_json: bool = JSON_OPTION):  # fmt: skip
+    """Show PROJECT's round recipe, or change some of its settings with --set."""
+    from app.projects.service import get_project
+    from app.training.rounds import get_recipe, set_recipe
+
+    values = {}
+    for item in set_values or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"--set {item!r}: expected KEY=VALUE.", code=2)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except ValueError:
+            values[key.strip()] = raw
+
+    def work(db):
+        found = get_project(db, project)
+        return (set_recipe(db, found, values) if values else get_recipe(found)).model_dump(mode="json")
+
+    body = _run(work)
+    if as_json:
+        _emit_json(body)
+    else:
+        for key, value in body.items():
+            shown = f"{len(value)} prompts" if key == "eval_prompt_ids" else json.dumps(value)
+            typer.echo(f"{key:24s} {shown}")

@@ -199,3 +199,26 @@ def test_two_workers_never_start_the_same_round_twice(client, loop, db):
     assert tick("w2") == []  # w1 holds the lease
     db.expire_all()
     assert [r.number for r in db.scalars(select(Round).where(Round.project_id == project.id))] == [1]
+
+
+def test_cli_round_recipe_start_and_list(loop):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    runner = CliRunner()
+
+    def cli(*args: str, code: int = 0):
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == code, (args, result.output, result.exception)
+        return result.stdout if code == 0 else result.output
+
+    recipe = json.loads(cli("round", "recipe", "loop", "--set", "prompts_per_round=2", "--set", "policy_update=kto",
+                            "--json"))  # fmt: skip
+    assert recipe["prompts_per_round"] == 2 and recipe["policy_update"] == "kto"
+    assert "no_such_setting" in cli("round", "recipe", "loop", "--set", "no_such_setting=1", code=1)
+    started = json.loads(cli("round", "start", "loop", "--json"))
+    assert started["number"] == 1 and started["status"] == "generating" and len(started["prompt_ids"]) == 2
+    assert "still generating" in cli("round", "start", "loop", code=1)
+    listed = cli("round", "list", "loop")
+    assert "generating" in listed.splitlines()[1]
