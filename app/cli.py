@@ -178,7 +178,9 @@ def _mark_inline_failure(snapshot_id: int, job_id: int, message: str) -> None:
 def export(project: str, format: str = typer.Option("pairs", "--format", "-f", help="pairs | kto | rankings | sft"),
            out: Path = typer.Option(None, "--out", help="Also copy the snapshot's files into this directory."),
            test_fraction: float = typer.Option(0.1, help="Share of prompts in the test split."),
-           seed: int = typer.Option(0), conversational: bool = typer.Option(False),
+           seed: int = typer.Option(0),
+           conversational: bool | None = typer.Option(None, "--conversational/--standard", help="Message lists or "
+               "plain strings; default: message lists when any prompt is a multi-message chat."),
            hf_datasets: bool = typer.Option(False, help="Also write a Hugging Face save_to_disk directory.")):  # fmt: skip
     """Build a dataset snapshot of PROJECT inline (with a progress bar) and print its manifest summary."""
     import shutil

@@ -15,6 +15,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from trainer.encoding import encode_sequence  # noqa: F401  (the one encoding; re-exported for callers)
 from trainer.spec import JobSpec
 
 
@@ -126,24 +127,6 @@ def as_messages(completion: str | list[dict[str, str]]) -> list[dict[str, str]]:
     if is_conversational(completion):
         return completion
     return [{"role": "assistant", "content": completion}]
-
-
-def encode_sequence(
-    prompt: str | list[dict[str, str]], completion: str | list[dict[str, str]], tokenizer
-) -> list[int]:
-    """Token ids of prompt + completion exactly as TRL's reward trainer builds them.
-
-    Conversational prompts: the chat template over prompt + assistant message. Standard: the tokenizer over
-    prompt + completion + EOS.
-    """
-    if is_conversational(prompt):
-        messages = list(prompt) + as_messages(completion)
-        return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-    text = completion if isinstance(completion, str) else completion[-1]["content"]
-    sequence = prompt + text
-    if tokenizer.eos_token and not sequence.endswith(tokenizer.eos_token):
-        sequence += tokenizer.eos_token
-    return list(tokenizer(text=sequence)["input_ids"])
 
 
 def read_prompts_file(path: str | Path) -> list[dict[str, Any]]:

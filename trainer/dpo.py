@@ -22,7 +22,8 @@ from trl import DPOConfig, DPOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, read_training_rows, require_format
-from trainer.models import load_policy, load_tokenizer, save_trained, trainer_kwargs
+from trainer.encoding import Fit, effective_max_length, encode_rows
+from trainer.models import load_policy, load_tokenizer, lora_config, report_fit, save_trained, trainer_kwargs
 from trainer.params import DPOArgs
 from trainer.spec import JobSpec
 
@@ -30,8 +31,23 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Only prompt/chosen/rejected: TRL takes standard or conversational rows as they are."""
+    """Only prompt/chosen/rejected (standard strings or conversational message lists)."""
     return [{column: row[column] for column in PAIR_COLUMNS} for row in rows]
+
+
+def encoded_pairs(rows: list[dict[str, Any]], tokenizer, max_length: int | None) -> tuple[list[dict], Fit]:
+    """{prompt_ids, chosen_ids, rejected_ids} per pair by trainer.encoding: the prompt's start is cut so that
+    prompt + the longer completion fits max_length (TRL would cut the completions' ends instead)."""
+    return encode_rows(pair_rows(rows), tokenizer, max_length, ("chosen", "rejected"))
+
+
+class PreTokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer on rows already tokenized by trainer.encoding (prompt_ids, chosen_ids, rejected_ids)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
 
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
@@ -39,7 +55,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     dataset_path = spec.dataset_path
     require_format(dataset_path, "dpo", ("pairs",))
     tokenizer = load_tokenizer(spec.base_model)
-    policy = load_policy(spec.base_model)
+    policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
 
     train_rows = read_training_rows(dataset_path)
     eval_rows = []
@@ -48,33 +64,41 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.log(f"dpo: {len(train_rows)} training pairs, {len(eval_rows)} held-out pairs")
 
     scratch = out_dir / "_scratch"
+    kwargs = trainer_kwargs(args, str(scratch), spec.seed)
+    kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
+    train_encoded, fit = encoded_pairs(train_rows, tokenizer, max_length)
+    eval_encoded, _ = encoded_pairs(eval_rows, tokenizer, max_length)
+    report_fit(fit, "pairs")
+    if not train_encoded:
+        raise ValueError(f"every training pair has a completion longer than max_length ({max_length}) on its own")
     config = DPOConfig(
-        **trainer_kwargs(args, str(scratch), spec.seed),
+        **kwargs,
         beta=args.beta,
         loss_type=args.loss_type,
         label_smoothing=args.label_smoothing,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    train_dataset = dataset_for_trainer(pair_rows(train_rows), scratch / "train", config)
-    eval_dataset = dataset_for_trainer(pair_rows(eval_rows), scratch / "eval", config) if eval_rows else None
+    train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
+    eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
     callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
     progress.progress(
         0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
     )
-    trainer = DPOTrainer(
+    trainer = PreTokenizedDPOTrainer(
         model=policy,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[callback],
+        peft_config=lora_config(args, "CAUSAL_LM"),
     )
     result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
         "train/loss_mean": result.training_loss,
-        "train/pairs": len(train_rows),
+        **fit.metrics("pairs"),  # pairs, pairs_used, pairs_truncated, pairs_dropped
         "train/steps": result.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
     }
@@ -96,5 +120,5 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         metrics["eval/pairs"] = len(eval_dataset)
 
     progress.progress(0.95, "saving the policy")
-    save_trained(trainer, tokenizer, out_dir, scratch)
+    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
     return metrics

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from trainer import progress
-from trainer.data import encode_sequence, is_conversational, read_prompts, read_prompts_file, to_prompt_text
+from trainer.data import is_conversational, read_prompts, read_prompts_file, to_prompt_text
+from trainer.encoding import effective_max_length, encode_sequence
 from trainer.models import default_device, load_policy, load_reward, load_tokenizer, reward_scores
 from trainer.params import GenerateArgs, ScoreArgs
 from trainer.spec import JobSpec
@@ -107,7 +108,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     if not progress.is_main_process():
         return {}
     tokenizer = load_tokenizer(spec.base_model)
-    model = load_policy(spec.base_model).to(default_device()).eval()
+    model = load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()
     prompts = read_prompts(spec)
     if not prompts:
         raise ValueError("no prompts to generate for")
@@ -160,18 +161,19 @@ def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     rows = read_prompts_file(spec.prompts_path)
     tokenizer = load_tokenizer(spec.reward_model, role="reward model")
     model = load_reward(spec.reward_model, tokenizer=tokenizer).to(default_device()).eval()
+    max_length = effective_max_length(args.max_length, model.config, tokenizer)
 
     keys, sequences = [], []
     for number, row in enumerate(rows, start=1):
         for completion in row.get("completions") or []:
             if "completion_id" not in completion or "text" not in completion:
                 raise ValueError(
-                    f"{spec['prompts_path']} line {number}: each completion needs completion_id and text"
+                    f"{spec.prompts_path} line {number}: each completion needs completion_id and text"
                 )
             keys.append((row["prompt_id"], completion["completion_id"]))
-            sequences.append(encode_sequence(row["prompt"], completion["text"], tokenizer))
+            sequences.append(encode_sequence(row["prompt"], completion["text"], tokenizer, max_length))
     if not sequences:
-        raise ValueError(f"{spec['prompts_path']} holds no completions to score")
+        raise ValueError(f"{spec.prompts_path} holds no completions to score")
 
     scores: list[float] = []
     chunk = max(args.batch_size * 8, 1)  # report progress every few batches
@@ -181,7 +183,7 @@ def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             tokenizer,
             sequences[start : start + chunk],
             batch_size=args.batch_size,
-            max_length=args.max_length,
+            max_length=max_length,
         )
         done = min(len(sequences), start + chunk)
         progress.progress(0.05 + 0.9 * done / len(sequences), f"scored {done}/{len(sequences)} completions")

@@ -27,7 +27,15 @@ from typing import Any
 import torch
 
 from trainer import progress
-from trainer.models import check_checkpoint, default_device, load_policy, load_tokenizer, trainer_kwargs
+from trainer.models import (
+    check_checkpoint,
+    default_device,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    save_model,
+    trainer_kwargs,
+)
 from trainer.params import GRPOArgs, RLOOArgs
 from trainer.rewards import MultiObjectiveReward, WeightedReward, build_rewards
 from trainer.rollout import (
@@ -184,8 +192,10 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(base_path)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the policy tokenizer at {base_path} has no EOS token; completions could never end")
-    policy = load_policy(base_path).to(device)
-    reference = load_policy(base_path).to(device).eval().requires_grad_(False)
+    policy = load_policy(base_path, tokenizer=tokenizer, quantize=args.load_in_4bit)
+    if not args.load_in_4bit:
+        policy = policy.to(device)
+    reference = load_policy(base_path, tokenizer=tokenizer).to(device).eval().requires_grad_(False)
     rewards: list[WeightedReward] = build_rewards(
         args.rewards,
         reward_model_path=spec.reward_model,
@@ -222,6 +232,7 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],
+            peft_config=lora_config(args, "CAUSAL_LM"),
         )
         started = time.monotonic()
         trainer.train()
@@ -254,7 +265,7 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.metrics(trainer.state.global_step, {k: v for k, v in final.items() if k.startswith("eval/")})
     progress.progress(0.95, "saving the policy")
     policy.eval()
-    policy.save_pretrained(out_dir)
+    save_model(policy, out_dir, merge=args.merge_adapter)
     tokenizer.save_pretrained(out_dir)
     return final
 

@@ -25,11 +25,30 @@ from trl import KTOConfig, KTOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, require_format, shuffled, unpair
-from trainer.models import load_policy, load_tokenizer, save_trained, trainer_kwargs
+from trainer.encoding import effective_max_length, encode_rows
+from trainer.models import load_policy, load_tokenizer, lora_config, report_fit, save_trained, trainer_kwargs
 from trainer.params import KTOArgs
 from trainer.spec import JobSpec
 
 KTO_COLUMNS = ("prompt", "completion", "label")
+
+
+class PreTokenizedKTOTrainer(KTOTrainer):
+    """KTOTrainer on rows already tokenized by trainer.encoding (prompt_ids, completion_ids, label): only the
+    mismatched KL completions are added, as TRL does (rotated by one within each batch)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if not self.calculate_KL:
+            return dataset
+
+        def add_kl_completion_ids(examples):
+            examples["KL_completion_ids"] = [examples["completion_ids"][-1]] + examples["completion_ids"][:-1]
+            return examples
+
+        with args.main_process_first(local=False, desc=f"KL completions of {dataset_name}"):
+            return dataset.map(add_kl_completion_ids, batched=True, batch_size=args.per_device_train_batch_size)
 
 
 def kto_rows(dataset_path: str | Path, split: str, fmt: str, seed: int) -> list[dict[str, Any]]:
@@ -46,7 +65,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     dataset_path = spec.dataset_path
     fmt = require_format(dataset_path, "kto", ("kto", "pairs"))
     tokenizer = load_tokenizer(spec.base_model)
-    policy = load_policy(spec.base_model)
+    policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
 
     train_rows = kto_rows(dataset_path, "train", fmt, seed)
     if not train_rows:
@@ -62,33 +81,41 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.log(f"kto: {len(train_rows)} training rows ({desirable} desirable), {len(eval_rows)} held-out")
 
     scratch = out_dir / "_scratch"
+    kwargs = trainer_kwargs(args, str(scratch), seed)
+    kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
+    train_encoded, fit = encode_rows(train_rows, tokenizer, max_length, ("completion",))
+    eval_encoded, _ = encode_rows(eval_rows, tokenizer, max_length, ("completion",))
+    report_fit(fit, "rows")
+    if not train_encoded:
+        raise ValueError(f"every training row has a completion longer than max_length ({max_length}) on its own")
     config = KTOConfig(
-        **trainer_kwargs(args, str(scratch), seed),
+        **kwargs,
         beta=args.beta,
         desirable_weight=args.desirable_weight,
         undesirable_weight=args.undesirable_weight,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    train_dataset = dataset_for_trainer(train_rows, scratch / "train", config)
-    eval_dataset = dataset_for_trainer(eval_rows, scratch / "eval", config) if eval_rows else None
+    train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
+    eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
     callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
     progress.progress(
         0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
     )
-    trainer = KTOTrainer(
+    trainer = PreTokenizedKTOTrainer(
         model=policy,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[callback],
+        peft_config=lora_config(args, "CAUSAL_LM"),
     )
     result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
         "train/loss_mean": result.training_loss,
-        "train/rows": len(train_rows),
+        **fit.metrics("rows"),  # rows, rows_used, rows_truncated, rows_dropped
         "train/desirable_rows": desirable,
         "train/steps": result.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
@@ -111,5 +138,5 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         metrics["eval/rows"] = len(eval_dataset)
 
     progress.progress(0.95, "saving the policy")
-    save_trained(trainer, tokenizer, out_dir, scratch)
+    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
     return metrics

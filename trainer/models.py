@@ -1,10 +1,11 @@
 """Loading local Hugging Face checkpoints (any architecture) and scoring sequences with a reward model.
 
 check_checkpoint(path, role) -> Path      clear FileNotFoundError naming the path when it is not a checkpoint
-load_tokenizer(path)                      AutoTokenizer with a pad token guaranteed
-load_policy(path)                         AutoModelForCausalLM
-load_reward(path)                         AutoModelForSequenceClassification with one label (a causal LM
-                                          checkpoint gets a fresh score head: the start of reward training)
+load_tokenizer(path)                      AutoTokenizer with chat template, EOS and pad guaranteed (trainer.encoding:
+                                          the plain transcript template, SEP/CLS or an added token; recorded)
+load_policy(path, tokenizer=...)          AutoModelForCausalLM (an encoder is refused: it cannot generate)
+load_reward(path)                         AutoModelForSequenceClassification with one label (a causal LM or an
+                                          encoder checkpoint gets a fresh score head: the start of reward training)
 reward_scores(model, tokenizer, id_lists) one float per token-id sequence
 """
 
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from trainer.encoding import is_encoder, prepare_tokenizer
 from trainer.params import TrainArgs
 
 
@@ -34,6 +36,10 @@ def check_checkpoint(path: str | Path | None, role: str = "base model") -> Path:
     checkpoint = Path(path)
     if not checkpoint.exists():
         raise FileNotFoundError(f"{role} not found: {checkpoint} does not exist")
+    if checkpoint.is_dir() and (checkpoint / ADAPTER_CONFIG).is_file():
+        base = adapter_base(checkpoint)
+        check_checkpoint(base, f"base model of the {role} adapter {checkpoint}")
+        return checkpoint
     if not checkpoint.is_dir() or not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(
             f"{role} at {checkpoint} is not a Hugging Face checkpoint directory (no config.json in it)"
@@ -41,19 +47,97 @@ def check_checkpoint(path: str | Path | None, role: str = "base model") -> Path:
     return checkpoint
 
 
-def load_tokenizer(path: str | Path, role: str = "base model"):
-    """The checkpoint's tokenizer; when it has no pad token, EOS doubles as padding (attention masks tell them apart)."""
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter(path: str | Path) -> bool:
+    """True for a LoRA adapter directory (peft's adapter_config.json, no full weights)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base checkpoint an adapter was trained on (its adapter_config's base_model_name_or_path)."""
+    import json
+
+    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"adapter {path} does not name its base model (base_model_name_or_path)")
+    return Path(base)
+
+
+def _with_adapter(model, path: Path, role: str):
+    """The base model with the adapter at `path` loaded onto it (frozen, ready to generate or score)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(path))
+    except Exception as error:  # pragma: no cover - peft explains what does not fit
+        raise ValueError(f"{role} adapter at {path} does not fit its base model ({error})") from error
+
+
+def load_config(path: str | Path, role: str = "base model"):
     checkpoint = check_checkpoint(path, role)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if is_adapter(checkpoint):
+        checkpoint = adapter_base(checkpoint)
+    try:
+        return AutoConfig.from_pretrained(checkpoint)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{role} at {checkpoint}: its config.json cannot be read ({error})") from error
+
+
+def load_tokenizer(path: str | Path, role: str = "base model"):
+    """The checkpoint's tokenizer, made fit for training by trainer.encoding.prepare_tokenizer: a chat template
+    (the plain transcript one where it has none), an EOS (SEP/CLS on encoders, else one is added) and a pad
+    token (EOS on decoders); what was used is in trainer.encoding.tokenizer_setup(tokenizer)."""
+    checkpoint = check_checkpoint(path, role)
+    config = load_config(checkpoint, role)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except (ValueError, OSError, TypeError) as error:
+        raise ValueError(f"{role} at {checkpoint} has no usable tokenizer files ({error})") from error
+    prepare_tokenizer(tokenizer, str(checkpoint), encoder=is_encoder(config))
     return tokenizer
 
 
-def load_policy(path: str | Path, *, dtype: torch.dtype | str = torch.float32, role: str = "base model"):
-    """A causal LM from a local checkpoint (float32 by default: the safe choice on CPU and for training)."""
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings when tokens were added to the tokenizer (an added EOS or pad), set the pad id."""
+    if tokenizer is None:
+        return
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    text_config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and not is_encoder(model.config):
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_policy(
+    path: str | Path,
+    *,
+    tokenizer=None,
+    dtype: torch.dtype | str = torch.float32,
+    role: str = "base model",
+    quantize: bool = False,
+):
+    """A causal LM from a local checkpoint (float32 by default: the safe choice on CPU and for training).
+    An encoder (BERT-style) is refused before anything is trained: it cannot generate text."""
     checkpoint = check_checkpoint(path, role)
-    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    config = load_config(checkpoint, role)
+    if is_encoder(config):
+        raise ValueError(
+            f"{role} at {checkpoint} is an encoder ({config.model_type}) and cannot be a policy: it has no "
+            "causal language-model head to generate with. Use it as a reward model base, or pick a decoder LM."
+        )
+    source = adapter_base(checkpoint) if is_adapter(checkpoint) else checkpoint
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **quantization_kwargs(quantize, role))
+    fit_embeddings(model, tokenizer)
+    if is_adapter(checkpoint):
+        model = _with_adapter(model, checkpoint, role)
+    return model
 
 
 @contextlib.contextmanager
@@ -69,18 +153,77 @@ def _quiet_transformers():
 
 
 def load_reward(
-    path: str | Path, *, tokenizer=None, dtype: torch.dtype | str = torch.float32, role: str = "reward model"
+    path: str | Path,
+    *,
+    tokenizer=None,
+    dtype: torch.dtype | str = torch.float32,
+    role: str = "reward model",
+    quantize: bool = False,
 ):
-    """A one-label sequence classifier from a local checkpoint, its pad_token_id set (it finds the last token)."""
+    """A one-label sequence classifier from a local checkpoint (or a LoRA adapter on one), its pad_token_id set
+    (decoders read the last non-pad token; encoders their first, [CLS])."""
     checkpoint = check_checkpoint(path, role)
+    source = adapter_base(checkpoint) if is_adapter(checkpoint) else checkpoint
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=1, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, dtype=dtype, **quantization_kwargs(quantize, role)
+        )
     if model.config.num_labels != 1:
         raise ValueError(f"{role} at {checkpoint} has {model.config.num_labels} labels; a reward model has 1")
-    if model.config.pad_token_id is None:
-        tokenizer = tokenizer or load_tokenizer(checkpoint, role)
-        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = tokenizer or load_tokenizer(checkpoint, role)
+    fit_embeddings(model, tokenizer)
+    if is_adapter(checkpoint):
+        model = _with_adapter(model, checkpoint, role)
     return model
+
+
+def quantization_kwargs(quantize: bool, role: str) -> dict[str, Any]:
+    """from_pretrained kwargs for QLoRA (4-bit NF4 base weights), or a clear refusal where it cannot run."""
+    if not quantize:
+        return {}
+    if not torch.cuda.is_available():
+        raise ValueError(f"load_in_4bit (QLoRA) needs a CUDA GPU; this {role} job runs on the CPU. Use use_lora.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ValueError("load_in_4bit (QLoRA) needs the bitsandbytes package: pip install bitsandbytes") from error
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )}  # fmt: skip
+
+
+def lora_config(args: TrainArgs, task_type: str):
+    """peft's LoraConfig for the job's lora_* params (None without use_lora / load_in_4bit).
+
+    task_type: CAUSAL_LM for policies, SEQ_CLS for reward models (peft then trains the score head in full)."""
+    if not (args.use_lora or args.load_in_4bit):
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError as error:
+        raise ValueError("use_lora needs the peft package: pip install 'rankforge[train]'") from error
+    if args.lora_r < 1 or args.lora_alpha < 1 or not 0 <= args.lora_dropout < 1:
+        raise ValueError("LoRA needs lora_r >= 1, lora_alpha >= 1 and 0 <= lora_dropout < 1")
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or "all-linear",
+        task_type=task_type,
+    )
+
+
+def report_fit(fit, unit: str) -> None:
+    """Log how many rows were truncated (prompt start cut) and dropped (completion alone too long)."""
+    from trainer import progress
+
+    progress.log(
+        f"{fit.total} {unit}: {fit.truncated} truncated at the prompt's start to fit max_length, "
+        f"{fit.dropped} dropped (a completion alone longer than max_length)"
+    )
 
 
 @torch.no_grad()
@@ -114,7 +257,23 @@ def reward_scores(
     return scores
 
 
-def save_trained(trainer, tokenizer, out_dir: str | Path, scratch_dir: str | Path | None = None) -> None:
+def save_model(model, out_dir: Path, *, merge: bool = False, save=None, main: bool = True) -> None:
+    """Write the model: a LoRA-wrapped model as its adapter (base_model_name_or_path names the base checkpoint),
+    or merged into a full checkpoint when merge is set; anything else with save_pretrained."""
+    peft_model = hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+    if peft_model and merge:
+        if main:
+            model.merge_and_unload().save_pretrained(str(out_dir))
+        return
+    if save is not None:
+        save(str(out_dir))
+    elif main:
+        model.save_pretrained(str(out_dir))
+
+
+def save_trained(
+    trainer, tokenizer, out_dir: str | Path, scratch_dir: str | Path | None = None, *, merge: bool = False
+) -> None:
     """Save a Trainer's model + tokenizer into out_dir as a clean save_pretrained directory.
 
     Drops training_args.bin (a pickle nobody needs to load) and the trainer's scratch dir. Safe under accelerate:
@@ -123,7 +282,7 @@ def save_trained(trainer, tokenizer, out_dir: str | Path, scratch_dir: str | Pat
     import shutil
 
     out_dir = Path(out_dir)
-    trainer.save_model(str(out_dir))
+    save_model(trainer.model, out_dir, merge=merge, save=trainer.save_model, main=trainer.accelerator.is_main_process)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(out_dir))
         (out_dir / "training_args.bin").unlink(missing_ok=True)

@@ -56,6 +56,20 @@ class TrainArgs:
     """recompute activations in the backward pass (gradient checkpointing): less memory, about 20% slower"""
     eval_split: str = "test"
     """snapshot split used for held-out metrics (empty string: skip held-out evaluation)"""
+    use_lora: bool = False
+    """train a LoRA adapter (peft) instead of every weight; the output is the adapter, registered with its base"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
+    lora_dropout: float = 0.05
+    """dropout on the LoRA branch"""
+    lora_target_modules: str | list | None = "all-linear"
+    """modules that get adapters: "all-linear" (every linear layer but the output head), or a list of names"""
+    load_in_4bit: bool = False
+    """QLoRA: load the base weights in 4 bits (needs CUDA and bitsandbytes; implies use_lora)"""
+    merge_adapter: bool = False
+    """with use_lora: merge the trained adapter into the base weights and write a full checkpoint instead"""
 
 
 @dataclass

@@ -38,7 +38,15 @@ from torch import nn
 from transformers import get_scheduler
 
 from trainer import progress
-from trainer.models import check_checkpoint, default_device, load_policy, load_reward, load_tokenizer
+from trainer.models import (
+    check_checkpoint,
+    default_device,
+    load_policy,
+    load_reward,
+    load_tokenizer,
+    lora_config,
+    save_model,
+)
 from trainer.params import PPOArgs
 from trainer.rollout import (
     encode_prompt,
@@ -157,14 +165,18 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the policy tokenizer at {base_path} has no EOS token; responses could never end")
-    policy = load_policy(base_path).to(device)
-    ref_policy = load_policy(base_path).to(device).eval().requires_grad_(False)
+    policy = load_policy(base_path, tokenizer=tokenizer).to(device)
+    ref_policy = load_policy(base_path, tokenizer=tokenizer).to(device).eval().requires_grad_(False)
     reward_model = load_reward(reward_path, tokenizer=tokenizer).to(device).eval().requires_grad_(False)
     value_model = load_reward(reward_path, tokenizer=tokenizer).to(device)
     if not isinstance(getattr(reward_model, "score", None), nn.Module):
         raise ValueError(
             f"reward model {reward_path} has no `score` head; ppo needs a *ForSequenceClassification"
         )
+    if (peft_config := lora_config(args, "CAUSAL_LM")) is not None:  # the policy trains a LoRA adapter
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, peft_config)
     for model in (policy, ref_policy, reward_model, value_model):
         disable_dropout(model)
     if args.activation_checkpointing:
@@ -453,6 +465,6 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.progress(0.95, "saving the policy")
     policy.eval()
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
-    policy.save_pretrained(out_dir)
+    save_model(policy, out_dir, merge=args.merge_adapter)
     tokenizer.save_pretrained(out_dir)
     return final

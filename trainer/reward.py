@@ -26,8 +26,17 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from trainer import progress
-from trainer.data import encode_sequence, has_split, read_rows, read_training_rows, require_format
-from trainer.models import load_reward, load_tokenizer, reward_scores, save_trained, trainer_kwargs
+from trainer.data import has_split, read_rows, read_training_rows, require_format
+from trainer.encoding import Fit, effective_max_length, encode_rows, encode_sequence
+from trainer.models import (
+    load_reward,
+    load_tokenizer,
+    lora_config,
+    report_fit,
+    reward_scores,
+    save_trained,
+    trainer_kwargs,
+)
 from trainer.params import RewardArgs
 from trainer.spec import JobSpec
 
@@ -79,8 +88,12 @@ class WeightedRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _training_rows(rows: list[dict[str, Any]], args: RewardArgs) -> list[dict[str, Any]]:
-    """Only the columns the trainer needs: metadata columns with mixed types would trouble Arrow."""
+def _training_rows(
+    rows: list[dict[str, Any]], args: RewardArgs, tokenizer, max_length: int | None
+) -> tuple[list[dict[str, Any]], Fit]:
+    """Token ids of prompt + chosen and prompt + rejected (trainer.encoding: the prompt's start is cut to fit
+    max_length), plus margin and weight: TRL takes pre-tokenized rows as they are. Other metadata columns are
+    left out (mixed types would trouble Arrow)."""
     prepared = []
     for row in rows:
         item = {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
@@ -90,15 +103,20 @@ def _training_rows(rows: list[dict[str, Any]], args: RewardArgs) -> list[dict[st
             weight = row.get("weight")
             item["weight"] = 1.0 if weight is None else float(weight)
         prepared.append(item)
-    return prepared
+    encoded, fit = encode_rows(prepared, tokenizer, max_length, ("chosen", "rejected"))
+    for item in encoded:
+        prompt_ids = item.pop("prompt_ids")
+        item["chosen_ids"] = prompt_ids + item["chosen_ids"]
+        item["rejected_ids"] = prompt_ids + item["rejected_ids"]
+    return encoded, fit
 
 
 def pairwise_accuracy(
     model, tokenizer, rows: list[dict[str, Any]], *, batch_size: int, max_length: int
 ) -> dict:
     """Share of pairs whose chosen completion the model scores strictly higher, and the mean score gap."""
-    chosen = [encode_sequence(r["prompt"], r["chosen"], tokenizer) for r in rows]
-    rejected = [encode_sequence(r["prompt"], r["rejected"], tokenizer) for r in rows]
+    chosen = [encode_sequence(r["prompt"], r["chosen"], tokenizer, max_length) for r in rows]
+    rejected = [encode_sequence(r["prompt"], r["rejected"], tokenizer, max_length) for r in rows]
     scores = reward_scores(model, tokenizer, chosen + rejected, batch_size=batch_size, max_length=max_length)
     gaps = [c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]
     return {
@@ -109,22 +127,31 @@ def pairwise_accuracy(
 
 
 def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: RewardArgs, scratch_dir: Path, seed: int,
-                 callbacks: list | None = None) -> WeightedRewardTrainer:  # fmt: skip
-    """The configured trainer for pairs rows (weights and scaled margins taken from the rows per args)."""
+                 callbacks: list | None = None, peft_config=None) -> WeightedRewardTrainer:  # fmt: skip
+    """The configured trainer for pairs rows (weights and scaled margins taken from the rows per args).
+    Its `fit` attribute says how many pairs were truncated (prompt start cut) and dropped."""
     from datasets import Dataset
 
-    config = RewardConfig(
-        **trainer_kwargs(args, str(scratch_dir), seed),
-        center_rewards_coefficient=args.center_rewards_coefficient or None,
-    )
-    return WeightedRewardTrainer(
+    kwargs = trainer_kwargs(args, str(scratch_dir), seed)
+    kwargs["max_length"] = effective_max_length(args.max_length, model.config, tokenizer)
+    config = RewardConfig(**kwargs, center_rewards_coefficient=args.center_rewards_coefficient or None)
+    encoded, fit = _training_rows(rows, args, tokenizer, kwargs["max_length"])
+    if not encoded:
+        raise ValueError(
+            f"every one of the {fit.total} training pairs has a completion longer than max_length "
+            f"({kwargs['max_length']} tokens) on its own; raise max_length"
+        )
+    trainer = WeightedRewardTrainer(
         model=model,
         args=config,
         data_collator=WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id),
-        train_dataset=Dataset.from_list(_training_rows(rows, args)),
+        train_dataset=Dataset.from_list(encoded),
         processing_class=tokenizer,
         callbacks=callbacks,
+        peft_config=peft_config,
     )
+    trainer.fit = fit
+    return trainer
 
 
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
@@ -132,8 +159,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     dataset_path = spec.dataset_path
     require_format(dataset_path, "reward", ("pairs",))
     tokenizer = load_tokenizer(spec.base_model)
-    model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model")
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model", quantize=args.load_in_4bit)
 
     train_rows = read_training_rows(dataset_path)
     progress.log(f"reward: {len(train_rows)} training pairs")
@@ -141,15 +167,15 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     scratch = out_dir / "_scratch"
     callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
     trainer = make_trainer(
-        model, tokenizer, train_rows, args, scratch, spec.seed, [callback]
+        model, tokenizer, train_rows, args, scratch, spec.seed, [callback], lora_config(args, "SEQ_CLS")
     )
+    report_fit(trainer.fit, "pairs")
     result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
         "train/loss_mean": result.training_loss,
-        "train/pairs": len(train_rows),
-        "train/pairs_used": len(trainer.train_dataset),  # pairs longer than max_length are left out
+        **trainer.fit.metrics("pairs"),  # pairs, pairs_used, pairs_truncated, pairs_dropped
         "train/steps": result.global_step,
         "train/runtime_s": result.metrics.get("train_runtime"),
     }
@@ -163,7 +189,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             tokenizer,
             read_rows(dataset_path, args.eval_split),
             batch_size=args.per_device_eval_batch_size,
-            max_length=args.max_length,
+            max_length=trainer.args.max_length,
         )
         metrics.update({f"eval/{name}": value for name, value in held_out.items()})
         progress.metrics(
@@ -171,5 +197,5 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         )
 
     progress.progress(0.95, "saving the reward model")
-    save_trained(trainer, tokenizer, out_dir, scratch)
+    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
     return metrics

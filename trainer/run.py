@@ -118,6 +118,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> Non
         "metrics": metrics,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "trainer_version": __version__,
+        **_model_facts(out_dir, spec),
     }
     path = out_dir / "manifest.json"
     with open(path, "w", encoding="utf-8") as handle:
@@ -125,6 +126,28 @@ def write_manifest(out_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> Non
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
+    if spec.output_kind in ("reward", "policy"):
+        from trainer.card import model_card
+
+        (out_dir / "README.md").write_text(model_card(json.loads(path.read_text(encoding="utf-8"))), encoding="utf-8")
+
+
+def _model_facts(out_dir: Path, spec: JobSpec) -> dict[str, Any]:
+    """What the registry and the model card need beyond the spec: the tokenizer setup used (template, EOS, pad,
+    added tokens), whether the output is a LoRA adapter (and on which base) or an adapter merged in."""
+    from trainer.encoding import PREPARED
+
+    source = spec.reward_model if spec.kind == "score" else spec.base_model
+    setup = PREPARED.get(str(Path(source))) if source else None
+    facts: dict[str, Any] = {"tokenizer": setup.to_dict() if setup else None}
+    if spec.output_kind in ("reward", "policy"):
+        adapter = (out_dir / "adapter_config.json").is_file()
+        facts["adapter"] = adapter
+        facts["merged_adapter"] = bool(not adapter and getattr(spec.args, "use_lora", False))
+        if adapter:
+            base = json.loads((out_dir / "adapter_config.json").read_text(encoding="utf-8"))
+            facts["adapter_base_model"] = base.get("base_model_name_or_path")
+    return facts
 
 
 def run(spec: JobSpec) -> dict[str, Any]:

@@ -4,6 +4,11 @@
     build_tiny_policy(out_dir, texts_or_tokenizer, ...) -> Path          LlamaForCausalLM, random init
     build_tiny_reward(out_dir, texts_or_tokenizer, ...) -> Path          LlamaForSequenceClassification, 1 label
 
+    build_tiny_encoder(out_dir, texts, ...) -> Path      BertForMaskedLM + WordPiece tokenizer trained locally
+                                                         (no EOS, no chat template: a classic reward-model base)
+    build_tiny_gpt2(out_dir, texts, ...) -> Path         GPT2LMHeadModel + byte-level BPE with only <|endoftext|>
+                                                         (no pad token, no chat template: a plain base LM)
+
     keyword_pairs(n, seed) / write_snapshot(dir, train, test)   a synthetic, learnable preference task
 
 CLI: `python -m trainer.tiny OUT_DIR [--texts FILE.jsonl|FILE.txt]` writes OUT_DIR/policy and OUT_DIR/reward
@@ -191,6 +196,82 @@ def build_tiny_reward(
     )
     torch.manual_seed(seed)
     return _save(LlamaForSequenceClassification(config), tokenizer, out_dir)
+
+
+def build_tiny_encoder(
+    out_dir: str | Path,
+    texts: Iterable[str] | None = None,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 1024,
+    max_position_embeddings: int = 128,
+) -> Path:
+    """A BERT-style encoder (BertForMaskedLM, random init) with a WordPiece tokenizer trained on `texts`: [CLS],
+    [SEP], [PAD], [UNK], [MASK], lower-casing, no EOS and no chat template, as bert-base-uncased ships."""
+    from tokenizers import normalizers, processors
+    from transformers import BertConfig, BertForMaskedLM
+
+    texts = [t for t in (texts or default_texts()) if t]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    word_piece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    word_piece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    word_piece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_piece.decoder = decoders.WordPiece()
+    word_piece.train_from_iterator(
+        texts, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    )
+    cls_id, sep_id = word_piece.token_to_id("[CLS]"), word_piece.token_to_id("[SEP]")
+    word_piece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_piece, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]", model_max_length=max_position_embeddings,
+    )  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return _save(BertForMaskedLM(config), tokenizer, out_dir)
+
+
+def build_tiny_gpt2(
+    out_dir: str | Path,
+    texts: Iterable[str] | None = None,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 1024,
+) -> Path:
+    """A GPT-2-style decoder (GPT2LMHeadModel, random init) with a byte-level BPE tokenizer whose only special
+    token is <|endoftext|> (BOS = EOS = UNK): no pad token and no chat template, as gpt2 ships."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    texts = [t for t in (texts or default_texts()) if t]
+    end = "<|endoftext|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[end], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    ))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=end, eos_token=end, unk_token=end, model_max_length=1024
+    )
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_positions=1024,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return _save(GPT2LMHeadModel(config), tokenizer, out_dir)
 
 
 def _save(model, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:

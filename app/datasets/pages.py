@@ -164,7 +164,7 @@ def export_page(project_ref: str, request: Request, db: DbSession, principal: St
                 format: str = Form("pairs"), date_from: str = Form(""), date_to: str = Form(""),
                 min_agreement: float = Form(0.0), min_votes: int = Form(1), exclude_unsafe: bool = Form(False),
                 exclude_gold: bool = Form(False), include_ai: bool = Form(False), test_fraction: float = Form(0.1),
-                seed: int = Form(0), conversational: bool = Form(False), hf_datasets: bool = Form(False)):  # fmt: skip
+                seed: int = Form(0), conversational: str = Form("auto"), hf_datasets: bool = Form(False)):  # fmt: skip
     """The project page's export form: queue the snapshot's export job and go to its page."""
     from datetime import timedelta
 
@@ -180,7 +180,7 @@ def export_page(project_ref: str, request: Request, db: DbSession, principal: St
                 "exclude_gold": exclude_gold, "sources": ["human", "imported", "ai"] if include_ai else ["human", "imported"],
             },
             "split": {"test_fraction": test_fraction, "seed": seed},
-            "conversational": conversational,
+            "conversational": {"true": True, "false": False}.get(conversational),  # "auto" (or absent): None
             "hf_datasets": hf_datasets,
         }  # fmt: skip
         snapshot = service.request_snapshot(db, project, params, principal.user)

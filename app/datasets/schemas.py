@@ -35,5 +35,9 @@ class DatasetCreate(Input):
     format: Literal["pairs", "kto", "rankings", "sft"] = "pairs"
     filters: DatasetFilters = DatasetFilters()
     split: DatasetSplit = DatasetSplit()
-    conversational: bool = Field(default=False, description="Message lists instead of plain strings.")
+    conversational: bool | None = Field(
+        default=None,
+        description="Message lists instead of plain strings; null (auto): message lists when any of the project's "
+        "prompts is a multi-message chat, which cannot be a plain string.",
+    )
     hf_datasets: bool = Field(default=False, description="Also write a Hugging Face save_to_disk directory.")

@@ -193,6 +193,25 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
             on_batch(done + len(batch))
 
 
+def has_multi_message_chats(db: Session, project: Project) -> bool:
+    """True when some prompt of the project is a chat that is more than one user message (a system message, or
+    several turns): such a prompt cannot be a standard (string) prompt."""
+    rows = db.execute(select(_as_text(Prompt.messages)).where(Prompt.project_id == project.id, Prompt.is_chat)
+                      .execution_options(yield_per=2000))  # fmt: skip
+    for (messages,) in rows:
+        parsed = json_loads(messages)
+        if len(parsed) != 1 or parsed[0].get("role") != "user":
+            return True
+    return False
+
+
+def resolve_conversational(db: Session, project: Project, spec: DatasetCreate) -> bool:
+    """The spec's explicit choice, else "auto": message lists exactly when a prompt needs them."""
+    if spec.conversational is not None:
+        return spec.conversational
+    return has_multi_message_chats(db, project)
+
+
 def rater_weights(db: Session, project: Project) -> dict[int, float]:
     """Rater reliability from the quality statistics (1.0 for anyone without an estimate)."""
     from app.quality.service import rater_reliability
@@ -235,9 +254,10 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 current_day["day"] = latest.date().isoformat() if latest else "unknown"
                 yield jc
 
-        schema = arrow_schema(spec.format, conversational=spec.conversational)
+        conversational = resolve_conversational(db, project, spec)
+        schema = arrow_schema(spec.format, conversational=conversational)
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
-            rows = export_rows(comparisons(), spec.format, conversational=spec.conversational,
+            rows = export_rows(comparisons(), spec.format, conversational=conversational,
                                min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
                                seed=spec.split.seed, test_fraction=spec.split.test_fraction)  # fmt: skip
             try:
@@ -253,6 +273,7 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 "id": snapshot.id,
                 "project": {"id": project.id, "slug": project.slug},
                 "format": spec.format,
+                "conversational": conversational,
                 "spec": snapshot.spec,
                 "rankforge_version": __version__,
                 "created_by": snapshot.created_by_id,

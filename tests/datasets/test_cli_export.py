@@ -50,14 +50,15 @@ def test_export_demo_to_a_directory(db_url, tmp_path):
     assert not (tmp_path / "empty").exists()
 
     _rate_demo(db_url)
-    # The demo prompts are chats: as plain strings they cannot be exported, and the error says what to do.
-    plain = _cli(db_url, "export", "demo", "--out", str(tmp_path / "plain"))
+    # The demo prompts are chats: forced into plain strings they cannot be exported, and the error says what to do.
+    plain = _cli(db_url, "export", "demo", "--standard", "--out", str(tmp_path / "plain"))
     assert plain.returncode == 1 and "conversational" in plain.stderr and "Traceback" not in plain.stderr
     assert not (tmp_path / "plain").exists()
 
+    # With no flag ("auto") the chats come out as message lists.
     out = tmp_path / "export"
     done = _cli(db_url, "export", "demo", "--format", "pairs", "--out", str(out), "--test-fraction", "0.3",
-                "--conversational", "--hf-datasets")  # fmt: skip
+                "--hf-datasets")  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,6 +68,7 @@ def test_export_demo_to_a_directory(db_url, tmp_path):
     manifest = verify_snapshot(out)  # the copy is complete: every file matches the manifest
     assert manifest["sha256"] == summary["sha256"]
     assert manifest["project"]["slug"] == "demo" and manifest["format"] == "pairs"
+    assert manifest["conversational"] is True and manifest["spec"]["conversational"] is None  # auto, resolved
     rows = [json.loads(line) for split in ("train", "test")
             for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]  # fmt: skip
     with session_scope(db_url) as db:
