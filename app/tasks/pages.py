@@ -10,18 +10,19 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app.auth.deps import AnyUser, DbSession
-from app.errors import RankforgeError
+from app.errors import NotFound, RankforgeError
 from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn
 from app.limits import Id
 from app.metrics import inc
-from app.models import Judgment, Project, User, utcnow
+from app.models import Assignment, Judgment, Project, User, utcnow
 from app.projects.service import current_guidelines
 from app.tasks import service
-from app.tasks.views import task_html_context
-from app.web import is_htmx, render, render_markdown
+from app.tasks.views import clipped_markdown, full_text, task_html_context
+from app.web import is_htmx, render
 
 router = APIRouter(tags=["pages"])
+GUIDELINES_CLIP_CHARS = 100_000
 
 
 def _project_context(db, project: Project) -> dict:
@@ -31,7 +32,7 @@ def _project_context(db, project: Project) -> dict:
         "mode": project.mode,
         "allow_ties": project.allow_ties,
         "attributes": project.attributes,
-        "guidelines_html": render_markdown(current_guidelines(db, project).body),
+        "guidelines": clipped_markdown(current_guidelines(db, project).body, GUIDELINES_CLIP_CHARS),
         "guideline_version": project.guideline_version,
     }
 
@@ -157,3 +158,24 @@ async def skip_page(project_ref: str, assignment_id: Id, request: Request, princ
             return _task_response(request, db, project, principal.user, flash="Skipped.")
 
     return await run_in_threadpool(work)
+
+
+@router.get("/projects/{project_ref}/annotate/{assignment_id}/full/{part}")
+def full_text_fragment(project_ref: str, assignment_id: Id, part: str, request: Request, db: DbSession,
+                       principal: AnyUser):  # fmt: skip
+    """The whole of a clipped prompt or completion of the caller's own assignment, as plain text (htmx fragment)."""
+    project = service.project_for_rater(db, project_ref, principal.user)
+    assignment = db.get(Assignment, assignment_id)
+    if assignment is None or assignment.rater_id != principal.user.id or assignment.project_id != project.id:
+        raise NotFound(f"No assignment {assignment_id} of yours in this project.")
+    text = full_text(db, assignment, part)
+    if text is None:
+        raise NotFound(f"No text {part!r} in this assignment.")
+    return render(request, "tasks/_full_text.html", {"text": text})
+
+
+@router.get("/projects/{project_ref}/guidelines/full")
+def full_guidelines_fragment(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
+    """The project's whole current guidelines as plain text (htmx fragment), when the page shows only their start."""
+    project = service.project_for_rater(db, project_ref, principal.user)
+    return render(request, "tasks/_full_text.html", {"text": current_guidelines(db, project).body})

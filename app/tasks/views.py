@@ -5,6 +5,9 @@ Model names never leave this module: options carry only the completion id and it
 
 from __future__ import annotations
 
+import re
+
+from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,6 +15,30 @@ from app.models import Assignment, Completion, Prompt
 from app.web import render_markdown
 
 LABELS = "ABCDEFGHI"
+CLIP_CHARS = 20_000
+"""Texts longer than this show their beginning and a "show all" that fetches the rest as plain text: a 1 MiB
+completion of one character rendered whole kept Chromium from ever finishing the page."""
+
+
+LONG_WORD = re.compile(r"\S{1000,}")
+"""A run this long with no space is shown as plain monospace text (see .plain-text in static/app.css: Chromium
+lays such a run out in quadratic time in the proportional font)."""
+
+
+def clipped_markdown(text: str, limit: int = CLIP_CHARS) -> dict:
+    """{html, clipped, length, shown}: the text as sanitized markdown, or only its first `limit` characters (cut
+    at a line end when one is in the second half) when it is longer; plain text when it has a very long word."""
+    head = text
+    if len(text) > limit:
+        head = text[:limit]
+        line_end = head.rfind("\n", limit // 2)
+        if line_end > 0:
+            head = head[:line_end]
+    if LONG_WORD.search(head):
+        html = Markup('<pre class="plain-text">') + head + Markup("</pre>")  # escaped by Markup's +
+    else:
+        html = render_markdown(head)
+    return {"html": html, "clipped": len(head) < len(text), "length": len(text), "shown": len(head)}
 
 
 def _load(db: Session, assignment: Assignment) -> tuple[Prompt, list[Completion]]:
@@ -47,7 +74,22 @@ def task_html_context(db: Session, assignment: Assignment) -> dict:
         "comparison_id": assignment.comparison_id,
         "expires_at": assignment.expires_at.isoformat(),
         "prompt_messages": [
-            {"role": m.get("role", "user"), "html": render_markdown(str(m.get("content", "")))} for m in prompt.messages
+            {"role": m.get("role", "user"), "part": f"prompt-{i}"} | clipped_markdown(str(m.get("content", "")))
+            for i, m in enumerate(prompt.messages)
         ],
-        "options": [{"id": c.id, "label": LABELS[i], "html": render_markdown(c.text)} for i, c in enumerate(completions)],
+        "options": [{"id": c.id, "label": LABELS[i], "part": f"option-{c.id}"} | clipped_markdown(c.text)
+                    for i, c in enumerate(completions)],  # fmt: skip
     }
+
+
+def full_text(db: Session, assignment: Assignment, part: str) -> str | None:
+    """The whole text behind a clipped `part` of this assignment ("prompt-<index>" or "option-<completion id>")."""
+    kind, _, index = part.partition("-")
+    if not (index.isascii() and index.isdigit()):
+        return None
+    prompt, completions = _load(db, assignment)
+    if kind == "prompt" and int(index) < len(prompt.messages):
+        return str(prompt.messages[int(index)].get("content", ""))
+    if kind == "option":
+        return next((c.text for c in completions if c.id == int(index)), None)
+    return None
