@@ -183,3 +183,11 @@ def test_a_real_server_answers_413_before_the_body_is_sent(live_server):
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.only_db("sqlite")
+def test_multipart_fields_other_than_files_are_capped(client, admin):
+    big = "u" * (2 * MiB)
+    response = client.post("/admin/users", files={"username": (None, big), "role": (None, "annotator"),
+                                                  "password": (None, "long-enough-1")}, headers=admin["headers"])  # fmt: skip
+    assert response.status_code == 400, response.text[:300]
