@@ -66,6 +66,25 @@ def eta_seconds(job: Job) -> float | None:
     return elapsed * (1 - job.progress) / job.progress
 
 
+DROPPED_WARN_SHARE = 0.05
+"""The job page warns when a training job left out more than this share of its rows (too long for max_length)."""
+
+
+def dropped_warning(job: Job) -> str | None:
+    """A warning when the trainer dropped more than 5% of its pairs or rows (their completion alone is longer
+    than max_length; longer prompts are cut at their start and kept), else None."""
+    metrics = (job.result or {}).get("metrics") or {}
+    for unit in ("pairs", "rows"):
+        total, dropped = metrics.get(f"train/{unit}"), metrics.get(f"train/{unit}_dropped")
+        numbers = isinstance(total, (int, float)) and isinstance(dropped, (int, float)) and total > 0
+        if numbers and dropped / total > DROPPED_WARN_SHARE:
+            truncated = metrics.get(f"train/{unit}_truncated", 0)
+            return (f"{int(dropped)} of {int(total)} training {unit} ({dropped / total:.0%}) were dropped: their "
+                    f"completion alone is longer than max_length. Raise max_length to keep them "
+                    f"({int(truncated)} more were kept with the start of their prompt cut).")  # fmt: skip
+    return None
+
+
 def _status_context(db, job: Job) -> dict:
     metrics = list(
         db.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
@@ -79,6 +98,7 @@ def _status_context(db, job: Job) -> dict:
         "base": db.get(ModelVersion, job.base_model_id) if job.base_model_id else None,
         "reward": db.get(ModelVersion, job.reward_model_id) if job.reward_model_id else None,
         "project": db.get(Project, job.project_id) if job.project_id else None,
+        "dropped_warning": dropped_warning(job),
     }  # fmt: skip
 
 

@@ -28,8 +28,30 @@ def version_json(version: ModelVersion) -> dict:
         "id": version.id, "name": version.name, "kind": version.kind, "path": version.path,
         "project_id": version.project_id, "base_version_id": version.base_version_id, "job_id": version.job_id,
         "dataset_id": version.dataset_id, "dataset_sha256": version.dataset_sha256, "metrics": version.metrics or {},
-        "created_at": version.created_at.isoformat(),
+        "adapter": is_adapter_version(version), "created_at": version.created_at.isoformat(),
     }  # fmt: skip
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_version(version: ModelVersion) -> bool:
+    """A LoRA adapter (peft) on its base version (base_version_id), rather than a full checkpoint."""
+    return bool((version.manifest or {}).get("adapter"))
+
+
+def adapter_base_path(directory: Path) -> Path | None:
+    """The base checkpoint a LoRA adapter directory names (base_model_name_or_path), or None if not an adapter."""
+    config_file = directory / ADAPTER_CONFIG
+    if not config_file.is_file():
+        return None
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise Unprocessable(f"{config_file} is not a valid adapter config ({error}).") from error
+    if not base:
+        raise Unprocessable(f"The adapter at {directory} does not name its base model (base_model_name_or_path).")
+    return Path(base).expanduser().resolve()
 
 
 def list_versions(
@@ -77,19 +99,32 @@ def check_name(name: str) -> str:
 
 def register_version(db: Session, name: str, path: str | Path, kind: str, *, project: Project | None = None,
                      actor: User | None = None, manifest: dict | None = None) -> ModelVersion:  # fmt: skip
-    """Register a local Hugging Face checkpoint directory (it must hold a config.json)."""
+    """Register a local Hugging Face checkpoint directory (it must hold a config.json), or a LoRA adapter directory
+    (adapter_config.json) whose base checkpoint is registered already: the version records that base."""
     if kind not in MODEL_KINDS:
         raise Unprocessable(f"kind must be one of {', '.join(MODEL_KINDS)}, not {kind!r}.")
     check_name(name)
     directory = Path(path).expanduser().resolve()
-    if not (directory / "config.json").is_file():
+    base_version = None
+    base_path = adapter_base_path(directory)
+    if base_path is not None:
+        base_version = db.scalar(select(ModelVersion).where(ModelVersion.path == str(base_path))
+                                 .order_by(ModelVersion.id).limit(1))  # fmt: skip
+        if base_version is None:
+            raise Unprocessable(f"{directory} is a LoRA adapter on {base_path}, which is not registered: "
+                                "register the base model first.")  # fmt: skip
+    elif not (directory / "config.json").is_file():
         raise Unprocessable(f"{directory} is not a Hugging Face checkpoint directory (no config.json there).")
     if db.scalar(select(ModelVersion.id).where(ModelVersion.name == name)) is not None:
         raise Conflict(f"A model version named {name!r} exists already.")
     if manifest is None and (directory / "manifest.json").is_file():
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    manifest = dict(manifest or {})
+    if base_version is not None:
+        manifest.setdefault("adapter", True)
     version = ModelVersion(name=name, kind=kind, path=str(directory), project_id=project.id if project else None,
-                           metrics=(manifest or {}).get("metrics") or {}, manifest=manifest or {})  # fmt: skip
+                           base_version_id=base_version.id if base_version else None,
+                           metrics=manifest.get("metrics") or {}, manifest=manifest)  # fmt: skip
     db.add(version)
     db.flush()
     audit(db, actor, "model.register", "model_version", version.id, name=name, kind=kind)

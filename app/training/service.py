@@ -62,7 +62,9 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
         spec = dict(app_params.get("snapshot") or {}) | {"format": SNAPSHOT_FORMAT[kind]}
         app_params["snapshot"] = parse_spec(spec).model_dump(mode="json")  # validated now, built by the job
     base = None
-    if kind != "score":
+    if kind == "reward" and base_model not in (None, ""):
+        base = get_version(db, base_model)  # a reward model may start from a policy or from a reward/encoder base
+    elif kind != "score":
         base = _resolve_version(db, base_model, "policy", project)
         if base is None:
             raise Unprocessable("No policy model version is registered: register one (`rankforge models add` or "
