@@ -156,6 +156,11 @@ def create_app() -> FastAPI:
 
     app.include_router(webhooks_api)
     app.include_router(webhook_pages)
+    from app.verifiers.pages import router as verifier_pages
+    from app.verifiers.router import router as verifiers_api
+
+    app.include_router(verifiers_api)
+    app.include_router(verifier_pages)
     app.include_router(docs_router)
 
     from app.imports.parsers import FORMATS as IMPORT_FORMATS

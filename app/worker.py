@@ -13,10 +13,12 @@ from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
 from app.training.tasks import run_training_job
+from app.verifiers.tasks import run_verify_job
 from app.webhooks.tasks import deliver_due, run_in_background
 
 HANDLERS: dict[str, Handler] = {
     "export": run_export_job,
+    "verify": run_verify_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
 }
 IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]

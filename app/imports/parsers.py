@@ -23,6 +23,14 @@ Decisions worth knowing:
 - Unknown top-level fields in native rows reject the file (a misspelt ``ranking`` must not silently
   drop a gold answer); extra data belongs in ``metadata``.
 - Line 0 in an error means the whole file (size, emptiness, unknown format).
+
+Verifiable prompts (a ``reference`` and/or ``tests``, see trainer.rewards.verifier) need no completions:
+- ``native`` rows may carry ``"reference": {"answer", "rule"?, ...}`` and ``"tests": {"code", "entry_point"?,
+  "prefix"?}``; with either one, ``completions`` is optional.
+- ``gsm8k``: ``{"question", "answer"}`` where the answer's worked solution ends with ``#### N``: N becomes a
+  numeric reference, the solution goes to metadata.
+- ``humaneval``: ``{"prompt", "test", "entry_point", "task_id"?}``: the prompt (a function stub) is the prompt
+  and the tests' prefix, ``check(candidate)`` in ``test`` is called with the answer's ``entry_point``.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ from typing import Any
 from app.errors import ImportValidationError
 from app.limits import INT4_MAX, INT4_MIN, column_length, find_bad_character
 from app.models import Comparison, Completion, Prompt
+from trainer.rewards.verifier import check_reference, check_tests
 
-FORMATS = ("native", "trl", "hh-rlhf", "oasst")
+FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED_ERRORS = ImportValidationError.MAX_REPORTED
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -60,6 +69,10 @@ class ImportRecord:
     """Human preference from the file: tie groups of indexes into completions, best first; None if none."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form data carried along (source ids, extra columns)."""
+    reference: dict[str, Any] | None = None
+    """Verifiable prompts: the answer and its rule (trainer.rewards.verifier.check_reference)."""
+    tests: dict[str, Any] | None = None
+    """Verifiable prompts: Python tests for the answer's code (trainer.rewards.verifier.check_tests)."""
 
 
 @dataclass(frozen=True)
@@ -232,8 +245,8 @@ def _completion(text: str, model: str | None = None, metadata: dict | None = Non
 def _check_record(record: ImportRecord) -> None:
     """Checks every format shares: two or more distinct completions, a valid ranking."""
     count = len(record.completions)
-    if count < 2:
-        raise _RowError(f"needs at least 2 completions, got {count}")
+    if count < 2 and record.reference is None and record.tests is None:
+        raise _RowError(f"needs at least 2 completions (or a reference or tests), got {count}")
     first_index_of: dict[str, int] = {}
     for index, completion in enumerate(record.completions):
         text = completion["text"]
@@ -308,7 +321,7 @@ def _optional_external_id(row: dict) -> str | None:
 # ----------------------------------------------------------------------------------------------------
 # native
 
-NATIVE_FIELDS = ("prompt", "completions", "external_id", "metadata", "ranking")
+NATIVE_FIELDS = ("prompt", "completions", "external_id", "metadata", "ranking", "reference", "tests")
 NATIVE_COMPLETION_FIELDS = ("text", "model", "metadata")
 
 
@@ -320,7 +333,10 @@ def parse_native_row(row: dict, line: int) -> list[ImportRecord]:
             "put extra data in metadata)"
         )
     prompt = _prompt(_require(row, "prompt"))
-    raw_completions = _expect(_require(row, "completions"), list, "completions")
+    reference, tests = _verifier_fields(row)
+    verifiable = reference is not None or tests is not None
+    raw_completions = _expect(row.get("completions", []) if verifiable else _require(row, "completions"), list,
+                              "completions")  # fmt: skip
     completions = []
     for index, raw in enumerate(raw_completions):
         where = f"completions[{index}]"
@@ -341,7 +357,61 @@ def parse_native_row(row: dict, line: int) -> list[ImportRecord]:
     if ranking is not None:
         ranking = _check_ranking(ranking, len(completions))
     metadata = _expect(row.get("metadata") or {}, dict, "metadata")
-    return [ImportRecord(line, _optional_external_id(row), prompt, completions, ranking, metadata)]
+    return [ImportRecord(line, _optional_external_id(row), prompt, completions, ranking, metadata, reference, tests)]
+
+
+def _verifier_fields(row: dict) -> tuple[dict | None, dict | None]:
+    """A row's reference and tests, checked (None when absent)."""
+    reference = tests = None
+    try:
+        if row.get("reference") is not None:
+            reference = check_reference(row["reference"])
+        if row.get("tests") is not None:
+            tests = check_tests(row["tests"])
+    except ValueError as error:
+        raise _RowError(str(error)) from error
+    return reference, tests
+
+
+# ----------------------------------------------------------------------------------------------------
+# gsm8k, humaneval: the common shapes of math and code sets
+
+GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+
+
+def parse_gsm8k_row(row: dict, line: int) -> list[ImportRecord]:
+    question = _prompt(_require(row, "question"), "question")
+    solution = _expect(_require(row, "answer"), str, "answer")
+    found = GSM8K_ANSWER.search(solution)
+    if not found:
+        raise _RowError("answer must end with '#### N', the final answer")
+    final = found.group(1).strip().replace(",", "")
+    try:
+        reference = check_reference({"answer": final, "rule": "numeric", "tolerance": 1e-6})
+    except ValueError as error:
+        raise _RowError(f"the final answer after '####' is not a number: {final!r}") from error
+    extra = {k: v for k, v in row.items() if k not in ("question", "answer", "external_id", "id")}
+    external_id = _optional_external_id(row) or (str(row["id"]) if row.get("id") is not None else None)
+    metadata = {"solution": solution[: found.start()].strip(), **extra}
+    return [ImportRecord(line, external_id, question, [], None, metadata, reference, None)]
+
+
+def parse_humaneval_row(row: dict, line: int) -> list[ImportRecord]:
+    prompt = _expect(_require(row, "prompt"), str, "prompt")
+    if not prompt.strip():
+        raise _RowError("prompt must not be empty")
+    test = _expect(_require(row, "test"), str, "test")
+    entry_point = _expect(_require(row, "entry_point"), str, "entry_point")
+    try:
+        tests = check_tests({"code": test, "entry_point": entry_point, "prefix": prompt})
+    except ValueError as error:
+        raise _RowError(str(error)) from error
+    task_id = row.get("task_id")
+    if task_id is not None:
+        _expect(task_id, str, "task_id")
+    external_id = _optional_external_id(row) or task_id
+    metadata = {k: v for k, v in row.items() if k not in ("prompt", "test", "entry_point", "external_id")}
+    return [ImportRecord(line, external_id, prompt, [], None, metadata, None, tests)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -561,4 +631,6 @@ ROW_PARSERS: dict[str, Callable[[dict, int], list[ImportRecord]]] = {
     "trl": parse_trl_row,
     "hh-rlhf": parse_hh_row,
     "oasst": parse_oasst_row,
+    "gsm8k": parse_gsm8k_row,
+    "humaneval": parse_humaneval_row,
 }

@@ -58,7 +58,8 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
             messages, is_chat = _messages(record.prompt)
             meta = dict(record.metadata or {})
             prompts.append(Prompt(project_id=project.id, external_id=external_id, messages=messages, is_chat=is_chat,
-                                  meta=meta, batch=meta.get("batch"), priority=record_priority(record)))  # fmt: skip
+                                  meta=meta, batch=meta.get("batch"), priority=record_priority(record),
+                                  reference=record.reference, tests=record.tests))  # fmt: skip
         db.add_all(prompts)
         db.flush()
         completions = []
@@ -70,6 +71,8 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
         db.flush()
         comparisons = []
         for (record, _), prompt, rows in zip(fresh, prompts, completions, strict=True):
+            if len(rows) < 2:  # a verifiable prompt alone (or with one answer): nothing to rank
+                continue
             is_gold = bool(record.ranking) and (gold or bool((record.metadata or {}).get("gold")))
             ranking_ids = [[rows[i].id for i in group] for group in record.ranking] if record.ranking else None
             comparison = Comparison(

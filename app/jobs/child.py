@@ -98,11 +98,11 @@ def parse_event(line: str) -> dict | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
-def run_child(ctx, command: list[str], cwd: Path) -> dict:
+def run_child(ctx, command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
     """Run a child to its end under job `ctx` (app.jobs.runner.JobContext), reporting its events as the job's
     progress, metrics and log; returns its `done` event. Raises JobCancelled on cancel, JobFailed when the child
     fails (its own error event, else its exit code and stderr tail)."""
-    child = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    child = subprocess.Popen(command, cwd=ROOT, env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
     (cwd / "child.pid").write_text(str(child.pid))
     reader = ChildReader(child)

@@ -36,6 +36,11 @@ def create_job(data: JobCreate, db: DbSession, principal: Staff):
     if data.kind == JobKind.export:
         snapshot = request_snapshot(db, project, data.params, principal.user)
         return service.job_json(service.get_job(db, snapshot.job_id))
+    if data.kind == JobKind.verify:
+        from app.verifiers.service import create_verify_job
+
+        job = create_verify_job(db, project, base_model=data.base_model, params=data.params, actor=principal.user)
+        return service.job_json(job)
     job = create_training_job(db, project, data.kind, dataset_id=data.dataset_id, base_model=data.base_model,
                               reward_model=data.reward_model, params=data.params, actor=principal.user)  # fmt: skip
     return service.job_json(job)

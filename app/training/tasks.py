@@ -62,7 +62,14 @@ def write_prompts(db: Session, project: Project, path: Path, limit: int | None, 
     n = 0
     with open(path, "w", encoding="utf-8") as handle:
         for prompt in db.scalars(query):
-            handle.write(json.dumps({"prompt_id": prompt.id, "prompt": _prompt_value(prompt)}) + "\n")
+            row = {"prompt_id": prompt.id, "prompt": _prompt_value(prompt)}
+            if prompt.reference is not None or prompt.tests is not None:  # verifiable: the "verifier" reward's inputs
+                if (prompt.meta or {}).get("verify_excluded"):
+                    continue
+                row |= {"reference": json.dumps(prompt.reference) if prompt.reference is not None else None,
+                        "tests": json.dumps(prompt.tests) if prompt.tests is not None else None,
+                        "answer": str((prompt.reference or {}).get("answer", "")) or None}  # fmt: skip
+            handle.write(json.dumps(row) + "\n")
             n += 1
     if n == 0:
         raise JobFailed(f"Project {project.slug} has no prompts.")

@@ -361,7 +361,7 @@ def bootstrap(workdir: str) -> dict:
         with open(os.path.join(workdir, name), "w", encoding="utf-8") as handle:
             handle.write(text)
     if os.getuid() == 0:
-        for name in os.listdir(workdir):
+        for name in [*os.listdir(workdir), "."]:
             os.chown(os.path.join(workdir, name), uid, uid)
     out_path, err_path = os.path.join(workdir, "stdout.txt"), os.path.join(workdir, "stderr.txt")
     read_end, write_end = os.pipe()
@@ -415,9 +415,8 @@ def bootstrap(workdir: str) -> dict:
     if timed_out:
         return _verdict(False, "timeout", error=f"ran past the wall-clock limit of {limits['wall_seconds']} s") | base
     result = None
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(workdir, "result.json"), encoding="utf-8") as handle:
-            result = json.loads(handle.read(300000))
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(workdir, "result.json"), encoding="utf-8") as f:
+        result = json.loads(f.read(300000))
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig in (signal.SIGXCPU, signal.SIGKILL) and seconds >= limits["cpu_seconds"] * 0.9:
@@ -435,8 +434,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--bootstrap":
         print(json.dumps(bootstrap(sys.argv[2])), flush=True)
     elif len(sys.argv) >= 3:  # python -m trainer.rewards.sandbox CODE_FILE TESTS_FILE [ENTRY_POINT]
-        code_text = open(sys.argv[1], encoding="utf-8").read()
-        tests_text = open(sys.argv[2], encoding="utf-8").read()
+        with open(sys.argv[1], encoding="utf-8") as code_file, open(sys.argv[2], encoding="utf-8") as tests_file:
+            code_text, tests_text = code_file.read(), tests_file.read()
         print(json.dumps(run_tests(code_text, tests_text, sys.argv[3] if len(sys.argv) > 3 else None)))
     else:
         sys.exit("usage: python -m trainer.rewards.sandbox CODE_FILE TESTS_FILE [ENTRY_POINT]")

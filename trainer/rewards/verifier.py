@@ -61,7 +61,7 @@ def check_reference(reference: Any) -> dict:
         answer = reference.get("answer")
         if answer is None or (isinstance(answer, str) and not answer.strip()):
             raise ValueError(f"reference.answer is required for rule {rule!r}")
-        if isinstance(answer, (dict, list)) or isinstance(answer, bool):
+        if isinstance(answer, (dict, list, bool)):
             raise ValueError("reference.answer must be a string or a number")
     if rule == "numeric":
         parse_number(reference["answer"])

@@ -1,0 +1,1 @@
+"""Verifiable projects: prompts with a reference or tests, verify jobs, verdicts, pass rates, verifier audits."""

@@ -1,0 +1,71 @@
+"""JSON API of verifiable projects: pass rates per version, verdicts, the verifier's audit, fixing prompts.
+(`verify` jobs start through `POST /api/v1/jobs` like every kind.)"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import Field
+
+from app.auth.deps import AnyUser, DbSession, Staff
+from app.limits import Id, Input
+from app.projects.service import get_project
+from app.verifiers import service
+
+router = APIRouter(prefix="/api/v1", tags=["verifiers"])
+
+
+@router.get("/projects/{project_ref}/verifier")
+def verifier(project_ref: str, db: DbSession, principal: Staff):
+    """Verifiable prompts, pass@1 / pass@k with 95% intervals per verify job (model version, round), and the
+    verifier's audited false-positive and false-negative rates."""
+    return service.project_verifier(db, get_project(db, project_ref))
+
+
+@router.get("/projects/{project_ref}/verdicts")
+def verdicts(project_ref: str, db: DbSession, principal: Staff, job_id: Id | None = None,
+             passed: bool | None = None, audit_status: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100):  # fmt: skip
+    return {"verdicts": service.list_verdicts(db, get_project(db, project_ref), job_id=job_id, passed=passed,
+                                              audit_status=audit_status, limit=limit)}  # fmt: skip
+
+
+class AuditSampleIn(Input):
+    count: int = Field(20, ge=1, le=1000, description="Verdicts to send to the audit queue (weighted sample).")
+
+
+@router.post("/projects/{project_ref}/verdicts/audit-sample", status_code=201)
+def audit_sample(project_ref: str, data: AuditSampleIn, db: DbSession, principal: Staff):
+    return {"sampled": service.sample_for_audit(db, get_project(db, project_ref), data.count, principal.user)}
+
+
+@router.get("/projects/{project_ref}/verdicts/audit")
+def audit_queue(project_ref: str, db: DbSession, principal: AnyUser):
+    """Verdicts waiting for a human: prompt, answer, reference or tests, and the verdict."""
+    return {"verdicts": service.list_verdicts(db, get_project(db, project_ref), audit_status="pending")}
+
+
+class AuditIn(Input):
+    correct: bool = Field(description="Whether the verdict (pass or fail) is right.")
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/verdicts/{verdict_id}/audit")
+def audit_verdict(verdict_id: Id, data: AuditIn, db: DbSession, principal: AnyUser):
+    verdict = service.audit_verdict(db, verdict_id, data.correct, data.note, principal.user)
+    return {"id": verdict.id, "audit_status": verdict.audit_status}
+
+
+class PromptVerifierIn(Input):
+    excluded: bool | None = None
+    reference: dict | None = None
+    tests: dict | None = None
+
+
+@router.post("/projects/{project_ref}/prompts/{prompt_id}/verifier")
+def update_prompt(project_ref: str, prompt_id: Id, data: PromptVerifierIn, db: DbSession, principal: Staff):
+    """Fix a disputed prompt's reference or tests, or exclude it (verify jobs and GRPO prompts skip it)."""
+    prompt = service.update_prompt_verifier(db, get_project(db, project_ref), prompt_id, excluded=data.excluded,
+                                            reference=data.reference, tests=data.tests, actor=principal.user)  # fmt: skip
+    return {"id": prompt.id, "reference": prompt.reference, "tests": prompt.tests,
+            "excluded": service.is_excluded(prompt)}

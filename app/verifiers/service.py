@@ -1,0 +1,348 @@
+"""Verifiable projects: their prompts (a `reference` and/or `tests`), `verify` jobs, verdicts, pass rates per model
+version, and the human audit of the verifier.
+
+    verifiable_prompts(db, project) / eval_prompt_ids(db, project, params)
+    create_verify_job(db, project, base_model=..., params=...)        a queued `verify` job
+    pass_rates(rows, k) -> {pass@1, pass@k with bootstrap 95% intervals}   (pure)
+    project_verifier(db, project) -> the page's and the API's figures
+    sample_for_audit / audit_queue / audit_verdict / error_rates          the human check on the verifier
+    update_prompt_verifier(db, project, prompt_id, ...)                   fix or exclude a disputed prompt
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.audit import audit
+from app.errors import NotFound, Unprocessable
+from app.jobs.service import create_job
+from app.models import Completion, Job, JobStatus, ModelVersion, Project, Prompt, User, Verdict, utcnow
+from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
+
+VERIFY_PARAMS = {
+    "samples": "answers sampled per prompt: the n of pass@k (default 4)",
+    "k": "the k of pass@k besides 1 (default: samples)",
+    "temperature": "sampling temperature of the answers (default 0.8)",
+    "max_new_tokens": "longest answer in tokens (default 128)",
+    "prompt_ids": "only these prompts (default: the held-out ones, metadata.split test/eval, else all)",
+    "max_prompts": "at most this many prompts (default 200)",
+    "workers": "sandbox runs at a time (default 2)",
+    "seed": "random seed of the sampling",
+    "round_id": "the round this job evaluates (set by the round driver)",
+}
+HELD_OUT_SPLITS = ("test", "eval", "validation", "heldout")
+BOOTSTRAP_SAMPLES = 1000
+Z95 = 1.959964
+
+
+def is_excluded(prompt: Prompt) -> bool:
+    return bool((prompt.meta or {}).get("verify_excluded"))
+
+
+def verifiable_prompts(db: Session, project: Project, *, include_excluded: bool = False) -> list[Prompt]:
+    query = select(Prompt).where(Prompt.project_id == project.id,
+                                 or_(Prompt.reference.is_not(None), Prompt.tests.is_not(None))).order_by(Prompt.id)  # fmt: skip
+    prompts = [p for p in db.scalars(query) if p.reference is not None or p.tests is not None]  # JSON null
+    return prompts if include_excluded else [p for p in prompts if not is_excluded(p)]
+
+
+def eval_prompt_ids(db: Session, project: Project, params: dict) -> list[int]:
+    """The prompts a verify job scores: `prompt_ids`, else the held-out ones (metadata.split), else all."""
+    prompts = verifiable_prompts(db, project)
+    if params.get("prompt_ids"):
+        wanted = {int(i) for i in params["prompt_ids"]}
+        prompts = [p for p in prompts if p.id in wanted]
+    else:
+        held_out = [p for p in prompts if str((p.meta or {}).get("split", "")).lower() in HELD_OUT_SPLITS]
+        prompts = held_out or prompts
+    return [p.id for p in prompts][: int(params.get("max_prompts") or 200)]
+
+
+def _int_param(params: dict, name: str, low: int, high: int, default: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Unprocessable(f"params.{name} must be an integer from {low} to {high}, got {value!r}.")
+    return value
+
+
+def check_params(params: dict | None) -> dict:
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(VERIFY_PARAMS))
+    if unknown:
+        raise Unprocessable(f"Unknown param(s) for verify: {', '.join(unknown)}; known: {', '.join(VERIFY_PARAMS)}.")
+    samples = _int_param(params, "samples", 1, 64, 4)
+    _int_param(params, "k", 1, samples, samples)
+    _int_param(params, "max_new_tokens", 1, 4096, 128)
+    _int_param(params, "max_prompts", 1, 100_000, 200)
+    _int_param(params, "workers", 1, 32, 2)
+    temperature = params.get("temperature", 0.8)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
+        raise Unprocessable(f"params.temperature must be a number from 0 to 5, got {temperature!r}.")
+    if params.get("prompt_ids") is not None and not (
+        isinstance(params["prompt_ids"], list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                       for i in params["prompt_ids"])):  # fmt: skip
+        raise Unprocessable("params.prompt_ids must be a list of prompt ids.")
+    return params
+
+
+def resolve_version(db: Session, ref) -> ModelVersion:
+    version = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        version = db.get(ModelVersion, int(ref))
+    if version is None and isinstance(ref, str):
+        version = db.scalar(select(ModelVersion).where(ModelVersion.name == ref).order_by(ModelVersion.id.desc()))
+    if version is None:
+        raise NotFound(f"No model version {ref!r}.")
+    if version.kind != "policy":
+        raise Unprocessable(f"Model version {version.name} is a {version.kind} model; verify needs a policy.")
+    return version
+
+
+def create_verify_job(db: Session, project: Project, *, base_model=None, params: dict | None = None,
+                      actor: User | None = None, depends_on: Sequence[int] = ()) -> Job:  # fmt: skip
+    """Queue a `verify` job: with a policy version, it samples `samples` answers per held-out prompt and verifies
+    them; without one, it verifies the project's answers that have no verdict yet (imported or generated)."""
+    params = check_params(params)
+    if not verifiable_prompts(db, project):
+        raise Unprocessable(f"Project {project.slug} has no verifiable prompts: import prompts with a reference or "
+                            "tests (formats native, gsm8k, humaneval).")  # fmt: skip
+    version = resolve_version(db, base_model) if base_model not in (None, "") else None
+    job = create_job(db, "verify", project_id=project.id, params=params, actor=actor,
+                     base_model_id=version.id if version else None, depends_on=depends_on)  # fmt: skip
+    audit(db, actor, "job.create", "job", job.id, kind="verify")
+    return job
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pass rates
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bootstrap(per_prompt: list[float], seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean over prompts."""
+    if not per_prompt:
+        return (math.nan, math.nan)
+    if len(per_prompt) == 1:
+        return (per_prompt[0], per_prompt[0])
+    rng = random.Random(seed)
+    m = len(per_prompt)
+    means = sorted(sum(per_prompt[rng.randrange(m)] for _ in range(m)) / m for _ in range(BOOTSTRAP_SAMPLES))
+    return (means[int(0.025 * BOOTSTRAP_SAMPLES)], means[int(0.975 * BOOTSTRAP_SAMPLES) - 1])
+
+
+def pass_rates(rows: Sequence[tuple[int, bool]], k: int) -> dict:
+    """pass@1 and pass@k (Chen et al.'s unbiased estimator per prompt, averaged over prompts) with bootstrap 95%
+    intervals over prompts, from (prompt id, passed) rows. Prompts with fewer than k answers are left out of
+    pass@k."""
+    by_prompt: dict[int, list[bool]] = defaultdict(list)
+    for prompt_id, passed in rows:
+        by_prompt[prompt_id].append(bool(passed))
+    ones = [pass_at_k(len(v), sum(v), 1) for v in by_prompt.values()]
+    ks = [pass_at_k(len(v), sum(v), k) for v in by_prompt.values() if len(v) >= k]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    low1, high1 = _bootstrap(ones)
+    lowk, highk = _bootstrap(ks, seed=1)
+    return {"prompts": len(by_prompt), "answers": len(rows), "k": k,
+            "pass_at_1": mean(ones), "pass_at_1_ci": [low1, high1] if ones else None,
+            "pass_at_k": mean(ks), "pass_at_k_ci": [lowk, highk] if ks else None}  # fmt: skip
+
+
+def job_pass_rates(db: Session, job: Job) -> dict:
+    rows = db.execute(select(Verdict.prompt_id, Verdict.passed, Verdict.reason).where(Verdict.job_id == job.id)).all()
+    k = int((job.params or {}).get("k") or (job.params or {}).get("samples") or 1)
+    k = max(1, min(k, max((n for n in _answers_per_prompt(rows).values()), default=1)))
+    result = pass_rates([(r.prompt_id, r.passed) for r in rows], k)
+    reasons: dict[str, int] = defaultdict(int)
+    for row in rows:
+        reasons[row.reason] += 1
+    result["reasons"] = dict(sorted(reasons.items()))
+    return result
+
+
+def _answers_per_prompt(rows) -> dict[int, int]:
+    counts: dict[int, int] = defaultdict(int)
+    for row in rows:
+        counts[row.prompt_id] += 1
+    return counts
+
+
+def version_pass_rates(db: Session, project: Project) -> list[dict]:
+    """One entry per finished verify job of the project, oldest first: its version and pass rates."""
+    jobs = db.scalars(select(Job).where(Job.project_id == project.id, Job.kind == "verify",
+                                        Job.status == JobStatus.succeeded).order_by(Job.id)).all()  # fmt: skip
+    names = dict(db.execute(select(ModelVersion.id, ModelVersion.name)
+                            .where(ModelVersion.id.in_([j.base_model_id for j in jobs if j.base_model_id]))).all())  # fmt: skip
+    entries = []
+    for job in jobs:
+        metrics = (job.result or {}).get("pass_rates") or job_pass_rates(db, job)
+        entries.append({"job_id": job.id, "model_version_id": job.base_model_id,
+                        "model_name": names.get(job.base_model_id) or (job.result or {}).get("model_name")
+                        or "existing answers", "round_id": (job.params or {}).get("round_id"),
+                        "finished_at": job.finished_at.isoformat() if job.finished_at else None, **metrics})  # fmt: skip
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the human audit of the verifier
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _audit_weight(verdict: Verdict, score: float | None, median: float | None) -> float:
+    """Weights of the audit sample: passes the reward model scores low, failures it scores high, and numeric
+    answers near the tolerance are where a verifier's mistakes hide."""
+    weight = 1.0
+    if verdict.near_tolerance:
+        weight *= 4.0
+    if score is not None and median is not None:
+        if verdict.passed and score < median:
+            weight *= 3.0
+        if not verdict.passed and score > median:
+            weight *= 3.0
+    if verdict.reason in ("sandbox_error", "timeout", "memory"):
+        weight *= 2.0
+    return weight
+
+
+def sample_for_audit(db: Session, project: Project, count: int, actor: User | None = None, seed: int | None = None) -> int:
+    """Mark up to `count` not-yet-audited verdicts as pending audit, drawn with the weights above (without
+    replacement); returns how many were marked."""
+    candidates = db.scalars(select(Verdict).where(Verdict.project_id == project.id, Verdict.audit_status.is_(None))
+                            .order_by(Verdict.id.desc()).limit(5000)).all()  # fmt: skip
+    if not candidates:
+        return 0
+    scores = {c.id: (c.meta or {}).get("score") for c in db.scalars(
+        select(Completion).where(Completion.id.in_([v.completion_id for v in candidates])))}  # fmt: skip
+    known = sorted(float(s) for s in scores.values() if isinstance(s, (int, float)))
+    median = known[len(known) // 2] if known else None
+    rng = random.Random(seed)
+    keyed = []
+    for verdict in candidates:
+        score = scores.get(verdict.completion_id)
+        weight = _audit_weight(verdict, float(score) if isinstance(score, (int, float)) else None, median)
+        keyed.append((rng.random() ** (1.0 / weight), verdict))  # Efraimidis-Spirakis weighted sampling
+    keyed.sort(key=lambda item: item[0], reverse=True)
+    chosen = [v for _, v in keyed[:count]]
+    for verdict in chosen:
+        verdict.audit_status = "pending"
+    audit(db, actor, "verifier.audit_sample", "project", project.id, count=len(chosen))
+    return len(chosen)
+
+
+def verdict_json(verdict: Verdict, prompt: Prompt | None = None, completion: Completion | None = None) -> dict:
+    data = {"id": verdict.id, "prompt_id": verdict.prompt_id, "completion_id": verdict.completion_id,
+            "job_id": verdict.job_id, "model_version_id": verdict.model_version_id, "model_name": verdict.model_name,
+            "passed": verdict.passed, "reason": verdict.reason, "rule": verdict.rule,
+            "failed_tests": verdict.failed_tests, "detail": verdict.detail, "output_tail": verdict.output_tail,
+            "near_tolerance": verdict.near_tolerance, "audit_status": verdict.audit_status,
+            "audit_note": verdict.audit_note}  # fmt: skip
+    if prompt is not None:
+        data["prompt"] = prompt.messages[-1]["content"] if not prompt.is_chat else prompt.messages
+        data["reference"], data["tests"] = prompt.reference, prompt.tests
+        data["prompt_excluded"] = is_excluded(prompt)
+    if completion is not None:
+        data["answer"] = completion.text
+    return data
+
+
+def list_verdicts(db: Session, project: Project, *, job_id: int | None = None, passed: bool | None = None,
+                  audit_status: str | None = None, limit: int = 100) -> list[dict]:  # fmt: skip
+    query = select(Verdict).where(Verdict.project_id == project.id).order_by(Verdict.id.desc()).limit(limit)
+    if job_id is not None:
+        query = query.where(Verdict.job_id == job_id)
+    if passed is not None:
+        query = query.where(Verdict.passed.is_(passed))
+    if audit_status is not None:
+        query = query.where(Verdict.audit_status == audit_status)
+    verdicts = db.scalars(query).all()
+    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({v.prompt_id for v in verdicts})))}
+    completions = {c.id: c for c in db.scalars(select(Completion).where(
+        Completion.id.in_({v.completion_id for v in verdicts})))}  # fmt: skip
+    return [verdict_json(v, prompts.get(v.prompt_id), completions.get(v.completion_id)) for v in verdicts]
+
+
+def audit_verdict(db: Session, verdict_id: int, correct: bool, note: str, actor: User | None) -> Verdict:
+    verdict = db.get(Verdict, verdict_id)
+    if verdict is None:
+        raise NotFound(f"No verdict {verdict_id}.")
+    verdict.audit_status = "right" if correct else "wrong"
+    verdict.audit_note = note or None
+    verdict.audited_by_id = actor.id if actor else None
+    verdict.audited_at = utcnow()
+    audit(db, actor, "verifier.audit", "verdict", verdict.id, correct=correct)
+    return verdict
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
+    if n == 0:
+        return (None, None)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def error_rates(db: Session, project: Project) -> dict:
+    """The verifier's false-positive rate (audited passes a human found wrong) and false-negative rate (audited
+    failures a human found wrong), with Wilson 95% intervals. The audit sample is weighted toward suspicious
+    verdicts, so these rates are upper-leaning estimates for the whole project."""
+    rows = db.execute(select(Verdict.passed, Verdict.audit_status).where(
+        Verdict.project_id == project.id, Verdict.audit_status.in_(("right", "wrong", "pending")))).all()  # fmt: skip
+    result = {"pending": sum(1 for r in rows if r.audit_status == "pending")}
+    for name, passed in (("false_positive", True), ("false_negative", False)):
+        audited = [r for r in rows if r.passed is passed and r.audit_status in ("right", "wrong")]
+        wrong = sum(1 for r in audited if r.audit_status == "wrong")
+        low, high = wilson(wrong, len(audited))
+        result[name] = {"rate": wrong / len(audited) if audited else None, "ci": [low, high] if audited else None,
+                        "audited": len(audited), "wrong": wrong}  # fmt: skip
+    return result
+
+
+def disputed_prompts(db: Session, project: Project) -> list[dict]:
+    """Prompts with at least one verdict a human found wrong: to fix (reference, tests) or exclude."""
+    rows = db.execute(select(Verdict.prompt_id, Verdict.id).where(Verdict.project_id == project.id,
+                                                                 Verdict.audit_status == "wrong")).all()  # fmt: skip
+    by_prompt: dict[int, list[int]] = defaultdict(list)
+    for row in rows:
+        by_prompt[row.prompt_id].append(row.id)
+    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_(list(by_prompt))))}
+    return [{"prompt_id": pid, "verdict_ids": ids, "excluded": is_excluded(prompts[pid]),
+             "prompt": prompts[pid].messages[-1]["content"][:300], "reference": prompts[pid].reference,
+             "tests": prompts[pid].tests} for pid, ids in sorted(by_prompt.items()) if pid in prompts]  # fmt: skip
+
+
+def update_prompt_verifier(db: Session, project: Project, prompt_id: int, *, excluded: bool | None = None,
+                           reference: dict | None = None, tests: dict | None = None,
+                           actor: User | None = None) -> Prompt:  # fmt: skip
+    """Fix a disputed prompt's reference or tests, or exclude it from verify jobs and GRPO prompts."""
+    prompt = db.get(Prompt, prompt_id)
+    if prompt is None or prompt.project_id != project.id:
+        raise NotFound(f"No prompt {prompt_id} in project {project.slug}.")
+    try:
+        if reference is not None:
+            prompt.reference = check_reference(reference)
+        if tests is not None:
+            prompt.tests = check_tests(tests)
+    except ValueError as error:
+        raise Unprocessable(str(error)) from error
+    if excluded is not None:
+        prompt.meta = {**(prompt.meta or {}), "verify_excluded": bool(excluded)}
+    audit(db, actor, "verifier.prompt_update", "prompt", prompt.id, excluded=excluded,
+          reference=reference is not None, tests=tests is not None)  # fmt: skip
+    return prompt
+
+
+def project_verifier(db: Session, project: Project) -> dict:
+    """What the verifier page and `GET /api/v1/projects/{id}/verifier` show."""
+    prompts = verifiable_prompts(db, project, include_excluded=True)
+    excluded = sum(1 for p in prompts if is_excluded(p))
+    return {"project_id": project.id, "verifiable": bool(prompts), "prompts": len(prompts) - excluded,
+            "excluded": excluded, "with_reference": sum(1 for p in prompts if p.reference is not None),
+            "with_tests": sum(1 for p in prompts if p.tests is not None),
+            "versions": version_pass_rates(db, project), "audit": error_rates(db, project),
+            "disputed": disputed_prompts(db, project)}  # fmt: skip
