@@ -3,6 +3,8 @@
 generate: for every prompt (prompts_path, or the snapshot's unique prompts) the policy samples
 num_completions completions and out_dir/generations.jsonl gets one line per prompt:
     {"prompt_id", "completions": [{"text", "params": {...}, "finish_reason": "eos" | "length"}]}
+With reference_model, each completion also carries "log_ratio" (log policy - log reference, summed over its
+tokens) and the metrics their mean, generate/kl_to_reference: a sample estimate of KL(policy || reference).
 
 score: prompts_path lines carry {"prompt_id", "prompt", "completions": [{"completion_id", "text"}]}; the reward
 model scores each (prompt, completion) exactly as reward training saw it (chat template for message prompts,
@@ -95,10 +97,24 @@ def generate_completions(
                     "text": tokenizer.decode(kept, skip_special_tokens=True),
                     "finish_reason": "length" if stop_at is None else "eos",
                     "new_tokens": len(kept),
+                    "prompt_ids": encoded[index],
+                    "token_ids": kept,
                 }
             )
         results.append(completions)
     return results
+
+
+@torch.no_grad()
+def completion_logprob(model, prompt_ids: list[int], token_ids: list[int]) -> float:
+    """log p(completion | prompt) under `model`: the sum over the completion's tokens."""
+    if not token_ids:
+        return 0.0
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids + token_ids], dtype=torch.long, device=device)
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    targets = torch.tensor(token_ids, dtype=torch.long, device=device)[:, None]
+    return float(torch.log_softmax(logits, dim=-1).gather(-1, targets).sum())
 
 
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
@@ -112,6 +128,8 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     prompts = read_prompts(spec)
     if not prompts:
         raise ValueError("no prompts to generate for")
+    reference = load_policy(args.reference_model).to(default_device()).eval() if args.reference_model else None
+    log_ratios: list[float] = []
     params = {
         "model": spec.base_model,
         "temperature": args.temperature,
@@ -135,6 +153,11 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
                         for c in completions
                     ],
                 }
+                if reference is not None:  # log pi(y|x) - log ref(y|x) of each sample: its mean estimates the KL
+                    for out, c in zip(row["completions"], completions, strict=True):
+                        out["log_ratio"] = completion_logprob(model, c["prompt_ids"], c["token_ids"]) - \
+                            completion_logprob(reference, c["prompt_ids"], c["token_ids"])
+                        log_ratios.append(out["log_ratio"])
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 finished_by_eos += sum(c["finish_reason"] == "eos" for c in completions)
                 new_tokens += sum(c["new_tokens"] for c in completions)
@@ -143,13 +166,16 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             progress.progress(
                 0.05 + 0.9 * done / len(prompts), f"generated for {done}/{len(prompts)} prompts"
             )
-    return {
+    metrics = {
         "generate/prompts": len(prompts),
         "generate/completions": count,
         "generate/eos_share": finished_by_eos / count,
         "generate/mean_new_tokens": new_tokens / count,
         "generate/runtime_s": round(time.monotonic() - started, 3),
     }
+    if log_ratios:
+        metrics["generate/kl_to_reference"] = sum(log_ratios) / len(log_ratios)
+    return metrics
 
 
 def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:

@@ -282,6 +282,10 @@ class GenerateArgs:
     """prompts per generate() call"""
     max_prompt_length: int = 512
     """prompts longer than this many tokens keep their last max_prompt_length tokens"""
+    reference_model: str = ""
+    """path of a reference policy (e.g. the one this policy was trained from): each completion's log-probability
+    under the policy minus under the reference is recorded, and their mean (a sample estimate of the KL divergence
+    of the policy to the reference on these prompts) is reported as generate/kl_to_reference; empty: not measured"""
 
 
 @dataclass

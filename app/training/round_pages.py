@@ -47,7 +47,8 @@ def _charts(rows: list[dict]) -> dict:
         "kl": charts.line_chart(
             "KL of each new policy to its reference", [r["number"] for r in rows], {"KL": metric("kl")},
             x_axis=Axis("Round", kind="category"), y_axis=Axis("KL", "nats"),
-            empty="No KL yet: it comes from the policy update's metrics (reported by ppo, grpo and rloo)."),
+            empty="No KL yet: it is measured on the new policy's evaluation samples (log-probability under the "
+                  "new policy minus under the previous one)."),
     }  # fmt: skip
 
 

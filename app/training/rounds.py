@@ -370,8 +370,10 @@ def _start_training(db: Session, round_: Round, project: Project, recipe: RoundR
                                            params=dict(sampling))  # fmt: skip
             steps["eval_previous"] = previous.id
             waits.append(previous.id)
+        reference = db.get(ModelVersion, round_.policy_version_id)  # the update's reference: KL measured to it
         evaluate = create_training_job(db, project, "generate", base_model=round_.policy_version_id,
-                                       params=sampling | {"arena": True, "base_model_from": policy_job.id},
+                                       params=sampling | {"arena": True, "base_model_from": policy_job.id,
+                                                          "reference_model": reference.path},
                                        depends_on=waits)  # fmt: skip
         steps["eval"] = evaluate.id
         reward = newest_version(db, "reward", project.id)
@@ -466,8 +468,10 @@ def reward_accuracy(db: Session, comparison_ids: list[int], scores: dict, since)
 
 
 def _kl(job: Job | None) -> float | None:
+    """KL of the new policy to its reference: measured on the evaluation samples (generate/kl_to_reference), else
+    what the policy update reported."""
     metrics = (job.result or {}).get("metrics") or {} if job else {}
-    for key in ("eval/kl_to_reference", "kl", "train/kl", "objective/kl", "eval/kl"):
+    for key in ("generate/kl_to_reference", "eval/kl_to_reference", "kl", "train/kl", "objective/kl", "eval/kl"):
         if isinstance(metrics.get(key), int | float):
             return float(metrics[key])
     found = [v for k, v in sorted(metrics.items()) if "kl" in k.lower() and isinstance(v, int | float)]
@@ -498,7 +502,7 @@ def round_metrics(db: Session, round_: Round) -> dict:
     policy_metrics = ((steps["policy"].result or {}).get("metrics") or {}) if "policy" in steps else {}
     snapshot = db.get(DatasetSnapshot, round_.dataset_id) if round_.dataset_id else None
     return metrics | {
-        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": _kl(steps.get("policy")),
+        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": _kl(steps["eval"]) if _kl(steps.get("eval")) is not None else _kl(steps.get("policy")),
         "score_mean": sum(new_scores) / len(new_scores) if new_scores else None,
         "judgments": int(judgments), "eval_judgments": int(eval_judgments),
         "prompts": len(round_.prompt_ids or []), "comparisons": total, "comparisons_complete": complete,

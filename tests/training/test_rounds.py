@@ -135,6 +135,7 @@ def test_a_round_runs_end_to_end_a_failed_step_is_retried_and_round_2_starts_by_
     assert low <= metrics["win_rate"] <= high
     assert metrics["judgments"] >= 3 and metrics["reward_accuracy"] is not None
     assert metrics["score_mean"] is not None and done["finished_at"] is not None
+    assert isinstance(metrics["kl"], float)  # measured on the evaluation samples against the previous policy
     eval_prompts = set(client.get(f"{loop['url']}/recipe", headers=headers).json()["eval_prompt_ids"])
     assert len(eval_prompts) == 4 and not eval_prompts & set(done["prompt_ids"])
     model = client.get(f"/api/v1/models/{done['new_policy_version_id']}", headers=headers).json()
