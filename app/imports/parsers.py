@@ -246,7 +246,7 @@ def _check_record(record: ImportRecord) -> None:
     """Checks every format shares: two or more distinct completions, a valid ranking."""
     count = len(record.completions)
     if count < 2 and record.reference is None and record.tests is None:
-        raise _RowError(f"needs at least 2 completions (or a reference or tests), got {count}")
+        raise _RowError(f"needs at least 2 completions, got {count} (a prompt with a reference or tests needs none)")
     first_index_of: dict[str, int] = {}
     for index, completion in enumerate(record.completions):
         text = completion["text"]
