@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -67,14 +69,42 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         json_deserializer=json_loads,
         pool_size=get_settings().db_pool_size,
         max_overflow=20,
-        pool_pre_ping=True,
         hide_parameters=True,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 2.0
+"""A pooled connection idle this long is pinged before use (a restarted or failed-over server has dropped it);
+one back in use sooner is not: `pool_pre_ping` pinged every checkout, a round trip on every request."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _fresh(dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _idle(dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, proxy):
+        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()
+        except Exception as error:  # the pool discards this connection and checks out another (or a new) one
+            raise DisconnectionError() from error
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -12,11 +12,19 @@ simulates raters with asyncio and a minimal HTTP/1.1 client (`--client httpx` fo
   delays (no coordinated omission).
 - closed loop: `--closed-raters` raters doing next-task then submit as fast as they can: judgments per
   second at saturation.
+- threads: the same closed loop with one OS thread and one `httpx.Client` per rater (the kind of client
+  real integrations use), once per count in `--thread-raters` (10 and 50 by default).
+
+Every phase also reports the server's CPU per judgment: the CPU time (utime + stime from /proc) of the
+server's process tree and of the PostgreSQL backends connected to the benchmark's database, sampled
+every 0.2 s during the phase (a backend that ends between samples loses at most its last 0.2 s), divided
+by the judgments stored. It needs the server and PostgreSQL on this machine; elsewhere it prints "-".
 
 Afterwards it counts overlap violations (comparisons with more judgments than required, a rater judging a
 comparison twice, counters that disagree with the rows) and drops the database.
 
     .venv/bin/python bench/assign.py [--sizes 1000,100000] [--rate 200] [--duration 30] [--workers 1,2]
+    .venv/bin/python bench/assign.py --sizes 20000 --phases threads --thread-raters 10,50   # issue 17's figures
 """
 
 import argparse
@@ -33,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -83,6 +92,13 @@ class Args:
     or uvicorn (`python -m uvicorn --workers N`, which leaves Nagle on: see TCP_NODELAY_LAUNCHER)."""
     request_timeout: float = 60.0
     """Seconds before a request counts as an error (a stalled server must not hang the benchmark)."""
+    thread_raters: str = "10,50"
+    """Closed loop with one thread and one httpx.Client per rater (what real integrations do): rater counts,
+    comma-separated, one phase each."""
+    thread_duration: float = 20.0
+    """Thread-per-rater closed loop: seconds per phase."""
+    phases: str = "open,closed,threads"
+    """Phases to run, comma-separated: open (asyncio open loop), closed (asyncio closed loop), threads."""
 
 
 def parse_args() -> Args:
@@ -134,14 +150,18 @@ def seed_raters(engine: sa.Engine, n: int) -> list[dict[str, str]]:
     return [{"Authorization": f"Bearer {token}"} for token in tokens.values()]
 
 
-def seed_project(engine: sa.Engine, slug: str, comparisons: int, overlap: int) -> int:
-    """A pairwise project with `comparisons` comparisons of two ~500-character completions, all in SQL."""
+def seed_project(engine: sa.Engine, slug: str, comparisons: int, overlap: int, *, analyze: bool = True) -> int:
+    """A pairwise project with `comparisons` comparisons of two ~500-character completions, all in SQL
+    (then ANALYZE, unless `analyze` is false: the statistics a bulk load leaves when nothing analyzes)."""
+    # JSON settings columns added by later migrations (NOT NULL, no server default) get an empty object.
+    extra = [c["name"] for c in sa.inspect(engine).get_columns("project") if c["name"] in ("round_recipe",)]
     with engine.begin() as conn:
         project_id = conn.execute(sa.text(
             "INSERT INTO project (slug, name, description, mode, overlap, max_overlap, allow_ties, attributes, "
-            "gold_rate, lease_seconds, members_only, status, guideline_version, schedule, created_at) "
+            f"gold_rate, lease_seconds, members_only, status, guideline_version, schedule, created_at"
+            f"{''.join(', ' + c for c in extra)}) "
             "VALUES (:slug, :slug, '', 'pairwise', :overlap, :overlap, false, '[]', 0, 1200, false, 'active', 1, "
-            "'{}', now()) RETURNING id"
+            "'{}', now()" + ", '{}'" * len(extra) + ") RETURNING id"
         ), {"slug": slug, "overlap": overlap}).scalar_one()  # fmt: skip
         conn.execute(sa.text(
             "INSERT INTO prompt (project_id, external_id, messages, is_chat, metadata, priority, created_at) "
@@ -161,8 +181,9 @@ def seed_project(engine: sa.Engine, slug: str, comparisons: int, overlap: int) -
             "FROM completion c JOIN prompt p ON p.id = c.prompt_id WHERE p.project_id = :p "
             "GROUP BY c.prompt_id ORDER BY c.prompt_id"
         ), {"p": project_id, "overlap": overlap})  # fmt: skip
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")
+    if analyze:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     return project_id
 
 
@@ -266,6 +287,97 @@ def server_errors(data_dir: str) -> str:
     exceptions = [line for line in lines if line and not line[0].isspace() and "Error" in line.split(":")[0]]
     count = sum(line.startswith("Traceback") for line in lines)
     return f"{count} tracebacks" + (f", last: {exceptions[-1][:300]}" if exceptions else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Server CPU: the server's process tree and its PostgreSQL backends, from /proc
+# ---------------------------------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, utime + stime in clock ticks) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def _process_tree(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat is not None:
+                children.setdefault(stat[0], []).append(int(entry))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+class CpuMeter:
+    """CPU seconds of the server's process tree and of the database's PostgreSQL backends during a phase.
+
+    A thread samples every `interval` s: each process's first and last utime + stime seen; a process born
+    during the phase counts from zero. Backends are found in pg_stat_activity (through the admin database, so
+    the sampler's own backend is not counted)."""
+
+    def __init__(self, server_pid: int, admin_url: str, database: str, interval: float = 0.2):
+        self.server_pid, self.database, self.interval = server_pid, database, interval
+        self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.StaticPool)
+        self.first: dict[tuple[str, int], int] = {}
+        self.last: dict[tuple[str, int], int] = {}
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.available = os.path.exists(f"/proc/{server_pid}/stat")
+
+    def _backends(self) -> list[int]:
+        with self.admin.connect() as conn:
+            return list(conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+                                     {"d": self.database}).scalars())  # fmt: skip
+
+    def _sample(self, initial: bool) -> None:
+        pids = [("app", pid) for pid in _process_tree(self.server_pid)] + [("db", pid) for pid in self._backends()]
+        for key in pids:
+            stat = _proc_stat(key[1])
+            if stat is None:
+                continue
+            if key not in self.first:
+                self.first[key] = stat[1] if initial else 0
+            self.last[key] = stat[1]
+
+    def __enter__(self) -> "CpuMeter":
+        if self.available:
+            self._sample(initial=True)
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._sample(initial=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self._sample(initial=False)
+        self.admin.dispose()
+
+    def seconds(self) -> dict[str, float]:
+        """{"app": s, "db": s}; NaN when /proc could not show the server (not on this machine)."""
+        if not self.available:
+            return {"app": math.nan, "db": math.nan}
+        total = {"app": 0, "db": 0}
+        for key, last in self.last.items():
+            total[key[0]] += last - self.first[key]
+        return {kind: ticks / CLOCK_TICKS for kind, ticks in total.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,6 +574,62 @@ async def closed_loop(
     return calls, loop.time() - started
 
 
+def thread_loop(url: str, project_id: int, raters: list[dict], duration: float, args: Args) -> tuple[Calls, float]:
+    """Closed loop, one thread and one httpx.Client (keep-alive) per rater: next-task, submit, again, until
+    `duration` or the rater's first 204. Latency is each request's own round trip."""
+    calls, lock = Calls(), threading.Lock()
+    start_line = threading.Barrier(len(raters) + 1)
+    started = 0.0
+
+    def rater(i: int, headers: dict) -> None:
+        rng = random.Random(args.seed * 1000 + i)
+        mine = Calls()
+        with httpx.Client(base_url=url, headers=headers, timeout=args.request_timeout) as client:
+            start_line.wait()
+            while time.perf_counter() - started < duration:
+                sent = time.perf_counter()
+                try:
+                    response = client.get(f"/api/v1/projects/{project_id}/tasks/next")
+                except httpx.HTTPError as error:
+                    mine.errors.append(f"next-task: {error!r}")
+                    break
+                mine.next_ms.append((time.perf_counter() - sent) * 1000)
+                mine.statuses[f"next {response.status_code}"] += 1
+                if response.status_code != 200:
+                    if response.status_code != 204:
+                        mine.errors.append(f"next-task {response.status_code}: {response.text[:200]}")
+                    break
+                task = response.json()
+                sent = time.perf_counter()
+                try:
+                    response = client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment",
+                                           json={"ranking": ranking_for(task, rng)})  # fmt: skip
+                except httpx.HTTPError as error:
+                    mine.errors.append(f"submit: {error!r}")
+                    break
+                mine.submit_ms.append((time.perf_counter() - sent) * 1000)
+                mine.statuses[f"submit {response.status_code}"] += 1
+                if response.status_code == 201:
+                    mine.judgments += 1
+                elif response.status_code != 200:
+                    mine.errors.append(f"submit {response.status_code}: {response.text[:200]}")
+        with lock:
+            calls.next_ms.extend(mine.next_ms)
+            calls.submit_ms.extend(mine.submit_ms)
+            calls.statuses.update(mine.statuses)
+            calls.errors.extend(mine.errors)
+            calls.judgments += mine.judgments
+
+    threads = [threading.Thread(target=rater, args=(i, headers)) for i, headers in enumerate(raters)]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    start_line.wait()
+    for thread in threads:
+        thread.join()
+    return calls, time.perf_counter() - started
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------
@@ -482,40 +650,49 @@ def overlap_for(size: int, judgments_expected: float, args: Args) -> int:
 def run_size(size: int, workers_list: list[int], raters_n: int, args: Args) -> list[dict]:
     rows = []
     url = create_database(args.pg_url)
+    database = url.rsplit("/", 1)[1]
     engine = sa.create_engine(url)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    thread_counts = [int(n) for n in args.thread_raters.split(",") if n.strip()] if "threads" in phases else []
     try:
         upgrade(url)
         started = time.perf_counter()
         raters = seed_raters(engine, raters_n)
         seeded_raters = time.perf_counter() - started
-        print(f"\n== {size:,} comparisons; database {url.rsplit('/', 1)[1]}; {raters_n} raters seeded in "
+        print(f"\n== {size:,} comparisons; database {database}; {raters_n} raters seeded in "
               f"{seeded_raters:.2f} s", flush=True)  # fmt: skip
         for workers in workers_list:
             open_overlap = overlap_for(size, args.rate / 2 * args.duration, args)
             closed_overlap = overlap_for(size, 600 * args.closed_duration, args)
+            thread_overlap = overlap_for(size, 300 * args.thread_duration, args)
+            projects = {}
             started = time.perf_counter()
-            open_project = seed_project(engine, f"open-w{workers}", size, open_overlap)
+            if "open" in phases:
+                projects["open"] = seed_project(engine, f"open-w{workers}", size, open_overlap)
             seeded = time.perf_counter() - started
-            closed_project = seed_project(engine, f"closed-w{workers}", size, closed_overlap)
+            if "closed" in phases:
+                projects["closed"] = seed_project(engine, f"closed-w{workers}", size, closed_overlap)
+            for n in thread_counts:
+                projects[f"threads{n}"] = seed_project(engine, f"threads{n}-w{workers}", size, thread_overlap)
             warmup_project = seed_project(engine, f"warmup-w{workers}", 200, 3)
-            print(f"   workers={workers}: seeded {size:,} comparisons (overlap {open_overlap}) in {seeded:.2f} s",
-                  flush=True)  # fmt: skip
+            print(f"   workers={workers}: seeded {size:,} comparisons per phase in {seeded:.2f} s", flush=True)
             with tempfile.TemporaryDirectory() as data_dir:
                 process, server = start_server(url, workers, data_dir, args.launch)
                 try:
                     # Warm every worker's imports, statement caches and connection pool first.
                     asyncio.run(closed_loop(server, warmup_project, raters[-20:], 3.0, args))
-                    calls = asyncio.run(open_loop(server, open_project, raters[: args.raters], args))
-                    violations = overlap_violations(engine, open_project)
-                    rows.append(summary(size, workers, f"open {args.rate:g} req/s", open_overlap, calls, violations,
-                                        args.duration, engine, open_project))  # fmt: skip
-                    print_row(rows[-1])
-                    calls, elapsed = asyncio.run(closed_loop(server, closed_project, raters[: args.closed_raters],
-                                                             args.closed_duration, args))  # fmt: skip
-                    violations = overlap_violations(engine, closed_project)
-                    rows.append(summary(size, workers, f"closed {args.closed_raters} raters", closed_overlap, calls,
-                                        violations, elapsed, engine, closed_project))  # fmt: skip
-                    print_row(rows[-1])
+
+                    context = (size, workers, engine, process.pid, args.pg_url, database)
+                    if "open" in phases:
+                        rows.append(measure(context, f"open {args.rate:g} req/s", open_overlap, projects["open"],
+                                            open_loop_timed, server, raters[: args.raters], args.duration, args))
+                    if "closed" in phases:
+                        rows.append(measure(context, f"closed {args.closed_raters} raters", closed_overlap,
+                                            projects["closed"], closed_loop_sync, server,
+                                            raters[: args.closed_raters], args.closed_duration, args))  # fmt: skip
+                    for n in thread_counts:
+                        rows.append(measure(context, f"threads {n} raters", thread_overlap, projects[f"threads{n}"],
+                                            thread_loop, server, raters[:n], args.thread_duration, args))
                 finally:
                     stop_server(process)
                     print(f"   server log: {server_errors(data_dir)}", flush=True)
@@ -525,8 +702,34 @@ def run_size(size: int, workers_list: list[int], raters_n: int, args: Args) -> l
     return rows
 
 
-def summary(size, workers, phase, overlap, calls: Calls, violations, elapsed, engine, project_id) -> dict:
+def open_loop_timed(url: str, project_id: int, raters: list[dict], duration: float, args: Args) -> tuple[Calls, float]:
+    return asyncio.run(open_loop(url, project_id, raters, args)), duration
+
+
+def closed_loop_sync(url: str, project_id: int, raters: list[dict], duration: float, args: Args) -> tuple[Calls, float]:
+    return asyncio.run(closed_loop(url, project_id, raters, duration, args))
+
+
+def measure(context: tuple, phase: str, overlap: int, project_id: int, loop, url: str, raters: list[dict],
+            duration: float, args: Args) -> dict:  # fmt: skip
+    """One phase under the CPU meter; prints and returns its row."""
+    size, workers, engine, server_pid, admin_url, database = context
+    with CpuMeter(server_pid, admin_url, database) as cpu:
+        calls, elapsed = loop(url, project_id, raters, duration, args)
+    violations = overlap_violations(engine, project_id)
+    row = summary(size, workers, phase, overlap, calls, violations, elapsed, engine, project_id, cpu.seconds())
+    print_row(row)
+    return row
+
+
+def summary(size, workers, phase, overlap, calls: Calls, violations, elapsed, engine, project_id,
+            cpu: dict[str, float] | None = None) -> dict:  # fmt: skip
+    stored = judgments_in(engine, project_id)
+    cpu = cpu or {"app": math.nan, "db": math.nan}
+    per_judgment = {kind: seconds * 1000 / stored if stored else math.nan for kind, seconds in cpu.items()}
     return {
+        "cpu_app_ms": per_judgment["app"], "cpu_db_ms": per_judgment["db"],
+        "cpu_ms": per_judgment["app"] + per_judgment["db"],
         "size": size, "workers": workers, "phase": phase, "overlap": overlap,
         "next_n": len(calls.next_ms), "next_p50": percentile(calls.next_ms, 50),
         "next_p99": percentile(calls.next_ms, 99), "next_max": max(calls.next_ms, default=math.nan),
@@ -534,20 +737,22 @@ def summary(size, workers, phase, overlap, calls: Calls, violations, elapsed, en
         "submit_p99": percentile(calls.submit_ms, 99), "submit_max": max(calls.submit_ms, default=math.nan),
         "send_lag_p99": percentile(calls.send_lag_ms, 99),
         "judgments_per_s": calls.judgments / elapsed, "judgments": calls.judgments,
-        "stored": judgments_in(engine, project_id), "statuses": dict(calls.statuses),
+        "stored": stored, "statuses": dict(calls.statuses),
         "errors": len(calls.errors), "first_errors": calls.errors[:3], "violations": violations,
     }  # fmt: skip
 
 
 HEADER = (f"{'size':>8} {'wrk':>3} {'phase':<18} {'ovl':>3} {'next n':>7} {'p50':>6} {'p99':>6} {'max':>7} "
-          f"{'submit n':>8} {'p50':>6} {'p99':>6} {'max':>7} {'lag p99':>7} {'judg/s':>7} {'err':>4} {'viol':>4}")  # fmt: skip
+          f"{'submit n':>8} {'p50':>6} {'p99':>6} {'max':>7} {'lag p99':>7} {'judg/s':>7} {'cpu/j':>6} {'app':>5} {'db':>5} "
+          f"{'err':>4} {'viol':>4}")  # fmt: skip
 
 
 def print_row(row: dict) -> None:
     print(f"{row['size']:>8,} {row['workers']:>3} {row['phase']:<18} {row['overlap']:>3} {row['next_n']:>7} "
           f"{row['next_p50']:>6.1f} {row['next_p99']:>6.1f} {row['next_max']:>7.1f} {row['submit_n']:>8} "
           f"{row['submit_p50']:>6.1f} {row['submit_p99']:>6.1f} {row['submit_max']:>7.1f} {row['send_lag_p99']:>7.1f} "
-          f"{row['judgments_per_s']:>7.1f} {row['errors']:>4} {sum(row['violations'].values()):>4}", flush=True)  # fmt: skip
+          f"{row['judgments_per_s']:>7.1f} {row['cpu_ms']:>6.1f} {row['cpu_app_ms']:>5.1f} {row['cpu_db_ms']:>5.1f} "
+          f"{row['errors']:>4} {sum(row['violations'].values()):>4}", flush=True)  # fmt: skip
     if row["errors"] or sum(row["violations"].values()) or row["stored"] != row["judgments"]:
         print(f"         statuses {row['statuses']}; violations {row['violations']}; stored {row['stored']} "
               f"judgments for {row['judgments']} 201s; first errors {row['first_errors']}", flush=True)  # fmt: skip
@@ -569,7 +774,8 @@ def main() -> None:
     for size in sizes:
         rows += run_size(size, workers_list, raters_n, args)
 
-    print("\nsummary (ms; lag = how late the load generator itself sent; viol = overlap violations)")
+    print("\nsummary (ms; lag = how late the load generator itself sent; cpu/j = server CPU ms per judgment, "
+          "app = the server's processes, db = its PostgreSQL backends; viol = overlap violations)")
     print(HEADER)
     for row in rows:
         print_row(row)

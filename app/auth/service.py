@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -111,12 +111,18 @@ def create_session(db: Session, user: User, *, ip: str | None, user_agent: str |
     return token, row
 
 
+_SESSION_AND_USER = (
+    select(AuthSession, User).join(User, User.id == AuthSession.user_id).where(AuthSession.id == bindparam("id"))
+)
+_TOKEN_AND_USER = (
+    select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == bindparam("hash"))
+)
+"""Built once: every authenticated request runs one of these (building a statement costs more CPU than
+PostgreSQL spends answering it)."""
+
+
 def session_for_token(db: Session, token: str) -> tuple[AuthSession, User] | None:
-    row = db.execute(
-        select(AuthSession, User)
-        .join(User, User.id == AuthSession.user_id)
-        .where(AuthSession.id == sha256_hex(token))
-    ).first()
+    row = db.execute(_SESSION_AND_USER, {"id": sha256_hex(token)}).first()
     if row is None:
         return None
     session, user = row
@@ -144,11 +150,7 @@ def create_api_token(db: Session, user: User, name: str) -> str:
 
 
 def user_for_api_token(db: Session, token: str) -> User | None:
-    row = db.execute(
-        select(ApiToken, User)
-        .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == sha256_hex(token))
-    ).first()
+    row = db.execute(_TOKEN_AND_USER, {"hash": sha256_hex(token)}).first()
     if row is None:
         return None
     api_token, user = row

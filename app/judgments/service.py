@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
@@ -11,7 +12,7 @@ from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.limits import parse_id
 from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
 from app.projects.service import may_rate
-from app.webhooks.service import emit_judgment
+from app.webhooks.service import any_listener, emit_judgment
 
 
 def validate_ranking(ranking: list[list[int]], completion_ids: list[int], *, allow_ties: bool,
@@ -43,23 +44,55 @@ def _load_own_assignment(db: Session, assignment_id: int, rater: User) -> Assign
     return assignment
 
 
-def _release_or_check_slot(db: Session, assignment: Assignment, comparison: Comparison, now) -> None:
-    """Give back the lease's slot accounting; refuse when a lapsed lease's slot went to someone else."""
+def _release_or_check_slot(assignment: Assignment, comparison: Comparison, now) -> int:
+    """The slots this lease still holds (1 while active, lapsed or not: given back by the submit), or Conflict
+    when a lapsed lease's slot went to someone else (nothing is changed then)."""
     if assignment.state == "active" and assignment.expires_at > now:
-        comparison.n_leases -= 1
-        return
-    if assignment.state == "active":  # lapsed but not yet reclaimed: reclaim it now
-        comparison.n_leases -= 1
-        assignment.state = "expired"
-    if comparison.n_judgments + comparison.n_leases >= comparison.required:
+        return 1
+    held = 1 if assignment.state == "active" else 0  # active but lapsed: not yet reclaimed, its slot is still held
+    if comparison.n_judgments + comparison.n_leases - held >= comparison.required:
         raise Conflict("Your lease on this comparison expired and its slot went to another rater.")
+    return held
+
+
+def _submit_rows_query(postgres: bool):
+    query = (
+        select(Assignment, Comparison, Project, any_listener(Project.id).label("listening"))
+        .join(Comparison, Comparison.id == Assignment.comparison_id)
+        .join(Project, Project.id == Comparison.project_id)
+        .where(Assignment.id == bindparam("assignment_id"))
+        # The counters and the state as locked now, not as this session may have loaded them before.
+        .execution_options(populate_existing=True)
+    )
+    return query.with_for_update(of=[Assignment, Comparison]) if postgres else query
+
+
+_SUBMIT_ROWS = {postgres: _submit_rows_query(postgres) for postgres in (True, False)}
+"""The assignment and its comparison, locked in that order (as skip and the lease sweep lock them), with the
+project and whether any webhook endpoint listens: one statement, built once."""
+_FINISH_ASSIGNMENT = (
+    update(Assignment).where(Assignment.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), finished_at=bindparam("b_finished_at"))
+    .execution_options(synchronize_session=False)
+)  # fmt: skip
+_COUNT_JUDGMENT = (
+    update(Comparison).where(Comparison.id == bindparam("b_id"))
+    .values(n_judgments=Comparison.n_judgments + 1, n_leases=Comparison.n_leases - bindparam("b_released"))
+    .execution_options(synchronize_session=False)
+)  # fmt: skip
+_INSERT_JUDGMENT = insert(Judgment).returning(Judgment)
 
 
 def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tuple[Judgment, bool]:
     """Returns (judgment, created). A repeat submit of the same assignment returns the first judgment."""
     now = utcnow()
     write_transaction(db)
-    assignment = _load_own_assignment(db, assignment_id, rater)
+    row = db.execute(_SUBMIT_ROWS[not is_sqlite(db)], {"assignment_id": assignment_id}).first()
+    if row is None:
+        raise NotFound(f"No assignment {assignment_id}.")
+    assignment, comparison, project, listening = row
+    if assignment.rater_id != rater.id:
+        raise Forbidden("This assignment belongs to another rater.")
     # A repeat waited for the first submit's row lock and now reads its committed state, so the lookup
     # runs only for a submitted assignment: one statement less on every first submit.
     if assignment.state == "submitted":
@@ -70,12 +103,6 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
         raise Conflict("This assignment was skipped.")
     if assignment.state == "revoked":
         raise Forbidden("This assignment was revoked: you are no longer a member of this project.")
-    comparison_query = select(Comparison, Project).join(Project, Project.id == Comparison.project_id)
-    comparison_query = comparison_query.where(Comparison.id == assignment.comparison_id)
-    if not is_sqlite(db):
-        comparison_query = comparison_query.with_for_update(of=Comparison)
-    # populate_existing: the counters as locked now, not as this session may have loaded them before.
-    comparison, project = db.execute(comparison_query.execution_options(populate_existing=True)).one()
     if not may_rate(db, project, rater):
         raise Forbidden("You are not a member of this project.")
     unknown = sorted(set(data.flags) - set(ALLOWED_FLAGS))
@@ -84,31 +111,35 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
     ranking = validate_ranking(data.ranking, comparison.completion_ids, allow_ties=project.allow_ties,
                                all_bad="all_bad" in data.flags)  # fmt: skip
     attributes = _validate_attributes(data.attributes, project, comparison)
-    _release_or_check_slot(db, assignment, comparison, now)
-    comparison.n_judgments += 1
-    assignment.state = "submitted"
-    assignment.finished_at = now
+    released = _release_or_check_slot(assignment, comparison, now)
+    # Written with two plain UPDATEs (no unit-of-work flush on this path); the loaded objects are told the new
+    # values as committed ones, so they stay current and nothing is written twice.
+    db.execute(_FINISH_ASSIGNMENT, {"b_id": assignment.id, "b_state": "submitted", "b_finished_at": now})
+    db.execute(_COUNT_JUDGMENT, {"b_id": comparison.id, "b_released": released})
+    set_committed_value(assignment, "state", "submitted")
+    set_committed_value(assignment, "finished_at", now)
+    set_committed_value(comparison, "n_judgments", comparison.n_judgments + 1)
+    set_committed_value(comparison, "n_leases", comparison.n_leases - released)
     top = ranking[0]
-    judgment = Judgment(
-        comparison_id=comparison.id,
-        project_id=project.id,
-        assignment_id=assignment.id,
-        rater_id=rater.id,
-        ranking=ranking,
-        attributes=attributes,
-        rationale=(data.rationale or None),
-        flags=sorted(set(data.flags)),
-        time_spent_ms=data.time_spent_ms,
-        guideline_version=project.guideline_version,
-        source="human",
-        top_completion_id=top[0] if len(top) == 1 else None,
-        chosen_position=assignment.display_order.index(top[0]) if len(top) == 1 else None,
-        created_at=now,
-    )
-    db.add(judgment)
-    db.flush()
+    judgment = db.scalars(_INSERT_JUDGMENT, [{
+        "comparison_id": comparison.id,
+        "project_id": project.id,
+        "assignment_id": assignment.id,
+        "rater_id": rater.id,
+        "ranking": ranking,
+        "attributes": attributes,
+        "rationale": data.rationale or None,
+        "flags": sorted(set(data.flags)),
+        "time_spent_ms": data.time_spent_ms,
+        "guideline_version": project.guideline_version,
+        "source": "human",
+        "top_completion_id": top[0] if len(top) == 1 else None,
+        "chosen_position": assignment.display_order.index(top[0]) if len(top) == 1 else None,
+        "created_at": now,
+    }]).one()  # fmt: skip
     _maybe_extend_overlap(db, project, comparison)
-    emit_judgment(db, judgment, comparison)
+    if listening:
+        emit_judgment(db, judgment, comparison)
     return judgment, True
 
 

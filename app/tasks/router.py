@@ -32,16 +32,26 @@ AnyRole = Annotated[frozenset[Role], Depends(require_in_endpoint())]
     "/projects/{project_ref}/tasks/next",
     responses={200: {"description": "`{assignment_id, comparison_id, prompt, options: [{id, label, text}], "
                                     "expires_at}`"},
-               204: {"description": "Nothing left for you in this project."}},
+               204: {"description": "Nothing for you in this project now. The `X-Queue-State` header says why: "
+                                    "`done` (every comparison you could still rate has all its judgments, or the "
+                                    "project is not active: stop asking) or `busy` (the comparisons still open are "
+                                    "all leased to other raters; a slot comes back when a lease is skipped or "
+                                    "lapses: ask again after `Retry-After` seconds).",
+                     "headers": {"X-Queue-State": {"description": "`done` or `busy`", "schema": {"type": "string"}},
+                                 "Retry-After": {"description": "Seconds to wait before asking again (busy only)",
+                                                 "schema": {"type": "integer"}}}}},
 )  # fmt: skip
 def next_task(project_ref: str, request: Request, roles: AnyRole):
     with request_session() as db:
         principal = authenticate(request, db, roles)
         project = service.project_for_rater(db, project_ref, principal.user)
-        assignment = service.claim_next(db, project, principal.user)
-        body = None if assignment is None else task_json(db, assignment)
+        claim = service.claim(db, project, principal.user)
+        body = None if claim.assignment is None else task_json(db, claim.assignment)
     if body is None:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+        headers = {"X-Queue-State": claim.state}
+        if claim.state == "busy":
+            headers["Retry-After"] = str(service.BUSY_RETRY_SECONDS)
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
     return JSONResponse(body)
 
 
