@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -10,9 +10,9 @@ from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.limits import parse_id
-from app.models import Assignment, Comparison, Judgment, Project, User, utcnow
+from app.models import Assignment, Comparison, Judgment, Project, User, WebhookEndpoint, utcnow
 from app.projects.service import may_rate
-from app.webhooks.service import any_listener, emit_judgment
+from app.webhooks.service import emit_judgment
 
 
 def validate_ranking(ranking: list[list[int]], completion_ids: list[int], *, allow_ties: bool,
@@ -55,9 +55,18 @@ def _release_or_check_slot(assignment: Assignment, comparison: Comparison, now) 
     return held
 
 
+def _any_listener(project_id):
+    """Whether an enabled webhook endpoint of this project or a global one exists (the endpoints
+    `app.webhooks.service.listeners` reads): folded into the submit's locking read, so that `emit_judgment` (and
+    its read) runs only when someone listens."""
+    return exists().where(
+        WebhookEndpoint.enabled, or_(WebhookEndpoint.project_id == project_id, WebhookEndpoint.project_id.is_(None))
+    )
+
+
 def _submit_rows_query(postgres: bool):
     query = (
-        select(Assignment, Comparison, Project, any_listener(Project.id).label("listening"))
+        select(Assignment, Comparison, Project, _any_listener(Project.id).label("listening"))
         .join(Comparison, Comparison.id == Assignment.comparison_id)
         .join(Project, Project.id == Comparison.project_id)
         .where(Assignment.id == bindparam("assignment_id"))
