@@ -113,3 +113,31 @@ class Input(BaseModel):
         if isinstance(value, BaseModel):
             return value  # checked by its own validators
         return check_json(value)
+
+
+UNSTORABLE = ("A value cannot be stored: a number out of range, a text longer than its field, or a character the "
+              "database refuses (NUL).")  # fmt: skip
+
+
+def register(app) -> None:
+    """The safety net behind the schemas: a value the database refuses (`DataError`: integer out of range, value
+    too long, NUL in text; a lone surrogate the driver cannot encode) is a 422, never a 500. Inputs are checked
+    before they get here (the types above); this catches a form field or a new route that was not."""
+    import logging
+
+    from sqlalchemy import exc as sa_exc
+
+    from app.errors import RankforgeError, Unprocessable
+
+    log = logging.getLogger("rankforge.limits")
+
+    async def unstorable(request, error: Exception):
+        if isinstance(error, sa_exc.StatementError) and not isinstance(error, sa_exc.DataError) \
+                and not isinstance(error.orig, UnicodeEncodeError):  # fmt: skip
+            raise error
+        log.warning("refused a value the database cannot store on %s %s: %s", request.method, request.url.path,
+                    type(getattr(error, "orig", error)).__name__)  # fmt: skip
+        return await app.exception_handlers[RankforgeError](request, Unprocessable(UNSTORABLE))
+
+    app.add_exception_handler(sa_exc.DataError, unstorable)
+    app.add_exception_handler(sa_exc.StatementError, unstorable)

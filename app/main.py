@@ -96,6 +96,9 @@ def create_app() -> FastAPI:
     from app import outage
 
     outage.register(app)  # database down: 503 with Retry-After
+    from app import limits
+
+    limits.register(app)  # a value the database refuses: 422, never 500
 
     from app.errors import ImportValidationError
 

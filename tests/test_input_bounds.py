@@ -302,3 +302,17 @@ def test_rating_form_with_odd_values_is_not_500(api, admin, project):
         assert response.status_code < 500, (form, response.status_code, response.text[:300])
     response = api.post(f"/projects/{project['id']}/annotate/{BIG}", data={"ranking": ranking}, headers=admin["headers"])
     assert response.status_code < 500
+
+
+def test_a_form_value_the_database_refuses_is_422_not_500(api, admin, project):
+    """The safety net behind the schemas (app.limits.register): a form field no schema checked."""
+    url = f"/projects/{project['id']}/batch-priority"
+    response = api.post(url, data={"batch": "x\x00", "priority": "1"}, headers=admin["headers"], follow_redirects=False)
+    assert response.status_code in (404, 422), (response.status_code, response.text[:300])
+    response = api.post(url, data={"batch": "b", "priority": str(HUGE)}, headers=admin["headers"], follow_redirects=False)
+    assert_4xx(response, mentions="priority")
+    response = api.post(url, data={"batch": "x\x00", "priority": "1"}, headers=admin["headers"] | {"Accept": "text/html"},
+                        follow_redirects=False)  # fmt: skip
+    assert response.status_code in (404, 422)
+    if response.status_code == 422:
+        assert "cannot be stored" in response.text

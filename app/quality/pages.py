@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 from app import charts
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
-from app.limits import Id
+from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
 from app.quality import service
 from app.web import render
@@ -94,7 +94,7 @@ def resolve_page(project_ref: str, judgment_id: Id, db: DbSession, principal: Ad
 
 @router.post("/projects/{project_ref}/batch-priority")
 def batch_priority_page(project_ref: str, db: DbSession, principal: Admin, batch: str = Form(""),
-                        priority: int = Form(...)):  # fmt: skip
+                        priority: int = Form(..., ge=INT4_MIN, le=INT4_MAX)):  # fmt: skip
     project = get_project(db, project_ref)
     service.set_batch_priority(db, project, batch or None, priority, principal.user)
     return RedirectResponse(f"/projects/{project.id}/dashboard?saved=priority#queue", status_code=303)
