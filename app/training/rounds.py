@@ -603,23 +603,33 @@ def tick(worker_id: str) -> list[tuple[int, int, str]]:
     touched = []
     with session_scope(write=True) as db:
         for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
-            savepoint = db.begin_nested()
-            try:
-                round_ = _active_round(db, project.id)
-                if round_ is not None:
-                    before = round_.status
-                    if advance(db, round_) != before:
-                        touched.append((project.id, round_.number, round_.status))
-                reason = auto_start_reason(db, project)
-                if reason is not None:
-                    round_ = start_round(db, project, trigger=f"auto: {reason}")
+            round_ = _active_round(db, project.id)
+            if round_ is not None:
+                before = round_.status
+                if _guarded(db, project, advance, db, round_) not in (None, before):
                     touched.append((project.id, round_.number, round_.status))
-                    log.info("round %s of %s started (%s)", round_.number, project.slug, reason)
-                savepoint.commit()
-            except RankforgeError as error:
-                savepoint.rollback()
-                log.warning("rounds of %s: %s", project.slug, error.detail)
-            except Exception:
-                savepoint.rollback()
-                log.exception("rounds of %s failed", project.slug)
+            reason = auto_start_reason(db, project)
+            if reason is not None:  # in its own savepoint: a round that cannot start leaves the finished one done
+                started = _guarded(db, project, start_round, db, project, trigger=f"auto: {reason}")
+                if started is not None:
+                    touched.append((project.id, started.number, started.status))
+                    log.info("round %s of %s started (%s)", started.number, project.slug, reason)
     return touched
+
+
+def _guarded(db: Session, project: Project, work, *args, **kwargs):
+    """work(*args, **kwargs) in a savepoint: on an error it is undone and logged (None returned), the other
+    projects go on."""
+    savepoint = db.begin_nested()
+    try:
+        result = work(*args, **kwargs)
+    except RankforgeError as error:
+        savepoint.rollback()
+        log.warning("rounds of %s: %s", project.slug, error.detail)
+        return None
+    except Exception:
+        savepoint.rollback()
+        log.exception("rounds of %s failed", project.slug)
+        return None
+    savepoint.commit()
+    return result

@@ -223,3 +223,22 @@ def test_cli_round_recipe_start_and_list(loop):
     assert "still generating" in cli("round", "start", "loop", code=1)
     listed = cli("round", "list", "loop")
     assert "generating" in listed.splitlines()[1]
+
+
+def test_a_round_finishes_even_when_the_next_one_cannot_start(client, loop, db):
+    """The trigger wants round 2 but the pool is used up: round 1 still ends done (the failed start is undone
+    alone), and the round's finish is not repeated on the next tick."""
+    from sqlalchemy import select
+
+    from app.models import Project, Prompt, Round, utcnow
+    from app.training.rounds import tick
+
+    project = db.get(Project, loop["project"]["id"])
+    every = list(db.scalars(select(Prompt.id).where(Prompt.project_id == project.id)))
+    db.add(Round(project_id=project.id, number=1, status="evaluating", prompt_ids=every, started_at=utcnow(),
+                 stage_started_at=utcnow()))  # fmt: skip
+    db.commit()
+    assert tick("w1") == [(project.id, 1, "done")]
+    assert tick("w1") == []
+    db.expire_all()
+    assert [r.status for r in db.scalars(select(Round).where(Round.project_id == project.id))] == ["done"]
