@@ -1,15 +1,23 @@
 """All ORM models; importing this package registers every table on Base.metadata."""
 
 from app.models.base import Base, start_of_day, utcnow
-from app.models.comparison import UNSCORED_GAP, Assignment, Comparison, Completion, Judgment, Prompt
+from app.models.comparison import (
+    UNSCORED_GAP,
+    Assignment,
+    Comparison,
+    Completion,
+    Judgment,
+    PracticeAnswer,
+    Prompt,
+)
 from app.models.dataset import DatasetSnapshot
 from app.models.job import TERMINAL_STATUSES, Job, JobDependency, JobKind, JobMetric, JobStatus, SchedulerLock
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
 from app.models.registry import ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
-from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
+from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "LoginFailure",
     "Mode",
     "ModelVersion",
+    "PracticeAnswer",
     "Project",
     "ProjectMember",
     "ProjectStatus",

@@ -38,6 +38,16 @@ class Completion(IdMixin, CreatedMixin, Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id", ondelete="SET NULL"))
     params: Mapped[dict] = mapped_column(default=dict)
     meta: Mapped[dict] = mapped_column("metadata", default=dict)
+    source: Mapped[str] = mapped_column(String(16), default="model")
+    """model | human_edit (an edit: a rater's rewrite of `parent_id`, or a new answer when parent_id is None)"""
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("completion.id", ondelete="SET NULL"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"), index=True)
+    judgment_id: Mapped[int | None] = mapped_column(ForeignKey("judgment.id", ondelete="SET NULL"), index=True)
+    """Edits: the author's judgment the edit came with (its ranking says what the parent beat)."""
+    guideline_version: Mapped[int | None]
+    rejected_at: Mapped[datetime | None]
+    """Edits: set when an admin rejected the edit; a rejected edit leaves every export."""
+    rejected_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
 
 
 class Comparison(IdMixin, CreatedMixin, Base):
@@ -67,6 +77,10 @@ class Comparison(IdMixin, CreatedMixin, Base):
     is_gold: Mapped[bool] = mapped_column(default=False)
     gold_ranking: Mapped[list | None] = mapped_column()
     """Known ranking of a gold item: tie groups of completion ids, best first."""
+    practice: Mapped[bool] = mapped_column(default=False)
+    """A practice item: a gold comparison with an `explanation`, served to new raters with feedback, never in the
+    queue (its `required` is 0) and never judged into exports or statistics (answers live in practice_answer)."""
+    explanation: Mapped[str | None] = mapped_column(Text)
     required: Mapped[int] = mapped_column(default=1)
     n_judgments: Mapped[int] = mapped_column(default=0)
     n_leases: Mapped[int] = mapped_column(default=0)
@@ -119,6 +133,8 @@ class Judgment(IdMixin, CreatedMixin, Base):
     rationale: Mapped[str | None] = mapped_column(Text)
     flags: Mapped[list] = mapped_column(default=list)
     time_spent_ms: Mapped[int | None]
+    active_ms: Mapped[int | None]
+    """Active time: the page was visible and the rater interacted; idle gaps over a threshold do not count."""
     guideline_version: Mapped[int | None]
     source: Mapped[str] = mapped_column(String(16), default="human")
     """human | ai | imported"""
@@ -127,3 +143,21 @@ class Judgment(IdMixin, CreatedMixin, Base):
     statistics read this column instead of parsing every ranking."""
     chosen_position: Mapped[int | None]
     """Display position (0-based) of the option ranked first alone, for position-bias checks."""
+
+
+class PracticeAnswer(IdMixin, CreatedMixin, Base):
+    """A rater's answer to a practice item, scored against its gold ranking. Not a judgment: practice never enters
+    exports, statistics or the queue's counters."""
+
+    __tablename__ = "practice_answer"
+    __table_args__ = (UniqueConstraint("comparison_id", "rater_id"),
+                      Index("ix_practice_answer_project_id_rater_id", "project_id", "rater_id"))  # fmt: skip
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparison.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    ranking: Mapped[list] = mapped_column()
+    score: Mapped[float]
+    """Agreement with the gold ranking: the share of option pairs ordered (better / equal / worse) as gold orders them."""
+    time_spent_ms: Mapped[int | None]
+    active_ms: Mapped[int | None]

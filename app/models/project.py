@@ -37,6 +37,16 @@ class Project(IdMixin, CreatedMixin, Base):
     daily_cap: Mapped[int | None]
     """Most judgments one rater may submit per day in this project (None: no cap)."""
     members_only: Mapped[bool] = mapped_column(default=False)
+    allow_new_answers: Mapped[bool] = mapped_column(default=False)
+    """Raters may write an answer from scratch (an edit without a parent), not only rewrite the best one."""
+    practice_required: Mapped[int] = mapped_column(default=0)
+    """Qualification: practice items a rater answers before real work is served (0: no practice, no gate)."""
+    practice_pass_rate: Mapped[float] = mapped_column(default=0.8)
+    """Qualification: the mean agreement with gold over those practice items that passes."""
+    pay_unit: Mapped[str | None] = mapped_column(String(16))
+    """None (no pay report rate) | judgment | hour"""
+    pay_rate: Mapped[float | None]
+    """Pay per judgment or per active hour, in the project's currency."""
     status: Mapped[str] = mapped_column(String(16), default=ProjectStatus.active)
     guideline_version: Mapped[int] = mapped_column(default=1)
     schedule: Mapped[dict] = mapped_column(default=dict)
