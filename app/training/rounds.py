@@ -35,7 +35,7 @@ from app.audit import audit
 from app.db import session_scope
 from app.errors import Conflict, NotFound, RankforgeError, Unprocessable
 from app.jobs import service as jobs
-from app.limits import Input
+from app.limits import Input, PositiveInt4
 from app.models import (
     ROUND_ACTIVE,
     Comparison,
@@ -70,6 +70,7 @@ STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generatin
               "eval_score": RoundStatus.evaluating}  # fmt: skip
 """Each step's job and the stage it belongs to (a retried step puts the round back in that stage)."""
 Z95 = 1.959963984540054
+MAX_MINUTES = 10_000_000.0
 
 
 class RoundRecipe(Input):
@@ -97,15 +98,17 @@ class RoundRecipe(Input):
                                  "evaluation, never trained on.")  # fmt: skip
     eval_min_prompts: int = Field(default=20, ge=0, le=100_000,
                                   description="At least this many evaluation prompts when the pool allows.")
-    eval_prompt_ids: list[int] = Field(default=[], max_length=100_000,
+    eval_prompt_ids: list[PositiveInt4] = Field(default=[], max_length=100_000,
                                        description="The evaluation prompts (chosen once, then fixed).")
     complete_share: float = Field(default=1.0, gt=0.0, le=1.0,
                                   description="Train once this share of the round's comparisons is complete.")
-    deadline_minutes: float | None = Field(default=None, gt=0, description="Or once rating took this long.")
+    deadline_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
+                                           description="Or once rating took this long.")
     eval_complete_share: float = Field(default=1.0, gt=0.0, le=1.0)
-    eval_deadline_minutes: float | None = Field(default=None, gt=0)
+    eval_deadline_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES)
     auto_after_previous: bool = Field(default=False, description="Start the next round when one finishes.")
-    auto_every_minutes: float | None = Field(default=None, gt=0, description="Start one every T minutes...")
+    auto_every_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
+                                             description="Start one every T minutes...")
     auto_min_judgments: int = Field(default=0, ge=0, le=2**31 - 1,
                                     description="...once at least this many new judgments exist.")
 
