@@ -98,7 +98,7 @@ def _status_context(db, job: Job) -> dict:
         "base": db.get(ModelVersion, job.base_model_id) if job.base_model_id else None,
         "reward": db.get(ModelVersion, job.reward_model_id) if job.reward_model_id else None,
         "project": db.get(Project, job.project_id) if job.project_id else None,
-        "dropped_warning": dropped_warning(job),
+        "dropped_warning": dropped_warning(job), "depends_on": service.dependencies(db, job.id),
     }  # fmt: skip
 
 

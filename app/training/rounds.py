@@ -470,6 +470,24 @@ def reward_accuracy(db: Session, comparison_ids: list[int], scores: dict, since)
     return (right / total if total else None), total
 
 
+def agreement(db: Session, comparison_ids: list[int]) -> float | None:
+    """Share of pairs of verdicts on the same comparison that put the same completion first (a tie at the top
+    counts as its own verdict); None when no comparison has two."""
+    if not comparison_ids:
+        return None
+    tops: dict[int, list] = {}
+    for comparison_id, top in db.execute(select(Judgment.comparison_id, Judgment.top_completion_id)
+                                         .where(Judgment.comparison_id.in_(comparison_ids))):  # fmt: skip
+        tops.setdefault(comparison_id, []).append(top)
+    same = pairs = 0
+    for verdicts in tops.values():
+        for i, a in enumerate(verdicts):
+            for b in verdicts[i + 1 :]:
+                pairs += 1
+                same += a == b
+    return same / pairs if pairs else None
+
+
 def _kl(job: Job | None) -> float | None:
     """KL of the new policy to its reference: measured on the evaluation samples (generate/kl_to_reference), else
     what the policy update reported."""
@@ -508,6 +526,7 @@ def round_metrics(db: Session, round_: Round) -> dict:
         "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": _kl(steps["eval"]) if _kl(steps.get("eval")) is not None else _kl(steps.get("policy")),
         "score_mean": sum(new_scores) / len(new_scores) if new_scores else None,
         "judgments": int(judgments), "eval_judgments": int(eval_judgments),
+        "agreement": agreement(db, list(round_.comparison_ids or []) + list(round_.eval_comparison_ids or [])),
         "prompts": len(round_.prompt_ids or []), "comparisons": total, "comparisons_complete": complete,
         "eval_comparisons": len(round_.eval_comparison_ids or []),
         "pairs_trained": snapshot.rows_train if snapshot else None,
