@@ -209,6 +209,28 @@ def _audit_weight(verdict: Verdict, score: float | None, median: float | None) -
     return weight
 
 
+def reward_scores(db: Session, project: Project, completion_ids: list[int]) -> dict[int, float]:
+    """Reward-model scores of these completions: a `score` metadata field, else the newest finished `score` job
+    of the project (its scores.jsonl in the job's output directory)."""
+    import json
+
+    from app.config import get_settings
+
+    scores = {c.id: float(c.meta["score"]) for c in db.scalars(select(Completion).where(Completion.id.in_(completion_ids)))
+              if isinstance((c.meta or {}).get("score"), (int, float))}  # fmt: skip
+    job = db.scalar(select(Job).where(Job.project_id == project.id, Job.kind == "score",
+                                      Job.status == JobStatus.succeeded).order_by(Job.id.desc()).limit(1))  # fmt: skip
+    path = get_settings().data_dir.resolve() / "jobs" / str(job.id) / "output" / "scores.jsonl" if job else None
+    if path is not None and path.is_file():
+        wanted = set(completion_ids)
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                if row.get("completion_id") in wanted and row["completion_id"] not in scores:
+                    scores[row["completion_id"]] = float(row["score"])
+    return scores
+
+
 def sample_for_audit(db: Session, project: Project, count: int, actor: User | None = None, seed: int | None = None) -> int:
     """Mark up to `count` not-yet-audited verdicts as pending audit, drawn with the weights above (without
     replacement); returns how many were marked."""
@@ -216,15 +238,13 @@ def sample_for_audit(db: Session, project: Project, count: int, actor: User | No
                             .order_by(Verdict.id.desc()).limit(5000)).all()  # fmt: skip
     if not candidates:
         return 0
-    scores = {c.id: (c.meta or {}).get("score") for c in db.scalars(
-        select(Completion).where(Completion.id.in_([v.completion_id for v in candidates])))}  # fmt: skip
-    known = sorted(float(s) for s in scores.values() if isinstance(s, (int, float)))
+    scores = reward_scores(db, project, [v.completion_id for v in candidates])
+    known = sorted(scores.values())
     median = known[len(known) // 2] if known else None
     rng = random.Random(seed)
     keyed = []
     for verdict in candidates:
-        score = scores.get(verdict.completion_id)
-        weight = _audit_weight(verdict, float(score) if isinstance(score, (int, float)) else None, median)
+        weight = _audit_weight(verdict, scores.get(verdict.completion_id), median)
         keyed.append((rng.random() ** (1.0 / weight), verdict))  # Efraimidis-Spirakis weighted sampling
     keyed.sort(key=lambda item: item[0], reverse=True)
     chosen = [v for _, v in keyed[:count]]
