@@ -316,6 +316,7 @@ def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, An
         "activation_checkpointing": args.activation_checkpointing,
         "gradient_checkpointing": None,  # deprecated alias in transformers 5; TRL configs default it to True
         "seed": seed,
+        "data_seed": seed,  # the shuffle of the rows depends on the seed alone, not on how many processes run
         "save_strategy": "no",
         "eval_strategy": "no",
         "report_to": "none",

@@ -13,7 +13,8 @@ KEY_PARAMS: dict[str, tuple[str, ...]] = {k: i.key_params for k, i in KIND_INFO.
 """The few hyperparameters that matter, shown on the training page and in `rankforge train --help`."""
 APP_PARAMS = {
     "launcher": "python or accelerate (accelerate launch runs the trainer on many GPUs or nodes)",
-    "accelerate_config": "accelerate config file (with launcher accelerate)",
+    "accelerate_config": "with launcher accelerate: a shipped config (cpu, ddp, fsdp, deepspeed_zero2, "
+    "deepspeed_zero3; trainer/accelerate/) or a config file path",
     "seed": "random seed of the run",
     "snapshot": "spec of the fresh snapshot taken when no dataset is given (format, filters, split)",
     "arena": "generate: also pair each new completion with the newest completion of every other model",

@@ -20,6 +20,13 @@ def validated_params(kind: str, params: dict | None) -> tuple[dict, dict]:
     app_params, trainer_params = split_params(params)
     if app_params.get("launcher", "python") not in ("python", "accelerate"):
         raise Unprocessable("params.launcher must be 'python' or 'accelerate'.")
+    if app_params.get("accelerate_config") is not None:
+        from trainer.launch import resolve_accelerate_config  # torch-free
+
+        try:
+            resolve_accelerate_config(app_params["accelerate_config"])
+        except ValueError as error:
+            raise Unprocessable(f"params.{error}") from error
     ids = app_params.get("prompt_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, int) and i > 0 for i in ids)):
         raise Unprocessable("params.prompt_ids must be a list of prompt ids.")

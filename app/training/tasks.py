@@ -106,8 +106,10 @@ def write_score_prompts(db: Session, project: Project, path: Path, prompt_ids: l
 def child_command(spec_path: Path, app_params: dict) -> list[str]:
     python = python_executable()
     if app_params.get("launcher") == "accelerate":
+        from trainer.launch import resolve_accelerate_config  # torch-free: a shipped config's name or a file
+
         config = (
-            ["--config_file", str(app_params["accelerate_config"])]
+            ["--config_file", str(resolve_accelerate_config(app_params["accelerate_config"]))]
             if app_params.get("accelerate_config")
             else []
         )
