@@ -18,7 +18,7 @@ import inspect
 import textwrap
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -298,6 +298,53 @@ class ScoreArgs:
     """longest tokenized prompt + completion; longer ones keep their last max_length tokens"""
 
 
+JUDGE_METHODS = ("reward", "generative", "rules")
+"""How a judge decides: trainer/judge.py."""
+DEFAULT_JUDGE_TEMPLATE = """You are judging two responses to the same prompt. Follow the guidelines.
+
+Guidelines:
+{guidelines}
+
+Prompt:
+{prompt}
+
+Response A:
+{response_a}
+
+Response B:
+{response_b}
+
+Which response is better? Answer with one letter, A or B.
+Answer:"""
+"""The pairwise question a generative judge reads (the project's template replaces it when it has one)."""
+
+
+@dataclass
+class JudgeArgs:
+    """AI verdicts on comparisons (trainer/judge.py): a reward model, a generative LM, or the reference rules."""
+
+    method: str = "reward"
+    """reward (sigmoid of the reward gap), generative (answer-label probabilities, both orders), or rules"""
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    """generative: the question, with {guidelines}, {prompt}, {response_a} and {response_b}"""
+    labels: list = field(default_factory=lambda: ["A", "B"])
+    """generative: the answer labels for the first and the second response shown"""
+    both_orders: bool = True
+    """generative: ask every pair in both orders and average (cancels and measures position bias)"""
+    batch_size: int = 8
+    """sequences per forward pass"""
+    max_length: int = 1024
+    """longest tokenized input; longer ones keep their last max_length tokens"""
+    rules_confidence: float = 0.95
+    """rules: confidence that an answer passing the reference beats one failing it"""
+
+    def __post_init__(self) -> None:
+        if self.method not in JUDGE_METHODS:
+            raise ValueError(f"param 'method' must be one of {', '.join(JUDGE_METHODS)}, got {self.method!r}")
+        if not 0.5 <= self.rules_confidence <= 1.0:
+            raise ValueError("param 'rules_confidence' must be between 0.5 and 1")
+
+
 @dataclass(frozen=True)
 class Kind:
     """Everything about one job kind that both sides need; KIND_INFO below is the one list of kinds."""
@@ -330,6 +377,7 @@ KIND_INFO: dict[str, Kind] = {
     "generate": Kind(GenerateArgs, "trainer.generate:main", "generations", reads_prompts=True,
                      key_params=("num_completions", "temperature", "top_p", "max_new_tokens")),
     "score": Kind(ScoreArgs, "trainer.generate:main_score", "scores", key_params=("batch_size",)),
+    "judge": Kind(JudgeArgs, "trainer.judge:main", "judgments", key_params=("method", "batch_size")),
 }  # fmt: skip
 KINDS: tuple[str, ...] = tuple(KIND_INFO)
 """Every trainer job kind, in the order pages list them. The app derives its list from this one."""

@@ -7,7 +7,7 @@ all. Reports on stdout as JSON lines (see trainer.progress); on failure the last
 
 Kinds and what they write:
     reward -> "reward" model   dpo, kto, ppo, grpo, rloo -> "policy" model
-    generate -> generations.jsonl   score -> scores.jsonl
+    generate -> generations.jsonl   score -> scores.jsonl   judge -> judgments.jsonl
 
 Importing this module does not import torch: DEFAULTS (each kind's default params) can be read cheaply,
 though the app should prefer trainer.params, which holds the same.
@@ -191,6 +191,12 @@ def _check_models(spec: JobSpec) -> None:
     """Fail fast, naming the path, when a model the kind needs is missing (before heavy imports and data work)."""
     from trainer.models import check_checkpoint
 
+    if spec.kind == "judge":  # the model its method reads, if any (rules read none)
+        if spec.args.method == "generative":
+            check_checkpoint(spec.base_model, "judge model")
+        elif spec.args.method == "reward":
+            check_checkpoint(spec.reward_model, "reward model")
+        return
     if spec.kind != "score":
         check_checkpoint(spec.base_model, "base model")
     if spec.kind == "score" or spec.reward_model:

@@ -1,0 +1,344 @@
+"""The `judge` kind: AI verdicts on comparisons, with a confidence, for the app to store as AI judgments.
+
+prompts_path lines: {"comparison_id", "prompt", "completions": [{"completion_id", "text"}], "reference"?,
+"guidelines"?}. out_dir/judgments.jsonl gets one line per judged comparison:
+    {"comparison_id", "ranking": [[id], [id, id]] (tie groups, best first), "confidence",
+     "strengths": {id: log-strength}, "pairs": [[a, b, P(a over b)]], "p_first": [P(first shown wins), ...]}
+
+Methods (params.method):
+- reward: a reward model scores each completion; P(a over b) = sigmoid(r_a - r_b); K-way by sorting the scores.
+  The reward model sees each completion alone, so it has no position to be biased by (p_first is empty).
+- generative: a causal LM reads a pairwise question (params.template with {guidelines}, {prompt}, {response_a},
+  {response_b}); the verdict is the next-token probability of the answer labels (params.labels, renormalised over
+  the two), never free text. Every pair is asked in both orders and the two answers averaged:
+      P(a over b) = (P(first | a, b) + 1 - P(first | b, a)) / 2
+  so a judge that always answers "first" gives 0.5 (no preference) and its position bias (the mean probability
+  of preferring the first shown, 0.5 for an unbiased judge) is measured and reported. K-way: every pair, then a
+  Bradley-Terry fit on the soft pairwise outcomes.
+- rules: the prompt's reference rule (trainer.rewards.verifier.check_rule) passes or fails each completion;
+  a passing answer beats a failing one with confidence params.rules_confidence; equal outcomes are a tie at 0.5.
+
+confidence: for a strict ranking, the smallest P(higher over lower) between neighbouring completions (for a
+pair: max(p, 1 - p)); a ranking with a tie gets 0.5. The app compares it to the project's threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from trainer import progress
+from trainer.params import JudgeArgs
+from trainer.spec import JobSpec
+
+TIE_EPS = 1e-9
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def combine_orders(p_first_ab: float, p_first_ba: float) -> float:
+    """P(a over b) from the two orders: asked (a, b) the judge preferred the first with p_first_ab; asked (b, a)
+    with p_first_ba (which is its P(b over a)). The average cancels a constant preference for a position."""
+    return (p_first_ab + (1.0 - p_first_ba)) / 2.0
+
+
+def bradley_terry(ids: list[int], pairs: list[tuple[int, int, float]], steps: int = 200, prior: float = 0.01) -> dict:
+    """Log-strengths maximising sum p log s(ti - tj) + (1 - p) log s(tj - ti) - prior/2 |t|^2 (Newton on a small K)."""
+    index = {c: i for i, c in enumerate(ids)}
+    theta = [0.0] * len(ids)
+    if len(ids) == 2 and len(pairs) == 1:  # the exact answer: the difference is logit(p) (clipped)
+        a, b, p = pairs[0]
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        half = math.log(p / (1 - p)) / 2
+        return {a: half, b: -half}
+    for _ in range(steps):
+        grad = [-prior * t for t in theta]
+        hess = [prior] * len(ids)
+        for a, b, p in pairs:
+            i, j = index[a], index[b]
+            s = _sigmoid(theta[i] - theta[j])
+            grad[i] += p - s
+            grad[j] -= p - s
+            w = s * (1 - s)
+            hess[i] += w
+            hess[j] += w
+        move = max(abs(g / h) for g, h in zip(grad, hess, strict=True))
+        theta = [t + g / h for t, g, h in zip(theta, grad, hess, strict=True)]  # diagonal Newton step
+        if move < 1e-10:
+            break
+    mean = sum(theta) / len(theta)
+    return {c: theta[index[c]] - mean for c in ids}
+
+
+def ranking_from_strengths(strengths: dict[int, float], prob) -> tuple[list[list[int]], float]:
+    """Tie groups best first (neighbours with P(a over b) within TIE_EPS of 0.5 share a group) and the confidence."""
+    order = sorted(strengths, key=lambda c: (-strengths[c], c))
+    groups: list[list[int]] = [[order[0]]]
+    confidence = 1.0
+    for higher, lower in zip(order, order[1:], strict=False):
+        p = prob(higher, lower)
+        if abs(p - 0.5) <= TIE_EPS:
+            groups[-1].append(lower)
+            confidence = 0.5
+        else:
+            groups.append([lower])
+            confidence = min(confidence, max(p, 1 - p))
+    return groups, confidence
+
+
+def verdict_from_pairs(ids: list[int], pairs: list[tuple[int, int, float]]) -> dict[str, Any]:
+    strengths = bradley_terry(ids, pairs)
+    direct = {(a, b): p for a, b, p in pairs} | {(b, a): 1 - p for a, b, p in pairs}
+    ranking, confidence = ranking_from_strengths(
+        strengths, lambda a, b: direct.get((a, b), _sigmoid(strengths[a] - strengths[b]))
+    )
+    return {"ranking": ranking, "confidence": confidence, "strengths": strengths,
+            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
+
+
+def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
+    ids = sorted(scores)
+    pairs = [(a, b, _sigmoid(scores[a] - scores[b])) for a, b in combinations(ids, 2)]
+    ranking, confidence = ranking_from_strengths(scores, lambda a, b: _sigmoid(scores[a] - scores[b]))
+    return {"ranking": ranking, "confidence": confidence, "strengths": dict(scores),
+            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
+
+
+# --- the question a generative judge reads ---------------------------------------------------------------------------
+
+
+def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str) -> str:
+    """Plain replacement of the four fields (texts may hold braces of their own)."""
+    values = {"{guidelines}": guidelines, "{prompt}": prompt, "{response_a}": response_a, "{response_b}": response_b}
+    out, i = [], 0
+    while i < len(template):
+        for key, value in values.items():
+            if template.startswith(key, i):
+                out.append(value)
+                i += len(key)
+                break
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
+    return str(prompt)
+
+
+def label_token_ids(tokenizer, labels: list[str], chat: bool) -> list[int]:
+    """The first token of each answer label as it would follow the question (a leading space without a chat
+    template, whose generation prompt ends the line itself)."""
+    ids = []
+    for label in labels:
+        encoded = tokenizer(label if chat else " " + label, add_special_tokens=False)["input_ids"]
+        if not encoded:
+            raise ValueError(f"answer label {label!r} encodes to no token")
+        ids.append(encoded[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"answer labels {labels} share their first token; pick labels that differ")
+    return ids
+
+
+def question_ids(tokenizer, text: str, max_length: int) -> list[int]:
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                             tokenize=False)  # fmt: skip
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(text)["input_ids"]
+    return list(ids)[-max_length:]  # the question is at the end: a long text loses its beginning
+
+
+def first_label_probs(model, questions: list[list[int]], label_ids: list[int], pad_id: int, batch_size: int) -> list[float]:
+    """P(first label) renormalised over the answer labels, from the next-token logits after each question."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
+        width = max(len(q) for q in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding: the last position is every row's next token
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device)).logits[:, -1, :]  # fmt: skip
+        chosen = torch.log_softmax(logits[:, label_ids].float(), dim=-1)
+        out += chosen[:, 0].exp().cpu().tolist()
+    return out
+
+
+def judge_generative(model, tokenizer, rows: list[dict], args: JudgeArgs, report=None) -> list[dict]:
+    """Every pair of every row in both orders; a verdict per row with p_first (one value per order asked)."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    labels = list(args.labels)
+    if len(labels) != 2:
+        raise ValueError(f"a generative judge needs two answer labels, got {labels}")
+    label_ids = label_token_ids(tokenizer, labels, chat)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    asks: list[tuple[int, int, int]] = []  # (row index, first shown, second shown)
+    questions: list[list[int]] = []
+    for r, row in enumerate(rows):
+        texts = {c["completion_id"]: c["text"] for c in row["completions"]}
+        for a, b in combinations(sorted(texts), 2):
+            for first, second in ((a, b), (b, a)) if args.both_orders else ((a, b),):
+                text = fill_template(args.template, guidelines=row.get("guidelines") or "",
+                                     prompt=_prompt_text(row["prompt"]), response_a=texts[first],
+                                     response_b=texts[second])  # fmt: skip
+                asks.append((r, first, second))
+                questions.append(question_ids(tokenizer, text, args.max_length))
+    probs: list[float] = []
+    chunk = max(args.batch_size * 4, 1)
+    for start in range(0, len(questions), chunk):
+        probs += first_label_probs(model, questions[start : start + chunk], label_ids, pad_id, args.batch_size)
+        if report:
+            report(min(len(questions), start + chunk), len(questions))
+    return verdicts_from_orders(rows, asks, probs)
+
+
+def verdicts_from_orders(rows: list[dict], asks: list[tuple[int, int, int]], probs: list[float]) -> list[dict]:
+    """Rows' verdicts from P(first shown wins) of each (row, first, second) asked."""
+    seen: dict[tuple[int, int, int], float] = {}
+    p_first: dict[int, list[float]] = {}
+    for (r, first, second), p in zip(asks, probs, strict=True):
+        seen[(r, first, second)] = p
+        p_first.setdefault(r, []).append(p)
+    verdicts = []
+    for r, row in enumerate(rows):
+        ids = sorted(c["completion_id"] for c in row["completions"])
+        pairs = []
+        for a, b in combinations(ids, 2):
+            ab, ba = seen.get((r, a, b)), seen.get((r, b, a))
+            p = combine_orders(ab, ba) if ab is not None and ba is not None else ab
+            pairs.append((a, b, p))
+        verdict = verdict_from_pairs(ids, pairs)
+        verdict["p_first"] = p_first.get(r, [])
+        verdicts.append({"comparison_id": row["comparison_id"], **verdict})
+    return verdicts
+
+
+def judge_rules(rows: list[dict], args: JudgeArgs) -> list[dict]:
+    from trainer.rewards.verifier import check_rule
+
+    verdicts = []
+    for row in rows:
+        reference = row.get("reference")
+        if isinstance(reference, str):
+            reference = json.loads(reference)
+        if not isinstance(reference, dict):
+            continue  # the rules judge has nothing to say without a reference
+        passed = {c["completion_id"]: bool(check_rule(c["text"], reference)["passed"]) for c in row["completions"]}
+        ids = sorted(passed)
+        high = args.rules_confidence
+        pairs = [(a, b, 0.5 if passed[a] == passed[b] else (high if passed[a] else 1 - high))
+                 for a, b in combinations(ids, 2)]  # fmt: skip
+        strengths = {c: (1.0 if passed[c] else 0.0) for c in ids}
+        direct = {(a, b): p for a, b, p in pairs} | {(b, a): 1 - p for a, b, p in pairs}
+        ranking, confidence = ranking_from_strengths(strengths, lambda a, b, d=direct: d[(a, b)])
+        verdicts.append({"comparison_id": row["comparison_id"], "ranking": ranking, "confidence": confidence,
+                         "strengths": strengths, "pairs": [[a, b, p] for a, b, p in pairs], "p_first": [],
+                         "passed": {str(c): v for c, v in passed.items()}})  # fmt: skip
+    return verdicts
+
+
+def judge_reward(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) -> list[dict]:
+    from trainer.encoding import effective_max_length, encode_sequence
+    from trainer.models import default_device, load_reward, load_tokenizer, reward_scores
+
+    tokenizer = load_tokenizer(spec.reward_model, role="reward model")
+    model = load_reward(spec.reward_model, tokenizer=tokenizer).to(default_device()).eval()
+    max_length = effective_max_length(args.max_length, model.config, tokenizer)
+    keys, sequences = [], []
+    for r, row in enumerate(rows):
+        for c in row["completions"]:
+            keys.append((r, c["completion_id"]))
+            sequences.append(encode_sequence(row["prompt"], c["text"], tokenizer, max_length))
+    import torch
+
+    scores: list[float] = []
+    chunk = max(args.batch_size * 8, 1)
+    with torch.no_grad():
+        for start in range(0, len(sequences), chunk):
+            scores += reward_scores(model, tokenizer, sequences[start : start + chunk], batch_size=args.batch_size,
+                                    max_length=max_length)  # fmt: skip
+            if report:
+                report(min(len(sequences), start + chunk), len(sequences))
+    by_row: dict[int, dict[int, float]] = {}
+    for (r, cid), score in zip(keys, scores, strict=True):
+        by_row.setdefault(r, {})[cid] = score
+    return [{"comparison_id": rows[r]["comparison_id"], **verdict_from_scores(s), "p_first": []}
+            for r, s in sorted(by_row.items())]  # fmt: skip
+
+
+def read_rows(path: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "comparison_id" not in row or len(row.get("completions") or []) < 2:
+            raise ValueError(f"{path} line {number}: needs comparison_id and at least 2 completions")
+        rows.append(row)
+    return rows
+
+
+def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
+    args: JudgeArgs = spec.args
+    if not progress.is_main_process():
+        return {}
+    if not spec.prompts_path:
+        raise ValueError("a judge job needs prompts_path: lines of {comparison_id, prompt, completions: [...]}")
+    rows = read_rows(spec.prompts_path)
+    started = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        progress.progress(0.05 + 0.9 * done / max(total, 1), f"judged {done}/{total}")
+
+    if args.method == "reward":
+        if not spec.reward_model:
+            raise ValueError("a reward judge needs reward_model")
+        verdicts = judge_reward(spec, rows, args, report)
+    elif args.method == "generative":
+        if not spec.base_model:
+            raise ValueError("a generative judge needs base_model (a causal LM checkpoint)")
+        from trainer.models import default_device, load_policy, load_tokenizer
+
+        tokenizer = load_tokenizer(spec.base_model, role="judge model")
+        model = load_policy(spec.base_model, tokenizer=tokenizer, role="judge model").to(default_device()).eval()
+        verdicts = judge_generative(model, tokenizer, rows, args, report)
+    else:
+        verdicts = judge_rules(rows, args)
+    elapsed = time.monotonic() - started
+    with open(out_dir / "judgments.jsonl", "w", encoding="utf-8") as handle:
+        for verdict in verdicts:
+            verdict["strengths"] = {str(k): v for k, v in verdict["strengths"].items()}
+            handle.write(json.dumps(verdict) + "\n")
+    firsts = [p for v in verdicts for p in v.get("p_first") or []]
+    metrics: dict[str, Any] = {
+        "judge/comparisons": len(verdicts),
+        "judge/skipped": len(rows) - len(verdicts),
+        "judge/mean_confidence": (sum(v["confidence"] for v in verdicts) / len(verdicts)) if verdicts else None,
+        "judge/runtime_s": round(elapsed, 3),
+        "judge/seconds_per_1000": round(1000 * elapsed / len(verdicts), 3) if verdicts else None,
+    }
+    if firsts:
+        metrics["judge/position_bias"] = sum(firsts) / len(firsts)
+    return metrics
