@@ -186,6 +186,9 @@ def current_policy(db: Session, project: Project) -> ModelVersion | None:
 
 def start_round(db: Session, project: Project, *, actor: User | None = None, trigger: str = "manual") -> Round:
     """Round N+1: queue its generate job (and the score job that waits for it). 409 while a round runs."""
+    # One start at a time per project: PostgreSQL locks the project row (a second start waits, then sees the
+    # round the first one made); SQLite writers are serialized already (BEGIN IMMEDIATE).
+    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     active = _active_round(db, project.id)
     if active is not None:
         raise Conflict(f"Round {active.number} of {project.slug} is still {active.status}.")

@@ -242,3 +242,28 @@ def test_a_round_finishes_even_when_the_next_one_cannot_start(client, loop, db):
     assert tick("w1") == []
     db.expire_all()
     assert [r.status for r in db.scalars(select(Round).where(Round.project_id == project.id))] == ["done"]
+
+
+def test_two_starts_at_once_make_one_round(loop):
+    """Two "start next round" at the same moment: one round, the other start answers 409."""
+    from app.db import session_scope
+    from app.errors import Conflict
+    from app.models import Project
+    from app.training.rounds import start_round
+
+    barrier, outcomes = threading.Barrier(2), []
+
+    def start():
+        barrier.wait()
+        try:
+            with session_scope(write=True) as db:
+                outcomes.append(start_round(db, db.get(Project, loop["project"]["id"])).number)
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(str, outcomes)) == ["1", "conflict"], outcomes
