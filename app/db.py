@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -153,6 +153,16 @@ def session_scope(url: str | None = None, *, write: bool = False) -> Iterator[Se
         raise
     finally:
         session.close()
+
+
+def analyze(session: Session, *tables: str) -> None:
+    """PostgreSQL: refresh the planner's statistics of `tables` now, in the caller's transaction (ANALYZE counts
+    the transaction's own new rows), for bulk loads: autovacuum may be off or late, and until its next pass the
+    planner knows nothing of a new project's rows. SQLite: nothing (its planner keeps no such statistics here)."""
+    if is_sqlite(session):
+        return
+    for table in tables:
+        session.execute(text(f'ANALYZE "{table}"'))
 
 
 def write_transaction(session: Session) -> None:

@@ -13,12 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
+from app.db import analyze
 from app.imports.parsers import ImportRecord, parse_import, record_priority
 from app.models import Comparison, Completion, Judgment, ModelVersion, Project, Prompt, User
 from app.projects.schemas import ImportResult
 from app.projects.service import GOLD_REQUIRED
 
 CHUNK = 500
+ANALYZE_AFTER_ROWS = 200
+"""A load of this many new prompts (or generated completions) refreshes the tables' statistics at once: the
+planner must not wait for autovacuum (off on many bulk-loaded databases) to learn of a new project's rows."""
 
 
 def content_id(record: ImportRecord) -> str:
@@ -99,6 +103,8 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
         counts["prompts_created"] += len(prompts)
         counts["completions_created"] += sum(len(rows) for rows in completions)
         counts["comparisons_created"] += len(comparisons)
+    if counts["prompts_created"] >= ANALYZE_AFTER_ROWS:
+        analyze(db, "prompt", "completion", "comparison")
     return ImportResult(format="", records=len(records), **counts)
 
 
@@ -133,6 +139,8 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
             db.add(comparison)
             db.flush()
             comparison_ids.append(comparison.id)
+    if len(completion_ids) >= ANALYZE_AFTER_ROWS:
+        analyze(db, "completion", "comparison")
     return {"completion_ids": completion_ids, "comparison_ids": comparison_ids}
 
 

@@ -114,3 +114,21 @@ def test_claim_plan_stays_an_index_walk_on_a_queue_nothing_analyzed(db_url, user
         with engine.begin() as conn:
             for table in ("comparison", "assignment", "prompt", "completion"):
                 conn.exec_driver_sql(f'ALTER TABLE "{table}" RESET (autovacuum_enabled)')
+
+
+@pytest.mark.only_db("postgresql")
+def test_a_bulk_import_refreshes_the_statistics_of_what_it_filled(db_url):
+    from app.imports.service import ANALYZE_AFTER_ROWS, import_file
+    from tests.helpers import native_lines
+
+    project_id = PROJECT_ID + 1
+    with session_scope(db_url) as db:
+        db.add(Project(id=project_id, slug="imported", name="Imported", mode="pairwise", overlap=3, max_overlap=3))
+    with session_scope(db_url) as db:
+        import_file(db, db.get(Project, project_id), native_lines(ANALYZE_AFTER_ROWS), "native", None)
+    with get_engine(db_url).connect() as conn:
+        known = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'comparison' AND attname = 'project_id' "
+            "AND most_common_vals::text LIKE :pattern"
+        ), {"pattern": f"%{project_id}%"}).scalar()  # fmt: skip
+    assert known == 1
