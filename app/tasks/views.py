@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from markupsafe import Markup
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.models import Assignment, Completion, Prompt
@@ -56,13 +56,23 @@ def prompt_value(prompt: Prompt) -> str | list[dict]:
     return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
 
 
+_TASK_TEXTS = (
+    select(Completion.id, Completion.text, Prompt.messages, Prompt.is_chat)
+    .join(Prompt, Prompt.id == Completion.prompt_id)
+    .where(Completion.id.in_(bindparam("ids", expanding=True)))
+)
+"""task_json's read, built once (it runs on every next-task): only the columns the answer shows."""
+
+
 def task_json(db: Session, assignment: Assignment) -> dict:
-    prompt, completions = _load(db, assignment)
+    rows = db.execute(_TASK_TEXTS, {"ids": list(assignment.display_order)}).all()
+    texts = {row.id: row.text for row in rows}
+    messages, is_chat = rows[0].messages, rows[0].is_chat
     return {
         "assignment_id": assignment.id,
         "comparison_id": assignment.comparison_id,
-        "prompt": prompt_value(prompt),
-        "options": [{"id": c.id, "label": LABELS[i], "text": c.text} for i, c in enumerate(completions)],
+        "prompt": messages if is_chat else messages[0]["content"],
+        "options": [{"id": c, "label": LABELS[i], "text": texts[c]} for i, c in enumerate(assignment.display_order)],
         "expires_at": assignment.expires_at.isoformat(),
     }
 
