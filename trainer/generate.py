@@ -117,17 +117,75 @@ def completion_logprob(model, prompt_ids: list[int], token_ids: list[int]) -> fl
     return float(torch.log_softmax(logits, dim=-1).gather(-1, targets).sum())
 
 
+def vllm_usable() -> bool:
+    """vLLM is installed and a CUDA GPU is present (CPU and no vLLM stay the tested default)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def generation_backend(requested: str) -> str:
+    """"vllm" or "transformers" for a requested backend (auto: vLLM where usable); a clear error otherwise."""
+    if requested not in ("auto", "transformers", "vllm"):
+        raise ValueError(f"param 'backend' must be auto, transformers or vllm, got {requested!r}")
+    if requested == "vllm" and not vllm_usable():
+        raise ValueError("backend vllm needs the vllm package and a CUDA GPU (pip install 'rankforge[vllm]')")
+    if requested == "auto":
+        return "vllm" if vllm_usable() else "transformers"
+    return requested
+
+
+def generate_with_vllm(spec: JobSpec, tokenizer, prompts: list[Any], args: GenerateArgs) -> list[list[dict]]:
+    """num_completions completions per prompt from vLLM (a LoRA adapter through its LoRARequest); the same
+    shape as generate_completions."""
+    from vllm import LLM, SamplingParams
+
+    from trainer.models import adapter_base, is_adapter
+
+    adapter = is_adapter(spec.base_model)
+    llm = LLM(model=str(adapter_base(spec.base_model) if adapter else spec.base_model),
+              tokenizer=str(spec.base_model), seed=spec.seed, enable_lora=adapter, dtype="auto")  # fmt: skip
+    lora = None
+    if adapter:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, str(spec.base_model))
+    sampling = SamplingParams(
+        n=args.num_completions, temperature=max(args.temperature, 0.0), top_p=args.top_p, top_k=args.top_k or -1,
+        max_tokens=args.max_new_tokens, seed=spec.seed,
+    )  # fmt: skip
+    token_prompts = []
+    for prompt in prompts:
+        ids = tokenizer(to_prompt_text(prompt, tokenizer), add_special_tokens=not is_conversational(prompt))["input_ids"]
+        token_prompts.append({"prompt_token_ids": list(ids)[-args.max_prompt_length :]})
+    results = []
+    for output in llm.generate(token_prompts, sampling, lora_request=lora):
+        results.append([{"text": c.text, "finish_reason": "eos" if c.finish_reason == "stop" else "length",
+                         "new_tokens": len(c.token_ids), "prompt_ids": list(output.prompt_token_ids),
+                         "token_ids": list(c.token_ids)} for c in output.outputs])  # fmt: skip
+    return results
+
+
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     args: GenerateArgs = spec.args
     if args.num_completions < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise ValueError("generate needs num_completions, max_new_tokens and batch_size >= 1")
     if not progress.is_main_process():
         return {}
+    backend = generation_backend(args.backend)
     tokenizer = load_tokenizer(spec.base_model)
-    model = load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()
+    model = None if backend == "vllm" else load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()
     prompts = read_prompts(spec)
     if not prompts:
         raise ValueError("no prompts to generate for")
+    # Batches of prompts of similar length (longest first), so little of each batch is padding; the file keeps
+    # the prompts' order.
+    for position, item in enumerate(prompts):
+        item["_position"] = position
+    prompts.sort(key=lambda p: -len(json.dumps(p["prompt"], ensure_ascii=False)))
+    rows_by_position: dict[int, str] = {}
+    if backend == "vllm" and args.reference_model:
+        model = load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()  # for log-ratios
     reference = load_policy(args.reference_model).to(default_device()).eval() if args.reference_model else None
     log_ratios: list[float] = []
     params = {
@@ -137,15 +195,18 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens,
         "seed": spec.seed,
+        "backend": backend,
     }
     started = time.monotonic()
     finished_by_eos = new_tokens = count = 0
+    batch_size = len(prompts) if backend == "vllm" else args.batch_size  # vLLM schedules its own batches
     with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
-        for start in range(0, len(prompts), args.batch_size):
-            batch = prompts[start : start + args.batch_size]
-            for item, completions in zip(
-                batch, generate_completions(model, tokenizer, [p["prompt"] for p in batch], args), strict=True
-            ):
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            texts = [p["prompt"] for p in batch]
+            generated = (generate_with_vllm(spec, tokenizer, texts, args) if backend == "vllm"
+                         else generate_completions(model, tokenizer, texts, args))  # fmt: skip
+            for item, completions in zip(batch, generated, strict=True):
                 row = {
                     "prompt_id": item["prompt_id"],
                     "completions": [
@@ -158,20 +219,23 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
                         out["log_ratio"] = completion_logprob(model, c["prompt_ids"], c["token_ids"]) - \
                             completion_logprob(reference, c["prompt_ids"], c["token_ids"])
                         log_ratios.append(out["log_ratio"])
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows_by_position[item["_position"]] = json.dumps(row, ensure_ascii=False) + "\n"
                 finished_by_eos += sum(c["finish_reason"] == "eos" for c in completions)
                 new_tokens += sum(c["new_tokens"] for c in completions)
                 count += len(completions)
-            done = min(len(prompts), start + args.batch_size)
+            done = min(len(prompts), start + batch_size)
             progress.progress(
                 0.05 + 0.9 * done / len(prompts), f"generated for {done}/{len(prompts)} prompts"
             )
+        handle.writelines(rows_by_position[position] for position in range(len(prompts)))
     metrics = {
         "generate/prompts": len(prompts),
         "generate/completions": count,
         "generate/eos_share": finished_by_eos / count,
         "generate/mean_new_tokens": new_tokens / count,
         "generate/runtime_s": round(time.monotonic() - started, 3),
+        "generate/tokens_per_s": round(new_tokens / max(time.monotonic() - started, 1e-9), 1),
+        "generate/backend": backend,
     }
     if log_ratios:
         metrics["generate/kl_to_reference"] = sum(log_ratios) / len(log_ratios)

@@ -155,6 +155,8 @@ def trl_config(
         mask_truncated_completions=args.mask_truncated_completions,
         reward_weights=reward_weights,
     )
+    if sampling_backend(args) == "vllm":  # TRL samples with a vLLM engine colocated with training
+        common.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3)
     if kind == "grpo":
         return GRPOConfig(
             **common,
@@ -163,6 +165,17 @@ def trl_config(
             multi_objective_aggregation=args.multi_objective_aggregation,
         )
     return RLOOConfig(**common, normalize_advantages=args.normalize_advantages)
+
+
+def sampling_backend(args: GRPOArgs | RLOOArgs) -> str:
+    """"vllm" or "transformers" for the use_vllm param (auto: vLLM when installed and a GPU is present)."""
+    from trainer.generate import vllm_usable
+
+    if args.use_vllm not in ("auto", "on", "off"):
+        raise ValueError(f"param 'use_vllm' must be auto, on or off, got {args.use_vllm!r}")
+    if args.use_vllm == "on" and not vllm_usable():
+        raise ValueError("use_vllm on needs the vllm package and a CUDA GPU (pip install 'rankforge[vllm]')")
+    return "vllm" if args.use_vllm == "on" or (args.use_vllm == "auto" and vllm_usable()) else "transformers"
 
 
 def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
@@ -261,6 +274,7 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     for entry in callback.history:  # the last logged value of every training metric
         final.update({k: v for k, v in entry["metrics"].items() if not k.startswith("eval/")})
     final["train/steps"] = trainer.state.global_step
+    final["train/generation_backend"] = sampling_backend(args)
     final["train/runtime_s"] = round(train_seconds, 2)
     progress.metrics(trainer.state.global_step, {k: v for k, v in final.items() if k.startswith("eval/")})
     progress.progress(0.95, "saving the policy")

@@ -220,6 +220,8 @@ class GRPOArgs(TrainArgs):
     """how several rewards combine: sum_then_normalize, or normalize_then_sum (GDPO)"""
     mask_truncated_completions: bool = False
     """leave completions that hit max_completion_length out of the loss"""
+    use_vllm: str = "auto"
+    """sample with vLLM (TRL's use_vllm, colocated): auto (when vLLM is installed and a GPU is present), on, off"""
     eval_prompts: int = 16
     """prompts held out of training to score fresh samples before and after (from eval_split when the
     snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
@@ -259,6 +261,8 @@ class RLOOArgs(TrainArgs):
     """scale the advantages of each generation batch to mean 0, std 1"""
     mask_truncated_completions: bool = False
     """leave completions that hit max_completion_length out of the loss"""
+    use_vllm: str = "auto"
+    """sample with vLLM (TRL's use_vllm, colocated): auto (when vLLM is installed and a GPU is present), on, off"""
     eval_prompts: int = 16
     """prompts held out of training to score fresh samples before and after (from eval_split when the
     snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
@@ -282,6 +286,8 @@ class GenerateArgs:
     """prompts per generate() call"""
     max_prompt_length: int = 512
     """prompts longer than this many tokens keep their last max_prompt_length tokens"""
+    backend: str = "auto"
+    """auto (vLLM when it is installed and a GPU is present, else transformers), transformers or vllm"""
     reference_model: str = ""
     """path of a reference policy (e.g. the one this policy was trained from): each completion's log-probability
     under the policy minus under the reference is recorded, and their mean (a sample estimate of the KL divergence
