@@ -64,6 +64,7 @@ def test_verify_job_gives_verdicts_pass_rates_and_an_audit(client, world, monkey
     assert rates["pass_at_k"] == pytest.approx(1.0) and rates["k"] == 2
     assert rates["reasons"] == {"passed": 5, "timeout": 1, "wrong_answer": 4}
 
+    assert client.get(f"/jobs/{job_id}", headers=eng).status_code == 200
     verifier = client.get(f"/api/v1/projects/{pid}/verifier", headers=eng).json()
     assert verifier["verifiable"] and verifier["prompts"] == 6 and verifier["with_tests"] == 1
     assert [v["job_id"] for v in verifier["versions"]] == [job_id]
