@@ -230,18 +230,22 @@ def test_a_round_finishes_even_when_the_next_one_cannot_start(client, loop, db):
     alone), and the round's finish is not repeated on the next tick."""
     from sqlalchemy import select
 
-    from app.models import Project, Prompt, Round, utcnow
+    from app.models import Project, Prompt, Round, WebhookDelivery, WebhookEndpoint, utcnow
     from app.training.rounds import tick
 
     project = db.get(Project, loop["project"]["id"])
     every = list(db.scalars(select(Prompt.id).where(Prompt.project_id == project.id)))
     db.add(Round(project_id=project.id, number=1, status="evaluating", prompt_ids=every, started_at=utcnow(),
                  stage_started_at=utcnow()))  # fmt: skip
+    db.add(WebhookEndpoint(project_id=project.id, url="https://hooks.example.com/rf", events=["round.finished"],
+                           secret="whsec_test"))  # fmt: skip
     db.commit()
     assert tick("w1") == [(project.id, 1, "done")]
     assert tick("w1") == []
     db.expire_all()
     assert [r.status for r in db.scalars(select(Round).where(Round.project_id == project.id))] == ["done"]
+    events = list(db.scalars(select(WebhookDelivery).where(WebhookDelivery.event_type == "round.finished")))
+    assert len(events) == 1 and events[0].payload["data"]["number"] == 1  # sent once, by the webhooks worker
 
 
 def test_two_starts_at_once_make_one_round(loop):
