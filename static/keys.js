@@ -5,7 +5,13 @@
  *   .option[data-option-id][data-label], ol#rank-order, input#ranking-input (JSON tie groups, best first),
  *   input#flag-all-bad, #judgment-message, #choice-summary, form#skip-form + select#skip-reason,
  *   details#guidelines, dialog#keys-help, [data-action] buttons.
+ *   Rewrites: #edit-panel[data-full-url] (+ option id: the option's whole text), textarea#edit-text,
+ *   input#edit-parent-input, #edit-diff, #active-ms-input; [data-action="open-edit"|"new-answer"|"discard-edit"].
  * Every htmx swap brings a new #judgment-form; state is rebuilt for it (listeners sit on document).
+ *
+ * Active time (#active-ms-input): time the page was visible, counted between the rater's interactions (keys,
+ * pointer, scroll, typing); a gap between two interactions longer than data-idle-ms counts nothing, and time
+ * while the page is hidden never counts.
  */
 (function () {
   "use strict";
@@ -27,6 +33,13 @@
       optionIds,
       labels,
       startedAt: performance.now(),
+      idleMs: Number(form.dataset.idleMs) || 120000,
+      activeMs: 0,
+      lastActive: performance.now(),
+      editing: false, // the rewrite box is open
+      editPending: false, // E pressed before a best response was chosen: the next choice opens the box
+      editParent: null, // option id rewritten, null: a new answer
+      editOriginal: "",
       groups: [], // tie groups of option ids, best first
       placed: [], // option ids in the order they were placed, for undo
       tieNext: false, // rank: the next placed option joins the last group
@@ -79,6 +92,7 @@
     task.tieNext = false;
     say("");
     render();
+    if (task.editPending && bestOption() !== null) startEdit(bestOption());
   }
 
   function unplace(id) {
@@ -134,7 +148,11 @@
   function decided() {
     say("");
     render();
-    if (task.mode === "pairwise" && !task.hasAttributes) submit();
+    if (task.editPending && bestOption() !== null) return startEdit(bestOption());
+    if (task.editing && task.editParent !== null && bestOption() !== task.editParent) {
+      return say(`Your rewrite is of ${label(task.editParent)}, which is no longer ranked best: rank it first or discard the rewrite.`, "error");
+    }
+    if (task.mode === "pairwise" && !task.hasAttributes && !task.editing) submit();
   }
 
   // Drag and drop: put `id` before or after the group at `index`, or into it (a tie).
@@ -159,6 +177,190 @@
     task.tieNext = false;
     say("");
     render();
+  }
+
+  // ---- active time -------------------------------------------------------------------------
+
+  function touch() {
+    if (!task) return;
+    const now = performance.now();
+    if (!document.hidden) {
+      const gap = now - task.lastActive;
+      if (gap > 0 && gap <= task.idleMs) task.activeMs += gap;
+    }
+    task.lastActive = now;
+  }
+
+  let lastMove = 0;
+  function onPointerMove() {
+    const now = performance.now();
+    if (now - lastMove < 1000) return; // a moving pointer counts once a second
+    lastMove = now;
+    touch();
+  }
+
+  function onVisibility() {
+    if (!task) return;
+    if (document.hidden) touch(); // counts up to the moment the page was hidden
+    else task.lastActive = performance.now(); // the hidden stretch never counts
+  }
+
+  // ---- rewrites (edits) ----------------------------------------------------------------------
+
+  function editElements() {
+    return {
+      panel: document.getElementById("edit-panel"),
+      text: document.getElementById("edit-text"),
+      parent: document.getElementById("edit-parent-input"),
+      of: document.getElementById("edit-of"),
+      diff: document.getElementById("edit-diff"),
+    };
+  }
+
+  function bestOption() {
+    if (task.allBad || !task.groups.length) return null;
+    return task.groups[0][0];
+  }
+
+  function openEdit() {
+    const { panel } = editElements();
+    if (!panel) return;
+    const best = bestOption();
+    if (best === null) {
+      task.editPending = true;
+      return say(task.mode === "pairwise"
+        ? "Which response do you rewrite? Press 1 or 2: it becomes the better one, and the box opens."
+        : "Place the best response first (its number): the box then opens with its text.");
+    }
+    startEdit(best);
+  }
+
+  async function startEdit(parentId) {
+    const el = editElements();
+    if (!el.panel) return;
+    task.editPending = false;
+    task.editing = true;
+    task.editParent = parentId;
+    el.panel.hidden = false;
+    el.text.disabled = false;
+    el.parent.disabled = false;
+    el.parent.value = parentId === null ? "" : String(parentId);
+    el.of.textContent = parentId === null ? "(a new answer)" : `of response ${label(parentId)}`;
+    showSubmitButton();
+    let original = "";
+    if (parentId !== null) {
+      el.text.value = "Loading the response…";
+      el.text.readOnly = true;
+      try {
+        const response = await fetch(el.panel.dataset.fullUrl + parentId, { credentials: "same-origin" });
+        if (!response.ok) throw new Error(String(response.status));
+        const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+        const pre = doc.querySelector("pre");
+        original = pre ? pre.textContent : "";
+      } catch (error) {
+        el.text.readOnly = false;
+        el.text.value = "";
+        return say("Could not load the response's text; reload the page to try again.", "error");
+      }
+      el.text.readOnly = false;
+    }
+    if (!task.editing || task.editParent !== parentId) return; // discarded or switched meanwhile
+    task.editOriginal = original;
+    el.text.value = original;
+    renderDiff();
+    el.text.focus();
+    el.text.setSelectionRange(0, 0);
+    el.text.scrollTop = 0;
+    say(parentId === null ? "Write your answer; Ctrl+Enter submits." : "Rewrite the response; the changes show below. Ctrl+Enter submits.");
+  }
+
+  function newAnswer() {
+    if (!editElements().panel) return;
+    startEdit(null);
+  }
+
+  function discardEdit() {
+    const el = editElements();
+    task.editing = false;
+    task.editPending = false;
+    task.editParent = null;
+    if (!el.panel) return;
+    el.panel.hidden = true;
+    el.text.value = "";
+    el.text.disabled = true;
+    el.parent.disabled = true;
+    el.parent.value = "";
+    el.diff.replaceChildren();
+    showSubmitButton();
+    say("");
+  }
+
+  function showSubmitButton() {
+    const button = task.form.querySelector(".submit-button");
+    if (!button) return;
+    if (!("initiallyHidden" in button.dataset)) button.dataset.initiallyHidden = String(button.hidden);
+    button.hidden = button.dataset.initiallyHidden === "true" && !task.editing;
+  }
+
+  // Line diff (longest common subsequence) of the original and the rewrite, as text nodes only.
+  function lineDiff(before, after) {
+    const a = before.split("\n");
+    const b = after.split("\n");
+    if (a.length * b.length > 4000000) return null;
+    const n = a.length;
+    const m = b.length;
+    const lcs = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+    for (let i = n - 1; i >= 0; i--) {
+      for (let j = m - 1; j >= 0; j--) {
+        lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+      }
+    }
+    const out = [];
+    let i = 0;
+    let j = 0;
+    while (i < n || j < m) {
+      if (i < n && j < m && a[i] === b[j]) {
+        out.push([" ", a[i]]);
+        i++;
+        j++;
+      } else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) out.push(["+", b[j++]]);
+      else out.push(["-", a[i++]]);
+    }
+    return out;
+  }
+
+  let diffTimer = null;
+  function renderDiff() {
+    const el = editElements();
+    if (!el.diff || !task.editing) return;
+    const lines = lineDiff(task.editOriginal, el.text.value);
+    el.diff.replaceChildren();
+    if (lines === null) {
+      el.diff.textContent = "Too long to show the changes line by line.";
+      return;
+    }
+    const changed = lines.filter(([mark]) => mark !== " ").length;
+    const summary = document.createElement("p");
+    summary.className = "muted edit-diff-summary";
+    summary.textContent = changed ? `${lines.filter(([m]) => m === "+").length} lines added, ${lines.filter(([m]) => m === "-").length} removed` : "No changes yet.";
+    const pre = document.createElement("pre");
+    pre.className = "edit-diff-lines";
+    lines.forEach(([mark, text], k) => {
+      // unchanged lines far from any change are left out
+      if (mark === " " && !lines.slice(Math.max(0, k - 2), k + 3).some(([x]) => x !== " ")) return;
+      const line = document.createElement(mark === "+" ? "ins" : mark === "-" ? "del" : "span");
+      line.className = "diff-line";
+      line.textContent = `${mark} ${text}\n`;
+      pre.append(line);
+    });
+    el.diff.append(summary, pre);
+  }
+
+  function onInput(event) {
+    touch();
+    if (!task || event.target.id !== "edit-text") return;
+    clearTimeout(diffTimer);
+    diffTimer = setTimeout(renderDiff, 150);
   }
 
   // ---- submitting ----------------------------------------------------------------------------
@@ -190,7 +392,21 @@
     if (left.length) {
       return `Your order is incomplete: place ${left.map(label).join(", ")} first (keys 1–${Math.min(9, task.optionIds.length)} or click).`;
     }
+    if (task.editing) {
+      const el = editElements();
+      const text = el.text.value;
+      if (task.editParent !== null && bestOption() !== task.editParent) {
+        return `Your rewrite is of ${label(task.editParent)}, which is not ranked best: rank it first or discard the rewrite.`;
+      }
+      if (!text.trim()) return "The rewrite is empty: write it, or discard it to submit without one.";
+      if (task.editParent !== null && text.trim() === task.editOriginal.trim()) {
+        return "The rewrite is the same as the response: change it, or discard it to submit without one.";
+      }
+    }
+    touch();
     document.getElementById("time-spent-input").value = String(Math.round(performance.now() - task.startedAt));
+    const active = document.getElementById("active-ms-input");
+    if (active) active.value = String(Math.round(task.activeMs));
     return "";
   }
 
@@ -479,6 +695,8 @@
     }
     if (task.submitting) return;
     if (letter === "s") return handled(event, openSkip);
+    if (letter === "e" && editElements().panel) return handled(event, openEdit);
+    if (letter === "n" && document.querySelector('[data-action="new-answer"]')) return handled(event, newAnswer);
     if (letter === "x") return handled(event, allBad);
     if (key === "Backspace") return handled(event, undo);
     if (key === "Escape") {
@@ -527,6 +745,9 @@
           render();
         },
         "tie-next": toggleTieNext,
+        "open-edit": openEdit,
+        "new-answer": newAnswer,
+        "discard-edit": discardEdit,
       };
       const action = button.dataset.action;
       if (actions[action]) return actions[action]();
@@ -611,6 +832,13 @@
 
   // ---- wiring --------------------------------------------------------------------------------
 
+  document.addEventListener("keydown", touch, true);
+  document.addEventListener("pointerdown", touch, true);
+  document.addEventListener("pointermove", onPointerMove, { passive: true });
+  document.addEventListener("wheel", touch, { passive: true });
+  document.addEventListener("scroll", touch, { passive: true, capture: true });
+  document.addEventListener("input", onInput);
+  document.addEventListener("visibilitychange", onVisibility);
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("click", onClick);
   document.addEventListener("submit", onSubmit, true);

@@ -22,7 +22,14 @@ How votes aggregate (one `JudgmentVote` per rater; ``weight`` is the rater's rel
   that match the aggregate ranking. No row when the aggregate is one single tie group.
 - **sft** (`sft_rows`): the best group of that aggregate ranking, one row per completion in it; no rows
   when the aggregate has no winner or when judgments flagged ``all_bad`` hold half the weight or more
-  (the best of bad answers is not a demonstration).
+  (the best of bad answers is not a demonstration). Plus one row per edit (``edited: true``).
+- **edits** (`JudgedComparison.edits`, rewrites raters wrote): in pairs, edit over its parent (margin 1) and
+  over everything the parent beat in its author's ranking (margin 1 + the groups between), or, for a new
+  answer, over every option; one voter (the author), ``edited: true``. Rejected edits are never passed in.
+- **ratings** (`rating_rows`, the HelpSteer2 shape): one row per rated completion ``{prompt, completion, <one
+  column per attribute>}``: the mean score of the raters who scored it (null where none did); ``n_votes`` the
+  raters who scored any attribute of it, ``agreement`` 1 - the mean absolute deviation from the mean as a
+  share of the scale's range (averaged over attributes).
 
 Filters on judgments (source, rater, date, guideline version, flags) are the caller's job; the
 ``min_agreement`` / ``min_votes`` parameters here filter aggregated rows.
@@ -42,7 +49,7 @@ from typing import Any, Literal
 CompletionId = Hashable
 Message = dict[str, str]
 Row = dict[str, Any]
-EXPORT_FORMATS = ("pairs", "kto", "rankings", "sft")
+EXPORT_FORMATS = ("pairs", "kto", "rankings", "sft", "ratings")
 
 
 @dataclass(slots=True)
@@ -59,6 +66,20 @@ class JudgmentVote:
     source: Literal["human", "ai", "imported"] = "human"
     created_at: datetime | str | None = None
     guideline_version: int | None = None
+    attributes: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Attribute scores: ``{attribute: {str(completion id): score}}``."""
+
+
+@dataclass(slots=True)
+class Edit:
+    """A rater's rewrite of `parent_id` (None: a new answer), with the author's ranking of the comparison."""
+
+    completion_id: Any
+    text: str
+    parent_id: CompletionId | None
+    rater_id: Any
+    ranking: list[list[CompletionId]]
+    weight: float = 1.0
 
 
 @dataclass
@@ -72,6 +93,10 @@ class JudgedComparison:
     """completion id -> (text, model name or None)."""
     is_gold: bool = False
     judgments: list[JudgmentVote] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    """Edits (not rejected) written with the judgments kept; empty when the export leaves edits out."""
+    scales: list[dict] = field(default_factory=list)
+    """The project's attribute scales ``[{name, min, max}]`` (ratings rows have one column per scale)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -203,9 +228,46 @@ def pair_rows(
             "n_votes": len(pair_votes),
             "weight": _mean([weight for _, weight in majority]),
             "is_gold": jc.is_gold,
+            "edited": False,
         }
         if _keep(row, min_agreement, min_votes):
             yield row
+    yield from _edit_pair_rows(jc, conversational, min_agreement, min_votes)
+
+
+def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: float, min_votes: int) -> Iterator[Row]:
+    """Edit > parent, and edit > everything the parent beat in its author's ranking (a new answer: > every option)."""
+    for edit in jc.edits:
+        position = {c: i for i, group in enumerate(edit.ranking) for c in group}
+        if edit.parent_id is None:
+            beaten = [(c, 1 + position.get(c, 0)) for c in _sorted_ids(jc.completions)]
+        elif edit.parent_id in position:
+            top = position[edit.parent_id]
+            beaten = [(edit.parent_id, 1)] + [(c, 1 + position[c] - top) for c in _sorted_ids(position)
+                                              if position[c] > top]  # fmt: skip
+        else:
+            continue
+        for rejected, margin in beaten:
+            rejected_text, rejected_model = jc.completions[rejected]
+            row = {
+                "prompt": format_prompt(jc, conversational),
+                "chosen": _completion_value(edit.text, conversational),
+                "rejected": _completion_value(rejected_text, conversational),
+                "comparison_id": jc.comparison_id,
+                "prompt_id": jc.prompt_id,
+                "chosen_id": edit.completion_id,
+                "rejected_id": rejected,
+                "chosen_model": None,
+                "rejected_model": rejected_model,
+                "margin": float(margin),
+                "agreement": 1.0,
+                "n_votes": 1,
+                "weight": edit.weight,
+                "is_gold": jc.is_gold,
+                "edited": True,
+            }
+            if _keep(row, min_agreement, min_votes):
+                yield row
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -358,6 +420,26 @@ def sft_rows(
     min_votes: int = 1,
 ) -> Iterator[Row]:
     """``{prompt, completion, ...}`` for each completion in the aggregate ranking's best group."""
+    yield from _best_rows(jc, conversational, min_agreement, min_votes)
+    for edit in jc.edits:
+        row = {
+            "prompt": format_prompt(jc, conversational),
+            "completion": _completion_value(edit.text, conversational),
+            "comparison_id": jc.comparison_id,
+            "prompt_id": jc.prompt_id,
+            "completion_id": edit.completion_id,
+            "model": None,
+            "agreement": 1.0,
+            "n_votes": 1,
+            "weight": edit.weight,
+            "is_gold": jc.is_gold,
+            "edited": True,
+        }
+        if _keep(row, min_agreement, min_votes):
+            yield row
+
+
+def _best_rows(jc: JudgedComparison, conversational: bool, min_agreement: float, min_votes: int) -> Iterator[Row]:
     aggregate = aggregate_ranking(jc)
     if aggregate is None:
         return
@@ -379,7 +461,61 @@ def sft_rows(
             "n_votes": aggregate.n_votes,
             "weight": aggregate.weight,
             "is_gold": jc.is_gold,
+            "edited": False,
         }
+        if _keep(row, min_agreement, min_votes):
+            yield row
+
+
+# ----------------------------------------------------------------------------------------------------
+# ratings
+
+
+def rating_rows(
+    jc: JudgedComparison,
+    *,
+    conversational: bool = False,
+    min_agreement: float = 0.0,
+    min_votes: int = 1,
+) -> Iterator[Row]:
+    """``{prompt, completion, <attribute>: mean score or None, ...}`` per completion some rater scored."""
+    _check(jc)
+    names = [scale["name"] for scale in jc.scales]
+    spans = {scale["name"]: max(1.0, float(scale["max"]) - float(scale["min"])) for scale in jc.scales}
+    prompt = None
+    for completion_id in _sorted_ids(jc.completions):
+        key = str(completion_id)
+        scores: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        voters = []
+        for vote in jc.judgments:
+            scored = False
+            for name in names:
+                value = (vote.attributes.get(name) or {}).get(key)
+                if value is not None:
+                    scores[name].append((float(value), vote.weight))
+                    scored = True
+            if scored:
+                voters.append(vote.weight)
+        if not voters:
+            continue
+        text, model = jc.completions[completion_id]
+        if prompt is None:
+            prompt = format_prompt(jc, conversational)
+        row = {"prompt": prompt, "completion": _completion_value(text, conversational), "comparison_id": jc.comparison_id,
+               "prompt_id": jc.prompt_id, "completion_id": completion_id, "model": model, "n_votes": len(voters),
+               "weight": _mean(voters), "is_gold": jc.is_gold}  # fmt: skip
+        agreements = []
+        for name in names:
+            values = scores[name]
+            total = math.fsum(w for _, w in values)
+            if not values or total <= 0:
+                row[name] = None if not values else _mean([v for v, _ in values])
+                continue
+            mean = math.fsum(v * w for v, w in values) / total
+            row[name] = mean
+            deviation = math.fsum(abs(v - mean) * w for v, w in values) / total
+            agreements.append(1.0 - deviation / spans[name])
+        row["agreement"] = _mean(agreements) if agreements else 1.0
         if _keep(row, min_agreement, min_votes):
             yield row
 
@@ -389,6 +525,7 @@ ROW_BUILDERS: dict[str, Callable[..., Iterator[Row]]] = {
     "kto": kto_rows,
     "rankings": ranking_rows,
     "sft": sft_rows,
+    "ratings": rating_rows,
 }
 
 
@@ -396,9 +533,10 @@ ROW_BUILDERS: dict[str, Callable[..., Iterator[Row]]] = {
 # Arrow schemas (for Parquet and hf/): the exact columns each row builder writes, for integer ids
 
 
-def arrow_schema(export_format: str, *, conversational: bool = False):
+def arrow_schema(export_format: str, *, conversational: bool = False, attributes: Iterable[str] = ()):
     """The Arrow schema of `export_format`'s rows when ids are integers (as the database's are): a snapshot
-    parses its JSONL into this directly, without inferring types from the rows."""
+    parses its JSONL into this directly, without inferring types from the rows. `attributes`: the project's
+    attribute names (ratings rows have one float column each)."""
     import pyarrow as pa
 
     text = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])) if conversational else pa.string()
@@ -407,12 +545,19 @@ def arrow_schema(export_format: str, *, conversational: bool = False):
               ("is_gold", pa.bool_())]  # fmt: skip
     columns = {
         "pairs": [("chosen", text), ("rejected", text), ("chosen_id", pa.int64()), ("rejected_id", pa.int64()),
-                  ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64())],
+                  ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64()),
+                  ("edited", pa.bool_())],
         "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())],
         "rankings": [("completions", pa.list_(pa.string())), ("completion_ids", pa.list_(pa.int64())),
                      ("models", pa.list_(pa.string())), ("ranking", pa.list_(pa.list_(pa.int64())))],
-        "sft": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string())],
+        "sft": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string()), ("edited", pa.bool_())],
+        "ratings": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string())]
+                   + [(name, pa.float64()) for name in attributes],
     }  # fmt: skip
+    fixed = {name for name, _ in common} | {"completion", "completion_id", "model"}
+    clash = sorted(set(attributes) & fixed) if export_format == "ratings" else []
+    if clash:
+        raise ValueError(f"attribute names {clash} clash with the ratings format's own columns; rename the scales")
     if export_format not in columns:
         raise ValueError(f"unknown export format {export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     return pa.schema(sorted(common + columns[export_format]))

@@ -16,6 +16,8 @@ class DatasetFilters(Input):
     min_votes: PositiveInt4 = 1
     exclude_unsafe: bool = Field(default=False, description="Leave out comparisons any rater flagged unsafe.")
     exclude_gold: bool = False
+    include_edits: bool = Field(default=True, description="Raters' rewrites: in pairs (edit over its parent, "
+                                "`edited: true`) and in sft (as demonstrations). False leaves them out.")
     sources: list[Literal["human", "imported", "ai"]] = Field(
         default=["human", "imported"], description="Which judgments count: human, imported, ai."
     )
@@ -32,7 +34,7 @@ class DatasetSplit(Input):
 
 
 class DatasetCreate(Input):
-    format: Literal["pairs", "kto", "rankings", "sft"] = "pairs"
+    format: Literal["pairs", "kto", "rankings", "sft", "ratings"] = "pairs"
     filters: DatasetFilters = DatasetFilters()
     split: DatasetSplit = DatasetSplit()
     conversational: bool | None = Field(

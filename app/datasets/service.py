@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app import __version__
 from app.audit import audit
 from app.config import get_settings
-from app.datasets.formats import JudgedComparison, JudgmentVote, arrow_schema, export_rows
+from app.datasets.formats import Edit, JudgedComparison, JudgmentVote, arrow_schema, export_rows
 from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot_files import (
     SnapshotFileNotFoundError,
@@ -95,7 +95,8 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
     filters = spec.filters
     query = (
         select(Judgment.comparison_id, Judgment.rater_id, _as_text(Judgment.ranking), _as_text(Judgment.flags),
-               Judgment.source, Judgment.created_at, Judgment.guideline_version)
+               Judgment.source, Judgment.created_at, Judgment.guideline_version, Judgment.id,
+               _as_text(Judgment.attributes))
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .where(Judgment.project_id == project.id, Judgment.source.in_(filters.sources),
                # an admin who resolved a flag as "excluded" took the judgment out of every export
@@ -130,6 +131,8 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
     (`id BETWEEN first AND last`: no parameter lists) read their comparisons with prompts and the prompts'
     completions. Plain Core rows throughout, no ORM objects: this runs for every row of a million-row export."""
     weights = weights or {}
+    ratings = spec.format == "ratings"
+    scales = [{"name": a["name"], "min": a.get("min", 1), "max": a.get("max", 7)} for a in project.attributes or []]
     connection = db.connection()
     # Options on the statement, not the connection: Connection.execution_options changes the connection itself.
     stream = connection.execute(_judgment_query(project, spec, db).execution_options(yield_per=5000))
@@ -152,6 +155,19 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                 select(Completion.id, Completion.text, Completion.model_name)
                 .where(Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range))))
         }  # fmt: skip
+        edits: dict[int, list] = {}
+        if spec.filters.include_edits and spec.format in ("pairs", "sft"):
+            kept = {row[7] for judgments in batch.values() for row in judgments}
+            for cid, judgment_id, completion_id, text, parent_id, rater_id, ranking in connection.execute(
+                select(Judgment.comparison_id, Judgment.id, Completion.id, Completion.text, Completion.parent_id,
+                       Completion.author_id, _as_text(Judgment.ranking))
+                .join(Judgment, Judgment.id == Completion.judgment_id)
+                .where(Judgment.comparison_id.between(first, last), Judgment.project_id == project.id,
+                       Completion.source == "human_edit", Completion.rejected_at.is_(None))
+                .order_by(Completion.id)):
+                if judgment_id in kept:
+                    edits.setdefault(cid, []).append(
+                        Edit(completion_id, text, parent_id, rater_id, json_loads(ranking), weights.get(rater_id, 1.0)))
         unsafe = set()
         if spec.filters.exclude_unsafe:
             flagged = connection.execute(select(Judgment.comparison_id, _as_text(Judgment.flags))
@@ -164,8 +180,8 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
             votes = [
                 JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
                              json_loads(flags) if flags and flags != "[]" else [], source, created_at,
-                             guideline_version)
-                for _, rater_id, ranking, flags, source, created_at, guideline_version in judgments
+                             guideline_version, json_loads(attributes) if ratings and attributes else {})
+                for _, rater_id, ranking, flags, source, created_at, guideline_version, _, attributes in judgments
             ]  # fmt: skip
             yield JudgedComparison(
                 comparison_id=cid,
@@ -174,6 +190,8 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                 completions={i: completions[i] for i in completion_ids},
                 is_gold=is_gold,
                 judgments=votes,
+                edits=[e for e in edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],
+                scales=scales,
             )
 
     for row in stream:
@@ -255,7 +273,13 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 yield jc
 
         conversational = resolve_conversational(db, project, spec)
-        schema = arrow_schema(spec.format, conversational=conversational)
+        try:
+            schema = arrow_schema(spec.format, conversational=conversational,
+                                  attributes=[a["name"] for a in project.attributes or []])  # fmt: skip
+        except ValueError as error:
+            raise Unprocessable(str(error)) from error
+        if spec.format == "ratings" and not project.attributes:
+            raise Unprocessable("The ratings format needs attribute scales; this project has none.")
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
             rows = export_rows(comparisons(), spec.format, conversational=conversational,
                                min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,

@@ -2,6 +2,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.judgments.edits import EditIn
 from app.limits import Input, NonNegativeInt4, varchar
 from app.models import Assignment
 
@@ -16,6 +17,9 @@ class JudgmentIn(Input):
     rationale: str | None = Field(default=None, max_length=10_000)
     flags: list[str] = []
     time_spent_ms: NonNegativeInt4 | None = None
+    active_ms: NonNegativeInt4 | None = Field(default=None, description="Active time: the page was visible and the "
+                                              "rater interacted; idle gaps over a threshold excluded.")
+    edit: EditIn | None = Field(default=None, description="A rewrite of the option ranked best (or a new answer).")
 
 
 class SkipIn(Input):
@@ -33,6 +37,7 @@ class JudgmentOut(BaseModel):
     rationale: str | None
     flags: list[str]
     time_spent_ms: int | None
+    active_ms: int | None = None
     guideline_version: int | None
     source: str
     created_at: datetime

@@ -8,6 +8,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
+from app.judgments.edits import add_edit
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.limits import parse_id
 from app.models import Assignment, Comparison, Judgment, Project, User, WebhookEndpoint, utcnow
@@ -79,15 +80,15 @@ def _submit_rows_query(postgres: bool):
 _SUBMIT_ROWS = {postgres: _submit_rows_query(postgres) for postgres in (True, False)}
 """The assignment and its comparison, locked in that order (as skip and the lease sweep lock them), with the
 project and whether any webhook endpoint listens: one statement, built once."""
+_assignment, _comparison = Assignment.__table__, Comparison.__table__
+# Plain Core on the tables: no ORM compile or bulk-update layer on the rating loop's path.
 _FINISH_ASSIGNMENT = (
-    update(Assignment).where(Assignment.id == bindparam("b_id"))
+    _assignment.update().where(_assignment.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), finished_at=bindparam("b_finished_at"))
-    .execution_options(synchronize_session=False)
 )  # fmt: skip
 _COUNT_JUDGMENT = (
-    update(Comparison).where(Comparison.id == bindparam("b_id"))
-    .values(n_judgments=Comparison.n_judgments + 1, n_leases=Comparison.n_leases - bindparam("b_released"))
-    .execution_options(synchronize_session=False)
+    _comparison.update().where(_comparison.c.id == bindparam("b_id"))
+    .values(n_judgments=_comparison.c.n_judgments + 1, n_leases=_comparison.c.n_leases - bindparam("b_released"))
 )  # fmt: skip
 _INSERT_JUDGMENT = insert(Judgment).returning(Judgment)
 
@@ -140,12 +141,15 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
         "rationale": data.rationale or None,
         "flags": sorted(set(data.flags)),
         "time_spent_ms": data.time_spent_ms,
+        "active_ms": data.active_ms,
         "guideline_version": project.guideline_version,
         "source": "human",
         "top_completion_id": top[0] if len(top) == 1 else None,
         "chosen_position": assignment.display_order.index(top[0]) if len(top) == 1 else None,
         "created_at": now,
     }]).one()  # fmt: skip
+    if data.edit is not None:
+        add_edit(db, judgment, comparison, project, rater, data.edit)
     _maybe_extend_overlap(db, project, comparison)
     if listening:
         emit_judgment(db, judgment, comparison)

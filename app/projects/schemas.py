@@ -14,6 +14,8 @@ class AttributeScale(Input):
     label: str | None = Field(default=None, max_length=200)
     min: int = Field(default=1, ge=-1000, le=1000)
     max: int = Field(default=7, ge=-1000, le=1000)
+    weight: float = Field(default=1.0, ge=0.0, le=1000.0, description="This attribute's weight in the scalar a "
+                          "multi-objective reward model gives (the heads combined).")
 
     @field_validator("max")
     @classmethod
@@ -37,6 +39,12 @@ class ProjectCreate(Input):
     lease_seconds: int | None = Field(default=None, ge=30, le=7 * 86400)
     daily_cap: PositiveInt4 | None = None
     members_only: bool = False
+    allow_new_answers: bool = False
+    practice_required: int | None = Field(default=0, ge=0, le=1000, description="Qualification: practice items a "
+                                          "rater answers before real work (0: no gate).")
+    practice_pass_rate: float | None = Field(default=0.8, ge=0.0, le=1.0)
+    pay_unit: Literal["judgment", "hour"] | None = None
+    pay_rate: float | None = Field(default=None, ge=0.0, le=1_000_000.0)
 
 
 class ProjectUpdate(Input):
@@ -51,6 +59,12 @@ class ProjectUpdate(Input):
     daily_cap: PositiveInt4 | None = None
     members_only: bool | None = None
     status: Literal["active", "paused", "archived"] | None = None
+    allow_new_answers: bool | None = None
+    practice_required: int | None = Field(default=None, ge=0, le=1000, description="Qualification: practice items a "
+                                          "rater answers before real work (0: no gate).")
+    practice_pass_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    pay_unit: Literal["judgment", "hour"] | None = None
+    pay_rate: float | None = Field(default=None, ge=0.0, le=1_000_000.0)
     schedule: dict | None = None
 
 
@@ -71,6 +85,11 @@ class ProjectOut(BaseModel):
     daily_cap: int | None
     members_only: bool
     status: str
+    allow_new_answers: bool = False
+    practice_required: int = 0
+    practice_pass_rate: float = 0.8
+    pay_unit: str | None = None
+    pay_rate: float | None = None
     guideline_version: int
     schedule: dict
     created_at: datetime

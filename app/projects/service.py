@@ -132,6 +132,11 @@ def create_project(db: Session, data: ProjectCreate, actor: User | None) -> Proj
         lease_seconds=data.lease_seconds or get_settings().lease_seconds,
         daily_cap=data.daily_cap,
         members_only=data.members_only,
+        allow_new_answers=data.allow_new_answers,
+        practice_required=data.practice_required or 0,
+        practice_pass_rate=data.practice_pass_rate if data.practice_pass_rate is not None else 0.8,
+        pay_unit=data.pay_unit,
+        pay_rate=data.pay_rate,
         guideline_version=1,
         created_by_id=actor.id if actor else None,
     )
@@ -154,7 +159,7 @@ def current_guidelines(db: Session, project: Project) -> GuidelineVersion:
 def update_project(db: Session, project: Project, data: ProjectUpdate, actor: User | None) -> Project:
     # null means "unchanged" except where the column takes it (daily_cap: null is no cap)
     changes = {key: value for key, value in data.model_dump(exclude_unset=True).items()
-               if value is not None or key == "daily_cap"}  # fmt: skip
+               if value is not None or key in ("daily_cap", "pay_unit", "pay_rate")}  # fmt: skip
     guidelines = changes.pop("guidelines", None)
     if guidelines is not None and guidelines != current_guidelines(db, project).body:
         project.guideline_version += 1

@@ -12,17 +12,22 @@ from sqlalchemy import select
 from app.auth.deps import AnyUser, DbSession
 from app.errors import NotFound, RankforgeError
 from app.judgments import service as judgments
+from app.judgments.edits import EditIn
 from app.judgments.schemas import JudgmentIn
 from app.limits import Id
 from app.metrics import inc
 from app.models import Assignment, Judgment, Project, User, utcnow
 from app.projects.service import current_guidelines
-from app.tasks import service
-from app.tasks.views import clipped_markdown, full_text, task_html_context
-from app.web import is_htmx, render
+from app.tasks import practice, service
+from app.tasks.admin_pages import router as admin_router
+from app.tasks.views import LABELS, clipped_markdown, full_text, task_html_context
+from app.web import is_htmx, render, render_markdown
 
 router = APIRouter(tags=["pages"])
+router.include_router(admin_router)  # edits, practice and pay pages for admins (issue 14)
 GUIDELINES_CLIP_CHARS = 100_000
+IDLE_GAP_MS = 120_000
+"""Active time: a gap between two of the rater's interactions longer than this counts nothing (static/keys.js)."""
 
 
 def _project_context(db, project: Project) -> dict:
@@ -31,6 +36,7 @@ def _project_context(db, project: Project) -> dict:
         "name": project.name,
         "mode": project.mode,
         "allow_ties": project.allow_ties,
+        "allow_new_answers": project.allow_new_answers,
         "attributes": project.attributes,
         "guidelines": clipped_markdown(current_guidelines(db, project).body, GUIDELINES_CLIP_CHARS),
         "guideline_version": project.guideline_version,
@@ -53,6 +59,11 @@ def _task_response(request: Request, db, project: Project, user: User, *, claim:
     placeholder that claims through a POST once a browser runs it; a GET never takes a lease (prefetchers and
     link previews follow GETs)."""
     now = utcnow()
+    if project.practice_required > 0 and service.current_assignment(db, project, user, now=now) is None:
+        status = practice.qualification(db, project, user)
+        if not status.passed:
+            return _practice_response(request, db, project, user, status, flash=flash, error=error,
+                                      status_code=status_code)  # fmt: skip
     if claim:
         try:
             assignment = service.claim_next(db, project, user)
@@ -72,6 +83,7 @@ def _task_response(request: Request, db, project: Project, user: User, *, claim:
         "guidelines_changed": _guidelines_changed(db, project, user),
         "flash": flash,
         "error": error,
+        "idle_gap_ms": IDLE_GAP_MS,
     }
     fragment = "tasks/_task.html" if assignment else "tasks/_claim.html" if claiming else "tasks/_empty.html"
     name = fragment if is_htmx(request) else "tasks/annotate.html"
@@ -105,14 +117,25 @@ def _judgment_from_form(form) -> JudgmentIn:
         if key.startswith("attr__") and str(value).strip():
             _, name, option_id = key.split("__", 2)
             attributes.setdefault(name, {})[option_id] = int(value)
-    time_spent = form.get("time_spent_ms")
+    edit_text = str(form.get("edit_text") or "")
+    edit = None
+    if edit_text.strip():
+        parent = str(form.get("edit_parent_id") or "")
+        edit = EditIn(text=edit_text, parent_id=int(parent) if parent.isascii() and parent.isdigit() else None)
     return JudgmentIn(
         ranking=ranking,
         attributes=attributes,
         rationale=(form.get("rationale") or "").strip() or None,
         flags=form.getlist("flags"),
-        time_spent_ms=int(time_spent) if time_spent and str(time_spent).isdigit() else None,
+        time_spent_ms=_milliseconds(form.get("time_spent_ms")),
+        active_ms=_milliseconds(form.get("active_ms")),
+        edit=edit,
     )
+
+
+def _milliseconds(value) -> int | None:
+    value = str(value or "")
+    return min(int(value), 2**31 - 1) if value.isascii() and value.isdigit() and len(value) < 12 else None
 
 
 @router.post("/projects/{project_ref}/annotate/{assignment_id}")
@@ -179,3 +202,86 @@ def full_guidelines_fragment(project_ref: str, request: Request, db: DbSession, 
     """The project's whole current guidelines as plain text (htmx fragment), when the page shows only their start."""
     project = service.project_for_rater(db, project_ref, principal.user)
     return render(request, "tasks/_full_text.html", {"text": current_guidelines(db, project).body})
+
+
+# ---- practice items (app.tasks.practice) -----------------------------------------------------------------------
+
+
+def _practice_response(request: Request, db, project: Project, user: User, status, *, flash=None, error=None,
+                       status_code=200):  # fmt: skip
+    """A practice item of the qualification, or word that the rater did not qualify."""
+    item = practice.next_item(db, project, user)
+    context = {
+        "project": _project_context(db, project),
+        "progress": {"done_today": 0, "left_in_queue": 0},
+        "guidelines_changed": False,
+        "flash": flash,
+        "error": error,
+        "idle_gap_ms": IDLE_GAP_MS,
+        "qualification": status,
+        "task": None,
+    }
+    if item is not None:
+        context["task"] = task_html_context(db, practice.as_assignment(item, user)) | {
+            "practice": True, "url": f"/projects/{project.id}/practice/{item.id}",
+            "practice_done": status.answered, "practice_needed": status.required,
+        }  # fmt: skip
+    fragment = "tasks/_task.html" if item is not None else "tasks/_practice_failed.html"
+    return render(request, fragment if is_htmx(request) else "tasks/annotate.html", context, status_code=status_code)
+
+
+@router.post("/projects/{project_ref}/practice/{comparison_id}")
+async def practice_submit(project_ref: str, comparison_id: Id, request: Request, principal: AnyUser):
+    """Answer a practice item: the answer is scored against gold and the feedback (expected ranking and its
+    explanation) replaces the item; "Continue" asks for the next thing to do."""
+    form = await request.form()
+    from starlette.concurrency import run_in_threadpool
+
+    def work():
+        from app.db import session_scope
+
+        with session_scope(write=True) as db:
+            project = service.project_for_rater(db, project_ref, principal.user)
+            item = practice.get_item(db, project, comparison_id)
+            try:
+                data = _judgment_from_form(form)
+                answer = practice.answer(db, project, principal.user, item.id, data.ranking,
+                                         time_spent_ms=data.time_spent_ms, active_ms=data.active_ms)  # fmt: skip
+            except (RankforgeError, ValueError) as error:
+                db.rollback()
+                message = error.detail if isinstance(error, RankforgeError) else str(error)
+                status = practice.qualification(db, project, principal.user)
+                return _practice_response(request, db, project, principal.user, status,
+                                          error=f"Not saved: {message}", status_code=422)  # fmt: skip
+            status = practice.qualification(db, project, principal.user)
+            db.commit()
+            if not is_htmx(request):
+                return RedirectResponse(f"/projects/{project.id}/annotate", status_code=303)
+            order = practice.display_order(item, principal.user)
+            label = {c: LABELS[i] for i, c in enumerate(order)}
+
+            def said(ranking):
+                return " > ".join(" = ".join(sorted(label[c] for c in group)) for group in ranking)
+
+            context = {
+                "project": _project_context(db, project),
+                "answer": {"score": answer.score, "yours": said(answer.ranking),
+                           "expected": said(item.gold_ranking or [item.completion_ids]),
+                           "explanation": render_markdown(item.explanation or "")},
+                "qualification": status,
+            }  # fmt: skip
+            return render(request, "tasks/_practice_feedback.html", context)
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/projects/{project_ref}/practice/{comparison_id}/full/{part}")
+def practice_full_text(project_ref: str, comparison_id: Id, part: str, request: Request, db: DbSession,
+                       principal: AnyUser):  # fmt: skip
+    """The whole of a clipped text of a practice item, as plain text (htmx fragment)."""
+    project = service.project_for_rater(db, project_ref, principal.user)
+    item = practice.get_item(db, project, comparison_id)
+    text = full_text(db, practice.as_assignment(item, principal.user), part)
+    if text is None:
+        raise NotFound(f"No text {part!r} in this practice item.")
+    return render(request, "tasks/_full_text.html", {"text": text})

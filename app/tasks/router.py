@@ -15,12 +15,13 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from app.auth.deps import authenticate, request_session, require_in_endpoint
+from app.errors import Forbidden
 from app.judgments import service as judgments
 from app.judgments.schemas import JudgmentIn, JudgmentOut, SkipIn
 from app.limits import Id
 from app.metrics import inc
 from app.models import Role
-from app.tasks import service
+from app.tasks import practice, service
 from app.tasks.views import task_json
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
@@ -45,6 +46,9 @@ def next_task(project_ref: str, request: Request, roles: AnyRole):
     with request_session() as db:
         principal = authenticate(request, db, roles)
         project = service.project_for_rater(db, project_ref, principal.user)
+        if project.practice_required > 0 and not practice.qualification(db, project, principal.user).passed:
+            raise Forbidden("This project requires a qualification: answer its practice items on the rating page "
+                            f"(/projects/{project.id}/annotate) first.")
         claim = service.claim(db, project, principal.user)
         body = None if claim.assignment is None else task_json(db, claim.assignment)
     if body is None:
