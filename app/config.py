@@ -1,5 +1,6 @@
 """Settings, read from the environment (prefix RANKFORGE_) or a .env file."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,10 +65,26 @@ class Settings(BaseSettings):
     @classmethod
     def _networks(cls, value: str, info) -> str:
         """Refuse a malformed address list at start-up rather than on every request."""
-        from app.proxies import parse_networks
-
         parse_networks(value, f"RANKFORGE_{info.field_name.upper()}")
         return value
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=16)
+def parse_networks(value: str, setting: str = "RANKFORGE_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """`10.0.0.1, 10.1.0.0/16, ::1` -> networks; ValueError naming the setting and the entry that is neither."""
+    networks = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as error:
+            raise ValueError(f"{setting}: {item!r} is not an address or CIDR network") from error
+    return tuple(networks)
 
 
 @lru_cache

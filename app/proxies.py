@@ -11,27 +11,11 @@ never rewrites the peer before this runs.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
 
-from app.config import get_settings
+from app.config import Network, get_settings, parse_networks
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["Network", "parse_networks"]  # defined with the settings they check; imported from here too
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@lru_cache(maxsize=16)
-def parse_networks(value: str, setting: str = "RANKFORGE_TRUSTED_PROXIES") -> tuple[Network, ...]:
-    """`10.0.0.1, 10.1.0.0/16, ::1` -> networks; ValueError naming the setting and the entry that is neither."""
-    networks = []
-    for item in value.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError as error:
-            raise ValueError(f"{setting}: {item!r} is not an address or CIDR network") from error
-    return tuple(networks)
 
 
 def parse_address(value: str) -> Address | None:
