@@ -1,8 +1,9 @@
 """RLVR benchmark: GRPO and RLOO on the verifier's reward alone (no reward model, no humans), through the product.
 
 Task: small sums ("2 + 3 =", a and b from 0 to 3, 16 prompts) with a numeric reference each, imported as a
-verifiable project. The tiny policy is warm-started to answer in the task's format with the right sum about a
-quarter of the time. Then, as the worker runs them (SQLite, a temp data dir): a `verify` job on the base version,
+verifiable project. The tiny policy gets a short supervised warm start on right answers, stopped early (it answers
+in the task's format and is right for some prompts: a model that never conditions on the prompt gives RL nothing to
+amplify). Then, as the worker runs them (SQLite, a temp data dir): a `verify` job on the base version,
 a `grpo` and an `rloo` job with params.rewards = [verifier], and a `verify` job on each trained version.
 pass@1 and pass@k come from the verify jobs (k samples per prompt, bootstrap 95% intervals over prompts); the KL
 is the trainer's eval/kl_to_reference. The prompts are the ones trained on (a tiny model memorises sums; it
@@ -94,9 +95,10 @@ def sandbox_throughput(n: int | None = None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="GRPO / RLOO optimizer steps")
+    parser.add_argument("--steps", type=int, default=200, help="GRPO / RLOO optimizer steps")
     parser.add_argument("--samples", type=int, default=8, help="answers per prompt in each verify job (k)")
-    parser.add_argument("--warm-steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=2e-3, help="GRPO / RLOO peak learning rate")
+    parser.add_argument("--warm-steps", type=int, default=250)
     parser.add_argument("--keep", type=Path, help="keep the work directory here")
     args = parser.parse_args()
 
@@ -125,7 +127,7 @@ def main() -> int:
     tokenizer = train_tokenizer(texts, vocab_size=256)
     started = time.monotonic()
     base_dir = warm_start(build_tiny_policy(root / "random", tokenizer, seed=0), root / "base",
-                          steps=args.warm_steps, right_share=0.25)  # fmt: skip
+                          steps=args.warm_steps, right_share=1.0)  # fmt: skip
     print(f"warm start: {time.monotonic() - started:.1f} s")
 
     rows = [{"prompt": prompt_text(a, b), "external_id": f"{a}+{b}", "reference": {"answer": a + b, "rule": "numeric"}}
@@ -137,7 +139,7 @@ def main() -> int:
         project_id, base_id = project.id, base.id
 
     verify_params = {"samples": args.samples, "temperature": 1.0, "max_new_tokens": 4, "workers": 2}
-    group = {"max_steps": args.steps, "learning_rate": 1e-3, "num_generations": 8, "per_device_train_batch_size": 32,
+    group = {"max_steps": args.steps, "learning_rate": args.lr, "num_generations": 8, "per_device_train_batch_size": 32,
              "max_completion_length": 4, "temperature": 1.0, "eval_prompts": 0, "logging_steps": 10,
              "rewards": [{"name": "verifier", "weight": 1.0}]}  # fmt: skip
     results = {}
