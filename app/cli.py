@@ -302,7 +302,9 @@ def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
           dataset: int = typer.Option(None, help="Dataset snapshot id (default: a fresh snapshot of the project)."),
           param: list[str] = typer.Option([], "--param", help="Hyperparameter NAME=VALUE (repeatable; defaults "
                                                                "below)."),
-          wait: bool = typer.Option(False, "--wait", help="Wait for the job with a progress bar (a worker must run).")):  # fmt: skip
+          wait: bool = typer.Option(False, "--wait", help="Wait for the job with a progress bar (a worker must run)."),
+          judge: str = typer.Option(None, "--judge", help="judge: the judge (id or name) whose verdicts to write; "
+                                                          "--param scope=open|judged|all")):  # fmt: skip
     """Queue a training job (a worker runs it) and print it as JSON."""
     import time
 
@@ -315,8 +317,13 @@ def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
     params = dict(_parse_param(p) for p in param)
     try:
         with session_scope(write=True) as db:
-            job = create_training_job(db, get_project(db, project), kind, dataset_id=dataset, base_model=base_model,
-                                      reward_model=reward_model, params=params, actor=None)  # fmt: skip
+            if kind == "judge":
+                from app.judges.service import create_judge_job
+
+                job = create_judge_job(db, get_project(db, project), judge=judge, params=params, actor=None)
+            else:
+                job = create_training_job(db, get_project(db, project), kind, dataset_id=dataset,
+                                          base_model=base_model, reward_model=reward_model, params=params, actor=None)  # fmt: skip
             job_id = job.id
     except RankforgeError as error:
         fail(str(error.detail))

@@ -164,6 +164,11 @@ def create_app() -> FastAPI:
 
     app.include_router(verifiers_api)
     app.include_router(verifier_pages)
+    from app.judges.pages import router as judge_pages
+    from app.judges.router import router as judges_api
+
+    app.include_router(judges_api)
+    app.include_router(judge_pages)
     app.include_router(docs_router)
 
     from app.imports.parsers import FORMATS as IMPORT_FORMATS

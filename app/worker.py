@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.datasets.tasks import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
+from app.judges.tasks import run_judge_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
@@ -20,6 +21,7 @@ HANDLERS: dict[str, Handler] = {
     "export": run_export_job,
     "verify": run_verify_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
+    "judge": run_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns
 }
 IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]
 """Run with the worker id whenever the queue is empty: retraining schedules and rounds (each under a lease lock:

@@ -11,6 +11,7 @@ from app.models.comparison import (
     Prompt,
 )
 from app.models.dataset import DatasetSnapshot
+from app.models.judge import AI_POLICIES, JUDGE_METHODS, AIPolicy, AIVerdict, Judge, JudgeTemplate
 from app.models.job import TERMINAL_STATUSES, Job, JobDependency, JobKind, JobMetric, JobStatus, SchedulerLock
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
 from app.models.registry import ModelVersion
@@ -21,6 +22,12 @@ from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "AI_POLICIES",
+    "JUDGE_METHODS",
+    "AIPolicy",
+    "AIVerdict",
+    "Judge",
+    "JudgeTemplate",
     "REVIEW_RESOLUTIONS",
     "AUDIT_STATUSES",
     "ROUND_ACTIVE",

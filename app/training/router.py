@@ -41,6 +41,10 @@ def create_job(data: JobCreate, db: DbSession, principal: Staff):
 
         job = create_verify_job(db, project, base_model=data.base_model, params=data.params, actor=principal.user)
         return service.job_json(job)
+    if data.kind == JobKind.judge:  # the judge (params.judge) names its model and method
+        from app.judges.service import create_judge_job
+
+        return service.job_json(create_judge_job(db, project, params=data.params, actor=principal.user))
     job = create_training_job(db, project, data.kind, dataset_id=data.dataset_id, base_model=data.base_model,
                               reward_model=data.reward_model, params=data.params, actor=principal.user)  # fmt: skip
     return service.job_json(job)

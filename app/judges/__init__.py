@@ -1,0 +1,1 @@
+"""Judges: AI feedback measured against humans."""

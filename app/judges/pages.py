@@ -1,0 +1,75 @@
+"""The judges page of a project: its judges and how they agree with the humans, the AI policy, the template."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+
+from app import charts
+from app.auth.deps import Admin, DbSession, Staff
+from app.charts import Axis
+from app.judges import service
+from app.models import ModelVersion
+from app.projects.service import get_project
+from app.web import render
+
+router = APIRouter(tags=["pages"])
+
+
+def calibration_chart(figures: list[dict]):
+    """Observed accuracy against the judge's confidence, one line per judge and template version, and the diagonal
+    a calibrated judge follows."""
+    x = [0.55, 0.65, 0.75, 0.85, 0.95]
+    series: dict[str, list] = {"calibrated": list(x)}
+    for f in figures:
+        if f["compared"]:
+            label = f"{f['judge']} t{f['template_version']}" if f["method"] == "generative" else f["judge"]
+            series[label] = [b["accuracy"] for b in f["calibration"]]
+    return charts.line_chart("Calibration: accuracy against the human majority per confidence bin", x, series,
+                             x_axis=Axis("Judge confidence (bin centre)", kind="number"),
+                             y_axis=Axis("Accuracy vs human majority"), y_min=0.0, y_max=1.0,
+                             empty="No judge has verdicts on human-judged comparisons yet: run a judge job with scope "
+                                   "'judged' to measure it.")  # fmt: skip
+
+
+@router.get("/projects/{project_ref}/judges")
+def judges_page(project_ref: str, request: Request, db: DbSession, principal: Staff):
+    project = get_project(db, project_ref)
+    data = service.judges_json(db, project)
+    figures = [f for j in data["judges"] for f in j["agreement"]]
+    versions = db.execute(select(ModelVersion.id, ModelVersion.name, ModelVersion.kind)
+                          .where(ModelVersion.kind.in_(("reward", "policy"))).order_by(ModelVersion.id.desc()).limit(200)).all()
+    return render(request, "judges/judges.html", {
+        "project": project, "data": data, "figures": figures, "chart": calibration_chart(figures),
+        "versions": versions, "templates": service.template_versions(db, project)})  # fmt: skip
+
+
+@router.post("/projects/{project_ref}/judges/new")
+def new_judge(project_ref: str, db: DbSession, principal: Staff, name: str = Form(...), method: str = Form(...),
+              model: str = Form("")):  # fmt: skip
+    project = get_project(db, project_ref)
+    service.create_judge(db, project, name[:100], method, model or None, {}, principal.user)
+    return RedirectResponse(f"/projects/{project.id}/judges", status_code=303)
+
+
+@router.post("/projects/{project_ref}/judges/run")
+def run_judge(project_ref: str, db: DbSession, principal: Staff, judge: str = Form(...), scope: str = Form("open")):
+    project = get_project(db, project_ref)
+    job = service.create_judge_job(db, project, judge=judge, params={"scope": scope}, actor=principal.user)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+@router.post("/projects/{project_ref}/judges/policy")
+def policy(project_ref: str, db: DbSession, principal: Admin, policy: str = Form(...), judge: str = Form(""),
+           threshold: float = Form(0.9)):  # fmt: skip
+    project = get_project(db, project_ref)
+    service.set_policy(db, project, policy=policy, judge=judge or None, threshold=threshold, actor=principal.user)
+    return RedirectResponse(f"/projects/{project.id}/judges", status_code=303)
+
+
+@router.post("/projects/{project_ref}/judges/template")
+def template(project_ref: str, db: DbSession, principal: Staff, body: str = Form(...)):
+    project = get_project(db, project_ref)
+    service.set_template(db, project, body, principal.user)
+    return RedirectResponse(f"/projects/{project.id}/judges#template", status_code=303)

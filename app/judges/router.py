@@ -1,0 +1,67 @@
+"""JSON API of the judges domain: a project's judges with their agreement with the humans, the AI policy, the
+generative judges' template. Staff only: raters never see AI verdicts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, status
+from pydantic import Field
+
+from app.auth.deps import Admin, DbSession, Staff
+from app.judges import service
+from app.limits import Id, Input, varchar
+from app.models import Judge, ModelVersion
+from app.projects.service import get_project
+
+router = APIRouter(prefix="/api/v1/projects/{project_ref}", tags=["judges"])
+
+
+class JudgeIn(Input):
+    name: varchar(Judge.name)
+    method: Literal["reward", "generative", "rules"]
+    model: Id | varchar(ModelVersion.name) | None = Field(default=None, description="Model version id or name.")
+    params: dict = {}
+
+
+class PolicyIn(Input):
+    policy: Literal["off", "shadow", "prelabel", "route"] | None = None
+    judge: Id | varchar(Judge.name) | None = None
+    threshold: float | None = Field(default=None, ge=0.5, le=1.0)
+
+
+class TemplateIn(Input):
+    body: str = Field(max_length=100_000)
+
+
+@router.get("/judges")
+def list_judges(project_ref: str, db: DbSession, principal: Staff):
+    """The project's judges, the AI policy and template, and per judge and template version its agreement with
+    the humans: accuracy vs the human majority, Cohen's kappa, Krippendorff's alpha with the humans, calibration
+    (bins and ECE), position bias, and the share auto-labeled and its accuracy at each threshold."""
+    return service.judges_json(db, get_project(db, project_ref))
+
+
+@router.post("/judges", status_code=status.HTTP_201_CREATED)
+def create_judge(project_ref: str, data: JudgeIn, db: DbSession, principal: Staff):
+    project = get_project(db, project_ref)
+    judge = service.create_judge(db, project, data.name, data.method, data.model, data.params, principal.user)
+    return {"id": judge.id, "name": judge.name, "method": judge.method, "model_version_id": judge.model_version_id,
+            "params": judge.params}  # fmt: skip
+
+
+@router.put("/ai-policy")
+def put_policy(project_ref: str, data: PolicyIn, db: DbSession, principal: Admin):
+    """off | shadow | prelabel | route, the judge it acts on, and the confidence threshold."""
+    project = get_project(db, project_ref)
+    service.set_policy(db, project, policy=data.policy, judge=data.judge, threshold=data.threshold,
+                       actor=principal.user)  # fmt: skip
+    return service.policy_json(db, project)
+
+
+@router.put("/judges/template")
+def put_template(project_ref: str, data: TemplateIn, db: DbSession, principal: Staff):
+    """A new version of the generative judges' question ({guidelines}, {prompt}, {response_a}, {response_b})."""
+    project = get_project(db, project_ref)
+    service.set_template(db, project, data.body, principal.user)
+    return service.policy_json(db, project)["template"]
