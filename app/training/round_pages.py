@@ -129,3 +129,21 @@ async def save_recipe(project_ref: str, request: Request, db: DbSession, princip
     except RankforgeError as error:
         return _fail(request, db, project_ref, error)
     return RedirectResponse(f"/projects/{project.id}/rounds", status_code=303)
+
+
+@router.get("/projects/{project_ref}/rounds/{number}")
+def round_page(project_ref: str, number: Id, request: Request, db: DbSession, principal: Staff):
+    """One round's data: its prompts, the completions and how raters judged them, the evaluation pairs."""
+    project = get_project(db, project_ref)
+    round_ = rounds.get_round(db, project, number)
+    body = rounds.round_json(db, round_)
+    return render(request, "training/round.html", {
+        "project": project, "round": body, "names": _version_names(db, body),
+        "data": rounds.round_data(db, round_.comparison_ids or []),
+        "eval_data": rounds.round_data(db, round_.eval_comparison_ids or []),
+    })  # fmt: skip
+
+
+def _version_names(db, body: dict) -> dict:
+    ids = [i for i in (body["policy_version_id"], body["new_policy_version_id"], body["reward_version_id"]) if i]
+    return {v.id: v.name for v in db.query(ModelVersion).filter(ModelVersion.id.in_(ids))} if ids else {}

@@ -567,6 +567,28 @@ def round_json(db: Session, round_: Round) -> dict:
     }  # fmt: skip
 
 
+def round_data(db: Session, comparison_ids: list[int], limit: int = 200) -> list[dict]:
+    """The first `limit` of these comparisons with their prompt, completions (text, model) and verdicts."""
+    ids = sorted(comparison_ids)[:limit]
+    if not ids:
+        return []
+    comparisons = list(db.scalars(select(Comparison).where(Comparison.id.in_(ids)).order_by(Comparison.id)))
+    completion_ids = {c for comparison in comparisons for c in comparison.completion_ids}
+    completions = {c.id: c for c in db.scalars(select(Completion).where(Completion.id.in_(completion_ids)))}
+    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({c.prompt_id for c in comparisons})))}
+    verdicts: dict[int, list] = {}
+    for comparison_id, ranking, rater in db.execute(
+        select(Judgment.comparison_id, Judgment.ranking, User.username)
+        .outerjoin(User, User.id == Judgment.rater_id).where(Judgment.comparison_id.in_(ids))
+    ):  # fmt: skip
+        verdicts.setdefault(comparison_id, []).append({"rater": rater or "imported", "ranking": ranking})
+    return [{"id": c.id, "prompt": prompts[c.prompt_id].messages[-1]["content"],
+             "completions": [{"id": i, "text": completions[i].text if i in completions else "",
+                              "model": completions[i].model_name if i in completions else None}
+                             for i in c.completion_ids],
+             "verdicts": verdicts.get(c.id, [])} for c in comparisons]  # fmt: skip
+
+
 def retry_step(db: Session, round_: Round, actor: User | None = None) -> Round:
     """A failed round's failing step back in the queue (with the steps it stopped); the round resumes there."""
     if round_.status != RoundStatus.failed or round_.failed_job_id is None:
