@@ -41,6 +41,17 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _clean(value):
+    """PostgreSQL text and JSONB hold no NUL character; a sampled answer or a program's output may."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
 def sandbox_env() -> dict[str, str]:
     """What the verifier child passes on to the sandbox: the paths it must not see (artifact store, source)."""
     hidden = [str(get_settings().data_dir.resolve()), str(ROOT)]
@@ -87,7 +98,7 @@ def run_verify_job(ctx: JobContext) -> dict:
         job = db.get(Job, ctx.job_id)
         if generations is not None:
             if "completion_ids" not in (job.result or {}):
-                fresh = [Completion(prompt_id=row["prompt_id"], text=c["text"], model_name=version_info[1],
+                fresh = [Completion(prompt_id=row["prompt_id"], text=_clean(c["text"]), model_name=version_info[1],
                                     model_version_id=version_info[0], params=c.get("params") or {},
                                     meta={"verify_job_id": ctx.job_id, "finish_reason": c.get("finish_reason")})
                          for row in generations if row["prompt_id"] in checks for c in row["completions"]]  # fmt: skip
@@ -115,7 +126,7 @@ def run_verify_job(ctx: JobContext) -> dict:
     workers = int(params.get("workers", 2))
     run_child(ctx, [python_executable(), "-m", "trainer.rewards.verifier", str(tasks_path), str(verdicts_path),
                     f"--workers={workers}"], work, env=sandbox_env())  # fmt: skip
-    verdicts = {row["id"]: row["verdict"] for row in _read_jsonl(verdicts_path)}
+    verdicts = {row["id"]: _clean(row["verdict"]) for row in _read_jsonl(verdicts_path)}
 
     by_id = {a.id: a for a in answers}
     with session_scope(write=True) as db:

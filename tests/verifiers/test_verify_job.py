@@ -146,3 +146,32 @@ def test_real_math_and_code_sets_import(client, world, name, fmt, count):
     assert response.json()["prompts_created"] == count
     verifier = client.get(f"/api/v1/projects/{world['project']['id']}/verifier", headers=world["engineer"]["headers"])
     assert verifier.json()["prompts"] == 6 + count
+
+
+def test_verify_job_samples_a_policy_version_and_records_its_pass_rates(client, world, tmp_path_factory):
+    """With a base_model, the verify job samples answers from that version (a generate child) and verifies them."""
+    from trainer.tiny import build_tiny_policy, train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-sums")
+    tokenizer = train_tokenizer([f"What is {i} + {i}? The answer is {2 * i}" for i in range(10)], vocab_size=128)
+    policy = build_tiny_policy(root / "policy", tokenizer, seed=0)
+    eng = world["engineer"]["headers"]
+    pid = world["project"]["id"]
+    response = client.post("/api/v1/models", headers=eng, json={"name": "tiny-sums", "path": str(policy),
+                                                               "kind": "policy", "project_id": pid})  # fmt: skip
+    assert response.status_code == 201, response.text
+    version_id = response.json()["id"]
+    params = {"samples": 2, "max_new_tokens": 4, "temperature": 1.0}
+    response = client.post("/api/v1/jobs", json={"kind": "verify", "project_id": pid, "base_model": version_id,
+                                                 "params": params}, headers=eng)  # fmt: skip
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert run_one("w1") == job_id
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=eng).json()
+    assert job["status"] == "succeeded", job
+    assert job["result"]["model_version_id"] == version_id
+    assert job["result"]["pass_rates"]["answers"] == 6 * 2 and job["result"]["pass_rates"]["prompts"] == 6
+    versions = client.get(f"/api/v1/projects/{pid}/verifier", headers=eng).json()["versions"]
+    assert versions[-1]["model_name"] == "tiny-sums" and versions[-1]["model_version_id"] == version_id
+    verdicts = client.get(f"/api/v1/projects/{pid}/verdicts", params={"job_id": job_id}, headers=eng).json()
+    assert {v["model_name"] for v in verdicts["verdicts"]} == {"tiny-sums"}
