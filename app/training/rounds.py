@@ -106,6 +106,10 @@ class RoundRecipe(Input):
                                            description="Or once rating took this long.")
     eval_complete_share: float = Field(default=1.0, gt=0.0, le=1.0)
     eval_deadline_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES)
+    judge: str | None = Field(default=None, max_length=100, description="A judge of the project (name or id) that "
+                              "labels the round's comparisons once they are generated (a judge job); the AI policy "
+                              "decides what its verdicts change.")  # fmt: skip
+    train_on_ai: bool = Field(default=False, description="Train on AI judgments too (source ai), not only humans'.")
     auto_after_previous: bool = Field(default=False, description="Start the next round when one finishes.")
     auto_every_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
                                              description="Start one every T minutes...")
@@ -222,6 +226,12 @@ def start_round(db: Session, project: Project, *, actor: User | None = None, tri
                                     params={"prompt_ids": prompts, "round_id": round_.id},
                                     depends_on=[generate.id])  # fmt: skip
         steps["score"] = score.id
+    if recipe.judge:  # the judge labels the new comparisons (batch job-<generate id>) before humans rate
+        from app.judges.service import create_judge_job
+
+        steps["judge"] = create_judge_job(db, project, judge=recipe.judge, actor=actor, depends_on=[generate.id],
+                                          params={"scope": "open", "batch": f"job-{generate.id}",
+                                                  "round_id": round_.id}).id  # fmt: skip
     round_.jobs = steps
     for job_id in steps.values():
         _label(db, job_id, round_, "generating")
@@ -288,7 +298,7 @@ def advance(db: Session, round_: Round) -> str:
     project = db.get(Project, round_.project_id)
     recipe = RoundRecipe.model_validate(round_.recipe or {})
     if round_.status == RoundStatus.generating:
-        done = _stage_done(db, round_, ("generate", "score"))
+        done = _stage_done(db, round_, ("generate", "score", "judge"))
         if done:
             generate = _jobs(db, round_, ("generate",))["generate"]
             round_.comparison_ids = list((generate.result or {}).get("comparison_ids") or [])
@@ -346,6 +356,8 @@ def _start_training(db: Session, round_: Round, project: Project, recipe: RoundR
     filters: dict = {"date_to": utcnow().isoformat(), "exclude_prompt_ids": eval_ids}
     if recipe.train_on == "round":
         filters["batches"] = [f"job-{round_.jobs['generate']}"]
+    if recipe.train_on_ai:  # the judge's verdicts (source ai) train alongside the humans'
+        filters["sources"] = ["human", "imported", "ai"]
     tag = {"round_id": round_.id}
     steps = dict(round_.jobs)
     update = recipe.policy_update

@@ -51,6 +51,10 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
                         actor: User | None = None, depends_on: list[int] | tuple = ()) -> Job:  # fmt: skip
     """Queue a training job with every default resolved now, so the job page shows what will run."""
     kind = str(kind)
+    if kind == "judge":  # a judge job names its judge (params.judge), which fixes its model and method
+        from app.judges.service import create_judge_job
+
+        return create_judge_job(db, project, params=params, actor=actor, depends_on=depends_on)
     if kind not in TRAINING_KINDS:
         raise Unprocessable(f"Unknown training kind {kind!r}; known: {', '.join(TRAINING_KINDS)}.")
     app_params, trainer_params = validated_params(kind, params)

@@ -274,3 +274,44 @@ def test_agreement_calibration_kappa_and_position_bias_match_a_direct_computatio
     assert figures["truth"]["position_bias"] is None
     # alpha with the truth as a coder beats the humans alone; the coin pulls it down
     assert figures["truth"]["alpha"] > figures["truth"]["alpha_humans"] > figures["coin"]["alpha"]
+
+
+@pytest.mark.only_db("sqlite")
+def test_a_round_recipe_names_a_judge_that_labels_the_round_before_humans(client, world, db, tmp_path):
+    from app.models import AIVerdict, Round
+    from app.training.rounds import tick
+    from trainer.tiny import (
+        build_tiny_policy,
+        build_tiny_reward,
+        keyword_pairs,
+        keyword_texts,
+        train_tokenizer,
+    )
+
+    tokenizer = train_tokenizer(keyword_texts(keyword_pairs(32, seed=1)), vocab_size=256)
+    paths = {"policy": build_tiny_policy(tmp_path / "policy", tokenizer, seed=0),
+             "reward": build_tiny_reward(tmp_path / "reward", tokenizer, seed=0)}  # fmt: skip
+    pid = project_with(client, world, math_rows(8), name="Loop")
+    eng = world["engineer"]["headers"]
+    for kind, path in paths.items():
+        response = client.post("/api/v1/models", headers=eng, json={"name": f"tiny-{kind}", "path": str(path),
+                                                                   "kind": kind, "project_id": pid})  # fmt: skip
+        assert response.status_code == 201, response.text
+    made = client.post(f"/api/v1/projects/{pid}/judges", json={"name": "rm", "method": "reward", "model": "tiny-reward"},
+                       headers=eng)  # fmt: skip
+    assert made.status_code == 201, made.text
+    recipe = {"prompts_per_round": 2, "samples_per_prompt": 2, "max_new_tokens": 4, "eval_min_prompts": 2,
+              "score_before_rating": False, "judge": "rm"}  # fmt: skip
+    assert client.put(f"/api/v1/projects/{pid}/rounds/recipe", json=recipe, headers=eng).status_code == 200
+    started = client.post(f"/api/v1/projects/{pid}/rounds", headers=eng)
+    assert started.status_code == 202, started.text
+    assert set(started.json()["job_ids"].values() if isinstance(started.json()["job_ids"], dict)
+               else started.json()["job_ids"]) and "judge" in json.dumps(started.json())  # fmt: skip
+    while run_one("w1") is not None:
+        pass
+    tick("w1")
+    db.rollback()
+    round_ = db.scalar(select(Round).where(Round.project_id == pid))
+    assert round_.status == "rating", (round_.status, round_.error)
+    judged = set(db.scalars(select(AIVerdict.comparison_id).where(AIVerdict.project_id == pid)))
+    assert judged and judged == set(round_.comparison_ids)
