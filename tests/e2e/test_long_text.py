@@ -87,3 +87,27 @@ def test_a_pathological_prompt_and_guidelines_render(page, api, users):
     page.keyboard.press("s")
     page.keyboard.press("Enter")
     page.wait_for_selector(".empty-queue", timeout=10_000)
+
+
+def test_rewriting_a_pathological_completion_keeps_the_page_responsive(page, api, users):
+    admin = users.create("admin", "admin")
+    rater = users.create("rater", "annotator")
+    project = seed(api, admin, {"prompt": "Say something.", "completions": [{"text": "A" * MiB}, {"text": "Fine."}]})
+    open_task(page, rater, project)
+    if page.locator("#edit-panel").count() == 0:
+        pytest.skip("this page has no rewrite panel")
+    long_id = page.locator(".option", has=page.locator(".clipped")).get_attribute("data-option-id")
+    label = page.locator(f".option[data-option-id='{long_id}']").get_attribute("data-label")
+    started = time.monotonic()
+    page.keyboard.press("e")  # then the response to rewrite: it becomes the better one and the box opens
+    page.keyboard.press("1" if label == "A" else "2")
+    page.wait_for_function("() => !document.getElementById('edit-panel').hidden", timeout=15_000)
+    page.wait_for_function("() => document.getElementById('edit-text').value.length > 1000", timeout=15_000)
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done(document.body.offsetHeight)))")
+    seconds = time.monotonic() - started
+    assert seconds < 8, f"opening the rewrite box took {seconds:.1f} s"
+    page.keyboard.press("Escape")
+    page.locator("[data-action=discard-edit]").click()
+    page.keyboard.press("s")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".empty-queue", timeout=10_000)
