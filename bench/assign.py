@@ -150,34 +150,70 @@ def seed_raters(engine: sa.Engine, n: int) -> list[dict[str, str]]:
     return [{"Authorization": f"Bearer {token}"} for token in tokens.values()]
 
 
+def _other_columns(engine: sa.Engine, table: str, given: str) -> tuple[str, str]:
+    """(", col, ...", ", value, ...") for the NOT NULL columns without a server default that the seed's INSERT
+    does not name (added by later migrations), valued as the model's Python default: the checkout's own schema,
+    whichever commit it is."""
+    from app.models import Base
+
+    named = {c.strip() for c in given.split(",")}
+    model = Base.metadata.tables[table]
+    cols, vals = [], []
+    for column in sa.inspect(engine).get_columns(table):
+        name = column["name"]
+        if name in named or column["nullable"] or column["default"] is not None or name == "id":
+            continue
+        default = model.c[name].default
+        value = default.arg(None) if default is not None and default.is_callable else getattr(default, "arg", None)
+        if isinstance(value, dict | list):
+            literal = "'" + json.dumps(value).replace("'", "''") + "'"
+        elif isinstance(value, bool):
+            literal = "true" if value else "false"
+        elif isinstance(value, int | float):
+            literal = repr(value)
+        elif isinstance(value, str):
+            literal = "'" + value.replace("'", "''") + "'"
+        else:
+            raise ValueError(f"bench seed: no value for {table}.{name} (NOT NULL, no default)")
+        cols.append(name)
+        vals.append(literal)
+    return "".join(", " + c for c in cols), "".join(", " + v for v in vals)
+
+
 def seed_project(engine: sa.Engine, slug: str, comparisons: int, overlap: int, *, analyze: bool = True) -> int:
     """A pairwise project with `comparisons` comparisons of two ~500-character completions, all in SQL
     (then ANALYZE, unless `analyze` is false: the statistics a bulk load leaves when nothing analyzes)."""
-    # JSON settings columns added by later migrations (NOT NULL, no server default) get an empty object.
-    extra = [c["name"] for c in sa.inspect(engine).get_columns("project") if c["name"] in ("round_recipe",)]
     with engine.begin() as conn:
+        cols, vals = _other_columns(engine, "project", "slug, name, description, mode, overlap, max_overlap, "
+                                    "allow_ties, attributes, gold_rate, lease_seconds, members_only, status, "
+                                    "guideline_version, schedule, created_at")  # fmt: skip
         project_id = conn.execute(sa.text(
             "INSERT INTO project (slug, name, description, mode, overlap, max_overlap, allow_ties, attributes, "
-            f"gold_rate, lease_seconds, members_only, status, guideline_version, schedule, created_at"
-            f"{''.join(', ' + c for c in extra)}) "
+            f"gold_rate, lease_seconds, members_only, status, guideline_version, schedule, created_at{cols}) "
             "VALUES (:slug, :slug, '', 'pairwise', :overlap, :overlap, false, '[]', 0, 1200, false, 'active', 1, "
-            "'{}', now()" + ", '{}'" * len(extra) + ") RETURNING id"
+            f"'{{}}', now(){vals}) RETURNING id"
         ), {"slug": slug, "overlap": overlap}).scalar_one()  # fmt: skip
+        cols, vals = _other_columns(engine, "prompt", "project_id, external_id, messages, is_chat, metadata, "
+                                    "priority, created_at")  # fmt: skip
         conn.execute(sa.text(
-            "INSERT INTO prompt (project_id, external_id, messages, is_chat, metadata, priority, created_at) "
+            f"INSERT INTO prompt (project_id, external_id, messages, is_chat, metadata, priority, created_at{cols}) "
             "SELECT :p, 'q' || g, jsonb_build_array(jsonb_build_object('role', 'user', 'content', "
-            "'Question ' || g || ': ' || repeat('why is the sky blue? ', 10))), false, '{}', 0, now() "
+            f"'Question ' || g || ': ' || repeat('why is the sky blue? ', 10))), false, '{{}}', 0, now(){vals} "
             "FROM generate_series(1, :n) g"
         ), {"p": project_id, "n": comparisons})  # fmt: skip
+        cols, vals = _other_columns(engine, "completion", "prompt_id, text, model_name, params, metadata, created_at")
         conn.execute(sa.text(
-            "INSERT INTO completion (prompt_id, text, model_name, params, metadata, created_at) "
+            f"INSERT INTO completion (prompt_id, text, model_name, params, metadata, created_at{cols}) "
             "SELECT p.id, 'Answer ' || j || ' to ' || p.external_id || ': ' || repeat('Rayleigh scattering. ', 24), "
-            "'model-' || j, '{}', '{}', now() FROM prompt p CROSS JOIN generate_series(0, 1) j WHERE p.project_id = :p"
+            f"'model-' || j, '{{}}', '{{}}', now(){vals} FROM prompt p CROSS JOIN generate_series(0, 1) j "
+            "WHERE p.project_id = :p"
         ), {"p": project_id})  # fmt: skip
+        cols, vals = _other_columns(engine, "comparison", "project_id, prompt_id, completion_ids, is_gold, required, "
+                                    "n_judgments, n_leases, priority, score_gap, metadata, created_at")  # fmt: skip
         conn.execute(sa.text(
             "INSERT INTO comparison (project_id, prompt_id, completion_ids, is_gold, required, n_judgments, n_leases, "
-            "priority, score_gap, metadata, created_at) "
-            "SELECT :p, c.prompt_id, jsonb_agg(c.id ORDER BY c.id), false, :overlap, 0, 0, 0, 1e9, '{}', now() "
+            f"priority, score_gap, metadata, created_at{cols}) "
+            f"SELECT :p, c.prompt_id, jsonb_agg(c.id ORDER BY c.id), false, :overlap, 0, 0, 0, 1e9, '{{}}', now(){vals} "
             "FROM completion c JOIN prompt p ON p.id = c.prompt_id WHERE p.project_id = :p "
             "GROUP BY c.prompt_id ORDER BY c.prompt_id"
         ), {"p": project_id, "overlap": overlap})  # fmt: skip

@@ -135,24 +135,26 @@ def judgments_today(db: Session, project_id: int, rater_id: int, now: datetime) 
     )
 
 
+_comparison, _assignment = Comparison.__table__, Assignment.__table__
+"""The hot statements below are written on the tables (plain Core): the ORM's compile and result layers cost
+more CPU than these single-row statements cost PostgreSQL."""
+
+
 def _candidate_query(gold: bool | None, *, lock: str | None):
     """Open comparisons this rater never had, in claim order; `gold` None: gold or not. `lock`: "skip" (FOR
     UPDATE SKIP LOCKED), "wait" (FOR UPDATE) or None (SQLite, where the write lock serializes claims)."""
-    seen = exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == bindparam("rater_id"))
+    c, a = _comparison.c, _assignment.c
+    seen = exists().where(a.comparison_id == c.id, a.rater_id == bindparam("rater_id"))
     query = (
-        select(Comparison.id, Comparison.completion_ids)
-        .where(
-            Comparison.project_id == bindparam("project_id"),
-            Comparison.n_judgments + Comparison.n_leases < Comparison.required,
-            ~seen,
-        )
-        .order_by(Comparison.priority.desc(), Comparison.score_gap, Comparison.id)
+        select(c.id, c.completion_ids)
+        .where(c.project_id == bindparam("project_id"), c.n_judgments + c.n_leases < c.required, ~seen)
+        .order_by(c.priority.desc(), c.score_gap, c.id)
         .limit(1)
     )
     if gold is not None:
-        query = query.where(Comparison.is_gold == gold)
+        query = query.where(c.is_gold == gold)
     if lock is not None:
-        query = query.with_for_update(skip_locked=lock == "skip", of=Comparison)
+        query = query.with_for_update(skip_locked=lock == "skip", of=_comparison)
     return query
 
 
@@ -187,14 +189,14 @@ def current_assignment(db: Session, project: Project, rater: User, *, now: datet
 
 
 # PostgreSQL: the rater's row lock, and planning without sorts for the rest of the claim's transaction.
-_LOCK_RATER = select(User.id, func.set_config("enable_sort", "off", True)).where(
-    User.id == bindparam("rater_id")
+_user = User.__table__
+_LOCK_RATER = select(_user.c.id, func.set_config("enable_sort", "off", True)).where(
+    _user.c.id == bindparam("rater_id")
 ).with_for_update()
 _TAKE_SLOT = (
-    update(Comparison)
-    .where(Comparison.id == bindparam("b_comparison_id"))
-    .values(n_leases=Comparison.n_leases + 1)
-    .execution_options(synchronize_session=False)
+    _comparison.update()
+    .where(_comparison.c.id == bindparam("b_comparison_id"))
+    .values(n_leases=_comparison.c.n_leases + 1)
 )
 _TAKE_SLOT_PG = _TAKE_SLOT.returning(func.set_config("enable_sort", "on", True))
 _SORTS_BACK_ON = select(func.set_config("enable_sort", "on", True))
@@ -203,11 +205,12 @@ _LOCK_WAIT_LIMIT = select(func.set_config("lock_timeout", "5s", True))
 
 _OPEN_FOR_RATER = select(
     exists().where(
-        Comparison.project_id == bindparam("project_id"),
-        Comparison.n_judgments < Comparison.required,
-        ~exists().where(Assignment.comparison_id == Comparison.id, Assignment.rater_id == bindparam("rater_id")),
+        _comparison.c.project_id == bindparam("project_id"),
+        _comparison.c.n_judgments < _comparison.c.required,
+        ~exists().where(_assignment.c.comparison_id == _comparison.c.id,
+                        _assignment.c.rater_id == bindparam("rater_id")),
     )
-)
+)  # fmt: skip
 """Whether a comparison this rater never had still wants judgments: its free slots are all leased to others."""
 
 BUSY_RETRY_SECONDS = 10

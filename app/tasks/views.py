@@ -56,10 +56,11 @@ def prompt_value(prompt: Prompt) -> str | list[dict]:
     return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
 
 
+_completion, _prompt = Completion.__table__, Prompt.__table__
 _TASK_TEXTS = (
-    select(Completion.id, Completion.text, Prompt.messages, Prompt.is_chat)
-    .join(Prompt, Prompt.id == Completion.prompt_id)
-    .where(Completion.id.in_(bindparam("ids", expanding=True)))
+    select(_completion.c.id, _completion.c.text, _prompt.c.messages, _prompt.c.is_chat)
+    .join(_prompt, _prompt.c.id == _completion.c.prompt_id)
+    .where(_completion.c.id.in_(bindparam("ids", expanding=True)))
 )
 """task_json's read, built once (it runs on every next-task): only the columns the answer shows."""
 
