@@ -35,6 +35,7 @@ VERIFY_PARAMS = {
     "workers": "sandbox runs at a time (default 2)",
     "seed": "random seed of the sampling",
     "round_id": "the round this job evaluates (set by the round driver)",
+    "base_model_from": "id of a job this one depends on: the model version it registered is the one verified",
 }
 HELD_OUT_SPLITS = ("test", "eval", "validation", "heldout")
 BOOTSTRAP_SAMPLES = 1000
@@ -81,6 +82,8 @@ def check_params(params: dict | None) -> dict:
     _int_param(params, "max_new_tokens", 1, 4096, 128)
     _int_param(params, "max_prompts", 1, 100_000, 200)
     _int_param(params, "workers", 1, 32, 2)
+    if params.get("base_model_from") is not None:
+        _int_param(params, "base_model_from", 1, 2**31 - 1, 1)
     temperature = params.get("temperature", 0.8)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
         raise Unprocessable(f"params.temperature must be a number from 0 to 5, got {temperature!r}.")
@@ -113,6 +116,10 @@ def create_verify_job(db: Session, project: Project, *, base_model=None, params:
         raise Unprocessable(f"Project {project.slug} has no verifiable prompts: import prompts with a reference or "
                             "tests (formats native, gsm8k, humaneval).")  # fmt: skip
     version = resolve_version(db, base_model) if base_model not in (None, "") else None
+    if params.get("base_model_from") is not None:
+        if db.get(Job, params["base_model_from"]) is None:
+            raise Unprocessable(f"params.base_model_from: no job {params['base_model_from']}.")
+        depends_on = sorted({*depends_on, params["base_model_from"]})
     job = create_job(db, "verify", project_id=project.id, params=params, actor=actor,
                      base_model_id=version.id if version else None, depends_on=depends_on)  # fmt: skip
     audit(db, actor, "job.create", "job", job.id, kind="verify")

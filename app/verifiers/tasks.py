@@ -75,7 +75,22 @@ def _generate(ctx: JobContext, work: Path, version_path: str, prompts: list[dict
     return _read_jsonl(out / "generations.jsonl")
 
 
+def _version_from_dependency(ctx: JobContext) -> None:
+    """params.base_model_from: the model version that job registered (a round's new policy) is the one verified."""
+    with session_scope(write=True) as db:
+        job = db.get(Job, ctx.job_id)
+        source_id = (job.params or {}).get("base_model_from")
+        if source_id is None:
+            return
+        source = db.get(Job, int(source_id))
+        version_id = (source.result or {}).get("model_version_id") if source else None
+        if version_id is None:
+            raise JobFailed(f"base_model_from: job {source_id} registered no model version.")
+        job.base_model_id = int(version_id)
+
+
 def run_verify_job(ctx: JobContext) -> dict:
+    _version_from_dependency(ctx)
     with session_scope() as db:
         job = db.get(Job, ctx.job_id)
         project = db.get(Project, job.project_id)

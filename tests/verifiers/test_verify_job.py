@@ -175,3 +175,14 @@ def test_verify_job_samples_a_policy_version_and_records_its_pass_rates(client, 
     assert versions[-1]["model_name"] == "tiny-sums" and versions[-1]["model_version_id"] == version_id
     verdicts = client.get(f"/api/v1/projects/{pid}/verdicts", params={"job_id": job_id}, headers=eng).json()
     assert {v["model_name"] for v in verdicts["verdicts"]} == {"tiny-sums"}
+
+    # a round chains it after the job that registers its new policy: base_model_from (and a dependency on it)
+    chained = client.post("/api/v1/jobs", json={"kind": "verify", "project_id": pid,
+                                                "params": params | {"base_model_from": job_id, "round_id": 7}},
+                          headers=eng).json()  # fmt: skip
+    assert chained["depends_on"] == [job_id]
+    assert run_one("w1") == chained["id"]
+    done = client.get(f"/api/v1/jobs/{chained['id']}", headers=eng).json()
+    assert done["status"] == "succeeded" and done["result"]["model_version_id"] == version_id, done
+    versions = client.get(f"/api/v1/projects/{pid}/verifier", headers=eng).json()["versions"]
+    assert versions[-1]["round_id"] == 7
