@@ -7,11 +7,12 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app import charts
-from app.auth.deps import Admin, DbSession, Staff
+from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.charts import Axis
 from app.judges import service
 from app.models import ModelVersion
 from app.projects.service import get_project
+from app.tasks.service import project_for_rater
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -73,3 +74,18 @@ def template(project_ref: str, db: DbSession, principal: Staff, body: str = Form
     project = get_project(db, project_ref)
     service.set_template(db, project, body, principal.user)
     return RedirectResponse(f"/projects/{project.id}/judges#template", status_code=303)
+
+
+@router.get("/projects/{project_ref}/ai-review")
+def review_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
+    """Review AI labels: the one page where a rater sees an AI verdict, to confirm or flip it."""
+    project = project_for_rater(db, project_ref, principal.user)
+    items = service.review_queue(db, project, principal.user, 20)
+    return render(request, "judges/review.html", {"project": project, "items": items})
+
+
+@router.post("/projects/{project_ref}/ai-review/{verdict_id}")
+def review(project_ref: str, verdict_id: int, db: DbSession, principal: AnyUser, decision: str = Form(...)):
+    project = project_for_rater(db, project_ref, principal.user)
+    service.review_verdict(db, project, verdict_id, decision, principal.user)
+    return RedirectResponse(f"/projects/{project.id}/ai-review", status_code=303)

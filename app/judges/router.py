@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import Field
 
-from app.auth.deps import Admin, DbSession, Staff
+from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.judges import service
 from app.limits import Id, Input, varchar
 from app.models import Judge, ModelVersion
 from app.projects.service import get_project
+from app.tasks.service import project_for_rater
 
 router = APIRouter(prefix="/api/v1/projects/{project_ref}", tags=["judges"])
 
@@ -65,3 +66,23 @@ def put_template(project_ref: str, data: TemplateIn, db: DbSession, principal: S
     project = get_project(db, project_ref)
     service.set_template(db, project, data.body, principal.user)
     return service.policy_json(db, project)["template"]
+
+
+class ReviewIn(Input):
+    decision: Literal["confirm", "flip"]
+
+
+@router.get("/ai-review")
+def review_queue(project_ref: str, db: DbSession, principal: AnyUser, limit: int = Query(20, ge=1, le=200)):
+    """The "review AI labels" queue, the one place a rater sees AI verdicts: unreviewed AI labels, the ones the
+    policy counted first, least confident first."""
+    project = project_for_rater(db, project_ref, principal.user)
+    return {"verdicts": service.review_queue(db, project, principal.user, limit)}
+
+
+@router.post("/ai-review/{verdict_id}")
+def review(project_ref: str, verdict_id: Id, data: ReviewIn, db: DbSession, principal: AnyUser):
+    """Confirm or flip one AI label (recorded as a review, never as an independent human judgment)."""
+    project = project_for_rater(db, project_ref, principal.user)
+    row = service.review_verdict(db, project, verdict_id, data.decision, principal.user)
+    return {"id": row.id, "reviewed": row.reviewed}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -239,7 +240,7 @@ def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
     project = db.get(Project, job.project_id)
     judge, _params, version, _body = trainer_params(db, job)
     done = select(AIVerdict.comparison_id).where(AIVerdict.judge_id == judge.id, AIVerdict.template_version == version)
-    query = select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold,
+    query = select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold, ~Comparison.practice,
                                      Comparison.id.not_in(done)).order_by(Comparison.id)  # fmt: skip
     scope = job.params.get("scope", "open")
     human = select(Judgment.comparison_id).where(Judgment.project_id == project.id, Judgment.source == "human")
@@ -306,7 +307,8 @@ def store_verdicts(db: Session, job: Job, verdicts: list[dict]) -> dict:
                         job_id=job.id, model_version_id=judge.model_version_id, method=judge.method,
                         template_version=version, confidence=confidence,
                         p_first=(sum(firsts) / len(firsts)) if firsts else None,
-                        detail={k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed") if k in verdict})  # fmt: skip
+                        detail={"ranking": ranking} | {k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed")
+                                                       if k in verdict})  # fmt: skip
         db.add(row)
         existing.add(comparison.id)
         stored += 1
@@ -341,6 +343,59 @@ def route_to_humans(db: Session, comparison_id: int, confidence: float) -> None:
     ascending after priority, and unscored comparisons sort last; 2 * confidence - 1 is 0 for a coin flip."""
     db.execute(update(Comparison).where(Comparison.id == comparison_id)
                .values(score_gap=max(0.0, 2 * confidence - 1)).execution_options(synchronize_session=False))  # fmt: skip
+
+
+def _top(detail: dict | None) -> int | None:
+    """The judge's own top choice (ai_verdict.detail["ranking"]'s first group when it holds one id; None: a tie)."""
+    ranking = (detail or {}).get("ranking") or [[None, None]]
+    return ranking[0][0] if len(ranking[0]) == 1 else None
+
+
+# --- the review queue: raters confirm or flip AI labels (the only place a rater sees one) ---------------------------
+
+
+def review_queue(db: Session, project: Project, rater: User, limit: int = 20) -> list[dict]:
+    """AI labels nobody has reviewed yet, those the policy counted first, least confident first. Reviewing is
+    explicitly looking at the AI's label, so a review is recorded as a review (confirmed or flipped), never as an
+    independent human judgment."""
+    rows = list(db.scalars(select(AIVerdict).where(AIVerdict.project_id == project.id, AIVerdict.reviewed.is_(None))
+                           .order_by(AIVerdict.counted.desc(), AIVerdict.confidence, AIVerdict.id).limit(limit)))  # fmt: skip
+    comparisons = {c.id: c for c in db.scalars(select(Comparison).where(Comparison.id.in_({r.comparison_id for r in rows})))}
+    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({c.prompt_id for c in comparisons.values()})))}
+    texts = dict(db.execute(select(Completion.id, Completion.text).where(
+        Completion.id.in_({i for c in comparisons.values() for i in c.completion_ids}))).all())  # fmt: skip
+    out = []
+    for row in rows:
+        comparison = comparisons[row.comparison_id]
+        prompt = prompts[comparison.prompt_id]
+        out.append({"id": row.id, "comparison_id": row.comparison_id, "prompt": prompt.messages[-1]["content"],
+                    "options": [{"id": i, "text": texts.get(i, "")} for i in comparison.completion_ids],
+                    "ai_ranking": (row.detail or {}).get("ranking"), "confidence": row.confidence,
+                    "counted": row.counted})  # fmt: skip
+    return out
+
+
+def review_verdict(db: Session, project: Project, verdict_id: int, decision: str, actor: User) -> AIVerdict:
+    """confirm: the AI label stands, reviewed. flip: the AI judgment's ranking is reversed (exports that include AI
+    judgments then carry the reviewer's correction); the judge's own verdict stays in ai_verdict.detail, so its
+    agreement figures keep measuring the judge, not the reviewer."""
+    row = db.get(AIVerdict, verdict_id)
+    if row is None or row.project_id != project.id:
+        raise NotFound(f"No AI verdict {verdict_id} in project {project.slug}.")
+    if decision not in ("confirm", "flip"):
+        raise Unprocessable("decision must be confirm or flip.")
+    if row.reviewed is not None:
+        raise Unprocessable(f"AI verdict {verdict_id} was reviewed already ({row.reviewed}).")
+    judgment = db.get(Judgment, row.judgment_id)
+    if decision == "flip":
+        if len(judgment.ranking) < 2:
+            raise Unprocessable("The AI called it a tie: there is no order to flip.")
+        judgment.ranking = list(reversed(judgment.ranking))
+        judgment.top_completion_id = judgment.ranking[0][0] if len(judgment.ranking[0]) == 1 else None
+    row.reviewed = "confirmed" if decision == "confirm" else "flipped"
+    row.detail = dict(row.detail or {}) | {"review": {"by": actor.id, "decision": row.reviewed}}
+    audit(db, actor, "ai_verdict.review", "ai_verdict", row.id, decision=row.reviewed)
+    return row
 
 
 # --- agreement with the humans ----------------------------------------------------------------------------------
@@ -423,9 +478,9 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
     calibration and ECE: confidence against being right about the majority; position_bias: mean probability the
     judge preferred the first response shown (0.5 is unbiased; generative judges only)."""
     rows = db.execute(select(AIVerdict.judge_id, AIVerdict.template_version, AIVerdict.comparison_id,
-                             AIVerdict.confidence, AIVerdict.p_first, AIVerdict.counted, Judgment.top_completion_id)
-                      .join(Judgment, Judgment.id == AIVerdict.judgment_id)
-                      .where(AIVerdict.project_id == project.id)).all()  # fmt: skip
+                             AIVerdict.confidence, AIVerdict.p_first, AIVerdict.counted, AIVerdict.reviewed,
+                             AIVerdict.detail).where(AIVerdict.project_id == project.id)).all()  # fmt: skip
+    rows = [SimpleNamespace(**row._mapping, top_completion_id=_top(row.detail)) for row in rows]
     human = db.execute(select(Judgment.comparison_id, Judgment.rater_id, Judgment.top_completion_id)
                        .where(Judgment.project_id == project.id, Judgment.source == "human")).all()  # fmt: skip
     unit_ids = sorted({r.comparison_id for r in rows} | {h.comparison_id for h in human})
@@ -489,6 +544,8 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
             "ece": ece, "calibration": bins,
             "position_bias": (sum(firsts) / len(firsts)) if firsts else None,
             "ties": sum(c == TIE_CODE for c in ai_codes),
+            "reviewed": sum(r.reviewed is not None for r in items),
+            "flipped": sum(r.reviewed == "flipped" for r in items),
             "thresholds": threshold_table(confidence, correct),
             "threshold_for_95": threshold_for(confidence, correct, 0.95),
         })  # fmt: skip

@@ -112,6 +112,28 @@ def test_a_truthful_judge_measured_against_truthful_raters_once(client, world, d
     assert agreement["position_bias"] is None  # rules see no positions
     assert agreement["threshold_for_95"]["share"] == 1.0
 
+    # the review queue: a rater confirms one AI label and flips another; the judge's figures still measure the judge
+    rater = world["raters"][1]["headers"]
+    queue = client.get(f"/api/v1/projects/{pid}/ai-review", headers=rater).json()["verdicts"]
+    assert len(queue) == 10 and all(v["ai_ranking"] and v["confidence"] >= 0.5 for v in queue)
+    assert client.post(f"/api/v1/projects/{pid}/ai-review/{queue[0]['id']}", json={"decision": "confirm"},
+                       headers=rater).json()["reviewed"] == "confirmed"  # fmt: skip
+    assert client.post(f"/api/v1/projects/{pid}/ai-review/{queue[1]['id']}", json={"decision": "flip"},
+                       headers=rater).json()["reviewed"] == "flipped"  # fmt: skip
+    again = client.post(f"/api/v1/projects/{pid}/ai-review/{queue[1]['id']}", json={"decision": "flip"}, headers=rater)
+    assert again.status_code == 422
+    from app.models import Judgment
+
+    db.rollback()
+    flipped = db.scalar(select(Judgment).where(Judgment.comparison_id == queue[1]["comparison_id"],
+                                               Judgment.source == "ai"))  # fmt: skip
+    assert flipped.ranking == list(reversed(queue[1]["ai_ranking"]))
+    assert len(client.get(f"/api/v1/projects/{pid}/ai-review", headers=rater).json()["verdicts"]) == 8
+    assert "Review AI labels" in client.get(f"/projects/{pid}/ai-review", headers=rater).text
+    agreement = client.get(f"/api/v1/projects/{pid}/judges", headers=world["engineer"]["headers"]).json()
+    agreement = agreement["judges"][0]["agreement"][0]
+    assert agreement["accuracy"] == 1.0 and agreement["reviewed"] == 2 and agreement["flipped"] == 1
+
     again = judge_job(client, world, pid, "rules", scope="all")  # judging again adds no second row
     assert again["result"]["stored"] == 0 and ai_rows(db, pid) == 10
 
