@@ -83,13 +83,15 @@ project and whether any webhook endpoint listens: one statement, built once."""
 _assignment, _comparison = Assignment.__table__, Comparison.__table__
 # Plain Core on the tables: no ORM compile or bulk-update layer on the rating loop's path.
 _FINISH_ASSIGNMENT = (
-    _assignment.update().where(_assignment.c.id == bindparam("b_id"))
+    _assignment.update().where(_assignment.c.id == bindparam("b_assignment_id"))
     .values(state=bindparam("b_state"), finished_at=bindparam("b_finished_at"))
 )  # fmt: skip
 _COUNT_JUDGMENT = (
-    _comparison.update().where(_comparison.c.id == bindparam("b_id"))
+    _comparison.update().where(_comparison.c.id == bindparam("b_comparison_id"))
     .values(n_judgments=_comparison.c.n_judgments + 1, n_leases=_comparison.c.n_leases - bindparam("b_released"))
 )  # fmt: skip
+_FINISH_AND_COUNT = _COUNT_JUDGMENT.add_cte(_FINISH_ASSIGNMENT.returning(_assignment.c.id).cte("finished"))
+"""PostgreSQL: both UPDATEs in one statement (a data-modifying WITH), one round trip less per judgment."""
 _INSERT_JUDGMENT = insert(Judgment).returning(Judgment)
 
 
@@ -124,8 +126,13 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
     released = _release_or_check_slot(assignment, comparison, now)
     # Written with two plain UPDATEs (no unit-of-work flush on this path); the loaded objects are told the new
     # values as committed ones, so they stay current and nothing is written twice.
-    db.execute(_FINISH_ASSIGNMENT, {"b_id": assignment.id, "b_state": "submitted", "b_finished_at": now})
-    db.execute(_COUNT_JUDGMENT, {"b_id": comparison.id, "b_released": released})
+    values = {"b_assignment_id": assignment.id, "b_state": "submitted", "b_finished_at": now,
+              "b_comparison_id": comparison.id, "b_released": released}  # fmt: skip
+    if is_sqlite(db):
+        db.execute(_FINISH_ASSIGNMENT, values)
+        db.execute(_COUNT_JUDGMENT, values)
+    else:
+        db.execute(_FINISH_AND_COUNT, values)
     set_committed_value(assignment, "state", "submitted")
     set_committed_value(assignment, "finished_at", now)
     set_committed_value(comparison, "n_judgments", comparison.n_judgments + 1)
