@@ -102,3 +102,29 @@ def test_reward_lora_in_process_trains_the_score_head(tmp_path, tiny):
     assert metrics["train/steps"] == 2
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["task_type"] == "SEQ_CLS" and saved["modules_to_save"]  # the score head is trained and saved
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo", "ppo"])
+def test_rl_kinds_train_a_lora_adapter(tmp_path, tiny, kind):
+    from trainer import grpo, ppo
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_id": i, "prompt": f"Write a short reply about {t}.\n",
+                                           "keyword": "please"}) + "\n"
+                               for i, t in enumerate(["tea", "snow", "maps", "cats"])))  # fmt: skip
+    out = tmp_path / kind
+    out.mkdir()
+    params = {"max_steps": 1, "use_lora": True, "lora_r": 4, "lora_alpha": 8, "eval_prompts": 0,
+              "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}  # fmt: skip
+    if kind == "ppo":
+        params |= {"max_new_tokens": 4, "num_ppo_epochs": 1}
+        spec = spec_for(kind, out, base_model=str(tiny.policy), reward_model=str(tiny.reward),
+                        prompts_path=str(prompts), params=params)  # fmt: skip
+        metrics = ppo.main(parsed(spec), out)
+    else:
+        params |= {"num_generations": 2, "max_completion_length": 4,
+                   "rewards": [{"name": "exact_match", "weight": 1.0, "answer_field": "keyword", "mode": "contains"}]}  # fmt: skip
+        spec = spec_for(kind, out, base_model=str(tiny.policy), prompts_path=str(prompts), params=params)
+        metrics = (grpo.main_grpo if kind == "grpo" else grpo.main_rloo)(parsed(spec), out)
+        assert metrics["train/generation_backend"] == "transformers"
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
