@@ -87,6 +87,22 @@ class RewardArgs(TrainArgs):
 
 
 @dataclass
+class MultiRewardArgs(TrainArgs):
+    """Multi-objective reward model on a ratings snapshot: one regression head per attribute plus a Bradley-Terry
+    preference head on one backbone, folded into one scalar with the attribute weights (trainer/reward_multi.py)."""
+
+    num_train_epochs: float = 3.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    attribute_weights: dict = field(default_factory=dict)
+    """weight of each attribute head in the scalar reward, {attribute: weight}; a missing attribute weighs 1.0 (the
+    app fills in the project's attribute weights)"""
+    preference_weight: float = 1.0
+    """weight of the preference (Bradley-Terry) head in the scalar reward"""
+    regression_coefficient: float = 1.0
+    """weight of the attribute regression loss against the preference loss while training"""
+
+
+@dataclass
 class DPOArgs(TrainArgs):
     """Direct Preference Optimization against the frozen base policy."""
 
@@ -374,6 +390,8 @@ _GROUPS = ("learning_rate", "max_steps", "num_generations", "beta", "max_complet
 
 KIND_INFO: dict[str, Kind] = {
     "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "pairs", key_params=(*_EPOCHS, "per_device_train_batch_size", "margin_coefficient")),
+    "reward_multi": Kind(MultiRewardArgs, "trainer.reward_multi:main", "reward", "ratings",
+                         key_params=(*_EPOCHS, "attribute_weights", "preference_weight")),
     "dpo": Kind(DPOArgs, "trainer.dpo:main", "policy", "pairs", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
     "kto": Kind(KTOArgs, "trainer.kto:main", "policy", "kto", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
     "ppo": Kind(PPOArgs, "trainer.ppo:main", "policy", reads_prompts=True,

@@ -345,6 +345,33 @@ def keyword_pairs(n: int, seed: int = 0, *, conversational: bool = False) -> lis
     return rows
 
 
+def attribute_rows(n_comparisons: int, seed: int = 0) -> list[dict]:
+    """Ratings rows (the `ratings` export's shape) with two planted attributes, two completions per comparison:
+    ``helpful`` is 5 when the completion contains KEYWORD and 1 otherwise; ``verbose`` grows with its length
+    (1 for 2-3 words ... 5 for 10-11). The better helpful score ranks first (rank 0); equal ones tie."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(n_comparisons):
+        topic = rng.choice(_TOPICS)
+        prompt = f"Write a short reply about {topic}.\n"
+        with_keyword = rng.random() < 0.5
+        options = []
+        for keyword in (with_keyword, not with_keyword):
+            length = rng.randint(2, 11)
+            words = [rng.choice(_FILLERS) for _ in range(length)]
+            if keyword:
+                words[rng.randrange(length)] = KEYWORD
+            options.append((keyword, length, " ".join(words)))
+        for position, (keyword, length, text) in enumerate(options):
+            rows.append({
+                "prompt": prompt, "completion": text, "comparison_id": seed * 100_000 + index,
+                "prompt_id": _TOPICS.index(topic), "completion_id": 2 * index + position, "model": "synthetic",
+                "agreement": 1.0, "n_votes": 1, "weight": 1.0, "is_gold": False,
+                "rank": 0 if keyword else 1, "helpful": 5.0 if keyword else 1.0, "verbose": float(1 + (length - 2) // 2),
+            })  # fmt: skip
+    return rows
+
+
 def keyword_texts(rows: list[dict]) -> list[str]:
     """Every string in the rows, plus the default corpus: tokenizer training texts for the synthetic task."""
     return [text for row in rows for text in _iter_strings(row)] + default_texts(100)

@@ -29,7 +29,8 @@ How votes aggregate (one `JudgmentVote` per rater; ``weight`` is the rater's rel
 - **ratings** (`rating_rows`, the HelpSteer2 shape): one row per rated completion ``{prompt, completion, <one
   column per attribute>}``: the mean score of the raters who scored it (null where none did); ``n_votes`` the
   raters who scored any attribute of it, ``agreement`` 1 - the mean absolute deviation from the mean as a
-  share of the scale's range (averaged over attributes).
+  share of the scale's range (averaged over attributes), ``rank`` the completion's group in the aggregate
+  ranking (0 best; null without one): a multi-objective reward model learns its preference head from it.
 
 Filters on judgments (source, rater, date, guideline version, flags) are the caller's job; the
 ``min_agreement`` / ``min_votes`` parameters here filter aggregated rows.
@@ -68,6 +69,8 @@ class JudgmentVote:
     guideline_version: int | None = None
     attributes: dict[str, dict[str, float]] = field(default_factory=dict)
     """Attribute scores: ``{attribute: {str(completion id): score}}``."""
+    confidence: float | None = None
+    """An AI judgment's confidence (source ai); None for people's."""
 
 
 @dataclass(slots=True)
@@ -190,11 +193,13 @@ def pair_rows(
     _check(jc)
     # (first id, second id) in id order -> [(direction, margin, weight)], direction +1: first is better
     votes: dict[tuple[CompletionId, CompletionId], list[tuple[int, int, float]]] = defaultdict(list)
+    voters: dict[tuple[CompletionId, CompletionId], list[JudgmentVote]] = defaultdict(list)  # their sources
     for vote in jc.judgments:
         position = _positions(vote)
         for first, second in combinations(_sorted_ids(position), 2):
             gap = position[second] - position[first]
             votes[(first, second)].append(((gap > 0) - (gap < 0), abs(gap), vote.weight))
+            voters[(first, second)].append(vote)
     prompt = None
     order = {completion_id: index for index, completion_id in enumerate(_sorted_ids({i for pair in votes for i in pair}))}
     for first, second in sorted(votes, key=lambda pair: (order[pair[0]], order[pair[1]])):
@@ -229,7 +234,10 @@ def pair_rows(
             "weight": _mean([weight for _, weight in majority]),
             "is_gold": jc.is_gold,
             "edited": False,
-        }
+            "sources": sorted({v.source for v in voters[(first, second)]}),
+            "ai_confidence": _mean(ai) if (ai := [v.confidence for v in voters[(first, second)]
+                                                  if v.source == "ai" and v.confidence is not None]) else None,
+        }  # fmt: skip
         if _keep(row, min_agreement, min_votes):
             yield row
     yield from _edit_pair_rows(jc, conversational, min_agreement, min_votes)
@@ -265,6 +273,8 @@ def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: f
                 "weight": edit.weight,
                 "is_gold": jc.is_gold,
                 "edited": True,
+                "sources": ["human"],  # a rater's rewrite
+                "ai_confidence": None,
             }
             if _keep(row, min_agreement, min_votes):
                 yield row
@@ -482,6 +492,8 @@ def rating_rows(
     _check(jc)
     names = [scale["name"] for scale in jc.scales]
     spans = {scale["name"]: max(1.0, float(scale["max"]) - float(scale["min"])) for scale in jc.scales}
+    aggregate = aggregate_ranking(jc)
+    rank = {} if aggregate is None else {c: i for i, group in enumerate(aggregate.groups) for c in group}
     prompt = None
     for completion_id in _sorted_ids(jc.completions):
         key = str(completion_id)
@@ -496,14 +508,15 @@ def rating_rows(
                     scored = True
             if scored:
                 voters.append(vote.weight)
-        if not voters:
+        if not voters and completion_id not in rank:
             continue
         text, model = jc.completions[completion_id]
         if prompt is None:
             prompt = format_prompt(jc, conversational)
         row = {"prompt": prompt, "completion": _completion_value(text, conversational), "comparison_id": jc.comparison_id,
                "prompt_id": jc.prompt_id, "completion_id": completion_id, "model": model, "n_votes": len(voters),
-               "weight": _mean(voters), "is_gold": jc.is_gold}  # fmt: skip
+               "weight": _mean(voters) if voters else 0.0, "is_gold": jc.is_gold,
+               "rank": rank.get(completion_id)}  # fmt: skip
         agreements = []
         for name in names:
             values = scores[name]
@@ -546,15 +559,15 @@ def arrow_schema(export_format: str, *, conversational: bool = False, attributes
     columns = {
         "pairs": [("chosen", text), ("rejected", text), ("chosen_id", pa.int64()), ("rejected_id", pa.int64()),
                   ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64()),
-                  ("edited", pa.bool_())],
+                  ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64())],
         "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())],
         "rankings": [("completions", pa.list_(pa.string())), ("completion_ids", pa.list_(pa.int64())),
                      ("models", pa.list_(pa.string())), ("ranking", pa.list_(pa.list_(pa.int64())))],
         "sft": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string()), ("edited", pa.bool_())],
-        "ratings": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string())]
+        "ratings": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string()), ("rank", pa.int64())]
                    + [(name, pa.float64()) for name in attributes],
     }  # fmt: skip
-    fixed = {name for name, _ in common} | {"completion", "completion_id", "model"}
+    fixed = {name for name, _ in common} | {"completion", "completion_id", "model", "rank", "edited"}
     clash = sorted(set(attributes) & fixed) if export_format == "ratings" else []
     if clash:
         raise ValueError(f"attribute names {clash} clash with the ratings format's own columns; rename the scales")

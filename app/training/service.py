@@ -58,6 +58,9 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
     if kind not in TRAINING_KINDS:
         raise Unprocessable(f"Unknown training kind {kind!r}; known: {', '.join(TRAINING_KINDS)}.")
     app_params, trainer_params = validated_params(kind, params)
+    if kind == "reward_multi" and "attribute_weights" not in trainer_params:
+        # the project's attribute weights combine the heads into the scalar reward (issue 14)
+        trainer_params["attribute_weights"] = {a["name"]: float(a.get("weight", 1.0)) for a in project.attributes or []}
     if dataset_id is not None:
         snapshot = db.get(DatasetSnapshot, dataset_id)
         if snapshot is None or snapshot.project_id != project.id:
@@ -73,7 +76,7 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
         spec = dict(app_params.get("snapshot") or {}) | {"format": SNAPSHOT_FORMAT[kind]}
         app_params["snapshot"] = parse_spec(spec).model_dump(mode="json")  # validated now, built by the job
     base = None
-    if kind == "reward" and base_model not in (None, ""):
+    if kind in ("reward", "reward_multi") and base_model not in (None, ""):
         base = get_version(db, base_model)  # a reward model may start from a policy or from a reward/encoder base
     elif kind != "score":
         base = _resolve_version(db, base_model, "policy", project)
