@@ -316,3 +316,9 @@ def test_a_form_value_the_database_refuses_is_422_not_500(api, admin, project):
     assert response.status_code in (404, 422)
     if response.status_code == 422:
         assert "cannot be stored" in response.text
+
+
+def test_pay_rate_form_with_an_unknown_unit_is_refused(api, admin, project):
+    response = api.post(f"/projects/{project['id']}/pay-rate", data={"pay_unit": "fortnight", "rate": "1"},
+                        headers=admin["headers"], follow_redirects=False)  # fmt: skip
+    assert_4xx(response, mentions="pay_unit")

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from app.auth.deps import Admin, DbSession, Staff
@@ -99,5 +100,9 @@ def pay_rate(project_ref: str, db: DbSession, principal: Admin, pay_unit: str = 
     except ValueError as error:
         raise Unprocessable("The rate must be a number.") from error
     unit = pay_unit or None
-    update_project(db, project, ProjectUpdate(pay_unit=unit, pay_rate=value if unit else None), principal.user)
+    try:
+        data = ProjectUpdate(pay_unit=unit, pay_rate=value if unit else None)
+    except ValidationError as error:
+        raise Unprocessable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
+    update_project(db, project, data, principal.user)
     return RedirectResponse(f"/projects/{project.id}/pay?saved=rate", status_code=303)
