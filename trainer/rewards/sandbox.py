@@ -281,8 +281,12 @@ def _setup_child(workdir: str, config: dict, isolated: bool, uid: int) -> None:
     if isolated:
         libc = _libc()
         _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        python = os.path.realpath(config["python"])
         for path in limits["hide"]:
-            if os.path.isdir(path) and os.path.realpath(path) != "/":
+            real = os.path.realpath(path)
+            if python.startswith(real.rstrip("/") + "/"):  # the interpreter itself lives there: cannot hide it
+                continue
+            if os.path.isdir(path) and real != "/":
                 _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=000")
         for point, keep in sorted(_mount_points(), key=lambda p: p[0].count("/")):
             if point == workdir:
