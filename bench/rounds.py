@@ -2,10 +2,10 @@
 property the policy is never told about: the reply says "please".
 
 A tiny Llama policy (built from a config, no download) is warm-started to reply in the task's format with
-"please" in about a quarter of its replies. The pool is 120 prompts ("Write a short reply about X."), imported
+"please" in a quarter of its training replies (about a third of its samples at temperature 0.7). The pool is 180 prompts ("Write a short reply about X."), imported
 with two neutral seed replies each (neither says "please", so the raters tie them and they teach nothing).
 A real `rankforge serve` and `rankforge worker` run on a fresh SQLite database; the round recipe is DPO with a
-retrained reward model, 32 prompts a round x 4 samples, 24 held-out evaluation prompts, and the trigger "start the
+retrained reward model, 40 prompts a round x 4 samples, 40 held-out evaluation prompts, and the trigger "start the
 next round when one finishes". Round 1 is started through `POST /api/v1/projects/{id}/rounds`; then the raters
 (API clients) rate whatever the queue gives them: the reply that says "please" wins, a tie otherwise.
 
@@ -14,7 +14,14 @@ Printed per round: the human win rate of the new policy over the previous one on
 by sampling 256 replies on the evaluation prompts from each version); reward-model accuracy on judgments it never
 trained on; KL; the wall time of every step. At the end: the round-3 policy against the base policy.
 
-    .venv/bin/python bench/rounds.py [--rounds 3] [--keep DIR]
+    .venv/bin/python bench/rounds.py [--rounds 3] [--dpo-lr 5e-4] [--dpo-epochs 3] [--keep DIR]
+
+Last run (2-core machine shared with other work; 921 s in all): measured share of replies with the property
+0.344 (base) -> 0.574 -> 0.820 -> 0.969; win rate of each new policy over the previous one 0.637 [0.483, 0.768],
+0.675 [0.520, 0.799], 0.550 [0.398, 0.693] (40 battles each); round-3 policy vs base 0.863 [0.724, 0.938];
+reward accuracy 0.878, 0.900, 1.000; KL to the previous policy 0.72, 8.58, 3.21. With --dpo-lr 1e-3
+--dpo-epochs 4 the first update overshoots (KL 18.8, share 0.934) and round 2 slips back (0.906) before round 3
+reaches 0.992. The policies end up repeating the keyword ("please please please"): the raters reward nothing else.
 """
 
 from __future__ import annotations
@@ -58,6 +65,16 @@ def topics() -> list[str]:
 
 def prompt_text(topic: str) -> str:
     return f"Write a short reply about {topic}.\n"
+
+
+def pool_topics(n: int, seed: int = 5) -> list[str]:
+    """n distinct topics "X and Y" from the tiny corpus's words."""
+    words, rng, out = topics(), random.Random(seed), []
+    while len(out) < n:
+        topic = " and ".join(rng.sample(words, 2))
+        if topic not in out:
+            out.append(topic)
+    return out
 
 
 def build_models(root: Path, all_topics: list[str]) -> tuple[Path, Path]:
@@ -154,8 +171,12 @@ class Rater:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompts-per-round", type=int, default=32)
+    parser.add_argument("--prompts-per-round", type=int, default=40)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--pool", type=int, default=180, help="prompts in the pool (evaluation prompts included)")
+    parser.add_argument("--eval-prompts", type=int, default=40)
+    parser.add_argument("--dpo-lr", type=float, default=5e-4, help="the DPO update's learning rate")
+    parser.add_argument("--dpo-epochs", type=float, default=3.0, help="the DPO update's epochs over the snapshot")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     args = parser.parse_args(argv)
@@ -169,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     processes: list[subprocess.Popen] = []
     started = time.monotonic()
     try:
-        all_topics = topics()[:120]
+        all_topics = pool_topics(args.pool)
         t0 = time.monotonic()
         base, reward = build_models(root / "models", all_topics)
         print(f"tiny models built and the policy warm-started in {time.monotonic() - t0:.0f} s")
@@ -212,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         recipe = {
             "prompts_per_round": args.prompts_per_round, "samples_per_prompt": args.samples,
             "temperature": TEMPERATURE, "max_new_tokens": MAX_NEW_TOKENS, "policy_update": "dpo",
-            "update_params": {"num_train_epochs": 4, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+            "update_params": {"num_train_epochs": args.dpo_epochs, "learning_rate": args.dpo_lr, "per_device_train_batch_size": 8,
                               "max_length": 128, "beta": 0.1},
-            "reward_params": {"num_train_epochs": 4, "per_device_train_batch_size": 8, "max_length": 128},
-            "eval_fraction": 0.2, "eval_min_prompts": 24, "auto_after_previous": True,
+            "reward_params": {"num_train_epochs": 6, "per_device_train_batch_size": 8, "max_length": 128},
+            "eval_fraction": round(args.eval_prompts / args.pool, 4), "eval_min_prompts": args.eval_prompts,
+            "auto_after_previous": True,
         }  # fmt: skip
         http.put(f"/api/v1/projects/{pid}/rounds/recipe", headers=eng, json=recipe).raise_for_status()
         raters = [Rater(http, tokens[n], pid) for n in ("ann1", "ann2")]
