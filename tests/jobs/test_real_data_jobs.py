@@ -61,3 +61,17 @@ def test_hh_rlhf_trains_a_reward_model_on_an_encoder_with_no_flags(client, users
     page = client.get(f"/jobs/{job_id}", headers=engineer["headers"])
     dropped_share = metrics["train/pairs_dropped"] / metrics["train/pairs"]
     assert ("were dropped" in page.text) == (dropped_share > 0.05)
+
+
+def test_the_job_page_warns_when_more_than_5_percent_were_dropped():
+    from app.jobs.pages import dropped_warning
+    from app.models import Job
+
+    def job(metrics: dict) -> Job:
+        return Job(kind="reward", result={"metrics": metrics})
+
+    assert dropped_warning(job({"train/pairs": 100, "train/pairs_dropped": 5, "train/pairs_truncated": 40})) is None
+    warning = dropped_warning(job({"train/pairs": 100, "train/pairs_dropped": 6, "train/pairs_truncated": 40}))
+    assert warning.startswith("6 of 100 training pairs (6%) were dropped") and "40 more were kept" in warning
+    assert "training rows" in dropped_warning(job({"train/rows": 10, "train/rows_dropped": 2}))
+    assert dropped_warning(job({})) is None and dropped_warning(Job(kind="export")) is None
