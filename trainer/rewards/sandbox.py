@@ -53,6 +53,8 @@ ALLOW_UNCONFINED_ENV = "RANKFORGE_SANDBOX_ALLOW_UNCONFINED"
 HIDE_ENV = "RANKFORGE_SANDBOX_HIDE"
 PYTHON_ENV = "RANKFORGE_SANDBOX_PYTHON"
 THIS_FILE = os.path.abspath(__file__)
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(THIS_FILE)))
+"""The checkout holding trainer/ (and app/, the default artifact store under var/): hidden from sandboxed code."""
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -184,7 +186,9 @@ def env_limits(**overrides) -> Limits:
     limits = Limits(**overrides)
     if os.environ.get(ALLOW_UNCONFINED_ENV, "").lower() in ("1", "true", "yes"):
         limits.allow_unconfined = True
-    limits.hide = [*limits.hide, *filter(None, os.environ.get(HIDE_ENV, "").split(os.pathsep))]
+    defaults = [PROJECT_ROOT, os.environ.get("RANKFORGE_DATA_DIR")]  # the source tree, the artifact store
+    extra = os.environ.get(HIDE_ENV, "").split(os.pathsep)
+    limits.hide = list(dict.fromkeys(os.path.abspath(p) for p in [*limits.hide, *defaults, *extra] if p))
     return limits
 
 
