@@ -254,6 +254,54 @@ def bench_rloo(world: World) -> dict[str, Any]:
 BENCHES.update({"ppo": bench_ppo, "grpo": bench_grpo, "rloo": bench_rloo})
 
 
+def bench_reward_multi(world: World) -> dict[str, Any]:
+    """Multi-objective reward (issue 14) on planted attributes (trainer.tiny.attribute_rows): "helpful" is the
+    keyword, "verbose" the length. Figure: the smallest of the held-out correlations of each head with its
+    attribute and of the folded scalar with the weighted attributes (the combined reward follows the weights)."""
+    from trainer.encoding import encode_sequence
+    from trainer.models import load_reward, load_tokenizer, reward_scores
+    from trainer.reward_multi import pearson
+    from trainer.tiny import attribute_rows
+
+    train, test = attribute_rows(max(world_size(world) // 2, 64), seed=21), attribute_rows(128, seed=22)
+    snapshot = write_snapshot(world.root / "snapshot-ratings", {"train": train, "test": test}, fmt="ratings")
+    weights = {"helpful": 1.0, "verbose": -0.5}
+    params = {"attribute_weights": weights, "preference_weight": 0.0, "num_train_epochs": 6, "learning_rate": 2e-3,
+              "per_device_train_batch_size": 16}  # fmt: skip
+    done, wall = run_job(world, "reward_multi", base_model=str(world.policy), dataset_path=str(snapshot), params=params)
+    metrics = done["metrics"]
+    out = Path(done["output_dir"])
+    tokenizer = load_tokenizer(out)
+    model = load_reward(out, tokenizer=tokenizer)
+    scores = reward_scores(model, tokenizer, [encode_sequence(r["prompt"], r["completion"], tokenizer, 512) for r in test],
+                           batch_size=32, max_length=512)  # fmt: skip
+    heads = json.loads((out / "heads" / "heads.json").read_text())
+    scaled = {name: [(r[name] - c) / h for r in test]
+              for name, c, h in zip(heads["attributes"], heads["centers"], heads["half_ranges"], strict=True)}
+    wanted = [sum(weights[name] * scaled[name][i] for name in weights) for i in range(len(test))]
+    combined = pearson(scores, wanted) or 0.0
+    helpful, verbose = metrics["eval/helpful/correlation"], metrics["eval/verbose/correlation"]
+    return {
+        "figure": "min held-out correlation (heads, combined)",
+        "value": min(helpful, verbose, combined),
+        "target": 0.8,
+        "extra": f"helpful r {helpful:.3f} (RMSE {metrics['eval/helpful/rmse']:.2f}), verbose r {verbose:.3f} "
+        f"(RMSE {metrics['eval/verbose/rmse']:.2f}), combined {weights} r {combined:.3f}, "
+        f"preference accuracy {metrics.get('eval/preference_accuracy', float('nan')):.3f}",
+        "wall_s": wall,
+        "train_s": wall,
+    }
+
+
+def world_size(world: World) -> int:
+    from trainer.data import read_rows
+
+    return len(read_rows(world.snapshot, "train"))
+
+
+BENCHES["reward_multi"] = bench_reward_multi
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
