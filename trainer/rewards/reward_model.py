@@ -88,4 +88,19 @@ class RewardModelReward:
     def __call__(
         self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any
     ) -> list[float]:
-        return self.score_texts(self.texts(prompts, completions, completion_ids))
+        """Scores of the sequences trainer.encoding builds, as reward training and score jobs do (the tokenizer's
+        own special tokens kept: [CLS] ... [SEP] on an encoder reward model), EOS where the completion ended."""
+        from trainer.encoding import encode_sequence
+        from trainer.models import reward_scores
+
+        sequences = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            ended = isinstance(prompt, list) or (
+                completion_ids is not None
+                and self.policy_eos_token_id is not None
+                and len(completion_ids[i]) > 0
+                and completion_ids[i][-1] == self.policy_eos_token_id
+            )
+            value = completion if isinstance(prompt, list) else completion_text(completion)
+            sequences.append(encode_sequence(prompt, value, self.tokenizer, self.max_length, add_eos=ended))
+        return reward_scores(self.model, self.tokenizer, sequences, batch_size=self.batch_size)
