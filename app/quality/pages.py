@@ -13,6 +13,7 @@ from app.charts import Axis
 from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
 from app.quality import service
+from app.quality.attributes import attribute_leaderboard
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -24,7 +25,8 @@ def leaderboard_page(project_ref: str, request: Request, db: DbSession, principa
     board = service.leaderboard(db, project)
     names = sorted(board["win_rates"])
     return render(request, "quality/leaderboard.html",
-                  {"project": project, "board": board, "names": names, "chart": _ratings_chart(board)})  # fmt: skip
+                  {"project": project, "board": board, "names": names, "chart": _ratings_chart(board),
+                   "attribute_board": attribute_leaderboard(db, project)})  # fmt: skip
 
 
 def _ratings_chart(board: dict):

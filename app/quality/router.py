@@ -10,6 +10,7 @@ from app.limits import Id, Input, Int4, varchar
 from app.models import Comparison
 from app.projects.service import get_project
 from app.quality import service
+from app.quality.attributes import attribute_leaderboard
 
 router = APIRouter(prefix="/api/v1", tags=["quality"])
 
@@ -22,8 +23,10 @@ def project_stats(project_ref: str, db: DbSession, principal: Staff):
 
 @router.get("/projects/{project_ref}/leaderboard")
 def leaderboard(project_ref: str, db: DbSession, principal: Staff):
-    """Bradley-Terry ratings of the models that wrote the completions, from human pairwise outcomes."""
-    return service.leaderboard(db, get_project(db, project_ref))
+    """Bradley-Terry ratings of the models that wrote the completions, from human pairwise outcomes; `attributes`:
+    each model's mean human score per attribute scale."""
+    project = get_project(db, project_ref)
+    return service.leaderboard(db, project) | {"attributes": attribute_leaderboard(db, project)}
 
 
 @router.get("/projects/{project_ref}/dashboard")

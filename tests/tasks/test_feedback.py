@@ -121,6 +121,14 @@ def test_ratings_export_matches_the_scores_entered(client, users):
     assert by_id[ids[0]]["helpful"] == 4.0 and by_id[ids[0]]["verbose"] == 2.0 and by_id[ids[0]]["n_votes"] == 2
     assert by_id[ids[1]]["helpful"] == 3.0 and by_id[ids[1]]["verbose"] is None
     assert by_id[ids[0]]["completion"].startswith("answer") and "prompt" in by_id[ids[0]]
+    assert by_id[ids[0]]["rank"] == 0 and by_id[ids[1]]["rank"] == 1
+    # The per-attribute leaderboard: each model's mean score per scale (model-0 wrote the first completion).
+    board = client.get(f"/api/v1/projects/{project['id']}/leaderboard", headers=admin["headers"]).json()
+    assert [(e["name"], e["mean"], e["n"]) for e in board["attributes"]["helpful"]] == [("model-0", 4.0, 2),
+                                                                                        ("model-1", 3.0, 2)]
+    assert [(e["name"], e["mean"]) for e in board["attributes"]["verbose"]] == [("model-0", 2.0)]
+    page = client.get(f"/projects/{project['id']}/leaderboard", headers=admin["headers"])
+    assert page.status_code == 200 and "attribute-leaderboard" in page.text
 
 
 def _practice_project(client, admin, n_practice=2, required=2):
