@@ -121,7 +121,9 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
         prompt = prompts.get(row["prompt_id"])
         if prompt is None:
             continue
-        fresh = [Completion(prompt_id=prompt.id, text=c["text"], model_name=version.name, model_version_id=version.id,
+        # A model can emit NUL, which PostgreSQL cannot store in text: dropped, as a reader would never see it.
+        fresh = [Completion(prompt_id=prompt.id, text=c["text"].replace("\x00", ""), model_name=version.name,
+                            model_version_id=version.id,
                             params=c.get("params") or {},
                             meta={"job_id": job_id, "finish_reason": c.get("finish_reason")})
                  for c in row["completions"]]  # fmt: skip
