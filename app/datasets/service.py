@@ -29,6 +29,7 @@ from app.db import json_loads, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
 from app.jobs.service import create_job
 from app.models import (
+    AIVerdict,
     Comparison,
     Completion,
     DatasetSnapshot,
@@ -96,8 +97,9 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
     query = (
         select(Judgment.comparison_id, Judgment.rater_id, _as_text(Judgment.ranking), _as_text(Judgment.flags),
                Judgment.source, Judgment.created_at, Judgment.guideline_version, Judgment.id,
-               _as_text(Judgment.attributes))
+               _as_text(Judgment.attributes), AIVerdict.confidence)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .outerjoin(AIVerdict, AIVerdict.judgment_id == Judgment.id)  # an AI judgment's confidence
         .where(Judgment.project_id == project.id, Judgment.source.in_(filters.sources),
                # an admin who resolved a flag as "excluded" took the judgment out of every export
                ~exists().where(FlagReview.judgment_id == Judgment.id, FlagReview.resolution == "excluded"))
@@ -180,8 +182,9 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
             votes = [
                 JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
                              json_loads(flags) if flags and flags != "[]" else [], source, created_at,
-                             guideline_version, json_loads(attributes) if ratings and attributes else {})
-                for _, rater_id, ranking, flags, source, created_at, guideline_version, _, attributes in judgments
+                             guideline_version, json_loads(attributes) if ratings and attributes else {}, confidence)
+                for _, rater_id, ranking, flags, source, created_at, guideline_version, _, attributes, confidence
+                in judgments
             ]  # fmt: skip
             yield JudgedComparison(
                 comparison_id=cid,

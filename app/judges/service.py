@@ -90,6 +90,9 @@ def create_judge(db: Session, project: Project, name: str, method: str, model=No
             raise Unprocessable(f"A {method} judge needs a model version (a {MODEL_KIND[method]} model).")
         version = get_version(db, model, kind=MODEL_KIND[method])
     params = dict(params or {})
+    if "template" in params or "method" in params:
+        raise Unprocessable("params: the template is the project's (PUT /api/v1/projects/{id}/judges/template, "
+                            "versioned) and the method is the judge's own.")  # fmt: skip
     _trainer_args(method, params)
     judge = Judge(project_id=project.id, name=name, method=method, model_version_id=version.id if version else None,
                   params=params, created_by_id=actor.id if actor else None)  # fmt: skip
@@ -199,6 +202,8 @@ def create_judge_job(db: Session, project: Project, *, judge=None, params: dict 
     if judge_row.method in MODEL_KIND and judge_row.model_version_id is None:
         raise Unprocessable(f"Judge {judge_row.name}'s model version is gone (deleted from the registry).")
     params["judge"] = judge_row.id
+    if "template" in params or "method" in params:
+        raise Unprocessable("params: a judge job reads its judge's method and the project's template.")
     scope = params.setdefault("scope", "open")
     if scope not in SCOPES:
         raise Unprocessable(f"params.scope must be one of {', '.join(SCOPES)}.")

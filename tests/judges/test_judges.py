@@ -148,8 +148,12 @@ def test_a_truthful_judge_measured_against_truthful_raters_once(client, world, d
         body = client.get(f"/api/v1/datasets/{dataset['id']}/files/train.jsonl", headers=world["engineer"]["headers"])
         return [json.loads(line) for line in body.text.splitlines()]
 
-    assert {r["n_votes"] for r in export({})} == {1}
-    assert {r["n_votes"] for r in export({"sources": ["human", "ai"]})} == {2}
+    human_only = export({})
+    assert {r["n_votes"] for r in human_only} == {1}
+    assert all(r["sources"] == ["human"] and r["ai_confidence"] is None for r in human_only)
+    with_ai = export({"sources": ["human", "ai"]})
+    assert {r["n_votes"] for r in with_ai} == {2}  # every pair carries its sources and the AI vote's confidence
+    assert all(r["sources"] == ["ai", "human"] and r["ai_confidence"] == pytest.approx(0.95) for r in with_ai)
 
     page = client.get(f"/projects/{pid}/judges", headers=world["engineer"]["headers"])
     assert page.status_code == 200 and "Agreement with the humans" in page.text and "1.000" in page.text
@@ -337,3 +341,40 @@ def test_a_round_recipe_names_a_judge_that_labels_the_round_before_humans(client
     assert round_.status == "rating", (round_.status, round_.error)
     judged = set(db.scalars(select(AIVerdict.comparison_id).where(AIVerdict.project_id == pid)))
     assert judged and judged == set(round_.comparison_ids)
+
+
+@pytest.mark.only_db("sqlite")
+def test_a_generative_judge_per_template_version(client, world, db, tmp_path):
+    from app.models import AIVerdict
+    from trainer.tiny import build_tiny_policy, keyword_pairs, keyword_texts, train_tokenizer
+
+    tokenizer = train_tokenizer(keyword_texts(keyword_pairs(32, seed=1)), vocab_size=256)
+    policy = build_tiny_policy(tmp_path / "policy", tokenizer, seed=0)
+    pid = project_with(client, world, math_rows(4))
+    rate_truthfully(client, world["raters"][0], pid)
+    eng = world["engineer"]["headers"]
+    assert client.post("/api/v1/models", headers=eng, json={"name": "tiny-lm", "path": str(policy), "kind": "policy",
+                                                            "project_id": pid}).status_code == 201  # fmt: skip
+    made = client.post(f"/api/v1/projects/{pid}/judges", json={"name": "lm", "method": "generative",
+                                                                "model": "tiny-lm"}, headers=eng)  # fmt: skip
+    assert made.status_code == 201, made.text
+    bad = client.post(f"/api/v1/projects/{pid}/judges", json={"name": "lm2", "method": "generative", "model": "tiny-lm",
+                                                               "params": {"template": "x"}}, headers=eng)  # fmt: skip
+    assert bad.status_code == 422
+    first = judge_job(client, world, pid, "lm", scope="judged")
+    assert first["result"]["stored"] == 4 and first["result"]["template_version"] == 0
+    assert 0.0 <= first["result"]["metrics"]["judge/position_bias"] <= 1.0
+    template = "Q: {prompt}\nFirst: {response_a}\nSecond: {response_b}\nBetter (A or B)?"
+    assert client.put(f"/api/v1/projects/{pid}/judges/template", json={"body": template},
+                      headers=eng).json()["version"] == 1  # fmt: skip
+    assert client.put(f"/api/v1/projects/{pid}/judges/template", json={"body": "no responses"},
+                      headers=eng).status_code == 422  # fmt: skip
+    second = judge_job(client, world, pid, "lm", scope="judged")  # a new template version judges again
+    assert second["result"]["stored"] == 4 and second["result"]["template_version"] == 1
+    db.rollback()
+    assert sorted(db.scalars(select(AIVerdict.template_version).where(AIVerdict.project_id == pid))) == [0] * 4 + [1] * 4
+    figures = client.get(f"/api/v1/projects/{pid}/judges", headers=eng).json()
+    assert figures["template"]["version"] == 1 and figures["template"]["body"] == template
+    rows = figures["judges"][0]["agreement"]
+    assert [r["template_version"] for r in rows] == [0, 1] and all(r["compared"] == 4 for r in rows)
+    assert all(r["position_bias"] is not None for r in rows)
