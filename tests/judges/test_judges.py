@@ -378,3 +378,20 @@ def test_a_generative_judge_per_template_version(client, world, db, tmp_path):
     rows = figures["judges"][0]["agreement"]
     assert [r["template_version"] for r in rows] == [0, 1] and all(r["compared"] == 4 for r in rows)
     assert all(r["position_bias"] is not None for r in rows)
+
+
+@pytest.mark.only_db("sqlite")
+def test_rankforge_train_judge_queues_a_judge_job(client, world):
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli_app
+
+    pid = project_with(client, world, math_rows(2))
+    add_rules_judge(client, world, pid)
+    result = CliRunner().invoke(cli_app, ["train", "judge", "--project", str(pid), "--judge", "rules",
+                                          "--param", "scope=all"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["kind"] == "judge" and job["status"] == "queued"
+    missing = CliRunner().invoke(cli_app, ["train", "judge", "--project", str(pid)])
+    assert missing.exit_code != 0 and "names its judge" in missing.output
