@@ -486,8 +486,10 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
                              AIVerdict.confidence, AIVerdict.p_first, AIVerdict.counted, AIVerdict.reviewed,
                              AIVerdict.detail).where(AIVerdict.project_id == project.id)).all()  # fmt: skip
     rows = [SimpleNamespace(**row._mapping, top_completion_id=_top(row.detail)) for row in rows]
+    judged = select(AIVerdict.comparison_id).where(AIVerdict.project_id == project.id)
     human = db.execute(select(Judgment.comparison_id, Judgment.rater_id, Judgment.top_completion_id)
-                       .where(Judgment.project_id == project.id, Judgment.source == "human")).all()  # fmt: skip
+                       .where(Judgment.project_id == project.id, Judgment.source == "human",
+                              Judgment.comparison_id.in_(judged))).all()  # fmt: skip  # only what a judge judged
     unit_ids = sorted({r.comparison_id for r in rows} | {h.comparison_id for h in human})
     options = dict(db.execute(select(Comparison.id, Comparison.completion_ids)
                               .where(Comparison.id.in_(unit_ids))).all()) if unit_ids else {}  # fmt: skip
