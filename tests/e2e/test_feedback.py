@@ -98,3 +98,35 @@ def test_active_time_leaves_out_an_idle_gap(page, api, users, db_url, browser_pr
     assert judgment["time_spent_ms"] >= 780_000  # wall time: 13 minutes
     assert 170_000 <= judgment["active_ms"] <= 190_000, judgment["active_ms"]  # the idle 10 minutes do not count
     assert browser_problems == []
+
+
+def test_practice_item_with_feedback_then_real_work(page, api, users, db_url, browser_problems):
+    admin, rater = users.create("admin1", "admin"), users.create("rater1", "annotator")
+    project = _seed(api, admin, 1, name="Practice e2e", mode="pairwise", practice_required=1, practice_pass_rate=0.5)
+    gold = {"prompt": "Gold question?", "external_id": "g1", "ranking": [[0], [1]],
+            "completions": [{"text": "the right answer", "model": "m1"}, {"text": "a wrong answer", "model": "m2"}]}  # fmt: skip
+    assert import_lines(api, admin, project["id"], (json.dumps(gold) + "\n").encode(), gold="true").status_code == 200
+    from app.models import Comparison
+
+    [item] = _rows(db_url, Comparison, Comparison.is_gold)
+    marked = api.post(f"/projects/{project['id']}/practice-items/{item['id']}", headers=admin["headers"],
+                      data={"explanation": "The first one *answers* the question."})  # fmt: skip
+    assert marked.status_code in (200, 303)
+
+    login(page, rater, next_path=f"/projects/{project['id']}/annotate")
+    page.wait_for_selector(".practice-badge")
+    assert "Gold question?" in page.locator(".prompt").inner_text()
+    options = page.locator("#judgment-form .option")
+    right_label = next(options.nth(i).get_attribute("data-label") for i in range(2)
+                       if "right answer" in options.nth(i).inner_text())  # fmt: skip
+    page.keyboard.press("1" if right_label == "A" else "2")
+    page.wait_for_selector("#practice-feedback")
+    assert page.locator("#practice-expected").inner_text().startswith(right_label)
+    assert page.locator(".practice-explanation em").inner_text() == "answers"
+    screenshot(page, "practice-feedback")
+    page.locator("#practice-continue").click()
+    page.wait_for_function("() => { const f = document.getElementById('judgment-form');"
+                           " return f && !f.getAttribute('action').includes('/practice/'); }")  # fmt: skip
+    assert "Question 0?" in page.locator(".prompt").inner_text()
+    assert page.locator(".practice-badge").count() == 0
+    assert browser_problems == []
