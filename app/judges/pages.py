@@ -27,7 +27,11 @@ def calibration_chart(figures: list[dict]):
         if f["compared"]:
             label = f"{f['judge']} t{f['template_version']}" if f["method"] == "generative" else f["judge"]
             series[label] = [b["accuracy"] for b in f["calibration"]]
-    return charts.line_chart("Calibration: accuracy against the human majority per confidence bin", x, series,
+    title = "Calibration: accuracy against the human majority per confidence bin"
+    if len(series) == 1:  # the diagonal alone is no chart
+        return charts.empty_chart(title, "No judge has verdicts on human-judged comparisons yet: run a judge job "
+                                         "with scope 'judged' to measure it.")  # fmt: skip
+    return charts.line_chart(title, x, series,
                              x_axis=Axis("Judge confidence (bin centre)", kind="number"),
                              y_axis=Axis("Accuracy vs human majority"), y_min=0.0, y_max=1.0,
                              empty="No judge has verdicts on human-judged comparisons yet: run a judge job with scope "
