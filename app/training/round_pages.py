@@ -16,6 +16,7 @@ from app.errors import RankforgeError
 from app.limits import Id
 from app.models import ModelVersion
 from app.projects.service import get_project
+from app.quality.service import leaderboard
 from app.training import rounds
 from app.web import render
 
@@ -52,6 +53,16 @@ def _charts(rows: list[dict]) -> dict:
     }  # fmt: skip
 
 
+def _versions_chart(db, project):
+    """The Bradley-Terry leaderboard across every model (each version a player), as on the leaderboard page."""
+    models = leaderboard(db, project)["models"]
+    return charts.interval_chart(
+        "Every version's rating with its 95% interval", [m["name"] for m in models], [m["rating"] for m in models],
+        [m["ci_low"] for m in models], [m["ci_high"] for m in models], x_axis=Axis("Rating", "Elo scale"),
+        y_axis=Axis("Model version"),
+        empty="No ratings yet: versions get a rating once raters have judged evaluation pairs between them.")  # fmt: skip
+
+
 def _context(db, project, error: str | None = None) -> dict:
     rows = [rounds.round_json(db, r) for r in rounds.list_rounds(db, project)]
     ids = {i for r in rows for i in (r["policy_version_id"], r["new_policy_version_id"], r["reward_version_id"]) if i}
@@ -61,7 +72,7 @@ def _context(db, project, error: str | None = None) -> dict:
     return {"project": project, "rounds": list(reversed(rows)), "charts": _charts(rows), "names": names,
             "recipe": recipe, "recipe_fields": RECIPE_FIELDS, "active": active, "error": error,
             "update_params": json.dumps(recipe.update_params), "reward_params": json.dumps(recipe.reward_params),
-            "current_policy": rounds.current_policy(db, project)}  # fmt: skip
+            "current_policy": rounds.current_policy(db, project), "versions": _versions_chart(db, project)}  # fmt: skip
 
 
 @router.get("/projects/{project_ref}/rounds")

@@ -155,6 +155,7 @@ def test_a_round_runs_end_to_end_a_failed_step_is_retried_and_round_2_starts_by_
     # the rounds page: table, win-rate chart, a start button
     page = client.get(f"/projects/{loop['project']['id']}/rounds", headers=loop["admin"]["headers"] | {"Accept": "text/html"})
     assert page.status_code == 200 and "<svg" in page.text and "Win rate" in page.text
+    assert 'id="chart-versions"' in page.text and model["name"] in page.text  # every version on the leaderboard
     detail = client.get(f"/projects/{loop['project']['id']}/rounds/1", headers=loop["admin"]["headers"] | {"Accept": "text/html"})
     assert detail.status_code == 200 and 'id="round-pairs"' in detail.text and 'id="eval-pairs"' in detail.text
     assert "rater0" in detail.text and "Write about topic" in detail.text
