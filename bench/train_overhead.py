@@ -66,11 +66,11 @@ def setup(root: Path, pairs: int) -> dict:
     from app.db import session_scope
     from app.imports.parsers import parse_import
     from app.imports.service import import_records
-    from app.worker import run_one
     from app.migrate import upgrade
     from app.projects.schemas import ProjectCreate
     from app.projects.service import create_project
     from app.registry.service import register_version
+    from app.worker import run_one
     from trainer.tiny import build_tiny_policy, keyword_pairs, keyword_texts, train_tokenizer
 
     upgrade()
@@ -98,9 +98,9 @@ def setup(root: Path, pairs: int) -> dict:
 def run_job_system(world: dict, params: dict) -> float:
     from app.db import session_scope
     from app.jobs.service import get_job
+    from app.models import Project
     from app.training.service import create_training_job
     from app.worker import run_one
-    from app.models import Project
 
     with session_scope() as db:
         job = create_training_job(db, db.get(Project, world["project_id"]), "dpo", dataset_id=world["snapshot_id"],

@@ -11,8 +11,8 @@ from app.models.comparison import (
     Prompt,
 )
 from app.models.dataset import DatasetSnapshot
-from app.models.judge import AI_POLICIES, JUDGE_METHODS, AIPolicy, AIVerdict, Judge, JudgeTemplate
 from app.models.job import TERMINAL_STATUSES, Job, JobDependency, JobKind, JobMetric, JobStatus, SchedulerLock
+from app.models.judge import AI_POLICIES, JUDGE_METHODS, AIPolicy, AIVerdict, Judge, JudgeTemplate
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
 from app.models.registry import ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview

@@ -6,8 +6,8 @@ import json
 
 from app.db import session_scope
 from app.jobs.service import create_job
-from app.worker import run_one
 from app.models import DatasetSnapshot
+from app.worker import run_one
 from tests.auth.test_auth import login, session_csrf
 from tests.helpers import import_lines, make_project
 

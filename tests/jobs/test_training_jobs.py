@@ -299,8 +299,8 @@ def test_kill_9_of_a_worker_mid_training_then_another_worker_finishes(client, wo
 def test_scheduler_fires_once_with_two_workers(client, world, db):
     from sqlalchemy import select
 
-    from app.training.scheduler import tick
     from app.models import Job, Project
+    from app.training.scheduler import tick
 
     project = db.get(Project, world["project"]["id"])
     project.schedule = {"reward_every_pairs": 10, "reward_params": FAST}
