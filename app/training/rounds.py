@@ -57,6 +57,7 @@ from app.registry.service import newest_version
 from app.training.scheduler import acquire_lock
 from app.training.service import create_training_job, validated_params
 from app.training.tasks import job_dir
+from app.verifiers.service import create_verify_job, verifiable_prompts
 from app.webhooks.service import emit
 
 log = logging.getLogger("rankforge.rounds")
@@ -67,7 +68,7 @@ NEEDS_REWARD = ("ppo", "grpo", "rloo")
 STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generating,
               "reward": RoundStatus.training, "policy": RoundStatus.training,
               "eval_previous": RoundStatus.evaluating, "eval": RoundStatus.evaluating,
-              "eval_score": RoundStatus.evaluating}  # fmt: skip
+              "eval_score": RoundStatus.evaluating, "verify": RoundStatus.evaluating}  # fmt: skip
 """Each step's job and the stage it belongs to (a retried step puts the round back in that stage)."""
 Z95 = 1.959963984540054
 MAX_MINUTES = 10_000_000.0
@@ -328,7 +329,7 @@ def advance(db: Session, round_: Round) -> str:
                 round_.dataset_id = round_.dataset_id or steps["reward"].dataset_id
             _next_stage(round_, RoundStatus.evaluating)
     if round_.status == RoundStatus.evaluating:
-        done = _stage_done(db, round_, ("eval_previous", "eval", "eval_score"))
+        done = _stage_done(db, round_, ("eval_previous", "eval", "eval_score", "verify"))
         if done:
             steps = _jobs(db, round_, ("eval", "eval_score"))
             if "eval" in steps and not round_.eval_comparison_ids:
@@ -401,6 +402,10 @@ def _start_training(db: Session, round_: Round, project: Project, recipe: RoundR
                                         | ({"reward_model_from": reward_job.id} if reward_job else {}),
                                         depends_on=[evaluate.id])  # fmt: skip
             steps["eval_score"] = score.id
+        if verifiable_prompts(db, project):  # a verifiable project: the new policy's pass rates on the same prompts
+            verify = create_verify_job(db, project, params={"base_model_from": policy_job.id, "round_id": round_.id,
+                                                            "prompt_ids": eval_ids})  # fmt: skip
+            steps["verify"] = verify.id
     round_.jobs = steps
     for name in ("reward", "policy", "eval_previous"):
         if name in steps:
@@ -546,7 +551,16 @@ def round_metrics(db: Session, round_: Round) -> dict:
         "eval_comparisons": len(round_.eval_comparison_ids or []),
         "pairs_trained": snapshot.rows_train if snapshot else None,
         "policy_train_loss": policy_metrics.get("train/loss"),
+        **_verified(steps.get("verify")),
     }  # fmt: skip
+
+
+def _verified(job: Job | None) -> dict:
+    """A verifiable project's round: the new policy's pass@1 and pass@k on the evaluation prompts (verify job)."""
+    rates = (job.result or {}).get("pass_rates") if job is not None else None
+    if not rates:
+        return {}
+    return {key: rates.get(key) for key in ("pass_at_1", "pass_at_1_ci", "pass_at_k", "pass_at_k_ci", "k")}
 
 
 # --- reading and acting on rounds --------------------------------------------------------------------------------

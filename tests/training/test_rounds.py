@@ -275,3 +275,31 @@ def test_two_starts_at_once_make_one_round(loop):
     for thread in threads:
         thread.join()
     assert sorted(map(str, outcomes)) == ["1", "conflict"], outcomes
+
+
+def test_a_verifiable_projects_round_verifies_its_new_policy_on_the_evaluation_prompts(client, loop, db):
+    """The chain a round queues when its prompts carry references: a verify job waits for the policy update, samples
+    the new version (base_model_from) on the evaluation prompts, and the round waits for it before it finishes."""
+    from app.jobs import service as jobs_service
+    from app.models import Job, Project, Round
+    from app.training.rounds import STEP_STAGE, _start_training, get_recipe, round_metrics, start_round
+
+    admin = loop["admin"]
+    lines = [json.dumps({"prompt": f"What is {i} + {i}?", "external_id": f"sum-{i}", "reference": {"answer": 2 * i},
+                         "completions": [{"text": str(2 * i), "model": "seed"}, {"text": "no idea", "model": "seed"}]})
+             for i in range(24)]  # fmt: skip
+    assert import_lines(client, admin, loop["project"]["id"], ("\n".join(lines) + "\n").encode()).status_code == 200
+    project = db.get(Project, loop["project"]["id"])
+    round_ = start_round(db, project)
+    recipe = get_recipe(project)
+    _start_training(db, round_, project, recipe)
+    db.flush()
+    verify = db.get(Job, round_.jobs["verify"])
+    assert verify.kind == "verify" and STEP_STAGE["verify"] == "evaluating"
+    assert verify.params["base_model_from"] == round_.jobs["policy"] and verify.params["round_id"] == round_.id
+    assert sorted(verify.params["prompt_ids"]) == sorted(get_recipe(project).eval_prompt_ids)
+    assert round_.jobs["policy"] in jobs_service.dependencies(db, verify.id)
+    # Its pass rates become the round's figures once it has run.
+    verify.status, verify.result = "succeeded", {"pass_rates": {"pass_at_1": 0.25, "pass_at_1_ci": [0.1, 0.4],
+                                                                "pass_at_k": 0.5, "pass_at_k_ci": [0.3, 0.7], "k": 4}}
+    assert round_metrics(db, db.get(Round, round_.id))["pass_at_1"] == 0.25
