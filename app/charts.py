@@ -37,6 +37,9 @@ WIDTH = 640
 PLOT_HEIGHT = 170
 """Height of the plotting area; title, legend and axes add to it."""
 FONT = 11
+X_LABEL_DROP = 19
+"""Baseline of x tick labels below the plot: far enough under the lowest y tick label (baseline 4 below the plot's
+bottom) that a label at the left end never touches it, whatever the data (at least 1.3 x FONT between baselines)."""
 """Font size of tick labels and legend, in user units."""
 CHAR_WIDTH = 0.62
 """Estimated width of one character as a share of the font size (sans-serif, digits are about 0.55)."""
@@ -337,7 +340,7 @@ def _x_axis(frame: _Frame, axis: Axis, ticks: list[float], labels: list[str], x_
         centre = label_centre(x, label)
         parts.append(f'<line x1="{x:.1f}" y1="{frame.bottom}" x2="{x:.1f}" y2="{frame.bottom + 4}" '
                      'stroke="currentColor" stroke-opacity="0.5"/>'
-                     f'<text class="tick-label" x="{centre:.1f}" y="{frame.bottom + 16}" text-anchor="middle" '
+                     f'<text class="tick-label" x="{centre:.1f}" y="{frame.bottom + X_LABEL_DROP}" text-anchor="middle" '
                      f'font-size="{FONT}" fill="currentColor">{escape(label)}</text>')  # fmt: skip
     parts.append(f'<text class="axis-label" x="{(frame.left + frame.right) / 2:.1f}" y="{frame.height - 8:.1f}" '
                  f'text-anchor="middle" font-size="{FONT}" fill="currentColor">{escape(axis.title)}</text>')  # fmt: skip

@@ -161,3 +161,23 @@ def test_job_page_curves_join_metrics_logged_at_different_steps_and_say_when_the
     assert texts(svg, "chart-title") == ["Loss by training step"]
     assert "Training step" in texts(svg, "axis-label")
     assert len(list(svg.iter("{http://www.w3.org/2000/svg}polyline"))) == 2  # eval_loss joined across its gaps
+
+
+@pytest.mark.parametrize("hour", [0, 1, 5, 12, 21, 23])
+def test_x_tick_labels_stay_clear_of_the_lowest_y_label_at_every_time_of_day(hour):
+    """A 48-hour axis whose first tick falls at its left end (a midnight labelled with the day) drew that label
+    under the y axis' "0" (seen in Chromium when the demo was built near midnight): x tick labels sit a full line
+    below the lowest y label, whatever the hour the window starts at."""
+    start = datetime(2026, 11, 28, hour, 0, tzinfo=UTC)
+    hours = [start + timedelta(hours=i) for i in range(48)]
+    svg = svg_of(charts.bar_chart("Judgments per hour", hours, [i % 5 for i in range(48)], x_axis=Axis("Hour", "UTC"),
+                                  y_axis=Axis("Judgments", "per hour"), empty="none yet"))  # fmt: skip
+    groups = {g.get("class"): g for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+
+    def label_baselines(axis: str) -> list[float]:
+        return [float(t.get("y")) for t in groups[f"axis axis-{axis}"].iter("{http://www.w3.org/2000/svg}text")
+                if t.get("class") == "tick-label"]  # fmt: skip
+
+    lowest_y_label, x_labels = max(label_baselines("y")), label_baselines("x")
+    assert x_labels and min(x_labels) - lowest_y_label >= 1.3 * charts.FONT  # descent of one + ascent of the other
+    assert tick_labels_fit(svg, "x")
