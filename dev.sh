@@ -43,7 +43,15 @@ case "$cmd" in
     setup
     .venv/bin/ruff check .
     .venv/bin/lint-imports --no-cache  # the layering of DESIGN.md (contracts in pyproject.toml)
-    exec .venv/bin/python -m pytest "$@"
+    # Two processes for everything but the browser flows (2 cores), then the browser flows one at a time: they
+    # drive real Chromium against live servers and are timing-sensitive when two run beside each other.
+    # Exit 5 means "no test selected" (a path with only one kind of test): not a failure of the other half.
+    rest=0; browser=0
+    .venv/bin/python -m pytest -n "${RANKFORGE_TEST_WORKERS:-2}" -m "not e2e" "$@" || rest=$?
+    .venv/bin/python -m pytest -m e2e "$@" || browser=$?
+    [ "$rest" -eq 5 ] && rest=0
+    [ "$browser" -eq 5 ] && browser=0
+    [ "$rest" -eq 0 ] && [ "$browser" -eq 0 ]
     ;;
   *)
     echo "usage: ./dev.sh demo|test|setup" >&2

@@ -40,13 +40,16 @@ def test_rewrite_the_best_response_with_the_keyboard(page, api, users, db_url, b
     page.wait_for_selector("#judgment-form[data-mode=pairwise]")
     form = page.locator("#judgment-form")
     action = form.get_attribute("action")
-    second = int(page.locator("#judgment-form .option").nth(1).get_attribute("data-option-id"))
+    # Display order is shuffled per assignment: rewrite the answer with the markdown list, wherever it is shown.
+    options = page.locator("#judgment-form .option")
+    pick = next(i for i in range(2) if "a list item" in options.nth(i).inner_text())
+    second = int(options.nth(pick).get_attribute("data-option-id"))
 
-    # E first asks which response; 2 chooses B (it becomes the better one) and opens the box with B's markdown,
-    # without submitting.
+    # E first asks which response; its number chooses it (it becomes the better one) and opens the box with its
+    # markdown, without submitting.
     page.keyboard.press("e")
     assert "Press 1 or 2" in page.locator("#judgment-message").inner_text()
-    page.keyboard.press("2")
+    page.keyboard.press(str(pick + 1))
     page.wait_for_selector("#edit-panel:not([hidden])")
     page.wait_for_function("() => document.getElementById('edit-text').value.includes('- a list item')",
                            timeout=30_000)  # fmt: skip
