@@ -542,8 +542,9 @@ def round_metrics(db: Session, round_: Round) -> dict:
     complete, total = _share_complete(db, round_.comparison_ids or [])
     policy_metrics = ((steps["policy"].result or {}).get("metrics") or {}) if "policy" in steps else {}
     snapshot = db.get(DatasetSnapshot, round_.dataset_id) if round_.dataset_id else None
+    kl = _kl(steps.get("eval"))  # measured on the evaluation samples; else what the update itself reported
     return metrics | {
-        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": _kl(steps["eval"]) if _kl(steps.get("eval")) is not None else _kl(steps.get("policy")),
+        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": kl if kl is not None else _kl(steps.get("policy")),
         "score_mean": sum(new_scores) / len(new_scores) if new_scores else None,
         "judgments": int(judgments), "eval_judgments": int(eval_judgments),
         "agreement": agreement(db, list(round_.comparison_ids or []) + list(round_.eval_comparison_ids or [])),
