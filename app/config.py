@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     """Comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto
     are believed (app.proxies); empty: the direct peer is the client."""
 
+    secret_key: str | None = None
+    """Encrypts secrets at rest (webhook signing secrets, endpoint keys; app.crypto): at least 32 characters,
+    comma-separated to rotate (the first encrypts). Unset: a key generated once into <data_dir>/secret.key (0600)."""
+
     lease_seconds: int = 1200
     """Default assignment lease for new projects."""
     max_import_bytes: int = 64 * 2**20

@@ -108,3 +108,10 @@ class BackupError(RankforgeError):
     app.backup for the CLI, which prints it; never an HTTP answer."""
 
     status_code = 500
+
+
+class SecretKeyError(RankforgeError):
+    """The server's secret key (RANKFORGE_SECRET_KEY, or the generated key file) is missing, malformed, or not
+    the one a stored secret was encrypted with (app.crypto). A configuration fault, not the caller's."""
+
+    status_code = 503
