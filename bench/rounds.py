@@ -284,7 +284,7 @@ def report(http: httpx.Client, headers: dict, pid: int, rounds: list[dict], reci
 
     from app.db import session_scope
     from app.models import Completion, ModelVersion, Prompt, Round
-    from app.training.rounds import head_to_head
+    from app.quality.rounds import head_to_head
 
     eval_ids = http.get(f"/api/v1/projects/{pid}/rounds/recipe", headers=headers).json()["eval_prompt_ids"]
     with session_scope() as db:

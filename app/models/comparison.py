@@ -137,12 +137,15 @@ class Judgment(IdMixin, CreatedMixin, Base):
     """Active time: the page was visible and the rater interacted; idle gaps over a threshold do not count."""
     guideline_version: Mapped[int | None]
     source: Mapped[str] = mapped_column(String(16), default="human")
-    """human | ai | imported"""
+    """human | ai | battle | imported (app.judgments.selections names which figures count which)"""
     top_completion_id: Mapped[int | None]
     """The completion ranked first alone (None when the top group is a tie): agreement and reliability
     statistics read this column instead of parsing every ranking."""
     chosen_position: Mapped[int | None]
     """Display position (0-based) of the option ranked first alone, for position-bias checks."""
+    voided_at: Mapped[datetime | None]
+    """When the vote was voided (a battle whose side failed): a voided judgment is kept for the record but no
+    figure counts it (app.judgments.selections)."""
 
 
 class PracticeAnswer(IdMixin, CreatedMixin, Base):

@@ -8,8 +8,9 @@
                 the recipe says (always for ppo/grpo/rloo) -> policy update (dpo, kto, ppo, grpo, rloo)
     evaluating  the new version and the previous one answer the held-out evaluation prompts; those pairs go to
                 raters (arena comparisons); a score job scores them with the round's reward model
-    done        metrics: human win rate of new over previous (ties half a win, 95% Wilson interval), reward
-                accuracy on judgments made after the reward model's snapshot, KL, mean reward score
+    done        metrics: human win rate of new over previous (ties half a win, 95% Wilson interval; the AI judges'
+                beside it), reward accuracy on judgments made after the reward model's snapshot, KL, mean reward
+                score (the judgment figures: app.quality.rounds)
 
 Every step is an ordinary job (visible on the jobs pages) chained to the previous one by a job dependency, so
 the queue runs a stage's jobs back to back; the round row only remembers which jobs are its steps. Its state
@@ -53,6 +54,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.quality.rounds import round_figures
 from app.registry.service import newest_version
 from app.training.scheduler import acquire_lock
 from app.training.service import create_training_job, validated_params
@@ -70,7 +72,6 @@ STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generatin
               "eval_previous": RoundStatus.evaluating, "eval": RoundStatus.evaluating,
               "eval_score": RoundStatus.evaluating, "verify": RoundStatus.evaluating}  # fmt: skip
 """Each step's job and the stage it belongs to (a retried step puts the round back in that stage)."""
-Z95 = 1.959963984540054
 MAX_MINUTES = 10_000_000.0
 
 
@@ -420,92 +421,7 @@ def _finish(db: Session, round_: Round, project: Project) -> None:
     log.info("round %s of %s done: %s", round_.number, project.slug, round_.metrics)
 
 
-# --- statistics ------------------------------------------------------------------------------------------------
-
-
-def wilson_interval(wins: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a share (wins may hold halves: ties count half a win)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = wins / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _outcome(ranking: list, a: int, b: int) -> float | None:
-    """1 when a is ranked above b, 0 when below, 0.5 when tied; None when either is missing."""
-    rank = {c: i for i, group in enumerate(ranking or []) for c in group}
-    if a not in rank or b not in rank:
-        return None
-    return 1.0 if rank[a] < rank[b] else 0.0 if rank[a] > rank[b] else 0.5
-
-
-def head_to_head(db: Session, comparison_ids: list[int], new_id: int | None, old_id: int | None) -> dict:
-    """Human (and AI) verdicts of version new_id against old_id on these comparisons: ties half a win."""
-    if not comparison_ids or new_id is None or old_id is None:
-        return {"win_rate": None, "win_rate_ci": None, "battles": 0}
-    comparisons = {c.id: c.completion_ids for c in db.scalars(select(Comparison).where(
-        Comparison.id.in_(comparison_ids)))}  # fmt: skip
-    all_ids = {c for ids in comparisons.values() for c in ids}
-    version = dict(db.execute(select(Completion.id, Completion.model_version_id)
-                              .where(Completion.id.in_(all_ids))).all()) if all_ids else {}  # fmt: skip
-    wins, battles = 0.0, 0
-    for comparison_id, ranking in db.execute(select(Judgment.comparison_id, Judgment.ranking).where(
-            Judgment.comparison_id.in_(list(comparisons)), Judgment.source != "imported")):  # fmt: skip
-        ids = comparisons[comparison_id]
-        new = [c for c in ids if version.get(c) == new_id]
-        old = [c for c in ids if version.get(c) == old_id]
-        if len(new) != 1 or len(old) != 1:
-            continue
-        outcome = _outcome(ranking, new[0], old[0])
-        if outcome is not None:
-            wins, battles = wins + outcome, battles + 1
-    if battles == 0:
-        return {"win_rate": None, "win_rate_ci": None, "battles": 0}
-    return {"win_rate": wins / battles, "win_rate_ci": list(wilson_interval(wins, battles)), "battles": battles}
-
-
-def reward_accuracy(db: Session, comparison_ids: list[int], scores: dict, since) -> tuple[float | None, int]:
-    """Share of human verdicts (a strict winner, made after `since`: the reward model's snapshot) on which the
-    reward model's scores agree; and how many there were."""
-    if not comparison_ids or not scores:
-        return None, 0
-    right = total = 0
-    comparisons = {c.id: c.completion_ids for c in db.scalars(select(Comparison).where(
-        Comparison.id.in_(comparison_ids)))}  # fmt: skip
-    query = select(Judgment.comparison_id, Judgment.ranking).where(Judgment.comparison_id.in_(list(comparisons)),
-                                                                   Judgment.source == "human")  # fmt: skip
-    if since is not None:
-        query = query.where(Judgment.created_at > since)
-    for comparison_id, ranking in db.execute(query):
-        ids = comparisons[comparison_id]
-        for i, a in enumerate(ids):
-            for b in ids[i + 1 :]:
-                outcome = _outcome(ranking, a, b)
-                if outcome in (0.0, 1.0) and str(a) in scores and str(b) in scores and scores[str(a)] != scores[str(b)]:
-                    total += 1
-                    right += (scores[str(a)] > scores[str(b)]) == (outcome == 1.0)
-    return (right / total if total else None), total
-
-
-def agreement(db: Session, comparison_ids: list[int]) -> float | None:
-    """Share of pairs of verdicts on the same comparison that put the same completion first (a tie at the top
-    counts as its own verdict); None when no comparison has two."""
-    if not comparison_ids:
-        return None
-    tops: dict[int, list] = {}
-    for comparison_id, top in db.execute(select(Judgment.comparison_id, Judgment.top_completion_id)
-                                         .where(Judgment.comparison_id.in_(comparison_ids))):  # fmt: skip
-        tops.setdefault(comparison_id, []).append(top)
-    same = pairs = 0
-    for verdicts in tops.values():
-        for i, a in enumerate(verdicts):
-            for b in verdicts[i + 1 :]:
-                pairs += 1
-                same += a == b
-    return same / pairs if pairs else None
+# --- figures (computed by app.quality.rounds; the jobs' own figures read here) ----------------------------
 
 
 def _kl(job: Job | None) -> float | None:
@@ -520,34 +436,24 @@ def _kl(job: Job | None) -> float | None:
 
 
 def round_metrics(db: Session, round_: Round) -> dict:
-    """The round's figures, computed from its rows (cached in round.metrics when it finishes)."""
+    """The round's figures, computed from its rows (cached in round.metrics when it finishes): the judgment
+    figures from app.quality.rounds.round_figures, plus what the round's jobs report."""
     steps = _jobs(db, round_)
-    metrics = head_to_head(db, round_.eval_comparison_ids, round_.new_policy_version_id, round_.policy_version_id)
     since = None
     reward_version = db.get(ModelVersion, round_.reward_version_id) if round_.reward_version_id else None
     if reward_version is not None and reward_version.dataset_id:
         snapshot = db.get(DatasetSnapshot, reward_version.dataset_id)
         since = snapshot.created_at if snapshot else None
-    accuracy, verdicts = reward_accuracy(db, round_.eval_comparison_ids, round_.eval_scores or {}, since)
-    new_scores = []
-    if round_.eval_scores and round_.new_policy_version_id:
-        mine = set(db.scalars(select(Completion.id).where(
-            Completion.id.in_([int(k) for k in round_.eval_scores]),
-            Completion.model_version_id == round_.new_policy_version_id)))  # fmt: skip
-        new_scores = [v for k, v in round_.eval_scores.items() if int(k) in mine]
-    judgments = db.scalar(select(func.count()).select_from(Judgment).where(
-        Judgment.comparison_id.in_(round_.comparison_ids or [-1]))) or 0  # fmt: skip
-    eval_judgments = db.scalar(select(func.count()).select_from(Judgment).where(
-        Judgment.comparison_id.in_(round_.eval_comparison_ids or [-1]))) or 0  # fmt: skip
+    figures = round_figures(db, comparison_ids=list(round_.comparison_ids or []),
+                            eval_comparison_ids=list(round_.eval_comparison_ids or []),
+                            new_version_id=round_.new_policy_version_id, old_version_id=round_.policy_version_id,
+                            eval_scores=round_.eval_scores or {}, reward_since=since)  # fmt: skip
     complete, total = _share_complete(db, round_.comparison_ids or [])
     policy_metrics = ((steps["policy"].result or {}).get("metrics") or {}) if "policy" in steps else {}
     snapshot = db.get(DatasetSnapshot, round_.dataset_id) if round_.dataset_id else None
     kl = _kl(steps.get("eval"))  # measured on the evaluation samples; else what the update itself reported
-    return metrics | {
-        "reward_accuracy": accuracy, "reward_verdicts": verdicts, "kl": kl if kl is not None else _kl(steps.get("policy")),
-        "score_mean": sum(new_scores) / len(new_scores) if new_scores else None,
-        "judgments": int(judgments), "eval_judgments": int(eval_judgments),
-        "agreement": agreement(db, list(round_.comparison_ids or []) + list(round_.eval_comparison_ids or [])),
+    return figures | {
+        "kl": kl if kl is not None else _kl(steps.get("policy")),
         "prompts": len(round_.prompt_ids or []), "comparisons": total, "comparisons_complete": complete,
         "eval_comparisons": len(round_.eval_comparison_ids or []),
         "pairs_trained": snapshot.rows_train if snapshot else None,

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import audit
 from app.errors import NotFound, Unprocessable
+from app.intervals import wilson_interval
 from app.jobs.service import create_job
 from app.models import Completion, Job, JobStatus, ModelVersion, Project, Prompt, User, Verdict, utcnow
 from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
@@ -39,7 +40,8 @@ VERIFY_PARAMS = {
 }
 HELD_OUT_SPLITS = ("test", "eval", "validation", "heldout")
 BOOTSTRAP_SAMPLES = 1000
-Z95 = 1.959964
+wilson = wilson_interval
+"""The error rates' interval (the one Wilson interval of the app, app.intervals)."""
 
 
 def is_excluded(prompt: Prompt) -> bool:
@@ -303,15 +305,6 @@ def audit_verdict(db: Session, verdict_id: int, correct: bool, note: str, actor:
     verdict.audited_at = utcnow()
     audit(db, actor, "verifier.audit", "verdict", verdict.id, correct=correct)
     return verdict
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
-    if n == 0:
-        return (None, None)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def error_rates(db: Session, project: Project) -> dict:
