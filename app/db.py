@@ -8,13 +8,15 @@ lock instead of failing with "database is locked" half-way through and being ret
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import orjson
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +42,40 @@ def json_loads(text: str | bytes):
         return json.loads(text)
 
 
+OWNER_ONLY_FILE, OWNER_ONLY_DIR = 0o600, 0o700
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    """Tighten a file or directory we own to `mode` (one owned by someone else is left to its owner)."""
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except FileNotFoundError:
+        pass
+
+
+def secure_storage(url: str) -> None:
+    """The SQLite file (and its WAL and SHM files, which SQLite creates with the database file's mode) and the
+    artifact directory are readable by their owner only: they hold password hashes, token hashes, user text and
+    encrypted secrets, and other local users (or code under test) must not copy them."""
+    data_dir = str(get_settings().data_dir)
+    if "://" not in data_dir:
+        Path(data_dir).mkdir(parents=True, exist_ok=True, mode=OWNER_ONLY_DIR)
+        _owner_only(Path(data_dir), OWNER_ONLY_DIR)
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=OWNER_ONLY_DIR)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, OWNER_ONLY_FILE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        _owner_only(file, OWNER_ONLY_FILE)
+
+
 def make_engine(url: str) -> Engine:
+    secure_storage(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,

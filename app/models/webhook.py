@@ -18,8 +18,9 @@ class WebhookEndpoint(IdMixin, CreatedMixin, Base):
     description: Mapped[str] = mapped_column(String(500), default="")
     events: Mapped[list] = mapped_column(default=list)
     """Event types it receives, e.g. ["dataset.ready", "job.succeeded"]; ["*"] is every event."""
-    secret: Mapped[str] = mapped_column(String(100))
-    """`whsec_<base64>`. Stored as it is: Standard Webhooks signs with the raw key. Shown once on creation."""
+    secret: Mapped[str] = mapped_column(String(500))
+    """`whsec_<base64>`, encrypted at rest (app.crypto: `enc:v1:...`; read it through
+    app.webhooks.service.signing_secret). Shown once on creation."""
     enabled: Mapped[bool] = mapped_column(default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     consecutive_failures: Mapped[int] = mapped_column(default=0)

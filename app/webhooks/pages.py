@@ -42,7 +42,7 @@ async def create_webhook_page(request: Request, db: DbSession, principal: Admin,
         context = _list_context(db) | {"error": str(error.detail), "form": form}
         return render(request, "webhooks/list.html", context, status_code=error.status_code)
     # The secret is shown on this answer only (not a redirect: it must not land in a URL or the history).
-    context = _list_context(db) | {"created": endpoint, "secret": endpoint.secret}
+    context = _list_context(db) | {"created": endpoint, "secret": service.signing_secret(endpoint)}
     return render(request, "webhooks/list.html", context, status_code=201)
 
 
@@ -53,7 +53,7 @@ def webhook_page(endpoint_id: Id, request: Request, db: DbSession, principal: Ad
     page = max(1, page)
     deliveries = service.list_deliveries(db, endpoint.id, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
     return render(request, "webhooks/detail.html", {
-        "endpoint": endpoint, "deliveries": deliveries[:PAGE_SIZE], "page": page,
+        "endpoint": endpoint, "secret_hint": service.secret_hint(endpoint), "deliveries": deliveries[:PAGE_SIZE], "page": page,
         "has_next": len(deliveries) > PAGE_SIZE, "saved": request.query_params.get("saved"),
         "project": db.get(Project, endpoint.project_id) if endpoint.project_id else None,
     })  # fmt: skip

@@ -19,7 +19,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.errors import Conflict, NotFound, Unprocessable
+from app.crypto import decrypt_secret, encrypt_secret
+from app.errors import Conflict, NotFound, SecretKeyError, Unprocessable
 from app.models import AuditLog, Project, User, WebhookDelivery, WebhookEndpoint, utcnow
 
 EVENT_TYPES = (
@@ -45,6 +46,18 @@ class UnsafeWebhookUrl(Unprocessable):
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def signing_secret(endpoint: WebhookEndpoint) -> str:
+    """The endpoint's `whsec_...` secret; stored encrypted (app.crypto), so a copied database reveals none."""
+    return decrypt_secret(endpoint.secret)
+
+
+def secret_hint(endpoint: WebhookEndpoint) -> str:
+    try:
+        return signing_secret(endpoint)[:10] + "…"
+    except SecretKeyError:  # the list stays readable; sending tells the admin what is wrong
+        return "(cannot be decrypted: check RANKFORGE_SECRET_KEY)"
 
 
 def new_msg_id() -> str:
@@ -134,7 +147,7 @@ def create_endpoint(db: Session, url: str, events: list[str], *, project: Projec
     """A new endpoint; its `secret` is returned to the caller once (the API shows it only on creation)."""
     resolve_checked(url)
     endpoint = WebhookEndpoint(url=url, events=check_events(events), project_id=project.id if project else None,
-                               description=description, secret=new_secret(), enabled=True, consecutive_failures=0,
+                               description=description, secret=encrypt_secret(new_secret()), enabled=True, consecutive_failures=0,
                                created_by_id=actor.id if actor else None)  # fmt: skip
     db.add(endpoint)
     db.flush()
@@ -174,9 +187,10 @@ def update_endpoint(db: Session, endpoint: WebhookEndpoint, changes: dict, actor
 
 
 def rotate_secret(db: Session, endpoint: WebhookEndpoint, actor: User | None) -> str:
-    endpoint.secret = new_secret()
+    secret = new_secret()
+    endpoint.secret = encrypt_secret(secret)
     _audit(db, actor, "webhook.rotate_secret", endpoint.id)
-    return endpoint.secret
+    return secret
 
 
 def delete_endpoint(db: Session, endpoint: WebhookEndpoint, actor: User | None) -> None:
@@ -270,11 +284,11 @@ def endpoint_json(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> di
     body = {
         "id": endpoint.id, "project_id": endpoint.project_id, "url": endpoint.url, "events": endpoint.events,
         "description": endpoint.description, "enabled": endpoint.enabled, "disabled_reason": endpoint.disabled_reason,
-        "consecutive_failures": endpoint.consecutive_failures, "secret_hint": endpoint.secret[:10] + "…",
+        "consecutive_failures": endpoint.consecutive_failures, "secret_hint": secret_hint(endpoint),
         "created_at": endpoint.created_at.isoformat(),
     }  # fmt: skip
     if with_secret:
-        body["secret"] = endpoint.secret
+        body["secret"] = signing_secret(endpoint)
     return body
 
 

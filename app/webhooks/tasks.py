@@ -23,6 +23,7 @@ from sqlalchemy import delete, or_, select
 
 from app.config import get_settings
 from app.db import is_sqlite, session_scope
+from app.errors import SecretKeyError
 from app.models import WebhookDelivery, WebhookEndpoint, utcnow
 from app.webhooks.service import (
     UnsafeWebhookUrl,
@@ -30,6 +31,7 @@ from app.webhooks.service import (
     headers_for,
     new_msg_id,
     resolve_checked,
+    signing_secret,
 )
 
 log = logging.getLogger("rankforge.webhooks")
@@ -100,10 +102,16 @@ def _claim(worker_id: str) -> list[dict]:
             query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
         claimed = []
         for delivery, endpoint in db.execute(query).all():
+            try:
+                secret = signing_secret(endpoint)
+            except SecretKeyError as error:  # a server misconfiguration: keep the message, say why, retry later
+                delivery.last_error = str(error.detail)
+                delivery.next_attempt_at = now + timedelta(seconds=backoff_seconds(delivery.attempts + 1))
+                continue
             delivery.lease_until = now + timedelta(seconds=settings.webhooks_timeout_seconds + 30)
             delivery.attempts += 1
             claimed.append({"id": delivery.id, "endpoint_id": endpoint.id, "url": endpoint.url,
-                            "secret": endpoint.secret, "msg_id": delivery.msg_id, "body": body_bytes(delivery.payload),
+                            "secret": secret, "msg_id": delivery.msg_id, "body": body_bytes(delivery.payload),
                             "attempts": delivery.attempts})  # fmt: skip
     return claimed
 
