@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,34 @@ templates.env.filters["markdown"] = render_markdown
 templates.env.filters["tojson_compact"] = lambda value: json.dumps(value, separators=(",", ":"))
 
 
+LABELS = "ABCDEFGHI"
+"""Answer letters, in display order (rating page) or stored order (staff pages)."""
+CLIP_CHARS = 20_000
+"""Texts longer than this show their beginning and a "show all" that fetches the rest as plain text: a 1 MiB
+completion of one character rendered whole kept Chromium from ever finishing the page."""
+
+
+LONG_WORD = re.compile(r"\S{1000,}")
+"""A run this long with no space is shown as plain monospace text (see .plain-text in static/app.css: Chromium
+lays such a run out in quadratic time in the proportional font)."""
+
+
+def clipped_markdown(text: str, limit: int = CLIP_CHARS) -> dict:
+    """{html, clipped, length, shown}: the text as sanitized markdown, or only its first `limit` characters (cut
+    at a line end when one is in the second half) when it is longer; plain text when it has a very long word."""
+    head = text
+    if len(text) > limit:
+        head = text[:limit]
+        line_end = head.rfind("\n", limit // 2)
+        if line_end > 0:
+            head = head[:line_end]
+    if LONG_WORD.search(head):
+        html = Markup('<pre class="plain-text">') + head + Markup("</pre>")  # escaped by Markup's +
+    else:
+        html = render_markdown(head)
+    return {"html": html, "clipped": len(head) < len(text), "length": len(text), "shown": len(head)}
+
+
 def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
@@ -56,3 +85,46 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, s
     }
     ctx.update(context or {})
     return templates.TemplateResponse(request, name, ctx, status_code=status_code)
+
+
+# Every page of a project, in the order the project navigation shows them, with the roles that may open it
+# (the same roles the page's route requires).
+_STAFF, _EVERYONE = ("admin", "engineer"), ("admin", "engineer", "annotator")
+PROJECT_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Overview", "", _STAFF),
+    ("Rate", "/annotate", _EVERYONE),
+    ("Dashboard", "/dashboard", _STAFF),
+    ("Leaderboard", "/leaderboard", _STAFF),
+    ("Rounds", "/rounds", _STAFF),
+    ("Train", "/train", _STAFF),
+    ("Judges", "/judges", _STAFF),
+    ("AI review", "/ai-review", _EVERYONE),
+    ("Verifier", "/verifier", _EVERYONE),
+    ("Edits", "/edits", _STAFF),
+    ("Practice", "/practice", _STAFF),
+    ("Pay", "/pay", _STAFF),
+    ("Members", "/members", ("admin",)),
+)
+
+
+def project_nav(user, project, path: str) -> list[dict]:
+    """The project navigation for `user`: label, href (by slug) and whether it is the page at `path`
+    (which may name the project by id or by slug)."""
+    if user is None or project is None or not hasattr(project, "slug"):
+        return []
+    role = str(getattr(user.role, "value", user.role))
+    section = ""
+    for ref in (str(project.id), project.slug):
+        prefix = f"/projects/{ref}"
+        if path == prefix or path.startswith(prefix + "/"):
+            section = path[len(prefix):]
+    links = []
+    for label, suffix, roles in PROJECT_PAGES:
+        if role not in roles:
+            continue
+        current = section == suffix or (suffix != "" and section.startswith(suffix + "/"))
+        links.append({"label": label, "href": f"/projects/{project.slug}{suffix}", "current": current})
+    return links
+
+
+templates.env.globals["project_nav"] = project_nav

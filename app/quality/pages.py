@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from app import charts
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
+from app.judgments.content import comparison_contents, comparison_page_data
 from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
 from app.quality import service
@@ -73,17 +74,26 @@ def dashboard_page(project_ref: str, request: Request, db: DbSession, principal:
     figures = service.dashboard(db, project)
     stats = service.project_stats(db, project)
     stats["raters"].sort(key=lambda r: -1.0 if r["reliability"] is None else -r["reliability"])  # most reliable first
+    reviews = service.review_queue(db, project)
     context = {
         "project": project,
         "figures": figures,
         "charts": _charts(figures),
         "stats": stats,
-        "reviews": service.review_queue(db, project),
+        "reviews": reviews,
+        "contents": comparison_contents(db, project, [r["comparison_id"] for r in reviews]),
         "resolved": service.review_queue(db, project, resolved=True, limit=20),
         "batches": service.batch_priorities(db, project),
         "saved": request.query_params.get("saved"),
     }
     return render(request, "quality/dashboard.html", context)
+
+
+@router.get("/projects/{project_ref}/comparisons/{comparison_id}")
+def comparison_page(project_ref: str, comparison_id: Id, request: Request, db: DbSession, principal: Staff):
+    """One comparison with what it is about and every judgment on it (linked from the review queue, practice items)."""
+    project = get_project(db, project_ref)
+    return render(request, "quality/comparison.html", {"project": project} | comparison_page_data(db, project, comparison_id))
 
 
 @router.post("/projects/{project_ref}/reviews/{judgment_id}")

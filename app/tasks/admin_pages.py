@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app.auth.deps import Admin, DbSession, Staff
 from app.errors import Unprocessable
 from app.judgments import edits
+from app.judgments.content import comparison_contents, ranking_in_letters
 from app.limits import Id
 from app.models import Comparison
 from app.projects.schemas import ProjectUpdate
@@ -45,7 +46,10 @@ def practice_page(project_ref: str, request: Request, db: DbSession, principal: 
     project = get_project(db, project_ref)
     gold = db.scalars(select(Comparison).where(Comparison.project_id == project.id, Comparison.is_gold)
                       .order_by(Comparison.practice.desc(), Comparison.id).limit(500)).all()  # fmt: skip
-    context = {"project": project, "gold": gold, "results": practice.results(db, project),
+    contents = comparison_contents(db, project, [c.id for c in gold])
+    gold_rankings = {c.id: ranking_in_letters(c.gold_ranking, contents[c.id]["letters"]) for c in gold}
+    context = {"project": project, "gold": gold, "contents": contents, "gold_rankings": gold_rankings,
+               "results": practice.results(db, project),
                "available": practice.practice_count(db, project.id), "saved": request.query_params.get("saved")}  # fmt: skip
     return render(request, "tasks/practice_admin.html", context)
 

@@ -5,40 +5,11 @@ Model names never leave this module: options carry only the completion id and it
 
 from __future__ import annotations
 
-import re
-
-from markupsafe import Markup
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.models import Assignment, Completion, Prompt
-from app.web import render_markdown
-
-LABELS = "ABCDEFGHI"
-CLIP_CHARS = 20_000
-"""Texts longer than this show their beginning and a "show all" that fetches the rest as plain text: a 1 MiB
-completion of one character rendered whole kept Chromium from ever finishing the page."""
-
-
-LONG_WORD = re.compile(r"\S{1000,}")
-"""A run this long with no space is shown as plain monospace text (see .plain-text in static/app.css: Chromium
-lays such a run out in quadratic time in the proportional font)."""
-
-
-def clipped_markdown(text: str, limit: int = CLIP_CHARS) -> dict:
-    """{html, clipped, length, shown}: the text as sanitized markdown, or only its first `limit` characters (cut
-    at a line end when one is in the second half) when it is longer; plain text when it has a very long word."""
-    head = text
-    if len(text) > limit:
-        head = text[:limit]
-        line_end = head.rfind("\n", limit // 2)
-        if line_end > 0:
-            head = head[:line_end]
-    if LONG_WORD.search(head):
-        html = Markup('<pre class="plain-text">') + head + Markup("</pre>")  # escaped by Markup's +
-    else:
-        html = render_markdown(head)
-    return {"html": html, "clipped": len(head) < len(text), "length": len(text), "shown": len(head)}
+from app.web import CLIP_CHARS, LABELS, clipped_markdown  # noqa: F401 - CLIP_CHARS: read by callers
 
 
 def _load(db: Session, assignment: Assignment) -> tuple[Prompt, list[Completion]]:

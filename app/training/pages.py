@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from app.auth.deps import DbSession, Staff
 from app.errors import RankforgeError
-from app.limits import Id
 from app.models import DatasetSnapshot, Project
 from app.projects.service import get_project
 from app.registry.service import list_versions, newest_version
@@ -45,9 +44,9 @@ def _train_context(
     }  # fmt: skip
 
 
-@router.get("/projects/{project_id}/train")
-def train_page(project_id: Id, request: Request, db: DbSession, principal: Staff, kind: str = "reward"):
-    project = get_project(db, project_id)
+@router.get("/projects/{project_ref}/train")
+def train_page(project_ref: str, request: Request, db: DbSession, principal: Staff, kind: str = "reward"):
+    project = get_project(db, project_ref)
     kind = kind if kind in TRAINING_KINDS else "reward"
     return render(request, "training/train.html", _train_context(db, project, kind))
 
@@ -62,9 +61,9 @@ def _read_param(raw: str, default):
     return raw
 
 
-@router.post("/projects/{project_id}/train")
-async def start_training(project_id: Id, request: Request, db: DbSession, principal: Staff):
-    project = get_project(db, project_id)
+@router.post("/projects/{project_ref}/train")
+async def start_training(project_ref: str, request: Request, db: DbSession, principal: Staff):
+    project = get_project(db, project_ref)
     form = await request.form()
     kind = str(form.get("kind", ""))
     if kind not in TRAINING_KINDS:
