@@ -84,12 +84,64 @@ def headers_for(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[s
 # --- server-side request forgery -------------------------------------------------------------------------------
 
 
-def _blocked(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or not ip.is_global)  # fmt: skip
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+TEREDO = ipaddress.ip_network("2001::/32")
+SIXTOFOUR = ipaddress.ip_network("2002::/16")
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, where one does: IPv4-mapped, IPv4-compatible, 6to4, NAT64."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip in NAT64_WELL_KNOWN or ip in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def non_global_reason(address: str) -> str | None:
+    """Why this address is not a globally routable one (in any of its encodings), or None if it is."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # a zone index (fe80::1%eth0) is link-local anyway
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in TEREDO:  # the client address is obfuscated and the relay is whoever answers: never a receiver
+            return "a Teredo tunnel address"
+        if ip in NAT64_LOCAL_USE or ip in SITE_LOCAL:
+            return "a local-use address"
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            reason = non_global_reason(str(embedded))
+            return f"{reason} ({embedded}, embedded in {ip})" if reason else None
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_private or ip.is_reserved or not ip.is_global:
+        return "a private or reserved address"
+    return None
+
+
+def _numeric_host(hostname: str) -> bool:
+    """Labels that are all decimal, octal or hex numbers: an IPv4 address in a short or odd encoding
+    (`2130706433`, `0x7f.1`, `127.1`, `0177.0.0.1`); no DNS name looks like that (a top-level domain is never
+    numeric)."""
+    labels = hostname.rstrip(".").split(".")
+    return all(label.isdigit() or (label[:2].lower() == "0x" and all(c in "0123456789abcdefABCDEF"
+                                                                       for c in label[2:])) for label in labels)
+
+
+def _canonical_ipv4(hostname: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(hostname)) == hostname
+    except ValueError:
+        return False
 
 
 def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]:
@@ -108,6 +160,8 @@ def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]
         raise UnsafeWebhookUrl("A webhook URL needs a host.")
     if parts.username or parts.password:
         raise UnsafeWebhookUrl("A webhook URL may not carry a user name or password.")
+    if _numeric_host(parts.hostname) and not _canonical_ipv4(parts.hostname):
+        raise UnsafeWebhookUrl(f"{parts.hostname!r} is an IPv4 address in an unusual form: write it as a.b.c.d.")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
@@ -115,10 +169,10 @@ def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]
         raise UnsafeWebhookUrl(f"Cannot resolve {parts.hostname!r}: {error}") from error
     addresses = sorted({info[4][0] for info in infos})
     if not allow_private:
-        blocked = [a for a in addresses if _blocked(a)]
+        blocked = [f"{a}: {reason}" for a in addresses if (reason := non_global_reason(a))]
         if blocked:
             raise UnsafeWebhookUrl(
-                f"{parts.hostname} resolves to a loopback, link-local or private address ({', '.join(blocked)}); "
+                f"{parts.hostname} resolves to an address that is not globally routable ({'; '.join(blocked)}); "
                 "set RANKFORGE_WEBHOOKS_ALLOW_PRIVATE=true to allow receivers on a private network."
             )
     return addresses
