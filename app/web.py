@@ -113,7 +113,7 @@ def project_nav(user, project, path: str) -> list[dict]:
     if user is None or project is None or not hasattr(project, "slug"):
         return []
     role = str(getattr(user.role, "value", user.role))
-    section = ""
+    section = None  # a page outside the project's URLs (a job of the project) marks no link
     for ref in (str(project.id), project.slug):
         prefix = f"/projects/{ref}"
         if path == prefix or path.startswith(prefix + "/"):
@@ -122,7 +122,7 @@ def project_nav(user, project, path: str) -> list[dict]:
     for label, suffix, roles in PROJECT_PAGES:
         if role not in roles:
             continue
-        current = section == suffix or (suffix != "" and section.startswith(suffix + "/"))
+        current = section is not None and (section == suffix or (suffix != "" and section.startswith(suffix + "/")))
         links.append({"label": label, "href": f"/projects/{project.slug}{suffix}", "current": current})
     return links
 

@@ -21,6 +21,7 @@ from app.limits import Id
 from app.models import DatasetSnapshot, Job, Project, User
 from app.projects.service import get_project
 from app.web import is_htmx, render
+from trainer.params import KIND_INFO
 
 router = APIRouter(tags=["pages"])
 
@@ -84,6 +85,7 @@ def _detail_context(db, snapshot: DatasetSnapshot, job: Job | None) -> dict:
         "file_sizes": {name: info.get("bytes") for name, info in manifest.get("files", {}).items()},
         "preview": preview_rows(snapshot) if snapshot.status == "ready" else [],
         "chart": pairs_per_day_svg(manifest.get("rows_per_day") or {}, snapshot.format),
+        "train_kinds": [kind for kind, info in KIND_INFO.items() if info.dataset_format == snapshot.format],
     }
 
 

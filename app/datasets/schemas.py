@@ -3,6 +3,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from app.judgments.selections import EXPORT_DEFAULT
 from app.limits import Input, PositiveInt4, varchar
 from app.models import Comparison
 
@@ -18,8 +19,10 @@ class DatasetFilters(Input):
     exclude_gold: bool = False
     include_edits: bool = Field(default=True, description="Raters' rewrites: in pairs (edit over its parent, "
                                 "`edited: true`) and in sft (as demonstrations). False leaves them out.")
-    sources: list[Literal["human", "imported", "ai"]] = Field(
-        default=["human", "imported"], description="Which judgments count: human, imported, ai."
+    sources: list[Literal["human", "imported", "ai", "battle"]] = Field(
+        default=list(EXPORT_DEFAULT), min_length=1,
+        description="Which judgments count (app.judgments.selections; excluded and voided ones never do): human, "
+        "imported, ai, battle.",
     )
     batches: list[varchar(Comparison.batch)] | None = Field(default=None, max_length=1000,
                                       description="Only comparisons of these batches; None keeps every batch.")

@@ -28,12 +28,12 @@ from app.datasets.snapshot_files import (
 from app.db import json_loads, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
 from app.jobs.service import create_job
+from app.judgments.selections import counted
 from app.models import (
     AIVerdict,
     Comparison,
     Completion,
     DatasetSnapshot,
-    FlagReview,
     Job,
     JobStatus,
     Judgment,
@@ -100,9 +100,9 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
                _as_text(Judgment.attributes), AIVerdict.confidence)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .outerjoin(AIVerdict, AIVerdict.judgment_id == Judgment.id)  # an AI judgment's confidence
-        .where(Judgment.project_id == project.id, Judgment.source.in_(filters.sources),
-               # an admin who resolved a flag as "excluded" took the judgment out of every export
-               ~exists().where(FlagReview.judgment_id == Judgment.id, FlagReview.resolution == "excluded"))
+        # the counted judgments of the asked-for sources (app.judgments.selections): an admin who resolved a flag as
+        # "excluded" took the judgment out of every export, a voided battle never enters one
+        .where(counted(*filters.sources, project_id=project.id))
         .order_by(Judgment.comparison_id, Judgment.id)
     )  # fmt: skip
     if filters.date_from:

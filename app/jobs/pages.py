@@ -17,19 +17,18 @@ from app.errors import RankforgeError
 from app.jobs import service
 from app.limits import Id
 from app.models import TERMINAL_STATUSES, DatasetSnapshot, Job, JobMetric, ModelVersion, Project, utcnow
+from app.models.job import KINDS_WITH_CURVES
+from app.models.job import PARAM_DEFAULTS as DEFAULTS
 from app.web import is_htmx, render
-from trainer.params import KIND_INFO
 
 router = APIRouter(tags=["pages"])
 
 CURVES = (("Loss", ("loss",), ""), ("Reward", ("reward", "score", "accurac", "margin"), ""), ("KL", ("kl",), "nats"))
 """Charts on the job page (title, words, unit): a metric goes into the first chart whose words its name contains."""
 MAX_SERIES = 4
-KINDS_WITH_CURVES = tuple(kind for kind, info in KIND_INFO.items() if info.output in ("reward", "policy"))
-"""Kinds that train a model and report curves while they run (from the trainer's one list of kinds)."""
 
 
-def metric_charts(rows: list[JobMetric], kind: str = "reward") -> list[Markup]:
+def metric_charts(rows: list[JobMetric], kind: str) -> list[Markup]:
     """The job's curves by training step (one chart per CURVES entry that has metrics); with no metrics yet, one
     chart's empty state saying when they appear."""
     series: dict[str, dict[str, dict[int, float]]] = {title: {} for title, _, _ in CURVES}
@@ -85,6 +84,29 @@ def dropped_warning(job: Job) -> str | None:
     return None
 
 
+LOG_SHOWN_CHARS = 4000
+
+
+def log_from_line(text: str, limit: int = LOG_SHOWN_CHARS) -> str:
+    """The end of a log, at most `limit` characters, starting at a line boundary: when the log is cut (here, or
+    when it was stored: the job keeps only its last LOG_TAIL_CHARS), the cut line's fragment is left out."""
+    cut = len(text) > limit or len(text) >= service.LOG_TAIL_CHARS
+    tail = text[-limit:]
+    newline = tail.find("\n")
+    if cut and 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1:]
+    return tail
+
+
+def effective_params(job: Job) -> list[dict]:
+    """Every parameter the job ran with: the kind's defaults (trainer.params) overlaid with what was set, each with
+    whether it was set for this job; kinds without trainer defaults list what was set."""
+    defaults = DEFAULTS.get(job.kind, {})
+    params = job.params or {}
+    names = list(defaults) + [name for name in params if name not in defaults]
+    return [{"name": name, "value": params.get(name, defaults.get(name)), "set": name in params} for name in names]
+
+
 def _status_context(db, job: Job) -> dict:
     metrics = list(
         db.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
@@ -99,6 +121,7 @@ def _status_context(db, job: Job) -> dict:
         "reward": db.get(ModelVersion, job.reward_model_id) if job.reward_model_id else None,
         "project": db.get(Project, job.project_id) if job.project_id else None,
         "dropped_warning": dropped_warning(job), "depends_on": service.dependencies(db, job.id),
+        "params": effective_params(job), "log": log_from_line(job.log_tail or ""),
     }  # fmt: skip
 
 

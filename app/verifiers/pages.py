@@ -31,7 +31,7 @@ def pass_rate_chart(versions: list[dict]):
 
 @router.get("/projects/{project_ref}/verifier")
 def verifier_page(project_ref: str, request: Request, db: DbSession, principal: AnyUser):
-    project = get_project(db, project_ref)
+    project = service.audit_project(db, project_ref, principal.user)
     figures = service.project_verifier(db, project)
     pending = service.list_verdicts(db, project, audit_status="pending", limit=20)
     return render(request, "verifiers/verifier.html", {"project": project, "figures": figures, "pending": pending,
@@ -48,8 +48,8 @@ def sample(project_ref: str, db: DbSession, principal: Staff, count: int = Form(
 @router.post("/projects/{project_ref}/verifier/audit/{verdict_id}")
 def audit(project_ref: str, verdict_id: Id, db: DbSession, principal: AnyUser, correct: str = Form(...),
           note: str = Form("")):  # fmt: skip
-    project = get_project(db, project_ref)
-    service.audit_verdict(db, verdict_id, correct == "yes", note[:2000], principal.user)
+    project = service.audit_project(db, project_ref, principal.user)
+    service.audit_verdict(db, project, verdict_id, correct == "yes", note[:2000], principal.user)
     return RedirectResponse(f"/projects/{project.id}/verifier#audit", status_code=303)
 
 

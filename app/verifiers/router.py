@@ -41,8 +41,10 @@ def audit_sample(project_ref: str, data: AuditSampleIn, db: DbSession, principal
 
 @router.get("/projects/{project_ref}/verdicts/audit")
 def audit_queue(project_ref: str, db: DbSession, principal: AnyUser):
-    """Verdicts waiting for a human: prompt, answer, reference or tests, and the verdict."""
-    return {"verdicts": service.list_verdicts(db, get_project(db, project_ref), audit_status="pending")}
+    """Verdicts waiting for a human: prompt, answer, reference or tests, and the verdict. An annotator reads a
+    members-only project's queue only as its member."""
+    project = service.audit_project(db, project_ref, principal.user)
+    return {"verdicts": service.list_verdicts(db, project, audit_status="pending")}
 
 
 class AuditIn(Input):
@@ -52,7 +54,19 @@ class AuditIn(Input):
 
 @router.post("/verdicts/{verdict_id}/audit")
 def audit_verdict(verdict_id: Id, data: AuditIn, db: DbSession, principal: AnyUser):
-    verdict = service.audit_verdict(db, verdict_id, data.correct, data.note, principal.user)
+    """The older address of `POST /api/v1/projects/{project}/verdicts/{id}/audit`: same rules, the verdict's own
+    project's."""
+    project = service.verdict_project(db, verdict_id, principal.user)
+    verdict = service.audit_verdict(db, project, verdict_id, data.correct, data.note, principal.user)
+    return {"id": verdict.id, "audit_status": verdict.audit_status}
+
+
+@router.post("/projects/{project_ref}/verdicts/{verdict_id}/audit")
+def audit_project_verdict(project_ref: str, verdict_id: Id, data: AuditIn, db: DbSession, principal: AnyUser):
+    """Audit a verdict of the audit sample: was the verifier right? Members only on a members-only project; a
+    verdict of another project is not found here; one never sampled is refused (409)."""
+    project = service.audit_project(db, project_ref, principal.user)
+    verdict = service.audit_verdict(db, project, verdict_id, data.correct, data.note, principal.user)
     return {"id": verdict.id, "audit_status": verdict.audit_status}
 
 

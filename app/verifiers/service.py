@@ -20,10 +20,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
-from app.errors import NotFound, Unprocessable
+from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.intervals import wilson_interval
 from app.jobs.service import create_job
 from app.models import Completion, Job, JobStatus, ModelVersion, Project, Prompt, User, Verdict, utcnow
+from app.models.user import Role
+from app.projects.service import get_visible_project, may_rate
 from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
 
 VERIFY_PARAMS = {
@@ -295,13 +297,56 @@ def list_verdicts(db: Session, project: Project, *, job_id: int | None = None, p
     return [verdict_json(v, prompts.get(v.prompt_id), completions.get(v.completion_id)) for v in verdicts]
 
 
-def audit_verdict(db: Session, verdict_id: int, correct: bool, note: str, actor: User | None) -> Verdict:
+AUDITED_STATUSES = ("pending", "right", "wrong")
+"""A verdict drawn into the audit sample (`sample_for_audit`) is pending, then audited right or wrong; only those
+are audited: the sample is what the verifier's published error rates are estimated from."""
+
+
+def audit_project(db: Session, project_ref: str | int, user: User) -> Project:
+    """The project whose audit queue `user` reads: the project's own visibility rule (an annotator sees a
+    members-only project only as its member, and no archived one; staff see every project)."""
+    return get_visible_project(db, project_ref, user)
+
+
+def check_may_audit(db: Session, project: Project, user: User) -> None:
+    """Auditing is a judgment on the verifier, held to the rating rule: on a members-only project only its members
+    audit, whatever their role; admins, who run the audit, always may."""
+    if user.role != Role.admin and not may_rate(db, project, user):
+        raise Forbidden("You are not a member of this project.")
+
+
+def project_verdict(db: Session, project: Project, verdict_id: int) -> Verdict:
+    """A verdict of this project; another project's verdict is not found here (no reading across projects)."""
+    verdict = db.get(Verdict, verdict_id)
+    if verdict is None or verdict.project_id != project.id:
+        raise NotFound(f"No verdict {verdict_id} in project {project.slug}.")
+    return verdict
+
+
+def verdict_project(db: Session, verdict_id: int, user: User) -> Project:
+    """The project of a verdict addressed by id alone (the older URL), after the same visibility check: a verdict
+    of a project the user may not see is reported missing, not forbidden (its existence is not disclosed)."""
     verdict = db.get(Verdict, verdict_id)
     if verdict is None:
         raise NotFound(f"No verdict {verdict_id}.")
+    try:
+        return audit_project(db, verdict.project_id, user)
+    except Forbidden as error:
+        raise NotFound(f"No verdict {verdict_id}.") from error
+
+
+def audit_verdict(db: Session, project: Project, verdict_id: int, correct: bool, note: str,
+                  actor: User) -> Verdict:  # fmt: skip
+    """Record a human's audit of a sampled verdict of `project` (membership checked, other projects' verdicts and
+    verdicts never sampled refused)."""
+    check_may_audit(db, project, actor)
+    verdict = project_verdict(db, project, verdict_id)
+    if verdict.audit_status not in AUDITED_STATUSES:
+        raise Conflict(f"Verdict {verdict_id} was not sampled for audit; only sampled verdicts are audited "
+                       "(draw a sample first: POST .../verdicts/audit-sample).")
     verdict.audit_status = "right" if correct else "wrong"
     verdict.audit_note = note or None
-    verdict.audited_by_id = actor.id if actor else None
+    verdict.audited_by_id = actor.id
     verdict.audited_at = utcnow()
     audit(db, actor, "verifier.audit", "verdict", verdict.id, correct=correct)
     return verdict
