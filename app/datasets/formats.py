@@ -64,7 +64,7 @@ class JudgmentVote:
     """The rater's reliability; 0 silences the vote, negative is refused."""
     flags: list[str] = field(default_factory=list)
     """e.g. ``all_bad``, ``unsafe``, ``wrong``."""
-    source: Literal["human", "ai", "imported"] = "human"
+    source: Literal["human", "ai", "battle", "imported"] = "human"
     created_at: datetime | str | None = None
     guideline_version: int | None = None
     attributes: dict[str, dict[str, float]] = field(default_factory=dict)

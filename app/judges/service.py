@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from app.audit import audit
 from app.errors import NotFound, Unprocessable
 from app.jobs.service import create_job
+from app.judgments.selections import HUMAN, counted
 from app.models import (
     AI_POLICIES,
     JUDGE_METHODS,
@@ -248,7 +249,7 @@ def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
     query = select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold, ~Comparison.practice,
                                      Comparison.id.not_in(done)).order_by(Comparison.id)  # fmt: skip
     scope = job.params.get("scope", "open")
-    human = select(Judgment.comparison_id).where(Judgment.project_id == project.id, Judgment.source == "human")
+    human = select(Judgment.comparison_id).where(counted(HUMAN, project_id=project.id))
     if scope == "open":
         query = query.where(Comparison.n_judgments < Comparison.required)
     elif scope == "judged":
@@ -481,14 +482,15 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
     left out); kappa: Cohen's kappa of the judge against that majority; alpha: Krippendorff's alpha of the humans
     with the judge as one more coder, beside alpha_humans (the humans alone on the same comparisons);
     calibration and ECE: confidence against being right about the majority; position_bias: mean probability the
-    judge preferred the first response shown (0.5 is unbiased; generative judges only)."""
+    judge preferred the first response shown (0.5 is unbiased; generative judges only). The humans are the counted
+    human judgments (app.judgments.selections): excluded and voided ones are no reference."""
     rows = db.execute(select(AIVerdict.judge_id, AIVerdict.template_version, AIVerdict.comparison_id,
                              AIVerdict.confidence, AIVerdict.p_first, AIVerdict.counted, AIVerdict.reviewed,
                              AIVerdict.detail).where(AIVerdict.project_id == project.id)).all()  # fmt: skip
     rows = [SimpleNamespace(**row._mapping, top_completion_id=_top(row.detail)) for row in rows]
     judged = select(AIVerdict.comparison_id).where(AIVerdict.project_id == project.id)
     human = db.execute(select(Judgment.comparison_id, Judgment.rater_id, Judgment.top_completion_id)
-                       .where(Judgment.project_id == project.id, Judgment.source == "human",
+                       .where(counted(HUMAN, project_id=project.id),
                               Judgment.comparison_id.in_(judged))).all()  # fmt: skip  # only what a judge judged
     unit_ids = sorted({r.comparison_id for r in rows} | {h.comparison_id for h in human})
     options = dict(db.execute(select(Comparison.id, Comparison.completion_ids)

@@ -1,5 +1,6 @@
 """Per-attribute leaderboard: each model's mean human score on each of the project's attribute scales (the rubric
-scores raters give on the rating page), with a normal-approximation 95% interval."""
+scores raters give on the rating page), with a normal-approximation 95% interval. Reads the counted human
+judgments (app.judgments.selections): an excluded or voided judgment's scores do not count."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from app.db import json_loads
+from app.judgments.selections import HUMAN, counted
 from app.models import Completion, Judgment, Project, Prompt
 
 
@@ -22,7 +24,7 @@ def attribute_leaderboard(db: Session, project: Project) -> dict[str, list[dict]
                              .where(Prompt.project_id == project.id, Completion.model_name.is_not(None))).all())  # fmt: skip
     scores: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     rows = db.execute(select(cast(Judgment.attributes, Text))
-                      .where(Judgment.project_id == project.id, Judgment.source == "human")
+                      .where(counted(HUMAN, project_id=project.id))
                       .execution_options(yield_per=5000))  # fmt: skip
     for (text,) in rows:
         if not text or text == "{}":

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
+from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
 from app.quality import stats
@@ -32,9 +33,13 @@ REVIEW_FLAGS = ("unsafe", "wrong", "all_bad")
 LEADERBOARD_BOOTSTRAP = 1000
 """Bootstrap replicates behind the leaderboard's 95% intervals."""
 
-# A judgment counts in the statistics unless it is human-made and an admin excluded it in review.
-_COUNTED = ("j.project_id = :project AND j.source = 'human' AND j.rater_id IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM flag_review f WHERE f.judgment_id = j.id AND f.resolution = 'excluded')")
+_COUNTED = counted_sql(HUMAN) + " AND j.rater_id IS NOT NULL"
+"""What the rater statistics count (app.judgments.selections: counted human judgments; per rater, so a judgment
+whose rater account was deleted is left out)."""
+
+
+def _counted(sources: tuple[str, ...]) -> str:
+    return _COUNTED if sources == (HUMAN,) else counted_sql(*sources) + " AND j.rater_id IS NOT NULL"
 
 
 def _dialect(db: Session) -> str:
@@ -100,16 +105,17 @@ def _json_sql(db: Session) -> dict[str, str]:
     return {"element": "json_extract({column}, '$[{i}]')", "length": "json_array_length({column})", "greatest": "MAX"}
 
 
-def _ranking_elements_sql(db: Session) -> str:
-    """One row per (judgment, ranked completion): judgment id, comparison, rater, tie group (0 = best), completion."""
+def _ranking_elements_sql(db: Session, sources: tuple[str, ...] = (HUMAN,)) -> str:
+    """One row per (judgment, ranked completion) of the counted judgments of these sources: judgment id,
+    comparison, rater, tie group (0 = best), completion."""
     if _dialect(db) == "postgresql":
         return ("SELECT j.id AS judgment_id, j.comparison_id, j.rater_id, g.idx - 1 AS grp, "
                 "(m.value)::bigint AS completion_id FROM judgment j "
                 "CROSS JOIN LATERAL jsonb_array_elements(j.ranking) WITH ORDINALITY AS g(members, idx) "
-                "CROSS JOIN LATERAL jsonb_array_elements_text(g.members) AS m(value) WHERE " + _COUNTED)  # fmt: skip
+                "CROSS JOIN LATERAL jsonb_array_elements_text(g.members) AS m(value) WHERE " + _counted(sources))  # fmt: skip
     return ("SELECT j.id AS judgment_id, j.comparison_id, j.rater_id, CAST(g.key AS INTEGER) AS grp, "
             "CAST(m.value AS INTEGER) AS completion_id FROM judgment j, json_each(j.ranking) g, json_each(g.value) m "
-            "WHERE " + _COUNTED)  # fmt: skip
+            "WHERE " + _counted(sources))  # fmt: skip
 
 
 def _attribute_scores_sql(db: Session) -> str:
@@ -176,12 +182,12 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
             "model_names": np.array(model_names, dtype=object)}  # fmt: skip
 
 
-def judgment_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
-    """Counted human judgments as columns, with their comparison's columns (`c_...`, see `_comparison_arrays`)
-    and the length-bias input: in a decisive pairwise judgment between answers of different lengths, whether
-    the longer one won."""
+def judgment_arrays(db: Session, project: Project, sources: tuple[str, ...] = (HUMAN,)) -> dict[str, np.ndarray]:
+    """Counted judgments of these sources (humans by default) as columns, with their comparison's columns
+    (`c_...`, see `_comparison_arrays`) and the length-bias input: in a decisive pairwise judgment between answers
+    of different lengths, whether the longer one won."""
     data = _array(db, f"SELECT j.comparison_id, j.rater_id, j.top_completion_id, j.time_spent_ms, j.chosen_position "
-                      f"FROM judgment j WHERE {_COUNTED}", 5, project=project.id)  # fmt: skip
+                      f"FROM judgment j WHERE {_counted(sources)}", 5, project=project.id)  # fmt: skip
     comparison, rater, top, time_ms, position = data.T
     comparison = comparison.astype(np.int64)
     comparisons = _comparison_arrays(db, project)
@@ -358,15 +364,16 @@ def _dense_codes(unit: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, int]]:
-    """Human pairwise outcomes between the models that wrote the completions: (model a, model b, outcome for a:
-    1 win, 0.5 tie, 0 loss, battles). A K-way ranking gives one battle per pair of its completions; two
+    """People's pairwise outcomes between the models that wrote the completions (counted judgments of the
+    LEADERBOARD selection: rated comparisons and live battles): (model a, model b, outcome for a: 1 win, 0.5 tie,
+    0 loss, battles). A K-way ranking gives one battle per pair of its completions; two
     completions of the same model are no battle.
 
     Two-option comparisons (the bulk) are counted in numpy from the judgment and comparison columns, the
     outcome read from `top_completion_id` (no single top: a tie). Only rankings of three or more options are
     expanded from JSON into their pairs, by the database, and only when the project has such comparisons."""
     cells: dict[tuple[str, str, float], int] = {}
-    cols = judgment_arrays(db, project)
+    cols = judgment_arrays(db, project, LEADERBOARD)
     names = cols["model_names"]
     model_a, model_b = cols["c_model_a"], cols["c_model_b"]
     battle = (cols["n_options"] == 2) & (model_a >= 0) & (model_b >= 0) & (model_a != model_b)
@@ -386,7 +393,7 @@ def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, 
         ranked = f"""
             WITH e AS (
                 SELECT r.judgment_id, r.grp, r.completion_id, o.model_name AS model
-                FROM ({_ranking_elements_sql(db)}) r
+                FROM ({_ranking_elements_sql(db, LEADERBOARD)}) r
                 JOIN comparison c ON c.id = r.comparison_id AND {n_options} > 2
                 JOIN completion o ON o.id = r.completion_id
                 WHERE o.model_name IS NOT NULL

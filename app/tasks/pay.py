@@ -1,7 +1,10 @@
 """Time and pay: per rater and day, judgments, active hours and gold accuracy, and what the project's rate
 (per judgment or per active hour) multiplies out to. Active time is what the rating page measured (the page was
 visible and the rater interacted; idle gaps over a threshold excluded); a judgment from the API without it counts
-its `time_spent_ms`. Practice answers count their active time too (training is paid work). Never commits."""
+its `time_spent_ms`. Practice answers count their active time too (training is paid work). Which judgments are
+paid: app.judgments.selections.paid (human work, an excluded judgment too: the exclusion is about the data, the
+work was done; voided ones are not); gold accuracy counts the counted ones only, as the quality figures do.
+Never commits."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.judgments.selections import excluded, paid
 from app.models import Comparison, Judgment, PracticeAnswer, Project, User
 
 CSV_COLUMNS = ("day", "username", "judgments", "practice_items", "active_hours", "gold_judgments", "gold_accuracy",
@@ -25,10 +29,11 @@ def pay_report(db: Session, project: Project, *, date_from: datetime | None = No
     day = func.date(Judgment.created_at)
     active = func.coalesce(Judgment.active_ms, Judgment.time_spent_ms, 0)
     query = (
-        select(day, User.username, Judgment.top_completion_id, Comparison.is_gold, Comparison.gold_ranking, active)
+        select(day, User.username, Judgment.top_completion_id, Comparison.is_gold, Comparison.gold_ranking, active,
+               excluded())
         .join(User, User.id == Judgment.rater_id)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
-        .where(Judgment.project_id == project.id, Judgment.source == "human")
+        .where(paid(project.id))
     )  # fmt: skip
     if date_from:
         query = query.where(Judgment.created_at >= date_from)
@@ -36,11 +41,11 @@ def pay_report(db: Session, project: Project, *, date_from: datetime | None = No
         query = query.where(Judgment.created_at < date_to)
     rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"judgments": 0, "practice_items": 0, "active_ms": 0,
                                                              "gold_judgments": 0, "gold_correct": 0})  # fmt: skip
-    for when, username, top, is_gold, gold_ranking, active_ms in db.execute(query):
+    for when, username, top, is_gold, gold_ranking, active_ms, was_excluded in db.execute(query):
         row = rows[(str(when), username)]
         row["judgments"] += 1
         row["active_ms"] += int(active_ms or 0)
-        if is_gold and gold_ranking:
+        if is_gold and gold_ranking and not was_excluded:
             row["gold_judgments"] += 1
             expected = gold_ranking[0]
             row["gold_correct"] += int(len(expected) == 1 and top == expected[0])
