@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     """A running job whose heartbeat is older than this is considered abandoned."""
     python_executable: str | None = None
     """Python used to start trainer child processes (defaults to the worker's own)."""
+    trainer_threads: int | None = Field(default=None, ge=1)
+    """CPU threads per trainer process (RANKFORGE_TRAINER_THREADS; RANKFORGE_TRAINER_OMP_THREADS is its older
+    name). Unset: the CPUs the worker may use (affinity, cgroup quota) shared among the child's processes, one
+    thread for models under 5M parameters (trainer.threads)."""
+
+    endpoints_allow_link_local: bool = False
+    """Allow model endpoints on link-local addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254: cloud metadata
+    services live there). Private and loopback addresses are always allowed for endpoints (a vLLM server beside
+    the worker)."""
+    endpoints_retry_base_seconds: float = 0.5
+    """First backoff of a retried endpoint request (doubles per attempt, full jitter)."""
+    endpoints_max_attempts: int = 5
+    """Attempts per endpoint request (429, 5xx, timeouts and broken answers are retried) before it fails."""
 
     webhooks_allow_private: bool = False
     """Allow webhook URLs on loopback, link-local and private addresses (self-hosted receivers)."""

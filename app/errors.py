@@ -115,3 +115,8 @@ class SecretKeyError(RankforgeError):
     the one a stored secret was encrypted with (app.crypto). A configuration fault, not the caller's."""
 
     status_code = 503
+
+
+class EndpointError(Unprocessable):
+    """A model endpoint did not answer as an OpenAI-compatible server should (unreachable, wrong model name,
+    refused address)."""

@@ -154,6 +154,11 @@ def create_app() -> FastAPI:
 
     app.include_router(round_pages)
     app.include_router(model_pages)
+    from app.registry.endpoint_pages import router as endpoint_pages
+    from app.registry.endpoint_router import router as endpoints_api
+
+    app.include_router(endpoints_api)
+    app.include_router(endpoint_pages)
     from app.webhooks.pages import router as webhook_pages
     from app.webhooks.router import router as webhooks_api
 

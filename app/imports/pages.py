@@ -6,11 +6,20 @@ from fastapi import APIRouter, Form, Request, UploadFile
 
 from app.auth.deps import Admin
 from app.errors import ImportValidationError
+from app.imports.parsers import detect_formats
 from app.imports.service import import_file
 from app.projects.service import get_project
 from app.web import is_htmx, render
 
 router = APIRouter(tags=["pages"])
+
+
+def grouped_errors(errors: list) -> list[dict]:
+    """Line errors with the same message as one entry with its lines ({lines: [..], message}), first seen first."""
+    groups: dict[str, list[int]] = {}
+    for error in errors:
+        groups.setdefault(error.message, []).append(error.line)
+    return [{"lines": lines, "message": message} for message, lines in groups.items()]
 
 
 @router.post("/projects/{project_ref}/import")
@@ -34,7 +43,9 @@ async def import_page(project_ref: str, request: Request, principal: Admin, file
         context = {"result": result, "import_errors": None, "message": None}
         status_code = 200
     except ImportValidationError as error:
-        context = {"result": None, "import_errors": error.errors, "message": f"The file has {error.total} problem{'' if error.total == 1 else 's'}."}  # fmt: skip
+        context = {"result": None, "import_errors": grouped_errors(error.errors),
+                   "message": f"The file has {error.total:,} problem{'' if error.total == 1 else 's'} as {format}.",
+                   "suggested": detect_formats(data, format), "tried": format}  # fmt: skip
         status_code = 422
     template = "projects/_import_result.html"
     if is_htmx(request):

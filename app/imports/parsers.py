@@ -634,3 +634,22 @@ ROW_PARSERS: dict[str, Callable[[dict, int], list[ImportRecord]]] = {
     "gsm8k": parse_gsm8k_row,
     "humaneval": parse_humaneval_row,
 }
+
+
+SNIFF_LINES = 5
+
+
+def detect_formats(data: bytes, tried: str) -> list[str]:
+    """The import formats other than `tried` that read the file's first lines without a problem: what to suggest
+    when a whole file fails in the chosen format (one wrong choice otherwise reads as a hundred broken lines)."""
+    head = b"\n".join([line for line in data[:200_000].splitlines() if line.strip()][:SNIFF_LINES])
+    fitting = []
+    for fmt in FORMATS:
+        if fmt == tried or not head:
+            continue
+        try:
+            parse_import(head, fmt)
+        except ImportValidationError:
+            continue
+        fitting.append(fmt)
+    return fitting

@@ -12,9 +12,17 @@ from app.models.comparison import (
 )
 from app.models.dataset import DatasetSnapshot
 from app.models.job import TERMINAL_STATUSES, Job, JobDependency, JobKind, JobMetric, JobStatus, SchedulerLock
-from app.models.judge import AI_POLICIES, JUDGE_METHODS, AIPolicy, AIVerdict, Judge, JudgeTemplate
+from app.models.judge import (
+    AI_POLICIES,
+    JUDGE_METHODS,
+    AIPolicy,
+    AIVerdict,
+    Judge,
+    JudgeAnswerCache,
+    JudgeTemplate,
+)
 from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, ProjectStatus
-from app.models.registry import ModelVersion
+from app.models.registry import ModelEndpoint, ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
@@ -27,6 +35,7 @@ __all__ = [
     "AIPolicy",
     "AIVerdict",
     "Judge",
+    "JudgeAnswerCache",
     "JudgeTemplate",
     "REVIEW_RESOLUTIONS",
     "AUDIT_STATUSES",
@@ -53,6 +62,7 @@ __all__ = [
     "Judgment",
     "LoginFailure",
     "Mode",
+    "ModelEndpoint",
     "ModelVersion",
     "PracticeAnswer",
     "Project",

@@ -85,3 +85,20 @@ class AIVerdict(IdMixin, CreatedMixin, Base):
     """The AI policy counted this verdict as a vote (prelabel) or as completing the comparison (route)."""
     reviewed: Mapped[str | None] = mapped_column(String(16))
     """confirmed | flipped by a rater in the review queue; None: not reviewed."""
+
+
+class JudgeAnswerCache(IdMixin, CreatedMixin, Base):
+    """What an endpoint judge answered to one question (the filled template: prompt, pair, order, template version
+    and guidelines all in it), so the same question is never paid for twice, across jobs, judges and retries."""
+
+    __tablename__ = "judge_answer_cache"
+    __table_args__ = (UniqueConstraint("model_version_id", "question_sha256", "settings"),)
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"))
+    question_sha256: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[str] = mapped_column(String(64))
+    """Hash of what else shapes the answer: labels, samples, temperature, JSON output."""
+    p_first: Mapped[float | None] = mapped_column(Float)
+    """P(the first response shown wins); None: the answer could not be parsed (an abstention)."""
+    answer: Mapped[dict] = mapped_column(default=dict)
+    """The raw answer texts (shortened), how p_first was read (logprobs or samples) and the token usage."""

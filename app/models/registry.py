@@ -1,4 +1,6 @@
-from sqlalchemy import ForeignKey, String
+from datetime import datetime
+
+from sqlalchemy import Float, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedMixin, IdMixin
@@ -20,3 +22,33 @@ class ModelVersion(IdMixin, CreatedMixin, Base):
     dataset_sha256: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict] = mapped_column(default=dict)
     manifest: Mapped[dict] = mapped_column(default=dict)
+
+
+class ModelEndpoint(IdMixin, CreatedMixin, Base):
+    """A model version served elsewhere behind an OpenAI-compatible API (vLLM, SGLang, TGI, `transformers serve`,
+    a hosted API). The version's own row says what it is (kind, project, lineage); this row says how to reach it.
+    The API key is stored encrypted (app.crypto) or named as an environment variable of the worker and web
+    process; neither form is ever returned."""
+
+    __tablename__ = "model_endpoint"
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"), unique=True)
+    base_url: Mapped[str] = mapped_column(String(500))
+    """Scheme, host, port and path prefix before /v1 (e.g. http://10.0.0.5:8000)."""
+    model: Mapped[str] = mapped_column(String(300))
+    """The model's name at the server (what GET /v1/models lists)."""
+    api_key_encrypted: Mapped[str | None] = mapped_column(String(2000))
+    api_key_env: Mapped[str | None] = mapped_column(String(100))
+    sampling: Mapped[dict] = mapped_column(default=dict)
+    """Default sampling parameters (temperature, top_p, max_tokens, ...) a job's own params override."""
+    max_concurrency: Mapped[int] = mapped_column(default=4)
+    requests_per_minute: Mapped[int | None]
+    timeout_seconds: Mapped[float] = mapped_column(Float, default=60.0)
+    price_input: Mapped[float | None] = mapped_column(Float)
+    """Price per million prompt tokens (any currency; cost is reported in it)."""
+    price_output: Mapped[float | None] = mapped_column(Float)
+    """Price per million completion tokens."""
+    json_output: Mapped[bool] = mapped_column(default=False)
+    """The server honours response_format (JSON schema): a judge asks for its verdict as JSON."""
+    checked_at: Mapped[datetime | None]
+    """When GET /v1/models last answered and listed the model."""

@@ -8,7 +8,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
@@ -17,7 +17,7 @@ from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.jobs.child import python_executable, run_captured
 from app.limits import bad_character, column_length, parse_id
-from app.models import Completion, Job, ModelVersion, Project, Prompt, User
+from app.models import Completion, Job, ModelEndpoint, ModelVersion, Project, Prompt, User
 from app.webhooks.service import emit
 
 MODEL_KINDS = ("policy", "reward")
@@ -81,8 +81,11 @@ def get_version(db: Session, ref: int | str, *, kind: str | None = None) -> Mode
     return version
 
 
-def newest_version(db: Session, kind: str, project_id: int | None) -> ModelVersion | None:
-    """The project's newest version of this kind, else the newest one of any project (or none)."""
+def newest_version(db: Session, kind: str, project_id: int | None, *, local_only: bool = False) -> ModelVersion | None:
+    if local_only:
+        query = query.where(~exists().where(ModelEndpoint.model_version_id == ModelVersion.id))
+    """The project's newest version of this kind, else the newest one of any project (or none); `local_only`: a
+    checkpoint on disk, not an endpoint (what training starts from)."""
     query = select(ModelVersion).where(ModelVersion.kind == kind).order_by(ModelVersion.id.desc()).limit(1)
     if project_id is not None:
         found = db.scalar(query.where(ModelVersion.project_id == project_id))
