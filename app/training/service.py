@@ -10,6 +10,7 @@ from app.datasets.service import parse_spec
 from app.errors import Unprocessable
 from app.jobs.service import create_job
 from app.models import DatasetSnapshot, Job, ModelVersion, Project, User
+from app.registry.endpoints import is_endpoint
 from app.registry.service import get_version, newest_version
 from app.training.kinds import SNAPSHOT_FORMAT, TRAINING_KINDS, needs_reward_model, split_params
 from trainer.params import parse_params
@@ -40,10 +41,10 @@ def validated_params(kind: str, params: dict | None) -> tuple[dict, dict]:
     return app_params, trainer_params
 
 
-def _resolve_version(db: Session, ref, kind: str, project: Project) -> ModelVersion | None:
+def _resolve_version(db: Session, ref, kind: str, project: Project, *, local_only: bool = False) -> ModelVersion | None:
     if ref not in (None, ""):
         return get_version(db, ref, kind=kind)
-    return newest_version(db, kind, project.id)
+    return newest_version(db, kind, project.id, local_only=local_only)
 
 
 def create_training_job(db: Session, project: Project, kind: str, *, dataset_id: int | None = None,
@@ -79,10 +80,13 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
     if kind in ("reward", "reward_multi") and base_model not in (None, ""):
         base = get_version(db, base_model)  # a reward model may start from a policy or from a reward/encoder base
     elif kind != "score":
-        base = _resolve_version(db, base_model, "policy", project)
+        base = _resolve_version(db, base_model, "policy", project, local_only=kind != "generate")
         if base is None:
             raise Unprocessable("No policy model version is registered: register one (`rankforge models add` or "
                                 "`rankforge models init-tiny`) or pass base_model.")  # fmt: skip
+    if base is not None and kind != "generate" and is_endpoint(db, base):
+        raise Unprocessable(f"Model version {base.name!r} is an endpoint (served elsewhere, over HTTP): a {kind} job "
+                            "needs a local checkpoint; only generate jobs (and judges) may use an endpoint.")  # fmt: skip
     reward = None
     if needs_reward_model(kind, trainer_params) or reward_model not in (None, ""):
         reward = _resolve_version(db, reward_model, "reward", project)
