@@ -8,21 +8,29 @@ sandbox's own bootstrap runs under the isolated interpreter. Both sides use it: 
         {"passed", "reason", "failed_tests", "n_tests", "output_tail", "seconds", "isolation"}
 
 Each run, in its own process tree:
-- a fresh tmpfs as its working directory (size-limited), holding only the program, the tests and the harness;
-- Linux namespaces: a new network namespace (no interface but a downed loopback: no network at all), a new mount
-  namespace where every other mount is remounted read-only and the paths in `hide` (the artifact store, the
-  project's source) are covered by empty read-only tmpfs, a new PID namespace with its own /proc (the code sees
-  no other process and cannot signal the worker; killing its PID 1 ends every process it started), new IPC/UTS;
-- its own unprivileged uid and gid (no capabilities, no_new_privs), so RLIMIT_NPROC caps a fork bomb and no file
-  of the host is writable;
+- Linux namespaces: a new network namespace (no interface but a downed loopback: no network, and no abstract Unix
+  socket of the host), a new PID namespace with its own /proc (the code sees no other process and cannot signal
+  the worker; killing its PID 1 ends every process it started), new IPC/UTS, and a mount namespace holding a
+  minimal root of its own (pivot_root, the host's tree detached): read-only binds of /usr (/bin, /lib... as on the
+  host) and of the interpreter's prefix, a generated /etc (passwd, group, hosts; the loader cache and time zone
+  bound), the safe devices (null, zero, full, random, urandom), its own empty size-limited /tmp and /dev/shm, and
+  the run's size-limited tmpfs at /work (its working directory: the program, the tests, the harness). Nothing else
+  of the host exists there: no /run or /var/run (database sockets), no home directory, no project tree, no data
+  dir; paths in `hide` that a bound directory would still show (the artifact store, the project's source) are
+  covered by empty read-only tmpfs;
+- no privileges: as root, its own unprivileged uid and gid per run (so RLIMIT_NPROC caps a fork bomb); as an
+  unprivileged user, a user namespace mapping only that user (RLIMIT_NPROC then counts per namespace); in both, an
+  empty capability bounding set, root made powerless (securebits) and no_new_privs;
 - resource limits: CPU seconds, address space, processes, open files, file size (which also caps its output),
-  no core dumps; a wall-clock timeout after which the whole namespace is killed;
-- a clean environment (PATH, HOME and TMPDIR pointing into the work dir, nothing else: no credentials) and the
-  interpreter in isolated mode without site-packages (the project and its dependencies are not importable).
+  no core dumps; a wall-clock timeout after which the whole namespace is killed; its own session (kill(0, ...)
+  reaches only itself) and death with its parent;
+- a clean environment (PATH, HOME=/work, TMPDIR=/tmp, nothing else: no credentials) and the interpreter in isolated
+  mode without site-packages (the project and its dependencies are not importable).
 
-The namespaces need root (or unprivileged user namespaces). Where they are not available the run is refused with
-SandboxUnavailable and a clear message, unless `allow_unconfined` (env RANKFORGE_SANDBOX_ALLOW_UNCONFINED=1) is
-set knowingly: then the code runs with the resource limits, the clean environment and the temp dir only.
+Root, or unprivileged user namespaces (sysctl user.max_user_namespaces > 0), are needed. Where they are not
+available the run is refused with SandboxUnavailable and a clear message, unless `allow_unconfined` (env
+RANKFORGE_SANDBOX_ALLOW_UNCONFINED=1) is set knowingly: then the code runs with the resource limits, the clean
+environment and the temp dir only.
 
 Reasons in a verdict: passed, wrong_answer (a test failed), timeout (CPU or wall time), memory, crash (an
 exception outside the tests, an early exit, a signal), format (no code, a syntax error, no such function),
@@ -239,10 +247,29 @@ def _verdict(passed: bool, reason: str, *, started: float | None = None, **extra
 # bootstrap: runs as `python -I -S sandbox.py --bootstrap DIR`; prints one JSON verdict line
 # --------------------------------------------------------------------------------------------------------------
 
+ROOT_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+"""The top-level host directories the interpreter needs (bound read-only, or recreated where they are symlinks)."""
+ETC_FILES = ("ld.so.cache", "localtime")
+"""The only host files of /etc the sandbox sees (the dynamic loader's cache, the time zone)."""
+DEVICES = ("null", "zero", "full", "random", "urandom")
+SCRATCH = "/work"
+"""The code's working directory (and HOME) inside the sandbox: the run's size-limited tmpfs, the only writable
+place besides its own empty /tmp and /dev/shm."""
+PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "ppc64": 203,
+                      "s390x": 217, "i686": 217, "i386": 217, "armv7l": 218, "armv8l": 218}  # fmt: skip
+MNT_DETACH = 2
+ST_RELATIME, MS_RELATIME = 4096, 1 << 21
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 28, 47, 4
+SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_KEEP_CAPS_LOCKED = 1, 2, 32
+SECBIT_NO_CAP_AMBIENT_RAISE, SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 64, 128
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
 
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.syscall.restype = ctypes.c_long
     return libc
 
 
@@ -257,19 +284,128 @@ def _mount(libc, source, target, fstype, flags, data=None) -> None:
     _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
-def _mount_points() -> list[tuple[str, int]]:
-    """(mount point, flags to keep) of every mount in this mount namespace, from /proc/self/mountinfo."""
-    points = []
+def _mount_points() -> list[str]:
+    """Every mount point in this mount namespace, from /proc/self/mountinfo."""
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            options = fields[5].split(",")
-            keep = (MS_NOSUID if "nosuid" in options else 0) | (MS_NODEV if "nodev" in options else 0) | (
-                MS_NOEXEC if "noexec" in options else 0
-            )
-            points.append((point, keep))
-    return points
+        return [line.split()[4].encode().decode("unicode_escape") for line in handle]
+
+
+def _locked_flags(path: str) -> int:
+    """The mount flags of `path` that a remount must keep (a user namespace may not clear them)."""
+    flags = os.statvfs(path).f_flag
+    kept = flags & (os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)
+    return kept | (MS_RELATIME if flags & ST_RELATIME else 0)
+
+
+def _bind(libc, source: str, target: str, *, writable: bool = False, devices: bool = False) -> None:
+    """Bind the host's `source` (a directory or a file, with the mounts under it) on `target`, every one of those
+    mounts read-only unless `writable`, nosuid, and nodev unless `devices`."""
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+    _mount(libc, source, target, None, MS_BIND | MS_REC)
+    points = [p for p in _mount_points() if p == target or p.startswith(target.rstrip("/") + "/")]
+    for point in sorted(set(points), key=lambda p: p.count("/")):
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | _locked_flags(point)
+        flags |= (0 if writable else MS_RDONLY) | (0 if devices else MS_NODEV)
+        _mount(libc, None, point, None, flags)
+
+
+def _symlink_like(host: str, target: str) -> bool:
+    """Recreate the host's symlink `host` at `target` (merged /usr: /bin -> usr/bin); False when it is no link."""
+    if not os.path.islink(host):
+        return False
+    os.symlink(os.readlink(host), target)
+    return True
+
+
+def _build_root(libc, root: str, scratch: str, config: dict, uid: int) -> None:
+    """A minimal root file system on `root`: the interpreter's directories read-only, a few files of /etc, the
+    safe devices, a fresh /proc, empty /tmp and /dev/shm, the scratch dir at /work; then pivot into it and detach
+    the host's tree, so no other host path (sockets in /run, home directories, the project, the data dir) exists."""
+    limits = config["limits"]
+    tmpfs_flags = MS_NOSUID | MS_NODEV
+    _mount(libc, "tmpfs", root, "tmpfs", tmpfs_flags, "size=1m,mode=0755")
+    bound: list[str] = []
+    for name in ROOT_DIRS:
+        host = "/" + name
+        if not _symlink_like(host, os.path.join(root, name)) and os.path.isdir(host):
+            _bind(libc, host, os.path.join(root, name))
+            bound.append(os.path.realpath(host))
+    for path in config["interpreter_paths"]:  # a Python outside /usr (pyenv, a venv's base): its prefix only
+        real = os.path.realpath(path)
+        if real != "/" and os.path.isdir(real) and not any(real == b or real.startswith(b + "/") for b in bound):
+            _bind(libc, real, root + real)
+            bound.append(real)
+    etc = os.path.join(root, "etc")
+    os.mkdir(etc)
+    with open(os.path.join(etc, "passwd"), "w", encoding="utf-8") as handle:
+        handle.write(f"sandbox:x:{uid}:{uid}:sandbox:{SCRATCH}:/usr/sbin/nologin\n")
+    with open(os.path.join(etc, "group"), "w", encoding="utf-8") as handle:
+        handle.write(f"sandbox:x:{uid}:\n")
+    with open(os.path.join(etc, "hosts"), "w", encoding="utf-8") as handle:
+        handle.write("127.0.0.1 localhost\n::1 localhost\n")
+    for name in ETC_FILES:
+        host = os.path.join("/etc", name)
+        if not _symlink_like(host, os.path.join(etc, name)) and os.path.isfile(host):
+            _bind(libc, host, os.path.join(etc, name))
+    dev = os.path.join(root, "dev")
+    os.mkdir(dev)
+    for name in DEVICES:
+        if os.path.exists(os.path.join("/dev", name)):
+            _bind(libc, os.path.join("/dev", name), os.path.join(dev, name), writable=True, devices=True)
+    for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                       ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(link, os.path.join(dev, name))
+    for path, mode in ((os.path.join(dev, "shm"), "1777"), (os.path.join(root, "tmp"), "1777")):
+        os.mkdir(path)
+        _mount(libc, "tmpfs", path, "tmpfs", tmpfs_flags, f"size={limits['disk_mb']}m,mode={mode}")
+    os.mkdir(os.path.join(root, "proc"))  # mounted while the host's /proc is still visible (a user namespace
+    _mount(libc, "proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # needs that)
+    _bind(libc, scratch, root + SCRATCH, writable=True)
+    python = os.path.realpath(config["python"])
+    for path in limits["hide"]:  # host paths that a bound directory would still show (artifact store, source)
+        real = os.path.realpath(path)
+        if real != "/" and not python.startswith(real.rstrip("/") + "/") and os.path.isdir(root + real):
+            _mount(libc, "tmpfs", root + real, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=000")
+    machine = os.uname().machine
+    if machine not in PIVOT_ROOT_SYSCALL:
+        raise OSError(f"pivot_root: unknown system call number on {machine}")
+    os.chdir(root)
+    _check(libc.syscall(PIVOT_ROOT_SYSCALL[machine], b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detach the host's root")  # the old root was stacked on the new one
+    os.chdir("/")
+    _mount(libc, None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | tmpfs_flags)
+    for probe in ("/.rankforge-sandbox-probe", "/usr/.rankforge-sandbox-probe"):
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError:
+            continue
+        os.remove(probe)
+        raise OSError(f"{os.path.dirname(probe)} is still writable in the sandbox's root")
+
+
+def _drop_privileges(libc, privileged: bool, namespaced: bool, uid: int) -> None:
+    """No capability now or after exec (an empty bounding set, root no longer special), the sandbox's own uid when
+    started as root, and no_new_privs (no setuid program or file capability can give any back)."""
+    if privileged or namespaced:  # both hold CAP_SETPCAP here (root, or root of the new user namespace)
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
+            last_cap = int(handle.read())
+        for cap in range(last_cap + 1):
+            _check(libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0), "drop a capability")
+        bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE
+        _check(libc.prctl(PR_SET_SECUREBITS, ctypes.c_ulong(bits | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED), 0, 0, 0),
+               "securebits")  # fmt: skip
+    if privileged:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # from root to another uid: every capability is dropped
+    _check(libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0), "ambient capabilities")
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")  # effective, permitted, inheritable: none
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
 def _sandbox_uid() -> int:
@@ -277,35 +413,23 @@ def _sandbox_uid() -> int:
     return 200000 + (os.getpid() % 100000)
 
 
-def _setup_child(workdir: str, config: dict, isolated: bool, uid: int) -> None:
-    """In the fork that becomes the sandboxed program: mounts, limits, identity. Raises on any failure."""
+def _setup_child(workdir: str, config: dict, isolated: bool, privileged: bool, uid: int) -> str:
+    """In the fork that becomes the sandboxed program: its own session, the minimal root, limits, identity.
+    Returns the working directory to run in. Raises on any failure."""
     import resource
 
     limits = config["limits"]
+    libc = _libc()
+    os.setsid()  # its own process group: kill(0, ...) reaches no process of the worker's
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent-death signal")
     if isolated:
-        libc = _libc()
-        _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        python = os.path.realpath(config["python"])
-        for path in limits["hide"]:
-            real = os.path.realpath(path)
-            if python.startswith(real.rstrip("/") + "/"):  # the interpreter itself lives there: cannot hide it
-                continue
-            if os.path.isdir(path) and real != "/":
-                _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=000")
-        for point, keep in sorted(_mount_points(), key=lambda p: p[0].count("/")):
-            if point == workdir:
-                continue
-            with contextlib.suppress(OSError):  # a mount hidden under another one cannot be reached: fine
-                _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
-        probe = "/.rankforge-sandbox-probe"
-        try:
-            os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600))
-            os.remove(probe)
-            raise OSError("the root file system is still writable after remounting it read-only")
-        except OSError as error:
-            if "still writable" in str(error):
-                raise
-    os.chdir(workdir)
+        _check(libc.unshare(CLONE_NEWNS), "unshare (mount namespace of the program)")  # pivot_root moves only us
+        _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE)
+        _build_root(libc, os.path.join(workdir, "root"), os.path.join(workdir, "work"), config, uid)
+        cwd = SCRATCH
+    else:
+        cwd = workdir
+    os.chdir(cwd)
     mb = 2**20
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb, limits["memory_mb"] * mb))
@@ -313,19 +437,16 @@ def _setup_child(workdir: str, config: dict, isolated: bool, uid: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
-    if os.getuid() == 0:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)  # from root to another uid: every capability is dropped
-    _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _drop_privileges(libc, privileged, isolated, uid)
+    return cwd
 
 
-def _isolate(workdir: str, disk_mb: int, uid: int) -> None:
-    """New namespaces for this process (mount, network, IPC, UTS; PID for its children) and the work dir as a
-    fresh tmpfs owned by the sandbox uid. Raises OSError when the OS refuses."""
+def _isolate(workdir: str, disk_mb: int, privileged: bool) -> None:
+    """New namespaces for this process (user when not root, mount, network, IPC, UTS; PID for its children) and
+    the work dir as a fresh size-limited tmpfs, private to them. Raises OSError when the OS refuses."""
     libc = _libc()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    if os.getuid() != 0:  # unprivileged: a user namespace where we are root
+    if not privileged:  # unprivileged: a user namespace where we are root (mapped to our own uid, nothing else)
         outer_uid, outer_gid = os.getuid(), os.getgid()
         _check(libc.unshare(CLONE_NEWUSER | flags), "unshare (user namespace)")
         with open("/proc/self/setgroups", "w") as handle:
@@ -337,8 +458,7 @@ def _isolate(workdir: str, disk_mb: int, uid: int) -> None:
     else:
         _check(libc.unshare(flags), "unshare")
     _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE)
-    owner = f",uid={uid},gid={uid}" if os.getuid() == 0 else ""
-    _mount(libc, "tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=0700{owner}")
+    _mount(libc, "tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=0700")
 
 
 def _tail(path: str, size: int) -> str:
@@ -356,39 +476,42 @@ def bootstrap(workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     limits = config["limits"]
-    uid = _sandbox_uid()
+    config["interpreter_paths"] = [sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(config["python"]))]
+    privileged = os.getuid() == 0
+    uid = _sandbox_uid() if privileged else 0  # unprivileged: root of its user namespace, without capabilities
     isolated = True
     try:
-        _isolate(workdir, limits["disk_mb"], uid)
+        _isolate(workdir, limits["disk_mb"], privileged)
     except OSError as error:
         if not limits["allow_unconfined"]:
             return {"unavailable": f"the sandbox cannot isolate code on this machine ({error}); refusing to run "
                     f"it unconfined (set {ALLOW_UNCONFINED_ENV}=1 to allow that knowingly)"}  # fmt: skip
         isolated = False
+    scratch = os.path.join(workdir, "work") if isolated else workdir
+    if isolated:
+        os.mkdir(scratch, 0o700)
+        os.mkdir(os.path.join(workdir, "root"), 0o700)
     for name, text in config["files"].items():
-        with open(os.path.join(workdir, name), "w", encoding="utf-8") as handle:
+        with open(os.path.join(scratch, name), "w", encoding="utf-8") as handle:
             handle.write(text)
-    if os.getuid() == 0:
-        for name in [*os.listdir(workdir), "."]:
-            os.chown(os.path.join(workdir, name), uid, uid)
-    out_path, err_path = os.path.join(workdir, "stdout.txt"), os.path.join(workdir, "stderr.txt")
-    read_end, write_end = os.pipe()
+    if privileged:
+        for name in [*os.listdir(scratch), "."]:
+            os.chown(os.path.join(scratch, name), uid, uid)
+    out_path, err_path = os.path.join(scratch, "stdout.txt"), os.path.join(scratch, "stderr.txt")
+    read_end, write_end = os.pipe()  # close-on-exec: a setup failure (exec included) is written here
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # PID 1 of the new PID namespace
         os.close(read_end)
         try:
-            if not isolated:
-                os.setsid()
-            _setup_child(workdir, config, isolated, uid)
-            out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            cwd = _setup_child(workdir, config, isolated, privileged, uid)
+            out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(err, 2)
-            os.close(write_end)
-            env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            env = {"PATH": "/usr/bin:/bin", "HOME": cwd, "TMPDIR": "/tmp" if isolated else cwd, "LANG": "C.UTF-8",
                    "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
             os.execve(config["python"], [config["python"], "-I", "-S", "-B", "harness.py"], env)
         except BaseException as error:  # noqa: BLE001 - report any setup failure to the parent, then die
@@ -423,7 +546,7 @@ def bootstrap(workdir: str) -> dict:
     if timed_out:
         return _verdict(False, "timeout", error=f"ran past the wall-clock limit of {limits['wall_seconds']} s") | base
     result = None
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(workdir, "result.json"), encoding="utf-8") as f:
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(scratch, "result.json"), encoding="utf-8") as f:
         result = json.loads(f.read(300000))
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
