@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: python -m trainer.run SPEC.json. Returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
+    from trainer.threads import configure_threads
+
+    configure_threads()  # before torch is imported: OpenMP reads its thread count once (trainer.threads)
     from trainer import progress
 
     progress.claim_stdout()

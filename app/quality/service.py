@@ -330,7 +330,7 @@ def project_stats(db: Session, project: Project) -> dict:
                           "coding": RANK_POSITION_CODING}  # fmt: skip
     return {
         "comparisons": {k: overview["comparisons"][k] for k in ("total", "open", "complete")},
-        "judgments": overview["judgments"],
+        "judgments": int(len(cols["rater"])),  # the counted human judgments the figures below read
         "agreement": {
             "krippendorff_alpha": alpha.alpha,
             "units": alpha.units,
