@@ -1,7 +1,9 @@
 """Hostile answers through the verifier: code under test reaches nothing of the host (issue 21).
 
 Each hostile answer defines `attack()`, which tries one escape and returns "escaped" only when it worked; the
-prompt's tests are `assert candidate() == "escaped"`, so a passing verdict is an escape. A control answer returns
+prompt's tests are `assert candidate() == "escaped"`, so a passing verdict is an escape. Attacks on processes are
+judged by survival too: the sandbox's bootstrap must return its verdict (no sandbox_error), the verify job must
+succeed (the worker and its verifier child alive) and a sentinel process outside must live. A control answer returns
 "escaped" without attacking and must pass (the probes ran at all). The planted targets are world-readable (or
 world-writable) on the host, so only the sandbox stands between them and the code.
 
@@ -108,10 +110,13 @@ def attack():
 """,
     "kill_parent": """
 import os, signal
-def attack():
-    os.kill(os.getppid(), signal.SIGKILL)
-    os.killpg(os.getpgrp(), signal.SIGKILL)
-    return "escaped"
+def attack():  # judged by survival: a killed bootstrap gives sandbox_error, a killed verifier fails the job
+    for kill in (lambda: os.kill(os.getppid(), signal.SIGKILL),  # getppid() is 0 (outside): our process group
+                 lambda: os.killpg(os.getpgrp(), signal.SIGKILL), lambda: os.kill(-1, signal.SIGKILL)):
+        try:
+            kill()
+        except OSError:
+            pass
 """,
     "kill_a_host_process": """
 import os, signal
