@@ -11,8 +11,9 @@ before the 401 or 403. Here, before the app sees the request:
   left and the answer is 413, whatever the app was doing with the body.
 - A request with no credentials at all (no bearer token, no session cookie) to any route but the public
   ones is answered 401 (a browser: a redirect to the login page) without reading its body.
-- A form or multipart request with credentials has them checked against the database first (the bearer token
-  or the session); a multipart one from a browser session must also carry its CSRF token, in the
+- A request with credentials has them checked against the database first (the bearer token or the session),
+  whatever its body (JSON included: an invalid token gets 401 with nothing read or parsed); a multipart one
+  from a browser session must also carry its CSRF token, in the
   `X-CSRF-Token` header (htmx sends it) or as the form's first field, found within the first 64 KiB.
   Only then is the body handed on; multipart parts other than files are capped by Starlette at 1 MiB, files
   by the route's limit.
@@ -151,15 +152,16 @@ class BodyLimitMiddleware:
         has_token = headers.get("authorization", "").lower().startswith("bearer ")
         if not has_token and not cookie:
             raise _Refused(_login_required(scope))
-        content_type = headers.get("content-type", "").lower()
-        is_multipart = content_type.startswith("multipart/form-data")
-        if not (is_multipart or content_type.startswith("application/x-www-form-urlencoded")):
-            return receive  # JSON and raw bodies: bounded above, parsed after FastAPI's own checks
+        # Every body (JSON and raw ones too: FastAPI parses those before the route's dependencies run) waits for
+        # the credentials to be checked: a bogus token or session must not get megabytes read and parsed.
         verdict = await run_in_threadpool(_check_credentials, headers, cookie)
         if verdict == "login":
             raise _Refused(_login_required(scope))
+        content_type = headers.get("content-type", "").lower()
+        is_multipart = content_type.startswith("multipart/form-data")
         if verdict is None or not is_multipart:
-            return receive  # a token needs no CSRF; a small form's token is checked by the route's dependency
+            # A token needs no CSRF; a JSON body's or a small form's CSRF token is checked by the route's dependency.
+            return receive
         expected = verdict.removeprefix("csrf:")
         sent = headers.get("x-csrf-token")
         if sent:
