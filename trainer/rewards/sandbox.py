@@ -306,7 +306,9 @@ def _bind(libc, source: str, target: str, *, writable: bool = False, devices: bo
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
     _mount(libc, source, target, None, MS_BIND | MS_REC)
-    points = [p for p in _mount_points() if p == target or p.startswith(target.rstrip("/") + "/")]
+    points = [target]
+    if os.path.isdir(source):  # the mounts under a directory came along (MS_REC): each one read-only too
+        points += [p for p in _mount_points() if p.startswith(target.rstrip("/") + "/")]
     for point in sorted(set(points), key=lambda p: p.count("/")):
         flags = MS_REMOUNT | MS_BIND | MS_NOSUID | _locked_flags(point)
         flags |= (0 if writable else MS_RDONLY) | (0 if devices else MS_NODEV)
