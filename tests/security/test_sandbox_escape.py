@@ -28,7 +28,7 @@ import pytest
 from app.worker import run_one
 from tests.conftest import ROOT, missing, use_database
 from tests.helpers import import_lines, make_project
-from trainer.rewards.sandbox import sandbox_python
+from trainer.rewards.sandbox import Limits, SandboxUnavailable, run_tests, sandbox_python
 
 SECRET = f"planted-{uuid.uuid4().hex}"
 TESTS = {"code": "def check(candidate):\n    assert candidate() == 'escaped'\n", "entry_point": "attack"}
@@ -189,7 +189,15 @@ def assert_contained(verdicts: dict[str, dict], targets: dict) -> None:
     assert targets["sentinel"].poll() is None
 
 
-def test_hostile_answers_in_a_verify_job_reach_nothing(client, users, db_url, targets):
+@pytest.fixture(scope="module")
+def sandbox_works():
+    try:
+        run_tests("x = 1\n", "assert x == 1\n", None, Limits())
+    except SandboxUnavailable as error:
+        missing(f"the sandbox cannot isolate code here: {error}")
+
+
+def test_hostile_answers_in_a_verify_job_reach_nothing(client, users, db_url, targets, sandbox_works):
     use_database(db_url, targets["data_dir"])  # the artifact store in an ordinary world-readable directory
     admin = users.create("root", "admin")
     engineer = users.create("eve", "engineer")
@@ -216,7 +224,10 @@ def _unprivileged_ids() -> tuple[int, int] | None:
         return None
     import pwd
 
-    entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    try:
+        entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        missing(f"no user {UNPRIVILEGED_USER!r} to run the verifier as")
     return entry.pw_uid, entry.pw_gid
 
 

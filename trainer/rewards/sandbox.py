@@ -365,7 +365,8 @@ def _build_root(libc, root: str, scratch: str, config: dict, uid: int) -> None:
         os.mkdir(path)
         _mount(libc, "tmpfs", path, "tmpfs", tmpfs_flags, f"size={limits['disk_mb']}m,mode={mode}")
     os.mkdir(os.path.join(root, "proc"))  # mounted while the host's /proc is still visible (a user namespace
-    _mount(libc, "proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # needs that)
+    with contextlib.suppress(OSError):  # needs that); refused (a container masking parts of /proc): no /proc
+        _mount(libc, "proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _bind(libc, scratch, root + SCRATCH, writable=True)
     python = os.path.realpath(config["python"])
     for path in limits["hide"]:  # host paths that a bound directory would still show (artifact store, source)
@@ -389,12 +390,10 @@ def _build_root(libc, root: str, scratch: str, config: dict, uid: int) -> None:
         raise OSError(f"{os.path.dirname(probe)} is still writable in the sandbox's root")
 
 
-def _drop_privileges(libc, privileged: bool, namespaced: bool, uid: int) -> None:
+def _drop_privileges(libc, privileged: bool, namespaced: bool, uid: int, last_cap: int) -> None:
     """No capability now or after exec (an empty bounding set, root no longer special), the sandbox's own uid when
     started as root, and no_new_privs (no setuid program or file capability can give any back)."""
     if privileged or namespaced:  # both hold CAP_SETPCAP here (root, or root of the new user namespace)
-        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
-            last_cap = int(handle.read())
         for cap in range(last_cap + 1):
             _check(libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0), "drop a capability")
         bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE
@@ -423,6 +422,8 @@ def _setup_child(workdir: str, config: dict, isolated: bool, privileged: bool, u
     limits = config["limits"]
     libc = _libc()
     os.setsid()  # its own process group: kill(0, ...) reaches no process of the worker's
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:  # the host's /proc, while we see it
+        last_cap = int(handle.read())
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent-death signal")
     if isolated:
         _check(libc.unshare(CLONE_NEWNS), "unshare (mount namespace of the program)")  # pivot_root moves only us
@@ -439,7 +440,7 @@ def _setup_child(workdir: str, config: dict, isolated: bool, privileged: bool, u
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
-    _drop_privileges(libc, privileged, isolated, uid)
+    _drop_privileges(libc, privileged, isolated, uid, last_cap)
     return cwd
 
 
