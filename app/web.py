@@ -110,11 +110,15 @@ PROJECT_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 def project_nav(user, project, path: str) -> list[dict]:
     """The project navigation for `user`: label, href (by slug) and whether it is the page at `path`
     (which may name the project by id or by slug)."""
-    if user is None or project is None or not hasattr(project, "slug"):
+    if isinstance(project, dict):  # the rating page passes the few fields it shows
+        project_id, slug = project.get("id"), project.get("slug")
+    else:
+        project_id, slug = getattr(project, "id", None), getattr(project, "slug", None)
+    if user is None or not slug:
         return []
     role = str(getattr(user.role, "value", user.role))
     section = None  # a page outside the project's URLs (a job of the project) marks no link
-    for ref in (str(project.id), project.slug):
+    for ref in (str(project_id), slug):
         prefix = f"/projects/{ref}"
         if path == prefix or path.startswith(prefix + "/"):
             section = path[len(prefix):]
@@ -123,7 +127,7 @@ def project_nav(user, project, path: str) -> list[dict]:
         if role not in roles:
             continue
         current = section is not None and (section == suffix or (suffix != "" and section.startswith(suffix + "/")))
-        links.append({"label": label, "href": f"/projects/{project.slug}{suffix}", "current": current})
+        links.append({"label": label, "href": f"/projects/{slug}{suffix}", "current": current})
     return links
 
 

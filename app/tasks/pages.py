@@ -30,9 +30,15 @@ IDLE_GAP_MS = 120_000
 """Active time: a gap between two of the rater's interactions longer than this counts nothing (static/keys.js)."""
 
 
+QUEUE_LEFT_SHOWN = 1000
+"""The rating page counts what is left up to this many and then says "1,000+" (an exact count of a huge queue
+would cost a scan on every task)."""
+
+
 def _project_context(db, project: Project) -> dict:
     return {
         "id": project.id,
+        "slug": project.slug,
         "name": project.name,
         "mode": project.mode,
         "allow_ties": project.allow_ties,
@@ -78,7 +84,8 @@ def _task_response(request: Request, db, project: Project, user: User, *, claim:
         "task": task_html_context(db, assignment) if assignment else None,
         "progress": {
             "done_today": service.judgments_today(db, project.id, user.id, now),
-            "left_in_queue": service.queue_left_for(db, project.id, user.id),
+            "left_in_queue": (left := service.queue_left_for(db, project.id, user.id, cap=QUEUE_LEFT_SHOWN + 1)),
+            "left_shown": f"{QUEUE_LEFT_SHOWN:,}+" if left > QUEUE_LEFT_SHOWN else f"{left:,}",
         },
         "guidelines_changed": _guidelines_changed(db, project, user),
         "flash": flash,
@@ -213,7 +220,7 @@ def _practice_response(request: Request, db, project: Project, user: User, statu
     item = practice.next_item(db, project, user)
     context = {
         "project": _project_context(db, project),
-        "progress": {"done_today": 0, "left_in_queue": 0},
+        "progress": {"done_today": 0, "left_in_queue": 0, "left_shown": "0"},
         "guidelines_changed": False,
         "flash": flash,
         "error": error,

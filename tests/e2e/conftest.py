@@ -8,12 +8,17 @@ a skip would read as a check that could not run).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import ROOT, free_port, missing
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -33,6 +38,61 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not is_postgres_e2e(item)]
+
+
+BUILD = """
+import json
+from app.migrate import upgrade
+from app.demo.setup import seed_demo, ensure_tiny_models
+from app.demo.history import build_history
+from app.db import session_scope
+from app.auth.service import create_api_token
+from app.models import User
+from sqlalchemy import select
+upgrade(); seed_demo(); ensure_tiny_models()
+history = build_history(log=lambda line: None)
+with session_scope(write=True) as db:
+    token = create_api_token(db, db.scalar(select(User).where(User.username == "admin")), "e2e")
+print(json.dumps({"history": history, "token": token}))
+"""
+
+
+@pytest.fixture(scope="session")
+def demo_site(tmp_path_factory):
+    """The demo as `rankforge demo` first starts it (seed, tiny models, simulated history), built once for the
+    session in a child process (its own SQLite file and artifact directory) and served by one uvicorn process:
+    {url, token (an admin API token), history, build_seconds}. Tests read it; one adds an empty project."""
+    base = tmp_path_factory.mktemp("demo")
+    env = os.environ | {"RANKFORGE_DATABASE_URL": f"sqlite:///{base / 'demo.db'}",
+                        "RANKFORGE_DATA_DIR": str(base / "data"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    started = time.monotonic()
+    built = subprocess.run([sys.executable, "-c", BUILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    result = json.loads(built.stdout.strip().splitlines()[-1])
+    result["build_seconds"] = time.monotonic() - started
+    port = free_port()
+    log = open(base / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", "127.0.0.1", "--port",
+                               str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.fail("the demo server did not start: " + (base / "server.log").read_text()[-2000:])
+    yield {"url": url, "base": base, **result}
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,44 +2,23 @@
 an admin opens first shows content, every chart is titled and labelled with tick labels that do not overlap
 (bounding boxes measured by Chromium), and an empty project shows each chart's empty state.
 
-The demo is built once for the module in a child process (its own SQLite file and artifact directory, as
-`rankforge demo` builds it) and served by one uvicorn process; the tests only read it, except the last one,
-which adds an empty project.
+The demo is built once for the session (tests/e2e/conftest.py: demo_site, in a child process with its own SQLite
+file and artifact directory, as `rankforge demo` builds it) and served by one uvicorn process; the tests only read
+it, except the last one, which adds an empty project.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import time
 from importlib.util import find_spec
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
 from tests.e2e.conftest import login, screenshot
 
 pytestmark = pytest.mark.e2e
 
-BUILD = """
-import json
-from app.migrate import upgrade
-from app.demo.setup import seed_demo, ensure_tiny_models
-from app.demo.history import build_history
-from app.db import session_scope
-from app.auth.service import create_api_token
-from app.models import User
-from sqlalchemy import select
-upgrade(); seed_demo(); ensure_tiny_models()
-history = build_history(log=lambda line: None)
-with session_scope(write=True) as db:
-    token = create_api_token(db, db.scalar(select(User).where(User.username == "admin")), "e2e")
-print(json.dumps({"history": history, "token": token}))
-"""
 ADMIN = {"username": "admin", "password": "admin-demo-pass"}
 ANN1 = {"username": "ann1", "password": "ann1-demo-pass"}
 HAS_TRAINER = find_spec("torch") is not None and find_spec("transformers") is not None
@@ -67,46 +46,17 @@ CHART_FACTS = """() => [...document.querySelectorAll('svg.chart-svg')].map(svg =
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, browser):
-    base = tmp_path_factory.mktemp("demo")
-    env = os.environ | {"RANKFORGE_DATABASE_URL": f"sqlite:///{base / 'demo.db'}",
-                        "RANKFORGE_DATA_DIR": str(base / "data"), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    started = time.monotonic()
-    built = subprocess.run([sys.executable, "-c", BUILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr[-3000:]
-    result = json.loads(built.stdout.strip().splitlines()[-1])
-    result["build_seconds"] = time.monotonic() - started
-    port = free_port()
-    log = open(base / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", "127.0.0.1", "--port",
-                               str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("the demo server did not start: " + (base / "server.log").read_text()[-2000:])
-    context = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
+def demo(demo_site, browser):
+    """The shared demo server (tests/e2e/conftest.py) with an admin's page for this module."""
+    context = browser.new_context(base_url=demo_site["url"], viewport={"width": 1280, "height": 900})
     context.set_default_timeout(15_000)
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"JavaScript error: {error}"))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)  # CSP violations land here
     login(page, ADMIN)
-    yield {"url": url, "page": page, "problems": problems, "context": context, **result}
+    yield {"page": page, "problems": problems, "context": context, **demo_site}
     context.close()
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
 
 
 def charts_on(page, path: str) -> list[dict]:
