@@ -82,10 +82,12 @@ def _run(command: list[str], what: str) -> None:
 
 
 def _artifact_paths(engine: sa.Engine) -> list[tuple[str, int, str]]:
-    """(kind, id, path) of every dataset snapshot and model version with a path."""
+    """(kind, id, path) of every dataset snapshot and model version with a path (an endpoint's path is its server's
+    URL, not an artifact: left out)."""
     with engine.connect() as conn:
         datasets = conn.execute(sa.text("SELECT id, path FROM dataset_snapshot WHERE path IS NOT NULL")).all()
-        models = conn.execute(sa.text("SELECT id, path FROM model_version WHERE path IS NOT NULL")).all()
+        models = conn.execute(sa.text("SELECT id, path FROM model_version WHERE path IS NOT NULL AND NOT EXISTS "
+                                      "(SELECT 1 FROM model_endpoint e WHERE e.model_version_id = model_version.id)")).all()
     return [("dataset", i, p) for i, p in datasets] + [("model", i, p) for i, p in models]
 
 

@@ -10,6 +10,7 @@ from app.datasets.tasks import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.judges.tasks import run_judge_job
+from app.training.endpoint_generate import run_generate_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
@@ -21,6 +22,7 @@ HANDLERS: dict[str, Handler] = {
     "export": run_export_job,
     "verify": run_verify_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
+    "generate": run_generate_job,  # a policy that is an endpoint is asked over HTTP in the worker, else as above
     "judge": run_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns
 }
 IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]

@@ -110,7 +110,7 @@ def import_records(db: Session, project: Project, records: list[ImportRecord], *
 
 def add_generations(db: Session, project: Project, version: ModelVersion, rows: list[dict], *, job_id: int,
                     arena: bool = False) -> dict:  # fmt: skip
-    """A generate job's output ({prompt_id, completions: [{text, params, finish_reason}]} rows) as completions
+    """A generate job's output ({prompt_id, completions: [{text, params, finish_reason, usage?}]} rows) as completions
     of `version`, grouped into new comparisons (pairs, or groups of 4 in rank mode); with `arena`, each prompt's
     first new completion is also paired with the newest completion of every other model."""
     group = 2 if project.mode == "pairwise" else 4
@@ -125,7 +125,8 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
         fresh = [Completion(prompt_id=prompt.id, text=c["text"].replace("\x00", ""), model_name=version.name,
                             model_version_id=version.id,
                             params=c.get("params") or {},
-                            meta={"job_id": job_id, "finish_reason": c.get("finish_reason")})
+                            meta={"job_id": job_id, "finish_reason": c.get("finish_reason")}
+                            | ({"usage": c["usage"]} if c.get("usage") else {}))
                  for c in row["completions"]]  # fmt: skip
         db.add_all(fresh)
         db.flush()
