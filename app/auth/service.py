@@ -57,6 +57,17 @@ def prune_login_failures(db: Session) -> int:
     return db.execute(delete(LoginFailure).where(LoginFailure.created_at < since)).rowcount or 0
 
 
+def _serialize_attempts(db: Session, username: str) -> None:
+    """Attempts on one account run one at a time, from the count of its failures to the recording of this one, so
+    parallel wrong passwords cannot all read the count before any of them is recorded. PostgreSQL: a transaction
+    advisory lock on the account's name (released at commit). SQLite: pruning old failures is a write, which
+    takes the database's write lock up front and holds it to commit (other writers wait, see app.db)."""
+    if db.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(b"rankforge-login:" + username.encode()).digest()[:8], "big", signed=True)
+        db.execute(select(func.pg_advisory_xact_lock(key)))
+    prune_login_failures(db)
+
+
 def authenticate(db: Session, username: str, password: str, ip: str) -> User:
     """Check a login. Failures are recorded; too many from one address lock that account there, and too many
     from all addresses together (RANKFORGE_LOGIN_MAX_FAILURES_PER_USER) lock it everywhere, so rotating
@@ -73,6 +84,7 @@ def authenticate(db: Session, username: str, password: str, ip: str) -> User:
     if not possible:
         username = strip_bad_characters(username)[: column_length(User.username)]
     ip = (ip or "unknown")[:64]
+    _serialize_attempts(db, username)
     from_here, total = _recent_failures(db, username, ip)
     if from_here >= settings.login_max_failures:
         raise TooManyRequests(
@@ -86,7 +98,6 @@ def authenticate(db: Session, username: str, password: str, ip: str) -> User:
     user = db.scalar(select(User).where(User.username == username)) if possible else None
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
     if not (user and ok and user.is_active):
-        prune_login_failures(db)
         db.add(LoginFailure(username=username, ip=ip))
         raise Unauthorized("Wrong username or password.")
     db.execute(delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.ip == ip))
