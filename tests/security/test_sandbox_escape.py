@@ -301,3 +301,23 @@ def test_the_probes_are_real_attacks(targets):
     for name in ("read_host_tmp_file", "list_run_dir", "postgresql_socket", "control"):
         verdict = _run_unconfined(texts[name])
         assert verdict["passed"] and verdict["isolation"] == "unconfined", (name, verdict)
+
+
+def test_the_root_holds_only_what_the_interpreter_needs(sandbox_works):
+    """Seen from inside: the interpreter's directories (read-only), a generated /etc, the safe devices, empty /tmp
+    and /dev/shm of its own, the work dir; a hidden path under a bound directory shows nothing."""
+    code = "import os\nroot = sorted(os.listdir('/'))\netc = sorted(os.listdir('/etc'))\ndev = sorted(os.listdir('/dev'))\n"
+    tests = ("assert set(root) <= {'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32', 'usr', 'etc', 'dev', 'proc', "
+             "'tmp', 'work'}, root\n"
+             "assert set(etc) <= {'passwd', 'group', 'hosts', 'ld.so.cache', 'localtime'}, etc\n"
+             "assert dev == ['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero'], dev\n"
+             "assert os.listdir('/tmp') == [] and os.listdir('/dev/shm') == []\n"
+             "assert os.getcwd() == '/work' and os.environ['HOME'] == '/work' and os.environ['TMPDIR'] == '/tmp'\n"
+             "assert os.path.isdir('/usr/share') and not os.path.exists('/usr/share/zoneinfo')\n"
+             "import errno\n"
+             "for path in ['/x', '/usr/x', '/etc/x', '/dev/x']:\n"
+             "    try:\n        open(path, 'w')\n        assert False, path\n"
+             "    except OSError as error:\n        assert error.errno == errno.EROFS, (path, error)\n"
+             "open('/tmp/x', 'w').write('x')\nopen('/dev/shm/x', 'w').write('x')\nopen('/dev/null', 'w').write('x')\n")  # fmt: skip
+    verdict = run_tests(code, tests, None, Limits(hide=["/usr/share"]))
+    assert verdict["passed"] and verdict["n_tests"] == 8, verdict

@@ -371,7 +371,8 @@ def _build_root(libc, root: str, scratch: str, config: dict, uid: int) -> None:
     python = os.path.realpath(config["python"])
     for path in limits["hide"]:  # host paths that a bound directory would still show (artifact store, source)
         real = os.path.realpath(path)
-        if real != "/" and not python.startswith(real.rstrip("/") + "/") and os.path.isdir(root + real):
+        shown = any(real == b or real.startswith(b + "/") for b in bound) and os.path.isdir(root + real)
+        if shown and not python.startswith(real.rstrip("/") + "/"):
             _mount(libc, "tmpfs", root + real, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=000")
     machine = os.uname().machine
     if machine not in PIVOT_ROOT_SYSCALL:
