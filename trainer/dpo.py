@@ -22,10 +22,20 @@ from trl import DPOConfig, DPOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, read_training_rows, require_format
-from trainer.encoding import Fit, effective_max_length, encode_rows
-from trainer.models import load_policy, load_tokenizer, lora_config, report_fit, save_trained, trainer_kwargs
+from trainer.encoding import Fit, LengthGroupedBatches, effective_max_length, encode_rows, padded_length
+from trainer.models import (
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    report_fit,
+    report_phases,
+    save_trained,
+    thread_facts,
+    trainer_kwargs,
+)
 from trainer.params import DPOArgs
 from trainer.spec import JobSpec
+from trainer.timing import Phases
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -37,12 +47,15 @@ def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def encoded_pairs(rows: list[dict[str, Any]], tokenizer, max_length: int | None) -> tuple[list[dict], Fit]:
     """{prompt_ids, chosen_ids, rejected_ids} per pair by trainer.encoding: the prompt's start is cut so that
-    prompt + the longer completion fits max_length (TRL would cut the completions' ends instead)."""
-    return encode_rows(pair_rows(rows), tokenizer, max_length, ("chosen", "rejected"))
+    prompt + the longer completion fits max_length (TRL would cut the completions' ends instead). Longest first:
+    TRL computes the reference log-probs and evaluates in the dataset's order, so neighbours share a width."""
+    encoded, fit = encode_rows(pair_rows(rows), tokenizer, max_length, ("chosen", "rejected"))
+    return sorted(encoded, key=padded_length, reverse=True), fit
 
 
-class PreTokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer on rows already tokenized by trainer.encoding (prompt_ids, chosen_ids, rejected_ids)."""
+class PreTokenizedDPOTrainer(LengthGroupedBatches, DPOTrainer):
+    """DPOTrainer on rows already tokenized by trainer.encoding (prompt_ids, chosen_ids, rejected_ids), training
+    on batches of pairs of similar length (trainer.encoding.LengthGroupedBatches)."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "prompt_ids" in dataset.column_names:
@@ -53,21 +66,26 @@ class PreTokenizedDPOTrainer(DPOTrainer):
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     args: DPOArgs = spec.args
     dataset_path = spec.dataset_path
-    require_format(dataset_path, "dpo", ("pairs",))
-    tokenizer = load_tokenizer(spec.base_model)
-    policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
-
-    train_rows = read_training_rows(dataset_path)
-    eval_rows = []
-    if args.eval_split and has_split(dataset_path, args.eval_split):
-        eval_rows = read_rows(dataset_path, args.eval_split)
-    progress.log(f"dpo: {len(train_rows)} training pairs, {len(eval_rows)} held-out pairs")
+    phases = Phases()
+    with phases("read_snapshot"):
+        require_format(dataset_path, "dpo", ("pairs",))
+        train_rows = read_training_rows(dataset_path)
+        eval_rows = []
+        if args.eval_split and has_split(dataset_path, args.eval_split):
+            eval_rows = read_rows(dataset_path, args.eval_split)
+    with phases("load_model"):
+        tokenizer = load_tokenizer(spec.base_model)
+        policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
+    system = thread_facts()
+    progress.log(f"dpo: {len(train_rows)} training pairs, {len(eval_rows)} held-out pairs, "
+                 f"{system['system/threads']} threads per process")  # fmt: skip
 
     scratch = out_dir / "_scratch"
     kwargs = trainer_kwargs(args, str(scratch), spec.seed)
     kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
-    train_encoded, fit = encoded_pairs(train_rows, tokenizer, max_length)
-    eval_encoded, _ = encoded_pairs(eval_rows, tokenizer, max_length)
+    with phases("tokenize"):
+        train_encoded, fit = encoded_pairs(train_rows, tokenizer, max_length)
+        eval_encoded, _ = encoded_pairs(eval_rows, tokenizer, max_length)
     report_fit(fit, "pairs")
     if not train_encoded:
         raise ValueError(f"every training pair has a completion longer than max_length ({max_length}) on its own")
@@ -78,22 +96,25 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         label_smoothing=args.label_smoothing,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
-    eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
     callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
     progress.progress(
         0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
     )
-    trainer = PreTokenizedDPOTrainer(
-        model=policy,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=[callback],
-        peft_config=lora_config(args, "CAUSAL_LM"),
-    )
-    result = trainer.train()
+    with phases("prepare"):
+        train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
+        eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
+        trainer = PreTokenizedDPOTrainer(
+            model=policy,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=[callback],
+            peft_config=lora_config(args, "CAUSAL_LM"),
+        )
+    trainer.row_lengths = [padded_length(row) for row in train_encoded]
+    with phases("train"):
+        result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
@@ -107,7 +128,8 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             metrics[name] = value
     if eval_dataset is not None:
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")
-        held_out = progress.map_metrics(trainer.evaluate())  # also emitted as a metrics event by the callback
+        with phases("evaluate"):
+            held_out = progress.map_metrics(trainer.evaluate())  # also emitted as a metrics event by the callback
         for name in (
             "eval/loss",
             "eval/rewards/accuracies",
@@ -120,5 +142,6 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         metrics["eval/pairs"] = len(eval_dataset)
 
     progress.progress(0.95, "saving the policy")
-    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
-    return metrics
+    with phases("save"):
+        save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
+    return metrics | report_phases(phases, result.global_step, system)

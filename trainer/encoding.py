@@ -4,6 +4,8 @@
     tokenizer_setup(tokenizer) -> TokenizerSetup                              (as prepared, or as found)
     encode_pair(prompt, completions, tokenizer, max_length) -> Encoded | None (None: a completion alone is too long)
     encode_sequence(prompt, completion, tokenizer, max_length) -> ids         (reward training, eval and scoring)
+    encode_rows(rows, tokenizer, max_length, columns) -> (rows, Fit)         (cached on disk: TOKEN_CACHE_ENV)
+    LengthGroupedBatches                                                     (trainer mixin: batches of like lengths)
 
 Checkpoints differ in what their tokenizer brings, and each gap gets one documented answer:
 
@@ -21,8 +23,16 @@ that alone (with the special tokens) exceeds max_length cannot be kept; such row
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from trainer.threads import TOKEN_CACHE_ENV
 
 PLAIN_TEMPLATE_NAME = "rankforge-plain-transcript-v1"
 PLAIN_CHAT_TEMPLATE = (
@@ -276,6 +286,8 @@ class Fit:
     total: int = 0
     truncated: int = 0
     dropped: int = 0
+    from_cache: bool = False
+    """True when the token ids were read from the tokenization cache rather than computed"""
 
     @property
     def used(self) -> int:
@@ -286,15 +298,90 @@ class Fit:
                 f"train/{unit}_truncated": self.truncated, f"train/{unit}_dropped": self.dropped}  # fmt: skip
 
 
-def encode_rows(
-    rows: list[dict[str, Any]], tokenizer, max_length: int | None, completion_columns: tuple[str, ...]
-) -> tuple[list[dict[str, Any]], Fit]:
-    """Each row's prompt and completions (the named columns) as token ids, the prompt cut at its start to fit:
-    rows become {prompt_ids, <column>_ids..., other columns}; rows that cannot fit are left out and counted."""
-    fit = Fit(total=len(rows))
-    encoded_rows = []
+ENCODING_VERSION = 1
+"""Part of every cache key: raise it whenever encode_pair's output changes, so older cache entries are not read."""
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A digest of everything that decides the token ids: the fast tokenizer's whole definition (vocabulary,
+    merges, normalizer, added tokens), the chat template, the special tokens and the setup; None for a slow
+    tokenizer (such rows are not cached)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.sha256(backend.to_str().encode("utf-8"))
+    facts = [type(tokenizer).__name__, getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id,
+             tokenizer.pad_token_id, special_frame(tokenizer), tokenizer_setup(tokenizer).to_dict()]  # fmt: skip
+    digest.update(json.dumps(facts, sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _cache_key(rows: list[dict[str, Any]], tokenizer, max_length: int | None, columns: tuple[str, ...]) -> str | None:
+    """The cache entry of these rows' encodings: their prompts and completions (the content itself, so a
+    snapshot, a split, an order or a shuffle is told apart for free), the tokenizer, max_length, the encoding."""
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint is None:
+        return None
+    digest = hashlib.sha256(json.dumps([ENCODING_VERSION, fingerprint, max_length, columns]).encode("utf-8"))
     for row in rows:
-        encoded = encode_pair(row["prompt"], [row[c] for c in completion_columns], tokenizer, max_length)
+        digest.update(json.dumps([row["prompt"], *(row[c] for c in columns)], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path) -> list[Encoded | None] | None:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [None if item is None else Encoded(item[0], item[1], bool(item[2])) for item in raw]
+
+
+def _write_cached(path: Path, encodings: list[Encoded | None]) -> None:
+    """Atomic: a temp file in the same directory, renamed into place (concurrent writers write the same bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = [None if e is None else [e.prompt_ids, e.completion_ids, e.truncated] for e in encodings]
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(raw, out, separators=(",", ":"))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def encode_all(
+    rows: list[dict[str, Any]], tokenizer, max_length: int | None, columns: tuple[str, ...],
+    cache_dir: str | Path | None = None,
+) -> tuple[list[Encoded | None], bool]:  # fmt: skip
+    """encode_pair of every row (None: does not fit), read from the cache under cache_dir (default: the
+    TOKEN_CACHE_ENV directory) when these rows were encoded before; returns (encodings, from_cache)."""
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get(TOKEN_CACHE_ENV)
+    key = _cache_key(rows, tokenizer, max_length, columns) if cache_dir and rows else None
+    path = Path(cache_dir) / f"{key}.json" if key else None
+    if path is not None and path.is_file():
+        cached = _read_cached(path)
+        if cached is not None and len(cached) == len(rows):
+            return cached, True
+    encodings = [encode_pair(row["prompt"], [row[c] for c in columns], tokenizer, max_length) for row in rows]
+    if path is not None:
+        with contextlib.suppress(OSError):  # a read-only or full store: the job goes on without the cache
+            _write_cached(path, encodings)
+    return encodings, False
+
+
+def encode_rows(
+    rows: list[dict[str, Any]], tokenizer, max_length: int | None, completion_columns: tuple[str, ...],
+    cache_dir: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], Fit]:  # fmt: skip
+    """Each row's prompt and completions (the named columns) as token ids, the prompt cut at its start to fit:
+    rows become {prompt_ids, <column>_ids..., other columns}; rows that cannot fit are left out and counted.
+    The token ids come from the tokenization cache when the same rows met the same tokenizer before."""
+    encodings, from_cache = encode_all(rows, tokenizer, max_length, completion_columns, cache_dir)
+    fit = Fit(total=len(rows), from_cache=from_cache)
+    encoded_rows = []
+    for row, encoded in zip(rows, encodings, strict=True):
         if encoded is None:
             fit.dropped += 1
             continue
@@ -305,3 +392,41 @@ def encode_rows(
             item[f"{column}_ids"] = ids
         encoded_rows.append(item)
     return encoded_rows, fit
+
+
+def padded_length(row: dict[str, Any]) -> int:
+    """Tokens an encoded row takes in a batch: its prompt plus its longest completion (a pair's chosen and
+    rejected sequences are padded to the same width)."""
+    completions = [len(ids) for name, ids in row.items() if name.endswith("_ids") and name != "prompt_ids"]
+    return len(row.get("prompt_ids") or []) + max(completions, default=0)
+
+
+class LengthGroupedBatches:
+    """Mixin for a transformers Trainer on encoded rows: training batches of rows of similar length.
+
+    TRL pads every batch to its longest row, so with random batches one long (truncated) pair pads the whole
+    batch to max_length. The sampler is transformers' LengthGroupedSampler (random mega-batches of up to 50 global
+    batches, each sorted by length: the order stays random at the scale of an epoch), seeded with the run's data
+    seed.
+    Set `row_lengths` (padded_length of each training row, in the dataset's order) before training; without
+    it the trainer samples as it would have.
+    """
+
+    row_lengths: list[int] | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = self.row_lengths
+        if lengths is None or dataset is None or len(lengths) != len(dataset):
+            return super()._get_train_sampler(train_dataset)
+        import torch
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        # Grouped by the global batch (every process, every accumulation step): the same order and the same global
+        # batches whatever the process count; accelerate then deals each process its share of each batch.
+        args = self.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return LengthGroupedSampler(
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
+            lengths=list(lengths), generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip

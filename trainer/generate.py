@@ -27,9 +27,18 @@ import torch
 from trainer import progress
 from trainer.data import is_conversational, read_prompts, read_prompts_file, to_prompt_text
 from trainer.encoding import effective_max_length, encode_sequence
-from trainer.models import default_device, load_policy, load_reward, load_tokenizer, reward_scores
+from trainer.models import (
+    default_device,
+    load_policy,
+    load_reward,
+    load_tokenizer,
+    report_phases,
+    reward_scores,
+    thread_facts,
+)
 from trainer.params import GenerateArgs, ScoreArgs
 from trainer.spec import JobSpec
+from trainer.timing import Phases
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
@@ -173,9 +182,13 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     if not progress.is_main_process():
         return {}
     backend = generation_backend(args.backend)
-    tokenizer = load_tokenizer(spec.base_model)
-    model = None if backend == "vllm" else load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()
-    prompts = read_prompts(spec)
+    phases = Phases()
+    with phases("load_model"):
+        tokenizer = load_tokenizer(spec.base_model)
+        model = None if backend == "vllm" else load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()
+    system = thread_facts()
+    with phases("read_prompts"):
+        prompts = read_prompts(spec)
     if not prompts:
         raise ValueError("no prompts to generate for")
     # Batches of prompts of similar length (longest first), so little of each batch is padding; the file keeps
@@ -184,9 +197,10 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         item["_position"] = position
     prompts.sort(key=lambda p: -len(json.dumps(p["prompt"], ensure_ascii=False)))
     rows_by_position: dict[int, str] = {}
-    if backend == "vllm" and args.reference_model:
-        model = load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()  # for log-ratios
-    reference = load_policy(args.reference_model).to(default_device()).eval() if args.reference_model else None
+    with phases("load_model"):
+        if backend == "vllm" and args.reference_model:
+            model = load_policy(spec.base_model, tokenizer=tokenizer).to(default_device()).eval()  # for log-ratios
+        reference = load_policy(args.reference_model).to(default_device()).eval() if args.reference_model else None
     log_ratios: list[float] = []
     params = {
         "model": spec.base_model,
@@ -200,7 +214,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     finished_by_eos = new_tokens = count = 0
     batch_size = len(prompts) if backend == "vllm" else args.batch_size  # vLLM schedules its own batches
-    with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
+    with phases("generate"), open(out_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             texts = [p["prompt"] for p in batch]
@@ -239,7 +253,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     }
     if log_ratios:
         metrics["generate/kl_to_reference"] = sum(log_ratios) / len(log_ratios)
-    return metrics
+    return metrics | report_phases(phases, 0, system)
 
 
 def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:

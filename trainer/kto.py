@@ -8,9 +8,9 @@ reward r = beta * (log pi(y|x) - log pi_ref(y|x)) and z_ref an estimate of KL(pi
     desirable_weight * (1 - sigmoid(r - z_ref))  for desirable rows
     undesirable_weight * (1 - sigmoid(z_ref - r))  for undesirable rows
 
-TRL samples batches in order (the KL pairs are built per batch ahead of time), so the rows are shuffled with
-the job's seed first: an export lists a comparison's rows next to each other, and unshuffled batches would
-hold one label each, which teaches nothing.
+The KL pairs are built ahead of time within runs of batch-size rows in the dataset's order, so the rows are
+shuffled with the job's seed first: an export lists a comparison's rows next to each other, and unshuffled runs
+would pair a prompt with its own other completion. Training batches then hold rows of similar length.
 
 Metrics: loss/total, rewards/{chosen,rejected,margins}, train/kl; eval/* on the snapshot's test split.
 Output: the trained policy ("policy" kind).
@@ -25,17 +25,28 @@ from trl import KTOConfig, KTOTrainer
 
 from trainer import progress
 from trainer.data import dataset_for_trainer, has_split, read_rows, require_format, shuffled, unpair
-from trainer.encoding import effective_max_length, encode_rows
-from trainer.models import load_policy, load_tokenizer, lora_config, report_fit, save_trained, trainer_kwargs
+from trainer.encoding import LengthGroupedBatches, effective_max_length, encode_rows, padded_length
+from trainer.models import (
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    report_fit,
+    report_phases,
+    save_trained,
+    thread_facts,
+    trainer_kwargs,
+)
 from trainer.params import KTOArgs
 from trainer.spec import JobSpec
+from trainer.timing import Phases
 
 KTO_COLUMNS = ("prompt", "completion", "label")
 
 
-class PreTokenizedKTOTrainer(KTOTrainer):
+class PreTokenizedKTOTrainer(LengthGroupedBatches, KTOTrainer):
     """KTOTrainer on rows already tokenized by trainer.encoding (prompt_ids, completion_ids, label): only the
-    mismatched KL completions are added, as TRL does (rotated by one within each batch)."""
+    mismatched KL completions are added, as TRL does (rotated by one within each batch of the shuffled rows).
+    Training batches hold rows of similar length (trainer.encoding.LengthGroupedBatches)."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "prompt_ids" not in dataset.column_names:
@@ -63,28 +74,33 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     args: KTOArgs = spec.args
     seed = spec.seed
     dataset_path = spec.dataset_path
-    fmt = require_format(dataset_path, "kto", ("kto", "pairs"))
-    tokenizer = load_tokenizer(spec.base_model)
-    policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
-
-    train_rows = kto_rows(dataset_path, "train", fmt, seed)
+    phases = Phases()
+    with phases("read_snapshot"):
+        fmt = require_format(dataset_path, "kto", ("kto", "pairs"))
+        train_rows = kto_rows(dataset_path, "train", fmt, seed)
+        eval_rows = []
+        if args.eval_split and has_split(dataset_path, args.eval_split):
+            eval_rows = kto_rows(dataset_path, args.eval_split, fmt, seed)
     if not train_rows:
         raise ValueError(f"dataset snapshot {dataset_path}: the train split is empty")
     if args.per_device_train_batch_size < 2:
         raise ValueError(
             "kto needs per_device_train_batch_size >= 2 (the KL estimate pairs rows within a batch)"
         )
+    with phases("load_model"):
+        tokenizer = load_tokenizer(spec.base_model)
+        policy = load_policy(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
+    system = thread_facts()
     desirable = sum(bool(row["label"]) for row in train_rows)
-    eval_rows = []
-    if args.eval_split and has_split(dataset_path, args.eval_split):
-        eval_rows = kto_rows(dataset_path, args.eval_split, fmt, seed)
-    progress.log(f"kto: {len(train_rows)} training rows ({desirable} desirable), {len(eval_rows)} held-out")
+    progress.log(f"kto: {len(train_rows)} training rows ({desirable} desirable), {len(eval_rows)} held-out, "
+                 f"{system['system/threads']} threads per process")  # fmt: skip
 
     scratch = out_dir / "_scratch"
     kwargs = trainer_kwargs(args, str(scratch), seed)
     kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
-    train_encoded, fit = encode_rows(train_rows, tokenizer, max_length, ("completion",))
-    eval_encoded, _ = encode_rows(eval_rows, tokenizer, max_length, ("completion",))
+    with phases("tokenize"):
+        train_encoded, fit = encode_rows(train_rows, tokenizer, max_length, ("completion",))
+        eval_encoded, _ = encode_rows(eval_rows, tokenizer, max_length, ("completion",))
     report_fit(fit, "rows")
     if not train_encoded:
         raise ValueError(f"every training row has a completion longer than max_length ({max_length}) on its own")
@@ -95,22 +111,25 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         undesirable_weight=args.undesirable_weight,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
-    eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
     callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
     progress.progress(
         0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
     )
-    trainer = PreTokenizedKTOTrainer(
-        model=policy,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=[callback],
-        peft_config=lora_config(args, "CAUSAL_LM"),
-    )
-    result = trainer.train()
+    with phases("prepare"):
+        train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
+        eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
+        trainer = PreTokenizedKTOTrainer(
+            model=policy,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=[callback],
+            peft_config=lora_config(args, "CAUSAL_LM"),
+        )
+    trainer.row_lengths = [padded_length(row) for row in train_encoded]
+    with phases("train"):
+        result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
@@ -125,7 +144,8 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             metrics[name] = value
     if eval_dataset is not None:
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")
-        held_out = progress.map_metrics(trainer.evaluate())
+        with phases("evaluate"):
+            held_out = progress.map_metrics(trainer.evaluate())
         for name in (
             "eval/loss",
             "eval/rewards/chosen",
@@ -138,5 +158,6 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         metrics["eval/rows"] = len(eval_dataset)
 
     progress.progress(0.95, "saving the policy")
-    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
-    return metrics
+    with phases("save"):
+        save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
+    return metrics | report_phases(phases, result.global_step, system)

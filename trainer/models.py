@@ -135,6 +135,7 @@ def load_policy(
     source = adapter_base(checkpoint) if is_adapter(checkpoint) else checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **quantization_kwargs(quantize, role))
     fit_embeddings(model, tokenizer)
+    fit_threads_to_model(model)
     if is_adapter(checkpoint):
         model = _with_adapter(model, checkpoint, role)
     return model
@@ -172,6 +173,7 @@ def load_reward(
         raise ValueError(f"{role} at {checkpoint} has {model.config.num_labels} labels; a reward model has 1")
     tokenizer = tokenizer or load_tokenizer(checkpoint, role)
     fit_embeddings(model, tokenizer)
+    fit_threads_to_model(model)
     if is_adapter(checkpoint):
         model = _with_adapter(model, checkpoint, role)
     return model
@@ -223,7 +225,43 @@ def report_fit(fit, unit: str) -> None:
     progress.log(
         f"{fit.total} {unit}: {fit.truncated} truncated at the prompt's start to fit max_length, "
         f"{fit.dropped} dropped (a completion alone longer than max_length)"
+        + ("; token ids from the tokenization cache" if getattr(fit, "from_cache", False) else "")
     )
+
+
+_LARGEST_MODEL = 0
+"""Parameters of the largest model this process loaded (the thread count follows it)."""
+
+
+def fit_threads_to_model(model) -> None:
+    """After a model is loaded: torch's thread count is the process's planned count (trainer.threads), narrowed
+    while every model loaded so far is tiny. load_policy and load_reward call it; so does any other loader."""
+    from trainer.threads import current_plan
+
+    global _LARGEST_MODEL
+    _LARGEST_MODEL = max(_LARGEST_MODEL, sum(p.numel() for p in model.parameters()))
+    threads = current_plan().for_model(_LARGEST_MODEL)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def thread_facts() -> dict[str, int]:
+    """The threads and processes the job runs with, reported with its metrics: system/threads (torch's count
+    in this process), system/processes (of the launch on this machine), system/cpus (its CPU budget)."""
+    from trainer.threads import current_plan
+
+    plan = current_plan()
+    return {"system/threads": torch.get_num_threads(), "system/processes": plan.processes, "system/cpus": plan.cpus}
+
+
+def report_phases(phases, step: int, system: dict[str, int] | None = None) -> dict[str, float]:
+    """Report where the job's time went (trainer.timing: time/<phase>_s) and the threads and processes it ran
+    with (system/*) as one metrics event; returns them for the job's final metrics."""
+    from trainer import progress
+
+    values = phases.metrics() | (system or {})
+    progress.metrics(step, values)
+    return values
 
 
 @torch.no_grad()

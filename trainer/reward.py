@@ -27,18 +27,28 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from trainer import progress
 from trainer.data import has_split, read_rows, read_training_rows, require_format
-from trainer.encoding import Fit, effective_max_length, encode_rows, encode_sequence
+from trainer.encoding import (
+    Fit,
+    LengthGroupedBatches,
+    effective_max_length,
+    encode_rows,
+    encode_sequence,
+    padded_length,
+)
 from trainer.models import (
     load_reward,
     load_tokenizer,
     lora_config,
     report_fit,
+    report_phases,
     reward_scores,
     save_trained,
+    thread_facts,
     trainer_kwargs,
 )
 from trainer.params import RewardArgs
 from trainer.spec import JobSpec
+from trainer.timing import Phases
 
 
 @dataclass
@@ -52,8 +62,9 @@ class WeightedPreferenceCollator(DataCollatorForPreference):
         return batch
 
 
-class WeightedRewardTrainer(RewardTrainer):
-    """RewardTrainer whose loss weighs each pair and subtracts its (already scaled) margin."""
+class WeightedRewardTrainer(LengthGroupedBatches, RewardTrainer):
+    """RewardTrainer whose loss weighs each pair and subtracts its (already scaled) margin; batches hold pairs of
+    similar length (trainer.encoding.LengthGroupedBatches)."""
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -127,29 +138,35 @@ def pairwise_accuracy(
 
 
 def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: RewardArgs, scratch_dir: Path, seed: int,
-                 callbacks: list | None = None, peft_config=None) -> WeightedRewardTrainer:  # fmt: skip
+                 callbacks: list | None = None, peft_config=None, phases: Phases | None = None,
+                 ) -> WeightedRewardTrainer:  # fmt: skip
     """The configured trainer for pairs rows (weights and scaled margins taken from the rows per args).
-    Its `fit` attribute says how many pairs were truncated (prompt start cut) and dropped."""
+    Its `fit` attribute says how many pairs were truncated (prompt start cut) and dropped; `phases` times the
+    tokenization and the trainer's set-up."""
     from datasets import Dataset
 
+    phases = phases or Phases()
     kwargs = trainer_kwargs(args, str(scratch_dir), seed)
     kwargs["max_length"] = effective_max_length(args.max_length, model.config, tokenizer)
     config = RewardConfig(**kwargs, center_rewards_coefficient=args.center_rewards_coefficient or None)
-    encoded, fit = _training_rows(rows, args, tokenizer, kwargs["max_length"])
+    with phases("tokenize"):
+        encoded, fit = _training_rows(rows, args, tokenizer, kwargs["max_length"])
     if not encoded:
         raise ValueError(
             f"every one of the {fit.total} training pairs has a completion longer than max_length "
             f"({kwargs['max_length']} tokens) on its own; raise max_length"
         )
-    trainer = WeightedRewardTrainer(
-        model=model,
-        args=config,
-        data_collator=WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id),
-        train_dataset=Dataset.from_list(encoded),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        peft_config=peft_config,
-    )
+    with phases("prepare"):
+        trainer = WeightedRewardTrainer(
+            model=model,
+            args=config,
+            data_collator=WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id),
+            train_dataset=Dataset.from_list(encoded),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            peft_config=peft_config,
+        )
+    trainer.row_lengths = [padded_length(row) for row in encoded]
     trainer.fit = fit
     return trainer
 
@@ -157,20 +174,23 @@ def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: RewardArgs,
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     args: RewardArgs = spec.args
     dataset_path = spec.dataset_path
-    require_format(dataset_path, "reward", ("pairs",))
-    tokenizer = load_tokenizer(spec.base_model)
-    model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model", quantize=args.load_in_4bit)
-
-    train_rows = read_training_rows(dataset_path)
-    progress.log(f"reward: {len(train_rows)} training pairs")
+    phases = Phases()
+    with phases("read_snapshot"):
+        require_format(dataset_path, "reward", ("pairs",))
+        train_rows = read_training_rows(dataset_path)
+    with phases("load_model"):
+        tokenizer = load_tokenizer(spec.base_model)
+        model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model", quantize=args.load_in_4bit)
+    system = thread_facts()
+    progress.log(f"reward: {len(train_rows)} training pairs, {system['system/threads']} threads per process")
 
     scratch = out_dir / "_scratch"
     callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
-    trainer = make_trainer(
-        model, tokenizer, train_rows, args, scratch, spec.seed, [callback], lora_config(args, "SEQ_CLS")
-    )
+    trainer = make_trainer(model, tokenizer, train_rows, args, scratch, spec.seed, [callback],
+                           lora_config(args, "SEQ_CLS"), phases)  # fmt: skip
     report_fit(trainer.fit, "pairs")
-    result = trainer.train()
+    with phases("train"):
+        result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),
@@ -184,18 +204,20 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
             metrics[name] = value
     if args.eval_split and has_split(dataset_path, args.eval_split) and progress.is_main_process():
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")
-        held_out = pairwise_accuracy(
-            trainer.model,
-            tokenizer,
-            read_rows(dataset_path, args.eval_split),
-            batch_size=args.per_device_eval_batch_size,
-            max_length=trainer.args.max_length,
-        )
+        with phases("evaluate"):
+            held_out = pairwise_accuracy(
+                trainer.model,
+                tokenizer,
+                read_rows(dataset_path, args.eval_split),
+                batch_size=args.per_device_eval_batch_size,
+                max_length=trainer.args.max_length,
+            )
         metrics.update({f"eval/{name}": value for name, value in held_out.items()})
         progress.metrics(
             result.global_step, {"eval/accuracy": held_out["accuracy"], "eval/margin": held_out["margin"]}
         )
 
     progress.progress(0.95, "saving the reward model")
-    save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
-    return metrics
+    with phases("save"):
+        save_trained(trainer, tokenizer, out_dir, scratch, merge=args.merge_adapter)
+    return metrics | report_phases(phases, result.global_step, system)

@@ -37,7 +37,13 @@ from torch import nn
 from trainer import progress
 from trainer.data import has_split, read_rows, read_training_rows, require_format
 from trainer.encoding import effective_max_length, encode_sequence
-from trainer.models import check_checkpoint, default_device, fit_embeddings, load_tokenizer
+from trainer.models import (
+    check_checkpoint,
+    default_device,
+    fit_embeddings,
+    fit_threads_to_model,
+    load_tokenizer,
+)
 from trainer.params import MultiRewardArgs
 from trainer.spec import JobSpec
 
@@ -90,6 +96,7 @@ def load_multi_head(path: str | Path, tokenizer, n_outputs: int):
                                                                ignore_mismatched_sizes=True)  # fmt: skip
     model.config.problem_type = "regression"
     fit_embeddings(model, tokenizer)
+    fit_threads_to_model(model)
     return model
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from app.config import get_settings
 from app.errors import JobCancelled, JobFailed
+from trainer.threads import THREADS_ENV, TOKEN_CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL_GRACE_SECONDS = 5.0
@@ -38,10 +39,15 @@ def python_executable() -> str:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment for a child, plus: the trainer's thread setting when one is configured (else
+    the child sizes its threads from the CPUs it may use: trainer.threads) and the tokenization cache's
+    directory in the artifact store."""
+    settings = get_settings()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    # One BLAS thread per process: much faster for small models on small, shared CPUs (override for big ones).
-    env["OMP_NUM_THREADS"] = os.environ.get("RANKFORGE_TRAINER_OMP_THREADS", "1")
+    if settings.trainer_threads:
+        env[THREADS_ENV] = str(settings.trainer_threads)
+    env.setdefault(TOKEN_CACHE_ENV, str(Path(settings.data_dir).resolve() / "cache" / "tokenized"))
     env["PYTHONUNBUFFERED"] = "1"
     return env | (extra or {})
 

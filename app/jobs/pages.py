@@ -107,6 +107,24 @@ def effective_params(job: Job) -> list[dict]:
     return [{"name": name, "value": params.get(name, defaults.get(name)), "set": name in params} for name in names]
 
 
+PHASE_NAMES = {"read_snapshot": "read snapshot", "read_prompts": "read prompts", "load_model": "load model",
+               "tokenize": "tokenize", "prepare": "prepare", "train": "train", "generate": "generate",
+               "evaluate": "evaluate", "save": "save"}  # fmt: skip
+"""The trainer's time/<phase>_s metrics (trainer.timing), in the order the job page lists them."""
+
+
+def time_phases(job: Job) -> dict | None:
+    """Where a finished job's time went: [(phase, seconds)], the total, threads and processes; None when the
+    trainer reported no phases."""
+    metrics = (job.result or {}).get("metrics") or {}
+    phases = [(label, metrics[f"time/{name}_s"]) for name, label in PHASE_NAMES.items()
+              if isinstance(metrics.get(f"time/{name}_s"), (int, float))]  # fmt: skip
+    if not phases:
+        return None
+    return {"phases": phases, "total": metrics.get("time/total_s"), "threads": metrics.get("system/threads"),
+            "processes": metrics.get("system/processes")}  # fmt: skip
+
+
 def _status_context(db, job: Job) -> dict:
     metrics = list(
         db.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
@@ -121,6 +139,7 @@ def _status_context(db, job: Job) -> dict:
         "reward": db.get(ModelVersion, job.reward_model_id) if job.reward_model_id else None,
         "project": db.get(Project, job.project_id) if job.project_id else None,
         "dropped_warning": dropped_warning(job), "depends_on": service.dependencies(db, job.id),
+        "time_phases": time_phases(job),
         "params": effective_params(job), "log": log_from_line(job.log_tail or ""),
     }  # fmt: skip
 

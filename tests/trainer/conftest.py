@@ -60,7 +60,7 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    # No OMP_NUM_THREADS: the child sizes its threads as the worker's do (trainer.threads: one for tiny models).
     return env
 
 
