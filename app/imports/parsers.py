@@ -51,6 +51,11 @@ FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED_ERRORS = ImportValidationError.MAX_REPORTED
 DEFAULT_MAX_BYTES = 50 * 2**20
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a line may have: far beyond any real record, far below the recursion
+that parsing (and every later walk of the row) would need."""
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 @dataclass
@@ -162,6 +167,10 @@ def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
             continue
         if not text.strip():
             continue
+        depth = _nesting_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            errors.add(line_no, f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} levels of arrays and objects")
+            continue
         try:
             row = json.loads(text, parse_constant=_reject_constant)
         except (json.JSONDecodeError, ValueError) as exc:
@@ -173,6 +182,21 @@ def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
             errors.add(line_no, f"expected a JSON object, got {_type_name(row)}")
             continue
         yield line_no, row
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects on a line, brackets inside strings not counted; computed before
+    parsing, so a line of 10,000 `[` is refused instead of exhausting the parser's recursion."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: not worth a scan
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> None:

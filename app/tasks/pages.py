@@ -117,7 +117,7 @@ def claim_page(project_ref: str, request: Request, db: DbSession, principal: Any
 def _judgment_from_form(form) -> JudgmentIn:
     try:
         ranking = json.loads(form.get("ranking") or "[]")
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested thousands deep
         raise ValueError("The ranking could not be read; rank the options again.") from error
     attributes: dict[str, dict[str, int]] = {}
     for key, value in form.multi_items():

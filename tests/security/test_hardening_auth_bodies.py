@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.test_body_limits import MiB, Body, call
+from tests.test_body_limits import Body, MiB, call
 
 JSON_ROUTES = ["/api/v1/projects", "/api/v1/projects/1/rounds", "/api/v1/jobs", "/api/v1/webhooks",
                "/api/v1/assignments/1/judgment", "/api/v1/projects/1/import"]  # fmt: skip
