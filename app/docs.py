@@ -2,6 +2,8 @@
 
 FastAPI's default page loads Swagger UI from a CDN, which leaves it blank on an offline machine;
 static/swagger/ holds the vendored swagger-ui-dist (see its VERSION file). ReDoc is not offered.
+The document declares a bearer scheme (app.openapi): the Authorize button takes an API token, which "Try it out"
+then sends, and which the page keeps across reloads (persistAuthorization).
 """
 
 from __future__ import annotations
@@ -25,4 +27,5 @@ def swagger_ui(request: Request):
         swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js",
         swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
         swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png",
+        swagger_ui_parameters={"persistAuthorization": True},
     )

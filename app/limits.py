@@ -15,7 +15,7 @@ import re
 from typing import Annotated, Any
 
 from annotated_types import Interval, MaxLen
-from pydantic import AfterValidator, BaseModel, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 INT4_MIN = -(2**31)
 INT4_MAX = 2**31 - 1
@@ -104,8 +104,11 @@ def parse_id(text: str) -> int | None:
 
 
 class Input(BaseModel):
-    """Base of request bodies: every string in every field (nested ones and object keys too) is checked
-    for characters the database refuses."""
+    """Base of request bodies: an unknown field is refused (422 naming it: a typo in a setting must not silently
+    do nothing), and every string in every field (nested ones and object keys too) is checked for characters the
+    database refuses."""
+
+    model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="after")
     @classmethod

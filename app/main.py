@@ -200,5 +200,7 @@ def _jsonable_errors(errors):
     clean = []
     for error in errors:
         item = {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
+        if item.get("type") == "extra_forbidden" and item.get("loc"):  # the sentence names the field too
+            item["msg"] = f"Unknown field {item['loc'][-1]!r}: not a field of this request."
         clean.append(item)
     return clean

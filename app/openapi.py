@@ -5,6 +5,9 @@ also answers 4xx errors from its own checks (`app.errors`: `{"detail": "a senten
 (`{"detail": {"message", "errors": [{line, message}], "total_errors"}}`) and 413 from the body limit; and the
 HTML pages answer HTML or redirects. This module rewrites each operation's responses accordingly; the
 schemathesis run in the test suite (tests/test_openapi_fuzz.py) checks that responses keep to it.
+
+`/openapi.json` (and the docs page drawn from it) describes the JSON API only, with its bearer-token security
+scheme; `full_schema` adds the HTML pages (forms, redirects), for the fuzz test that exercises every route.
 """
 
 from __future__ import annotations
@@ -114,14 +117,72 @@ def api_first(schema: dict) -> dict:
     return schema
 
 
+BEARER = "bearerAuth"
+SECURITY_SCHEMES = {BEARER: {
+    "type": "http", "scheme": "bearer",
+    "description": "An API token (`rankforge token create NAME`, or the token page): `Authorization: Bearer TOKEN`.",
+}}  # fmt: skip
+PUBLIC_PATHS = ("/healthz",)
+TOTAL_HEADER_DOC = {"description": "Items matching the filters, all pages together (app.api).",
+                    "schema": {"type": "integer"}}  # fmt: skip
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(NOT_PAGES)
+
+
+def secure_and_count(schema: dict) -> dict:
+    """The bearer scheme on every JSON operation but the public ones (the docs page's Authorize button and "Try it
+    out" send the token); the `X-Total-Count` header on every answer that is a JSON array (a list route)."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in schema.get("paths", {}).items():
+        if not is_api_path(path):
+            continue
+        for operation in operations.values():
+            operation["security"] = [] if path in PUBLIC_PATHS else [{BEARER: []}]
+            ok = operation.get("responses", {}).get("200", {})
+            if ok.get("content", {}).get("application/json", {}).get("schema", {}).get("type") == "array":
+                ok.setdefault("headers", {})["X-Total-Count"] = TOTAL_HEADER_DOC
+    return schema
+
+
+def _document(app: FastAPI, routes) -> dict:
+    return api_first(secure_and_count(describe_errors(
+        get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
+    )))  # fmt: skip
+
+
+def full_schema(app: FastAPI) -> dict:
+    """The document with the HTML pages too (for tests that exercise every route)."""
+    return _document(app, app.routes)
+
+
 def install(app: FastAPI) -> None:
-    """Serve the rewritten document at /openapi.json (built once, on first use)."""
+    """Serve the JSON API's document at /openapi.json (built once, on first use); HTML routes are left out."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = api_first(describe_errors(
-                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            ))  # fmt: skip
+            document = _document(app, app.routes)
+            document["paths"] = {path: ops for path, ops in document["paths"].items() if is_api_path(path)}
+            document["tags"] = [tag for tag in document["tags"] if tag["name"] != "pages"]
+            app.openapi_schema = _prune_components(document)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _prune_components(document: dict) -> dict:
+    """Drop the schemas only HTML routes used (form bodies), so the document names nothing it does not use."""
+    import json
+
+    schemas = document.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+    pending = [json.dumps(document["paths"])]
+    while pending:
+        text = pending.pop()
+        for name in schemas:
+            if name not in used and f'"#/components/schemas/{name}"' in text:
+                used.add(name)
+                pending.append(json.dumps(schemas[name]))
+    document["components"]["schemas"] = {name: body for name, body in schemas.items() if name in used}
+    return document

@@ -2,41 +2,51 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from typing import Annotated
+
+from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
+from app.api import Paging, paging
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
-from app.limits import INT4_MAX, Id
+from app.datasets.schemas import DatasetOut
+from app.limits import Id
 from app.models import DatasetSnapshot
 from app.projects.service import get_project
 
 router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
 
-@router.post("/projects/{project_ref}/datasets", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/projects/{project_ref}/datasets", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
 def create_dataset(project_ref: str, body: dict, db: DbSession, principal: Staff):
     """Start an export: returns the snapshot (status `building`) and its `job_id` at once."""
     snapshot = service.request_snapshot(db, get_project(db, project_ref), body, principal.user)
     return service.snapshot_json(snapshot)
 
 
-@router.get("/datasets")
-def list_datasets(db: DbSession, principal: Staff, project_id: Id | None = None,
-                  limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT4_MAX)):  # fmt: skip
-    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit).offset(offset)
+@router.get("/datasets", response_model=list[DatasetOut])
+def list_datasets(db: DbSession, principal: Staff, response: Response, page: Annotated[Paging, paging(200, 1000)],
+                  project_id: Id | None = None):  # fmt: skip
+    """Newest first."""
+    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc())
     if project_id is not None:
         query = query.where(DatasetSnapshot.project_id == project_id)
-    return [service.snapshot_json(s) for s in db.scalars(query)]
+    snapshots, total = page.rows(db, query)
+    page.header(response, total)
+    return [service.snapshot_json(s) for s in snapshots]
 
 
-@router.get("/datasets/{dataset_id}")
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: Id, db: DbSession, principal: Staff):
     return service.snapshot_json(service.get_snapshot(db, dataset_id))
 
 
-@router.get("/datasets/{dataset_id}/files/{name:path}")
+@router.get("/datasets/{dataset_id}/files/{name:path}", response_class=FileResponse,
+            responses={200: {"description": "The file's bytes (JSONL, Parquet, manifest.json, ...).",
+                             "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}}})  # fmt: skip
 def download_file(dataset_id: Id, name: str, db: DbSession, principal: Staff):
     path = service.ready_file(db, dataset_id, name)
     return FileResponse(path, filename=path.name)

@@ -1,8 +1,11 @@
+from __future__ import annotations
+
 from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
+from app.api import Out
 from app.judgments.selections import EXPORT_DEFAULT
 from app.limits import Input, PositiveInt4, varchar
 from app.models import Comparison
@@ -46,3 +49,30 @@ class DatasetCreate(Input):
         "prompts is a multi-message chat, which cannot be a plain string.",
     )
     hf_datasets: bool = Field(default=False, description="Also write a Hugging Face save_to_disk directory.")
+
+
+class DatasetRows(Out):
+    train: int | None
+    test: int | None
+
+
+class DatasetOut(Out):
+    """A dataset snapshot: `building`, then `ready` (rows, files, sha256) or `failed` (error)."""
+
+    id: int
+    project_id: int
+    status: str
+    format: str
+    rows: DatasetRows
+    sha256: str | None
+    files: list[str] | None
+    size_bytes: int | None
+    spec: dict | None
+    job_id: int | None
+    error: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, snapshot) -> DatasetOut:
+        fields = {name: getattr(snapshot, name) for name in cls.model_fields if name != "rows"}
+        return cls.model_validate(fields | {"rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}})

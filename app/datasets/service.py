@@ -13,10 +13,11 @@ from sqlalchemy import Text, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from app import __version__
+from app.api import get_or_404
 from app.audit import audit
 from app.config import get_settings
 from app.datasets.formats import Edit, JudgedComparison, JudgmentVote, arrow_schema, export_rows
-from app.datasets.schemas import DatasetCreate
+from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
     SnapshotFileNotFoundError,
     SnapshotTamperedError,
@@ -80,10 +81,7 @@ def request_snapshot(db: Session, project: Project, params: dict, actor: User | 
 
 
 def get_snapshot(db: Session, dataset_id: int) -> DatasetSnapshot:
-    snapshot = db.get(DatasetSnapshot, dataset_id)
-    if snapshot is None:
-        raise NotFound(f"No dataset {dataset_id}.")
-    return snapshot
+    return get_or_404(db, DatasetSnapshot, dataset_id, "dataset")
 
 
 def _as_text(column):
@@ -329,12 +327,8 @@ def mark_snapshot_failed(db: Session, snapshot: DatasetSnapshot, error: str) -> 
 
 
 def snapshot_json(snapshot: DatasetSnapshot) -> dict:
-    return {
-        "id": snapshot.id, "project_id": snapshot.project_id, "status": snapshot.status, "format": snapshot.format,
-        "rows": {"train": snapshot.rows_train, "test": snapshot.rows_test}, "sha256": snapshot.sha256,
-        "files": snapshot.files, "size_bytes": snapshot.size_bytes, "spec": snapshot.spec, "job_id": snapshot.job_id,
-        "error": snapshot.error, "created_at": snapshot.created_at.isoformat(),
-    }  # fmt: skip
+    """The snapshot as the API, the pages and webhook events show it (its shape: DatasetOut)."""
+    return DatasetOut.of(snapshot).model_dump(mode="json")
 
 
 def delete_snapshot(db: Session, snapshot: DatasetSnapshot, actor: User | None) -> None:

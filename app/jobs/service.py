@@ -14,8 +14,10 @@ from datetime import timedelta
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, object_session
 
+from app.api import get_or_404
 from app.db import is_sqlite, write_transaction
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
+from app.jobs.schemas import JobOut
 from app.models import TERMINAL_STATUSES, Job, JobDependency, JobMetric, JobStatus, User, utcnow
 from app.webhooks.service import emit
 
@@ -93,10 +95,7 @@ def retry(db: Session, job: Job) -> list[int]:
 
 
 def get_job(db: Session, job_id: int) -> Job:
-    job = db.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"No job {job_id}.")
-    return job
+    return get_or_404(db, Job, job_id, "job")
 
 
 def recover_stale(db: Session, stale_seconds: float) -> list[int]:
@@ -212,16 +211,6 @@ def _emit_ended(db: Session, job: Job) -> None:
 
 
 def job_json(job: Job) -> dict:
+    """The job as the API, the pages and webhook events show it (its shape: app.jobs.schemas.JobOut)."""
     db = object_session(job)
-    return {
-        "depends_on": dependencies(db, job.id) if db is not None else [],
-        "id": job.id, "kind": job.kind, "project_id": job.project_id, "status": job.status,
-        "progress": job.progress, "message": job.message, "error": job.error,
-        "result": job.result or {}, "params": job.params, "dataset_id": job.dataset_id,
-        "base_model_id": job.base_model_id, "reward_model_id": job.reward_model_id,
-        "attempts": job.attempts, "max_attempts": job.max_attempts,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
-    }  # fmt: skip
+    return JobOut.of(job, dependencies(db, job.id) if db is not None else []).model_dump(mode="json")

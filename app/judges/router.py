@@ -3,13 +3,15 @@ generative judges' template. Staff only: raters never see AI verdicts."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from pydantic import Field
 
+from app.api import Paging, paging
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.judges import service
+from app.judges.schemas import AILabelList, AILabelReviewed, JudgeOut, JudgesReport, PolicyOut, TemplateOut
 from app.limits import Id, Input, varchar
 from app.models import Judge, ModelVersion
 from app.projects.service import get_project
@@ -35,7 +37,7 @@ class TemplateIn(Input):
     body: str = Field(max_length=100_000)
 
 
-@router.get("/judges")
+@router.get("/judges", response_model=JudgesReport)
 def list_judges(project_ref: str, db: DbSession, principal: Staff):
     """The project's judges, the AI policy and template, and per judge and template version its agreement with
     the humans: accuracy vs the human majority, Cohen's kappa, Krippendorff's alpha with the humans, calibration
@@ -43,15 +45,13 @@ def list_judges(project_ref: str, db: DbSession, principal: Staff):
     return service.judges_json(db, get_project(db, project_ref))
 
 
-@router.post("/judges", status_code=status.HTTP_201_CREATED)
+@router.post("/judges", status_code=status.HTTP_201_CREATED, response_model=JudgeOut)
 def create_judge(project_ref: str, data: JudgeIn, db: DbSession, principal: Staff):
     project = get_project(db, project_ref)
-    judge = service.create_judge(db, project, data.name, data.method, data.model, data.params, principal.user)
-    return {"id": judge.id, "name": judge.name, "method": judge.method, "model_version_id": judge.model_version_id,
-            "params": judge.params}  # fmt: skip
+    return service.create_judge(db, project, data.name, data.method, data.model, data.params, principal.user)
 
 
-@router.put("/ai-policy")
+@router.put("/ai-policy", response_model=PolicyOut)
 def put_policy(project_ref: str, data: PolicyIn, db: DbSession, principal: Admin):
     """off | shadow | prelabel | route, the judge it acts on, and the confidence threshold."""
     project = get_project(db, project_ref)
@@ -60,7 +60,7 @@ def put_policy(project_ref: str, data: PolicyIn, db: DbSession, principal: Admin
     return service.policy_json(db, project)
 
 
-@router.put("/judges/template")
+@router.put("/judges/template", response_model=TemplateOut)
 def put_template(project_ref: str, data: TemplateIn, db: DbSession, principal: Staff):
     """A new version of the generative judges' question ({guidelines}, {prompt}, {response_a}, {response_b})."""
     project = get_project(db, project_ref)
@@ -72,15 +72,16 @@ class ReviewIn(Input):
     decision: Literal["confirm", "flip"]
 
 
-@router.get("/ai-review")
-def review_queue(project_ref: str, db: DbSession, principal: AnyUser, limit: int = Query(20, ge=1, le=200)):
+@router.get("/ai-review", response_model=AILabelList)
+def review_queue(project_ref: str, db: DbSession, principal: AnyUser, page: Annotated[Paging, paging(20, 200)]):
     """The "review AI labels" queue, the one place a rater sees AI verdicts: unreviewed AI labels, the ones the
     policy counted first, least confident first."""
     project = project_for_rater(db, project_ref, principal.user)
-    return {"verdicts": service.review_queue(db, project, principal.user, limit)}
+    rows, total = page.rows(db, service.unreviewed_query(project))
+    return {"verdicts": service.review_queue(db, project, principal.user, rows=rows), **page.fields(total)}
 
 
-@router.post("/ai-review/{verdict_id}")
+@router.post("/ai-review/{verdict_id}", response_model=AILabelReviewed)
 def review(project_ref: str, verdict_id: Id, data: ReviewIn, db: DbSession, principal: AnyUser):
     """Confirm or flip one AI label (recorded as a review, never as an independent human judgment)."""
     project = project_for_rater(db, project_ref, principal.user)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import audit
@@ -360,12 +361,19 @@ def _top(detail: dict | None) -> int | None:
 # --- the review queue: raters confirm or flip AI labels (the only place a rater sees one) ---------------------------
 
 
-def review_queue(db: Session, project: Project, rater: User, limit: int = 20) -> list[dict]:
-    """AI labels nobody has reviewed yet, those the policy counted first, least confident first. Reviewing is
-    explicitly looking at the AI's label, so a review is recorded as a review (confirmed or flipped), never as an
-    independent human judgment."""
-    rows = list(db.scalars(select(AIVerdict).where(AIVerdict.project_id == project.id, AIVerdict.reviewed.is_(None))
-                           .order_by(AIVerdict.counted.desc(), AIVerdict.confidence, AIVerdict.id).limit(limit)))  # fmt: skip
+def unreviewed_query(project: Project) -> Select:
+    """AI labels nobody has reviewed yet, those the policy counted first, least confident first."""
+    return (select(AIVerdict).where(AIVerdict.project_id == project.id, AIVerdict.reviewed.is_(None))
+            .order_by(AIVerdict.counted.desc(), AIVerdict.confidence, AIVerdict.id))  # fmt: skip
+
+
+def review_queue(db: Session, project: Project, rater: User, limit: int = 20,
+                 rows: Sequence[AIVerdict] | None = None) -> list[dict]:  # fmt: skip
+    """The first `limit` unreviewed AI labels (or these `rows` of them) with their prompts and options. Reviewing
+    is explicitly looking at the AI's label, so a review is recorded as a review (confirmed or flipped), never as
+    an independent human judgment."""
+    if rows is None:
+        rows = list(db.scalars(unreviewed_query(project).limit(limit)))
     comparisons = {c.id: c for c in db.scalars(select(Comparison).where(Comparison.id.in_({r.comparison_id for r in rows})))}
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({c.prompt_id for c in comparisons.values()})))}
     texts = dict(db.execute(select(Completion.id, Completion.text).where(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Response, status
 from pydantic import Field
 
+from app.api import PageAll
 from app.auth.deps import Admin, AnyUser, DbSession
-from app.limits import INT4_MAX, Input
+from app.limits import Input
 from app.projects import service
-from app.projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
+from app.projects.schemas import Members, ProjectCreate, ProjectOut, ProjectUpdate
 
 router = APIRouter(prefix="/api/v1/projects", tags=["projects"])
 
@@ -18,10 +19,11 @@ def create_project(data: ProjectCreate, db: DbSession, principal: Admin):
 
 
 @router.get("", response_model=list[ProjectOut])
-def list_projects(db: DbSession, principal: AnyUser, limit: int | None = Query(None, ge=1, le=1000),
-                  offset: int = Query(0, ge=0, le=INT4_MAX)):  # fmt: skip
-    """Projects by id; `limit`/`offset` page (no limit: all)."""
-    return service.visible_projects(db, principal.user)[offset : offset + limit if limit else None]
+def list_projects(db: DbSession, principal: AnyUser, response: Response, page: PageAll):
+    """The projects you may see, by id."""
+    projects = service.visible_projects(db, principal.user)
+    page.header(response, len(projects))
+    return page.slice(projects)
 
 
 @router.get("/{project_ref}", response_model=ProjectOut)
@@ -50,12 +52,12 @@ def _members(db, project) -> dict:
     return {"project_id": project.id, "members_only": project.members_only, "usernames": list(names)}
 
 
-@router.get("/{project_ref}/members")
+@router.get("/{project_ref}/members", response_model=Members)
 def get_members(project_ref: str, db: DbSession, principal: Admin):
     return _members(db, service.get_project(db, project_ref))
 
 
-@router.put("/{project_ref}/members")
+@router.put("/{project_ref}/members", response_model=Members)
 def put_members(project_ref: str, data: MembersIn, db: DbSession, principal: Admin):
     """Replace the members (by username); unknown usernames are refused."""
     from sqlalchemy import select

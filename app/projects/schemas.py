@@ -3,6 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.api import Out
 from app.limits import Input, PositiveInt4, varchar
 from app.models import Project
 
@@ -103,3 +104,9 @@ class ImportResult(BaseModel):
     comparisons_created: int
     judgments_created: int
     skipped_existing: int
+
+
+class Members(Out):
+    project_id: int
+    members_only: bool = Field(description="Only the members may rate.")
+    usernames: list[str]

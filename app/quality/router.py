@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Response
 from pydantic import Field
 
+from app.api import PageAll, Paging, paging
 from app.auth.deps import Admin, DbSession, Staff
 from app.limits import Id, Input, Int4, varchar
 from app.models import Comparison
 from app.projects.service import get_project
 from app.quality import service
 from app.quality.attributes import attribute_leaderboard
+from app.quality.schemas import (
+    BatchOut,
+    BatchPriorityChanged,
+    Dashboard,
+    FlaggedJudgment,
+    Leaderboard,
+    ReviewResolved,
+    Stats,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["quality"])
 
 
-@router.get("/projects/{project_ref}/stats")
+@router.get("/projects/{project_ref}/stats", response_model=Stats)
 def project_stats(project_ref: str, db: DbSession, principal: Staff):
     """Queue counts, agreement, and per-rater figures (gold accuracy, agreement with the majority, reliability)."""
     return service.project_stats(db, get_project(db, project_ref))
 
 
-@router.get("/projects/{project_ref}/leaderboard")
+@router.get("/projects/{project_ref}/leaderboard", response_model=Leaderboard)
 def leaderboard(project_ref: str, db: DbSession, principal: Staff):
     """Bradley-Terry ratings of the models that wrote the completions, from human pairwise outcomes; `attributes`:
     each model's mean human score per attribute scale."""
@@ -29,14 +41,18 @@ def leaderboard(project_ref: str, db: DbSession, principal: Staff):
     return service.leaderboard(db, project) | {"attributes": attribute_leaderboard(db, project)}
 
 
-@router.get("/projects/{project_ref}/dashboard")
+@router.get("/projects/{project_ref}/dashboard", response_model=Dashboard)
 def dashboard(project_ref: str, db: DbSession, principal: Staff):
     return service.dashboard(db, get_project(db, project_ref))
 
 
-@router.get("/projects/{project_ref}/reviews")
-def review_queue(project_ref: str, db: DbSession, principal: Admin, resolved: bool = False):
-    return service.review_queue(db, get_project(db, project_ref), resolved=resolved)
+@router.get("/projects/{project_ref}/reviews", response_model=list[FlaggedJudgment])
+def review_queue(project_ref: str, db: DbSession, principal: Admin, response: Response,
+                 page: Annotated[Paging, paging(100, 1000)], resolved: bool = False):  # fmt: skip
+    """Flagged judgments waiting for a decision (`resolved`: the decided ones)."""
+    flagged = service.review_queue(db, get_project(db, project_ref), resolved=resolved, limit=None)
+    page.header(response, len(flagged))
+    return page.slice(flagged)
 
 
 class ReviewIn(Input):
@@ -44,15 +60,17 @@ class ReviewIn(Input):
     note: str = ""
 
 
-@router.post("/judgments/{judgment_id}/review", status_code=201)
+@router.post("/judgments/{judgment_id}/review", status_code=201, response_model=ReviewResolved)
 def resolve(judgment_id: Id, data: ReviewIn, db: DbSession, principal: Admin):
     review = service.resolve_flag(db, judgment_id, data.resolution, data.note, principal.user)
     return {"judgment_id": review.judgment_id, "resolution": review.resolution, "note": review.note}
 
 
-@router.get("/projects/{project_ref}/batches")
-def batches(project_ref: str, db: DbSession, principal: Admin):
-    return service.batch_priorities(db, get_project(db, project_ref))
+@router.get("/projects/{project_ref}/batches", response_model=list[BatchOut])
+def batches(project_ref: str, db: DbSession, principal: Admin, response: Response, page: PageAll):
+    batches = service.batch_priorities(db, get_project(db, project_ref))
+    page.header(response, len(batches))
+    return page.slice(batches)
 
 
 class BatchPriorityIn(Input):
@@ -60,7 +78,7 @@ class BatchPriorityIn(Input):
     priority: Int4
 
 
-@router.post("/projects/{project_ref}/batches/priority")
+@router.post("/projects/{project_ref}/batches/priority", response_model=BatchPriorityChanged)
 def set_batch_priority(project_ref: str, data: BatchPriorityIn, db: DbSession, principal: Admin):
     changed = service.set_batch_priority(db, get_project(db, project_ref), data.batch, data.priority, principal.user)
     return {"batch": data.batch, "priority": data.priority, "comparisons": changed}

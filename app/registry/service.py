@@ -18,18 +18,15 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.jobs.child import python_executable, run_captured
 from app.limits import bad_character, column_length, parse_id
 from app.models import Completion, Job, ModelEndpoint, ModelVersion, Project, Prompt, User
+from app.registry.schemas import ModelVersionOut
 from app.webhooks.service import emit
 
 MODEL_KINDS = ("policy", "reward")
 
 
 def version_json(version: ModelVersion) -> dict:
-    return {
-        "id": version.id, "name": version.name, "kind": version.kind, "path": version.path,
-        "project_id": version.project_id, "base_version_id": version.base_version_id, "job_id": version.job_id,
-        "dataset_id": version.dataset_id, "dataset_sha256": version.dataset_sha256, "metrics": version.metrics or {},
-        "adapter": is_adapter_version(version), "created_at": version.created_at.isoformat(),
-    }  # fmt: skip
+    """The version as the API, the CLI and webhook events show it (its shape: ModelVersionOut)."""
+    return ModelVersionOut.of(version).model_dump(mode="json")
 
 
 ADAPTER_CONFIG = "adapter_config.json"

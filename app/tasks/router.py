@@ -22,6 +22,7 @@ from app.limits import Id
 from app.metrics import inc
 from app.models import Role
 from app.tasks import practice, service
+from app.tasks.schemas import SkipOut, TaskOut
 from app.tasks.views import task_json
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
@@ -31,8 +32,8 @@ AnyRole = Annotated[frozenset[Role], Depends(require_in_endpoint())]
 
 @router.get(
     "/projects/{project_ref}/tasks/next",
-    responses={200: {"description": "`{assignment_id, comparison_id, prompt, options: [{id, label, text}], "
-                                    "expires_at}`"},
+    response_model=None,  # answered as built (JSONResponse): this runs on every task
+    responses={200: {"model": TaskOut, "description": "The task: an assignment of one comparison to you."},
                204: {"description": "Nothing for you in this project now. The `X-Queue-State` header says why: "
                                     "`done` (every comparison you could still rate has all its judgments, or the "
                                     "project is not active: stop asking) or `busy` (the comparisons still open are "
@@ -71,7 +72,7 @@ def submit_judgment(assignment_id: Id, data: JudgmentIn, request: Request, roles
     return JSONResponse(body, status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-@router.post("/assignments/{assignment_id}/skip")
+@router.post("/assignments/{assignment_id}/skip", response_model=None, responses={200: {"model": SkipOut}})
 def skip_assignment(assignment_id: Id, data: SkipIn, request: Request, roles: AnyRole):
     with request_session() as db:
         principal = authenticate(request, db, roles)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import Field
 from sqlalchemy import select
 
+from app.api import PageAll
 from app.auth.deps import Admin, DbSession
 from app.errors import Unprocessable
 from app.limits import Id, Input, varchar
 from app.models import User
 from app.users import service
+from app.users.schemas import UserOut
 
 PASSWORD_MAX = 1024
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
-
-
-def user_json(user: User) -> dict:
-    return {"id": user.id, "username": user.username, "role": user.role, "is_active": user.is_active,
-            "created_at": user.created_at, "last_login_at": user.last_login_at}  # fmt: skip
 
 
 class UserCreate(Input):
@@ -34,22 +31,25 @@ class UserUpdate(Input):
     password: str | None = Field(default=None, min_length=8, max_length=PASSWORD_MAX)
 
 
-@router.get("")
-def list_users(db: DbSession, principal: Admin):
-    return [user_json(u) for u in db.scalars(select(User).order_by(User.id))]
+@router.get("", response_model=list[UserOut])
+def list_users(db: DbSession, principal: Admin, response: Response, page: PageAll):
+    """By id."""
+    users, total = page.rows(db, select(User).order_by(User.id))
+    page.header(response, total)
+    return users
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 def create_user(data: UserCreate, db: DbSession, principal: Admin):
-    return user_json(service.create_user(db, data.username, data.role, data.password, principal.user))
+    return service.create_user(db, data.username, data.role, data.password, principal.user)
 
 
-@router.get("/{user_id}")
+@router.get("/{user_id}", response_model=UserOut)
 def get_user(user_id: Id, db: DbSession, principal: Admin):
-    return user_json(service.get_user(db, user_id))
+    return service.get_user(db, user_id)
 
 
-@router.patch("/{user_id}")
+@router.patch("/{user_id}", response_model=UserOut)
 def update_user(user_id: Id, data: UserUpdate, db: DbSession, principal: Admin):
     user = service.get_user(db, user_id)
     if data.role is not None and data.role != user.role:
@@ -60,4 +60,4 @@ def update_user(user_id: Id, data: UserUpdate, db: DbSession, principal: Admin):
         service.set_active(db, user, data.is_active, principal.user)
     if data.password is not None:
         service.reset_password(db, user, data.password, principal.user)
-    return user_json(user)
+    return user

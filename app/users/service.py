@@ -7,9 +7,10 @@ import re
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from app.api import get_or_404
 from app.audit import audit
 from app.auth.service import hash_password, revoke_user_sessions
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, Unprocessable
 from app.models import ApiToken, Role, User, utcnow
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
@@ -32,10 +33,7 @@ def create_user(db: Session, username: str, role: str, password: str, actor: Use
 
 
 def get_user(db: Session, user_id: int) -> User:
-    user = db.get(User, user_id)
-    if user is None:
-        raise NotFound(f"No user {user_id}.")
-    return user
+    return get_or_404(db, User, user_id, "user")
 
 
 def set_active(db: Session, user: User, active: bool, actor: User | None) -> None:

@@ -16,7 +16,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
@@ -281,16 +281,27 @@ def verdict_json(verdict: Verdict, prompt: Prompt | None = None, completion: Com
     return data
 
 
-def list_verdicts(db: Session, project: Project, *, job_id: int | None = None, passed: bool | None = None,
-                  audit_status: str | None = None, limit: int = 100) -> list[dict]:  # fmt: skip
-    query = select(Verdict).where(Verdict.project_id == project.id).order_by(Verdict.id.desc()).limit(limit)
+def verdicts_query(project: Project, *, job_id: int | None = None, passed: bool | None = None,
+                   audit_status: str | None = None) -> Select:  # fmt: skip
+    """The project's verdicts matching the filters, newest first."""
+    query = select(Verdict).where(Verdict.project_id == project.id).order_by(Verdict.id.desc())
     if job_id is not None:
         query = query.where(Verdict.job_id == job_id)
     if passed is not None:
         query = query.where(Verdict.passed.is_(passed))
     if audit_status is not None:
         query = query.where(Verdict.audit_status == audit_status)
-    verdicts = db.scalars(query).all()
+    return query
+
+
+def list_verdicts(db: Session, project: Project, *, job_id: int | None = None, passed: bool | None = None,
+                  audit_status: str | None = None, limit: int = 100) -> list[dict]:  # fmt: skip
+    query = verdicts_query(project, job_id=job_id, passed=passed, audit_status=audit_status)
+    return verdicts_json(db, db.scalars(query.limit(limit)).all())
+
+
+def verdicts_json(db: Session, verdicts: Sequence[Verdict]) -> list[dict]:
+    """The verdicts with their prompts and answers (read in two queries)."""
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({v.prompt_id for v in verdicts})))}
     completions = {c.id: c for c in db.scalars(select(Completion).where(
         Completion.id.in_({v.completion_id for v in verdicts})))}  # fmt: skip

@@ -1,5 +1,11 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
 from pydantic import Field
 
+from app.api import Out
 from app.limits import Input, varchar
 from app.models import WebhookEndpoint
 
@@ -16,3 +22,38 @@ class WebhookUpdate(Input):
     events: list[str] | None = Field(default=None, min_length=1, max_length=20)
     description: varchar(WebhookEndpoint.description) | None = None
     enabled: bool | None = None
+
+
+class WebhookOut(Out):
+    id: int
+    project_id: int | None
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    consecutive_failures: int
+    secret_hint: str | None = Field(description="The secret's last characters, to tell secrets apart.")
+    created_at: datetime
+    secret: str | None = Field(default=None, description="`whsec_...`: only in the answer that created the endpoint "
+                               "or rotated its secret.")
+
+
+class DeliveryOut(Out):
+    id: int
+    endpoint_id: int
+    event_type: str
+    msg_id: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime | None
+    payload: dict[str, Any]
+
+
+class EventTypes(Out):
+    events: list[str]

@@ -15,7 +15,7 @@ import secrets
 import socket
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -327,11 +327,14 @@ def get_delivery(db: Session, delivery_id: int) -> WebhookDelivery:
     return delivery
 
 
+def deliveries_query(endpoint_id: int) -> Select:
+    """An endpoint's messages (batch items hidden: their batch message stands for them), newest first."""
+    return (select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id, ~WebhookDelivery.batch_item)
+            .order_by(WebhookDelivery.id.desc()))  # fmt: skip
+
+
 def list_deliveries(db: Session, endpoint_id: int, *, limit: int = 50, offset: int = 0) -> list[WebhookDelivery]:
-    """Messages (batch items hidden: their batch message stands for them), newest first."""
-    query = (select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id, ~WebhookDelivery.batch_item)
-             .order_by(WebhookDelivery.id.desc()).offset(offset).limit(limit))  # fmt: skip
-    return list(db.scalars(query))
+    return list(db.scalars(deliveries_query(endpoint_id).offset(offset).limit(limit)))
 
 
 def endpoint_json(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict:

@@ -1,0 +1,93 @@
+"""Response models of the quality API: statistics, leaderboard, dashboard, the flag review queue, batches.
+
+The figures' models name the fields the contract guarantees (README, DESIGN.md); nested figures that grow with
+the product are typed as objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from app.api import Out
+
+
+class ComparisonCounts(Out):
+    total: int
+    open: int
+    complete: int
+
+
+class Agreement(Out):
+    krippendorff_alpha: float | None = Field(description="Krippendorff's alpha of the raters' top choices.")
+    units: int = Field(description="Comparisons with two or more counted judgments.")
+
+
+class RaterFigures(Out):
+    username: str
+    judgments: int
+    gold_accuracy: float | None
+    agreement_with_majority: float | None
+    reliability: float | None
+    flags: list[str] = Field(description="Behaviour flags (too fast, position bias, ...).")
+
+
+class Stats(Out):
+    comparisons: ComparisonCounts
+    judgments: int
+    agreement: Agreement
+    raters: list[RaterFigures]
+
+
+class LeaderboardModel(Out):
+    name: str
+    rating: float | None = Field(description="Bradley-Terry rating (Elo scale).")
+    ci_low: float | None
+    ci_high: float | None
+    battles: int
+
+
+class Leaderboard(Out):
+    models: list[LeaderboardModel]
+    win_rates: dict[str, dict[str, float | None]] = Field(description="{a: {b: share of a's wins over b}}")
+    battles: int
+    attributes: dict[str, list[dict[str, Any]]] = Field(
+        default={}, description="{attribute: [{name, mean, ci_low, ci_high, n}]} best first.")
+
+
+class Dashboard(Out):
+    overview: dict[str, Any]
+    hours: list[str]
+    judgments_per_hour: list[int]
+    judgments_per_hour_by_rater: dict[str, list[int]]
+
+
+class FlaggedJudgment(Out):
+    judgment_id: int
+    comparison_id: int
+    rater: str | None
+    flags: list[str]
+    rationale: str | None
+    created_at: datetime
+    resolution: str | None
+    note: str | None
+
+
+class ReviewResolved(Out):
+    judgment_id: int
+    resolution: str
+    note: str | None
+
+
+class BatchOut(Out):
+    batch: str | None
+    comparisons: int
+    open: int
+    priority: int
+
+
+class BatchPriorityChanged(Out):
+    batch: str | None
+    priority: int
+    comparisons: int = Field(description="Comparisons whose priority changed.")

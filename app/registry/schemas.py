@@ -1,0 +1,36 @@
+"""Response models of the model registry API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from app.api import Out
+
+
+class ModelVersionOut(Out):
+    id: int
+    name: str
+    kind: str = Field(description="policy or reward")
+    path: str
+    project_id: int | None
+    base_version_id: int | None = Field(description="The base of a LoRA adapter, or the version this one was "
+                                        "trained from.")
+    job_id: int | None
+    dataset_id: int | None
+    dataset_sha256: str | None
+    metrics: dict[str, Any]
+    adapter: bool = Field(description="A LoRA adapter on its base version rather than a full checkpoint.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, version) -> ModelVersionOut:
+        fields = {name: getattr(version, name) for name in cls.model_fields if name != "adapter"}
+        return cls.model_validate(fields | {"metrics": version.metrics or {},
+                                            "adapter": bool((version.manifest or {}).get("adapter"))})  # fmt: skip
+
+
+class ModelVersionDetail(ModelVersionOut):
+    manifest: dict[str, Any] = Field(description="The checkpoint's manifest.json (files, model card, lineage).")
