@@ -9,7 +9,7 @@ from __future__ import annotations
 from app.datasets.tasks import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
-from app.judges.tasks import run_judge_job
+from app.judges.endpoint_judge import run_any_judge_job
 from app.training.endpoint_generate import run_generate_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
@@ -23,7 +23,8 @@ HANDLERS: dict[str, Handler] = {
     "verify": run_verify_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
     "generate": run_generate_job,  # a policy that is an endpoint is asked over HTTP in the worker, else as above
-    "judge": run_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns
+    "judge": run_any_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns (an endpoint
+    # judge is asked over HTTP in the worker)
 }
 IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]
 """Run with the worker id whenever the queue is empty: retraining schedules and rounds (each under a lease lock:

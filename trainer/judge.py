@@ -25,7 +25,6 @@ pair: max(p, 1 - p)); a ranking with a tie gets 0.5. The app compares it to the 
 from __future__ import annotations
 
 import json
-import math
 import time
 from itertools import combinations
 from pathlib import Path
@@ -34,108 +33,20 @@ from typing import Any
 from trainer import progress
 from trainer.params import JudgeArgs
 from trainer.spec import JobSpec
-
-TIE_EPS = 1e-9
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-def combine_orders(p_first_ab: float, p_first_ba: float) -> float:
-    """P(a over b) from the two orders: asked (a, b) the judge preferred the first with p_first_ab; asked (b, a)
-    with p_first_ba (which is its P(b over a)). The average cancels a constant preference for a position."""
-    return (p_first_ab + (1.0 - p_first_ba)) / 2.0
-
-
-def bradley_terry(ids: list[int], pairs: list[tuple[int, int, float]], steps: int = 200, prior: float = 0.01) -> dict:
-    """Log-strengths maximising sum p log s(ti - tj) + (1 - p) log s(tj - ti) - prior/2 |t|^2 (Newton on a small K)."""
-    index = {c: i for i, c in enumerate(ids)}
-    theta = [0.0] * len(ids)
-    if len(ids) == 2 and len(pairs) == 1:  # the exact answer: the difference is logit(p) (clipped)
-        a, b, p = pairs[0]
-        p = min(max(p, 1e-6), 1 - 1e-6)
-        half = math.log(p / (1 - p)) / 2
-        return {a: half, b: -half}
-    for _ in range(steps):
-        grad = [-prior * t for t in theta]
-        hess = [prior] * len(ids)
-        for a, b, p in pairs:
-            i, j = index[a], index[b]
-            s = _sigmoid(theta[i] - theta[j])
-            grad[i] += p - s
-            grad[j] -= p - s
-            w = s * (1 - s)
-            hess[i] += w
-            hess[j] += w
-        move = max(abs(g / h) for g, h in zip(grad, hess, strict=True))
-        theta = [t + g / h for t, g, h in zip(theta, grad, hess, strict=True)]  # diagonal Newton step
-        if move < 1e-10:
-            break
-    mean = sum(theta) / len(theta)
-    return {c: theta[index[c]] - mean for c in ids}
-
-
-def ranking_from_strengths(strengths: dict[int, float], prob) -> tuple[list[list[int]], float]:
-    """Tie groups best first (neighbours with P(a over b) within TIE_EPS of 0.5 share a group) and the confidence."""
-    order = sorted(strengths, key=lambda c: (-strengths[c], c))
-    groups: list[list[int]] = [[order[0]]]
-    confidence = 1.0
-    for higher, lower in zip(order, order[1:], strict=False):
-        p = prob(higher, lower)
-        if abs(p - 0.5) <= TIE_EPS:
-            groups[-1].append(lower)
-            confidence = 0.5
-        else:
-            groups.append([lower])
-            confidence = min(confidence, max(p, 1 - p))
-    return groups, confidence
-
-
-def verdict_from_pairs(ids: list[int], pairs: list[tuple[int, int, float]]) -> dict[str, Any]:
-    strengths = bradley_terry(ids, pairs)
-    direct = {(a, b): p for a, b, p in pairs} | {(b, a): 1 - p for a, b, p in pairs}
-    ranking, confidence = ranking_from_strengths(
-        strengths, lambda a, b: direct.get((a, b), _sigmoid(strengths[a] - strengths[b]))
-    )
-    return {"ranking": ranking, "confidence": confidence, "strengths": strengths,
-            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
-
-
-def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
-    ids = sorted(scores)
-    pairs = [(a, b, _sigmoid(scores[a] - scores[b])) for a, b in combinations(ids, 2)]
-    ranking, confidence = ranking_from_strengths(scores, lambda a, b: _sigmoid(scores[a] - scores[b]))
-    return {"ranking": ranking, "confidence": confidence, "strengths": dict(scores),
-            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
-
+from trainer.verdicts import (  # noqa: F401 - the verdict arithmetic, torch-free, shared with the app
+    TIE_EPS,
+    _prompt_text,
+    _sigmoid,
+    bradley_terry,
+    combine_orders,
+    fill_template,
+    ranking_from_strengths,
+    verdict_from_pairs,
+    verdict_from_scores,
+    verdicts_from_orders,
+)
 
 # --- the question a generative judge reads ---------------------------------------------------------------------------
-
-
-def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str) -> str:
-    """Plain replacement of the four fields (texts may hold braces of their own)."""
-    values = {"{guidelines}": guidelines, "{prompt}": prompt, "{response_a}": response_a, "{response_b}": response_b}
-    out, i = [], 0
-    while i < len(template):
-        for key, value in values.items():
-            if template.startswith(key, i):
-                out.append(value)
-                i += len(key)
-                break
-        else:
-            out.append(template[i])
-            i += 1
-    return "".join(out)
-
-
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, list):
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
-    return str(prompt)
 
 
 def label_token_ids(tokenizer, labels: list[str], chat: bool) -> list[int]:
@@ -212,27 +123,6 @@ def judge_generative(model, tokenizer, rows: list[dict], args: JudgeArgs, report
         if report:
             report(min(len(questions), start + chunk), len(questions))
     return verdicts_from_orders(rows, asks, probs)
-
-
-def verdicts_from_orders(rows: list[dict], asks: list[tuple[int, int, int]], probs: list[float]) -> list[dict]:
-    """Rows' verdicts from P(first shown wins) of each (row, first, second) asked."""
-    seen: dict[tuple[int, int, int], float] = {}
-    p_first: dict[int, list[float]] = {}
-    for (r, first, second), p in zip(asks, probs, strict=True):
-        seen[(r, first, second)] = p
-        p_first.setdefault(r, []).append(p)
-    verdicts = []
-    for r, row in enumerate(rows):
-        ids = sorted(c["completion_id"] for c in row["completions"])
-        pairs = []
-        for a, b in combinations(ids, 2):
-            ab, ba = seen.get((r, a, b)), seen.get((r, b, a))
-            p = combine_orders(ab, ba) if ab is not None and ba is not None else ab
-            pairs.append((a, b, p))
-        verdict = verdict_from_pairs(ids, pairs)
-        verdict["p_first"] = p_first.get(r, [])
-        verdicts.append({"comparison_id": row["comparison_id"], **verdict})
-    return verdicts
 
 
 def judge_rules(rows: list[dict], args: JudgeArgs) -> list[dict]:

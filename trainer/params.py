@@ -359,12 +359,21 @@ class JudgeArgs:
     """longest tokenized input; longer ones keep their last max_length tokens"""
     rules_confidence: float = 0.95
     """rules: confidence that an answer passing the reference beats one failing it"""
+    samples: int = 1
+    """generative judge on an endpoint that returns no log-probabilities: answers sampled per order (temperature
+    1), whose agreement is the probability; with log-probabilities one greedy answer is enough"""
+    max_answer_tokens: int = 16
+    """generative judge on an endpoint: the longest answer asked for (the verdict is a label or a small JSON)"""
 
     def __post_init__(self) -> None:
         if self.method not in JUDGE_METHODS:
             raise ValueError(f"param 'method' must be one of {', '.join(JUDGE_METHODS)}, got {self.method!r}")
         if not 0.5 <= self.rules_confidence <= 1.0:
             raise ValueError("param 'rules_confidence' must be between 0.5 and 1")
+        if not 1 <= self.samples <= 20:
+            raise ValueError("param 'samples' must be between 1 and 20")
+        if not 1 <= self.max_answer_tokens <= 4096:
+            raise ValueError("param 'max_answer_tokens' must be between 1 and 4096")
 
 
 @dataclass(frozen=True)

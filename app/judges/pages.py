@@ -10,6 +10,7 @@ from app import charts
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.charts import Axis
 from app.judges import service
+from app.judges.endpoint_judge import judge_usage
 from app.models import ModelVersion
 from app.projects.service import get_project
 from app.tasks.service import project_for_rater
@@ -47,7 +48,8 @@ def judges_page(project_ref: str, request: Request, db: DbSession, principal: St
                           .where(ModelVersion.kind.in_(("reward", "policy"))).order_by(ModelVersion.id.desc()).limit(200)).all()
     return render(request, "judges/judges.html", {
         "project": project, "data": data, "figures": figures, "chart": calibration_chart(figures),
-        "versions": versions, "templates": service.template_versions(db, project)})  # fmt: skip
+        "versions": versions, "templates": service.template_versions(db, project),
+        "usage": judge_usage(db, project)})  # fmt: skip
 
 
 @router.post("/projects/{project_ref}/judges/new")
