@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -181,9 +182,21 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
            seed: int = typer.Option(0),
            conversational: bool | None = typer.Option(None, "--conversational/--standard", help="Message lists or "
                "plain strings; default: message lists when any prompt is a multi-message chat."),
-           hf_datasets: bool = typer.Option(False, help="Also write a Hugging Face save_to_disk directory.")):  # fmt: skip
-    """Build a dataset snapshot of PROJECT inline (with a progress bar) and print its manifest summary."""
+           hf_datasets: bool = typer.Option(False, help="Also write a Hugging Face save_to_disk directory."),
+           min_agreement: float = typer.Option(0.0, help="Only comparisons whose raters agree at least this much (0-1)."),
+           min_votes: int = typer.Option(1, help="Only comparisons with at least this many judgments."),
+           exclude_gold: bool = typer.Option(False, "--exclude-gold", help="Leave out gold items."),
+           exclude_unsafe: bool = typer.Option(False, "--exclude-unsafe", help="Leave out items flagged unsafe."),
+           include_ai: bool = typer.Option(False, "--include-ai", help="Include AI judgments."),
+           date_from: datetime | None = typer.Option(None, "--from", formats=["%Y-%m-%d"], help="Judgments from this day "
+                                                     "on (UTC)."),
+           date_to: datetime | None = typer.Option(None, "--to", formats=["%Y-%m-%d"], help="Judgments up to this day, "
+                                                   "inclusive (UTC)."),
+           as_json: bool = typer.Option(False, "--json", help="The manifest summary as JSON instead of a table.")):  # fmt: skip
+    """Build a dataset snapshot of PROJECT inline (with a progress bar) and print its summary (the same filters as
+    the project page's export form)."""
     import shutil
+    from datetime import timedelta
 
     from app.datasets.service import build_snapshot, request_snapshot, snapshot_dir
     from app.db import session_scope
@@ -192,7 +205,12 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
     from app.models import Job, utcnow
     from app.projects.service import get_project
 
-    params = {"format": format, "split": {"test_fraction": test_fraction, "seed": seed},
+    filters = {"min_agreement": min_agreement, "min_votes": min_votes, "exclude_gold": exclude_gold,
+               "exclude_unsafe": exclude_unsafe,
+               "sources": ["human", "imported", "ai"] if include_ai else ["human", "imported"],
+               "date_from": date_from.date().isoformat() if date_from else None,
+               "date_to": (date_to.date() + timedelta(days=1)).isoformat() if date_to else None}  # fmt: skip
+    params = {"format": format, "split": {"test_fraction": test_fraction, "seed": seed}, "filters": filters,
               "conversational": conversational, "hf_datasets": hf_datasets}  # fmt: skip
     snapshot_id = job_id = None
     try:
@@ -231,7 +249,17 @@ def export(project: str, format: str = typer.Option("pairs", "--format", "-f", h
                 shutil.copytree(item, target, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, target)
-    typer.echo(json.dumps(result | {"path": str(directory), "copied_to": str(out) if out else None}))
+    summary = result | {"path": str(directory), "copied_to": str(out) if out else None}
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from app.cli_commands import table
+
+    rows = summary.get("rows") or {}
+    typer.echo(table([{"dataset": f"#{snapshot_id}", "format": format, "train": rows.get("train"),
+                       "test": rows.get("test"), "sha256": (summary.get("sha256") or "")[:12],
+                       "path": str(out or directory)}],
+                     ["dataset", "format", "train", "test", "sha256", "path"]))  # fmt: skip
 
 
 @app.command()
@@ -269,15 +297,20 @@ models_app = typer.Typer(help="The model registry: policy and reward model versi
 app.add_typer(models_app, name="models")
 
 
-def _train_epilog() -> str:
-    """Every default of every kind, from trainer.params (torch-free), for `rankforge train --help`."""
+def _train_epilog(kind: str | None = None) -> str:
+    """`rankforge train KIND --help`: that kind's hyperparameters with their defaults and docs (trainer.params,
+    torch-free); without a kind, the kinds and how to ask for one's parameters."""
     from app.training.kinds import APP_PARAMS, KEY_PARAMS
     from trainer.params import DEFAULTS, FIELD_DOCS
 
-    lines = ["Hyperparameters (--param NAME=VALUE; VALUE is JSON, else a string). Defaults per kind:"]
-    for kind, defaults in DEFAULTS.items():
-        lines.append(f"{kind}: " + ", ".join(f"{name}={json.dumps(value)}" for name, value in defaults.items()))
-        lines += [f"    {name}: {FIELD_DOCS[kind].get(name, '')}" for name in KEY_PARAMS[kind]]
+    if kind not in DEFAULTS:
+        return ("Each kind has its own hyperparameters: `rankforge train KIND --help` lists them (kinds: "
+                + ", ".join(TRAINING_KINDS) + ").")
+    lines = [f"{kind} hyperparameters (--param NAME=VALUE; VALUE is JSON, else a string; * the key ones):"]
+    for name, value in DEFAULTS[kind].items():
+        key = "*" if name in KEY_PARAMS[kind] else " "
+        doc = FIELD_DOCS[kind].get(name, "")
+        lines.append(f"{key} {name}={json.dumps(value)}" + (f"  {doc}" if doc else ""))
     lines.append("Job options (--param too): " + "; ".join(f"{k}: {v}" for k, v in APP_PARAMS.items()))
     return "\n\n".join(lines)
 
@@ -292,7 +325,7 @@ def _parse_param(text: str) -> tuple[str, object]:
         return name.strip(), raw
 
 
-@app.command(epilog=_train_epilog())
+@app.command(epilog=_train_epilog())  # main() swaps in one kind's epilog for `train KIND --help`
 def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
           project: str = typer.Option(..., "--project", "-p", help="Project slug or id."),
           base_model: str = typer.Option(None, help="Policy version id or name (default: the project's newest policy, "
@@ -304,20 +337,23 @@ def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
                                                                "below)."),
           wait: bool = typer.Option(False, "--wait", help="Wait for the job with a progress bar (a worker must run)."),
           judge: str = typer.Option(None, "--judge", help="judge: the judge (id or name) whose verdicts to write; "
-                                                          "--param scope=open|judged|all")):  # fmt: skip
-    """Queue a training job (a worker runs it) and print it as JSON."""
+                                                          "--param scope=open|judged|all"),
+          as_json: bool = typer.Option(False, "--json", help="With --wait: also print the finished job as JSON.")):  # fmt: skip
+    """Queue a training job (a worker runs it) and print it as JSON; with --wait, follow it and end with one line
+    saying what it made (e.g. "registered demo-reward-3, eval accuracy 0.667")."""
     import time
 
     from app.db import session_scope
     from app.errors import RankforgeError
     from app.jobs.service import get_job, job_json
+    from app.models import JobKind
     from app.projects.service import get_project
     from app.training.service import create_training_job
 
     params = dict(_parse_param(p) for p in param)
     try:
         with session_scope(write=True) as db:
-            if kind == "judge":
+            if kind == JobKind.judge:  # the judge is named apart (--judge): it fixes model and method
                 from app.judges.service import create_judge_job
 
                 job = create_judge_job(db, get_project(db, project), judge=judge, params=params, actor=None)
@@ -343,9 +379,40 @@ def train(kind: str = typer.Argument(..., help=" | ".join(TRAINING_KINDS)),
             if state["status"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(1.0)
-    typer.echo(json.dumps(state))
+    if as_json:
+        typer.echo(json.dumps(state))
     if state["status"] != "succeeded":
         fail(f"Job {job_id} {state['status']}: {state['error'] or state['message']}")
+    typer.echo(job_summary(state))
+
+
+def job_summary(state: dict) -> str:
+    """One line on what a finished job made: the model version it registered with its held-out figures, the
+    completions or dataset it wrote, what it scored."""
+    from app.db import session_scope
+    from app.models import ModelVersion
+
+    result = state.get("result") or {}
+    head = f"{state['kind']} job {state['id']} {state['status']}"
+    if result.get("model_version_id"):
+        with session_scope() as db:
+            version = db.get(ModelVersion, result["model_version_id"])
+            name, metrics = (version.name, dict(version.metrics or {})) if version else ("?", {})
+        held_out = {k[len("eval/"):]: v for k, v in metrics.items()
+                    if k.startswith("eval/") and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+        if "accuracy" in held_out:  # the reward model's figure first
+            held_out = {"accuracy": held_out.pop("accuracy"), **held_out}
+        figures = ", ".join(f"eval {k.replace('_', ' ')} {v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float)
+                            else f"eval {k.replace('_', ' ')} {v}" for k, v in list(held_out.items())[:2])  # fmt: skip
+        return f"{head}: registered {name}" + (f", {figures}" if figures else " (no held-out figures)")
+    if result.get("comparison_ids") is not None:
+        return (f"{head}: {len(result.get('completion_ids') or [])} completions in "
+                f"{len(result['comparison_ids'])} new comparisons")  # fmt: skip
+    if result.get("dataset_id"):
+        return f"{head}: dataset #{result['dataset_id']}"
+    if result.get("scored_comparisons") is not None:
+        return f"{head}: {result['scored_comparisons']} comparisons scored"
+    return head + (f": {state['message']}" if state.get("message") and state["message"] != state["status"] else "")
 
 
 @models_app.command("list")
@@ -357,12 +424,17 @@ def models_list(kind: str = typer.Option(None, help="policy | reward"),
 
     with session_scope() as db:
         versions = [version_json(v) for v in list_versions(db, kind=kind)]
-    for v in versions:
-        if as_json:
+    if as_json:
+        for v in versions:
             typer.echo(json.dumps(v))
-        else:
-            lineage = f"job {v['job_id']} dataset {v['dataset_id']}" if v["job_id"] else "registered"
-            typer.echo(f"{v['id']:>5}  {v['kind']:<7} {v['name']:<40} {lineage:<24} {v['path']}")
+        return
+    from app.cli_commands import table
+
+    rows = [v | {"made by": f"job {v['job_id']} on dataset {v['dataset_id']}" if v["job_id"] else "registered",
+                 "held-out": ", ".join(f"{k[5:]} {x:.3f}" for k, x in (v.get("metrics") or {}).items()
+                                       if k.startswith("eval/") and isinstance(x, float))}
+            for v in versions]  # fmt: skip
+    typer.echo(table(rows, ["id", "kind", "name", "made by", "held-out", "path"]) if rows else "No model versions.")
 
 
 @models_app.command("add")
@@ -406,9 +478,17 @@ from app.cli_commands import register as register_engineer_commands  # noqa: E40
 
 register_engineer_commands(app)
 
+from app.cli_endpoints import register as register_endpoint_commands  # noqa: E402 (models endpoint, models serve)
+
+register_endpoint_commands(models_app, fail)
+
 
 def main():
-    app()
+    command = typer.main.get_command(app)
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "train" and args[1] in TRAINING_KINDS and {"--help", "-h"} & set(args):
+        command.commands["train"].epilog = _train_epilog(args[1])  # that kind's parameters only
+    command()
 
 
 if __name__ == "__main__":

@@ -341,7 +341,7 @@ def job_list(project: str = typer.Option(None, "--project", "-p"), status: str =
     from sqlalchemy import select
 
     from app.jobs.service import job_json
-    from app.models import Job
+    from app.models import Job, Project
     from app.projects.service import get_project
 
     def work(db):
@@ -352,13 +352,16 @@ def job_list(project: str = typer.Option(None, "--project", "-p"), status: str =
             query = query.where(Job.status == status)
         if kind:
             query = query.where(Job.kind == kind)
-        return [job_json(job) for job in db.scalars(query)]
+        jobs = [job_json(job) for job in db.scalars(query)]
+        slugs = dict(db.execute(select(Project.id, Project.slug)
+                                .where(Project.id.in_({j["project_id"] for j in jobs}))).all())  # fmt: skip
+        return [j | {"project": slugs.get(j["project_id"])} for j in jobs]
 
     rows = _run(work)
     if as_json:
         _emit_json(rows)
     else:
-        typer.echo(table(_job_rows(rows), ["id", "kind", "project_id", "status", "progress", "created", "message"]))
+        typer.echo(table(_job_rows(rows), ["id", "kind", "project", "status", "progress", "created", "message"]))
 
 
 def _job(job_id: int) -> dict:

@@ -58,7 +58,7 @@ def test_export_demo_to_a_directory(db_url, tmp_path):
     # With no flag ("auto") the chats come out as message lists.
     out = tmp_path / "export"
     done = _cli(db_url, "export", "demo", "--format", "pairs", "--out", str(out), "--test-fraction", "0.3",
-                "--hf-datasets")  # fmt: skip
+                "--hf-datasets", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
 

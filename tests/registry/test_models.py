@@ -59,8 +59,8 @@ def test_cli_models_add_list_and_train_queue_a_job(client, users, tmp_path):
     assert bad.exit_code == 1 and "beta" in bad.output
     needs_reward = runner.invoke(cli, ["train", "ppo", "--project", "cli"])
     assert needs_reward.exit_code == 1 and "reward model" in needs_reward.output
-    help_text = runner.invoke(cli, ["train", "--help"]).output
-    assert "beta=0.1" in help_text and "kl_coef" in help_text
+    help_text = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "train KIND --help" in help_text  # each kind's parameters: tests/cli/test_newcomer_cli.py
 
 
 def test_init_tiny_then_train_generate_with_wait(client, users):
@@ -84,13 +84,15 @@ def test_init_tiny_then_train_generate_with_wait(client, users):
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     try:
-        args = ["train", "generate", "--project", "tiny", "--wait", "--param", "num_completions=2",
+        args = ["train", "generate", "--project", "tiny", "--wait", "--json", "--param", "num_completions=2",
                 "--param", "max_new_tokens=4", "--param", "max_prompts=2"]  # fmt: skip
         waited = runner.invoke(cli, args)
     finally:
         done.set()
         thread.join(60)
     assert waited.exit_code == 0, waited.output
-    state = json.loads(waited.output.strip().splitlines()[-1])
+    *_, last_json, summary = waited.output.strip().splitlines()
+    state = json.loads(last_json)
+    assert summary == f"generate job {state['id']} succeeded: 4 completions in 2 new comparisons"  # one line to read
     assert state["status"] == "succeeded" and len(state["result"]["completion_ids"]) == 4
     assert len(state["result"]["comparison_ids"]) == 2  # one pair of fresh samples per prompt
