@@ -48,7 +48,7 @@ def rate_politely(client, rater, pid) -> int:
         if response.status_code == 204:
             return n
         task = response.json()
-        best = next(o["id"] for o in task["options"] if "please" in o["text"])
+        best = next((o["id"] for o in task["options"] if "please" in o["text"]), task["options"][0]["id"])
         ranking = [[best], [o["id"] for o in task["options"] if o["id"] != best]]
         assert client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment", json={"ranking": ranking},
                            headers=rater["headers"]).status_code in (200, 201)  # fmt: skip
