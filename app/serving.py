@@ -12,7 +12,13 @@ import socket
 import uvicorn
 
 
-def run_server(host: str, port: int, workers: int = 1, log_level: str = "warning") -> None:
+def run_server(host: str, port: int, workers: int = 1, log_level: str = "warning",
+               sockets: list[socket.socket] | None = None) -> None:  # fmt: skip
+    """Serve the app; `sockets`: already listening sockets to serve on (one worker), e.g. bound early by the demo."""
+    if sockets:
+        config = uvicorn.Config("app.asgi:app", log_level=log_level, proxy_headers=False)
+        uvicorn.Server(config).run(sockets=sockets)
+        return
     if workers <= 1:
         uvicorn.run("app.asgi:app", host=host, port=port, log_level=log_level, proxy_headers=False)
         return

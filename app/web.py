@@ -69,6 +69,27 @@ def clipped_markdown(text: str, limit: int = CLIP_CHARS) -> dict:
     return {"html": html, "clipped": len(head) < len(text), "length": len(text), "shown": len(head)}
 
 
+UNPRINTABLE_CATEGORIES = {"Cc", "Cf", "Cn", "Co", "Cs"}
+"""Unicode categories that show as nothing or as boxes: control, format, unassigned, private use, surrogates."""
+
+
+GARBLED_SHARE = 0.03
+"""Share of a text's non-space characters that are unprintable or U+FFFD above which it counts as garbled: a real
+answer has none at all, while a broken or tiny policy's decoded byte soup has a few in every line."""
+
+
+def garbled(text: str, share: float = GARBLED_SHARE) -> bool:
+    """Whether a text would show raters garbage: over `share` of its non-space characters are unprintable
+    (control, format, unassigned, private use) or U+FFFD (what undecodable bytes become)."""
+    import unicodedata
+
+    visible = [c for c in text if not c.isspace()]
+    if not visible:
+        return False
+    bad = sum(1 for c in visible if c == "\ufffd" or unicodedata.category(c) in UNPRINTABLE_CATEGORIES)
+    return bad / len(visible) > share
+
+
 def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 

@@ -92,6 +92,7 @@ def run_demo(host: str, port: int, with_worker: bool, empty: bool = False) -> No
     from app.serving import run_server
 
     settings = get_settings()
+    listener = bind_port(host, port)  # first: a busy port fails in a second, not after the demo is built
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
     seed_demo()
@@ -117,10 +118,34 @@ def run_demo(host: str, port: int, with_worker: bool, empty: bool = False) -> No
     ]
     print("\n".join(lines), flush=True)
     try:
-        run_server(host, port)
+        run_server(host, port, sockets=[listener])
     finally:
         if worker is not None:
             _stop_worker(worker)
+
+
+def bind_port(host: str, port: int):
+    """A listening socket on host:port for the web app, bound before the demo says it runs; a busy port ends the
+    command with how to choose another."""
+    import errno
+    import socket
+    import sys
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        busy = error.errno == errno.EADDRINUSE
+        reason = "is already in use (another Rankforge demo or another program)" if busy else f"cannot be used: {error}"
+        print(f"Port {port} on {host} {reason}.\nPick another: rankforge demo --port {port + 1}   "
+              f"(or RANKFORGE_PORT={port + 1} ./dev.sh demo)", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(1) from None
+    listener.listen(128)
+    listener.set_inheritable(True)
+    return listener
 
 
 def _exit_on_sigterm(signum, frame):

@@ -16,10 +16,19 @@ from app.charts import Axis
 from app.errors import RankforgeError
 from app.jobs import service
 from app.limits import Id
-from app.models import TERMINAL_STATUSES, DatasetSnapshot, Job, JobMetric, ModelVersion, Project, utcnow
+from app.models import (
+    TERMINAL_STATUSES,
+    Completion,
+    DatasetSnapshot,
+    Job,
+    JobMetric,
+    ModelVersion,
+    Project,
+    utcnow,
+)
 from app.models.job import KINDS_WITH_CURVES
 from app.models.job import PARAM_DEFAULTS as DEFAULTS
-from app.web import is_htmx, render
+from app.web import garbled, is_htmx, render
 
 router = APIRouter(tags=["pages"])
 
@@ -125,6 +134,20 @@ def time_phases(job: Job) -> dict | None:
             "processes": metrics.get("system/processes")}  # fmt: skip
 
 
+def unprintable_warning(db, job: Job) -> str | None:
+    """A warning when completions a job wrote are garbled (app.web.garbled): they go to raters next."""
+    ids = (job.result or {}).get("completion_ids") or []
+    if not ids:
+        return None
+    texts = db.scalars(select(Completion.text).where(Completion.id.in_(ids[:5000]))).all()
+    garbage = sum(1 for text in texts if garbled(text))
+    if not garbage:
+        return None
+    return (f"{garbage} of {len(texts)} completions this job wrote are garbled (unprintable characters, undecodable "
+            f"bytes): raters would see garbage. Pause the project or lower the batch's priority on the dashboard, "
+            f"and check the policy and its tokenizer before the next generate job.")  # fmt: skip
+
+
 def _status_context(db, job: Job) -> dict:
     metrics = list(
         db.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
@@ -141,6 +164,7 @@ def _status_context(db, job: Job) -> dict:
         "dropped_warning": dropped_warning(job), "depends_on": service.dependencies(db, job.id),
         "time_phases": time_phases(job),
         "params": effective_params(job), "log": log_from_line(job.log_tail or ""),
+        "unprintable_warning": unprintable_warning(db, job),
     }  # fmt: skip
 
 

@@ -43,8 +43,8 @@ def test_admin_dashboard_leaderboard_and_review(page, users, db_url, api, live_s
     assert page.locator("#queue-depth").inner_text() == "0"
     screenshot(page, "dashboard")
 
-    page.click(f"a[href='/projects/{project_id}/leaderboard']")
-    page.wait_for_url(f"**/projects/{project_id}/leaderboard")
+    page.get_by_role("navigation", name="Project").get_by_role("link", name="Leaderboard").click()
+    page.wait_for_url("**/leaderboard")
     rows = page.locator("#leaderboard tbody tr")
     assert rows.count() == 2
     assert "big-model" in rows.nth(0).inner_text()

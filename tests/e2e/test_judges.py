@@ -32,8 +32,8 @@ def test_admin_sets_up_a_judge_and_a_rater_reviews_its_labels(page, users, api, 
 
     login(page, admin)
     page.goto(f"/projects/{project_id}/dashboard")
-    page.click(f"a[href='/projects/{project_id}/judges']")
-    page.wait_for_url(f"**/projects/{project_id}/judges")
+    page.get_by_role("navigation", name="Project").get_by_role("link", name="Judges").click()
+    page.wait_for_url("**/judges")
     assert page.locator("#chart-calibration [data-chart=empty]").is_visible()
     form = page.locator(f"form[action='/projects/{project_id}/judges/new']")
     form.locator("input[name=name]").fill("reference-rules")
