@@ -165,6 +165,12 @@ def resolve_checked(url: str, *, allow_private: bool | None = None) -> list[str]
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as error:  # the name does not resolve here: say what to check, not the errno
+        raise UnsafeWebhookUrl(
+            f"Cannot find the host {parts.hostname!r}: its name does not resolve from this server. Check the "
+            "spelling, and that this server can reach a DNS resolver (a receiver on a private network needs "
+            "RANKFORGE_WEBHOOKS_ALLOW_PRIVATE=true too)."
+        ) from error
     except (OSError, ValueError) as error:
         raise UnsafeWebhookUrl(f"Cannot resolve {parts.hostname!r}: {error}") from error
     addresses = sorted({info[4][0] for info in infos})
