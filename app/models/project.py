@@ -53,6 +53,9 @@ class Project(IdMixin, CreatedMixin, Base):
     """Retraining schedule: {"reward_every_pairs": N, "reward_every_minutes": T}."""
     round_recipe: Mapped[dict] = mapped_column(default=dict)
     """How a round of the loop runs (app.training.rounds.RoundRecipe); empty: the defaults."""
+    schedule_notices: Mapped[dict | None] = mapped_column()
+    """Why the worker skipped this project's schedule or rounds on its last try ({"schedule": text, "rounds":
+    text}; app.training.scheduler.note_problem), shown on the project's page; cleared once it runs again."""
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
 
 

@@ -4,7 +4,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api import Out
-from app.limits import Input, PositiveInt4, varchar
+from app.limits import INT4_MAX, Input, PositiveInt4, varchar
 from app.models import Project
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -24,6 +24,20 @@ class AttributeScale(Input):
         if value <= info.data.get("min", 1):
             raise ValueError("max must be greater than min")
         return value
+
+
+MAX_MINUTES = 10_000_000.0
+"""Longest period a setting in minutes may have (about 19 years): beyond it a date computed from it overflows."""
+
+
+class ScheduleSettings(Input):
+    """The retraining schedule (app.training.scheduler): a reward job every N new judgments and/or T minutes."""
+
+    reward_every_pairs: int | None = Field(default=None, ge=1, le=INT4_MAX,
+                                           description="Retrain the reward model once this many new judgments exist.")
+    reward_every_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES, allow_inf_nan=False,
+                                               description="...or once this many minutes passed (and a judgment is new).")
+    reward_params: dict | None = Field(default=None, description="Hyperparameters of the scheduled reward jobs.")
 
 
 class ProjectCreate(Input):
@@ -66,7 +80,7 @@ class ProjectUpdate(Input):
     practice_pass_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     pay_unit: Literal["judgment", "hour"] | None = None
     pay_rate: float | None = Field(default=None, ge=0.0, le=1_000_000.0)
-    schedule: dict | None = None
+    schedule: ScheduleSettings | None = None
 
 
 class ProjectOut(BaseModel):

@@ -56,7 +56,7 @@ from app.models import (
 )
 from app.quality.rounds import round_figures
 from app.registry.service import newest_version
-from app.training.scheduler import acquire_lock
+from app.training.scheduler import acquire_lock, describe, note_problem
 from app.training.service import create_training_job, validated_params
 from app.training.tasks import job_dir
 from app.verifiers.service import create_verify_job, verifiable_prompts
@@ -588,7 +588,7 @@ def tick(worker_id: str) -> list[tuple[int, int, str]]:
                 before = round_.status
                 if _guarded(db, project, advance, db, round_) not in (None, before):
                     touched.append((project.id, round_.number, round_.status))
-            reason = auto_start_reason(db, project)
+            reason = _guarded(db, project, auto_start_reason, db, project)  # a stored recipe may be unusable
             if reason is not None:  # in its own savepoint: a round that cannot start leaves the finished one done
                 started = _guarded(db, project, start_round, db, project, trigger=f"auto: {reason}")
                 if started is not None:
@@ -599,17 +599,20 @@ def tick(worker_id: str) -> list[tuple[int, int, str]]:
 
 def _guarded(db: Session, project: Project, work, *args, **kwargs):
     """work(*args, **kwargs) in a savepoint: on an error it is undone and logged (None returned), the other
-    projects go on."""
+    projects go on. The failure is noted on the project's page (cleared when work succeeds again)."""
     savepoint = db.begin_nested()
     try:
         result = work(*args, **kwargs)
     except RankforgeError as error:
         savepoint.rollback()
         log.warning("rounds of %s: %s", project.slug, error.detail)
+        note_problem(db, project.id, "rounds", f"Rounds were skipped: {describe(error)}")
         return None
-    except Exception:
+    except Exception as error:
         savepoint.rollback()
         log.exception("rounds of %s failed", project.slug)
+        note_problem(db, project.id, "rounds", f"Rounds were skipped: {describe(error)}. Check the round recipe.")
         return None
     savepoint.commit()
+    note_problem(db, project.id, "rounds", None)
     return result

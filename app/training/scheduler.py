@@ -3,6 +3,9 @@
 `tick(worker_id)` runs in every idle worker; one of them acts. The lock is a lease row in scheduler_lock taken
 with one conditional UPDATE (`... WHERE expires_at < now OR holder = me`), so on SQLite and PostgreSQL alike only
 one worker holds it until its lease runs out. A reward job is enqueued only when none is queued or running.
+
+Projects are isolated: each one's schedule runs in its own savepoint, and one that fails (a stored setting out of
+range, a job that cannot start) is logged, noted on its page (`note_problem`) and skipped; the others go on.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -17,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.db import is_sqlite, session_scope
 from app.errors import RankforgeError
 from app.models import Job, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
+from app.projects.schemas import ScheduleSettings
 from app.training.service import create_training_job
 
 LOCK_NAME = "scheduler"
@@ -38,10 +43,35 @@ def acquire_lock(db: Session, holder: str, lease_seconds: float = LEASE_SECONDS,
     return taken.rowcount == 1
 
 
+def note_problem(db: Session, project_id: int, part: str, problem: str | None) -> None:
+    """Show why the worker skipped `part` ("schedule" or "rounds") of this project on its page, or clear it
+    (problem None). Written only when it changes: the idle loop runs every few seconds."""
+    notices = db.scalar(select(Project.schedule_notices).where(Project.id == project_id))
+    notices = dict(notices) if isinstance(notices, dict) else {}
+    wanted = problem[:1000] if problem else None
+    if notices.get(part) == wanted:
+        return
+    if wanted is None:
+        notices.pop(part, None)
+    else:
+        notices[part] = wanted
+    db.execute(update(Project).where(Project.id == project_id).values(schedule_notices=notices or None)
+               .execution_options(synchronize_session=False))  # fmt: skip
+
+
+def describe(error: Exception) -> str:
+    """An error as one line for the project's page: a stored setting's validation names its fields."""
+    if isinstance(error, RankforgeError):
+        return str(error.detail)
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()[:5])
+    return f"{error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip(": ")
+
+
 def reward_due(db: Session, project: Project) -> str | None:
-    """Why a reward job is due now (None: not due)."""
-    schedule = project.schedule or {}
-    every_pairs, every_minutes = schedule.get("reward_every_pairs"), schedule.get("reward_every_minutes")
+    """Why a reward job is due now (None: not due). A stored schedule the API would refuse raises."""
+    schedule = ScheduleSettings.model_validate(project.schedule or {})
+    every_pairs, every_minutes = schedule.reward_every_pairs, schedule.reward_every_minutes
     if not every_pairs and not every_minutes:
         return None
     busy = db.scalar(select(Job.id).where(Job.project_id == project.id, Job.kind == "reward",
@@ -73,17 +103,34 @@ def tick(worker_id: str) -> list[int]:
             return []
     created = []
     with session_scope(write=True) as db:
-        for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
-            reason = reward_due(db, project)
+        project_ids = db.scalars(select(Project.id).where(Project.status == ProjectStatus.active)
+                                 .order_by(Project.id)).all()  # fmt: skip
+        for project_id in project_ids:
+            savepoint = db.begin_nested()
+            try:
+                project = db.get(Project, project_id)
+                reason = reward_due(db, project)
+            except Exception as error:  # noqa: BLE001 - whatever it is, this project only: noted, skipped
+                savepoint.rollback()
+                log.warning("schedule of project %s skipped: %s", project_id, describe(error))
+                note_problem(db, project_id, "schedule", f"The retraining schedule was skipped: {describe(error)}. "
+                             "Fix the schedule in the project's settings.")  # fmt: skip
+                continue
+            savepoint.commit()
+            note_problem(db, project_id, "schedule", None)
             if reason is None:
                 continue
-            try:  # create_training_job checks everything before it adds a row: nothing to undo on error
+            savepoint = db.begin_nested()
+            try:
                 job = create_training_job(
                     db, project, "reward", params=(project.schedule or {}).get("reward_params")
                 )
-            except RankforgeError as error:
-                log.warning("scheduled reward job for %s not started: %s", project.slug, error.detail)
+            except Exception as error:  # noqa: BLE001 - this project only: noted, skipped
+                savepoint.rollback()
+                log.warning("scheduled reward job for project %s not started: %s", project_id, describe(error))
+                note_problem(db, project_id, "schedule", f"The scheduled reward job did not start: {describe(error)}")
                 continue
+            savepoint.commit()
             job.message = f"queued by the schedule: {reason}"
             created.append(job.id)
             log.info("scheduled reward job %s for %s (%s)", job.id, project.slug, reason)
