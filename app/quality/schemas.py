@@ -48,10 +48,21 @@ class LeaderboardModel(Out):
     battles: int
 
 
+class StyleCoefficient(Out):
+    feature: str = Field(description="length, headers, lists or bold (app.quality.style).")
+    coefficient: float = Field(description="Log-odds of winning per standard deviation of the normalised difference.")
+    ci_low: float
+    ci_high: float
+
+
 class Leaderboard(Out):
     models: list[LeaderboardModel]
     win_rates: dict[str, dict[str, float | None]] = Field(description="{a: {b: share of a's wins over b}}")
     battles: int
+    style_controlled: list[LeaderboardModel] = Field(
+        default=[], description="The ranking with answer length and markdown held equal (Wald 95% intervals).")
+    style_coefficients: list[StyleCoefficient] = Field(
+        default=[], description="How much each style feature sways votes, with 95% intervals.")
     attributes: dict[str, list[dict[str, Any]]] = Field(
         default={}, description="{attribute: [{name, mean, ci_low, ci_high, n}]} best first.")
 

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
 from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
-from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
+from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
-from app.quality import stats
+from app.quality import stats, style
 
 TIE = -1
 """Code for "no single best option" in the nominal top-choice data (stats.TIE_CODE)."""
@@ -363,73 +363,112 @@ def _dense_codes(unit: np.ndarray, value: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, int]]:
-    """People's pairwise outcomes between the models that wrote the completions (counted judgments of the
-    LEADERBOARD selection: rated comparisons and live battles): (model a, model b, outcome for a: 1 win, 0.5 tie,
-    0 loss, battles). A K-way ranking gives one battle per pair of its completions; two
-    completions of the same model are no battle.
+def battle_rows(db: Session, project: Project) -> dict[str, np.ndarray]:
+    """People's pairwise outcomes between the models that wrote the completions, one row per battle (counted
+    judgments of the LEADERBOARD selection: rated comparisons and live battles): `model_a`, `model_b` (codes into
+    `model_names`), `outcome` for a (1 win, 0.5 tie, 0 loss), `completion_a`, `completion_b`, `rater`. A K-way
+    ranking gives one battle per pair of its completions; two completions of the same model are no battle.
 
-    Two-option comparisons (the bulk) are counted in numpy from the judgment and comparison columns, the
-    outcome read from `top_completion_id` (no single top: a tie). Only rankings of three or more options are
-    expanded from JSON into their pairs, by the database, and only when the project has such comparisons."""
-    cells: dict[tuple[str, str, float], int] = {}
+    Two-option comparisons (the bulk) come from the judgment and comparison columns in numpy, the outcome read
+    from `top_completion_id` (no single top: a tie). Only rankings of three or more options are expanded from
+    JSON into their pairs, by the database, and only when the project has such comparisons."""
     cols = judgment_arrays(db, project, LEADERBOARD)
     names = cols["model_names"]
     model_a, model_b = cols["c_model_a"], cols["c_model_b"]
     battle = (cols["n_options"] == 2) & (model_a >= 0) & (model_b >= 0) & (model_a != model_b)
     top = cols["top"][battle]
-    outcome = np.where(top == cols["c_first"][battle], 2, np.where(top == cols["c_second"][battle], 0, 1))
-    n_models = max(len(names), 1)
-    key = (model_a[battle] * n_models + model_b[battle]) * 3 + outcome
-    for cell, n in zip(*np.unique(key, return_counts=True), strict=True):
-        pair, outcome_code = divmod(int(cell), 3)
-        a, b = divmod(pair, n_models)
-        cells[(names[a], names[b], outcome_code / 2.0)] = int(n)
+    rows = {"model_a": model_a[battle], "model_b": model_b[battle],
+            "outcome": np.where(top == cols["c_first"][battle], 1.0, np.where(top == cols["c_second"][battle], 0.0, 0.5)),
+            "completion_a": cols["c_first"][battle].astype(np.int64),
+            "completion_b": cols["c_second"][battle].astype(np.int64), "rater": cols["rater"][battle]}  # fmt: skip
     js = _json_sql(db)
     n_options = js["length"].format(column="c.completion_ids")
     has_rankings = db.execute(text(f"SELECT 1 FROM comparison c WHERE c.project_id = :project AND {n_options} > 2 "
                                    "LIMIT 1"), {"project": project.id}).first()  # fmt: skip
-    if has_rankings:
-        ranked = f"""
+    if has_rankings and len(names):
+        model_code = "CASE o.model_name " + " ".join(f"WHEN :m{i} THEN {i}" for i in range(len(names))) + " END"
+        ranked = _array(db, f"""
             WITH e AS (
-                SELECT r.judgment_id, r.grp, r.completion_id, o.model_name AS model
+                SELECT r.judgment_id, r.rater_id, r.grp, r.completion_id, {model_code} AS model
                 FROM ({_ranking_elements_sql(db, LEADERBOARD)}) r
                 JOIN comparison c ON c.id = r.comparison_id AND {n_options} > 2
                 JOIN completion o ON o.id = r.completion_id
                 WHERE o.model_name IS NOT NULL
             )
-            SELECT a.model, b.model, CASE WHEN a.grp < b.grp THEN 2 WHEN a.grp = b.grp THEN 1 ELSE 0 END, count(*)
+            SELECT a.model, b.model, CASE WHEN a.grp < b.grp THEN 1.0 WHEN a.grp = b.grp THEN 0.5 ELSE 0.0 END,
+                   a.completion_id, b.completion_id, a.rater_id
             FROM e a JOIN e b ON a.judgment_id = b.judgment_id AND a.completion_id < b.completion_id
-            WHERE a.model <> b.model
-            GROUP BY 1, 2, 3"""
-        for a, b, outcome_code, n in db.execute(text(ranked), {"project": project.id}):
-            cells[(a, b, outcome_code / 2.0)] = cells.get((a, b, outcome_code / 2.0), 0) + int(n)
-    return [(a, b, outcome, n) for (a, b, outcome), n in sorted(cells.items())]
+            WHERE a.model <> b.model""", 6, project=project.id,
+                        **{f"m{i}": name for i, name in enumerate(names)})  # fmt: skip
+        for key, column in zip(("model_a", "model_b", "outcome", "completion_a", "completion_b", "rater"), ranked.T,
+                               strict=True):  # fmt: skip
+            rows[key] = np.concatenate((rows[key], column.astype(rows[key].dtype)))
+    return rows | {"model_names": names}
+
+
+def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, int]]:
+    """`battle_rows` aggregated: (model a, model b, outcome for a, battles), sorted."""
+    rows = battle_rows(db, project)
+    names, n_models = rows["model_names"], max(len(rows["model_names"]), 1)
+    key = (rows["model_a"] * n_models + rows["model_b"]) * 3 + np.round(rows["outcome"] * 2).astype(np.int64)
+    cells = []
+    for cell, n in zip(*np.unique(key, return_counts=True), strict=True):
+        pair, outcome_code = divmod(int(cell), 3)
+        a, b = divmod(pair, n_models)
+        cells.append((str(names[a]), str(names[b]), outcome_code / 2.0, int(n)))
+    return sorted(cells)
+
+
+def completion_style(db: Session, completion_ids: np.ndarray) -> dict[int, tuple[float, ...]]:
+    """Style features (app.quality.style.style_counts) of these completions, read in one pass per 1,000 ids."""
+    ids = sorted({int(i) for i in np.unique(completion_ids)})
+    out: dict[int, tuple[float, ...]] = {}
+    for begin in range(0, len(ids), 1000):
+        for completion_id, body in db.execute(select(Completion.id, Completion.text)
+                                              .where(Completion.id.in_(ids[begin:begin + 1000]))):  # fmt: skip
+            out[completion_id] = style.style_counts(body or "")
+    return out
 
 
 def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0) -> dict:
-    """Bradley-Terry ratings (Elo scale, mean 1000) with bootstrap 95% intervals, battles and win rates."""
-    cells = battle_counts(db, project)
-    names = sorted({c[0] for c in cells} | {c[1] for c in cells})
-    if not names:
-        return {"models": [], "win_rates": {}, "battles": 0}
-    index = {name: i for i, name in enumerate(names)}
-    counts = np.array([c[3] for c in cells], dtype=np.int64)
-    model_a = np.repeat([index[c[0]] for c in cells], counts)
-    model_b = np.repeat([index[c[1]] for c in cells], counts)
-    outcome = np.repeat([c[2] for c in cells], counts)
+    """Bradley-Terry ratings (Elo scale, mean 1000) with bootstrap 95% intervals, battles and win rates; beside
+    them the style-controlled ranking (app.quality.style: answer length and markdown held equal, Wald intervals)
+    and the style coefficients."""
+    rows = battle_rows(db, project)
+    played = np.unique(np.concatenate((rows["model_a"], rows["model_b"])))
+    if not played.size:
+        return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": []}
+    names = [str(rows["model_names"][i]) for i in played]
+    index = np.full(len(rows["model_names"]), -1)
+    index[played] = np.arange(len(played))
+    model_a, model_b, outcome = index[rows["model_a"]], index[rows["model_b"]], rows["outcome"]
     board = stats.bradley_terry(model_a, model_b, outcome, len(names), bootstrap=bootstrap, seed=seed)
+    features = completion_style(db, np.concatenate((rows["completion_a"], rows["completion_b"])))
+    counts_a = np.array([features[int(i)] for i in rows["completion_a"]]).reshape(-1, len(style.STYLE_FEATURES))
+    counts_b = np.array([features[int(i)] for i in rows["completion_b"]]).reshape(-1, len(style.STYLE_FEATURES))
+    controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome,
+                                                      style.style_differences(counts_a, counts_b), len(names))  # fmt: skip
 
     def number(x: float) -> float | None:
         return None if np.isnan(x) else round(float(x), 2)
 
-    models = [{"name": name, "rating": number(board.ratings[i]), "ci_low": number(board.ci_low[i]),
-               "ci_high": number(board.ci_high[i]), "battles": int(board.battles[i])}
-              for i, name in enumerate(names)]  # fmt: skip
-    models.sort(key=lambda m: -(m["rating"] if m["rating"] is not None else -np.inf))
+    def by_rating(items: list[dict]) -> list[dict]:
+        return sorted(items, key=lambda m: -(m["rating"] if m["rating"] is not None else -np.inf))
+
+    models = by_rating([{"name": name, "rating": number(board.ratings[i]), "ci_low": number(board.ci_low[i]),
+                         "ci_high": number(board.ci_high[i]), "battles": int(board.battles[i])}
+                        for i, name in enumerate(names)])  # fmt: skip
+    style_controlled = by_rating([{"name": name, "rating": number(controlled.ratings[i]),
+                                   "ci_low": number(controlled.ci_low[i]), "ci_high": number(controlled.ci_high[i]),
+                                   "battles": int(board.battles[i])} for i, name in enumerate(names)])  # fmt: skip
+    coefficients = [{"feature": feature, "coefficient": round(float(controlled.coefficients[k]), 4),
+                     "ci_low": round(float(controlled.coefficient_ci_low[k]), 4),
+                     "ci_high": round(float(controlled.coefficient_ci_high[k]), 4)}
+                    for k, feature in enumerate(style.STYLE_FEATURES) if not np.isnan(controlled.coefficients[k])]  # fmt: skip
     win_rates = {a: {b: float(board.win_rates[i, j]) for j, b in enumerate(names) if not np.isnan(board.win_rates[i, j])}
                  for i, a in enumerate(names)}  # fmt: skip
-    return {"models": models, "win_rates": win_rates, "battles": int(counts.sum()), "prior_ties": board.prior_ties}
+    return {"models": models, "win_rates": win_rates, "battles": int(len(outcome)), "prior_ties": board.prior_ties,
+            "style_controlled": style_controlled, "style_coefficients": coefficients}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
