@@ -5,8 +5,11 @@
 - Lengths: `column_length(Model.column)` reads the model's `String(n)`; schemas and the import parser
   use it, so a length lives in the model only.
 - Characters: PostgreSQL stores neither NUL (in `text` or `jsonb`) nor a lone UTF-16 surrogate (which has
-  no UTF-8 form). `bad_character` finds them; `Input` (the base of every request body) refuses them in any
-  string of any field, keys of objects included, with a 422 naming the field.
+  no UTF-8 form). One rule for them, in this module: **refused in what people send, stripped from what models
+  write.** `bad_character` finds them; `Input` (the base of every request body), `CleanStr`, `varchar` and the
+  import parser refuse them with a 422 naming the field (a person can fix the input); `clean_model_output`
+  removes them from a model's output (generated answers, a verifier's or judge's output: nobody can resend it,
+  and a reader never sees the character anyway) before it is stored.
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ def bad_character(text: str) -> str | None:
 
 def strip_bad_characters(text: str) -> str:
     return _BAD.sub("", text)
+
+
+def clean_model_output(value: Any) -> Any:
+    """A model's output (a string, or JSON-like lists and objects of them, keys included) without the characters
+    the database refuses: the "strip in model output" half of the rule above."""
+    if isinstance(value, str):
+        return strip_bad_characters(value)
+    if isinstance(value, list | tuple):
+        return [clean_model_output(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_model_output(key): clean_model_output(item) for key, item in value.items()}
+    return value
 
 
 def find_bad_character(value: Any, where: str = "") -> str | None:

@@ -4,9 +4,11 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import Field
 from sqlalchemy import func, select, text
 
 from app import metrics
+from app.api import Out
 from app.auth.deps import DbSession, OptionalPrincipal, public
 from app.config import get_settings
 from app.errors import Forbidden, Unauthorized
@@ -18,7 +20,12 @@ log = logging.getLogger("rankforge.ops")
 router = APIRouter(tags=["ops"], dependencies=[Depends(public)])
 
 
-@router.get("/healthz")
+class Health(Out):
+    status: str = Field(description="ok, or unavailable (503)")
+    database: str
+
+
+@router.get("/healthz", response_model=Health)
 def healthz(db: DbSession):
     """ok / unavailable, and nothing about why: the error (host, port, driver) goes to the log, not the caller."""
     try:

@@ -17,7 +17,17 @@ from rankforge.errors import (
     ValidationError,
     WaitTimeout,
 )
-from rankforge.types import Dataset, ImportResult, Job, ModelVersion, Project, Webhook
+from rankforge.types import (
+    Dataset,
+    ImportResult,
+    Job,
+    Judgment,
+    Leaderboard,
+    ModelVersion,
+    Project,
+    Task,
+    Webhook,
+)
 
 __all__ = [
     "APIError",
@@ -29,6 +39,8 @@ __all__ = [
     "ImportResult",
     "Job",
     "JobFailedError",
+    "Judgment",
+    "Leaderboard",
     "ModelVersion",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -38,6 +50,7 @@ __all__ = [
     "RankforgeError",
     "RateLimitError",
     "ServerError",
+    "Task",
     "ValidationError",
     "WaitTimeout",
     "Webhook",

@@ -23,7 +23,17 @@ from typing import Any
 import httpx
 
 from rankforge.errors import ConnectionFailed, JobFailedError, RankforgeError, WaitTimeout, error_for
-from rankforge.types import Dataset, ImportResult, Job, ModelVersion, Project, Webhook
+from rankforge.types import (
+    Dataset,
+    ImportResult,
+    Job,
+    Judgment,
+    Leaderboard,
+    ModelVersion,
+    Project,
+    Task,
+    Webhook,
+)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -175,8 +185,8 @@ class Projects(_Resource):
     def stats(self, project) -> dict:
         return self._c._json("GET", f"/projects/{_ref(project)}/stats")
 
-    def leaderboard(self, project) -> dict:
-        return self._c._json("GET", f"/projects/{_ref(project)}/leaderboard")
+    def leaderboard(self, project) -> Leaderboard:
+        return Leaderboard(**self._c._json("GET", f"/projects/{_ref(project)}/leaderboard"))
 
     def import_file(self, project, path: str | os.PathLike, *, format: str = "native",
                     gold: bool = False) -> ImportResult:  # fmt: skip
@@ -227,13 +237,15 @@ class Projects(_Resource):
 class Tasks(_Resource):
     """The rating loop through the API (scripted raters, tests)."""
 
-    def next(self, project) -> dict | None:
+    def next(self, project) -> Task | None:
         """The next task `{assignment_id, comparison_id, prompt, options, expires_at}`, or None when done."""
-        return self._c._json("GET", f"/projects/{_ref(project)}/tasks/next")
+        task = self._c._json("GET", f"/projects/{_ref(project)}/tasks/next")
+        return None if task is None else Task(**task)
 
-    def submit(self, assignment_id: int, ranking: list[list[int]], **fields) -> dict:
+    def submit(self, assignment_id: int, ranking: list[list[int]], **fields) -> Judgment:
         """A judgment: `ranking` is tie groups of option ids, best first; also attributes, rationale, flags."""
-        return self._c._json("POST", f"/assignments/{assignment_id}/judgment", json={"ranking": ranking} | fields)
+        return Judgment(**self._c._json("POST", f"/assignments/{assignment_id}/judgment",
+                                        json={"ranking": ranking} | fields))  # fmt: skip
 
     def skip(self, assignment_id: int, reason: str = "") -> dict:
         return self._c._json("POST", f"/assignments/{assignment_id}/skip", json={"reason": reason})

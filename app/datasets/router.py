@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app.api import Paging, paging
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
-from app.datasets.schemas import DatasetOut
+from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.limits import Id
 from app.models import DatasetSnapshot
 from app.projects.service import get_project
@@ -20,9 +20,10 @@ router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
 
 @router.post("/projects/{project_ref}/datasets", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
-def create_dataset(project_ref: str, body: dict, db: DbSession, principal: Staff):
+def create_dataset(project_ref: str, body: DatasetCreate, db: DbSession, principal: Staff):
     """Start an export: returns the snapshot (status `building`) and its `job_id` at once."""
-    snapshot = service.request_snapshot(db, get_project(db, project_ref), body, principal.user)
+    spec = body.model_dump(mode="json", exclude_unset=True)  # as sent: the service fills the defaults
+    snapshot = service.request_snapshot(db, get_project(db, project_ref), spec, principal.user)
     return service.snapshot_json(snapshot)
 
 

@@ -52,8 +52,8 @@ class DatasetCreate(Input):
 
 
 class DatasetRows(Out):
-    train: int | None
-    test: int | None
+    train: int
+    test: int
 
 
 class DatasetOut(Out):
@@ -65,9 +65,9 @@ class DatasetOut(Out):
     format: str
     rows: DatasetRows
     sha256: str | None
-    files: list[str] | None
+    files: list[str]
     size_bytes: int | None
-    spec: dict | None
+    spec: dict
     job_id: int | None
     error: str | None
     created_at: datetime

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from app.audit import audit
 from app.db import analyze
 from app.imports.parsers import ImportRecord, parse_import, record_priority
+from app.judgments.identical import IDENTICAL, identical_answers
+from app.limits import clean_model_output
 from app.models import Comparison, Completion, Judgment, ModelVersion, Project, Prompt, User
 from app.projects.schemas import ImportResult
 from app.projects.service import GOLD_REQUIRED
@@ -112,7 +114,8 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
                     arena: bool = False) -> dict:  # fmt: skip
     """A generate job's output ({prompt_id, completions: [{text, params, finish_reason, usage?}]} rows) as completions
     of `version`, grouped into new comparisons (pairs, or groups of 4 in rank mode); with `arena`, each prompt's
-    first new completion is also paired with the newest completion of every other model."""
+    first new completion is also paired with the newest completion of every other model. A comparison of identical
+    answers is recorded, flagged IDENTICAL, and never served."""
     group = 2 if project.mode == "pairwise" else 4
     completion_ids, comparison_ids = [], []
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id,
@@ -121,8 +124,8 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
         prompt = prompts.get(row["prompt_id"])
         if prompt is None:
             continue
-        # A model can emit NUL, which PostgreSQL cannot store in text: dropped, as a reader would never see it.
-        fresh = [Completion(prompt_id=prompt.id, text=c["text"].replace("\x00", ""), model_name=version.name,
+        # a model can emit NUL, which PostgreSQL cannot store: stripped (app.limits: refuse in input, strip in output)
+        fresh = [Completion(prompt_id=prompt.id, text=clean_model_output(c["text"]), model_name=version.name,
                             model_version_id=version.id,
                             params=c.get("params") or {},
                             meta={"job_id": job_id, "finish_reason": c.get("finish_reason")}
@@ -133,12 +136,18 @@ def add_generations(db: Session, project: Project, version: ModelVersion, rows: 
         completion_ids += [c.id for c in fresh]
         sets = [[c.id for c in fresh[i : i + group]] for i in range(0, len(fresh), group)]
         sets = [s for s in sets if len(s) >= 2]
+        texts = {c.id: c.text for c in fresh}
         if arena and fresh:
-            sets += [[fresh[0].id, other] for other in _newest_by_model(db, prompt.id, exclude=version.name)]
+            others = _newest_by_model(db, prompt.id, exclude=version.name)
+            if others:
+                texts |= dict(db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(others))).all())
+            sets += [[fresh[0].id, other] for other in others]
         for ids in sets:
+            identical = identical_answers([texts[i] for i in ids])
             comparison = Comparison(project_id=project.id, prompt_id=prompt.id, completion_ids=ids,
-                                    required=project.overlap, priority=prompt.priority, batch=f"job-{job_id}",
-                                    meta={"job_id": job_id})  # fmt: skip
+                                    required=0 if identical else project.overlap, priority=prompt.priority,
+                                    batch=f"job-{job_id}",
+                                    meta={"job_id": job_id} | ({IDENTICAL: True} if identical else {}))  # fmt: skip
             db.add(comparison)
             db.flush()
             comparison_ids.append(comparison.id)

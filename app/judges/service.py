@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
+from app.api import get_or_404
 from app.audit import audit
 from app.errors import NotFound, Unprocessable
 from app.jobs.service import create_job
@@ -393,9 +394,7 @@ def review_verdict(db: Session, project: Project, verdict_id: int, decision: str
     """confirm: the AI label stands, reviewed. flip: the AI judgment's ranking is reversed (exports that include AI
     judgments then carry the reviewer's correction); the judge's own verdict stays in ai_verdict.detail, so its
     agreement figures keep measuring the judge, not the reviewer."""
-    row = db.get(AIVerdict, verdict_id)
-    if row is None or row.project_id != project.id:
-        raise NotFound(f"No AI verdict {verdict_id} in project {project.slug}.")
+    row = get_or_404(db, AIVerdict, verdict_id, "AI verdict", project=project)
     if decision not in ("confirm", "flip"):
         raise Unprocessable("decision must be confirm or flip.")
     if row.reviewed is not None:

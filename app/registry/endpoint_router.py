@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import Field
 
+from app.api import PageAll
 from app.auth.deps import DbSession, Staff
 from app.limits import Id, Input, varchar
 from app.models import ModelEndpoint, ModelVersion, Project
 from app.projects.service import get_project
 from app.registry import endpoints
+from app.registry.schemas import EndpointChecked, EndpointOut
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["endpoints"])
 
@@ -48,17 +50,20 @@ class EndpointUpdate(Input):
     check: bool = True
 
 
-@router.get("")
-def list_endpoints(db: DbSession, principal: Staff):
-    return [endpoints.endpoint_json(v, e) for v, e in endpoints.list_endpoints(db)]
+@router.get("", response_model=list[EndpointOut])
+def list_endpoints(db: DbSession, principal: Staff, response: Response, page: PageAll):
+    """Newest first."""
+    rows = endpoints.list_endpoints(db)
+    page.header(response, len(rows))
+    return [endpoints.endpoint_json(v, e) for v, e in page.slice(rows)]
 
 
-@router.get("/{ref}")
+@router.get("/{ref}", response_model=EndpointOut)
 def get_endpoint(ref: Ref, db: DbSession, principal: Staff):
     return endpoints.endpoint_json(*endpoints.get_endpoint(db, ref))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=EndpointOut)
 def create_endpoint(data: EndpointCreate, db: DbSession, principal: Staff):
     project = get_project(db, data.project_id) if data.project_id is not None else None
     values = data.model_dump(exclude={"project_id", "check"})
@@ -66,7 +71,7 @@ def create_endpoint(data: EndpointCreate, db: DbSession, principal: Staff):
     return endpoints.endpoint_json(version, endpoint)
 
 
-@router.patch("/{ref}")
+@router.patch("/{ref}", response_model=EndpointOut)
 def update_endpoint(ref: Ref, data: EndpointUpdate, db: DbSession, principal: Staff):
     version, endpoint = endpoints.get_endpoint(db, ref)
     changes = data.model_dump(exclude={"check"}, exclude_unset=True)
@@ -74,7 +79,7 @@ def update_endpoint(ref: Ref, data: EndpointUpdate, db: DbSession, principal: St
     return endpoints.endpoint_json(version, endpoint)
 
 
-@router.post("/{ref}/check")
+@router.post("/{ref}/check", response_model=EndpointChecked)
 def check_endpoint(ref: Ref, db: DbSession, principal: Staff):
     """Ask the server again: GET /v1/models must answer and list the model."""
     version, endpoint = endpoints.get_endpoint(db, ref)

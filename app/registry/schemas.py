@@ -34,3 +34,30 @@ class ModelVersionOut(Out):
 
 class ModelVersionDetail(ModelVersionOut):
     manifest: dict[str, Any] = Field(description="The checkpoint's manifest.json (files, model card, lineage).")
+
+
+class EndpointSettings(Out):
+    """How the endpoint is called; never the API key itself."""
+
+    base_url: str
+    model: str = Field(description="The model's name at the server.")
+    has_api_key: bool
+    api_key_env: str | None
+    sampling: dict[str, Any]
+    max_concurrency: int
+    requests_per_minute: int | None
+    timeout_seconds: float
+    price_input: float | None
+    price_output: float | None
+    json_output: bool
+    checked_at: datetime | None
+
+
+class EndpointOut(ModelVersionOut):
+    """A model version served elsewhere behind an OpenAI-compatible API."""
+
+    endpoint: EndpointSettings
+
+
+class EndpointChecked(EndpointOut):
+    served: list[str] = Field(description="The model names the server lists (the first 100).")

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.api import get_or_404
 from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
 from app.judgments.service import validate_ranking
@@ -120,9 +121,7 @@ def answer(db: Session, project: Project, rater: User, comparison_id: int, ranki
 
 def mark(db: Session, project: Project, comparison_id: int, explanation: str | None, actor: User | None) -> Comparison:
     """Make a gold comparison a practice item (explanation given) or a regular one again (None)."""
-    comparison = db.get(Comparison, comparison_id)
-    if comparison is None or comparison.project_id != project.id:
-        raise NotFound(f"No comparison {comparison_id} in this project.")
+    comparison = get_or_404(db, Comparison, comparison_id, "comparison", project=project)
     if explanation is not None:
         if not comparison.is_gold or not comparison.gold_ranking:
             raise Unprocessable("Only a gold comparison (one with a known ranking) can be a practice item.")

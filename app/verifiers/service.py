@@ -20,6 +20,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
+from app.api import get_or_404
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.intervals import wilson_interval
 from app.jobs.service import create_job
@@ -30,7 +31,7 @@ from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
 
 VERIFY_PARAMS = {
     "samples": "answers sampled per prompt: the n of pass@k (default 4)",
-    "k": "the k of pass@k besides 1 (default: samples)",
+    "k": "the k of pass@k besides 1 (default: samples; at most the answers a prompt has)",
     "temperature": "sampling temperature of the answers (default 0.8)",
     "max_new_tokens": "longest answer in tokens (default 128)",
     "prompt_ids": "only these prompts (default: the held-out ones, metadata.split test/eval, else all)",
@@ -55,6 +56,7 @@ def verifiable_prompts(db: Session, project: Project, *, include_excluded: bool 
                                  or_(Prompt.reference.is_not(None), Prompt.tests.is_not(None))).order_by(Prompt.id)  # fmt: skip
     prompts = [p for p in db.scalars(query) if p.reference is not None or p.tests is not None]  # JSON null
     return prompts if include_excluded else [p for p in prompts if not is_excluded(p)]
+DEFAULT_SAMPLES = 4
 
 
 def eval_prompt_ids(db: Session, project: Project, params: dict) -> list[int]:
@@ -81,7 +83,7 @@ def check_params(params: dict | None) -> dict:
     unknown = sorted(set(params) - set(VERIFY_PARAMS))
     if unknown:
         raise Unprocessable(f"Unknown param(s) for verify: {', '.join(unknown)}; known: {', '.join(VERIFY_PARAMS)}.")
-    samples = _int_param(params, "samples", 1, 64, 4)
+    samples = _int_param(params, "samples", 1, 64, DEFAULT_SAMPLES)
     _int_param(params, "k", 1, samples, samples)
     _int_param(params, "max_new_tokens", 1, 4096, 128)
     _int_param(params, "max_prompts", 1, 100_000, 200)
@@ -91,6 +93,16 @@ def check_params(params: dict | None) -> dict:
     temperature = params.get("temperature", 0.8)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
         raise Unprocessable(f"params.temperature must be a number from 0 to 5, got {temperature!r}.")
+def samples_per_prompt(params: dict) -> int:
+    return int(params.get("samples") or DEFAULT_SAMPLES)
+
+
+def pass_k(params: dict) -> int:
+    """The k of a verify job's pass@k, the same default for its params and its figures: `k`, else the samples per
+    prompt (a job on existing answers too, where pass_rates then bounds it by the answers a prompt has)."""
+    return int(params.get("k") or samples_per_prompt(params))
+
+
     if params.get("prompt_ids") is not None and not (
         isinstance(params["prompt_ids"], list) and all(isinstance(i, int) and not isinstance(i, bool)
                                                        for i in params["prompt_ids"])):  # fmt: skip
@@ -166,7 +178,7 @@ def pass_rates(rows: Sequence[tuple[int, bool]], k: int) -> dict:
 
 def job_pass_rates(db: Session, job: Job) -> dict:
     rows = db.execute(select(Verdict.prompt_id, Verdict.passed, Verdict.reason).where(Verdict.job_id == job.id)).all()
-    k = int((job.params or {}).get("k") or (job.params or {}).get("samples") or 1)
+    k = pass_k(job.params or {})
     k = max(1, min(k, max((n for n in _answers_per_prompt(rows).values()), default=1)))
     result = pass_rates([(r.prompt_id, r.passed) for r in rows], k)
     reasons: dict[str, int] = defaultdict(int)
@@ -328,18 +340,13 @@ def check_may_audit(db: Session, project: Project, user: User) -> None:
 
 def project_verdict(db: Session, project: Project, verdict_id: int) -> Verdict:
     """A verdict of this project; another project's verdict is not found here (no reading across projects)."""
-    verdict = db.get(Verdict, verdict_id)
-    if verdict is None or verdict.project_id != project.id:
-        raise NotFound(f"No verdict {verdict_id} in project {project.slug}.")
-    return verdict
+    return get_or_404(db, Verdict, verdict_id, "verdict", project=project)
 
 
 def verdict_project(db: Session, verdict_id: int, user: User) -> Project:
     """The project of a verdict addressed by id alone (the older URL), after the same visibility check: a verdict
     of a project the user may not see is reported missing, not forbidden (its existence is not disclosed)."""
-    verdict = db.get(Verdict, verdict_id)
-    if verdict is None:
-        raise NotFound(f"No verdict {verdict_id}.")
+    verdict = get_or_404(db, Verdict, verdict_id, "verdict")
     try:
         return audit_project(db, verdict.project_id, user)
     except Forbidden as error:
@@ -396,9 +403,7 @@ def update_prompt_verifier(db: Session, project: Project, prompt_id: int, *, exc
                            reference: dict | None = None, tests: dict | None = None,
                            actor: User | None = None) -> Prompt:  # fmt: skip
     """Fix a disputed prompt's reference or tests, or exclude it from verify jobs and GRPO prompts."""
-    prompt = db.get(Prompt, prompt_id)
-    if prompt is None or prompt.project_id != project.id:
-        raise NotFound(f"No prompt {prompt_id} in project {project.slug}.")
+    prompt = get_or_404(db, Prompt, prompt_id, "prompt", project=project)
     try:
         if reference is not None:
             prompt.reference = check_reference(reference)

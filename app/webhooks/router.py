@@ -11,7 +11,14 @@ from app.auth.deps import Admin, DbSession
 from app.limits import Id
 from app.projects.service import get_project
 from app.webhooks import service
-from app.webhooks.schemas import DeliveryOut, EventTypes, WebhookCreate, WebhookOut, WebhookUpdate
+from app.webhooks.schemas import (
+    DeliveryOut,
+    EventTypes,
+    WebhookCreate,
+    WebhookOut,
+    WebhookUpdate,
+    WebhookWithSecret,
+)
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 
@@ -25,7 +32,7 @@ def list_webhooks(db: DbSession, principal: Admin, response: Response, page: Ann
     return [service.endpoint_json(e) for e in page.slice(endpoints)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookWithSecret)
 def create_webhook(data: WebhookCreate, db: DbSession, principal: Admin):
     """Register an endpoint. The answer carries its `secret` (`whsec_...`): the only time it is shown."""
     project = get_project(db, data.project_id) if data.project_id is not None else None
@@ -50,7 +57,7 @@ def update_webhook(endpoint_id: Id, data: WebhookUpdate, db: DbSession, principa
     return service.endpoint_json(service.update_endpoint(db, endpoint, data.model_dump(), principal.user))
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookOut)
+@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookWithSecret)
 def rotate_secret(endpoint_id: Id, db: DbSession, principal: Admin):
     """A new secret, shown once; the old one stops signing at once."""
     endpoint = service.get_endpoint(db, endpoint_id)

@@ -35,8 +35,12 @@ class WebhookOut(Out):
     consecutive_failures: int
     secret_hint: str | None = Field(description="The secret's last characters, to tell secrets apart.")
     created_at: datetime
-    secret: str | None = Field(default=None, description="`whsec_...`: only in the answer that created the endpoint "
-                               "or rotated its secret.")
+
+
+class WebhookWithSecret(WebhookOut):
+    """The answer that created the endpoint or rotated its secret: the only time the secret is shown."""
+
+    secret: str = Field(description="`whsec_...`: the base64 signing key, shown this once.")
 
 
 class DeliveryOut(Out):

@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
+from app.api import get_or_404
 from app.config import get_settings
 from app.crypto import decrypt_secret, encrypt_secret
-from app.errors import Conflict, NotFound, SecretKeyError, Unprocessable
+from app.errors import Conflict, SecretKeyError, Unprocessable
 from app.models import AuditLog, Project, User, WebhookDelivery, WebhookEndpoint, utcnow
 
 EVENT_TYPES = (
@@ -216,10 +217,7 @@ def create_endpoint(db: Session, url: str, events: list[str], *, project: Projec
 
 
 def get_endpoint(db: Session, endpoint_id: int) -> WebhookEndpoint:
-    endpoint = db.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None:
-        raise NotFound(f"No webhook endpoint {endpoint_id}.")
-    return endpoint
+    return get_or_404(db, WebhookEndpoint, endpoint_id, "webhook endpoint")
 
 
 def list_endpoints(db: Session, *, project_id: int | None = None, limit: int | None = None,
@@ -327,10 +325,7 @@ def redeliver(db: Session, delivery: WebhookDelivery, actor: User | None) -> Web
 
 
 def get_delivery(db: Session, delivery_id: int) -> WebhookDelivery:
-    delivery = db.get(WebhookDelivery, delivery_id)
-    if delivery is None:
-        raise NotFound(f"No webhook delivery {delivery_id}.")
-    return delivery
+    return get_or_404(db, WebhookDelivery, delivery_id, "webhook delivery")
 
 
 def deliveries_query(endpoint_id: int) -> Select:

@@ -36,3 +36,10 @@ def test_audit_weights_lean_toward_suspicious_verdicts():
     assert _audit_weight(verdict(False), 0.9, 0.5) == 3 * plain  # a failure the reward model likes
     assert _audit_weight(verdict(False, near=True), None, None) == 4 * plain
     assert _audit_weight(verdict(False, reason="timeout"), None, None) == 2 * plain
+
+
+def test_pass_k_defaults_to_the_samples_per_prompt_for_params_and_figures_alike():
+    from app.verifiers.service import DEFAULT_SAMPLES, check_params, pass_k
+
+    assert pass_k({}) == DEFAULT_SAMPLES  # a job on existing answers too (was 1); job_pass_rates bounds it
+    assert pass_k(check_params({"samples": 6})) == 6 and pass_k({"samples": 6, "k": 2}) == 2
