@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     counts = [int(x) for x in args.processes.split(",")]
-    pairs = max(64, args.steps * args.batch * max(counts))
+    pairs = max(16, args.steps * args.batch * max(counts))  # about one epoch: DPO computes reference log-probs for all
 
     with tempfile.TemporaryDirectory(prefix="rf-parity-") as tmp:
         root = Path(tmp)

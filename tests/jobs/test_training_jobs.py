@@ -118,10 +118,16 @@ def test_dpo_job_end_to_end_registers_a_policy_version(client, world):
     steps = client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json()
     names = {name for row in steps for name in row["metrics"]}
     assert any(name.startswith("rewards/") for name in names), names
+    # where the job's time went, reported by the child as phases (trainer.timing), with its thread count
+    final = done["result"]["metrics"]
+    for phase in ("read_snapshot", "load_model", "tokenize", "prepare", "train", "save", "total"):
+        assert final[f"time/{phase}_s"] >= 0, final
+    assert final["time/train_s"] <= final["time/total_s"] and final["system/threads"] >= 1
     # the job page: finished (no self-polling), curves drawn as inline SVG, links to input and output
     page = client.get(f"/jobs/{queued['id']}", headers=world["engineer"]["headers"] | {"Accept": "text/html"})
     assert page.status_code == 200
     assert "<svg" in page.text and "<polyline" in page.text and 'hx-trigger="load delay:1s"' not in page.text
+    assert 'id="job-time"' in page.text and "load model" in page.text and "tokenize" in page.text
     assert f"/api/v1/datasets/{done['result']['dataset_id']}" in page.text and version["name"] in page.text
     models_page = client.get("/models", headers=world["engineer"]["headers"] | {"Accept": "text/html"})
     assert models_page.status_code == 200 and version["name"] in models_page.text
