@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from app.audit import audit
 from app.api import get_or_404
+from app.audit import audit
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.intervals import wilson_interval
 from app.jobs.service import create_job
@@ -41,6 +41,7 @@ VERIFY_PARAMS = {
     "round_id": "the round this job evaluates (set by the round driver)",
     "base_model_from": "id of a job this one depends on: the model version it registered is the one verified",
 }
+DEFAULT_SAMPLES = 4
 HELD_OUT_SPLITS = ("test", "eval", "validation", "heldout")
 BOOTSTRAP_SAMPLES = 1000
 wilson = wilson_interval
@@ -56,7 +57,6 @@ def verifiable_prompts(db: Session, project: Project, *, include_excluded: bool 
                                  or_(Prompt.reference.is_not(None), Prompt.tests.is_not(None))).order_by(Prompt.id)  # fmt: skip
     prompts = [p for p in db.scalars(query) if p.reference is not None or p.tests is not None]  # JSON null
     return prompts if include_excluded else [p for p in prompts if not is_excluded(p)]
-DEFAULT_SAMPLES = 4
 
 
 def eval_prompt_ids(db: Session, project: Project, params: dict) -> list[int]:
@@ -78,6 +78,16 @@ def _int_param(params: dict, name: str, low: int, high: int, default: int) -> in
     return value
 
 
+def samples_per_prompt(params: dict) -> int:
+    return int(params.get("samples") or DEFAULT_SAMPLES)
+
+
+def pass_k(params: dict) -> int:
+    """The k of a verify job's pass@k, the same default for its params and its figures: `k`, else the samples per
+    prompt (a job on existing answers too, where pass_rates then bounds it by the answers a prompt has)."""
+    return int(params.get("k") or samples_per_prompt(params))
+
+
 def check_params(params: dict | None) -> dict:
     params = dict(params or {})
     unknown = sorted(set(params) - set(VERIFY_PARAMS))
@@ -93,16 +103,6 @@ def check_params(params: dict | None) -> dict:
     temperature = params.get("temperature", 0.8)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5:
         raise Unprocessable(f"params.temperature must be a number from 0 to 5, got {temperature!r}.")
-def samples_per_prompt(params: dict) -> int:
-    return int(params.get("samples") or DEFAULT_SAMPLES)
-
-
-def pass_k(params: dict) -> int:
-    """The k of a verify job's pass@k, the same default for its params and its figures: `k`, else the samples per
-    prompt (a job on existing answers too, where pass_rates then bounds it by the answers a prompt has)."""
-    return int(params.get("k") or samples_per_prompt(params))
-
-
     if params.get("prompt_ids") is not None and not (
         isinstance(params["prompt_ids"], list) and all(isinstance(i, int) and not isinstance(i, bool)
                                                        for i in params["prompt_ids"])):  # fmt: skip
