@@ -116,7 +116,7 @@ def effective_params(job: Job) -> list[dict]:
     return [{"name": name, "value": params.get(name, defaults.get(name)), "set": name in params} for name in names]
 
 
-PHASE_NAMES = {"read_snapshot": "read snapshot", "read_prompts": "read prompts", "load_model": "load model",
+PHASE_NAMES = {"startup": "start-up", "read_snapshot": "read snapshot", "read_prompts": "read prompts", "load_model": "load model",
                "tokenize": "tokenize", "prepare": "prepare", "train": "train", "generate": "generate",
                "evaluate": "evaluate", "save": "save"}  # fmt: skip
 """The trainer's time/<phase>_s metrics (trainer.timing), in the order the job page lists them."""
