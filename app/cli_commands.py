@@ -440,7 +440,8 @@ def _round_row(body: dict) -> dict:
 def round_start(project: str, as_json: bool = JSON_OPTION):
     """Start PROJECT's next round now (its generate job is queued; the worker does the rest)."""
     from app.projects.service import get_project
-    from app.training.rounds import round_json, start_round
+    from app.training.round_views import round_json
+    from app.training.rounds import start_round
 
     body = _run(lambda db: round_json(db, start_round(db, get_project(db, project))))
     if as_json:
@@ -453,7 +454,8 @@ def round_start(project: str, as_json: bool = JSON_OPTION):
 def round_list(project: str, as_json: bool = JSON_OPTION):
     """PROJECT's rounds with their status and win rate over the previous policy."""
     from app.projects.service import get_project
-    from app.training.rounds import list_rounds, round_json
+    from app.training.round_views import round_json
+    from app.training.rounds import list_rounds
 
     rows = _run(lambda db: [round_json(db, r) for r in list_rounds(db, get_project(db, project))])
     if as_json:
@@ -468,7 +470,7 @@ def round_recipe(project: str, set_values: list[str] = typer.Option(None, "--set
                  "when it parses, else text); repeatable."), as_json: bool = JSON_OPTION):  # fmt: skip
     """Show PROJECT's round recipe, or change some of its settings with --set."""
     from app.projects.service import get_project
-    from app.training.rounds import get_recipe, set_recipe
+    from app.training.round_recipe import get_recipe, set_recipe
 
     values = {}
     for item in set_values or []:

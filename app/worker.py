@@ -10,6 +10,7 @@ from app.datasets.tasks import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.judges.endpoint_judge import run_any_judge_job
+from app.models import JobKind
 from app.training.endpoint_generate import run_generate_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
@@ -19,11 +20,11 @@ from app.verifiers.tasks import run_verify_job
 from app.webhooks.tasks import deliver_due, run_in_background
 
 HANDLERS: dict[str, Handler] = {
-    "export": run_export_job,
-    "verify": run_verify_job,
+    JobKind.export: run_export_job,
+    JobKind.verify: run_verify_job,
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
-    "generate": run_generate_job,  # a policy that is an endpoint is asked over HTTP in the worker, else as above
-    "judge": run_any_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns (an endpoint
+    JobKind.generate: run_generate_job,  # a policy that is an endpoint is asked over HTTP in the worker, else as above
+    JobKind.judge: run_any_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns (an endpoint
     # judge is asked over HTTP in the worker)
 }
 IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]

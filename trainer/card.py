@@ -12,9 +12,7 @@ import json
 from typing import Any
 
 from trainer.encoding import PLAIN_CHAT_TEMPLATE, PLAIN_TEMPLATE_NAME
-
-_TITLES = {"reward": "reward model", "dpo": "DPO policy", "kto": "KTO policy", "ppo": "PPO policy",
-           "grpo": "GRPO policy", "rloo": "RLOO policy"}  # fmt: skip
+from trainer.params import KIND_INFO
 
 
 def _value(value: Any) -> str:
@@ -40,7 +38,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         tags.append("lora")
     front = ["---", f"library_name: {'peft' if adapter else 'transformers'}", f"base_model: {json.dumps(str(base))}",
              "tags:", *[f"- {tag}" for tag in tags], "---", ""]  # fmt: skip
-    title = _TITLES.get(job_kind, job_kind)
+    title = KIND_INFO[job_kind].title if job_kind in KIND_INFO else job_kind
     lines = [f"# Rankforge {title}{' (LoRA adapter)' if adapter else ''}", ""]
     lines += [
         f"Trained by Rankforge's `{job_kind}` job"

@@ -157,7 +157,7 @@ def trl_config(
     )
     if sampling_backend(args) == "vllm":  # TRL samples with a vLLM engine colocated with training
         common.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3)
-    if kind == "grpo":
+    if isinstance(args, GRPOArgs):  # the Args type is the kind: no kind names compared
         return GRPOConfig(
             **common,
             loss_type=args.loss_type,
@@ -237,7 +237,7 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     try:
         config = trl_config(kind, args, [r.weight for r in rewards], scratch, seed)
         callback = progress.JsonLinesCallback(progress_start=0.08, progress_end=0.9)
-        trainer_class = GRPOTrainer if kind == "grpo" else RLOOTrainer
+        trainer_class = GRPOTrainer if isinstance(args, GRPOArgs) else RLOOTrainer
         trainer = trainer_class(
             model=policy,
             reward_funcs=[r.func for r in rewards],

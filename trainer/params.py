@@ -21,6 +21,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from trainer.results import MODEL_KINDS
+
 
 @dataclass
 class TrainArgs:
@@ -375,42 +377,97 @@ class JudgeArgs:
         if not 1 <= self.max_answer_tokens <= 4096:
             raise ValueError("param 'max_answer_tokens' must be between 1 and 4096")
 
+    def required_models(self) -> dict[str, str]:
+        """The spec's model paths its method reads, with their name in messages (rules read none)."""
+        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(self.method, {})
+
 
 @dataclass(frozen=True)
 class Kind:
-    """Everything about one job kind that both sides need; KIND_INFO below is the one list of kinds."""
+    """Everything about one job kind that both sides need; KIND_INFO below is the one list of kinds. Code elsewhere
+    asks these fields (what it outputs, what it reads, which models it needs) and never compares kind names."""
 
     args: type
     """its hyperparameters (a dataclass above)"""
     entry: str
     """"module:function" that trainer.run calls with the parsed JobSpec (imported only when that kind runs)"""
     output: str
-    """what it writes: a "reward" or "policy" model to register, or "generations" / "scores" for the app"""
+    """what it writes (trainer.results): a "reward" or "policy" model to register, or "generations" / "scores" /
+    "judgments" for the app"""
+    title: str
+    """what it makes, in words (the model card's title, pages)"""
     dataset_format: str | None = None
-    """the snapshot format it trains on (the app builds one when none is given); None: it reads prompts"""
-    reads_prompts: bool = False
-    """it can read a JSONL of the project's prompts (prompts_path) instead of, or besides, a snapshot"""
+    """the snapshot format it trains on (the app builds one when none is given); None: it reads no snapshot"""
+    prompts: str | None = None
+    """the prompts file the app writes for it (spec.prompts_path): "all" (the project's prompts, always),
+    "without_snapshot" (the project's prompts when it is given no snapshot), "open_comparisons" (open comparisons
+    with their completions); None: none (or its domain writes its own inputs)"""
+    base_model: str | None = "policy"
+    """the model version it starts from: "policy" (given, else the project's newest policy), "any" (any version
+    when given, else the newest policy), None (it starts from none)"""
+    reward_model: str = "none"
+    """whether it needs a reward model version: "required", "by_rewards" (when its rewards param names the
+    reward_model reward, or gives none), "none" (one may still be given)"""
+    round_update: bool = False
+    """a round's recipe may use it as the policy update"""
+    curves: bool = False
+    """it reports training curves while it runs (the job page keeps a place for them)"""
+    kl_metric: str | None = None
+    """its metric that is the KL of its output policy to the reference (the typed result's kl_to_reference)"""
+    loss_metric: str | None = None
+    """its metric that is the final training loss (the typed result's train_loss)"""
+    domain: str = "training"
+    """the app domain that creates its jobs, writes its inputs and stores its output"""
+    endpoint: bool = False
+    """its model may be an endpoint (a version served elsewhere, asked over HTTP) instead of a local checkpoint"""
     key_params: tuple[str, ...] = ()
     """the few hyperparameters that matter, shown on the training page and by `rankforge train --help`"""
+
+    @property
+    def trains_model(self) -> bool:
+        """It writes a model checkpoint the registry registers."""
+        return self.output in MODEL_KINDS
+
+    @property
+    def trains_policy(self) -> bool:
+        return self.output == "policy"
+
+    @property
+    def reads_prompts(self) -> bool:
+        """It can read a JSONL of the project's prompts instead of, or besides, a snapshot."""
+        return self.prompts in ("all", "without_snapshot")
 
 
 _EPOCHS = ("learning_rate", "num_train_epochs", "max_steps")
 _GROUPS = ("learning_rate", "max_steps", "num_generations", "beta", "max_completion_length")
+_MEAN_LOSS = "train/loss_mean"
+_POLICY = {"output": "policy", "round_update": True, "curves": True}
+_FROM_PROMPTS = {**_POLICY, "prompts": "without_snapshot", "kl_metric": "eval/kl_to_reference", "loss_metric": "train/loss"}
 
 KIND_INFO: dict[str, Kind] = {
-    "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "pairs", key_params=(*_EPOCHS, "per_device_train_batch_size", "margin_coefficient")),
-    "reward_multi": Kind(MultiRewardArgs, "trainer.reward_multi:main", "reward", "ratings",
+    "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "reward model", "pairs", base_model="any", curves=True,
+                   loss_metric=_MEAN_LOSS, key_params=(*_EPOCHS, "per_device_train_batch_size", "margin_coefficient")),
+    "reward_multi": Kind(MultiRewardArgs, "trainer.reward_multi:main", "reward", "multi-objective reward model",
+                         "ratings", base_model="any", curves=True, loss_metric="loss/total",
                          key_params=(*_EPOCHS, "attribute_weights", "preference_weight")),
-    "dpo": Kind(DPOArgs, "trainer.dpo:main", "policy", "pairs", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
-    "kto": Kind(KTOArgs, "trainer.kto:main", "policy", "kto", key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
-    "ppo": Kind(PPOArgs, "trainer.ppo:main", "policy", reads_prompts=True,
+    "dpo": Kind(DPOArgs, "trainer.dpo:main", title="DPO policy", dataset_format="pairs", loss_metric=_MEAN_LOSS, **_POLICY,
+                key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
+    "kto": Kind(KTOArgs, "trainer.kto:main", title="KTO policy", dataset_format="kto", kl_metric="train/kl",
+                loss_metric=_MEAN_LOSS, **_POLICY, key_params=(*_EPOCHS, "beta", "per_device_train_batch_size")),
+    "ppo": Kind(PPOArgs, "trainer.ppo:main", title="PPO policy", reward_model="required", **_FROM_PROMPTS | {"loss_metric": "loss/total"},
                 key_params=("learning_rate", "max_steps", "kl_coef", "max_new_tokens", "temperature")),
-    "grpo": Kind(GRPOArgs, "trainer.grpo:main_grpo", "policy", reads_prompts=True, key_params=_GROUPS),
-    "rloo": Kind(RLOOArgs, "trainer.grpo:main_rloo", "policy", reads_prompts=True, key_params=_GROUPS),
-    "generate": Kind(GenerateArgs, "trainer.generate:main", "generations", reads_prompts=True,
+    "grpo": Kind(GRPOArgs, "trainer.grpo:main_grpo", title="GRPO policy", reward_model="by_rewards", **_FROM_PROMPTS,
+                 key_params=_GROUPS),
+    "rloo": Kind(RLOOArgs, "trainer.grpo:main_rloo", title="RLOO policy", reward_model="by_rewards", **_FROM_PROMPTS,
+                 key_params=_GROUPS),
+    "generate": Kind(GenerateArgs, "trainer.generate:main", "generations", "generations", prompts="all",
+                     kl_metric="generate/kl_to_reference", endpoint=True,
                      key_params=("num_completions", "temperature", "top_p", "max_new_tokens")),
-    "score": Kind(ScoreArgs, "trainer.generate:main_score", "scores", key_params=("batch_size",)),
-    "judge": Kind(JudgeArgs, "trainer.judge:main", "judgments", key_params=("method", "batch_size")),
+    "score": Kind(ScoreArgs, "trainer.generate:main_score", "scores", "reward scores", prompts="open_comparisons",
+                  base_model=None, reward_model="required", key_params=("batch_size",)),
+    "judge": Kind(JudgeArgs, "trainer.judge:main", "judgments", "AI judgments", base_model=None, domain="judges",
+                  endpoint=True,
+                  key_params=("method", "batch_size")),
 }  # fmt: skip
 KINDS: tuple[str, ...] = tuple(KIND_INFO)
 """Every trainer job kind, in the order pages list them. The app derives its list from this one."""

@@ -5,9 +5,9 @@ temp dir `<output_dir>.partial-<pid>`, writes manifest.json last, fsyncs, and re
 all. Reports on stdout as JSON lines (see trainer.progress); on failure the last line is
 {"event": "error", "message": ...} and the exit code is 1 (143 when cancelled by SIGTERM).
 
-Kinds and what they write:
-    reward -> "reward" model   dpo, kto, ppo, grpo, rloo -> "policy" model
-    generate -> generations.jsonl   score -> scores.jsonl   judge -> judgments.jsonl
+What each kind writes is its `output` in the kind table (trainer.params.KIND_INFO): a "reward" or "policy" model,
+or generations.jsonl, scores.jsonl, judgments.jsonl; every kind also writes result.json, its typed result
+(trainer.results), which is all the app reads back.
 
 Importing this module does not import torch: DEFAULTS (each kind's default params) can be read cheaply,
 though the app should prefer trainer.params, which holds the same.
@@ -28,6 +28,7 @@ from typing import Any
 
 from trainer import __version__
 from trainer.params import DEFAULTS, FIELD_DOCS, KIND_INFO
+from trainer.results import build_result, write_result
 from trainer.spec import JobSpec
 
 __all__ = ["DEFAULTS", "FIELD_DOCS", "load_spec", "main", "run"]
@@ -126,7 +127,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> Non
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
-    if spec.output_kind in ("reward", "policy"):
+    if KIND_INFO[spec.kind].trains_model:
         from trainer.card import model_card
 
         (out_dir / "README.md").write_text(model_card(json.loads(path.read_text(encoding="utf-8"))), encoding="utf-8")
@@ -137,10 +138,10 @@ def _model_facts(out_dir: Path, spec: JobSpec) -> dict[str, Any]:
     added tokens), whether the output is a LoRA adapter (and on which base) or an adapter merged in."""
     from trainer.encoding import PREPARED
 
-    source = spec.reward_model if spec.kind == "score" else spec.base_model
+    source = spec.base_model if KIND_INFO[spec.kind].base_model else spec.reward_model
     setup = PREPARED.get(str(Path(source))) if source else None
     facts: dict[str, Any] = {"tokenizer": setup.to_dict() if setup else None}
-    if spec.output_kind in ("reward", "policy"):
+    if KIND_INFO[spec.kind].trains_model:
         adapter = (out_dir / "adapter_config.json").is_file()
         facts["adapter"] = adapter
         facts["merged_adapter"] = bool(not adapter and getattr(spec.args, "use_lora", False))
@@ -174,6 +175,9 @@ def run(spec: JobSpec) -> dict[str, Any]:
             return metrics
         progress.progress(0.97, "writing output")
         write_manifest(partial, spec, metrics)
+        write_result(build_result(spec.output_kind, job_kind=kind, job_id=spec.job_id, output_dir=output_dir,
+                                  metrics=metrics, kl_metric=KIND_INFO[kind].kl_metric,
+                                  loss_metric=KIND_INFO[kind].loss_metric), partial)  # fmt: skip
         _fsync_tree(partial)
         if os.environ.get(FAIL_AT_ENV) == "before_rename":
             raise RuntimeError(f"forced failure before rename ({FAIL_AT_ENV})")
@@ -191,15 +195,15 @@ def _check_models(spec: JobSpec) -> None:
     """Fail fast, naming the path, when a model the kind needs is missing (before heavy imports and data work)."""
     from trainer.models import check_checkpoint
 
-    if spec.kind == "judge":  # the model its method reads, if any (rules read none)
-        if spec.args.method == "generative":
-            check_checkpoint(spec.base_model, "judge model")
-        elif spec.args.method == "reward":
-            check_checkpoint(spec.reward_model, "reward model")
+    required_models = getattr(spec.args, "required_models", None)
+    if required_models is not None:  # the models its params choose (a judge's method), if any
+        for role, name in required_models().items():
+            check_checkpoint(getattr(spec, role), name)
         return
-    if spec.kind != "score":
+    info = KIND_INFO[spec.kind]
+    if info.base_model is not None:
         check_checkpoint(spec.base_model, "base model")
-    if spec.kind == "score" or spec.reward_model:
+    if info.reward_model == "required" or spec.reward_model:
         check_checkpoint(spec.reward_model, "reward model")
 
 

@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from trainer.launch import LAUNCHERS
 from trainer.params import KIND_INFO, KINDS, parse_params
 
-LAUNCHERS = ("python", "accelerate")
-"""How the worker starts the child: plain `python -m trainer.run`, or `accelerate launch` for many processes."""
 
 @dataclass(frozen=True)
 class JobSpec:

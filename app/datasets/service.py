@@ -36,6 +36,7 @@ from app.models import (
     Completion,
     DatasetSnapshot,
     Job,
+    JobKind,
     JobStatus,
     Judgment,
     ModelVersion,
@@ -72,7 +73,7 @@ def request_snapshot(db: Session, project: Project, params: dict, actor: User | 
                                status="building", created_by_id=actor.id if actor else None)  # fmt: skip
     db.add(snapshot)
     db.flush()
-    job = create_job(db, "export", project_id=project.id, params={"dataset_id": snapshot.id}, dataset_id=snapshot.id,
+    job = create_job(db, JobKind.export, project_id=project.id, params={"dataset_id": snapshot.id}, dataset_id=snapshot.id,
                      actor=actor)  # fmt: skip
     snapshot.job_id = job.id
     snapshot.path = str(snapshot_dir(snapshot))
@@ -333,7 +334,7 @@ def snapshot_json(snapshot: DatasetSnapshot) -> dict:
 
 def delete_snapshot(db: Session, snapshot: DatasetSnapshot, actor: User | None) -> None:
     in_use = db.scalar(select(exists().where(
-        Job.dataset_id == snapshot.id, Job.kind != "export", Job.status.in_([JobStatus.queued, JobStatus.running]),
+        Job.dataset_id == snapshot.id, Job.kind != JobKind.export, Job.status.in_([JobStatus.queued, JobStatus.running]),
     ))) or db.scalar(select(exists().where(ModelVersion.dataset_id == snapshot.id)))  # fmt: skip
     if in_use:
         raise Conflict("A job or a model version refers to this dataset; it cannot be deleted.")

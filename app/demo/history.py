@@ -254,7 +254,7 @@ def build_history(*, now: datetime | None = None, train: bool = True, log=print)
     configured database. Once: does nothing when the simulated raters exist already."""
     from app.db import session_scope
     from app.demo import DATA_FILE
-    from app.models import DatasetSnapshot, Job, ModelVersion, Project, User, utcnow
+    from app.models import DatasetSnapshot, Job, JobKind, ModelVersion, Project, User, utcnow
 
     with session_scope(write=True) as db:
         if db.scalar(select(User.id).where(User.username == SIM_RATERS[0].username)) is not None:
@@ -282,7 +282,7 @@ def build_history(*, now: datetime | None = None, train: bool = True, log=print)
 
     log("Training the demo reward model on that snapshot (tiny, a few seconds)...")
     with session_scope(write=True) as db:
-        job = create_training_job(db, db.get(Project, project_id), "reward", dataset_id=snapshot_id,
+        job = create_training_job(db, db.get(Project, project_id), JobKind.reward, dataset_id=snapshot_id,
                                   params=REWARD_PARAMS, actor=db.get(User, engineer_id))  # fmt: skip
         job_id = job.id
     run_one("demo-setup")

@@ -37,7 +37,7 @@ from app.errors import JobFailed
 from app.jobs.runner import JobContext
 from app.judges.service import store_verdicts, trainer_params, write_judge_inputs
 from app.judges.tasks import run_judge_job
-from app.models import Job, Judge, JudgeAnswerCache, ModelVersion, Project
+from app.models import Job, JobKind, Judge, JudgeAnswerCache, ModelVersion, Project
 from app.registry.endpoint_client import Cancelled, EndpointClient, EndpointConfig, EndpointFailure
 from app.registry.endpoints import check_address, endpoint_config, is_endpoint
 from trainer.params import DEFAULTS, JudgeArgs, parse_params
@@ -126,7 +126,7 @@ def ask_question(client: EndpointClient, question: str, args: JudgeArgs) -> tupl
 def judge_usage(db: Session, project: Project) -> dict[int, dict]:
     """Per judge: tokens, cost and seconds per 1,000 judgments over its endpoint judge jobs (the judges page)."""
     totals: dict[int, dict] = {}
-    jobs = db.scalars(select(Job).where(Job.project_id == project.id, Job.kind == "judge", Job.status == "succeeded"))
+    jobs = db.scalars(select(Job).where(Job.project_id == project.id, Job.kind == JobKind.judge, Job.status == "succeeded"))
     for job in jobs:
         metrics = (job.result or {}).get("metrics") or {}
         if metrics.get("judge/backend") != "endpoint":
@@ -167,7 +167,7 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
         job = db.get(Job, ctx.job_id)
         judge, params, template_version, _body = trainer_params(db, job)
         try:
-            args: JudgeArgs = parse_params("judge", DEFAULTS["judge"] | params)
+            args: JudgeArgs = parse_params(JobKind.judge, DEFAULTS[JobKind.judge] | params)
         except ValueError as error:
             raise JobFailed(f"The judge job's params are not valid: {error}") from error
         version = db.get(ModelVersion, judge.model_version_id)

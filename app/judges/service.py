@@ -29,6 +29,7 @@ from app.api import get_or_404
 from app.audit import audit
 from app.errors import NotFound, Unprocessable
 from app.jobs.service import create_job
+from app.jobs.trainer_child import LAUNCH_PARAMS, check_launch_params
 from app.judgments.selections import HUMAN, counted
 from app.models import (
     AI_POLICIES,
@@ -39,6 +40,7 @@ from app.models import (
     Completion,
     GuidelineVersion,
     Job,
+    JobKind,
     Judge,
     JudgeTemplate,
     Judgment,
@@ -54,7 +56,7 @@ from trainer.params import DEFAULT_JUDGE_TEMPLATE, parse_params
 SCOPES = ("open", "judged", "all")
 """Which comparisons a judge job reads: open ones (still wanting votes), ones humans have judged (to measure the
 judge), or every non-gold one. `comparison_ids` or `batch` narrow any of them."""
-JOB_PARAMS = ("judge", "scope", "comparison_ids", "batch", "limit", "round_id", "seed")
+JOB_PARAMS = ("judge", "scope", "comparison_ids", "batch", "limit", "round_id", "seed", *LAUNCH_PARAMS)
 """Judge-job params the app reads itself; every other key is a trainer.params.JudgeArgs hyperparameter."""
 CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -107,7 +109,7 @@ def create_judge(db: Session, project: Project, name: str, method: str, model=No
 
 def _trainer_args(method: str, params: dict):
     try:
-        return parse_params("judge", {k: v for k, v in params.items() if k not in JOB_PARAMS} | {"method": method})
+        return parse_params(JobKind.judge, {k: v for k, v in params.items() if k not in JOB_PARAMS} | {"method": method})
     except ValueError as error:
         raise Unprocessable(f"params: {error}") from error
 
@@ -215,13 +217,14 @@ def create_judge_job(db: Session, project: Project, *, judge=None, params: dict 
         raise Unprocessable("params.comparison_ids must be a list of comparison ids.")
     if params.get("limit") is not None and not (isinstance(params["limit"], int) and params["limit"] > 0):
         raise Unprocessable("params.limit must be a positive integer.")
+    check_launch_params(params)
     _trainer_args(judge_row.method, judge_row.params | params)
     model_id = judge_row.model_version_id
-    job = create_job(db, "judge", project_id=project.id, params=params,
+    job = create_job(db, JobKind.judge, project_id=project.id, params=params,
                      base_model_id=model_id if judge_row.method == "generative" else None,
                      reward_model_id=model_id if judge_row.method == "reward" else None,
                      actor=actor, depends_on=depends_on)  # fmt: skip
-    audit(db, actor, "job.create", "job", job.id, kind="judge", judge_id=judge_row.id)
+    audit(db, actor, "job.create", "job", job.id, kind=JobKind.judge, judge_id=judge_row.id)
     return job
 
 
@@ -236,10 +239,6 @@ def trainer_params(db: Session, job: Job) -> tuple[Judge, dict, int, str]:
     if judge.method == "generative" and "template" not in params:
         params["template"] = body
     return judge, params, version, body
-
-
-def _prompt_value(prompt: Prompt):
-    return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
 
 
 def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
@@ -274,7 +273,7 @@ def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
             prompt = prompts[comparison.prompt_id]
             if judge.method == "rules" and prompt.reference is None:
                 continue
-            row = {"comparison_id": comparison.id, "prompt": _prompt_value(prompt),
+            row = {"comparison_id": comparison.id, "prompt": prompt.value,
                    "completions": [{"completion_id": c, "text": texts[c]} for c in comparison.completion_ids],
                    "guidelines": guidelines or ""}  # fmt: skip
             if prompt.reference is not None:

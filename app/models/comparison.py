@@ -28,6 +28,11 @@ class Prompt(IdMixin, CreatedMixin, Base):
     tests: Mapped[dict | None] = mapped_column()
     """Verifiable prompts: Python tests an answer's code must pass, {code, entry_point?, prefix?}."""
 
+    @property
+    def value(self) -> str | list[dict]:
+        """The prompt as models and exports take it: its messages when it is a chat, else its text."""
+        return self.messages if self.is_chat else self.messages[0]["content"]
+
 
 class Completion(IdMixin, CreatedMixin, Base):
     __tablename__ = "completion"

@@ -7,12 +7,18 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedMixin, IdMixin
+from trainer.params import DEFAULTS as TRAINER_DEFAULTS
+from trainer.params import KIND_INFO as TRAINER_KIND_INFO
 from trainer.params import KINDS as TRAINER_KINDS
 
 APP_JOB_KINDS: tuple[str, ...] = ("export", "verify")
 """Job kinds the app runs itself: `export` (a dataset snapshot), `verify` (verdicts and pass rates of a version)."""
 JobKind = StrEnum("JobKind", [(kind, kind) for kind in (*APP_JOB_KINDS, *TRAINER_KINDS)])
 """Every job kind: the app's own and the trainer's, from their one list (trainer.params)."""
+KINDS_WITH_CURVES: frozenset[str] = frozenset(k for k, info in TRAINER_KIND_INFO.items() if info.curves)
+"""Kinds that report training curves while they run (the job page keeps a place for them): the kind table says."""
+PARAM_DEFAULTS: dict[str, dict] = TRAINER_DEFAULTS
+"""Each trainer kind's default hyperparameters (the queue's pages read them here, not in the kind table)."""
 
 
 class JobStatus(StrEnum):

@@ -24,7 +24,7 @@ from app.db import session_scope
 from app.errors import JobFailed
 from app.imports.service import add_generations
 from app.jobs.runner import JobContext
-from app.models import Job, ModelVersion, Project
+from app.models import Job, JobKind, ModelVersion, Project
 from app.registry.endpoint_client import Cancelled, EndpointClient, EndpointFailure
 from app.registry.endpoints import check_address, endpoint_config, is_endpoint
 from app.training.kinds import DEFAULTS, split_params
@@ -38,7 +38,7 @@ REPORTED_FAILURES = 100
 def request_params(endpoint_sampling: dict, trainer_params: dict) -> dict:
     """The sampling of each request: the generate kind's defaults, then the endpoint's own defaults, then what the
     job set explicitly (OpenAI names: max_new_tokens is max_tokens)."""
-    defaults = DEFAULTS["generate"]
+    defaults = DEFAULTS[JobKind.generate]
     params = {"temperature": defaults["temperature"], "top_p": defaults["top_p"],
               "max_tokens": defaults["max_new_tokens"]} | dict(endpoint_sampling)  # fmt: skip
     for name in ("temperature", "top_p"):
@@ -86,7 +86,7 @@ def run_endpoint_generation(ctx: JobContext, work: Path, prompts_path: Path) -> 
         raise JobFailed("reference_model (the KL estimate) needs the policy's log-probabilities of its own tokens: "
                         "run it on a local version, not an endpoint.")  # fmt: skip
     check_address(config.base_url)
-    n = int(trainer_params.get("num_completions", DEFAULTS["generate"]["num_completions"]))
+    n = int(trainer_params.get("num_completions", DEFAULTS[JobKind.generate]["num_completions"]))
     params = request_params(config.sampling, trainer_params)
     with open(prompts_path, encoding="utf-8") as handle:
         prompts = {int(row["prompt_id"]): row["prompt"] for row in map(json.loads, handle) if row}

@@ -12,7 +12,14 @@ from app.errors import RankforgeError
 from app.models import DatasetSnapshot, Project
 from app.projects.service import get_project
 from app.registry.service import list_versions, newest_version
-from app.training.kinds import DEFAULTS, FIELD_DOCS, KEY_PARAMS, SNAPSHOT_FORMAT, TRAINING_KINDS
+from app.training.kinds import (
+    DEFAULTS,
+    FIELD_DOCS,
+    KEY_PARAMS,
+    SNAPSHOT_FORMAT,
+    TRAINING_KINDS,
+    kind_page_facts,
+)
 from app.training.service import create_training_job
 from app.web import render
 
@@ -36,7 +43,8 @@ def _train_context(
     if wanted:
         snapshots = [s for s in snapshots if s.format == wanted]
     return {
-        "project": project, "kind": kind, "kinds": TRAINING_KINDS, "snapshot_format": wanted, "snapshots": snapshots,
+        "project": project, "kind": kind, "kinds": TRAINING_KINDS, "facts": kind_page_facts(kind),
+        "snapshot_format": wanted, "snapshots": snapshots,
         "policies": list_versions(db, kind="policy"), "rewards": list_versions(db, kind="reward"),
         "default_policy": newest_version(db, "policy", project.id),
         "default_reward": newest_version(db, "reward", project.id),
@@ -45,9 +53,9 @@ def _train_context(
 
 
 @router.get("/projects/{project_ref}/train")
-def train_page(project_ref: str, request: Request, db: DbSession, principal: Staff, kind: str = "reward"):
+def train_page(project_ref: str, request: Request, db: DbSession, principal: Staff, kind: str = TRAINING_KINDS[0]):
     project = get_project(db, project_ref)
-    kind = kind if kind in TRAINING_KINDS else "reward"
+    kind = kind if kind in TRAINING_KINDS else TRAINING_KINDS[0]
     return render(request, "training/train.html", _train_context(db, project, kind))
 
 
@@ -83,7 +91,7 @@ async def start_training(project_ref: str, request: Request, db: DbSession, prin
             break
         if value != default:
             params[name] = value
-    if kind == "generate" and form.get("arena"):
+    if kind_page_facts(kind)["arena"] and form.get("arena"):
         params["arena"] = True
     dataset = str(form.get("dataset_id", "")).strip()
     base, reward = str(form.get("base_model", "")).strip(), str(form.get("reward_model", "")).strip()

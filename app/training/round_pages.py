@@ -12,12 +12,13 @@ from fastapi.responses import RedirectResponse
 from app import charts
 from app.auth.deps import DbSession, Staff
 from app.charts import Axis
-from app.errors import RankforgeError
+from app.errors import RankforgeError, Unprocessable
 from app.limits import Id
 from app.models import ModelVersion
 from app.projects.service import get_project
 from app.quality.service import leaderboard
-from app.training import rounds
+from app.training import round_recipe, round_views, rounds
+from app.training.kinds import POLICY_UPDATES
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -64,13 +65,14 @@ def _versions_chart(db, project):
 
 
 def _context(db, project, error: str | None = None) -> dict:
-    rows = [rounds.round_json(db, r) for r in rounds.list_rounds(db, project)]
+    rows = [round_views.round_json(db, r) for r in rounds.list_rounds(db, project)]
     ids = {i for r in rows for i in (r["policy_version_id"], r["new_policy_version_id"], r["reward_version_id"]) if i}
     names = {v.id: v.name for v in db.query(ModelVersion).filter(ModelVersion.id.in_(ids))} if ids else {}
-    recipe = rounds.get_recipe(project)
+    recipe = round_recipe.get_recipe(project)
     active = next((r for r in rows if r["status"] in rounds.ROUND_ACTIVE), None)
     return {"project": project, "rounds": list(reversed(rows)), "charts": _charts(rows), "names": names,
-            "recipe": recipe, "recipe_fields": RECIPE_FIELDS, "active": active, "error": error,
+            "recipe": recipe, "recipe_fields": RECIPE_FIELDS, "policy_updates": POLICY_UPDATES, "active": active,
+            "error": error,
             "update_params": json.dumps(recipe.update_params), "reward_params": json.dumps(recipe.reward_params),
             "current_policy": rounds.current_policy(db, project), "versions": _versions_chart(db, project)}  # fmt: skip
 
@@ -115,7 +117,7 @@ def round_action(project_ref: str, number: Id, action: str, request: Request, db
 async def save_recipe(project_ref: str, request: Request, db: DbSession, principal: Staff):
     project = get_project(db, project_ref)
     form = await request.form()
-    defaults = rounds.RoundRecipe()
+    defaults = round_recipe.RoundRecipe()
     values: dict = {}
     try:
         for name in RECIPE_FIELDS:
@@ -134,9 +136,9 @@ async def save_recipe(project_ref: str, request: Request, db: DbSession, princip
         for name in ("update_params", "reward_params"):
             values[name] = json.loads(str(form.get(name) or "{}"))
     except ValueError as error:
-        return _fail(request, db, project_ref, rounds.Unprocessable(f"Recipe: {error}"))
+        return _fail(request, db, project_ref, Unprocessable(f"Recipe: {error}"))
     try:
-        rounds.set_recipe(db, project, values, actor=principal.user)
+        round_recipe.set_recipe(db, project, values, actor=principal.user)
     except RankforgeError as error:
         return _fail(request, db, project_ref, error)
     return RedirectResponse(f"/projects/{project.id}/rounds", status_code=303)
@@ -147,11 +149,11 @@ def round_page(project_ref: str, number: Id, request: Request, db: DbSession, pr
     """One round's data: its prompts, the completions and how raters judged them, the evaluation pairs."""
     project = get_project(db, project_ref)
     round_ = rounds.get_round(db, project, number)
-    body = rounds.round_json(db, round_)
+    body = round_views.round_json(db, round_)
     return render(request, "training/round.html", {
         "project": project, "round": body, "names": _version_names(db, body),
-        "data": rounds.round_data(db, round_.comparison_ids or []),
-        "eval_data": rounds.round_data(db, round_.eval_comparison_ids or []),
+        "data": round_views.round_data(db, round_.comparison_ids or []),
+        "eval_data": round_views.round_data(db, round_.eval_comparison_ids or []),
     })  # fmt: skip
 
 

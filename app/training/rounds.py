@@ -19,16 +19,14 @@ worker acts): a worker killed mid-round leaves jobs the queue retries, and the n
 step fails the round with the job linked; `retry_step` re-queues it (and the steps it stopped).
 """
 
+
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 from datetime import timedelta
-from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -36,13 +34,12 @@ from app.audit import audit
 from app.db import session_scope
 from app.errors import Conflict, NotFound, RankforgeError, Unprocessable
 from app.jobs import service as jobs
-from app.limits import Input, PositiveInt4
+from app.jobs.trainer_child import stored_result
 from app.models import (
     ROUND_ACTIVE,
-    Comparison,
     Completion,
-    DatasetSnapshot,
     Job,
+    JobKind,
     JobStatus,
     Judgment,
     ModelVersion,
@@ -54,94 +51,26 @@ from app.models import (
     User,
     utcnow,
 )
-from app.quality.rounds import round_figures
 from app.registry.service import newest_version
+from app.training.kinds import KIND_INFO, POLICY_UPDATES
+from app.training.round_recipe import RoundRecipe, get_recipe
+from app.training.round_views import round_jobs, round_json, round_metrics, share_complete
 from app.training.scheduler import acquire_lock, describe, note_problem
-from app.training.service import create_training_job, validated_params
-from app.training.tasks import job_dir
+from app.training.service import create_training_job
 from app.verifiers.service import create_verify_job, verifiable_prompts
 from app.webhooks.service import emit
+from trainer.results import ScoresResult
 
 log = logging.getLogger("rankforge.rounds")
 
 LOCK_NAME = "rounds"
-POLICY_UPDATES = ("dpo", "kto", "ppo", "grpo", "rloo")
-NEEDS_REWARD = ("ppo", "grpo", "rloo")
-STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generating,
+NEEDS_REWARD = tuple(kind for kind in POLICY_UPDATES if KIND_INFO[kind].reward_model != "none")
+"""Policy updates that train against a reward model: the round always retrains one for them."""
+STEP_STAGE = {"generate": RoundStatus.generating, "score": RoundStatus.generating, "judge": RoundStatus.generating,
               "reward": RoundStatus.training, "policy": RoundStatus.training,
               "eval_previous": RoundStatus.evaluating, "eval": RoundStatus.evaluating,
               "eval_score": RoundStatus.evaluating, "verify": RoundStatus.evaluating}  # fmt: skip
 """Each step's job and the stage it belongs to (a retried step puts the round back in that stage)."""
-MAX_MINUTES = 10_000_000.0
-
-
-class RoundRecipe(Input):
-    """A project's settings for its rounds (stored in project.round_recipe)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pool_batch: str | None = Field(default=None, max_length=100,
-                                   description="Generate for the prompts of this batch; None: every prompt.")
-    prompts_per_round: int = Field(default=32, ge=1, le=100_000, description="Unused pool prompts per round.")
-    samples_per_prompt: int = Field(default=2, ge=2, le=16, description="Completions sampled per prompt.")
-    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=64, ge=1, le=32_768)
-    policy_update: Literal["dpo", "kto", "ppo", "grpo", "rloo"] = "dpo"
-    update_params: dict = Field(default={}, description="Hyperparameters of the policy update (trainer.params).")
-    retrain_reward: bool = Field(default=True, description="Retrain the reward model each round (always for "
-                                                           "ppo, grpo and rloo).")  # fmt: skip
-    reward_params: dict = Field(default={}, description="Hyperparameters of the reward job.")
-    train_on: Literal["all", "round"] = Field(default="all", description="all: every judgment so far (earlier "
-                                              "rounds' too); round: this round's comparisons only.")  # fmt: skip
-    score_before_rating: bool = Field(default=True, description="Order the round's comparisons by reward-model "
-                                      "uncertainty (a score job) when a reward model exists.")  # fmt: skip
-    eval_fraction: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of the pool held out for "
-                                 "evaluation, never trained on.")  # fmt: skip
-    eval_min_prompts: int = Field(default=20, ge=0, le=100_000,
-                                  description="At least this many evaluation prompts when the pool allows.")
-    eval_prompt_ids: list[PositiveInt4] = Field(default=[], max_length=100_000,
-                                       description="The evaluation prompts (chosen once, then fixed).")
-    complete_share: float = Field(default=1.0, gt=0.0, le=1.0,
-                                  description="Train once this share of the round's comparisons is complete.")
-    deadline_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
-                                           description="Or once rating took this long.")
-    eval_complete_share: float = Field(default=1.0, gt=0.0, le=1.0)
-    eval_deadline_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES)
-    judge: str | None = Field(default=None, max_length=100, description="A judge of the project (name or id) that "
-                              "labels the round's comparisons once they are generated (a judge job); the AI policy "
-                              "decides what its verdicts change.")  # fmt: skip
-    train_on_ai: bool = Field(default=False, description="Train on AI judgments too (source ai), not only humans'.")
-    auto_after_previous: bool = Field(default=False, description="Start the next round when one finishes.")
-    auto_every_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
-                                             description="Start one every T minutes...")
-    auto_min_judgments: int = Field(default=0, ge=0, le=2**31 - 1,
-                                    description="...once at least this many new judgments exist.")
-
-
-def get_recipe(project: Project) -> RoundRecipe:
-    return RoundRecipe.model_validate(project.round_recipe or {})
-
-
-def set_recipe(db: Session, project: Project, values: dict, actor: User | None = None) -> RoundRecipe:
-    """Update the recipe with `values` (unknown keys and bad values: 422; the update's and reward's
-    hyperparameters are checked against the trainer's)."""
-    try:
-        recipe = RoundRecipe.model_validate((project.round_recipe or {}) | dict(values))
-    except ValidationError as error:
-        raise Unprocessable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
-    validated_params(recipe.policy_update, recipe.update_params)
-    validated_params("reward", recipe.reward_params)
-    if recipe.eval_prompt_ids:
-        found = set(db.scalars(select(Prompt.id).where(Prompt.project_id == project.id,
-                                                       Prompt.id.in_(recipe.eval_prompt_ids))))  # fmt: skip
-        missing = [i for i in recipe.eval_prompt_ids if i not in found]
-        if missing:
-            raise Unprocessable(f"eval_prompt_ids: no prompt {missing[0]} in project {project.slug}.")
-    project.round_recipe = recipe.model_dump(mode="json")
-    audit(db, actor, "project.round_recipe", "project", project.id)
-    return recipe
-
 
 def _pool(db: Session, project: Project, recipe: RoundRecipe) -> list[int]:
     query = select(Prompt.id).where(Prompt.project_id == project.id).order_by(Prompt.priority.desc(), Prompt.id)
@@ -218,13 +147,13 @@ def start_round(db: Session, project: Project, *, actor: User | None = None, tri
     db.add(round_)
     db.flush()
     sampling = {"temperature": recipe.temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
-    generate = create_training_job(db, project, "generate", base_model=policy.id, actor=actor,
+    generate = create_training_job(db, project, JobKind.generate, base_model=policy.id, actor=actor,
                                    params={"num_completions": recipe.samples_per_prompt, **sampling,
                                            "prompt_ids": prompts, "round_id": round_.id})  # fmt: skip
     steps = {"generate": generate.id}
     reward = newest_version(db, "reward", project.id)
     if recipe.score_before_rating and reward is not None:
-        score = create_training_job(db, project, "score", reward_model=reward.id, actor=actor,
+        score = create_training_job(db, project, JobKind.score, reward_model=reward.id, actor=actor,
                                     params={"prompt_ids": prompts, "round_id": round_.id},
                                     depends_on=[generate.id])  # fmt: skip
         steps["score"] = score.id
@@ -247,15 +176,23 @@ def _label(db: Session, job_id: int, round_: Round, stage: str) -> None:
         job.message = f"queued: round {round_.number}, {stage}"
 
 
-def _jobs(db: Session, round_: Round, steps: tuple[str, ...] | None = None) -> dict[str, Job]:
-    wanted = {name: job_id for name, job_id in (round_.jobs or {}).items() if steps is None or name in steps}
-    found = {job.id: job for job in db.scalars(select(Job).where(Job.id.in_(list(wanted.values()))))}
-    return {name: found[job_id] for name, job_id in wanted.items() if job_id in found}
+def _steps_of(stage: str) -> tuple[str, ...]:
+    """The steps of one stage (STEP_STAGE)."""
+    return tuple(step for step, step_stage in STEP_STAGE.items() if step_stage == stage)
+
+
+def _eval_scores(job: Job) -> dict[str, float]:
+    """The reward scores of the evaluation answers, from the eval score job's typed result (a completion id
+    string -> score, as the round row keeps them)."""
+    result = stored_result(job)
+    if not isinstance(result, ScoresResult):
+        return {}
+    return {str(completion_id): score for completion_id, score in result.read_scores().items()}
 
 
 def _stage_done(db: Session, round_: Round, steps: tuple[str, ...]) -> bool | None:
     """True: every step of the stage succeeded; None: one failed (the round is failed now); False: running."""
-    stage_jobs = _jobs(db, round_, steps)
+    stage_jobs = round_jobs(db, round_, steps)
     bad = [job for job in stage_jobs.values() if job.status in (JobStatus.failed, JobStatus.cancelled)]
     if bad:
         root = next((j for j in bad if j.message != jobs.STOPPED_BY_DEPENDENCY), bad[0])
@@ -279,17 +216,8 @@ def _next_stage(round_: Round, status: str) -> None:
     round_.status, round_.stage_started_at = status, now
 
 
-def _share_complete(db: Session, comparison_ids: list[int]) -> tuple[int, int]:
-    """(complete, total) of these comparisons."""
-    if not comparison_ids:
-        return 0, 0
-    complete = db.scalar(select(func.count()).select_from(Comparison).where(
-        Comparison.id.in_(comparison_ids), Comparison.n_judgments >= Comparison.required))  # fmt: skip
-    return int(complete or 0), len(comparison_ids)
-
-
 def _rated_enough(db: Session, ids: list[int], share: float, deadline: float | None, since) -> bool:
-    complete, total = _share_complete(db, ids)
+    complete, total = share_complete(db, ids)
     if total == 0 or complete >= math.ceil(share * total - 1e-9):
         return True
     return deadline is not None and since is not None and utcnow() - since >= timedelta(minutes=deadline)
@@ -300,9 +228,9 @@ def advance(db: Session, round_: Round) -> str:
     project = db.get(Project, round_.project_id)
     recipe = RoundRecipe.model_validate(round_.recipe or {})
     if round_.status == RoundStatus.generating:
-        done = _stage_done(db, round_, ("generate", "score", "judge"))
+        done = _stage_done(db, round_, _steps_of(RoundStatus.generating))
         if done:
-            generate = _jobs(db, round_, ("generate",))["generate"]
+            generate = round_jobs(db, round_, ("generate",))["generate"]
             round_.comparison_ids = list((generate.result or {}).get("comparison_ids") or [])
             _next_stage(round_, RoundStatus.rating)
     if round_.status == RoundStatus.rating and _rated_enough(
@@ -319,9 +247,9 @@ def advance(db: Session, round_: Round) -> str:
         savepoint.commit()
         _next_stage(round_, RoundStatus.training)
     if round_.status == RoundStatus.training:
-        done = _stage_done(db, round_, ("reward", "policy"))
+        done = _stage_done(db, round_, _steps_of(RoundStatus.training))
         if done:
-            steps = _jobs(db, round_, ("reward", "policy"))
+            steps = round_jobs(db, round_, ("reward", "policy"))
             policy = steps["policy"]
             round_.new_policy_version_id = (policy.result or {}).get("model_version_id")
             round_.dataset_id = (policy.result or {}).get("dataset_id") or policy.dataset_id
@@ -330,26 +258,17 @@ def advance(db: Session, round_: Round) -> str:
                 round_.dataset_id = round_.dataset_id or steps["reward"].dataset_id
             _next_stage(round_, RoundStatus.evaluating)
     if round_.status == RoundStatus.evaluating:
-        done = _stage_done(db, round_, ("eval_previous", "eval", "eval_score", "verify"))
+        done = _stage_done(db, round_, _steps_of(RoundStatus.evaluating))
         if done:
-            steps = _jobs(db, round_, ("eval", "eval_score"))
+            steps = round_jobs(db, round_, ("eval", "eval_score"))
             if "eval" in steps and not round_.eval_comparison_ids:
                 round_.eval_comparison_ids = list((steps["eval"].result or {}).get("comparison_ids") or [])
             if "eval_score" in steps and not round_.eval_scores:
-                round_.eval_scores = _read_scores(steps["eval_score"].id)
+                round_.eval_scores = _eval_scores(steps["eval_score"])
             if _rated_enough(db, round_.eval_comparison_ids, recipe.eval_complete_share,
                              recipe.eval_deadline_minutes, round_.stage_started_at):  # fmt: skip
                 _finish(db, round_, project)
     return round_.status
-
-
-def _read_scores(job_id: int) -> dict:
-    path = job_dir(job_id) / "output" / "scores.jsonl"
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return {str(row["completion_id"]): float(row["score"]) for row in rows}
 
 
 def _start_training(db: Session, round_: Round, project: Project, recipe: RoundRecipe) -> None:
@@ -365,11 +284,14 @@ def _start_training(db: Session, round_: Round, project: Project, recipe: RoundR
     update = recipe.policy_update
     reward_job = None
     if recipe.retrain_reward or update in NEEDS_REWARD:
-        reward_job = create_training_job(db, project, "reward", base_model=round_.policy_version_id,
+        reward_job = create_training_job(db, project, JobKind.reward, base_model=round_.policy_version_id,
                                          params=recipe.reward_params | tag | {"snapshot": {"filters": filters}})  # fmt: skip
         steps["reward"] = reward_job.id
     params = recipe.update_params | tag
-    if update in ("dpo", "kto"):
+    update_format = KIND_INFO[update].dataset_format
+    if update_format is not None and reward_job is not None and update_format == KIND_INFO[JobKind.reward].dataset_format:
+        params["dataset_from"] = reward_job.id  # the snapshot the reward model trains on: built once
+    elif update_format is not None:
         params["snapshot"] = {"filters": filters}
     else:
         params["prompt_ids"] = list(round_.prompt_ids)
@@ -386,19 +308,21 @@ def _start_training(db: Session, round_: Round, project: Project, recipe: RoundR
                                                          Completion.model_version_id == round_.policy_version_id)
                              .limit(1))  # fmt: skip
         if answered is None:  # the previous policy has not answered the evaluation prompts yet (round 1)
-            previous = create_training_job(db, project, "generate", base_model=round_.policy_version_id,
-                                           params=dict(sampling))  # fmt: skip
+            previous = create_training_job(db, project, JobKind.generate, base_model=round_.policy_version_id,
+                                           params=sampling | {"seed": 2 * round_.number})  # fmt: skip
             steps["eval_previous"] = previous.id
             waits.append(previous.id)
         reference = db.get(ModelVersion, round_.policy_version_id)  # the update's reference: KL measured to it
-        evaluate = create_training_job(db, project, "generate", base_model=round_.policy_version_id,
+        evaluate = create_training_job(db, project, JobKind.generate, base_model=round_.policy_version_id,
                                        params=sampling | {"arena": True, "base_model_from": policy_job.id,
-                                                          "reference_model": reference.path},
+                                                          "reference_model": reference.path,
+                                                          # never the seed the previous answers were sampled with
+                                                          "seed": 2 * round_.number + 1},
                                        depends_on=waits)  # fmt: skip
         steps["eval"] = evaluate.id
         reward = newest_version(db, "reward", project.id)
         if reward is not None:
-            score = create_training_job(db, project, "score", reward_model=reward.id if reward else None,
+            score = create_training_job(db, project, JobKind.score, reward_model=reward.id if reward else None,
                                         params={"prompt_ids": eval_ids, **tag}
                                         | ({"reward_model_from": reward_job.id} if reward_job else {}),
                                         depends_on=[evaluate.id])  # fmt: skip
@@ -421,56 +345,7 @@ def _finish(db: Session, round_: Round, project: Project) -> None:
     log.info("round %s of %s done: %s", round_.number, project.slug, round_.metrics)
 
 
-# --- figures (computed by app.quality.rounds; the jobs' own figures read here) ----------------------------
-
-
-def _kl(job: Job | None) -> float | None:
-    """KL of the new policy to its reference: measured on the evaluation samples (generate/kl_to_reference), else
-    what the policy update reported."""
-    metrics = (job.result or {}).get("metrics") or {} if job else {}
-    for key in ("generate/kl_to_reference", "eval/kl_to_reference", "kl", "train/kl", "objective/kl", "eval/kl"):
-        if isinstance(metrics.get(key), int | float):
-            return float(metrics[key])
-    found = [v for k, v in sorted(metrics.items()) if "kl" in k.lower() and isinstance(v, int | float)]
-    return float(found[-1]) if found else None
-
-
-def round_metrics(db: Session, round_: Round) -> dict:
-    """The round's figures, computed from its rows (cached in round.metrics when it finishes): the judgment
-    figures from app.quality.rounds.round_figures, plus what the round's jobs report."""
-    steps = _jobs(db, round_)
-    since = None
-    reward_version = db.get(ModelVersion, round_.reward_version_id) if round_.reward_version_id else None
-    if reward_version is not None and reward_version.dataset_id:
-        snapshot = db.get(DatasetSnapshot, reward_version.dataset_id)
-        since = snapshot.created_at if snapshot else None
-    figures = round_figures(db, comparison_ids=list(round_.comparison_ids or []),
-                            eval_comparison_ids=list(round_.eval_comparison_ids or []),
-                            new_version_id=round_.new_policy_version_id, old_version_id=round_.policy_version_id,
-                            eval_scores=round_.eval_scores or {}, reward_since=since)  # fmt: skip
-    complete, total = _share_complete(db, round_.comparison_ids or [])
-    policy_metrics = ((steps["policy"].result or {}).get("metrics") or {}) if "policy" in steps else {}
-    snapshot = db.get(DatasetSnapshot, round_.dataset_id) if round_.dataset_id else None
-    kl = _kl(steps.get("eval"))  # measured on the evaluation samples; else what the update itself reported
-    return figures | {
-        "kl": kl if kl is not None else _kl(steps.get("policy")),
-        "prompts": len(round_.prompt_ids or []), "comparisons": total, "comparisons_complete": complete,
-        "eval_comparisons": len(round_.eval_comparison_ids or []),
-        "pairs_trained": snapshot.rows_train if snapshot else None,
-        "policy_train_loss": policy_metrics.get("train/loss"),
-        **_verified(steps.get("verify")),
-    }  # fmt: skip
-
-
-def _verified(job: Job | None) -> dict:
-    """A verifiable project's round: the new policy's pass@1 and pass@k on the evaluation prompts (verify job)."""
-    rates = (job.result or {}).get("pass_rates") if job is not None else None
-    if not rates:
-        return {}
-    return {key: rates.get(key) for key in ("pass_at_1", "pass_at_1_ci", "pass_at_k", "pass_at_k_ci", "k")}
-
-
-# --- reading and acting on rounds --------------------------------------------------------------------------------
+# --- acting on rounds ----------------------------------------------------------------------------------------
 
 
 def get_round(db: Session, project: Project, number: int) -> Round:
@@ -482,45 +357,6 @@ def get_round(db: Session, project: Project, number: int) -> Round:
 
 def list_rounds(db: Session, project: Project) -> list[Round]:
     return list(db.scalars(select(Round).where(Round.project_id == project.id).order_by(Round.number)))
-
-
-def round_json(db: Session, round_: Round) -> dict:
-    metrics = round_.metrics if round_.status == RoundStatus.done and round_.metrics else round_metrics(db, round_)
-    iso = lambda value: value.isoformat() if value else None  # noqa: E731
-    return {
-        "id": round_.id, "project_id": round_.project_id, "number": round_.number, "status": round_.status,
-        "trigger": round_.trigger, "policy_version_id": round_.policy_version_id,
-        "new_policy_version_id": round_.new_policy_version_id, "reward_version_id": round_.reward_version_id,
-        "dataset_id": round_.dataset_id, "job_ids": sorted((round_.jobs or {}).values()), "jobs": round_.jobs or {},
-        "prompt_ids": round_.prompt_ids or [], "comparison_ids": round_.comparison_ids or [],
-        "eval_comparison_ids": round_.eval_comparison_ids or [],
-        "started_at": iso(round_.started_at), "finished_at": iso(round_.finished_at),
-        "step_times": round_.step_times or {}, "error": round_.error, "failed_job_id": round_.failed_job_id,
-        "metrics": metrics,
-    }  # fmt: skip
-
-
-def round_data(db: Session, comparison_ids: list[int], limit: int = 200) -> list[dict]:
-    """The first `limit` of these comparisons with their prompt, completions (text, model) and verdicts."""
-    ids = sorted(comparison_ids)[:limit]
-    if not ids:
-        return []
-    comparisons = list(db.scalars(select(Comparison).where(Comparison.id.in_(ids)).order_by(Comparison.id)))
-    completion_ids = {c for comparison in comparisons for c in comparison.completion_ids}
-    completions = {c.id: c for c in db.scalars(select(Completion).where(Completion.id.in_(completion_ids)))}
-    prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({c.prompt_id for c in comparisons})))}
-    verdicts: dict[int, list] = {}
-    for comparison_id, ranking, rater in db.execute(
-        select(Judgment.comparison_id, Judgment.ranking, User.username)
-        .outerjoin(User, User.id == Judgment.rater_id).where(Judgment.comparison_id.in_(ids))
-    ):  # fmt: skip
-        verdicts.setdefault(comparison_id, []).append({"rater": rater or "imported", "ranking": ranking})
-    return [{"id": c.id, "prompt": prompts[c.prompt_id].messages[-1]["content"],
-             "completions": [{"id": i, "text": completions[i].text if i in completions else "",
-                              "model": completions[i].model_name if i in completions else None}
-                             for i in c.completion_ids],
-             "verdicts": verdicts.get(c.id, [])} for c in comparisons]  # fmt: skip
-
 
 def retry_step(db: Session, round_: Round, actor: User | None = None) -> Round:
     """A failed round's failing step back in the queue (with the steps it stopped); the round resumes there."""
@@ -543,7 +379,7 @@ def cancel_round(db: Session, round_: Round, actor: User | None = None) -> Round
     """Cancel the round's pending jobs; the round ends cancelled."""
     if round_.status not in ROUND_ACTIVE and round_.status != RoundStatus.failed:
         raise Conflict(f"Round {round_.number} is already {round_.status}.")
-    for job in _jobs(db, round_).values():
+    for job in round_jobs(db, round_).values():
         if job.status in (JobStatus.queued, JobStatus.running):
             jobs.request_cancel(db, job)
     round_.status, round_.finished_at = RoundStatus.cancelled, utcnow()

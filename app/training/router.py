@@ -12,7 +12,7 @@ from app.jobs import service
 from app.limits import Id, Input, varchar
 from app.models import JobKind, ModelVersion, Project
 from app.projects.service import get_project
-from app.training import rounds
+from app.training import round_recipe, round_views, rounds
 from app.training.service import create_training_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -59,43 +59,43 @@ rounds_router = APIRouter(prefix="/api/v1/projects/{project_ref}", tags=["rounds
 def list_rounds(project_ref: str, db: DbSession, principal: Staff):
     """Every round of the project, oldest first, with its jobs, versions and evaluation metrics."""
     project = get_project(db, project_ref)
-    return {"rounds": [rounds.round_json(db, r) for r in rounds.list_rounds(db, project)],
-            "recipe": rounds.get_recipe(project).model_dump(mode="json")}  # fmt: skip
+    return {"rounds": [round_views.round_json(db, r) for r in rounds.list_rounds(db, project)],
+            "recipe": round_recipe.get_recipe(project).model_dump(mode="json")}  # fmt: skip
 
 
 @rounds_router.post("/rounds", status_code=status.HTTP_202_ACCEPTED)
 def start_round(project_ref: str, db: DbSession, principal: Staff):
     """Start the next round now (409 while one is running)."""
     project = get_project(db, project_ref)
-    return rounds.round_json(db, rounds.start_round(db, project, actor=principal.user))
+    return round_views.round_json(db, rounds.start_round(db, project, actor=principal.user))
 
 
 @rounds_router.get("/rounds/recipe")
 def get_recipe(project_ref: str, db: DbSession, principal: Staff):
-    return rounds.get_recipe(get_project(db, project_ref)).model_dump(mode="json")
+    return round_recipe.get_recipe(get_project(db, project_ref)).model_dump(mode="json")
 
 
 @rounds_router.put("/rounds/recipe")
 def put_recipe(project_ref: str, values: dict, db: DbSession, principal: Staff):
     """Change some of the recipe's settings (the others keep their values)."""
     project = get_project(db, project_ref)
-    return rounds.set_recipe(db, project, values, actor=principal.user).model_dump(mode="json")
+    return round_recipe.set_recipe(db, project, values, actor=principal.user).model_dump(mode="json")
 
 
 @rounds_router.get("/rounds/{number}")
 def get_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
-    return rounds.round_json(db, rounds.get_round(db, get_project(db, project_ref), number))
+    return round_views.round_json(db, rounds.get_round(db, get_project(db, project_ref), number))
 
 
 @rounds_router.post("/rounds/{number}/retry")
 def retry_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
     """Re-queue the failed step of a failed round (and the steps it stopped)."""
     round_ = rounds.get_round(db, get_project(db, project_ref), number)
-    return rounds.round_json(db, rounds.retry_step(db, round_, actor=principal.user))
+    return round_views.round_json(db, rounds.retry_step(db, round_, actor=principal.user))
 
 
 @rounds_router.post("/rounds/{number}/cancel")
 def cancel_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
     """Cancel the round's pending jobs."""
     round_ = rounds.get_round(db, get_project(db, project_ref), number)
-    return rounds.round_json(db, rounds.cancel_round(db, round_, actor=principal.user))
+    return round_views.round_json(db, rounds.cancel_round(db, round_, actor=principal.user))

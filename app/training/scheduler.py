@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.db import is_sqlite, session_scope
 from app.errors import RankforgeError
-from app.models import Job, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
+from app.models import Job, JobKind, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
 from app.projects.schemas import ScheduleSettings
 from app.training.service import create_training_job
 
@@ -74,12 +74,12 @@ def reward_due(db: Session, project: Project) -> str | None:
     every_pairs, every_minutes = schedule.reward_every_pairs, schedule.reward_every_minutes
     if not every_pairs and not every_minutes:
         return None
-    busy = db.scalar(select(Job.id).where(Job.project_id == project.id, Job.kind == "reward",
+    busy = db.scalar(select(Job.id).where(Job.project_id == project.id, Job.kind == JobKind.reward,
                                           Job.status.in_([JobStatus.queued, JobStatus.running])).limit(1))  # fmt: skip
     if busy is not None:
         return None
     last = db.scalar(
-        select(func.max(Job.created_at)).where(Job.project_id == project.id, Job.kind == "reward")
+        select(func.max(Job.created_at)).where(Job.project_id == project.id, Job.kind == JobKind.reward)
     )
     new_query = select(func.count()).select_from(Judgment).where(Judgment.project_id == project.id)
     if last is not None:
@@ -123,7 +123,7 @@ def tick(worker_id: str) -> list[int]:
             savepoint = db.begin_nested()
             try:
                 job = create_training_job(
-                    db, project, "reward", params=(project.schedule or {}).get("reward_params")
+                    db, project, JobKind.reward, params=(project.schedule or {}).get("reward_params")
                 )
             except Exception as error:  # noqa: BLE001 - this project only: noted, skipped
                 savepoint.rollback()

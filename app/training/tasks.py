@@ -1,13 +1,14 @@
-"""The training domain's job handler: one for every trainer kind.
+"""The training domain's job handler: one for every trainer kind the training domain owns.
 
-    run_training_job(ctx) -> {"metrics", "dataset_id", and "model_version_id" | "completion_ids" | "scored_..."}
+    run_training_job(ctx) -> {"metrics", "output" (the typed result), "dataset_id", and "model_version_id" |
+                              "completion_ids" | "scored_comparisons"}
 
-It gathers the job's inputs (the dataset snapshot, built by the datasets domain when the job names none; the
-project's prompts for kinds that read them), writes a trainer.spec.JobSpec, runs `python -m trainer.run
-spec.json` (or `accelerate launch ... -m trainer.run spec.json`) as a supervised child (app.jobs.child), and
-hands what the trainer wrote to the domain it belongs to: a model version to the registry, generations to
-imports (new completions and comparisons), scores to the rating queue's order (tasks).
-The trainer writes output_dir atomically; a version is registered only when output_dir and its manifest exist.
+It gathers the job's inputs (the dataset snapshot, built by the datasets domain when the job names none, or the
+one a job it depends on trained on: `dataset_from`; the project's prompts for kinds that read them), writes a
+trainer.spec.JobSpec, runs the trainer child (app.jobs.trainer_child.run_trainer: `python -m trainer.run` or
+`accelerate launch`), and hands the typed result (trainer.results) to the domain it belongs to: a model version to
+the registry, generations to imports (new completions and comparisons), scores to the rating queue's order.
+The trainer writes output_dir atomically; a version is registered only when output_dir and its result exist.
 A retry after a worker crash is idempotent: a finished output_dir is registered instead of trained again.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
 from pathlib import Path
 
 from sqlalchemy import select
@@ -26,17 +26,14 @@ from app.datasets.tasks import job_snapshot
 from app.db import session_scope
 from app.errors import JobFailed
 from app.imports.service import add_generations
-from app.jobs.child import python_executable, run_child
 from app.jobs.runner import JobContext
+from app.jobs.trainer_child import RESULT_KEY, finished_result, job_dir, run_trainer
 from app.models import Comparison, Completion, Job, ModelVersion, Project, Prompt
 from app.registry.service import register_job_output
 from app.tasks.service import apply_scores
-from app.training.kinds import DEFAULTS, PROMPT_KINDS, SNAPSHOT_FORMAT, split_params
+from app.training.kinds import DEFAULTS, KIND_INFO, split_params
+from trainer.results import GenerationsResult, JobResult, ModelResult, ScoresResult
 from trainer.spec import JobSpec
-
-
-def job_dir(job_id: int) -> Path:
-    return get_settings().data_dir.resolve() / "jobs" / str(job_id)
 
 
 def output_name(job: Job, project: Project) -> str:
@@ -44,13 +41,10 @@ def output_name(job: Job, project: Project) -> str:
 
 
 def output_dir_for(job: Job, project: Project) -> Path:
-    if job.kind in ("generate", "score"):
+    """A model goes to the model store under its name; any other output stays in the job's directory."""
+    if not KIND_INFO[job.kind].trains_model:
         return job_dir(job.id) / "output"
     return get_settings().data_dir.resolve() / "models" / output_name(job, project)
-
-
-def _prompt_value(prompt: Prompt):
-    return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
 
 
 def write_prompts(db: Session, project: Project, path: Path, limit: int | None, prompt_ids: list | None = None) -> int:
@@ -62,7 +56,7 @@ def write_prompts(db: Session, project: Project, path: Path, limit: int | None, 
     n = 0
     with open(path, "w", encoding="utf-8") as handle:
         for prompt in db.scalars(query):
-            row = {"prompt_id": prompt.id, "prompt": _prompt_value(prompt)}
+            row = {"prompt_id": prompt.id, "prompt": prompt.value}
             if prompt.reference is not None or prompt.tests is not None:  # verifiable: the "verifier" reward's inputs
                 if (prompt.meta or {}).get("verify_excluded"):
                     continue
@@ -97,56 +91,46 @@ def write_score_prompts(db: Session, project: Project, path: Path, prompt_ids: l
     )
     with open(path, "w", encoding="utf-8") as handle:
         for prompt_id, completion_ids in by_prompt.items():
-            row = {"prompt_id": prompt_id, "prompt": _prompt_value(prompts[prompt_id]),
+            row = {"prompt_id": prompt_id, "prompt": prompts[prompt_id].value,
                    "completions": [{"completion_id": c, "text": texts[c]} for c in sorted(completion_ids)]}  # fmt: skip
             handle.write(json.dumps(row) + "\n")
     return len(by_prompt)
 
 
-def child_command(spec_path: Path, app_params: dict) -> list[str]:
-    python = python_executable()
-    if app_params.get("launcher") == "accelerate":
-        from trainer.launch import resolve_accelerate_config  # torch-free: a shipped config's name or a file
-
-        config = (
-            ["--config_file", str(resolve_accelerate_config(app_params["accelerate_config"]))]
-            if app_params.get("accelerate_config")
-            else []
-        )
-        return [python, "-m", "accelerate.commands.launch", *config, "-m", "trainer.run", str(spec_path)]
-    return [python, "-m", "trainer.run", str(spec_path)]
-
-
-def _read_manifest(output_dir: Path) -> dict | None:
-    path = output_dir / "manifest.json"
-    if not output_dir.is_dir() or not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def _models_from_dependencies(ctx: JobContext) -> None:
-    """Params base_model_from / reward_model_from: the model version a job this one depends on registered
-    becomes this job's base / reward model now that it exists (a round chains its steps this way)."""
+def _inputs_from_dependencies(ctx: JobContext) -> None:
+    """Params base_model_from / reward_model_from / dataset_from: the model version a job this one depends on
+    registered becomes this job's base / reward model, and the snapshot it trained on this job's dataset, now that
+    they exist (a round chains its steps this way, and trains reward model and policy on one snapshot)."""
     with session_scope(write=True) as db:
         job = db.get(Job, ctx.job_id)
-        for param, column in (("base_model_from", "base_model_id"), ("reward_model_from", "reward_model_id")):
+        for param, column, key in (("base_model_from", "base_model_id", "model_version_id"),
+                                   ("reward_model_from", "reward_model_id", "model_version_id"),
+                                   ("dataset_from", "dataset_id", "dataset_id")):  # fmt: skip
             if job.params.get(param) is None:
                 continue
             source = db.get(Job, int(job.params[param]))
-            version_id = ((source.result or {}).get("model_version_id") if source else None)
-            if version_id is None:
-                raise JobFailed(f"{param}: job {job.params[param]} registered no model version.")
-            setattr(job, column, int(version_id))
+            found = (source.result or {}).get(key) if source else None
+            if found is None:
+                raise JobFailed(f"{param}: job {job.params[param]} has no {key.removesuffix('_id').replace('_', ' ')}.")
+            setattr(job, column, int(found))
+
+
+def _prompts_file(db: Session, project: Project, kind: str, app_params: dict, has_snapshot: bool,
+                  path: Path) -> Path | None:  # fmt: skip
+    """The prompts file the kind reads (its `prompts` in the kind table), written to path; None when it reads none."""
+    wanted = KIND_INFO[kind].prompts
+    if wanted == "open_comparisons":
+        write_score_prompts(db, project, path, app_params.get("prompt_ids"))
+    elif wanted == "all" or (wanted == "without_snapshot" and not has_snapshot):
+        write_prompts(db, project, path, app_params.get("max_prompts"), app_params.get("prompt_ids"))
+    else:
+        return None
+    return path
 
 
 def run_training_job(ctx: JobContext) -> dict:
     """The worker's handler for every training kind."""
-    _models_from_dependencies(ctx)
+    _inputs_from_dependencies(ctx)
     with session_scope() as db:
         job = db.get(Job, ctx.job_id)
         project = db.get(Project, job.project_id)
@@ -157,27 +141,17 @@ def run_training_job(ctx: JobContext) -> dict:
         name = output_name(job, project)
         base = db.get(ModelVersion, job.base_model_id) if job.base_model_id else None
         reward = db.get(ModelVersion, job.reward_model_id) if job.reward_model_id else None
-        if kind != "score" and base is None:
+        if KIND_INFO[kind].base_model is not None and base is None:
             raise JobFailed("The job's base model version is gone (deleted from the registry).")
         base_path, reward_path = (base.path if base else None), (reward.path if reward else None)
     work.mkdir(parents=True, exist_ok=True)
-    snapshot = job_snapshot(ctx, SNAPSHOT_FORMAT.get(kind))
+    snapshot = job_snapshot(ctx, KIND_INFO[kind].dataset_format)
 
-    manifest = _read_manifest(output_dir)
-    if manifest is None or manifest.get("job_id") != ctx.job_id:
-        if output_dir.exists():
-            raise JobFailed(f"{output_dir} exists but is not this job's output; not overwriting it.")
-        for stale in output_dir.parent.glob(f"{output_dir.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed attempt (its child died with it)
-        prompts_path = None
+    result = finished_result(output_dir, ctx.job_id)
+    if result is None:
         with session_scope() as db:
-            project = db.get(Project, project.id)
-            if kind == "score":
-                prompts_path = work / "prompts.jsonl"
-                write_score_prompts(db, project, prompts_path, app_params.get("prompt_ids"))
-            elif kind in PROMPT_KINDS and (snapshot is None or kind == "generate"):
-                prompts_path = work / "prompts.jsonl"
-                write_prompts(db, project, prompts_path, app_params.get("max_prompts"), app_params.get("prompt_ids"))
+            prompts_path = _prompts_file(db, db.get(Project, project.id), kind, app_params, snapshot is not None,
+                                         work / "prompts.jsonl")  # fmt: skip
         try:
             spec = JobSpec(kind=kind, job_id=ctx.job_id, base_model=base_path, reward_model=reward_path,
                            dataset_path=str(snapshot.path) if snapshot else None,
@@ -186,34 +160,31 @@ def run_training_job(ctx: JobContext) -> dict:
                            seed=int(app_params.get("seed", 0) or 0))  # fmt: skip
         except ValueError as error:  # params were checked when the job was created; the trainer may have changed
             raise JobFailed(f"The job's spec is not valid: {error}") from error
-        spec_path = spec.write(work / "spec.json")
         ctx.progress(0.0, f"starting {kind}")
-        run_child(ctx, child_command(spec_path, app_params), work)
-        manifest = _read_manifest(output_dir)
-        if manifest is None:
-            raise JobFailed(f"The trainer reported success but {output_dir}/manifest.json is missing.")
+        result = run_trainer(ctx, spec, work, app_params.get("accelerate_config"))
     else:
-        ctx.log(f"{output_dir} was finished by an earlier attempt: registering it.\n")
+        ctx.log(f"{output_dir} was finished by an earlier attempt: storing it.\n")
 
-    result = {"metrics": manifest.get("metrics") or {}, "dataset_id": snapshot.id if snapshot else None}
+    stored = {"metrics": result.metrics, RESULT_KEY: result.to_dict(), "dataset_id": snapshot.id if snapshot else None}
     with session_scope(write=True) as db:
         job = db.get(Job, ctx.job_id)
-        if kind == "generate":
-            result |= _store_generations(db, job, output_dir)
-        elif kind == "score":
-            scores = {row["completion_id"]: float(row["score"]) for row in _read_jsonl(output_dir / "scores.jsonl")}
-            result["scored_comparisons"] = apply_scores(db, job.project_id, scores)
-        else:
-            version = register_job_output(db, job, name, output_dir, manifest, snapshot.id if snapshot else None,
-                                          snapshot.sha256 if snapshot else None)  # fmt: skip
-            result["model_version_id"] = version.id
-        job.result = result  # with the rows above, in one transaction: a retry sees them done
-    return result
+        stored |= _store_output(db, job, result, name, snapshot)
+        job.result = stored  # with the rows above, in one transaction: a retry sees them done
+    return stored
 
 
-def _store_generations(db: Session, job: Job, output_dir: Path) -> dict:
-    if job.result and "completion_ids" in job.result:  # stored by an attempt that died before finishing
-        return {k: job.result[k] for k in ("completion_ids", "comparison_ids")}
-    return add_generations(db, db.get(Project, job.project_id), db.get(ModelVersion, job.base_model_id),
-                           _read_jsonl(output_dir / "generations.jsonl"), job_id=job.id,
-                           arena=bool(job.params.get("arena")))  # fmt: skip
+def _store_output(db: Session, job: Job, result: JobResult, name: str, snapshot) -> dict:
+    """Hand the output to the domain it belongs to; what the job's result records of it."""
+    if isinstance(result, GenerationsResult):
+        if job.result and "completion_ids" in job.result:  # stored by an attempt that died before finishing
+            return {k: job.result[k] for k in ("completion_ids", "comparison_ids")}
+        return add_generations(db, db.get(Project, job.project_id), db.get(ModelVersion, job.base_model_id),
+                               result.read_generations(), job_id=job.id, arena=bool(job.params.get("arena")))  # fmt: skip
+    if isinstance(result, ScoresResult):
+        return {"scored_comparisons": apply_scores(db, job.project_id, result.read_scores())}
+    if isinstance(result, ModelResult):
+        manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text(encoding="utf-8"))
+        version = register_job_output(db, job, name, Path(result.output_dir), manifest,
+                                      snapshot.id if snapshot else None, snapshot.sha256 if snapshot else None)  # fmt: skip
+        return {"model_version_id": version.id}
+    raise JobFailed(f"A {job.kind} job's output ({result.output}) has no place in the training domain.")

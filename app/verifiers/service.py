@@ -15,6 +15,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
@@ -24,9 +25,22 @@ from app.audit import audit
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.intervals import wilson_interval
 from app.jobs.service import create_job
-from app.models import Completion, Job, JobStatus, ModelVersion, Project, Prompt, User, Verdict, utcnow
+from app.jobs.trainer_child import LAUNCH_PARAMS, check_launch_params, stored_result
+from app.models import (
+    Completion,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelVersion,
+    Project,
+    Prompt,
+    User,
+    Verdict,
+    utcnow,
+)
 from app.models.user import Role
 from app.projects.service import get_visible_project, may_rate
+from trainer.results import ScoresResult
 from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
 
 VERIFY_PARAMS = {
@@ -40,6 +54,7 @@ VERIFY_PARAMS = {
     "seed": "random seed of the sampling",
     "round_id": "the round this job evaluates (set by the round driver)",
     "base_model_from": "id of a job this one depends on: the model version it registered is the one verified",
+    **LAUNCH_PARAMS,
 }
 DEFAULT_SAMPLES = 4
 HELD_OUT_SPLITS = ("test", "eval", "validation", "heldout")
@@ -98,6 +113,7 @@ def check_params(params: dict | None) -> dict:
     _int_param(params, "max_new_tokens", 1, 4096, 128)
     _int_param(params, "max_prompts", 1, 100_000, 200)
     _int_param(params, "workers", 1, 32, 2)
+    check_launch_params(params)
     if params.get("base_model_from") is not None:
         _int_param(params, "base_model_from", 1, 2**31 - 1, 1)
     temperature = params.get("temperature", 0.8)
@@ -136,9 +152,9 @@ def create_verify_job(db: Session, project: Project, *, base_model=None, params:
         if db.get(Job, params["base_model_from"]) is None:
             raise Unprocessable(f"params.base_model_from: no job {params['base_model_from']}.")
         depends_on = sorted({*depends_on, params["base_model_from"]})
-    job = create_job(db, "verify", project_id=project.id, params=params, actor=actor,
+    job = create_job(db, JobKind.verify, project_id=project.id, params=params, actor=actor,
                      base_model_id=version.id if version else None, depends_on=depends_on)  # fmt: skip
-    audit(db, actor, "job.create", "job", job.id, kind="verify")
+    audit(db, actor, "job.create", "job", job.id, kind=JobKind.verify)
     return job
 
 
@@ -197,7 +213,7 @@ def _answers_per_prompt(rows) -> dict[int, int]:
 
 def version_pass_rates(db: Session, project: Project) -> list[dict]:
     """One entry per finished verify job of the project, oldest first: its version and pass rates."""
-    jobs = db.scalars(select(Job).where(Job.project_id == project.id, Job.kind == "verify",
+    jobs = db.scalars(select(Job).where(Job.project_id == project.id, Job.kind == JobKind.verify,
                                         Job.status == JobStatus.succeeded).order_by(Job.id)).all()  # fmt: skip
     names = dict(db.execute(select(ModelVersion.id, ModelVersion.name)
                             .where(ModelVersion.id.in_([j.base_model_id for j in jobs if j.base_model_id]))).all())  # fmt: skip
@@ -234,23 +250,15 @@ def _audit_weight(verdict: Verdict, score: float | None, median: float | None) -
 
 def reward_scores(db: Session, project: Project, completion_ids: list[int]) -> dict[int, float]:
     """Reward-model scores of these completions: a `score` metadata field, else the newest finished `score` job
-    of the project (its scores.jsonl in the job's output directory)."""
-    import json
-
-    from app.config import get_settings
-
+    of the project (its typed result's scores)."""
     scores = {c.id: float(c.meta["score"]) for c in db.scalars(select(Completion).where(Completion.id.in_(completion_ids)))
               if isinstance((c.meta or {}).get("score"), (int, float))}  # fmt: skip
-    job = db.scalar(select(Job).where(Job.project_id == project.id, Job.kind == "score",
+    job = db.scalar(select(Job).where(Job.project_id == project.id, Job.kind == JobKind.score,
                                       Job.status == JobStatus.succeeded).order_by(Job.id.desc()).limit(1))  # fmt: skip
-    path = get_settings().data_dir.resolve() / "jobs" / str(job.id) / "output" / "scores.jsonl" if job else None
-    if path is not None and path.is_file():
+    result = stored_result(job)
+    if isinstance(result, ScoresResult) and Path(result.output_dir).is_dir():
         wanted = set(completion_ids)
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                if row.get("completion_id") in wanted and row["completion_id"] not in scores:
-                    scores[row["completion_id"]] = float(row["score"])
+        scores |= {i: score for i, score in result.read_scores().items() if i in wanted and i not in scores}
     return scores
 
 

@@ -2,7 +2,8 @@
 
     run_verify_job(ctx) -> {"metrics": {pass@1, pass@k, ...}, "pass_rates", "verdicts", "model_version_id"?}
 
-With a policy version: a `generate` trainer child (`python -m trainer.run`) samples `samples` answers for each
+With a policy version: a `generate` trainer child (app.jobs.trainer_child.run_trainer, `launcher: accelerate`
+too) samples `samples` answers for each
 held-out verifiable prompt; they are stored as the version's completions (no comparisons). Without one: the
 project's answers to those prompts that have no verdict yet. Then a second child, `python -m
 trainer.rewards.verifier`, checks every answer (rules in that child, code tests each in the sandbox), so no
@@ -21,24 +22,13 @@ from app.db import session_scope
 from app.errors import JobFailed
 from app.jobs.child import ROOT, python_executable, run_child
 from app.jobs.runner import JobContext
-from app.models import Completion, Job, ModelVersion, Project, Prompt, Verdict
+from app.jobs.trainer_child import finished_result, job_dir, run_trainer
+from app.models import Completion, Job, JobKind, ModelVersion, Project, Prompt, Verdict
 from app.verifiers.service import eval_prompt_ids, job_pass_rates
 from trainer.params import DEFAULTS
+from trainer.results import GenerationsResult, read_jsonl
 from trainer.rewards.sandbox import HIDE_ENV
 from trainer.spec import JobSpec
-
-
-def _job_dir(job_id: int) -> Path:
-    return get_settings().data_dir.resolve() / "jobs" / str(job_id)
-
-
-def _prompt_value(prompt: Prompt):
-    return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _clean(value):
@@ -60,19 +50,22 @@ def sandbox_env() -> dict[str, str]:
 
 def _generate(ctx: JobContext, work: Path, version_path: str, prompts: list[dict], params: dict) -> list[dict]:
     out = work / "generations"
-    if not (out / "manifest.json").is_file():  # a retry reuses what an earlier attempt generated
+    result = finished_result(out, ctx.job_id)  # a retry reuses what an earlier attempt generated
+    if result is None:
         prompts_path = work / "prompts.jsonl"
         with open(prompts_path, "w", encoding="utf-8") as handle:
             for row in prompts:
                 handle.write(json.dumps(row) + "\n")
         gen = {"num_completions": int(params.get("samples", 4)), "temperature": float(params.get("temperature", 0.8)),
                "max_new_tokens": int(params.get("max_new_tokens", 128))}  # fmt: skip
-        spec = JobSpec(kind="generate", job_id=ctx.job_id, base_model=version_path, prompts_path=str(prompts_path),
-                       output_dir=str(out), params=DEFAULTS["generate"] | gen, seed=int(params.get("seed", 0) or 0))  # fmt: skip
-        spec_path = spec.write(work / "spec.json")
+        spec = JobSpec(kind=JobKind.generate, job_id=ctx.job_id, base_model=version_path, prompts_path=str(prompts_path),
+                       output_dir=str(out), params=DEFAULTS[JobKind.generate] | gen, seed=int(params.get("seed", 0) or 0),
+                       launcher=params.get("launcher", "python"))  # fmt: skip
         ctx.progress(0.02, "sampling answers")
-        run_child(ctx, [python_executable(), "-m", "trainer.run", str(spec_path)], work)
-    return _read_jsonl(out / "generations.jsonl")
+        result = run_trainer(ctx, spec, work, params.get("accelerate_config"))
+    if not isinstance(result, GenerationsResult):
+        raise JobFailed(f"The sampling child wrote {result.output}, not generations.")
+    return result.read_generations()
 
 
 def _version_from_dependency(ctx: JobContext) -> None:
@@ -103,9 +96,9 @@ def run_verify_job(ctx: JobContext) -> dict:
         if not prompt_ids:
             raise JobFailed(f"Project {project.slug} has no verifiable prompts to verify (all excluded?).")
         prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_(prompt_ids)))}
-        prompt_rows = [{"prompt_id": pid, "prompt": _prompt_value(prompts[pid])} for pid in prompt_ids]
+        prompt_rows = [{"prompt_id": pid, "prompt": prompts[pid].value} for pid in prompt_ids]
         checks = {pid: (prompts[pid].reference, prompts[pid].tests) for pid in prompt_ids}
-    work = _job_dir(ctx.job_id)
+    work = job_dir(ctx.job_id)
     work.mkdir(parents=True, exist_ok=True)
 
     generations = _generate(ctx, work, version_info[2], prompt_rows, params) if version_info else None
@@ -141,7 +134,7 @@ def run_verify_job(ctx: JobContext) -> dict:
     workers = int(params.get("workers", 2))
     run_child(ctx, [python_executable(), "-m", "trainer.rewards.verifier", str(tasks_path), str(verdicts_path),
                     f"--workers={workers}"], work, env=sandbox_env())  # fmt: skip
-    verdicts = {row["id"]: _clean(row["verdict"]) for row in _read_jsonl(verdicts_path)}
+    verdicts = {row["id"]: _clean(row["verdict"]) for row in read_jsonl(verdicts_path)}
 
     by_id = {a.id: a for a in answers}
     with session_scope(write=True) as db:

@@ -282,7 +282,9 @@ def test_a_verifiable_projects_round_verifies_its_new_policy_on_the_evaluation_p
     the new version (base_model_from) on the evaluation prompts, and the round waits for it before it finishes."""
     from app.jobs import service as jobs_service
     from app.models import Job, Project, Round
-    from app.training.rounds import STEP_STAGE, _start_training, get_recipe, round_metrics, start_round
+    from app.training.round_recipe import get_recipe
+    from app.training.round_views import round_metrics
+    from app.training.rounds import STEP_STAGE, _start_training, start_round
 
     admin = loop["admin"]
     lines = [json.dumps({"prompt": f"What is {i} + {i}?", "external_id": f"sum-{i}", "reference": {"answer": 2 * i},
@@ -303,3 +305,30 @@ def test_a_verifiable_projects_round_verifies_its_new_policy_on_the_evaluation_p
     verify.status, verify.result = "succeeded", {"pass_rates": {"pass_at_1": 0.25, "pass_at_1_ci": [0.1, 0.4],
                                                                 "pass_at_k": 0.5, "pass_at_k_ci": [0.3, 0.7], "k": 4}}
     assert round_metrics(db, db.get(Round, round_.id))["pass_at_1"] == 0.25
+
+
+def test_a_dpo_round_trains_reward_model_and_policy_on_one_snapshot(client, loop, db):
+    """The DPO update of a round takes the snapshot its reward job built (dataset_from) instead of building the same
+    snapshot a second time; the snapshot becomes the update's dataset once the reward job has it."""
+    from types import SimpleNamespace
+
+    from app.models import DatasetSnapshot, Job, Project
+    from app.training.round_recipe import get_recipe
+    from app.training.rounds import _start_training, start_round
+    from app.training.tasks import _inputs_from_dependencies
+
+    project = db.get(Project, loop["project"]["id"])
+    round_ = start_round(db, project)
+    _start_training(db, round_, project, get_recipe(project))
+    db.flush()
+    reward, policy = db.get(Job, round_.jobs["reward"]), db.get(Job, round_.jobs["policy"])
+    assert policy.kind == "dpo" and "snapshot" in reward.params
+    assert policy.params["dataset_from"] == reward.id and "snapshot" not in policy.params
+    snapshot = DatasetSnapshot(project_id=project.id, format="pairs", spec={"format": "pairs"}, status="ready")
+    db.add(snapshot)
+    db.flush()
+    reward.status, reward.result, snapshot_id, policy_id = "succeeded", {"dataset_id": snapshot.id}, snapshot.id, policy.id
+    db.commit()
+    _inputs_from_dependencies(SimpleNamespace(job_id=policy_id))
+    db.expire_all()
+    assert db.get(Job, policy_id).dataset_id == snapshot_id
