@@ -76,7 +76,7 @@ def demo_site(tmp_path_factory):
                                str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded 2-core CI machine can take long to import the app
     while time.monotonic() < deadline and server.poll() is None:
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:

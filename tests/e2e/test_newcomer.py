@@ -73,7 +73,7 @@ def settle(page) -> None:
 @pytest.mark.parametrize("role", ["admin", "engineer", "annotator"])
 def test_each_role_reaches_every_page_within_three_clicks_and_axe_finds_nothing_serious(demo_site, browser, role):
     context = browser.new_context(base_url=demo_site["url"], viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(30_000)  # the machine may be loaded: a slow page is not a failure here
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(f"JavaScript error: {error}"))
@@ -119,7 +119,7 @@ def test_each_role_reaches_every_page_within_three_clicks_and_axe_finds_nothing_
 def admin_page(demo_site, browser):
     """An admin's fresh browser tab on the demo; fails the test on any JavaScript error."""
     context = browser.new_context(base_url=demo_site["url"], viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(30_000)  # the machine may be loaded: a slow page is not a failure here
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(f"JavaScript error: {error}"))
