@@ -59,6 +59,17 @@ def ranking_in_letters(ranking: list[list[int]] | None, letters: dict[int, str])
         return "–"
     return " > ".join(" = ".join(letters.get(cid, f"#{cid}") for cid in group) for group in ranking)
 
+def rankings_in_letters(db: Session, judgments: list[dict], contents: dict[int, dict]) -> dict[int, str]:
+    """{judgment id: its ranking in answer letters} for rows with judgment_id and comparison_id (a review queue)."""
+    ids = [row["judgment_id"] for row in judgments]
+    if not ids:
+        return {}
+    rankings = dict(db.execute(select(Judgment.id, Judgment.ranking).where(Judgment.id.in_(ids))).all())
+    return {row["judgment_id"]: ranking_in_letters(rankings.get(row["judgment_id"]),
+                                                   contents.get(row["comparison_id"], {}).get("letters", {}))
+            for row in judgments}  # fmt: skip
+
+
 def comparison_page_data(db: Session, project: Project, comparison_id: int) -> dict:
     """The comparison page: its content, gold ranking and every judgment on it (rater, ranking, flags, rationale)."""
     comparison = db.get(Comparison, comparison_id)

@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 from app import charts
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
-from app.judgments.content import comparison_contents, comparison_page_data
+from app.judgments.content import comparison_contents, comparison_page_data, rankings_in_letters
 from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
 from app.quality import service
@@ -81,7 +81,8 @@ def dashboard_page(project_ref: str, request: Request, db: DbSession, principal:
         "charts": _charts(figures),
         "stats": stats,
         "reviews": reviews,
-        "contents": comparison_contents(db, project, [r["comparison_id"] for r in reviews]),
+        "contents": (contents := comparison_contents(db, project, [r["comparison_id"] for r in reviews])),
+        "review_rankings": rankings_in_letters(db, reviews, contents),
         "resolved": service.review_queue(db, project, resolved=True, limit=20),
         "batches": service.batch_priorities(db, project),
         "saved": request.query_params.get("saved"),

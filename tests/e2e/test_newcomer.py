@@ -136,6 +136,7 @@ def test_review_and_practice_items_show_the_prompt_and_answers_and_link_the_comp
     page.get_by_role("navigation", name="Project").get_by_role("link", name="Dashboard").click()
     items = page.locator("#reviews .review-item")
     assert items.count() >= 3
+    assert re.search(r"ranked [A-D]( [>=] [A-D])+", items.first.locator(".review-title").inner_text())  # the verdict
     for i in range(items.count()):
         item = items.nth(i)
         assert item.locator(".decision-prompt").first.inner_text().strip(), item.inner_text()
