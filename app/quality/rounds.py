@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.intervals import wilson_interval
+from app.judgments.identical import IDENTICAL
 from app.judgments.selections import AI, HUMAN, counted
 from app.models import Comparison, Completion, Judgment
 
@@ -102,6 +103,15 @@ def pairwise_agreement(db: Session, comparison_ids: list[int]) -> float | None:
     return same / pairs if pairs else None
 
 
+def identical_pairs(db: Session, comparison_ids: list[int]) -> int:
+    """Evaluation pairs whose two answers were one text (app.judgments.identical): never sent to raters, a
+    tie by construction, counted here apart from the verdicts."""
+    if not comparison_ids:
+        return 0
+    metas = db.scalars(select(Comparison.meta).where(Comparison.id.in_(comparison_ids)))
+    return sum(1 for meta in metas if (meta or {}).get(IDENTICAL))
+
+
 def _count(db: Session, comparison_ids: list[int], source: str) -> int:
     if not comparison_ids:
         return 0
@@ -125,6 +135,7 @@ def round_figures(db: Session, *, comparison_ids: list[int], eval_comparison_ids
     """The judgment figures of a round (the keys of the rounds contract's metrics that judgments give):
 
     win_rate, win_rate_ci, battles   humans' verdicts on the evaluation comparisons (the headline)
+    identical_pairs                   evaluation pairs of two identical answers: ties never sent to raters, apart
     ai_win_rate, ai_win_rate_ci, ai_battles   the AI judges' verdicts there (None / 0 when no judge voted)
     reward_accuracy, reward_verdicts          the round's reward model against humans after its snapshot
     score_mean                                the new version's mean reward score on the evaluation prompts
@@ -141,6 +152,7 @@ def round_figures(db: Session, *, comparison_ids: list[int], eval_comparison_ids
     agreement = pairwise_agreement(db, round_ids + eval_ids)
     return human | {
         "ai_win_rate": ai["win_rate"], "ai_win_rate_ci": ai["win_rate_ci"], "ai_battles": ai["battles"],
+        "identical_pairs": identical_pairs(db, eval_ids),
         "reward_accuracy": accuracy, "reward_verdicts": verdicts,
         "score_mean": _score_mean(db, eval_scores or {}, new_version_id),
         "judgments": _count(db, round_ids, HUMAN), "eval_judgments": _count(db, eval_ids, HUMAN),
