@@ -23,10 +23,6 @@ def _load(db: Session, assignment: Assignment) -> tuple[Prompt, list[Completion]
     return rows[0][1], [by_id[i] for i in assignment.display_order]
 
 
-def prompt_value(prompt: Prompt) -> str | list[dict]:
-    return prompt.messages if prompt.is_chat else prompt.messages[0]["content"]
-
-
 _completion, _prompt = Completion.__table__, Prompt.__table__
 _TASK_TEXTS = (
     select(_completion.c.id, _completion.c.text, _prompt.c.messages, _prompt.c.is_chat)
