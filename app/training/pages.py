@@ -3,6 +3,8 @@ job (then the job's page follows it)."""
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
@@ -26,11 +28,23 @@ from app.web import render
 router = APIRouter(tags=["pages"])
 
 
-def _param_fields(kind: str, values: dict | None = None) -> list[dict]:
+def _param_fields(kind: str, values: dict | None = None, names: tuple[str, ...] | None = None) -> list[dict]:
+    """Form fields for `names` (the kind's key params by default); a value that is not a number, flag or text
+    (a list, an object, or a default of none) is shown and read as JSON."""
     values = values or {}
-    return [{"name": name, "default": DEFAULTS[kind][name], "doc": FIELD_DOCS[kind].get(name, ""),
-             "value": values.get(name, DEFAULTS[kind][name]),
-             "type": type(DEFAULTS[kind][name]).__name__} for name in KEY_PARAMS[kind]]  # fmt: skip
+    fields = []
+    for name in KEY_PARAMS[kind] if names is None else names:
+        default, value = DEFAULTS[kind][name], values.get(name, DEFAULTS[kind][name])
+        kind_of = type(default).__name__ if isinstance(default, (bool, int, float, str)) else "json"
+        shown = json.dumps(value) if kind_of == "json" else value
+        fields.append({"name": name, "default": json.dumps(default) if kind_of == "json" else default,
+                       "doc": FIELD_DOCS[kind].get(name, ""), "value": shown, "type": kind_of})  # fmt: skip
+    return fields
+
+
+def _other_params(kind: str) -> tuple[str, ...]:
+    """Every other hyperparameter of the kind (max_length and the like: what the job page's warnings mention)."""
+    return tuple(name for name in DEFAULTS[kind] if name not in KEY_PARAMS[kind])
 
 
 def _train_context(
@@ -48,18 +62,27 @@ def _train_context(
         "policies": list_versions(db, kind="policy"), "rewards": list_versions(db, kind="reward"),
         "default_policy": newest_version(db, "policy", project.id),
         "default_reward": newest_version(db, "reward", project.id),
-        "fields": _param_fields(kind, (form or {}).get("params")), "form": form or {}, "error": error,
+        "fields": _param_fields(kind, (form or {}).get("params")),
+        "more_fields": _param_fields(kind, (form or {}).get("params"), _other_params(kind)),
+        "form": form or {}, "error": error,
     }  # fmt: skip
 
 
 @router.get("/projects/{project_ref}/train")
-def train_page(project_ref: str, request: Request, db: DbSession, principal: Staff, kind: str = TRAINING_KINDS[0]):
+def train_page(project_ref: str, request: Request, db: DbSession, principal: Staff, kind: str = TRAINING_KINDS[0],
+               dataset_id: str = ""):  # fmt: skip
+    """The form; `dataset_id` preselects a snapshot (the dataset page's "Train on this snapshot")."""
     project = get_project(db, project_ref)
     kind = kind if kind in TRAINING_KINDS else TRAINING_KINDS[0]
-    return render(request, "training/train.html", _train_context(db, project, kind))
+    return render(request, "training/train.html", _train_context(db, project, kind, {"dataset_id": dataset_id[:20]}))
 
 
 def _read_param(raw: str, default):
+    if default is None or isinstance(default, (list, dict)):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw  # a plain word where a default of none allows text (e.g. a model name)
     if isinstance(default, bool):
         return raw in ("on", "true", "1", "yes")
     if isinstance(default, int):
@@ -79,7 +102,7 @@ async def start_training(project_ref: str, request: Request, db: DbSession, prin
             request, "error.html", {"status": 422, "message": f"Unknown kind {kind!r}."}, status_code=422
         )
     params, error = {}, None
-    for name in KEY_PARAMS[kind]:
+    for name in DEFAULTS[kind]:  # every field the form shows (an unchecked box is absent: False)
         raw = str(form.get(f"param_{name}", "")).strip()
         default = DEFAULTS[kind][name]
         if raw == "" and not isinstance(default, bool):

@@ -29,6 +29,26 @@ RECIPE_FIELDS = ("pool_batch", "prompts_per_round", "samples_per_prompt", "tempe
                  "auto_min_judgments")  # fmt: skip
 
 
+RECIPE_HELP = {
+    "temperature": "Sampling temperature of the round's completions (higher: more varied answers).",
+    "max_new_tokens": "Longest completion the policy may write, in tokens.",
+    "policy_update": "How the policy learns from the judgments: the training kind of the update.",
+    "eval_complete_share": "Finish the round once this share of its evaluation comparisons is complete.",
+    "eval_deadline_minutes": "Or once evaluation rating took this long (empty: no deadline).",
+}
+"""Help for the recipe fields whose model field has no description (the others read RoundRecipe's)."""
+
+
+def recipe_fields() -> list[dict]:
+    """The recipe form's fields: name (the key of `rankforge round recipe --set`), a label and what it does."""
+    fields = []
+    for name in RECIPE_FIELDS:
+        described = round_recipe.RoundRecipe.model_fields[name].description
+        fields.append({"name": name, "label": name.replace("_", " ").capitalize(),
+                       "help": described or RECIPE_HELP.get(name, "")})  # fmt: skip
+    return fields
+
+
 def _charts(rows: list[dict]) -> dict:
     names = [f"Round {r['number']}" for r in rows]
     metric = lambda key: [r["metrics"].get(key) for r in rows]  # noqa: E731
@@ -71,7 +91,7 @@ def _context(db, project, error: str | None = None) -> dict:
     recipe = round_recipe.get_recipe(project)
     active = next((r for r in rows if r["status"] in rounds.ROUND_ACTIVE), None)
     return {"project": project, "rounds": list(reversed(rows)), "charts": _charts(rows), "names": names,
-            "recipe": recipe, "recipe_fields": RECIPE_FIELDS, "policy_updates": POLICY_UPDATES, "active": active,
+            "recipe": recipe, "recipe_fields": recipe_fields(), "policy_updates": POLICY_UPDATES, "active": active,
             "error": error,
             "update_params": json.dumps(recipe.update_params), "reward_params": json.dumps(recipe.reward_params),
             "current_policy": rounds.current_policy(db, project), "versions": _versions_chart(db, project)}  # fmt: skip
