@@ -6,13 +6,16 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from pydantic import Field
 
+from app.api import PageAll
 from app.auth.deps import DbSession, Staff
 from app.datasets.service import request_snapshot
 from app.jobs import service
+from app.jobs.schemas import JobOut
 from app.limits import Id, Input, varchar
 from app.models import JobKind, ModelVersion, Project
 from app.projects.service import get_project
 from app.training import round_recipe, round_views, rounds
+from app.training.schemas import RoundList, RoundOut
 from app.training.service import create_training_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -30,7 +33,7 @@ class JobCreate(Input):
     params: dict = {}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
 def create_job(data: JobCreate, db: DbSession, principal: Staff):
     project = get_project(db, data.project_id)
     if data.kind == JobKind.export:
@@ -55,46 +58,48 @@ def create_job(data: JobCreate, db: DbSession, principal: Staff):
 rounds_router = APIRouter(prefix="/api/v1/projects/{project_ref}", tags=["rounds"])
 
 
-@rounds_router.get("/rounds")
-def list_rounds(project_ref: str, db: DbSession, principal: Staff):
-    """Every round of the project, oldest first, with its jobs, versions and evaluation metrics."""
+@rounds_router.get("/rounds", response_model=RoundList)
+def list_rounds(project_ref: str, db: DbSession, principal: Staff, page: PageAll):
+    """The project's rounds, oldest first, with their jobs, versions and evaluation metrics, and the recipe."""
     project = get_project(db, project_ref)
-    return {"rounds": [round_views.round_json(db, r) for r in rounds.list_rounds(db, project)],
+    all_rounds = rounds.list_rounds(db, project)
+    return {"rounds": [round_views.round_json(db, r) for r in page.slice(all_rounds)], **page.fields(len(all_rounds)),
             "recipe": round_recipe.get_recipe(project).model_dump(mode="json")}  # fmt: skip
 
 
-@rounds_router.post("/rounds", status_code=status.HTTP_202_ACCEPTED)
+@rounds_router.post("/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=RoundOut)
 def start_round(project_ref: str, db: DbSession, principal: Staff):
     """Start the next round now (409 while one is running)."""
     project = get_project(db, project_ref)
     return round_views.round_json(db, rounds.start_round(db, project, actor=principal.user))
 
 
-@rounds_router.get("/rounds/recipe")
+@rounds_router.get("/rounds/recipe", response_model=round_recipe.RoundRecipe)
 def get_recipe(project_ref: str, db: DbSession, principal: Staff):
     return round_recipe.get_recipe(get_project(db, project_ref)).model_dump(mode="json")
 
 
-@rounds_router.put("/rounds/recipe")
-def put_recipe(project_ref: str, values: dict, db: DbSession, principal: Staff):
-    """Change some of the recipe's settings (the others keep their values)."""
+@rounds_router.put("/rounds/recipe", response_model=round_recipe.RoundRecipe)
+def put_recipe(project_ref: str, body: round_recipe.RoundRecipe, db: DbSession, principal: Staff):
+    """Change some of the recipe's settings: the ones sent (the others keep their values)."""
+    values = body.model_dump(mode="json", exclude_unset=True)
     project = get_project(db, project_ref)
     return round_recipe.set_recipe(db, project, values, actor=principal.user).model_dump(mode="json")
 
 
-@rounds_router.get("/rounds/{number}")
+@rounds_router.get("/rounds/{number}", response_model=RoundOut)
 def get_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
     return round_views.round_json(db, rounds.get_round(db, get_project(db, project_ref), number))
 
 
-@rounds_router.post("/rounds/{number}/retry")
+@rounds_router.post("/rounds/{number}/retry", response_model=RoundOut)
 def retry_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
     """Re-queue the failed step of a failed round (and the steps it stopped)."""
     round_ = rounds.get_round(db, get_project(db, project_ref), number)
     return round_views.round_json(db, rounds.retry_step(db, round_, actor=principal.user))
 
 
-@rounds_router.post("/rounds/{number}/cancel")
+@rounds_router.post("/rounds/{number}/cancel", response_model=RoundOut)
 def cancel_round(project_ref: str, number: Id, db: DbSession, principal: Staff):
     """Cancel the round's pending jobs."""
     round_ = rounds.get_round(db, get_project(db, project_ref), number)

@@ -23,23 +23,13 @@ from app.errors import JobFailed
 from app.jobs.child import ROOT, python_executable, run_child
 from app.jobs.runner import JobContext
 from app.jobs.trainer_child import finished_result, job_dir, run_trainer
+from app.limits import clean_model_output
 from app.models import Completion, Job, JobKind, ModelVersion, Project, Prompt, Verdict
-from app.verifiers.service import eval_prompt_ids, job_pass_rates
+from app.verifiers.service import eval_prompt_ids, job_pass_rates, samples_per_prompt
 from trainer.params import DEFAULTS
 from trainer.results import GenerationsResult, read_jsonl
 from trainer.rewards.sandbox import HIDE_ENV
 from trainer.spec import JobSpec
-
-
-def _clean(value):
-    """PostgreSQL text and JSONB hold no NUL character; a sampled answer or a program's output may."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
 
 
 def sandbox_env() -> dict[str, str]:
@@ -56,7 +46,7 @@ def _generate(ctx: JobContext, work: Path, version_path: str, prompts: list[dict
         with open(prompts_path, "w", encoding="utf-8") as handle:
             for row in prompts:
                 handle.write(json.dumps(row) + "\n")
-        gen = {"num_completions": int(params.get("samples", 4)), "temperature": float(params.get("temperature", 0.8)),
+        gen = {"num_completions": samples_per_prompt(params), "temperature": float(params.get("temperature", 0.8)),
                "max_new_tokens": int(params.get("max_new_tokens", 128))}  # fmt: skip
         spec = JobSpec(kind=JobKind.generate, job_id=ctx.job_id, base_model=version_path, prompts_path=str(prompts_path),
                        output_dir=str(out), params=DEFAULTS[JobKind.generate] | gen, seed=int(params.get("seed", 0) or 0),
@@ -106,7 +96,7 @@ def run_verify_job(ctx: JobContext) -> dict:
         job = db.get(Job, ctx.job_id)
         if generations is not None:
             if "completion_ids" not in (job.result or {}):
-                fresh = [Completion(prompt_id=row["prompt_id"], text=_clean(c["text"]), model_name=version_info[1],
+                fresh = [Completion(prompt_id=row["prompt_id"], text=clean_model_output(c["text"]), model_name=version_info[1],
                                     model_version_id=version_info[0], params=c.get("params") or {},
                                     meta={"verify_job_id": ctx.job_id, "finish_reason": c.get("finish_reason")})
                          for row in generations if row["prompt_id"] in checks for c in row["completions"]]  # fmt: skip
@@ -134,7 +124,7 @@ def run_verify_job(ctx: JobContext) -> dict:
     workers = int(params.get("workers", 2))
     run_child(ctx, [python_executable(), "-m", "trainer.rewards.verifier", str(tasks_path), str(verdicts_path),
                     f"--workers={workers}"], work, env=sandbox_env())  # fmt: skip
-    verdicts = {row["id"]: _clean(row["verdict"]) for row in read_jsonl(verdicts_path)}
+    verdicts = {row["id"]: clean_model_output(row["verdict"]) for row in read_jsonl(verdicts_path)}
 
     by_id = {a.id: a for a in answers}
     with session_scope(write=True) as db:
