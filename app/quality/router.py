@@ -14,6 +14,7 @@ from app.models import Comparison
 from app.projects.service import get_project
 from app.quality import service
 from app.quality.attributes import attribute_leaderboard
+from app.quality.rigging import flag_rigging
 from app.quality.schemas import (
     BatchOut,
     BatchPriorityChanged,
@@ -21,6 +22,7 @@ from app.quality.schemas import (
     FlaggedJudgment,
     Leaderboard,
     ReviewResolved,
+    RiggingReport,
     Stats,
 )
 
@@ -58,6 +60,13 @@ def review_queue(project_ref: str, db: DbSession, principal: Admin, response: Re
 class ReviewIn(Input):
     resolution: str = Field(description="confirmed | dismissed | excluded (drops the judgment from statistics and exports)")
     note: str = ""
+
+
+@router.post("/projects/{project_ref}/rigging-check", response_model=RiggingReport)
+def rigging_check(project_ref: str, db: DbSession, principal: Admin):
+    """Run the vote-rigging checks (app.quality.rigging) on the leaderboard's votes; a flagged rater's votes for
+    the model they favour go to the review queue (flag `rigging`)."""
+    return flag_rigging(db, get_project(db, project_ref))
 
 
 @router.post("/judgments/{judgment_id}/review", status_code=201, response_model=ReviewResolved)

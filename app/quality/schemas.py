@@ -74,6 +74,14 @@ class Dashboard(Out):
     judgments_per_hour_by_rater: dict[str, list[int]]
 
 
+class RiggingReport(Out):
+    favour: list[dict[str, Any]] = Field(description="Per (rater, model) tested: votes, delta, lr, p_value (one-sided), "
+                                         "flagged (Holm-corrected).")
+    influence: list[dict[str, Any]] = Field(description="Flagged (rater, model): share of votes, rating move.")
+    flagged: list[dict[str, Any]] = Field(description="{rater_id, username, model, checks}")
+    judgments_flagged: int = Field(description="Votes newly put in the review queue (flag rigging).")
+
+
 class FlaggedJudgment(Out):
     judgment_id: int
     comparison_id: int

@@ -28,8 +28,9 @@ TOP_CHOICE_CODING = ("the winner's position in the comparison's stored option or
                      "across comparisons, unlike the winner's id")  # fmt: skip
 RANK_POSITION_CODING = ("each completion's rank scaled to 0 (best) .. 1 (worst), tied completions sharing their "
                         "mean rank, so rankings with ties or with different numbers of options are comparable")  # fmt: skip
-REVIEW_FLAGS = ("unsafe", "wrong", "all_bad")
-"""Judgment flags that put a judgment in the admins' review queue."""
+REVIEW_FLAGS = ("unsafe", "wrong", "all_bad", "rigging")
+"""Judgment flags that put a judgment in the admins' review queue (`rigging`: written by the vote-rigging checks,
+app.quality.rigging, on a flagged rater's votes for the model they favour)."""
 LEADERBOARD_BOOTSTRAP = 1000
 """Bootstrap replicates behind the leaderboard's 95% intervals."""
 
