@@ -4,7 +4,7 @@ timeout, malformed JSON, a missing `usage`) or answers a judge's question by a f
 
 The fault server decides by markers in the last user message: [429] (the first request gets 429 + Retry-After: 1),
 [500] (always 500), [500once] (the first request gets 500), [stall] (sleeps past any test timeout), [badjson]
-(a 200 whose body is not JSON), [nousage] (an answer without usage). A judge question (the default template) is
+(a 200 whose body is not JSON), [nousage] (an answer without usage), [slow] (answers after 0.2 s). A judge question (the default template) is
 answered by the rule "the response holding 'please' wins", as JSON when response_format asks for it, with
 log-probabilities when asked for them, and unparseably when the prompt holds [mumble].
 """
@@ -77,12 +77,15 @@ class FaultServer:
     requests: list[dict] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     stall_seconds: float = 5.0
+    in_flight: int = 0
+    most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.seen.clear()
+            self.most_in_flight = 0
 
     def asked(self, marker: str = "") -> list[dict]:
         with self.lock:
@@ -110,6 +113,16 @@ def fault_app(state: FaultServer) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        with state.lock:
+            state.in_flight += 1
+            state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            return await answer(request)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    async def answer(request: Request):
         body = await request.json()
         content = _last_user(body)
         with state.lock:
@@ -123,6 +136,8 @@ def fault_app(state: FaultServer) -> FastAPI:
             return JSONResponse({"error": "boom"}, status_code=500)
         if "[stall]" in content:
             await asyncio.sleep(state.stall_seconds)
+        if "[slow]" in content:
+            await asyncio.sleep(0.2)
         if "[badjson]" in content:
             return PlainTextResponse('{"choices": [ not json', media_type="application/json")
         usage = None if "[nousage]" in content else {"prompt_tokens": len(content.split()), "completion_tokens": 3,
