@@ -91,3 +91,18 @@ def test_the_demo_on_a_busy_port_says_so_at_once_and_how_to_pick_another(tmp_pat
     assert f"Port {port}" in done.stderr and f"--port {port + 1}" in done.stderr
     assert "running" not in done.stdout  # it never claimed to run
     assert not (tmp_path / "demo.db").exists()  # and failed before building anything
+
+
+def test_a_garbled_answer_is_marked_where_staff_read_comparisons(client, users):
+    from tests.auth.test_auth import login
+    from tests.helpers import import_lines, make_project
+
+    admin = users.create("admin", "admin")
+    project = make_project(client, admin, slug="garble")
+    row = {"prompt": "Say hi", "completions": [{"text": "Hi there!"}, {"text": "oad\ufffd\ufffd fix \x01\x02 aut\ufffd"}],
+           "ranking": [[0], [1]]}  # fmt: skip
+    import_lines(client, admin, project["id"], (json.dumps(row) + "\n").encode(), gold=True)
+    assert login(client, "admin", "secret-pass-1").status_code == 303
+    practice = client.get("/projects/garble/practice", headers={"Accept": "text/html"}).text
+    assert practice.count(">garbled</span>") == 1  # the byte soup, not the greeting
+    assert "expected-ranking\">A &gt; B<" in practice

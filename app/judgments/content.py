@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFound
 from app.models import Comparison, Completion, Judgment, Project, Prompt, User
-from app.web import CLIP_CHARS, LABELS, clipped_markdown
+from app.web import CLIP_CHARS, LABELS, clipped_markdown, garbled
 
 LONG_CHARS = 400
 """A text longer than this (or of more than 6 lines) starts collapsed: its first line is the summary."""
@@ -21,7 +21,8 @@ PREVIEW_LIMIT = 4_000
 def _text(text: str, limit: int) -> dict:
     first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     long = len(text) > LONG_CHARS or text.count("\n") > 6
-    return clipped_markdown(text, limit) | {"long": long, "summary": first_line[:120], "chars": len(text)}
+    return clipped_markdown(text, limit) | {"long": long, "summary": first_line[:120], "chars": len(text),
+                                            "garbled": garbled(text)}
 
 def comparison_contents(db: Session, project: Project, comparison_ids: list[int],
                         limit: int = PREVIEW_LIMIT) -> dict[int, dict]:  # fmt: skip
