@@ -69,9 +69,12 @@ def run_judge(project_ref: str, db: DbSession, principal: Staff, judge: str = Fo
 
 @router.post("/projects/{project_ref}/judges/policy")
 def policy(project_ref: str, db: DbSession, principal: Admin, policy: str = Form(...), judge: str = Form(""),
-           threshold: float = Form(0.9)):  # fmt: skip
+           threshold: float = Form(0.9), max_flip_rate: float | None = Form(None, ge=0.0, le=1.0),
+           min_accuracy: float | None = Form(None, ge=0.0, le=1.0), min_sample: int = Form(20, ge=1, le=1_000_000)):  # fmt: skip
     project = get_project(db, project_ref)
-    service.set_policy(db, project, policy=policy, judge=judge or None, threshold=threshold, actor=principal.user)
+    gate = {"max_flip_rate": max_flip_rate, "min_accuracy": min_accuracy, "min_sample": min_sample}
+    service.set_policy(db, project, policy=policy, judge=judge or None, threshold=threshold, gate=gate,
+                       actor=principal.user)  # fmt: skip
     return RedirectResponse(f"/projects/{project.id}/judges", status_code=303)
 
 

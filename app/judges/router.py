@@ -27,10 +27,19 @@ class JudgeIn(Input):
     params: dict = {}
 
 
+class GateIn(Input):
+    max_flip_rate: float | None = Field(default=None, ge=0.0, le=1.0,
+                                        description="Highest order-swap flip rate allowed (None: not checked).")
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0,
+                                       description="Lowest tie-aware accuracy allowed (None: not checked).")
+    min_sample: int = Field(default=20, ge=1, le=1_000_000, description="Verdicts checked against the humans needed.")
+
+
 class PolicyIn(Input):
     policy: Literal["off", "shadow", "prelabel", "route"] | None = None
     judge: Id | varchar(Judge.name) | None = None
     threshold: float | None = Field(default=None, ge=0.5, le=1.0)
+    gate: GateIn | None = Field(default=None, description="The judge gate (both limits None: no gate).")
 
 
 class TemplateIn(Input):
@@ -53,10 +62,11 @@ def create_judge(project_ref: str, data: JudgeIn, db: DbSession, principal: Staf
 
 @router.put("/ai-policy", response_model=PolicyOut)
 def put_policy(project_ref: str, data: PolicyIn, db: DbSession, principal: Admin):
-    """off | shadow | prelabel | route, the judge it acts on, and the confidence threshold."""
+    """off | shadow | prelabel | route, the judge it acts on, the confidence threshold and the judge gate
+    (app.judges.gates: prelabel and route only while the judge's human-checked sample passes it)."""
     project = get_project(db, project_ref)
     service.set_policy(db, project, policy=data.policy, judge=data.judge, threshold=data.threshold,
-                       actor=principal.user)  # fmt: skip
+                       gate=data.gate.model_dump() if data.gate else None, actor=principal.user)  # fmt: skip
     return service.policy_json(db, project)
 
 

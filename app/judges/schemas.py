@@ -20,6 +20,8 @@ class PolicyOut(Out):
     policy: str = Field(description="off, shadow, prelabel or route")
     judge_id: int | None
     threshold: float
+    gate: dict[str, Any] | None = Field(default=None, description="The judge gate: max_flip_rate, min_accuracy, "
+                                        "min_sample, and `tripped` (when it last switched the policy to shadow).")
     template: TemplateOut
 
 

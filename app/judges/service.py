@@ -30,6 +30,7 @@ from app.audit import audit
 from app.errors import NotFound, Unprocessable
 from app.jobs.service import create_job
 from app.jobs.trainer_child import LAUNCH_PARAMS, check_launch_params
+from app.judges import gates
 from app.judgments.selections import HUMAN, counted
 from app.models import (
     AI_POLICIES,
@@ -51,6 +52,7 @@ from app.models import (
 )
 from app.quality.stats import TIE_CODE, krippendorff_alpha, top_choice_codes
 from app.registry.service import get_version
+from app.webhooks.service import emit
 from trainer.params import DEFAULT_JUDGE_TEMPLATE, parse_params
 
 SCOPES = ("open", "judged", "all")
@@ -163,8 +165,12 @@ def get_policy(db: Session, project: Project) -> AIPolicy:
 
 
 def set_policy(db: Session, project: Project, *, policy: str | None = None, judge=None, threshold: float | None = None,
-               actor: User | None = None) -> AIPolicy:  # fmt: skip
+               gate: dict | None = None, actor: User | None = None) -> AIPolicy:  # fmt: skip
+    """Set the policy, its judge, threshold and gate (app.judges.gates; {} removes it). Prelabel and route are
+    refused for a judge whose latest human-checked sample fails the gate."""
     row = _policy_row(db, project)
+    if gate is not None:
+        row.gate = gates.normalized(gate)
     if policy is not None:
         if policy not in AI_POLICIES:
             raise Unprocessable(f"policy must be one of {', '.join(AI_POLICIES)}.")
@@ -177,6 +183,11 @@ def set_policy(db: Session, project: Project, *, policy: str | None = None, judg
         row.threshold = float(threshold)
     if row.policy in ("prelabel", "route") and row.judge_id is None:
         raise Unprocessable(f"The {row.policy} policy needs a judge whose verdicts it acts on.")
+    limits = gates.normalized(row.gate)
+    if row.policy in ("prelabel", "route") and limits is not None:
+        reasons = gates.failures(limits, gates.latest_sample(judge_agreement(db, project), row.judge_id))
+        if reasons:
+            raise Unprocessable(f"The judge gate keeps this judge from {row.policy}: {'; '.join(reasons)}.")
     db.flush()
     audit(db, actor, "ai_policy.update", "project", project.id, policy=row.policy, judge_id=row.judge_id,
           threshold=row.threshold)  # fmt: skip
@@ -186,8 +197,26 @@ def set_policy(db: Session, project: Project, *, policy: str | None = None, judg
 def policy_json(db: Session, project: Project) -> dict:
     row = get_policy(db, project)
     version, body = current_template(db, project)
-    return {"policy": row.policy, "judge_id": row.judge_id, "threshold": row.threshold,
+    return {"policy": row.policy, "judge_id": row.judge_id, "threshold": row.threshold, "gate": row.gate,
             "template": {"version": version, "body": body}}  # fmt: skip
+
+
+def enforce_gate(db: Session, project: Project, policy: AIPolicy, judge: Judge) -> bool:
+    """Whether the policy may act on this judge's verdicts now (no gate, or its latest human-checked sample
+    passes). A failing sample switches the policy to shadow, records the trip and emits judge.gate_failed."""
+    limits = gates.normalized(policy.gate)
+    if limits is None:
+        return True
+    sample = gates.latest_sample(judge_agreement(db, project), judge.id)
+    reasons = gates.failures(limits, sample)
+    if not reasons:
+        return True
+    record = gates.trip_record(judge.id, judge.name, sample, reasons)
+    policy.policy, policy.gate = "shadow", {**limits, "tripped": record}
+    db.flush()
+    audit(db, None, "ai_policy.gate_failed", "project", project.id, judge_id=judge.id, reasons=reasons)
+    emit(db, gates.GATE_FAILED_EVENT, project.id, record | {"project_id": project.id})
+    return False
 
 
 # --- the judge job ----------------------------------------------------------------------------------------------
@@ -295,6 +324,7 @@ def store_verdicts(db: Session, job: Job, verdicts: list[dict]) -> dict:
     comparisons = {c.id: c for c in db.scalars(select(Comparison).where(
         Comparison.id.in_([int(v["comparison_id"]) for v in verdicts])))}  # fmt: skip
     stored = counted = routed_to_humans = 0
+    actable: list[tuple[AIVerdict, int, float]] = []
     for verdict in verdicts:
         comparison = comparisons.get(int(verdict["comparison_id"]))
         if comparison is None or comparison.id in existing or comparison.project_id != project.id:
@@ -319,14 +349,19 @@ def store_verdicts(db: Session, job: Job, verdicts: list[dict]) -> dict:
         db.add(row)
         existing.add(comparison.id)
         stored += 1
-        if acts and not comparison.is_gold:
+        if not comparison.is_gold:
+            actable.append((row, comparison.id, confidence))
+    db.flush()
+    # The gate looks at the sample with these verdicts in it before the policy acts on any of them.
+    if acts and enforce_gate(db, project, policy, judge):
+        for row, comparison_id, confidence in actable:
             if confidence >= policy.threshold:
-                row.counted = count_vote(db, comparison.id, policy.policy)
+                row.counted = count_vote(db, comparison_id, policy.policy)
                 counted += row.counted
             elif policy.policy == "route":
-                route_to_humans(db, comparison.id, confidence)
+                route_to_humans(db, comparison_id, confidence)
                 routed_to_humans += 1
-    db.flush()
+        db.flush()
     return {"stored": stored, "counted": counted, "routed_to_humans": routed_to_humans,
             "judge_id": judge.id, "template_version": version}  # fmt: skip
 
@@ -488,7 +523,8 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
     left out); kappa: Cohen's kappa of the judge against that majority; alpha: Krippendorff's alpha of the humans
     with the judge as one more coder, beside alpha_humans (the humans alone on the same comparisons);
     calibration and ECE: confidence against being right about the majority; position_bias: mean probability the
-    judge preferred the first response shown (0.5 is unbiased; generative judges only). The humans are the counted
+    judge preferred the first response shown (0.5 is unbiased; generative judges only); flip_rate and
+    tie_aware_accuracy: the judge gate's figures on the compared verdicts (app.judges.gates). The humans are the counted
     human judgments (app.judgments.selections): excluded and voided ones are no reference."""
     rows = db.execute(select(AIVerdict.judge_id, AIVerdict.template_version, AIVerdict.comparison_id,
                              AIVerdict.confidence, AIVerdict.p_first, AIVerdict.counted, AIVerdict.reviewed,
@@ -545,6 +581,8 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
         with_judge = krippendorff_alpha(units, raters, values) if units else None
         humans_only = krippendorff_alpha(h_units, h_raters, h_values) if h_units else None
         firsts = [r.p_first for r in items if r.p_first is not None]
+        flips = [f for f in (gates.flipped((r.detail or {}).get("p_first")) for r, _ in paired) if f is not None]
+        tie_aware = [gates.tie_aware_score(code, majority[r.comparison_id]) for r, code in paired]
         out.append({
             "judge_id": judge_id, "judge": judge.name if judge else None, "method": judge.method if judge else None,
             "model_version_id": judge.model_version_id if judge else None,
@@ -558,6 +596,8 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
             "mean_confidence": float(np.mean([r.confidence for r in items])) if items else None,
             "ece": ece, "calibration": bins,
             "position_bias": (sum(firsts) / len(firsts)) if firsts else None,
+            "flip_rate": (sum(flips) / len(flips)) if flips else None, "flips_checked": len(flips),
+            "tie_aware_accuracy": (sum(tie_aware) / len(tie_aware)) if tie_aware else None,
             "ties": sum(c == TIE_CODE for c in ai_codes),
             "reviewed": sum(r.reviewed is not None for r in items),
             "flipped": sum(r.reviewed == "flipped" for r in items),

@@ -61,6 +61,9 @@ class AIPolicy(Base):
     """An AI verdict counts (prelabel, route) when its confidence is at least this."""
     template_version: Mapped[int] = mapped_column(default=0)
     """The project's current judge template (0: the built-in default, trainer.params.DEFAULT_JUDGE_TEMPLATE)."""
+    gate: Mapped[dict | None] = mapped_column()
+    """The judge gate (app.judges.gates): {max_flip_rate, min_accuracy, min_sample} and, once it tripped, `tripped`
+    (when, which judge, the figures that failed); None: no gate."""
 
 
 class AIVerdict(IdMixin, CreatedMixin, Base):

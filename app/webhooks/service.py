@@ -23,6 +23,7 @@ from app.config import get_settings
 from app.crypto import decrypt_secret, encrypt_secret
 from app.errors import Conflict, SecretKeyError, Unprocessable
 from app.models import AuditLog, Project, User, WebhookDelivery, WebhookEndpoint, utcnow
+from app.webhooks.schemas import DeliveryOut, WebhookOut, WebhookWithSecret
 
 EVENT_TYPES = (
     "judgment.created",
@@ -33,6 +34,7 @@ EVENT_TYPES = (
     "job.failed",
     "model.registered",
     "round.finished",
+    "judge.gate_failed",
 )
 BATCHED_EVENTS = frozenset({"judgment.created"})
 """Written as batch items; the worker sends them many to a message, at most one message a second."""
@@ -339,26 +341,14 @@ def list_deliveries(db: Session, endpoint_id: int, *, limit: int = 50, offset: i
 
 
 def endpoint_json(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict:
-    body = {
-        "id": endpoint.id, "project_id": endpoint.project_id, "url": endpoint.url, "events": endpoint.events,
-        "description": endpoint.description, "enabled": endpoint.enabled, "disabled_reason": endpoint.disabled_reason,
-        "consecutive_failures": endpoint.consecutive_failures, "secret_hint": secret_hint(endpoint),
-        "created_at": endpoint.created_at.isoformat(),
-    }  # fmt: skip
+    """The endpoint as the API and its page show it (its shape: WebhookOut; WebhookWithSecret when the answer
+    carries the secret, once)."""
+    fields = {name: getattr(endpoint, name) for name in WebhookOut.model_fields if name != "secret_hint"}
+    fields["secret_hint"] = secret_hint(endpoint)
     if with_secret:
-        body["secret"] = signing_secret(endpoint)
-    return body
+        return WebhookWithSecret.model_validate(fields | {"secret": signing_secret(endpoint)}).model_dump(mode="json")
+    return WebhookOut.model_validate(fields).model_dump(mode="json")
 
 
 def delivery_json(delivery: WebhookDelivery) -> dict:
-    def iso(value):
-        return value.isoformat() if value else None
-
-    return {
-        "id": delivery.id, "endpoint_id": delivery.endpoint_id, "event_type": delivery.event_type,
-        "msg_id": delivery.msg_id, "status": delivery.status, "attempts": delivery.attempts,
-        "last_status_code": delivery.last_status_code, "last_latency_ms": delivery.last_latency_ms,
-        "last_error": delivery.last_error, "next_attempt_at": iso(delivery.next_attempt_at),
-        "delivered_at": iso(delivery.delivered_at), "created_at": iso(delivery.created_at),
-        "payload": delivery.payload,
-    }  # fmt: skip
+    return DeliveryOut.model_validate(delivery).model_dump(mode="json")
