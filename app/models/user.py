@@ -20,6 +20,9 @@ class User(IdMixin, CreatedMixin, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     is_active: Mapped[bool] = mapped_column(default=True)
+    labels: Mapped[dict | None] = mapped_column()
+    """Rater groups: free-form key=value labels set by admins (e.g. expertise=medicine, locale=fr); figures can be
+    read per group (app.users.service.group_members)."""
     last_login_at: Mapped[datetime | None]
 
 

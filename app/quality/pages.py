@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
 
 from app import charts
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
+from app.groups import all_groups
 from app.judgments.content import comparison_contents, comparison_page_data, rankings_in_letters
 from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
@@ -21,13 +22,15 @@ router = APIRouter(tags=["pages"])
 
 
 @router.get("/projects/{project_ref}/leaderboard")
-def leaderboard_page(project_ref: str, request: Request, db: DbSession, principal: Staff):
+def leaderboard_page(project_ref: str, request: Request, db: DbSession, principal: Staff,
+                     group: str | None = Query(None, max_length=101)):  # fmt: skip
     project = get_project(db, project_ref)
-    board = service.leaderboard(db, project)
+    board = service.leaderboard(db, project, group=group or None)
     names = sorted(board["win_rates"])
     return render(request, "quality/leaderboard.html",
                   {"project": project, "board": board, "names": names, "chart": _ratings_chart(board),
-                   "attribute_board": attribute_leaderboard(db, project)})  # fmt: skip
+                   "attribute_board": attribute_leaderboard(db, project), "group": group or None,
+                   "groups": all_groups(db)})  # fmt: skip
 
 
 def _ratings_chart(board: dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import Field
 
 from app.api import PageAll, Paging, paging
@@ -36,11 +36,13 @@ def project_stats(project_ref: str, db: DbSession, principal: Staff):
 
 
 @router.get("/projects/{project_ref}/leaderboard", response_model=Leaderboard)
-def leaderboard(project_ref: str, db: DbSession, principal: Staff):
+def leaderboard(project_ref: str, db: DbSession, principal: Staff,
+                group: Annotated[str | None, Query(max_length=101, description="Only this rater group's votes "
+                                                   "(key=value, app.groups).")] = None):  # fmt: skip
     """Bradley-Terry ratings of the models that wrote the completions, from human pairwise outcomes; `attributes`:
-    each model's mean human score per attribute scale."""
+    each model's mean human score per attribute scale (all raters); `group`: the rankings from one rater group."""
     project = get_project(db, project_ref)
-    return service.leaderboard(db, project) | {"attributes": attribute_leaderboard(db, project)}
+    return service.leaderboard(db, project, group=group) | {"attributes": attribute_leaderboard(db, project)}
 
 
 @router.get("/projects/{project_ref}/dashboard", response_model=Dashboard)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
+from app.groups import group_members
 from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
@@ -431,11 +432,15 @@ def completion_style(db: Session, completion_ids: np.ndarray) -> dict[int, tuple
     return out
 
 
-def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0) -> dict:
+def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0,
+                group: str | None = None) -> dict:  # fmt: skip
     """Bradley-Terry ratings (Elo scale, mean 1000) with bootstrap 95% intervals, battles and win rates; beside
     them the style-controlled ranking (app.quality.style: answer length and markdown held equal, Wald intervals)
-    and the style coefficients."""
+    and the style coefficients. With `group` (a rater group, `key=value`, app.groups), only that group's votes."""
     rows = battle_rows(db, project)
+    if group is not None:
+        keep = np.isin(rows["rater"], np.fromiter(group_members(db, group), np.int64))
+        rows = {key: value if key == "model_names" else value[keep] for key, value in rows.items()}
     played = np.unique(np.concatenate((rows["model_a"], rows["model_b"])))
     if not played.size:
         return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": []}

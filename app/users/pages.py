@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from app.auth.deps import Admin, DbSession
 from app.errors import RankforgeError, Unprocessable
+from app.groups import parse_labels
 from app.limits import INT4_MAX, CleanStr, Id, parse_id
 from app.models import AuditLog, Project, ProjectMember, Role, User
 from app.projects.service import get_project, revoke_nonmember_leases, set_members
@@ -62,6 +63,15 @@ def role_page(user_id: Id, request: Request, db: DbSession, principal: Admin, ro
     except RankforgeError as error:
         return _failed(request, db, error)
     return _done("role")
+
+
+@router.post("/admin/users/{user_id}/labels")
+def labels_page(user_id: Id, request: Request, db: DbSession, principal: Admin, labels: str = Form("", max_length=2000)):
+    try:
+        service.set_labels(db, service.get_user(db, user_id), parse_labels(labels), principal.user)
+    except RankforgeError as error:
+        return _failed(request, db, error)
+    return _done("groups")
 
 
 @router.post("/admin/users/{user_id}/active")

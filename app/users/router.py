@@ -29,6 +29,8 @@ class UserUpdate(Input):
     role: varchar(User.role) | None = None
     is_active: bool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=PASSWORD_MAX)
+    labels: dict[str, str] | None = Field(default=None, description="Rater groups: {key: value}, replacing the "
+                                          "user's labels ({} clears them).")
 
 
 @router.get("", response_model=list[UserOut])
@@ -60,4 +62,6 @@ def update_user(user_id: Id, data: UserUpdate, db: DbSession, principal: Admin):
         service.set_active(db, user, data.is_active, principal.user)
     if data.password is not None:
         service.reset_password(db, user, data.password, principal.user)
+    if data.labels is not None:
+        service.set_labels(db, user, data.labels, principal.user)
     return user

@@ -12,5 +12,6 @@ class UserOut(Out):
     username: str
     role: str
     is_active: bool
+    labels: dict[str, str] | None = None
     created_at: datetime
     last_login_at: datetime | None

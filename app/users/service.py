@@ -11,6 +11,7 @@ from app.api import get_or_404
 from app.audit import audit
 from app.auth.service import hash_password, revoke_user_sessions
 from app.errors import Conflict, Unprocessable
+from app.groups import parse_labels
 from app.models import ApiToken, Role, User, utcnow
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
@@ -58,6 +59,13 @@ def set_role(db: Session, user: User, role: str, actor: User | None) -> None:
     user.role = role
     revoke_user_sessions(db, user.id)
     audit(db, actor, "user.role", "user", user.id, role=role)
+
+
+def set_labels(db: Session, user: User, labels: dict[str, str], actor: User | None) -> None:
+    """Replace a user's group labels (app.groups: at most MAX_LABELS, one value per key)."""
+    checked = parse_labels(",".join(f"{key}={value}" for key, value in labels.items()))
+    user.labels = checked or None
+    audit(db, actor, "user.labels", "user", user.id, labels=checked)
 
 
 def reset_password(db: Session, user: User, password: str, actor: User | None) -> None:
