@@ -40,6 +40,7 @@ from app.models import (
 )
 from app.models.user import Role
 from app.projects.service import get_visible_project, may_rate
+from app.verifiers.schemas import VerdictOut
 from trainer.results import ScoresResult
 from trainer.rewards.verifier import check_reference, check_tests, pass_at_k
 
@@ -286,12 +287,8 @@ def sample_for_audit(db: Session, project: Project, count: int, actor: User | No
 
 
 def verdict_json(verdict: Verdict, prompt: Prompt | None = None, completion: Completion | None = None) -> dict:
-    data = {"id": verdict.id, "prompt_id": verdict.prompt_id, "completion_id": verdict.completion_id,
-            "job_id": verdict.job_id, "model_version_id": verdict.model_version_id, "model_name": verdict.model_name,
-            "passed": verdict.passed, "reason": verdict.reason, "rule": verdict.rule,
-            "failed_tests": verdict.failed_tests, "detail": verdict.detail, "output_tail": verdict.output_tail,
-            "near_tolerance": verdict.near_tolerance, "audit_status": verdict.audit_status,
-            "audit_note": verdict.audit_note}  # fmt: skip
+    """A verdict as the API and pages show it (its shape: VerdictOut), with its prompt and answer when given."""
+    data = VerdictOut.model_validate(verdict).model_dump(mode="json", exclude_unset=True)
     if prompt is not None:
         data["prompt"] = prompt.messages[-1]["content"] if not prompt.is_chat else prompt.messages
         data["reference"], data["tests"] = prompt.reference, prompt.tests
