@@ -11,7 +11,9 @@ to a moment of the past week, as its rater's working sessions were scheduled. Wh
 
 Raters see a hidden quality per answer (our own reading of the demo answers, `QUALITY`) through their own
 noise; `sim-eve` is careless: about 2 s per judgment, usually the first option shown. Some raters flag unsafe
-or hopeless answers, and the admin resolves two of the flags. Then an engineer's dataset snapshot and reward
+or hopeless answers, and the admin resolves the first two flags of each project. The week is reproducible: the
+raters' choices and the assignment service's draws (gold mixing, display order) come from one seeded generator,
+so each project gets the same judgments and flags every time. Then an engineer's dataset snapshot and reward
 job run through the worker's own code path (`run_one`): the job trains the tiny reward model for real on the
 snapshot (a few seconds) and registers its version.
 """
@@ -23,8 +25,10 @@ import json
 import math
 import random
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -118,16 +122,33 @@ def _schedule(now: datetime, rng: random.Random) -> list[tuple[datetime, SimRate
             for day, count in zip(rater.days, counts, strict=True):
                 if not count:
                     continue
-                # A session that ends at least 20 minutes before now, between 07:00 and 19:00 UTC when it can.
-                day_start = (now - timedelta(days=day)).replace(hour=7, minute=0, second=0, microsecond=0)
-                latest = min(day_start + timedelta(hours=11), now - timedelta(minutes=20 + count * 2))
-                start = day_start + (latest - day_start) * rng.random() if latest > day_start else latest
-                moment = start + timedelta(minutes=60 * (slug == "demo-rank"))
-                for _ in range(count):
-                    moment += timedelta(seconds=rater.median_s * (2 if slug == "demo-rank" else 1) + rng.uniform(5, 40))
-                    events.append((min(moment, now - timedelta(minutes=5)), rater, slug))
-    events.sort(key=lambda e: e[0])
-    return events
+                fraction = rng.random()
+                gaps = [rater.median_s * (2 if slug == "demo-rank" else 1) + rng.uniform(5, 40) for _ in range(count)]
+                at = _session_moments(now, day, count, fraction, gaps, slug)
+                # Worked through in the order of a fixed day (not of the hour `now` is): the same draws, the same
+                # assignments and so the same judgments and flags, whenever the demo is set up.
+                order = _session_moments(SCHEDULE_REFERENCE, day, count, fraction, gaps, slug)
+                events.extend((key, moment, rater, slug) for key, moment in zip(order, at, strict=True))
+    events.sort(key=lambda e: (e[0], e[2].username))
+    return [(moment, rater, slug) for _, moment, rater, slug in events]
+
+
+SCHEDULE_REFERENCE = datetime(2026, 1, 9, 16, 30, tzinfo=UTC)
+"""A fixed `now` whose schedule orders the simulated judgments (their timestamps follow the real now)."""
+
+
+def _session_moments(now: datetime, day: int, count: int, fraction: float, gaps: list[float],
+                     slug: str) -> list[datetime]:  # fmt: skip
+    """A session that ends at least 20 minutes before now, between 07:00 and 19:00 UTC when it can."""
+    day_start = (now - timedelta(days=day)).replace(hour=7, minute=0, second=0, microsecond=0)
+    latest = min(day_start + timedelta(hours=11), now - timedelta(minutes=20 + count * 2))
+    moment = (day_start + (latest - day_start) * fraction if latest > day_start else latest) \
+        + timedelta(minutes=60 * (slug == "demo-rank"))
+    moments = []
+    for gap in gaps:
+        moment += timedelta(seconds=gap)
+        moments.append(min(moment, now - timedelta(minutes=5)))
+    return moments
 
 
 def _verdict(rater: SimRater, options: list[int], quality: dict[int, float], allow_ties: bool,
@@ -173,8 +194,33 @@ def _seconds(rater: SimRater, ranked: bool, rng: random.Random) -> float:
     return max(0.6, median * math.exp(rng.gauss(0.0, 0.25 if rater.careless else 0.5)))
 
 
+RESOLVED_FLAGS_PER_PROJECT = 2
+"""The admin resolves this many flags of each project (the first ones raised there); the rest wait for review."""
+
+
+@contextmanager
+def _assignment_draws_from(rng: random.Random) -> Iterator[None]:
+    """The assignment service draws gold mixing and display order from `rng` meanwhile (it uses the system's
+    randomness otherwise): with the raters' seeded choices, the whole simulated week is the same every time.
+    Only ever during the demo's set-up, before the server starts."""
+    from app.tasks import service as assignments
+
+    system = assignments._rng
+    assignments._rng = rng
+    try:
+        yield
+    finally:
+        assignments._rng = system
+
+
 def simulate_week(db, data_file, *, now: datetime, seed: int = 0) -> dict:
-    """Users, the history batch and gold items, a week of judgments and two resolved flags. Never commits."""
+    """Users, the history batch and gold items, a week of judgments and two resolved flags per project. Never
+    commits."""
+    with _assignment_draws_from(random.Random(f"demo-assignments-{seed}")):
+        return _simulate_week(db, data_file, now=now, seed=seed)
+
+
+def _simulate_week(db, data_file, *, now: datetime, seed: int) -> dict:
     from app.imports.parsers import parse_import
     from app.imports.service import import_records
     from app.judgments.schemas import JudgmentIn
@@ -199,7 +245,7 @@ def simulate_week(db, data_file, *, now: datetime, seed: int = 0) -> dict:
     users = {r.username: create_user(db, r.username, "annotator", secrets.token_urlsafe(SIM_PASSWORD_BYTES), admin)
              for r in SIM_RATERS}  # fmt: skip
     counts = {"judgments": 0, "flagged": 0}
-    flagged: list[int] = []
+    flagged: dict[str, list[int]] = {slug: [] for slug in projects}
     for moment, rater, slug in _schedule(now, rng):
         project, user = projects[slug], users[rater.username]
         assignment = claim_next(db, project, user)
@@ -223,13 +269,16 @@ def simulate_week(db, data_file, *, now: datetime, seed: int = 0) -> dict:
         assignment.expires_at = assignment.created_at + timedelta(seconds=project.lease_seconds)
         counts["judgments"] += 1
         if flags:
-            flagged.append(judgment.id)
+            flagged[slug].append(judgment.id)
     db.flush()
-    for judgment_id, (resolution, note) in zip(flagged, (("confirmed", "Harmful answer: keep it out of "
-                                                         "the policy's training data."),
-                                                        ("dismissed", "One answer is acceptable.")), strict=False):  # fmt: skip
-        resolve_flag(db, judgment_id, resolution, note, admin)
-    counts["flagged"] = len(flagged)
+    resolutions = (("confirmed", "Harmful answer: keep it out of the policy's training data."),
+                   ("dismissed", "One answer is acceptable."))  # fmt: skip
+    for slug in sorted(flagged):  # per project: each project's review page shows its own resolved flags
+        for judgment_id, (resolution, note) in zip(flagged[slug][:RESOLVED_FLAGS_PER_PROJECT], resolutions,
+                                                   strict=False):  # fmt: skip
+            resolve_flag(db, judgment_id, resolution, note, admin)
+    counts["flagged"] = sum(len(ids) for ids in flagged.values())
+    counts["flagged_per_project"] = {slug: len(ids) for slug, ids in flagged.items()}
     return counts
 
 
