@@ -71,9 +71,14 @@ else:
             return dataset
 
     model = AutoModelForCausalLM.from_pretrained(cfg["model"])
-    dataset = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows])
-    trainer = TokenizedDPOTrainer(model=model, args=DPOConfig(**common, beta=p["beta"], precompute_ref_log_probs=True),
-                                  train_dataset=dataset, processing_class=tokenizer)
+    config = DPOConfig(**common, beta=p["beta"], precompute_ref_log_probs=True)
+    # on disk, written by the main process: the ranks share TRL's cache of reference log-probs through its files
+    with config.main_process_first(local=False):
+        if config.process_index == 0:
+            Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows]
+                              ).save_to_disk(cfg["out"] + "-data")
+        dataset = Dataset.load_from_disk(cfg["out"] + "-data")
+    trainer = TokenizedDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
 result = trainer.train()
 trainer.save_model(cfg["out"])
 if trainer.accelerator.is_main_process:
