@@ -94,3 +94,20 @@ def test_training_refuses_an_endpoint_as_its_base(client, staff, served):
     response = client.post("/api/v1/jobs", json={"kind": "dpo", "project_id": project["id"]},
                            headers=staff["engineer"]["headers"])  # fmt: skip
     assert response.status_code == 422 and "No policy model version" in response.json()["detail"]
+
+
+def test_the_endpoints_page_adds_one_through_its_form(client, staff, fault_server):
+    from tests.auth.test_auth import form_csrf, login
+
+    assert login(client, "eve", staff["engineer"]["password"]).status_code in (302, 303)
+    page = client.get("/models/endpoints")
+    assert page.status_code == 200 and 'id="add-endpoint"' in page.text
+    form = {"csrf_token": form_csrf(page.text), "name": "form-made", "base_url": fault_server.url,
+            "model": fault_server.model, "api_key": SECRET, "max_concurrency": "3", "timeout_seconds": "20"}  # fmt: skip
+    added = client.post("/models/endpoints", data=form)
+    assert added.status_code == 201 and "form-made" in added.text and SECRET not in added.text
+    refused = client.post("/models/endpoints", data=form | {"name": "form-bad", "model": "nope"})
+    assert refused.status_code == 422 and "nope" in refused.text and SECRET not in refused.text
+    assert client.post("/models/endpoints", data={k: v for k, v in form.items() if k != "csrf_token"}).status_code == 403
+    listed = client.get("/api/v1/endpoints/form-made", headers=staff["admin"]["headers"]).json()
+    assert listed["endpoint"]["max_concurrency"] == 3 and listed["endpoint"]["has_api_key"] is True
