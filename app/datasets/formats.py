@@ -98,6 +98,9 @@ class JudgedComparison:
     judgments: list[JudgmentVote] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
     """Edits (not rejected) written with the judgments kept; empty when the export leaves edits out."""
+    continuations: dict[CompletionId, list[Message]] = field(default_factory=dict)
+    """completion id -> its messages (app.imports.messages), for continuations of a conversation that are more than one
+    plain assistant text (tool calls, tool results, reasoning); conversational rows carry them whole."""
     scales: list[dict] = field(default_factory=list)
     """The project's attribute scales ``[{name, min, max}]`` (ratings rows have one column per scale)."""
 
@@ -159,7 +162,7 @@ def format_prompt(jc: JudgedComparison, conversational: bool) -> str | list[Mess
     if conversational:
         if isinstance(jc.prompt, str):
             return [{"role": "user", "content": jc.prompt}]
-        return [{"role": message["role"], "content": message["content"]} for message in jc.prompt]
+        return [dict(message) for message in jc.prompt]  # every field kept: tool calls and results, reasoning
     if isinstance(jc.prompt, str):
         return jc.prompt
     if len(jc.prompt) == 1 and jc.prompt[0]["role"] == "user":
@@ -170,8 +173,12 @@ def format_prompt(jc: JudgedComparison, conversational: bool) -> str | list[Mess
     )
 
 
-def _completion_value(text: str, conversational: bool) -> str | list[Message]:
-    return [{"role": "assistant", "content": text}] if conversational else text
+def _completion_value(text: str, conversational: bool, continuation: list[Message] | None = None) -> str | list[Message]:
+    """TRL's completion: a string, or (conversational) the assistant's messages: the whole continuation, tool calls
+    and their results included, when the completion has one."""
+    if not conversational:
+        return text
+    return [dict(message) for message in continuation] if continuation else [{"role": "assistant", "content": text}]
 
 
 def _keep(row: Row, min_agreement: float, min_votes: int) -> bool:
@@ -220,8 +227,8 @@ def pair_rows(
             prompt = format_prompt(jc, conversational)
         row = {
             "prompt": prompt,
-            "chosen": _completion_value(chosen_text, conversational),
-            "rejected": _completion_value(rejected_text, conversational),
+            "chosen": _completion_value(chosen_text, conversational, jc.continuations.get(chosen)),
+            "rejected": _completion_value(rejected_text, conversational, jc.continuations.get(rejected)),
             "comparison_id": jc.comparison_id,
             "prompt_id": jc.prompt_id,
             "chosen_id": chosen,
@@ -260,7 +267,7 @@ def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: f
             row = {
                 "prompt": format_prompt(jc, conversational),
                 "chosen": _completion_value(edit.text, conversational),
-                "rejected": _completion_value(rejected_text, conversational),
+                "rejected": _completion_value(rejected_text, conversational, jc.continuations.get(rejected)),
                 "comparison_id": jc.comparison_id,
                 "prompt_id": jc.prompt_id,
                 "chosen_id": edit.completion_id,

@@ -28,6 +28,7 @@ from app.datasets.snapshot_files import (
 )
 from app.db import json_loads, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
+from app.imports.messages import CONTINUATION_KEY
 from app.jobs.service import create_job
 from app.judgments.selections import counted
 from app.models import (
@@ -150,12 +151,14 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                        _as_text(Prompt.messages), Prompt.is_chat)
                 .join(Prompt, Prompt.id == Comparison.prompt_id).where(in_range))
         }  # fmt: skip
-        completions = {
-            completion_id: (text, model_name)
-            for completion_id, text, model_name in connection.execute(
-                select(Completion.id, Completion.text, Completion.model_name)
-                .where(Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range))))
-        }  # fmt: skip
+        completions, continuations = {}, {}
+        for completion_id, text, model_name, continuation in connection.execute(
+                select(Completion.id, Completion.text, Completion.model_name,
+                       _as_text(Completion.meta[CONTINUATION_KEY]))
+                .where(Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range)))):  # fmt: skip
+            completions[completion_id] = (text, model_name)
+            if continuation and continuation != "null":  # absent: NULL (PostgreSQL) or 'null' (SQLite)
+                continuations[completion_id] = json_loads(continuation)
         edits: dict[int, list] = {}
         if spec.filters.include_edits and spec.format in ("pairs", "sft"):
             kept = {row[7] for judgments in batch.values() for row in judgments}
@@ -190,6 +193,7 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                 prompt_id=prompt_id,
                 prompt=messages if is_chat else messages[0]["content"],
                 completions={i: completions[i] for i in completion_ids},
+                continuations={i: continuations[i] for i in completion_ids if i in continuations},
                 is_gold=is_gold,
                 judgments=votes,
                 edits=[e for e in edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],

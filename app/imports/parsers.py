@@ -43,12 +43,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ImportValidationError
+from app.imports.messages import (
+    CONTINUATION_KEY,
+    MAX_ARGUMENTS_CHARS,
+    ROLES,
+    Message,
+    MessageError,
+    check_messages,
+    is_plain,
+    split_continuation,
+)
 from app.limits import INT4_MAX, INT4_MIN, column_length, find_bad_character
 from app.models import Comparison, Completion, Prompt
 from trainer.rewards.verifier import check_reference, check_tests
 
-FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval")
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval", "openai-chat", "hf-messages", "sharegpt")
+MESSAGE_ROLES = ROLES
 MAX_REPORTED_ERRORS = ImportValidationError.MAX_REPORTED
 DEFAULT_MAX_BYTES = 50 * 2**20
 MAX_JSON_DEPTH = 64
@@ -110,7 +120,7 @@ class _Errors:
 
 def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[ImportRecord]:
     """Parse a whole import file; return all records or raise `ImportValidationError` (nothing partial)."""
-    if fmt not in ROW_PARSERS:
+    if fmt not in ROW_PARSERS and fmt not in CONVERSATION_PARSERS:
         raise ImportValidationError(
             [LineError(0, f"unknown import format {fmt!r}: expected one of {', '.join(FORMATS)}")]
         )
@@ -118,8 +128,10 @@ def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
         raise ImportValidationError(
             [LineError(0, f"file is {len(data):,} bytes, larger than the limit of {max_bytes:,} bytes")]
         )
-    parse_row = ROW_PARSERS[fmt]
     errors = _Errors()
+    if fmt in CONVERSATION_PARSERS:
+        return _parse_conversations(data, CONVERSATION_PARSERS[fmt], errors)
+    parse_row = ROW_PARSERS[fmt]
     records: list[ImportRecord] = []
     first_line_of: dict[str, int] = {}
     saw_a_row = False
@@ -273,7 +285,8 @@ def _check_record(record: ImportRecord) -> None:
         raise _RowError(f"needs at least 2 completions, got {count} (a prompt with a reference or tests needs none)")
     first_index_of: dict[str, int] = {}
     for index, completion in enumerate(record.completions):
-        text = completion["text"]
+        # Two continuations ending in the same answer by different tool calls are different options.
+        text = json.dumps([completion["text"], (completion.get("metadata") or {}).get(CONTINUATION_KEY)])
         if text in first_index_of:
             raise _RowError(
                 f"completions {first_index_of[text]} and {index} have the same text "
@@ -677,3 +690,175 @@ def detect_formats(data: bytes, tried: str) -> list[str]:
             continue
         fitting.append(fmt)
     return fitting
+
+
+# ----------------------------------------------------------------------------------------------------
+# Conversation formats: one conversation a line; lines sharing a history become one comparison at that turn
+#
+# A line's continuation is its messages after the last user message (tool calls, their results, the answer; see
+# app.imports.messages); its history is everything before, with the tools the model was offered. Lines with the same
+# history and tools make one comparison whose options are their continuations (file order), unranked: raters rank
+# them. A history with a single continuation refuses the file (a comparison needs two options).
+
+MAX_TOOLS_CHARS = 10 * MAX_ARGUMENTS_CHARS
+
+
+@dataclass
+class Conversation:
+    """One line of a conversation format, checked."""
+
+    history: list[Message]
+    continuation: list[Message]
+    tools: list[dict[str, Any]] | None
+    model: str | None
+    metadata: dict[str, Any]
+
+
+def _tools(value: Any) -> list[dict[str, Any]] | None:
+    """The tools offered to the model (OpenAI's ``[{"type": "function", "function": {name, ...}}]``), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # ShareGPT exports carry them as a JSON string
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise _RowError(f"tools is not valid JSON: {exc.msg} (column {exc.colno})") from exc
+    _expect(value, list, "tools")
+    for index, tool in enumerate(value):
+        _expect(tool, dict, f"tools[{index}]")
+        function = tool.get("function", tool)
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise _RowError(f"tools[{index}] must name its function (function.name)")
+    if len(json.dumps(value, ensure_ascii=False)) > MAX_TOOLS_CHARS:
+        raise _RowError(f"tools is longer than {MAX_TOOLS_CHARS:,} characters")
+    return value or None
+
+
+def _conversation(messages: list[Message], row: dict, used: set[str], model: str | None = None) -> Conversation:
+    checked = check_messages(messages, "messages")
+    history, continuation = split_continuation(checked, "messages")
+    metadata = {key: value for key, value in row.items() if key not in used}
+    return Conversation(history, continuation, _tools(row.get("tools")), model, metadata)
+
+
+def _model(row: dict) -> str | None:
+    model = row.get("model")
+    return _expect(model, str, "model") if model is not None else None
+
+
+def parse_openai_chat_line(row: dict) -> Conversation:
+    """OpenAI chat fine-tuning JSONL: ``{"messages", "tools"?, "parallel_tool_calls"?, "model"?}``; tool-call
+    arguments are JSON strings; the ``developer`` role is OpenAI's name for system."""
+    messages = _expect(_require(row, "messages"), list, "messages")
+    renamed = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in messages]
+    return _conversation(renamed, row, {"messages", "tools", "model"}, _model(row))
+
+
+HF_REASONING_KEYS = ("reasoning_content", "thinking")
+"""Where chat templates in transformers keep reasoning (Qwen3: reasoning_content; gpt-oss: thinking)."""
+
+
+def parse_hf_messages_line(row: dict) -> Conversation:
+    """Hugging Face ``messages`` rows (TRL's conversational language-modelling shape), ``tools`` optional; reasoning
+    under ``reasoning_content`` or ``thinking`` is read as ``reasoning``."""
+    messages = _expect(_require(row, "messages"), list, "messages")
+    renamed = []
+    for message in messages:
+        if isinstance(message, dict):
+            message = dict(message)
+            for key in HF_REASONING_KEYS:
+                if key in message and "reasoning" not in message:
+                    message["reasoning"] = message.pop(key)
+        renamed.append(message)
+    return _conversation(renamed, row, {"messages", "tools", "model"}, _model(row))
+
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}  # fmt: skip
+"""ShareGPT speakers (as in LLaMA-Factory's sharegpt format: function_call holds ``{"name", "arguments"}`` as JSON,
+observation is the tool's result)."""
+
+
+def parse_sharegpt_line(row: dict) -> Conversation:
+    turns = _expect(_require(row, "conversations"), list, "conversations")
+    messages: list[dict] = []
+    if row.get("system") is not None:
+        messages.append({"role": "system", "content": _expect(row["system"], str, "system")})
+    last_call_id = None
+    for index, turn in enumerate(turns):
+        where = f"conversations[{index}]"
+        _expect(turn, dict, where)
+        speaker = _expect(_require(turn, "from", f" in {where}"), str, f"{where}.from")
+        value = _expect(_require(turn, "value", f" in {where}"), str, f"{where}.value")
+        if speaker not in SHAREGPT_ROLES:
+            raise _RowError(f"{where}.from is {speaker!r}; expected one of {', '.join(SHAREGPT_ROLES)}")
+        if speaker == "function_call":
+            try:
+                call = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise _RowError(f"{where}.value (a function call) is not valid JSON: {exc.msg}") from exc
+            calls = call if isinstance(call, list) else [call]
+            tool_calls = []
+            for number, one in enumerate(calls):
+                _expect(one, dict, f"{where}.value")
+                last_call_id = f"call_{index}_{number}"
+                tool_calls.append({"id": last_call_id, "function": one})
+            messages.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
+        elif SHAREGPT_ROLES[speaker] == "tool":
+            if last_call_id is None:
+                raise _RowError(f"{where} is a tool result with no function call before it")
+            messages.append({"role": "tool", "content": value, "tool_call_id": last_call_id})
+        else:
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    return _conversation(messages, row, {"conversations", "system", "tools", "model"}, _model(row))
+
+
+CONVERSATION_PARSERS: dict[str, Callable[[dict], Conversation]] = {
+    "openai-chat": parse_openai_chat_line,
+    "hf-messages": parse_hf_messages_line,
+    "sharegpt": parse_sharegpt_line,
+}
+
+
+def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation], errors: _Errors) -> list[ImportRecord]:
+    groups: dict[str, list[tuple[int, Conversation]]] = {}
+    saw_a_row = False
+    for line_no, row in _json_lines(data, errors):
+        saw_a_row = True
+        problem = find_bad_character(row)
+        if problem:
+            errors.add(line_no, problem)
+            continue
+        try:
+            conversation = parse_line(row)
+        except (_RowError, MessageError) as exc:
+            errors.add(line_no, str(exc))
+            continue
+        key = json.dumps([conversation.history, conversation.tools], sort_keys=True, ensure_ascii=False)
+        groups.setdefault(key, []).append((line_no, conversation))
+    if not saw_a_row and not errors.total:
+        errors.add(0, "file is empty: expected one JSON object a line")
+    records = []
+    for group in groups.values():
+        first_line, first = group[0]
+        lines = [line for line, _ in group]
+        if len(group) < 2:
+            errors.add(first_line, "the only continuation of its history: a comparison needs two or more lines with "
+                       "the same messages up to the last user message (and the same tools)")  # fmt: skip
+            continue
+        completions = [
+            _completion(c.continuation[-1]["content"], c.model,
+                        {**c.metadata, **({} if is_plain(c.continuation) and len(c.continuation) == 1
+                                          else {CONTINUATION_KEY: c.continuation}), "line": line})
+            for line, c in group
+        ]  # fmt: skip
+        metadata = {"lines": lines, **({"tools": first.tools} if first.tools else {})}
+        record = ImportRecord(first_line, None, first.history, completions, None, metadata)
+        try:
+            _check_record(record)
+        except _RowError as exc:
+            errors.add(first_line, f"{exc} (lines {', '.join(map(str, lines))})")
+            continue
+        records.append(record)
+    errors.raise_if_any()
+    return records

@@ -35,7 +35,7 @@ def content_id(record: ImportRecord) -> str:
 def _messages(prompt: str | list[dict]) -> tuple[list[dict], bool]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}], False
-    return [{"role": m["role"], "content": m["content"]} for m in prompt], True
+    return [dict(m) for m in prompt], True  # every field of app.imports.messages kept (tool calls, reasoning)
 
 
 def import_file(db: Session, project: Project, data: bytes, fmt: str, actor: User | None, *,

@@ -1,0 +1,210 @@
+"""Conversation imports (OpenAI chat with tools, Hugging Face messages, ShareGPT), the message shape they share
+(app.imports.messages), Open-Assistant siblings, and the conversational pairs export of what they import."""
+
+import json
+
+import pytest
+
+from app.errors import ImportValidationError
+from app.imports.messages import CONTINUATION_KEY
+from app.imports.parsers import FORMATS, parse_import
+from tests.imports.test_parsers import OASST_FILE, jsonl, needs_shared_data
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+HISTORY = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "What's the weather in Paris?"},
+]
+
+
+def openai_line(city: str, answer: str, **extra) -> dict:
+    """A conversation whose continuation calls the weather tool (arguments as OpenAI writes them: a JSON string)."""
+    call = {"id": f"call_{city}", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}  # fmt: skip
+    return {
+        "messages": [
+            *HISTORY,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{city}", "content": '{"temp_c": 18}'},
+            {"role": "assistant", "content": answer},
+        ],
+        "tools": [WEATHER_TOOL],
+        **extra,
+    }
+
+
+def errors_of(data: bytes, fmt: str) -> list[tuple[int, str]]:
+    with pytest.raises(ImportValidationError) as caught:
+        parse_import(data, fmt)
+    return [(error.line, error.message) for error in caught.value.errors]
+
+
+def test_the_new_formats_are_in_the_one_list_of_import_formats():
+    assert {"openai-chat", "hf-messages", "sharegpt"} <= set(FORMATS)
+
+
+def test_openai_lines_sharing_a_history_become_one_comparison_with_tool_calls_kept():
+    records = parse_import(jsonl(openai_line("Paris", "18 °C in Paris."), openai_line("paris", "It is mild.")),
+                           "openai-chat")  # fmt: skip
+    [record] = records
+    assert record.prompt == HISTORY
+    assert record.metadata == {"lines": [1, 2], "tools": [WEATHER_TOOL]}
+    assert [c["text"] for c in record.completions] == ["18 °C in Paris.", "It is mild."]
+    continuation = record.completions[0]["metadata"][CONTINUATION_KEY]
+    assert [m["role"] for m in continuation] == ["assistant", "tool", "assistant"]
+    # Arguments are stored parsed (a JSON object), the call keeps its id, the result names it.
+    assert continuation[0]["tool_calls"] == [
+        {"id": "call_Paris", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
+    assert continuation[0]["content"] == ""
+    assert continuation[1] == {"role": "tool", "content": '{"temp_c": 18}', "tool_call_id": "call_Paris"}
+    assert record.ranking is None
+
+
+def test_same_final_answer_by_different_tool_calls_are_two_options():
+    [record] = parse_import(jsonl(openai_line("Paris", "Mild."), openai_line("Lyon", "Mild.")), "openai-chat")
+    assert len(record.completions) == 2
+
+
+def test_a_history_with_one_continuation_refuses_the_whole_file():
+    data = jsonl(openai_line("Paris", "A"), openai_line("Paris", "B"), {"messages": [*HISTORY[:2],
+                 {"role": "assistant", "content": "alone"}]})  # fmt: skip
+    [(line, message)] = errors_of(data, "openai-chat")
+    assert line == 3 and "only continuation of its history" in message
+
+
+@pytest.mark.parametrize(
+    ("bad_message", "expected"),
+    [
+        ({"role": "wizard", "content": "x"}, "messages[1].role is 'wizard'"),
+        ({"role": "assistant", "content": None,
+          "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{oops"}}]},
+         "arguments is not valid JSON"),  # fmt: skip
+        ({"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "f",
+          "arguments": "[1, 2]"}}]}, "arguments must be a JSON object"),  # fmt: skip
+        ({"role": "tool", "content": "42", "tool_call_id": "nobody"}, "answers no earlier tool call"),
+        ({"role": "user", "content": "x" * 200_001}, "the limit is 200,000"),
+        ({"role": "user", "content": "x", "tool_call_id": "c"}, "unknown field(s) tool_call_id"),
+    ],
+)
+def test_bad_messages_are_refused_with_their_line(bad_message, expected):
+    good = openai_line("Paris", "A")
+    bad = {"messages": [HISTORY[1], bad_message, {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"}]}  # fmt: skip
+    errors = errors_of(jsonl(good, openai_line("Paris", "B"), bad), "openai-chat")
+    assert errors[0][0] == 3 and expected in errors[0][1], errors
+
+
+def test_openai_developer_role_reads_as_system():
+    rows = [{"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                          {"role": "assistant", "content": answer}]} for answer in ("4", "four")]  # fmt: skip
+    [record] = parse_import(jsonl(*rows), "openai-chat")
+    assert record.prompt[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_hf_messages_keep_reasoning_apart_from_the_answer():
+    rows = [
+        {"messages": [{"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "reasoning_content": thought, "content": answer}], "model": model}
+        for thought, answer, model in (("2 and 2 make 4", "4", "m1"), ("count up", "5", "m2"))
+    ]  # fmt: skip
+    [record] = parse_import(jsonl(*rows), "hf-messages")
+    first = record.completions[0]
+    assert first["text"] == "4" and first["model"] == "m1"
+    assert first["metadata"][CONTINUATION_KEY] == [{"role": "assistant", "content": "4", "reasoning": "2 and 2 make 4"}]
+
+
+def test_plain_continuations_store_no_messages():
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": a}]} for a in "ab"]
+    [record] = parse_import(jsonl(*rows), "hf-messages")
+    assert all(CONTINUATION_KEY not in c["metadata"] for c in record.completions)
+
+
+def sharegpt_line(city: str, answer: str) -> dict:
+    return {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": city}})},
+            {"from": "observation", "value": '{"temp_c": 18}'},
+            {"from": "gpt", "value": answer},
+        ],
+        "system": "Use tools.",
+        "tools": json.dumps([WEATHER_TOOL]),
+    }
+
+
+def test_sharegpt_function_calls_and_observations_become_tool_calls_and_results():
+    [record] = parse_import(jsonl(sharegpt_line("Paris", "18 °C"), sharegpt_line("Lyon", "I checked Lyon")),
+                            "sharegpt")  # fmt: skip
+    assert record.prompt == [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather in Paris?"}]
+    call, result, answer = record.completions[0]["metadata"][CONTINUATION_KEY]
+    assert call["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert result["role"] == "tool" and result["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert answer == {"role": "assistant", "content": "18 °C"}
+    assert record.metadata["tools"] == [WEATHER_TOOL]
+
+
+def test_sharegpt_bad_lines_are_all_reported_by_line_number():
+    unknown_speaker = {"conversations": [{"from": "narrator", "value": "x"}]}
+    orphan_observation = {"conversations": [{"from": "human", "value": "x"}, {"from": "observation", "value": "1"}]}
+    bad_call = sharegpt_line("Paris", "A")
+    bad_call["conversations"][1]["value"] = "not json"
+    data = jsonl(sharegpt_line("Paris", "A"), unknown_speaker, orphan_observation, bad_call, sharegpt_line("Paris", "B"))
+    errors = errors_of(data, "sharegpt")
+    assert [line for line, _ in errors] == [2, 3, 4]
+    assert "'narrator'" in errors[0][1]
+    assert "no function call before it" in errors[1][1]
+    assert "not valid JSON" in errors[2][1]
+
+
+@needs_shared_data
+def test_oasst_sibling_replies_are_the_options_of_one_comparison_at_that_turn():
+    replies_of: dict[str, list[str]] = {}
+    parent_path_of: dict[str, list[str]] = {}
+    for line in OASST_FILE.read_bytes().splitlines():
+        stack = [(json.loads(line)["prompt"], [])]
+        while stack:
+            message, path = stack.pop()
+            if message.get("deleted"):
+                continue
+            path = [*path, message["text"]]
+            parent_path_of[message["message_id"]] = path
+            replies_of[message["message_id"]] = [r["message_id"] for r in message.get("replies") or []
+                                                 if not r.get("deleted") and r.get("rank") is not None]  # fmt: skip
+            stack.extend((reply, path) for reply in message.get("replies") or [])
+    records = parse_import(OASST_FILE.read_bytes(), "oasst")
+    assert records
+    for record in records:
+        siblings = [c["metadata"]["message_id"] for c in record.completions]
+        assert siblings == replies_of[record.external_id]  # every ranked reply of that message, and only those
+        assert [m["content"] for m in record.prompt] == parent_path_of[record.external_id]  # the history to that turn
+
+
+# ----------------------------------------------------------------------------------------------------
+# Export: the full history and the continuation's tool calls reach a conversational pairs row
+
+
+def test_conversational_pairs_keep_history_and_tool_calls_through_the_database(db):
+    from app.datasets.formats import export_rows
+    from app.datasets.service import iter_judged_comparisons, parse_spec, rater_weights
+    from app.imports.service import import_records
+    from app.projects.schemas import ProjectCreate
+    from app.projects.service import create_project
+
+    project = create_project(db, ProjectCreate(name="conversations"), actor=None)
+    [record] = parse_import(jsonl(openai_line("Paris", "18 °C in Paris."), openai_line("Lyon", "Mild.")),
+                            "openai-chat")  # fmt: skip
+    record.ranking = [[0], [1]]  # the Paris continuation is preferred (an imported judgment)
+    import_records(db, project, [record])
+    db.flush()
+    spec = parse_spec({"format": "pairs", "conversational": True, "split": {"test_fraction": 0.0}})
+    rows = [row for _, row in export_rows(iter_judged_comparisons(db, project, spec, rater_weights(db, project)),
+                                         "pairs", conversational=True)]  # fmt: skip
+    [row] = rows
+    assert row["prompt"] == HISTORY
+    assert [m["role"] for m in row["chosen"]] == ["assistant", "tool", "assistant"]
+    assert row["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert row["rejected"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Lyon"}
+    assert row["chosen"][-1]["content"] == "18 °C in Paris."
