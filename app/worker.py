@@ -1,23 +1,23 @@
 """`rankforge worker`: the worker's composition root.
 
-The queue (app.jobs) knows no job kind; each domain owns the handlers of its kinds in its `tasks.py`, and this
+The queue (app.jobs) knows no job kind; each domain owns the handlers of its kinds in its `handlers.py`, and this
 module wires them together: which handler runs which kind, and what an idle worker does between jobs.
 """
 
 from __future__ import annotations
 
-from app.datasets.tasks import run_export_job
+from app.datasets.handlers import run_export_job
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.judges.endpoint_judge import run_any_judge_job
 from app.models import JobKind
 from app.training.endpoint_generate import run_generate_job
+from app.training.handlers import run_training_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
 from app.training.scheduler import tick as schedule_training
-from app.training.tasks import run_training_job
-from app.verifiers.tasks import run_verify_job
-from app.webhooks.tasks import deliver_due, run_in_background
+from app.verifiers.handlers import run_verify_job
+from app.webhooks.delivery import deliver_due, run_in_background
 
 HANDLERS: dict[str, Handler] = {
     JobKind.export: run_export_job,

@@ -3,7 +3,7 @@
 Creates a database (PostgreSQL by default, `--sqlite` for a file), seeds raters and comparisons, starts a real
 uvicorn and runs `--raters` raters in a closed loop (next task, submit, as fast as they can) for `--duration`
 seconds twice: without webhooks, then with a global endpoint for `judgment.created` whose receiver answers after
-`--receiver-delay` seconds, sent by a separate process calling `app.webhooks.tasks.deliver_due` (what the worker
+`--receiver-delay` seconds, sent by a separate process calling `app.webhooks.delivery.deliver_due` (what the worker
 does when idle). Prints submit and next-task latency (p50/p99) for both phases, then waits for the sender to
 drain and counts judgments delivered, lost (in the database, never received) and duplicated.
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 SENDER = """
 import sys, time
-from app.webhooks.tasks import deliver_due
+from app.webhooks.delivery import deliver_due
 while True:
     if deliver_due("bench-sender") == 0:
         time.sleep(0.2)

@@ -1,7 +1,7 @@
 """Running queued jobs: claim one, run its kind's handler with a heartbeat, record how it ended.
 
 The queue knows no job kind: `run_one(worker_id, handlers)` gets the handlers from the worker's composition
-root (app.worker), which imports each domain's `tasks.py`. A handler receives a `JobContext` (the job's id,
+root (app.worker), which imports each domain's `handlers.py`. A handler receives a `JobContext` (the job's id,
 progress/metrics/log reporting, the cancel flag) and returns the job's result dict.
 
 A heartbeat thread refreshes the claim every few seconds and watches for cancel requests. A worker that dies

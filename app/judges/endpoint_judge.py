@@ -35,8 +35,8 @@ from app.config import get_settings
 from app.db import session_scope
 from app.errors import JobFailed
 from app.jobs.runner import JobContext
+from app.judges.handlers import run_judge_job
 from app.judges.service import store_verdicts, trainer_params, write_judge_inputs
-from app.judges.tasks import run_judge_job
 from app.models import Job, JobKind, Judge, JudgeAnswerCache, ModelVersion, Project
 from app.registry.endpoint_client import Cancelled, EndpointClient, EndpointConfig, EndpointFailure
 from app.registry.endpoints import check_address, endpoint_config, is_endpoint
@@ -150,7 +150,7 @@ def judge_usage(db: Session, project: Project) -> dict[int, dict]:
 
 def run_any_judge_job(ctx: JobContext) -> dict:
     """The worker's handler of `judge`: a generative judge on an endpoint is asked over HTTP here; every other judge
-    runs in the trainer child (app.judges.tasks.run_judge_job)."""
+    runs in the trainer child (app.judges.handlers.run_judge_job)."""
     with session_scope() as db:
         job = db.get(Job, ctx.job_id)
         judge = db.get(Judge, int(job.params["judge"])) if (job.params or {}).get("judge") else None

@@ -224,7 +224,7 @@ def enforce_gate(db: Session, project: Project, policy: AIPolicy, judge: Judge) 
 
 def create_judge_job(db: Session, project: Project, *, judge=None, params: dict | None = None,
                      actor: User | None = None, depends_on=()) -> Job:  # fmt: skip
-    """A queued `judge` job (the worker's judges.tasks.run_judge_job): the judge's model and method, the
+    """A queued `judge` job (the worker's judges.handlers.run_judge_job): the judge's model and method, the
     comparisons it reads (params.scope, comparison_ids, batch, limit), hyperparameters checked now."""
     params = dict(params or {})
     judge_ref = judge if judge not in (None, "") else params.get("judge")

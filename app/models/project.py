@@ -50,7 +50,7 @@ class Project(IdMixin, CreatedMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default=ProjectStatus.active)
     guideline_version: Mapped[int] = mapped_column(default=1)
     schedule: Mapped[dict] = mapped_column(default=dict)
-    """Retraining schedule: {"reward_every_pairs": N, "reward_every_minutes": T}."""
+    """Retraining schedule: {"reward_every_judgments": N, "reward_every_minutes": T}."""
     round_recipe: Mapped[dict] = mapped_column(default=dict)
     """How a round of the loop runs (app.training.rounds.RoundRecipe); empty: the defaults."""
     schedule_notices: Mapped[dict | None] = mapped_column()

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from app.api import Out
 from app.limits import INT4_MAX, Input, PositiveInt4, varchar
@@ -33,8 +33,10 @@ MAX_MINUTES = 10_000_000.0
 class ScheduleSettings(Input):
     """The retraining schedule (app.training.scheduler): a reward job every N new judgments and/or T minutes."""
 
-    reward_every_pairs: int | None = Field(default=None, ge=1, le=INT4_MAX,
-                                           description="Retrain the reward model once this many new judgments exist.")
+    reward_every_judgments: int | None = Field(default=None, ge=1, le=INT4_MAX, description="Retrain the reward model "
+                                               "once this many new judgments exist (input also as reward_every_pairs, "
+                                               "its former name).", validation_alias=AliasChoices(
+                                                   "reward_every_judgments", "reward_every_pairs"))  # fmt: skip
     reward_every_minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES, allow_inf_nan=False,
                                                description="...or once this many minutes passed (and a judgment is new).")
     reward_params: dict | None = Field(default=None, description="Hyperparameters of the scheduled reward jobs.")

@@ -197,8 +197,8 @@ def run_endpoint_generation(ctx: JobContext, work: Path, prompts_path: Path) -> 
 
 def run_generate_job(ctx: JobContext) -> dict:
     """The worker's handler of `generate`: a policy that is an endpoint is asked over HTTP here; a local one is
-    sampled by the trainer child (app.training.tasks.run_training_job)."""
-    from app.training.tasks import job_dir, run_training_job, write_prompts
+    sampled by the trainer child (app.training.handlers.run_training_job)."""
+    from app.training.handlers import job_dir, run_training_job, write_prompts
 
     with session_scope() as db:
         job = db.get(Job, ctx.job_id)

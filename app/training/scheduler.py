@@ -71,7 +71,7 @@ def describe(error: Exception) -> str:
 def reward_due(db: Session, project: Project) -> str | None:
     """Why a reward job is due now (None: not due). A stored schedule the API would refuse raises."""
     schedule = ScheduleSettings.model_validate(project.schedule or {})
-    every_pairs, every_minutes = schedule.reward_every_pairs, schedule.reward_every_minutes
+    every_pairs, every_minutes = schedule.reward_every_judgments, schedule.reward_every_minutes
     if not every_pairs and not every_minutes:
         return None
     busy = db.scalar(select(Job.id).where(Job.project_id == project.id, Job.kind == JobKind.reward,

@@ -1,7 +1,7 @@
 """Webhook endpoints, the delivery outbox, and Standard Webhooks signing. Never commits.
 
 `emit` writes delivery rows in the caller's transaction (an outbox): an event is queued exactly when the
-change that caused it commits, and sending happens later in the worker (`app.webhooks.tasks.deliver_due`),
+change that caused it commits, and sending happens later in the worker (`app.webhooks.delivery.deliver_due`),
 so a slow or failing receiver never slows the request that caused the event.
 """
 

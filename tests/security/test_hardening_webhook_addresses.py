@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from app.models import WebhookDelivery, utcnow
+from app.webhooks.delivery import deliver_due
 from app.webhooks.service import UnsafeWebhookUrl, non_global_reason, resolve_checked
-from app.webhooks.tasks import deliver_due
 from tests.webhooks.test_webhooks import set_env
 
 REFUSED_URLS = [

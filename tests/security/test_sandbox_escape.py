@@ -257,7 +257,7 @@ def test_hostile_answers_reach_nothing_when_the_verifier_runs_unprivileged(tmp_p
             os.chown(verdicts_path.parent, *ids)
         monkeypatch.setenv("RANKFORGE_DATA_DIR", str(targets["data_dir"]))
         from app.config import get_settings
-        from app.verifiers.tasks import sandbox_env
+        from app.verifiers.handlers import sandbox_env
 
         get_settings.cache_clear()
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(work), "LANG": "C.UTF-8"} | sandbox_env()

@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 def launch(tmp_path, spec: dict, processes: int = 2) -> JobResult:
-    """What the worker runs for launcher accelerate (app.training.tasks.child_command), on CPU processes."""
+    """What the worker runs for launcher accelerate (app.jobs.trainer_child.trainer_command), on CPU processes."""
     spec_path = tmp_path / f"spec-{spec['kind']}-{processes}.json"
     spec_path.write_text(json.dumps(spec | {"launcher": "accelerate"}))
     env = child_env() | {"OMP_NUM_THREADS": "1"}

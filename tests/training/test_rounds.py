@@ -313,9 +313,9 @@ def test_a_dpo_round_trains_reward_model_and_policy_on_one_snapshot(client, loop
     from types import SimpleNamespace
 
     from app.models import DatasetSnapshot, Job, Project
+    from app.training.handlers import _inputs_from_dependencies
     from app.training.round_recipe import get_recipe
     from app.training.rounds import _start_training, start_round
-    from app.training.tasks import _inputs_from_dependencies
 
     project = db.get(Project, loop["project"]["id"])
     round_ = start_round(db, project)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import AuditLog, WebhookDelivery
-from app.webhooks.tasks import deliver_due
+from app.webhooks.delivery import deliver_due
 from tests.helpers import import_lines, make_project, native_lines
 
 try:  # the worker is moving to app/worker.py
@@ -245,7 +245,7 @@ def test_background_sender_and_pruning(client, users, receiver, db, tmp_path):
     from datetime import timedelta
 
     from app.models import utcnow
-    from app.webhooks.tasks import prune, run_in_background
+    from app.webhooks.delivery import prune, run_in_background
 
     admin = users.create("admin", "admin")
     add_endpoint(client, admin, receiver.url, ["model.registered"])

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.datasets.tasks import job_snapshot
+from app.datasets.handlers import job_snapshot
 from app.db import session_scope
 from app.errors import JobFailed
 from app.imports.service import add_generations
