@@ -482,10 +482,6 @@ from app.cli_endpoints import register as register_endpoint_commands  # noqa: E4
 
 register_endpoint_commands(models_app, fail)
 
-from app.cli_endpoints import register as register_endpoint_commands  # noqa: E402 (models endpoint, models serve)
-
-register_endpoint_commands(models_app, fail)
-
 
 def main():
     command = typer.main.get_command(app)

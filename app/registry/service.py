@@ -79,11 +79,11 @@ def get_version(db: Session, ref: int | str, *, kind: str | None = None) -> Mode
 
 
 def newest_version(db: Session, kind: str, project_id: int | None, *, local_only: bool = False) -> ModelVersion | None:
-    if local_only:
-        query = query.where(~exists().where(ModelEndpoint.model_version_id == ModelVersion.id))
     """The project's newest version of this kind, else the newest one of any project (or none); `local_only`: a
     checkpoint on disk, not an endpoint (what training starts from)."""
     query = select(ModelVersion).where(ModelVersion.kind == kind).order_by(ModelVersion.id.desc()).limit(1)
+    if local_only:
+        query = query.where(~exists().where(ModelEndpoint.model_version_id == ModelVersion.id))
     if project_id is not None:
         found = db.scalar(query.where(ModelVersion.project_id == project_id))
         if found is not None:
