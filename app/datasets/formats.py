@@ -39,6 +39,7 @@ Filters on judgments (source, rater, date, guideline version, flags) are the cal
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -101,6 +102,8 @@ class JudgedComparison:
     continuations: dict[CompletionId, list[Message]] = field(default_factory=dict)
     """completion id -> its messages (app.imports.messages), for continuations of a conversation that are more than one
     plain assistant text (tool calls, tool results, reasoning); conversational rows carry them whole."""
+    tools: list[dict] | None = None
+    """The tools offered to the model in the conversation (the prompt's ``metadata.tools``, OpenAI's shape), if any."""
     scales: list[dict] = field(default_factory=list)
     """The project's attribute scales ``[{name, min, max}]`` (ratings rows have one column per scale)."""
 
@@ -181,6 +184,12 @@ def _completion_value(text: str, conversational: bool, continuation: list[Messag
     return [dict(message) for message in continuation] if continuation else [{"role": "assistant", "content": text}]
 
 
+def _tools_column(jc: JudgedComparison) -> Row:
+    """TRL's ``tools`` column of conversational preference rows: the tools as a JSON string (TRL parses it; a string
+    keeps the column one type however the tools' schemas differ), or None."""
+    return {"tools": json.dumps(jc.tools, ensure_ascii=False) if jc.tools else None}
+
+
 def _keep(row: Row, min_agreement: float, min_votes: int) -> bool:
     return row["agreement"] >= min_agreement and row["n_votes"] >= min_votes
 
@@ -244,6 +253,7 @@ def pair_rows(
             "sources": sorted({v.source for v in voters[(first, second)]}),
             "ai_confidence": _mean(ai) if (ai := [v.confidence for v in voters[(first, second)]
                                                   if v.source == "ai" and v.confidence is not None]) else None,
+            **(_tools_column(jc) if conversational else {}),
         }  # fmt: skip
         if _keep(row, min_agreement, min_votes):
             yield row
@@ -282,6 +292,7 @@ def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: f
                 "edited": True,
                 "sources": ["human"],  # a rater's rewrite
                 "ai_confidence": None,
+                **(_tools_column(jc) if conversational else {}),
             }
             if _keep(row, min_agreement, min_votes):
                 yield row
@@ -566,7 +577,8 @@ def arrow_schema(export_format: str, *, conversational: bool = False, attributes
     columns = {
         "pairs": [("chosen", text), ("rejected", text), ("chosen_id", pa.int64()), ("rejected_id", pa.int64()),
                   ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64()),
-                  ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64())],
+                  ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64())]
+                 + ([("tools", pa.string())] if conversational else []),
         "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())],
         "rankings": [("completions", pa.list_(pa.string())), ("completion_ids", pa.list_(pa.int64())),
                      ("models", pa.list_(pa.string())), ("ranking", pa.list_(pa.list_(pa.int64())))],

@@ -145,10 +145,11 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
         first, last = min(batch), max(batch)
         in_range = (Comparison.project_id == project.id) & Comparison.id.between(first, last)
         comparisons = {
-            cid: (prompt_id, json_loads(completion_ids), is_gold, json_loads(messages), is_chat)
-            for cid, prompt_id, completion_ids, is_gold, messages, is_chat in connection.execute(
+            cid: (prompt_id, json_loads(completion_ids), is_gold, json_loads(messages), is_chat,
+                  json_loads(tools) if tools and tools != "null" else None)
+            for cid, prompt_id, completion_ids, is_gold, messages, is_chat, tools in connection.execute(
                 select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold,
-                       _as_text(Prompt.messages), Prompt.is_chat)
+                       _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]))
                 .join(Prompt, Prompt.id == Comparison.prompt_id).where(in_range))
         }  # fmt: skip
         completions, continuations = {}, {}
@@ -180,7 +181,7 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
         for cid, judgments in batch.items():
             if cid in unsafe:
                 continue
-            prompt_id, completion_ids, is_gold, messages, is_chat = comparisons[cid]
+            prompt_id, completion_ids, is_gold, messages, is_chat, tools = comparisons[cid]
             votes = [
                 JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
                              json_loads(flags) if flags and flags != "[]" else [], source, created_at,
@@ -194,6 +195,7 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                 prompt=messages if is_chat else messages[0]["content"],
                 completions={i: completions[i] for i in completion_ids},
                 continuations={i: continuations[i] for i in completion_ids if i in continuations},
+                tools=tools if isinstance(tools, list) else None,
                 is_gold=is_gold,
                 judgments=votes,
                 edits=[e for e in edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],

@@ -208,3 +208,4 @@ def test_conversational_pairs_keep_history_and_tool_calls_through_the_database(d
     assert row["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert row["rejected"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Lyon"}
     assert row["chosen"][-1]["content"] == "18 °C in Paris."
+    assert json.loads(row["tools"]) == [WEATHER_TOOL]  # TRL's tools column (a JSON string)
