@@ -209,3 +209,43 @@ def test_conversational_pairs_keep_history_and_tool_calls_through_the_database(d
     assert row["rejected"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Lyon"}
     assert row["chosen"][-1]["content"] == "18 °C in Paris."
     assert json.loads(row["tools"]) == [WEATHER_TOOL]  # TRL's tools column (a JSON string)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Through the API: the formats are registered where `?format=` reads them, a bad file is refused whole
+
+
+def hf_line(answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": answer}]}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "lines"),
+    [("openai-chat", [openai_line("Paris", "A"), openai_line("Lyon", "B")]),
+     ("hf-messages", [hf_line("hi"), hf_line("hello")]),
+     ("sharegpt", [sharegpt_line("Paris", "A"), sharegpt_line("Paris", "B")])],
+)  # fmt: skip
+def test_each_conversation_format_imports_through_the_api_and_bad_files_are_refused_whole(users, client, db, fmt,
+                                                                                          lines):  # fmt: skip
+    from sqlalchemy import func, select
+
+    from app.models import Completion, Prompt
+    from tests.helpers import import_lines, make_project
+
+    admin = users.create("alice", "admin")
+    project = make_project(client, admin)
+    refused = import_lines(client, admin, project["id"], jsonl(*lines, {"messages": "nope", "conversations": 3}), fmt)
+    assert refused.status_code == 422, refused.text
+    assert [error["line"] for error in refused.json()["detail"]["errors"]] == [3]
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(Prompt)) == 0  # nothing of the good lines either
+
+    response = import_lines(client, admin, project["id"], jsonl(*lines), fmt)
+    assert response.status_code == 200, response.text
+    assert (response.json()["prompts_created"], response.json()["completions_created"]) == (1, 2)
+    db.rollback()
+    prompt = db.scalar(select(Prompt))
+    assert prompt.messages == parse_import(jsonl(*lines), fmt)[0].prompt  # every field stored as parsed
+    if fmt != "hf-messages":
+        stored = db.scalars(select(Completion).order_by(Completion.id)).all()
+        assert stored[0].meta[CONTINUATION_KEY][0]["tool_calls"][0]["function"]["name"] == "get_weather"
