@@ -23,12 +23,15 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 
 from app.quality.stats import ELO_MEAN, ELO_PER_NATURAL_LOG_ODDS, _strongly_connected
 
 STYLE_FEATURES = ("length", "headers", "lists", "bold")
 """The style covariates, in column order."""
 Z_95 = 1.959963984540054
+MAX_LOG_ODDS = 50.0
+"""A fitted parameter beyond this many log-odds means the maximum-likelihood estimate does not exist (separation)."""
 
 _HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s", re.MULTILINE)
@@ -117,18 +120,22 @@ def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models
     # reference model's strength is 0 here, so its term is constant.
     beta = np.zeros(x.shape[1])
     for _ in range(max_iterations):
-        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        p = expit(x @ beta)
         gradient = x.T @ (outcome - p)
         hessian = (x * (p * (1.0 - p))[:, None]).T @ x
         if used_prior:
             t = beta[:n_strengths]
-            q = 1.0 / (1.0 + np.exp(-t))
+            q = expit(t)
             gradient[:n_strengths] += used_prior * (0.5 - q)
             hessian[:n_strengths, :n_strengths] += np.diag(used_prior * q * (1.0 - q))
         step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         beta = beta + step
-        if float(np.max(np.abs(step))) < tolerance:
+        if not np.all(np.isfinite(beta)) or float(np.max(np.abs(step))) < tolerance:
             break
+    if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > MAX_LOG_ODDS:
+        # A style feature (or a model) separates the outcomes: no finite estimate; nothing is reported.
+        return StyleControlled(nan_models.copy(), nan_models.copy(), nan_models.copy(), nan_features.copy(),
+                               nan_features.copy(), nan_features.copy(), used_prior)  # fmt: skip
     covariance = np.linalg.pinv(hessian)
     # Strengths of every played model (reference = 0), centred: theta_c = C E b, cov = C E S E' C'.
     embed = np.vstack((np.zeros(n_strengths), np.eye(n_strengths)))
