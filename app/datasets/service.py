@@ -28,7 +28,7 @@ from app.datasets.snapshot_files import (
 )
 from app.db import json_loads, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
-from app.imports.messages import CONTINUATION_KEY
+from app.imports.messages import CONTINUATION_KEY, is_plain
 from app.jobs.service import create_job
 from app.judgments.selections import counted
 from app.models import (
@@ -231,6 +231,13 @@ def has_multi_message_chats(db: Session, project: Project) -> bool:
     return False
 
 
+def _has_rich_messages(row: dict) -> bool:
+    """Whether a conversational row has messages beyond {role, content} (tool calls and results, reasoning), which
+    the fixed Arrow schema of `arrow_schema` does not describe (a tool's arguments have any shape)."""
+    return any(isinstance(value, list) and value and isinstance(value[0], dict) and not is_plain(value)
+               for value in row.values())  # fmt: skip
+
+
 def resolve_conversational(db: Session, project: Project, spec: DatasetCreate) -> bool:
     """The spec's explicit choice, else "auto": message lists exactly when a prompt needs them."""
     if spec.conversational is not None:
@@ -294,6 +301,8 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                                seed=spec.split.seed, test_fraction=spec.split.test_fraction)  # fmt: skip
             try:
                 for split, row in rows:
+                    if writer.schema is not None and conversational and _has_rich_messages(row):
+                        writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
                     writer.write(split, row)
                     rows_per_day[current_day["day"]] = rows_per_day.get(current_day["day"], 0) + 1
             except ValueError as error:  # the data cannot take this spec (e.g. a chat prompt as a plain string)

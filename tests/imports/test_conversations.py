@@ -249,3 +249,35 @@ def test_each_conversation_format_imports_through_the_api_and_bad_files_are_refu
     if fmt != "hf-messages":
         stored = db.scalars(select(Completion).order_by(Completion.id)).all()
         assert stored[0].meta[CONTINUATION_KEY][0]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_snapshot_of_tool_call_pairs_writes_jsonl_and_parquet_with_the_same_rows(users, client):
+    """The fixed Arrow schema describes plain messages only; rows with tool calls still give a snapshot whose Parquet
+    holds the JSONL's rows (columns inferred)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from app.db import session_scope
+    from app.imports.service import import_records
+    from app.models import Project
+    from tests.datasets.test_export_api import _export
+    from tests.helpers import make_project
+
+    admin = users.create("alice", "admin")
+    project = make_project(client, admin)
+    [record] = parse_import(jsonl(openai_line("Paris", "18 °C in Paris."), openai_line("Lyon", "Mild.")),
+                            "openai-chat")  # fmt: skip
+    record.ranking = [[0], [1]]
+    with session_scope(write=True) as session:
+        import_records(session, session.get(Project, project["id"]), [record])
+    dataset, job = _export(client, admin, project["id"], {"format": "pairs", "split": {"test_fraction": 0.0}})
+    assert job["status"] == "succeeded", job
+    files = {name: client.get(f"/api/v1/datasets/{dataset['id']}/files/train.{name}", headers=admin["headers"])
+             for name in ("jsonl", "parquet")}  # fmt: skip
+    [row] = [json.loads(line) for line in files["jsonl"].text.splitlines()]
+    assert row["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    [parquet_row] = pq.read_table(io.BytesIO(files["parquet"].content)).to_pylist()
+    assert parquet_row["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert parquet_row["prompt"][1]["content"] == row["prompt"][1]["content"] == "Hi"
+    assert parquet_row["tools"] == row["tools"]
