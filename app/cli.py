@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from app.cli_commands import fail
 from app.training.kinds import TRAINING_KINDS
 
 app = typer.Typer(help="Rankforge: collect human feedback on model outputs and turn it into better models.",
@@ -19,11 +20,6 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
-
-
-def fail(message: str, code: int = 1):
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")

@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(round_app, name="round")
 
 
-def _fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1):
+    """Print the message in red on stderr and exit with the code (every `rankforge` command fails this way)."""
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
@@ -59,9 +60,9 @@ def _run(work):
         with session_scope(write=True) as db:
             return work(db)
     except RankforgeError as error:
-        _fail(str(error.detail))
+        fail(str(error.detail))
     except ValidationError as error:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()), code=2)
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()), code=2)
 
 
 # --- projects --------------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def parse_scale(text: str) -> dict:
         if len(parts) >= 3:
             scale["min"], scale["max"] = int(parts[1]), int(parts[2])
     except ValueError:
-        _fail(f"--attribute wants NAME[:MIN:MAX[:LABEL]], got {text!r}.", code=2)
+        fail(f"--attribute wants NAME[:MIN:MAX[:LABEL]], got {text!r}.", code=2)
     if len(parts) >= 4:
         scale["label"] = ":".join(parts[3:])
     return scale
@@ -165,7 +166,7 @@ def project_create(
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        _fail(f"No file {path}.")
+        fail(f"No file {path}.")
     return path.read_text(encoding="utf-8")
 
 
@@ -407,7 +408,7 @@ def job_wait(job_id: int, timeout: float = typer.Option(None, help="Give up afte
     with typer.progressbar(length=1000, label=f"{state['kind']} job {job_id}", file=sys.stderr) as bar:
         while state["status"] not in ("succeeded", "failed", "cancelled"):
             if deadline is not None and time.monotonic() > deadline:
-                _fail(f"Job {job_id} is still {state['status']} after {timeout} s.", code=2)
+                fail(f"Job {job_id} is still {state['status']} after {timeout} s.", code=2)
             step = int(state["progress"] * 1000) - shown
             if step > 0:
                 bar.update(step)
@@ -476,7 +477,7 @@ def round_recipe(project: str, set_values: list[str] = typer.Option(None, "--set
     for item in set_values or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            _fail(f"--set {item!r}: expected KEY=VALUE.", code=2)
+            fail(f"--set {item!r}: expected KEY=VALUE.", code=2)
         try:
             values[key.strip()] = json.loads(raw)
         except ValueError:
