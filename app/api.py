@@ -49,6 +49,15 @@ def get_or_404(db: Session, model: type[Row], row_id: Any, what: str | None = No
     return row
 
 
+def newest_first(model: type[Row], project_id: Any = None) -> Select:
+    """`model`'s rows newest (highest id) first, only project `project_id`'s where given: what list routes,
+    list pages and the CLI's lists show."""
+    query = select(model).order_by(model.id.desc())
+    if project_id is not None:
+        query = query.where(model.project_id == project_id)
+    return query
+
+
 @dataclass(frozen=True)
 class Paging:
     limit: int | None

@@ -249,16 +249,13 @@ def project_update(
 def dataset_list(project: str = typer.Option(None, "--project", "-p", help="Slug or id."),
                  limit: int = typer.Option(50), as_json: bool = JSON_OPTION):  # fmt: skip
     """Snapshots, newest first."""
-    from sqlalchemy import select
-
+    from app.api import newest_first
     from app.datasets.service import snapshot_json
     from app.models import DatasetSnapshot
     from app.projects.service import get_project
 
     def work(db):
-        query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(limit)
-        if project:
-            query = query.where(DatasetSnapshot.project_id == get_project(db, project).id)
+        query = newest_first(DatasetSnapshot, get_project(db, project).id if project else None).limit(limit)
         return [snapshot_json(s) for s in db.scalars(query)]
 
     rows = _run(work)
@@ -341,14 +338,13 @@ def job_list(project: str = typer.Option(None, "--project", "-p"), status: str =
     """Jobs, newest first."""
     from sqlalchemy import select
 
+    from app.api import newest_first
     from app.jobs.service import job_json
     from app.models import Job, Project
     from app.projects.service import get_project
 
     def work(db):
-        query = select(Job).order_by(Job.id.desc()).limit(limit)
-        if project:
-            query = query.where(Job.project_id == get_project(db, project).id)
+        query = newest_first(Job, get_project(db, project).id if project else None).limit(limit)
         if status:
             query = query.where(Job.status == status)
         if kind:

@@ -13,6 +13,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 
 from app import charts
+from app.api import newest_first
 from app.auth.deps import Admin, DbSession, Staff
 from app.charts import Axis
 from app.datasets import service
@@ -32,10 +33,7 @@ PREVIEW_CHARS = 600
 
 @router.get("/datasets")
 def datasets_page(request: Request, db: DbSession, principal: Staff, project_id: Id | None = None):
-    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(200)
-    if project_id is not None:
-        query = query.where(DatasetSnapshot.project_id == project_id)
-    snapshots = list(db.scalars(query))
+    snapshots = list(db.scalars(newest_first(DatasetSnapshot, project_id).limit(200)))
     projects = _names(db, Project, Project.name, {s.project_id for s in snapshots})
     creators = _names(db, User, User.username, {s.created_by_id for s in snapshots if s.created_by_id})
     flash = "Dataset deleted." if request.query_params.get("deleted") else None

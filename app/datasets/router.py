@@ -6,9 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
-from app.api import Paging, paging
+from app.api import Paging, newest_first, paging
 from app.auth.deps import Admin, DbSession, Staff
 from app.datasets import service
 from app.datasets.schemas import DatasetCreate, DatasetOut
@@ -31,10 +30,7 @@ def create_dataset(project_ref: str, body: DatasetCreate, db: DbSession, princip
 def list_datasets(db: DbSession, principal: Staff, response: Response, page: Annotated[Paging, paging(200, 1000)],
                   project_id: Id | None = None):  # fmt: skip
     """Newest first."""
-    query = select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc())
-    if project_id is not None:
-        query = query.where(DatasetSnapshot.project_id == project_id)
-    snapshots, total = page.rows(db, query)
+    snapshots, total = page.rows(db, newest_first(DatasetSnapshot, project_id))
     page.header(response, total)
     return [service.snapshot_json(s) for s in snapshots]
 

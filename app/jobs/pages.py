@@ -11,6 +11,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 
 from app import charts
+from app.api import newest_first
 from app.auth.deps import DbSession, Staff
 from app.charts import Axis
 from app.errors import RankforgeError
@@ -170,10 +171,7 @@ def _status_context(db, job: Job) -> dict:
 
 @router.get("/jobs")
 def jobs_page(request: Request, db: DbSession, principal: Staff, project_id: Id | None = None):
-    query = select(Job).order_by(Job.id.desc()).limit(200)
-    if project_id is not None:
-        query = query.where(Job.project_id == project_id)
-    jobs = list(db.scalars(query))
+    jobs = list(db.scalars(newest_first(Job, project_id).limit(200)))
     projects = {p.id: p for p in db.scalars(select(Project))}
     context = {"jobs": jobs, "projects": projects, "live": any(j.status not in TERMINAL_STATUSES for j in jobs),
                "project_id": project_id}  # fmt: skip

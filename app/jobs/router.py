@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from app.api import Paging, paging
+from app.api import Paging, newest_first, paging
 from app.auth.deps import DbSession, Staff
 from app.jobs import service
 from app.jobs.schemas import JobMetricOut, JobOut
@@ -22,10 +22,7 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 def list_jobs(db: DbSession, principal: Staff, response: Response, page: Annotated[Paging, paging(50, 500)],
               project_id: Id | None = None):  # fmt: skip
     """Newest first."""
-    query = select(Job).order_by(Job.id.desc())
-    if project_id is not None:
-        query = query.where(Job.project_id == project_id)
-    jobs, total = page.rows(db, query)
+    jobs, total = page.rows(db, newest_first(Job, project_id))
     page.header(response, total)
     return [service.job_json(job) for job in jobs]
 
