@@ -134,13 +134,7 @@ def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
     parse_row = ROW_PARSERS[fmt]
     records: list[ImportRecord] = []
     first_line_of: dict[str, int] = {}
-    saw_a_row = False
     for line_no, row in _json_lines(data, errors):
-        saw_a_row = True
-        problem = find_bad_character(row)
-        if problem:
-            errors.add(line_no, problem)
-            continue
         try:
             new_records = parse_row(row, line_no)
             for record in new_records:
@@ -159,18 +153,18 @@ def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
                     continue
                 first_line_of[record.external_id] = line_no
             records.append(record)
-    if not saw_a_row and not errors.total:
-        errors.add(0, "file is empty: expected one JSON object a line")
     errors.raise_if_any()
     return records
 
 
 def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; record decode/JSON errors and go on."""
+    """Yield (line number, object) for each non-blank line that holds a JSON object free of bad characters;
+    record the other lines' errors and go on, and that the file is empty where it has no line at all."""
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     # Splitting bytes on b"\n" is safe for UTF-8 (no multi-byte sequence contains 0x0A) and, unlike
     # str.splitlines, does not break lines at U+2028 or other separators allowed inside JSON strings.
+    saw_a_row = False
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
         try:
             text = raw.decode("utf-8")
@@ -193,7 +187,14 @@ def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             errors.add(line_no, f"expected a JSON object, got {_type_name(row)}")
             continue
+        saw_a_row = True
+        problem = find_bad_character(row)
+        if problem:
+            errors.add(line_no, problem)
+            continue
         yield line_no, row
+    if not saw_a_row and not errors.total:
+        errors.add(0, "file is empty: expected one JSON object a line")
 
 
 def _nesting_depth(text: str) -> int:
@@ -822,13 +823,7 @@ CONVERSATION_PARSERS: dict[str, Callable[[dict], Conversation]] = {
 
 def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation], errors: _Errors) -> list[ImportRecord]:
     groups: dict[str, list[tuple[int, Conversation]]] = {}
-    saw_a_row = False
     for line_no, row in _json_lines(data, errors):
-        saw_a_row = True
-        problem = find_bad_character(row)
-        if problem:
-            errors.add(line_no, problem)
-            continue
         try:
             conversation = parse_line(row)
         except (_RowError, MessageError) as exc:
@@ -836,8 +831,6 @@ def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation]
             continue
         key = json.dumps([conversation.history, conversation.tools], sort_keys=True, ensure_ascii=False)
         groups.setdefault(key, []).append((line_no, conversation))
-    if not saw_a_row and not errors.total:
-        errors.add(0, "file is empty: expected one JSON object a line")
     records = []
     for group in groups.values():
         first_line, first = group[0]
