@@ -45,6 +45,7 @@ from trainer.rollout import (
     left_pad,
     response_logprobs,
     sampling_config,
+    score_change,
     split_prompts,
 )
 from trainer.spec import JobSpec
@@ -258,12 +259,7 @@ def train(kind: str, spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.progress(0.9, "scoring samples of the trained policy")
     after = sample_and_score(policy, reference, tokenizer, eval_rows, combined, args, device)
     final: dict[str, Any] = {
-        "eval/score_before": before["score"],
-        "eval/score_after": after["score"],
-        "eval/score_gain": after["score"] - before["score"],
-        "eval/kl_to_reference": after["kl"],
-        "eval/eos_fraction_before": before["eos_fraction"],
-        "eval/eos_fraction_after": after["eos_fraction"],
+        **score_change(before, after),
         "eval/prompts": len(eval_rows),
         "eval/held_out": held_out,
     }

@@ -56,6 +56,7 @@ from trainer.rollout import (
     position_ids_for,
     response_logprobs,
     sampling_config,
+    score_change,
     split_prompts,
 )
 from trainer.spec import JobSpec
@@ -445,12 +446,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     progress.progress(0.9, "scoring samples of the trained policy")
     after = score_samples(policy, eval_queries, EVAL_SAMPLES_PER_PROMPT)
     final = {
-        "eval/score_before": before["score"],
-        "eval/score_after": after["score"],
-        "eval/score_gain": after["score"] - before["score"],
-        "eval/kl_to_reference": after["kl"],
-        "eval/eos_fraction_before": before["eos_fraction"],
-        "eval/eos_fraction_after": after["eos_fraction"],
+        **score_change(before, after),
         "eval/response_length_before": before["length"],
         "eval/response_length_after": after["length"],
         "eval/prompts": len(eval_queries),

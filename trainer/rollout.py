@@ -145,3 +145,16 @@ def generate_responses(
     response_mask = (positions <= first_eos.unsqueeze(1)).long()
     responses = responses.masked_fill(response_mask == 0, config.pad_token_id)
     return responses, response_mask
+
+
+def score_change(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The held-out evaluation metrics an RL job (PPO, GRPO, RLOO) reports: the policy's reward before and after
+    training, its KL to the reference after, and how often it ended its answers (EOS) before and after."""
+    return {
+        "eval/score_before": before["score"],
+        "eval/score_after": after["score"],
+        "eval/score_gain": after["score"] - before["score"],
+        "eval/kl_to_reference": after["kl"],
+        "eval/eos_fraction_before": before["eos_fraction"],
+        "eval/eos_fraction_after": after["eos_fraction"],
+    }
