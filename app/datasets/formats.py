@@ -335,7 +335,7 @@ def kto_rows(
             prompt = format_prompt(jc, conversational)
         row = {
             "prompt": prompt,
-            "completion": _completion_value(text, conversational),
+            "completion": _completion_value(text, conversational, jc.continuations.get(completion_id)),
             "label": winner > 0,
             "comparison_id": jc.comparison_id,
             "prompt_id": jc.prompt_id,
@@ -480,7 +480,7 @@ def _best_rows(jc: JudgedComparison, conversational: bool, min_agreement: float,
         text, model = jc.completions[completion_id]
         row = {
             "prompt": prompt,
-            "completion": _completion_value(text, conversational),
+            "completion": _completion_value(text, conversational, jc.continuations.get(completion_id)),
             "comparison_id": jc.comparison_id,
             "prompt_id": jc.prompt_id,
             "completion_id": completion_id,
@@ -531,7 +531,7 @@ def rating_rows(
         text, model = jc.completions[completion_id]
         if prompt is None:
             prompt = format_prompt(jc, conversational)
-        row = {"prompt": prompt, "completion": _completion_value(text, conversational), "comparison_id": jc.comparison_id,
+        row = {"prompt": prompt, "completion": _completion_value(text, conversational, jc.continuations.get(completion_id)), "comparison_id": jc.comparison_id,
                "prompt_id": jc.prompt_id, "completion_id": completion_id, "model": model, "n_votes": len(voters),
                "weight": _mean(voters) if voters else 0.0, "is_gold": jc.is_gold,
                "rank": rank.get(completion_id)}  # fmt: skip

@@ -281,3 +281,22 @@ def test_a_snapshot_of_tool_call_pairs_writes_jsonl_and_parquet_with_the_same_ro
     assert parquet_row["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert parquet_row["prompt"][1]["content"] == row["prompt"][1]["content"] == "Hi"
     assert parquet_row["tools"] == row["tools"]
+
+
+@pytest.mark.parametrize("export_format", ["kto", "sft", "ratings"])
+def test_kto_sft_and_ratings_rows_carry_the_continuation_whole(export_format):
+    from app.datasets.formats import JudgedComparison, JudgmentVote, export_rows
+
+    [record] = parse_import(jsonl(openai_line("Paris", "18 °C in Paris."), openai_line("Lyon", "Mild.")), "openai-chat")
+    continuations = {i: c["metadata"][CONTINUATION_KEY] for i, c in enumerate(record.completions)}
+    comparison = JudgedComparison(
+        comparison_id=1, prompt_id=1, prompt=record.prompt,
+        completions={i: (c["text"], None) for i, c in enumerate(record.completions)}, continuations=continuations,
+        judgments=[JudgmentVote(rater_id=1, ranking=[[0], [1]], attributes={"helpful": {"0": 5.0, "1": 2.0}})],
+        scales=[{"name": "helpful", "min": 1, "max": 7}],
+    )  # fmt: skip
+    rows = [row for _, row in export_rows([comparison], export_format, conversational=True, test_fraction=0.0)]
+    assert rows
+    for row in rows:
+        assert row["completion"] == continuations[row["completion_id"]]
+        assert row["prompt"] == HISTORY
