@@ -21,16 +21,16 @@ from typing import Any
 from trl import DPOConfig, DPOTrainer
 
 from trainer import progress
-from trainer.data import dataset_for_trainer, has_split, read_rows, read_training_rows, require_format
+from trainer.data import has_split, read_rows, read_training_rows, require_format
 from trainer.encoding import Fit, LengthGroupedBatches, effective_max_length, encode_rows, padded_length
 from trainer.models import (
     load_policy,
     load_tokenizer,
-    lora_config,
-    report_fit,
     report_phases,
     save_trained,
     thread_facts,
+    tokenize_splits,
+    train_pretokenized,
     trainer_kwargs,
 )
 from trainer.params import DPOArgs
@@ -83,12 +83,9 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     scratch = out_dir / "_scratch"
     kwargs = trainer_kwargs(args, str(scratch), spec.seed)
     kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
-    with phases("tokenize"):
-        train_encoded, fit = encoded_pairs(train_rows, tokenizer, max_length)
-        eval_encoded, _ = encoded_pairs(eval_rows, tokenizer, max_length)
-    report_fit(fit, "pairs")
-    if not train_encoded:
-        raise ValueError(f"every training pair has a completion longer than max_length ({max_length}) on its own")
+    train_encoded, eval_encoded, fit = tokenize_splits(
+        lambda rows: encoded_pairs(rows, tokenizer, max_length), train_rows, eval_rows, max_length, "pairs", phases
+    )
     config = DPOConfig(
         **kwargs,
         beta=args.beta,
@@ -96,25 +93,9 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         label_smoothing=args.label_smoothing,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
-    progress.progress(
-        0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
+    trainer, callback, result, eval_dataset = train_pretokenized(
+        PreTokenizedDPOTrainer, policy, tokenizer, config, train_encoded, eval_encoded, args, scratch, phases
     )
-    with phases("prepare"):
-        train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
-        eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
-        trainer = PreTokenizedDPOTrainer(
-            model=policy,
-            args=config,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            callbacks=[callback],
-            peft_config=lora_config(args, "CAUSAL_LM"),
-        )
-    trainer.row_lengths = [padded_length(row) for row in train_encoded]
-    with phases("train"):
-        result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),

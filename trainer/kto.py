@@ -24,16 +24,16 @@ from typing import Any
 from trl import KTOConfig, KTOTrainer
 
 from trainer import progress
-from trainer.data import dataset_for_trainer, has_split, read_rows, require_format, shuffled, unpair
-from trainer.encoding import LengthGroupedBatches, effective_max_length, encode_rows, padded_length
+from trainer.data import has_split, read_rows, require_format, shuffled, unpair
+from trainer.encoding import LengthGroupedBatches, effective_max_length, encode_rows
 from trainer.models import (
     load_policy,
     load_tokenizer,
-    lora_config,
-    report_fit,
     report_phases,
     save_trained,
     thread_facts,
+    tokenize_splits,
+    train_pretokenized,
     trainer_kwargs,
 )
 from trainer.params import KTOArgs
@@ -98,12 +98,10 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     scratch = out_dir / "_scratch"
     kwargs = trainer_kwargs(args, str(scratch), seed)
     kwargs["max_length"] = max_length = effective_max_length(args.max_length, policy.config, tokenizer)
-    with phases("tokenize"):
-        train_encoded, fit = encode_rows(train_rows, tokenizer, max_length, ("completion",))
-        eval_encoded, _ = encode_rows(eval_rows, tokenizer, max_length, ("completion",))
-    report_fit(fit, "rows")
-    if not train_encoded:
-        raise ValueError(f"every training row has a completion longer than max_length ({max_length}) on its own")
+    train_encoded, eval_encoded, fit = tokenize_splits(
+        lambda rows: encode_rows(rows, tokenizer, max_length, ("completion",)), train_rows, eval_rows, max_length,
+        "rows", phases,
+    )
     config = KTOConfig(
         **kwargs,
         beta=args.beta,
@@ -111,25 +109,9 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         undesirable_weight=args.undesirable_weight,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
-    callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
-    progress.progress(
-        0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
+    trainer, callback, result, eval_dataset = train_pretokenized(
+        PreTokenizedKTOTrainer, policy, tokenizer, config, train_encoded, eval_encoded, args, scratch, phases
     )
-    with phases("prepare"):
-        train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
-        eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
-        trainer = PreTokenizedKTOTrainer(
-            model=policy,
-            args=config,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            callbacks=[callback],
-            peft_config=lora_config(args, "CAUSAL_LM"),
-        )
-    trainer.row_lengths = [padded_length(row) for row in train_encoded]
-    with phases("train"):
-        result = trainer.train()
 
     metrics: dict[str, Any] = {
         "loss/total": callback.last("loss/total", result.training_loss),

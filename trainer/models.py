@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trainer.encoding import is_encoder, prepare_tokenizer
+from trainer import progress
+from trainer.data import dataset_for_trainer
+from trainer.encoding import Fit, is_encoder, padded_length, prepare_tokenizer
 from trainer.params import TrainArgs
 
 
@@ -326,6 +328,43 @@ def save_trained(
         (out_dir / "training_args.bin").unlink(missing_ok=True)
         if scratch_dir is not None:
             shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def tokenize_splits(encode, train_rows: list[dict], eval_rows: list[dict], max_length: int | None, unit: str,
+                    phases) -> tuple[list[dict], list[dict], Fit]:
+    """The training and held-out rows encoded by `encode(rows) -> (encoded, Fit)`, what fit reported in `unit`
+    ("pairs", "rows"); refused when no training row fits max_length."""
+    with phases("tokenize"):
+        train_encoded, fit = encode(train_rows)
+        eval_encoded, _ = encode(eval_rows)
+    report_fit(fit, unit)
+    if not train_encoded:
+        raise ValueError(f"every training {unit[:-1]} has a completion longer than max_length ({max_length}) on its own")
+    return train_encoded, eval_encoded, fit
+
+
+def train_pretokenized(
+    trainer_class, policy, tokenizer, config, train_encoded: list[dict], eval_encoded: list[dict], args: TrainArgs,
+    scratch: Path, phases,
+):
+    """Train a policy with `trainer_class` (a TRL preference trainer with trainer.encoding.LengthGroupedBatches)
+    on rows tokenized by trainer.encoding, its progress reported from 10% to 90%. Returns the trainer, its
+    progress callback (the last logged metrics), TRL's train result and the held-out dataset (None without
+    held-out rows)."""
+    callback = progress.JsonLinesCallback(progress_start=0.1, progress_end=0.9)
+    progress.progress(
+        0.02, "preparing data" + (" and reference log-probs" if args.precompute_ref_log_probs else "")
+    )
+    with phases("prepare"):
+        train_dataset = dataset_for_trainer(train_encoded, scratch / "train", config)
+        eval_dataset = dataset_for_trainer(eval_encoded, scratch / "eval", config) if eval_encoded else None
+        trainer = trainer_class(model=policy, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                processing_class=tokenizer, callbacks=[callback],
+                                peft_config=lora_config(args, "CAUSAL_LM"))  # fmt: skip
+    trainer.row_lengths = [padded_length(row) for row in train_encoded]
+    with phases("train"):
+        result = trainer.train()
+    return trainer, callback, result, eval_dataset
 
 
 def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, Any]:
