@@ -24,6 +24,7 @@ from trainer import progress
 from trainer.data import has_split, read_rows, read_training_rows, require_format
 from trainer.encoding import Fit, LengthGroupedBatches, effective_max_length, encode_rows, padded_length
 from trainer.models import (
+    held_out_metrics,
     load_policy,
     load_tokenizer,
     report_phases,
@@ -31,6 +32,7 @@ from trainer.models import (
     thread_facts,
     tokenize_splits,
     train_pretokenized,
+    trained_metrics,
     trainer_kwargs,
 )
 from trainer.params import DPOArgs
@@ -97,30 +99,12 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         PreTokenizedDPOTrainer, policy, tokenizer, config, train_encoded, eval_encoded, args, scratch, phases
     )
 
-    metrics: dict[str, Any] = {
-        "loss/total": callback.last("loss/total", result.training_loss),
-        "train/loss_mean": result.training_loss,
-        **fit.metrics("pairs"),  # pairs, pairs_used, pairs_truncated, pairs_dropped
-        "train/steps": result.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
-    }
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
-        if (value := callback.last(name)) is not None:
-            metrics[name] = value
-    if eval_dataset is not None:
-        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
-        with phases("evaluate"):
-            held_out = progress.map_metrics(trainer.evaluate())  # also emitted as a metrics event by the callback
-        for name in (
-            "eval/loss",
-            "eval/rewards/accuracies",
-            "eval/rewards/margins",
-            "eval/rewards/chosen",
-            "eval/rewards/rejected",
-        ):
-            if name in held_out:
-                metrics[name] = held_out[name]
-        metrics["eval/pairs"] = len(eval_dataset)
+    metrics = trained_metrics(
+        callback, result, fit, "pairs", ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+    )
+    metrics |= held_out_metrics(trainer, eval_dataset, args.eval_split, "pairs", (
+        "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/rewards/chosen", "eval/rewards/rejected",
+    ), phases)  # fmt: skip
 
     progress.progress(0.95, "saving the policy")
     with phases("save"):

@@ -27,6 +27,7 @@ from trainer import progress
 from trainer.data import has_split, read_rows, require_format, shuffled, unpair
 from trainer.encoding import LengthGroupedBatches, effective_max_length, encode_rows
 from trainer.models import (
+    held_out_metrics,
     load_policy,
     load_tokenizer,
     report_phases,
@@ -34,6 +35,7 @@ from trainer.models import (
     thread_facts,
     tokenize_splits,
     train_pretokenized,
+    trained_metrics,
     trainer_kwargs,
 )
 from trainer.params import KTOArgs
@@ -113,31 +115,11 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         PreTokenizedKTOTrainer, policy, tokenizer, config, train_encoded, eval_encoded, args, scratch, phases
     )
 
-    metrics: dict[str, Any] = {
-        "loss/total": callback.last("loss/total", result.training_loss),
-        "train/loss_mean": result.training_loss,
-        **fit.metrics("rows"),  # rows, rows_used, rows_truncated, rows_dropped
-        "train/desirable_rows": desirable,
-        "train/steps": result.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
-    }
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "train/kl"):
-        if (value := callback.last(name)) is not None:
-            metrics[name] = value
-    if eval_dataset is not None:
-        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
-        with phases("evaluate"):
-            held_out = progress.map_metrics(trainer.evaluate())
-        for name in (
-            "eval/loss",
-            "eval/rewards/chosen",
-            "eval/rewards/rejected",
-            "eval/rewards/margins",
-            "eval/kl",
-        ):
-            if name in held_out:
-                metrics[name] = held_out[name]
-        metrics["eval/rows"] = len(eval_dataset)
+    metrics = trained_metrics(callback, result, fit, "rows", ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                              "train/kl"), {"train/desirable_rows": desirable})  # fmt: skip
+    metrics |= held_out_metrics(trainer, eval_dataset, args.eval_split, "rows", (
+        "eval/loss", "eval/rewards/chosen", "eval/rewards/rejected", "eval/rewards/margins", "eval/kl",
+    ), phases)  # fmt: skip
 
     progress.progress(0.95, "saving the policy")
     with phases("save"):

@@ -367,6 +367,34 @@ def train_pretokenized(
     return trainer, callback, result, eval_dataset
 
 
+def trained_metrics(callback, result, fit: Fit, unit: str, last: tuple[str, ...], extra: dict | None = None) -> dict:
+    """What a TRL training run reports: its loss, what fit in `unit` (pairs, pairs_used, ...), `extra`, its steps
+    and runtime, and the last logged value of each metric in `last` that was logged."""
+    metrics: dict[str, Any] = {
+        "loss/total": callback.last("loss/total", result.training_loss),
+        "train/loss_mean": result.training_loss,
+        **fit.metrics(unit),
+        **(extra or {}),
+        "train/steps": result.global_step,
+        "train/runtime_s": result.metrics.get("train_runtime"),
+    }
+    for name in last:
+        if (value := callback.last(name)) is not None:
+            metrics[name] = value
+    return metrics
+
+
+def held_out_metrics(trainer, eval_dataset, eval_split: str | None, unit: str, names: tuple[str, ...], phases) -> dict:
+    """The trainer's metrics in `names` on the held-out split and its size in `unit` (none without held-out rows);
+    evaluating also emits them as a metrics event (the progress callback)."""
+    if eval_dataset is None:
+        return {}
+    progress.progress(0.92, f"evaluating on the {eval_split} split")
+    with phases("evaluate"):
+        held_out = progress.map_metrics(trainer.evaluate())
+    return {name: held_out[name] for name in names if name in held_out} | {f"eval/{unit}": len(eval_dataset)}
+
+
 def trainer_kwargs(args: TrainArgs, scratch_dir: str, seed: int) -> dict[str, Any]:
     """Keyword arguments shared by every TRL config (RewardConfig, DPOConfig, ...) built from TrainArgs.
 

@@ -44,6 +44,7 @@ from trainer.models import (
     reward_scores,
     save_trained,
     thread_facts,
+    trained_metrics,
     trainer_kwargs,
 )
 from trainer.params import RewardArgs
@@ -192,16 +193,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     with phases("train"):
         result = trainer.train()
 
-    metrics: dict[str, Any] = {
-        "loss/total": callback.last("loss/total", result.training_loss),
-        "train/loss_mean": result.training_loss,
-        **trainer.fit.metrics("pairs"),  # pairs, pairs_used, pairs_truncated, pairs_dropped
-        "train/steps": result.global_step,
-        "train/runtime_s": result.metrics.get("train_runtime"),
-    }
-    for name in ("rewards/accuracies", "rewards/margins"):
-        if (value := callback.last(name)) is not None:
-            metrics[name] = value
+    metrics = trained_metrics(callback, result, trainer.fit, "pairs", ("rewards/accuracies", "rewards/margins"))
     if args.eval_split and has_split(dataset_path, args.eval_split) and progress.is_main_process():
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")
         with phases("evaluate"):
