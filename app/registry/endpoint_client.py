@@ -165,6 +165,22 @@ class EndpointClient:
         if self.cancel.is_set():
             raise Cancelled()
 
+    def _attempts(self) -> Iterator[int]:
+        """Attempt numbers 1, 2, ... without end, each after the rate limiter's delay (the caller stops)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            self._sleep(self.limiter.delay())
+            yield attempt
+
+    def _give_up_or_wait(self, retry: _Retry, attempt: int) -> None:
+        """After a retryable failure: EndpointFailure on the last attempt, else wait as the server or the
+        backoff says."""
+        if attempt >= self.max_attempts:
+            raise EndpointFailure(f"{retry.reason} (gave up after {attempt} attempts)", status=retry.status,
+                                  attempts=attempt) from None  # fmt: skip
+        self._sleep(retry.wait if retry.wait is not None else self._backoff(attempt))
+
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, base * 2^(attempt-1)], at least a tenth of the base."""
         ceiling = self.retry_base * (2 ** (attempt - 1))
@@ -181,20 +197,14 @@ class EndpointClient:
     def chat(self, messages: list[dict], params: dict | None = None) -> Answer:
         """One chat completion (POST /v1/chat/completions), retried as the module says."""
         body = self.body(messages, params)
-        attempt = 0
-        while True:
-            attempt += 1
-            self._sleep(self.limiter.delay())
+        for attempt in self._attempts():
             try:
                 with self.slots:
                     answer = self._chat_once(body)
                 answer.attempts = attempt
                 return answer
             except _Retry as retry:
-                if attempt >= self.max_attempts:
-                    raise EndpointFailure(f"{retry.reason} (gave up after {attempt} attempts)", status=retry.status,
-                                          attempts=attempt) from None  # fmt: skip
-                self._sleep(retry.wait if retry.wait is not None else self._backoff(attempt))
+                self._give_up_or_wait(retry, attempt)
             except EndpointFailure as failure:
                 failure.attempts = attempt
                 raise
@@ -241,19 +251,13 @@ class EndpointClient:
         "usage"}. Connecting is retried like chat(); once text has arrived a failure is final (EndpointFailure):
         a half-shown answer cannot be taken back."""
         body = self.body(messages, params, stream=True)
-        attempt = 0
-        while True:
-            attempt += 1
-            self._sleep(self.limiter.delay())
+        for attempt in self._attempts():
             try:
                 with self.slots:
                     yield from self._stream_once(body)
                 return
             except _Retry as retry:
-                if attempt >= self.max_attempts:
-                    raise EndpointFailure(f"{retry.reason} (gave up after {attempt} attempts)", status=retry.status,
-                                          attempts=attempt) from None  # fmt: skip
-                self._sleep(retry.wait if retry.wait is not None else self._backoff(attempt))
+                self._give_up_or_wait(retry, attempt)
 
     def _stream_once(self, body: dict) -> Iterator[dict]:
         started = False
