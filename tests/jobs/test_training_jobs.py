@@ -128,7 +128,8 @@ def test_dpo_job_end_to_end_registers_a_policy_version(client, world):
     assert page.status_code == 200
     assert "<svg" in page.text and "<polyline" in page.text and 'hx-trigger="load delay:1s"' not in page.text
     assert 'id="job-time"' in page.text and "load model" in page.text and "tokenize" in page.text
-    assert f"/api/v1/datasets/{done['result']['dataset_id']}" in page.text and version["name"] in page.text
+    # the dataset link opens its page, not the API's JSON (issue 27)
+    assert f'href="/datasets/{done["result"]["dataset_id"]}"' in page.text and version["name"] in page.text
     models_page = client.get("/models", headers=world["engineer"]["headers"] | {"Accept": "text/html"})
     assert models_page.status_code == 200 and version["name"] in models_page.text
 
