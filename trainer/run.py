@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import __version__
+from trainer.durable import fsync_path
 from trainer.params import DEFAULTS, FIELD_DOCS, KIND_INFO
 from trainer.results import build_result, write_result
 from trainer.spec import JobSpec
@@ -60,20 +61,8 @@ def _fsync_tree(root: Path) -> None:
     """Flush every file and directory under root to disk (so the rename publishes durable content)."""
     for directory, _subdirs, files in os.walk(root):
         for name in files:
-            fd = os.open(Path(directory) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(directory))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(Path(directory) / name)
+        fsync_path(directory)
 
 
 def _dataset_sha256(spec: JobSpec) -> str | None:
@@ -184,7 +173,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
         if output_dir.exists():
             raise FileExistsError(f"output_dir appeared while the job ran: {output_dir}; not overwriting it")
         os.rename(partial, output_dir)
-        _fsync_dir(output_dir.parent)
+        fsync_path(output_dir.parent)
         return metrics
     finally:
         if main_process and partial.exists():

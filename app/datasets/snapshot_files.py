@@ -38,6 +38,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from app.errors import RankforgeError
+from trainer.durable import fsync_path
 
 MANIFEST_NAME = "manifest.json"
 FILE_FORMATS = ("jsonl", "parquet")
@@ -176,11 +177,11 @@ class SnapshotWriter:
                 (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"),
             )
             for directory in sorted({self.temp_dir, *(p for p in self.temp_dir.rglob("*") if p.is_dir())}):
-                _fsync_dir(directory)
+                fsync_path(directory)
             if self.final_dir.exists():
                 raise FileExistsError(f"snapshot directory already exists: {self.final_dir}")
             os.rename(self.temp_dir, self.final_dir)
-            _fsync_dir(self.final_dir.parent)
+            fsync_path(self.final_dir.parent)
         except BaseException:
             self.abort()
             raise
@@ -258,7 +259,7 @@ class SnapshotWriter:
         with pq.ParquetWriter(path, schema, compression="zstd") as writer:
             for table in self._tables(split, schema):
                 writer.write_table(table)
-        _fsync_path(path)
+        fsync_path(path)
 
     def _write_hf_datasets(self, schema: pa.Schema) -> None:
         """hf/: a `datasets.DatasetDict.save_to_disk` directory, made by `python -m trainer.hf_dataset` in a child
@@ -304,7 +305,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
-    _fsync_path(path)
+    fsync_path(path)
     return {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
 
 
@@ -323,18 +324,6 @@ def _write_file_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_path(path)
 
 
 def read_manifest(snapshot_dir: str | os.PathLike) -> dict[str, Any]:
