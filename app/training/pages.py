@@ -102,10 +102,13 @@ async def start_training(project_ref: str, request: Request, db: DbSession, prin
             request, "error.html", {"status": 422, "message": f"Unknown kind {kind!r}."}, status_code=422
         )
     params, error = {}, None
-    for name in DEFAULTS[kind]:  # every field the form shows (an unchecked box is absent: False)
+    # A browser leaves an unchecked box out of the form: a flag the form showed (named in `shown_flag`) and did not
+    # send is False; a flag it did not show keeps its default (a script posting only the fields it sets).
+    shown_flags = set(form.getlist("shown_flag"))
+    for name in DEFAULTS[kind]:
         raw = str(form.get(f"param_{name}", "")).strip()
         default = DEFAULTS[kind][name]
-        if raw == "" and not isinstance(default, bool):
+        if raw == "" and not (isinstance(default, bool) and name in shown_flags):
             continue
         try:
             value = _read_param(raw, default)

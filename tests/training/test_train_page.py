@@ -35,6 +35,11 @@ def test_the_train_form_takes_any_parameter_of_the_kind_by_slug(client, users, t
         params = db.get(Job, job_id).params
     assert params.get("max_length") == 384  # set, and only what differs from the defaults
     assert "learning_rate" not in params
+    assert "use_weights" not in params  # a flag the post did not show keeps its default (True)
+    unticked = client.post("/projects/newcomer/train", data=form | {"shown_flag": "use_weights"}, headers=HTML,
+                           follow_redirects=False)  # fmt: skip
+    with session_scope() as db:  # a box the form showed and the browser left out is unticked: False
+        assert db.get(Job, int(unticked.headers["location"].rsplit("/", 1)[1])).params["use_weights"] is False
     job_page = client.get(f"/jobs/{job_id}", headers=HTML).text
     assert "max_length=384" in job_page and "Params: {}" not in job_page
 
