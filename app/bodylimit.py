@@ -154,7 +154,15 @@ class BodyLimitMiddleware:
             raise _Refused(_login_required(scope))
         # Every body (JSON and raw ones too: FastAPI parses those before the route's dependencies run) waits for
         # the credentials to be checked: a bogus token or session must not get megabytes read and parsed.
-        verdict = await run_in_threadpool(_check_credentials, headers, cookie)
+        try:
+            verdict = await run_in_threadpool(_check_credentials, headers, cookie)
+        except Exception as error:
+            # Outside FastAPI's handlers here: a database outage must still be the 503 + Retry-After every route gives.
+            from app.outage import database_unavailable_response, is_database_unavailable
+
+            if not is_database_unavailable(error):
+                raise
+            raise _Refused(database_unavailable_response(Request(scope), error)) from error
         if verdict == "login":
             raise _Refused(_login_required(scope))
         content_type = headers.get("content-type", "").lower()
