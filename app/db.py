@@ -66,8 +66,8 @@ def secure_storage(url: str) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=OWNER_ONLY_DIR)
+    if not path.parent.is_dir():
+        return  # a database in a folder that does not exist is unreachable (503), not silently made anew
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, OWNER_ONLY_FILE))
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
