@@ -14,7 +14,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/rankforge.db"
     """SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in production."""
     data_dir: Path = Path("var/data")
-    """Artifact store: dataset snapshots and model checkpoints."""
+    """This machine's local directory: the artifact store itself unless artifact_store names another (then only
+    scratch: job working directories, the cache of downloaded artifacts, secret.key)."""
+    artifact_store: str = ""
+    """RANKFORGE_ARTIFACT_STORE: where snapshots, model versions, job files, uploads and backups live (app.store):
+    empty for data_dir (a local directory), or an fsspec URL (s3://bucket/prefix, gs://..., az://...), its endpoint
+    and credentials read from the environment by the backend (e.g. AWS_ENDPOINT_URL for s3fs)."""
     host: str = "127.0.0.1"
     port: int = 8000
 
