@@ -28,6 +28,11 @@ Which figure reads which selection (change it here, or say why a figure differs,
 |                                                                               | too (work done), + practice|
 | pay: gold accuracy                                                            | `HUMAN` counted            |
 
+Step judgments (`step_judgment` rows: one rater's labels on a trajectory's steps) follow the same rules through
+`counted_steps`: these sources, not voided. They carry no flags, so no review can exclude them, and there are no
+practice trajectories. Step alpha and step reliability (app/quality/service.py) read `counted_steps(HUMAN)`; the
+`steps` export reads `counted_steps(*filters.sources)`.
+
 Imported judgments count only in exports (they are someone else's labels: no rater to grade, no model battle of
 ours). AI judgments count in exports only when asked for (`filters.sources`), and in a round's AI win rate.
 
@@ -41,7 +46,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.sql import Select
 
-from app.models import FlagReview, Judgment
+from app.models import FlagReview, Judgment, StepJudgment
 
 HUMAN = "human"
 AI = "ai"
@@ -81,6 +86,12 @@ def counted(*sources: str, project_id: int | None = None) -> ColumnElement[bool]
 def counted_ids(*sources: str, project_id: int | None = None) -> Select:
     """SELECT of the counted judgments' ids (for an IN or a join)."""
     return select(Judgment.id).where(counted(*sources, project_id=project_id))
+
+
+def counted_steps(*sources: str, project_id: int | None = None) -> ColumnElement[bool]:
+    """The where-clause of counted step judgments: these sources, not voided (and, given, of this project)."""
+    clause = and_(StepJudgment.source.in_(_check(sources)), StepJudgment.voided_at.is_(None))
+    return clause if project_id is None else and_(StepJudgment.project_id == project_id, clause)
 
 
 def paid(project_id: int) -> ColumnElement[bool]:

@@ -1,6 +1,7 @@
 """All ORM models; importing this package registers every table on Base.metadata."""
 
 from app.models.base import Base, start_of_day, utcnow
+from app.models.battle import Battle, BattleSettingsRow, BattleTurn
 from app.models.comparison import (
     UNSCORED_GAP,
     Assignment,
@@ -25,11 +26,15 @@ from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, P
 from app.models.registry import ModelEndpoint, ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
+from app.models.steps import StepJudgment
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
 from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "Battle",
+    "BattleSettingsRow",
+    "BattleTurn",
     "AI_POLICIES",
     "JUDGE_METHODS",
     "AIPolicy",
@@ -73,6 +78,7 @@ __all__ = [
     "Round",
     "RoundStatus",
     "SchedulerLock",
+    "StepJudgment",
     "User",
     "Verdict",
     "WebhookDelivery",

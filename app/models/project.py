@@ -56,6 +56,8 @@ class Project(IdMixin, CreatedMixin, Base):
     schedule_notices: Mapped[dict | None] = mapped_column()
     """Why the worker skipped this project's schedule or rounds on its last try ({"schedule": text, "rounds":
     text}; app.training.scheduler.note_problem), shown on the project's page; cleared once it runs again."""
+    step_tags: Mapped[list | None] = mapped_column()
+    """Failure tags raters may put on a trajectory's steps; None: the defaults (app.steps.labels.DEFAULT_STEP_TAGS)."""
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
 
 
