@@ -3,6 +3,7 @@ web process may call it.
 
     EndpointClient(config).chat(messages, params) -> Answer          one answer, retried as below
     EndpointClient(config).stream_chat(messages, params) -> chunks  an answer as it is written (server-sent events)
+    astream_chat(config, messages, params) -> async chunks          the same from asyncio, one attempt (live battles)
 
 Every request is bounded three ways: at most `max_concurrency` in flight per client, at most
 `requests_per_minute` started per minute, and `timeout_seconds` each. A 429 waits what its `Retry-After` says
@@ -19,7 +20,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -260,42 +261,95 @@ class EndpointClient:
                 self._give_up_or_wait(retry, attempt)
 
     def _stream_once(self, body: dict) -> Iterator[dict]:
-        started = False
-        finish_reason, usage = None, None
+        reader = StreamReader()
         try:
             with self.http.stream("POST", self.config.url("chat/completions"), json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     self._check_status(response)
                 for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
+                    for text in reader.read(line):
+                        yield {"delta": text}
+                    if reader.ended:
                         break
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError:
-                        raise EndpointFailure(f"malformed stream chunk: {_short(payload)}") from None
-                    if isinstance(chunk.get("usage"), dict):
-                        usage = _usage(chunk["usage"])
-                    for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            started = True
-                            yield {"delta": text}
-                        if choice.get("finish_reason"):
-                            finish_reason = choice["finish_reason"]
         except httpx.TimeoutException:
-            if started:
+            if reader.started:
                 raise EndpointFailure(f"the answer stalled (no text within {self.config.timeout_seconds:g} s)") from None
             raise _Retry(f"no answer within {self.config.timeout_seconds:g} s (timeout)") from None
         except httpx.TransportError as error:
             reason = f"connection failed: {_short(type(error).__name__ + ' ' + str(error))}"
-            if started:
+            if reader.started:
                 raise EndpointFailure(reason) from None
             raise _Retry(reason) from None
-        yield {"done": True, "finish_reason": finish_reason, "usage": usage}
+        yield reader.done()
+
+
+class StreamReader:
+    """Reads the lines of an OpenAI chat stream (server-sent events): the text pieces as they come, then the finish
+    reason and usage. Shared by the blocking client and `astream_chat`."""
+
+    def __init__(self):
+        self.started = False
+        self.ended = False
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+
+    def read(self, line: str) -> list[str]:
+        """The text pieces of one line (none for comments, keep-alives and the final [DONE], which sets `ended`)."""
+        if not line.startswith("data:"):
+            return []
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.ended = True
+            return []
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise EndpointFailure(f"malformed stream chunk: {_short(payload)}") from None
+        if not isinstance(chunk, dict):
+            raise EndpointFailure(f"malformed stream chunk: {_short(payload)}")
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = _usage(chunk["usage"])
+        pieces = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            text = (choice.get("delta") or {}).get("content") if isinstance(choice.get("delta"), dict) else None
+            if isinstance(text, str) and text:
+                self.started = True
+                pieces.append(text)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        return pieces
+
+    def done(self) -> dict:
+        return {"done": True, "finish_reason": self.finish_reason, "usage": self.usage}
+
+
+async def astream_chat(config: EndpointConfig, messages: list[dict], params: dict | None = None) -> AsyncIterator[dict]:
+    """`stream_chat`'s events from an asyncio caller (the web process's live battles): one attempt, no retries (a
+    person is waiting; a battle side that fails is void), every failure an EndpointFailure with its reason. Each
+    read waits at most the endpoint's timeout; the caller bounds the whole answer."""
+    body = {"model": config.model, "messages": messages} | dict(config.sampling) | dict(params or {})
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    reader = StreamReader()
+    try:
+        async with (httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_seconds), headers=config.headers(),
+                                      follow_redirects=False) as http,
+                    http.stream("POST", config.url("chat/completions"), json=body) as response):  # fmt: skip
+            if response.status_code >= 400:
+                text = (await response.aread()).decode("utf-8", "replace")
+                raise EndpointFailure(f"HTTP {response.status_code}: {_short(text)}", status=response.status_code)
+            async for line in response.aiter_lines():
+                for text in reader.read(line):
+                    yield {"delta": text}
+                if reader.ended:
+                    break
+    except httpx.TimeoutException:
+        raise EndpointFailure(f"no text within {config.timeout_seconds:g} s (timeout)") from None
+    except httpx.TransportError as error:
+        raise EndpointFailure(f"connection failed: {_short(type(error).__name__ + ' ' + str(error))}") from None
+    yield reader.done()
 
 
 def _usage(usage: dict | None) -> dict | None:
