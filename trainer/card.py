@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainer.audit import audit_lines
 from trainer.encoding import PLAIN_CHAT_TEMPLATE, PLAIN_TEMPLATE_NAME
 from trainer.params import KIND_INFO
 
@@ -88,4 +89,6 @@ def model_card(manifest: dict[str, Any]) -> str:
         k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float, str, bool))
     }
     lines += ["", "## Metrics", "", *_table(metrics, ("metric", "value")), ""]
+    if manifest.get("audit"):
+        lines += ["## Reward-model audit", "", *audit_lines(manifest["audit"]), ""]
     return "\n".join(front + lines)

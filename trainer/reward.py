@@ -26,6 +26,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from trainer import progress
+from trainer.audit import reward_audit, write_audit
 from trainer.data import has_split, read_rows, read_training_rows, require_format
 from trainer.encoding import (
     Fit,
@@ -123,14 +124,24 @@ def _training_rows(
     return encoded, fit
 
 
-def pairwise_accuracy(
+def pair_scores(
     model, tokenizer, rows: list[dict[str, Any]], *, batch_size: int, max_length: int
-) -> dict:
-    """Share of pairs whose chosen completion the model scores strictly higher, and the mean score gap."""
+) -> tuple[list[float], list[float]]:
+    """The model's scores of each row's chosen and of its rejected completion."""
     chosen = [encode_sequence(r["prompt"], r["chosen"], tokenizer, max_length) for r in rows]
     rejected = [encode_sequence(r["prompt"], r["rejected"], tokenizer, max_length) for r in rows]
     scores = reward_scores(model, tokenizer, chosen + rejected, batch_size=batch_size, max_length=max_length)
-    gaps = [c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]
+    return scores[: len(rows)], scores[len(rows) :]
+
+
+def pairwise_accuracy(
+    model, tokenizer, rows: list[dict[str, Any]], *, batch_size: int, max_length: int,
+    scores: tuple[list[float], list[float]] | None = None,
+) -> dict:  # fmt: skip
+    """Share of pairs whose chosen completion the model scores strictly higher, and the mean score gap
+    (`scores`: pair_scores' answer when already computed)."""
+    chosen, rejected = scores or pair_scores(model, tokenizer, rows, batch_size=batch_size, max_length=max_length)
+    gaps = [c - r for c, r in zip(chosen, rejected, strict=True)]
     return {
         "accuracy": sum(gap > 0 for gap in gaps) / len(gaps),
         "margin": sum(gaps) / len(gaps),
@@ -194,20 +205,23 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         result = trainer.train()
 
     metrics = trained_metrics(callback, result, trainer.fit, "pairs", ("rewards/accuracies", "rewards/margins"))
-    if args.eval_split and has_split(dataset_path, args.eval_split) and progress.is_main_process():
-        progress.progress(0.92, f"evaluating on the {args.eval_split} split")
+    if progress.is_main_process():
+        held_out_split = bool(args.eval_split and has_split(dataset_path, args.eval_split))
+        split = args.eval_split if held_out_split else "train"
+        rows = read_rows(dataset_path, split) if held_out_split else train_rows
+        progress.progress(0.92, f"evaluating and auditing on the {split} split")
         with phases("evaluate"):
-            held_out = pairwise_accuracy(
-                trainer.model,
-                tokenizer,
-                read_rows(dataset_path, args.eval_split),
-                batch_size=args.per_device_eval_batch_size,
-                max_length=trainer.args.max_length,
+            scores = pair_scores(trainer.model, tokenizer, rows, batch_size=args.per_device_eval_batch_size,
+                                 max_length=trainer.args.max_length)  # fmt: skip
+            audit = reward_audit(rows, *scores, split=split)
+        write_audit(audit, out_dir)
+        if held_out_split:
+            held_out = pairwise_accuracy(trainer.model, tokenizer, rows, batch_size=args.per_device_eval_batch_size,
+                                         max_length=trainer.args.max_length, scores=scores)  # fmt: skip
+            metrics.update({f"eval/{name}": value for name, value in held_out.items()})
+            progress.metrics(
+                result.global_step, {"eval/accuracy": held_out["accuracy"], "eval/margin": held_out["margin"]}
             )
-        metrics.update({f"eval/{name}": value for name, value in held_out.items()})
-        progress.metrics(
-            result.global_step, {"eval/accuracy": held_out["accuracy"], "eval/margin": held_out["margin"]}
-        )
 
     progress.progress(0.95, "saving the reward model")
     with phases("save"):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import __version__
+from trainer.audit import read_audit
 from trainer.durable import fsync_path
 from trainer.params import DEFAULTS, FIELD_DOCS, KIND_INFO
 from trainer.results import build_result, write_result
@@ -106,6 +107,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> Non
         "params": asdict(spec.args),
         "seed": spec.seed,
         "metrics": metrics,
+        "audit": read_audit(out_dir),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "trainer_version": __version__,
         **_model_facts(out_dir, spec),
