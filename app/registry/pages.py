@@ -1,14 +1,17 @@
-"""Model registry page."""
+"""Model registry pages: the list, and one version's page (figures, reward-model audit, model card)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from app.auth.deps import DbSession, Staff
-from app.models import Project
-from app.registry.service import list_versions
-from app.web import render
+from app.limits import Id
+from app.models import ModelVersion, Project
+from app.registry.service import get_version, list_versions
+from app.web import render, render_markdown
 
 router = APIRouter(tags=["pages"])
 
@@ -31,3 +34,31 @@ def models_page(request: Request, db: DbSession, principal: Staff):
     return render(request, "models/list.html",
                   {"versions": versions, "projects": projects, "names": {v.id: v.name for v in versions},
                    "figures": {v.id: split_figures(v.metrics) for v in versions}})  # fmt: skip
+
+
+CARD_LIMIT = 200_000
+"""The most characters of a model card the page shows."""
+
+
+def model_card_text(version: ModelVersion) -> str | None:
+    """The model card (README.md) saved in the version's directory (trainer.card wrote it), cut to CARD_LIMIT."""
+    path = Path(version.path) / "README.md"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(CARD_LIMIT)
+    except OSError:
+        return None
+
+
+@router.get("/models/{version_id:int}")
+def model_page(version_id: Id, request: Request, db: DbSession, principal: Staff):
+    """One version: lineage, figures, the reward-model audit its job computed (trainer.audit), its model card."""
+    version = get_version(db, version_id)
+    manifest = version.manifest or {}
+    project = db.get(Project, version.project_id) if version.project_id else None
+    base = db.get(ModelVersion, version.base_version_id) if version.base_version_id else None
+    card = model_card_text(version)
+    card = render_markdown(card.split("---", 2)[-1] if card.startswith("---") else card) if card else None
+    return render(request, "models/version.html",
+                  {"version": version, "project": project, "base": base, "figures": split_figures(version.metrics),
+                   "audit": manifest.get("audit"), "card": card})  # fmt: skip
