@@ -5,6 +5,8 @@
  *   .option[data-option-id][data-label], ol#rank-order, input#ranking-input (JSON tie groups, best first),
  *   input#flag-all-bad, #judgment-message, #choice-summary, form#skip-form + select#skip-reason,
  *   details#guidelines, dialog#keys-help, [data-action] buttons.
+ *   Seen gate: p#seen-note, form.is-unseen: verdict keys, verdict buttons and submit do nothing until every .option
+ *   has been on screen (watchSeen); details#earlier-turns (templates/_conversation.html) opens and closes with H.
  *   Rewrites: #edit-panel[data-full-url] (+ option id: the option's whole text), textarea#edit-text,
  *   input#edit-parent-input, #edit-diff, #active-ms-input; [data-action="open-edit"|"new-answer"|"discard-edit"].
  * Every htmx swap brings a new #judgment-form; state is rebuilt for it (listeners sit on document).
@@ -45,7 +47,83 @@
       tieNext: false, // rank: the next placed option joins the last group
       allBad: false,
       submitting: false,
+      seen: new Set(), // option ids that have been on screen: verdicts wait for all of them
+      observer: null,
     };
+  }
+
+  // ---- verdicts wait until every response has been on screen -----------------------------------
+  // A response counts as seen once half of it (or, for a long one, 30% of the window's height) has been visible
+  // above the sticky decision bar. Checked once at once (what the page shows as it opens), then by an observer.
+
+  function barInset() {
+    const bar = task.form.querySelector(".decision");
+    if (!bar || task.mode !== "pairwise" || getComputedStyle(bar).position !== "sticky") return 0;
+    return Math.ceil(bar.getBoundingClientRect().height);
+  }
+
+  function shownEnough(visibleHeight, height) {
+    return visibleHeight > 0 && visibleHeight >= Math.min(height * 0.5, window.innerHeight * 0.3);
+  }
+
+  function markSeen(id) {
+    if (task.seen.has(id)) return;
+    task.seen.add(id);
+    if (allSeen()) {
+      if (task.observer) task.observer.disconnect();
+      renderSeen();
+    }
+  }
+
+  const allSeen = () => task.optionIds.every((id) => task.seen.has(id));
+
+  function renderSeen() {
+    const note = document.getElementById("seen-note");
+    const waiting = !allSeen();
+    task.form.classList.toggle("is-unseen", waiting);
+    if (note) note.hidden = !waiting;
+    if (!waiting && note && note.dataset.warned) say("");
+  }
+
+  function watchSeen() {
+    const inset = barInset();
+    const options = Array.from(task.form.querySelectorAll(".option"));
+    options.forEach((el) => {
+      const box = el.getBoundingClientRect();
+      const visible = Math.min(box.bottom, window.innerHeight - inset) - Math.max(box.top, 0);
+      if (shownEnough(visible, box.height)) markSeen(Number(el.dataset.optionId));
+    });
+    renderSeen();
+    if (allSeen() || !("IntersectionObserver" in window)) {
+      if (!("IntersectionObserver" in window)) options.forEach((el) => markSeen(Number(el.dataset.optionId)));
+      return;
+    }
+    const thresholds = Array.from({ length: 21 }, (_, i) => i / 20);
+    task.observer = new IntersectionObserver(
+      (entries) => {
+        entries.forEach((entry) => {
+          if (shownEnough(entry.intersectionRect.height, entry.boundingClientRect.height)) {
+            markSeen(Number(entry.target.dataset.optionId));
+          }
+        });
+      },
+      { rootMargin: `0px 0px -${inset}px 0px`, threshold: thresholds },
+    );
+    options.forEach((el) => task.observer.observe(el));
+  }
+
+  function waitForSeen() {
+    const note = document.getElementById("seen-note");
+    if (note) note.dataset.warned = "1";
+    const missing = task.optionIds.filter((id) => !task.seen.has(id)).map(label);
+    say(`Not yet: read ${missing.join(" and ")} first (scroll until it is on screen); verdict keys wait until you have seen every response.`, "error");
+  }
+
+  function toggleEarlierTurns() {
+    const earlier = document.getElementById("earlier-turns");
+    if (!earlier) return;
+    earlier.open = !earlier.open;
+    if (earlier.open) earlier.querySelector("summary").focus();
   }
 
   function init() {
@@ -57,6 +135,7 @@
     }
     if (task && task.form === form) return;
     const replacing = task !== null;
+    if (task && task.observer) task.observer.disconnect();
     task = readTask(form);
     render();
     watchExpiry(form);
@@ -65,6 +144,20 @@
       const area = document.getElementById("task-area");
       if (area && area.getBoundingClientRect().top < 0) area.scrollIntoView({ block: "start" });
     }
+    fitConversation();
+    watchSeen();
+  }
+
+  // A conversation: when the answers would end under the sticky bar, the page starts at the conversation (the
+  // header, guidelines and progress above it stay one scroll away) so the last user turn, both answers and the
+  // decision bar are on one screen; the earlier turns are one collapsed line (templates/_conversation.html).
+  function fitConversation() {
+    const section = document.querySelector(".prompt-conversation");
+    if (!section || !task.form.classList.contains("is-conversation")) return;
+    const bar = task.form.querySelector(".decision");
+    const bottom = Math.max(...Array.from(task.form.querySelectorAll(".option"), (el) => el.getBoundingClientRect().bottom));
+    const limit = bar ? bar.getBoundingClientRect().top : window.innerHeight;
+    if (bottom > limit) section.scrollIntoView({ block: "start" });
   }
 
   // ---- state changes -------------------------------------------------------------------------
@@ -372,6 +465,10 @@
 
   // Completes and checks the ranking; returns an error message or "" when the form may go.
   function prepare() {
+    if (!allSeen()) {
+      const missing = task.optionIds.filter((id) => !task.seen.has(id)).map(label);
+      return `Not yet: read ${missing.join(" and ")} first; a judgment waits until you have seen every response.`;
+    }
     if (task.mode === "rank" && !task.allBad) {
       const left = unranked();
       if (left.length === 1) {
@@ -686,6 +783,7 @@
     if (key === "?") return handled(event, toggleKeys);
     const letter = key.length === 1 ? key.toLowerCase() : key;
     if (letter === "g") return handled(event, () => toggleGuidelines());
+    if (letter === "h" && document.getElementById("earlier-turns")) return handled(event, toggleEarlierTurns);
     if (!task) return;
 
     if (key === "Enter") {
@@ -697,6 +795,9 @@
     if (letter === "s") return handled(event, openSkip);
     if (letter === "e" && editElements().panel) return handled(event, openEdit);
     if (letter === "n" && document.querySelector('[data-action="new-answer"]')) return handled(event, newAnswer);
+    const number = /^[1-9]$/.test(key) ? Number(key) : 0;
+    const verdictKey = letter === "x" || number || (task.mode === "pairwise" ? letter === "t" : key === "=");
+    if (verdictKey && !allSeen()) return handled(event, waitForSeen);
     if (letter === "x") return handled(event, allBad);
     if (key === "Backspace") return handled(event, undo);
     if (key === "Escape") {
@@ -704,7 +805,6 @@
       return say("");
     }
 
-    const number = /^[1-9]$/.test(key) ? Number(key) : 0;
     if (task.mode === "pairwise") {
       if (number === 1 || number === 2) return handled(event, () => prefer(task.optionIds[number - 1]));
       if (letter === "t") return handled(event, tie);
@@ -751,6 +851,8 @@
       };
       const action = button.dataset.action;
       if (actions[action]) return actions[action]();
+      const verdictAction = ["prefer", "tie", "all-bad", "append", "tie-next"].includes(action);
+      if (task && verdictAction && task.form.contains(button) && !allSeen()) return waitForSeen();
       if (task && taskActions[action] && task.form.contains(button) && !task.submitting) return taskActions[action]();
       return;
     }
@@ -765,6 +867,7 @@
     const selection = window.getSelection();
     if (selection && String(selection).trim()) return;
     const id = Number(option.dataset.optionId);
+    if (!allSeen()) return waitForSeen();
     if (!isPlaced(id)) place(id);
   }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from app.conversation_view import continuation_of, is_conversation, message_views
 from app.models import Assignment, Completion, Prompt
 from app.web import CLIP_CHARS, LABELS, clipped_markdown  # noqa: F401 - CLIP_CHARS: read by callers
 
@@ -47,7 +48,9 @@ def task_json(db: Session, assignment: Assignment) -> dict:
 
 def task_html_context(db: Session, assignment: Assignment) -> dict:
     prompt, completions = _load(db, assignment)
-    return {
+    continuations = {c.id: continuation_of(c.text, c.meta) for c in completions}
+    conversation = is_conversation(prompt.messages, list(continuations.values()))
+    context = {
         "assignment_id": assignment.id,
         "comparison_id": assignment.comparison_id,
         "expires_at": assignment.expires_at.isoformat(),
@@ -57,17 +60,33 @@ def task_html_context(db: Session, assignment: Assignment) -> dict:
         ],
         "options": [{"id": c.id, "label": LABELS[i], "part": f"option-{c.id}"} | clipped_markdown(c.text)
                     for i, c in enumerate(completions)],  # fmt: skip
+        "conversation": conversation,
     }
+    if conversation:  # templates/_conversation.html: earlier turns collapsed, tool calls, reasoning
+        context["history"] = message_views(prompt.messages, "prompt")
+        for option in context["options"]:
+            option["messages"] = message_views(continuations[option["id"]], f"option-{option['id']}")
+    return context
 
 
 def full_text(db: Session, assignment: Assignment, part: str) -> str | None:
-    """The whole text behind a clipped `part` of this assignment ("prompt-<index>" or "option-<completion id>")."""
-    kind, _, index = part.partition("-")
-    if not (index.isascii() and index.isdigit()):
+    """The whole text behind a clipped `part` of this assignment: "prompt-<index>", "option-<completion id>", and in
+    a conversation "option-<completion id>-<message index>"; "-reasoning" at the end names a message's reasoning."""
+    part, reasoning = (part.removesuffix("-reasoning"), True) if part.endswith("-reasoning") else (part, False)
+    kind, _, rest = part.partition("-")
+    numbers = rest.split("-")
+    if not all(n.isascii() and n.isdigit() for n in numbers) or len(numbers) > 2:
         return None
     prompt, completions = _load(db, assignment)
-    if kind == "prompt" and int(index) < len(prompt.messages):
-        return str(prompt.messages[int(index)].get("content", ""))
+    key = "reasoning" if reasoning else "content"
+    if kind == "prompt" and len(numbers) == 1 and int(numbers[0]) < len(prompt.messages):
+        return str(prompt.messages[int(numbers[0])].get(key) or "")
     if kind == "option":
-        return next((c.text for c in completions if c.id == int(index)), None)
+        completion = next((c for c in completions if c.id == int(numbers[0])), None)
+        if completion is None:
+            return None
+        if len(numbers) == 1:
+            return None if reasoning else completion.text
+        messages = continuation_of(completion.text, completion.meta)
+        return str(messages[int(numbers[1])].get(key) or "") if int(numbers[1]) < len(messages) else None
     return None
