@@ -24,6 +24,9 @@ Decisions worth knowing:
   drop a gold answer); extra data belongs in ``metadata``.
 - Line 0 in an error means the whole file (size, emptiness, unknown format).
 
+- ``openai-chat``, ``hf-messages``, ``sharegpt``, ``swe-agent``: conversations (see the section below): lines that
+  share a history are one comparison at that turn; ``swe-agent`` reads SWE-agent ``.traj`` trajectories, one a line.
+
 Verifiable prompts (a ``reference`` and/or ``tests``, see trainer.rewards.verifier) need no completions:
 - ``native`` rows may carry ``"reference": {"answer", "rule"?, ...}`` and ``"tests": {"code", "entry_point"?,
   "prefix"?}``; with either one, ``completions`` is optional.
@@ -57,7 +60,8 @@ from app.limits import INT4_MAX, INT4_MIN, column_length, find_bad_character
 from app.models import Comparison, Completion, Prompt
 from trainer.rewards.verifier import check_reference, check_tests
 
-FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval", "openai-chat", "hf-messages", "sharegpt")
+FORMATS = ("native", "trl", "hh-rlhf", "oasst", "gsm8k", "humaneval", "openai-chat", "hf-messages", "sharegpt",
+           "swe-agent")  # fmt: skip
 MESSAGE_ROLES = ROLES
 MAX_REPORTED_ERRORS = ImportValidationError.MAX_REPORTED
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -814,10 +818,111 @@ def parse_sharegpt_line(row: dict) -> Conversation:
     return _conversation(messages, row, {"conversations", "system", "tools", "model"}, _model(row))
 
 
+# ----------------------------------------------------------------------------------------------------
+# swe-agent: an agent trajectory, one SWE-agent ``.traj`` file a line (``jq -c . trajectories/*/*.traj``)
+#
+# A .traj file is ``{"trajectory": [{"thought", "action", "observation", "response"?, "state"?, ...}], "history",
+# "info": {"exit_status", "submission"?, ...}, "replay_config"?, ...}``. It becomes a conversation whose assistant
+# turns are the agent's steps: each step is one assistant message (reasoning = the thought, one tool call named by
+# the action's first word, arguments {"command": the action}) and the tool message with its observation; the
+# trajectory ends with an assistant message stating the exit status and the submitted patch. The task is the
+# row's ``problem_statement`` (a string or {"text"}) or else the last user message of ``history`` before the first
+# step (SWE-agent's instance template, which quotes the issue); the system message of ``history`` is kept. Lines
+# with the same task are the options of one comparison of whole trajectories.
+
+SWE_AGENT_METADATA = ("instance_id", "environment")
+
+
+def _swe_agent_task(row: dict) -> tuple[list[dict], str]:
+    """(system messages, task text) of a .traj row."""
+    history = row.get("history")
+    history = _expect(history, list, "history") if history is not None else []
+    system = []
+    for index, message in enumerate(history):
+        _expect(message, dict, f"history[{index}]")
+        if message.get("role") == "system" and not system:
+            system = [{"role": "system", "content": _history_text(message, f"history[{index}]")}]
+    statement = row.get("problem_statement")
+    if isinstance(statement, dict):
+        statement = statement.get("text")
+    if statement is not None:
+        return system, _expect(statement, str, "problem_statement")
+    task = None
+    for index, message in enumerate(history):
+        if message.get("role") == "assistant":
+            break
+        if message.get("role") == "user":
+            task = _history_text(message, f"history[{index}]")
+    if task is None or not task.strip():
+        raise _RowError("no task: give problem_statement, or history with a user message before the first step")
+    return system, task
+
+
+def _history_text(message: dict, where: str) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: [{"type": "text", "text"}]
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return _expect(content, str, f"{where}.content")
+
+
+def _swe_agent_model(row: dict) -> str | None:
+    config = row.get("replay_config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError:
+            return None
+    model = config.get("agent", {}).get("model", {}) if isinstance(config, dict) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def parse_swe_agent_line(row: dict) -> Conversation:
+    steps = _expect(_require(row, "trajectory"), list, "trajectory")
+    if not steps:
+        raise _RowError("trajectory has no steps")
+    system, task = _swe_agent_task(row)
+    continuation: list[dict] = []
+    for index, step in enumerate(steps):
+        where = f"trajectory[{index}]"
+        _expect(step, dict, where)
+        action = _expect(_require(step, "action", f" in {where}"), str, f"{where}.action")
+        thought = step.get("thought")
+        thought = _expect(thought, str, f"{where}.thought") if thought is not None else ""
+        observation = step.get("observation")
+        observation = _expect(observation, str, f"{where}.observation") if observation is not None else ""
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if thought.strip():
+            message["reasoning"] = thought
+        if action.strip():
+            call_id = f"step_{index}"
+            message["tool_calls"] = [{"id": call_id, "type": "function",
+                                      "function": {"name": action.split()[0][:200], "arguments": {"command": action}}}]  # fmt: skip
+            continuation += [message, {"role": "tool", "tool_call_id": call_id, "content": observation}]
+        else:  # a step without an action (a format error the agent was told about): its thought is the content
+            continuation.append({"role": "assistant", "content": thought or step.get("response") or "(no action)"})
+    info = row.get("info")
+    info = _expect(info, dict, "info") if info is not None else {}
+    exit_status = info.get("exit_status")
+    submission = info.get("submission")
+    outcome = f"Exit status: {exit_status if isinstance(exit_status, str) and exit_status else 'unknown'}"
+    if isinstance(submission, str) and submission.strip():
+        outcome += "\n\nSubmitted patch:\n\n```diff\n" + submission.strip("\n") + "\n```"
+    continuation.append({"role": "assistant", "content": outcome})
+    messages = check_messages([*system, {"role": "user", "content": task}, *continuation], "trajectory")
+    history, checked = messages[: len(system) + 1], messages[len(system) + 1 :]
+    metadata = {key: row[key] for key in SWE_AGENT_METADATA if isinstance(row.get(key), str)}
+    if isinstance(exit_status, str):
+        metadata["exit_status"] = exit_status
+    metadata["steps"] = len(steps)
+    return Conversation(history, checked, None, _swe_agent_model(row), metadata)
+
+
 CONVERSATION_PARSERS: dict[str, Callable[[dict], Conversation]] = {
     "openai-chat": parse_openai_chat_line,
     "hf-messages": parse_hf_messages_line,
     "sharegpt": parse_sharegpt_line,
+    "swe-agent": parse_swe_agent_line,
 }
 
 

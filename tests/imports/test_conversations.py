@@ -300,3 +300,74 @@ def test_kto_sft_and_ratings_rows_carry_the_continuation_whole(export_format):
     for row in rows:
         assert row["completion"] == continuations[row["completion_id"]]
         assert row["prompt"] == HISTORY
+
+
+# ----------------------------------------------------------------------------------------------------
+# swe-agent: SWE-agent .traj trajectories, one a line; lines with the same task compare whole trajectories
+
+
+def swe_traj(actions: list[str], exit_status: str = "submitted", **extra) -> dict:
+    """A .traj file as SWE-agent writes it (trimmed): the history's system and instance messages, the steps, info."""
+    return {
+        "environment": "swe_main",
+        "history": [
+            {"role": "system", "content": "SETTING: you are an autonomous programmer.", "agent": "primary"},
+            {"role": "user", "content": "ISSUE: fields.TimeDelta rounds 345 ms down to 344.", "agent": "primary"},
+            {"role": "assistant", "content": "Let me look.", "agent": "primary"},
+        ],
+        "trajectory": [{"response": f"thinking {i}\n```\n{a}\n```", "thought": f"thinking {i}", "action": a,
+                        "observation": f"output of {a}", "state": "{}"} for i, a in enumerate(actions)],  # fmt: skip
+        "info": {"exit_status": exit_status, "submission": "diff --git a/f.py b/f.py\n+fixed\n"},
+        "replay_config": json.dumps({"agent": {"model": {"name": "gpt-4o"}}}),
+        **extra,
+    }
+
+
+def test_swe_agent_trajectories_become_conversations_whose_assistant_turns_are_steps():
+    data = jsonl(swe_traj(["ls -F", "open src/fields.py 1474", "submit"]),
+                 swe_traj(["find_file fields.py", "submit"], exit_status="exit_cost"))  # fmt: skip
+    [record] = parse_import(data, "swe-agent")
+    assert [m["role"] for m in record.prompt] == ["system", "user"]
+    assert record.prompt[1]["content"].startswith("ISSUE: fields.TimeDelta")
+    first, second = (c["metadata"][CONTINUATION_KEY] for c in record.completions)
+    assert [m["role"] for m in first] == ["assistant", "tool"] * 3 + ["assistant"]
+    step = first[2]
+    assert step["reasoning"] == "thinking 1"
+    assert step["tool_calls"][0]["function"] == {"name": "open", "arguments": {"command": "open src/fields.py 1474"}}
+    assert first[3] == {"role": "tool", "content": "output of open src/fields.py 1474", "tool_call_id": "step_1"}
+    assert record.completions[0]["text"].startswith("Exit status: submitted")
+    assert "```diff" in record.completions[0]["text"]
+    assert record.completions[1]["metadata"]["exit_status"] == "exit_cost"
+    assert record.completions[0]["model"] == "gpt-4o"
+    assert record.completions[0]["metadata"]["steps"] == 3
+    assert "history" not in record.completions[0]["metadata"]  # the raw file is not copied into metadata
+
+
+def test_swe_agent_problem_statement_wins_and_bad_lines_refuse_the_file_with_their_numbers():
+    good = jsonl(swe_traj(["ls"], problem_statement={"text": "Fix the bug."}),
+                 swe_traj(["pwd"], problem_statement="Fix the bug."))  # fmt: skip
+    [record] = parse_import(good, "swe-agent")
+    assert record.prompt[-1] == {"role": "user", "content": "Fix the bug."}
+    bad = jsonl(swe_traj(["ls"]), swe_traj(["pwd"]), {"history": []}, swe_traj([]),
+                swe_traj(["ls"], history=[{"role": "system", "content": "s"}]),
+                {"trajectory": [{"thought": "no action"}], "problem_statement": "x"})  # fmt: skip
+    errors = errors_of(bad, "swe-agent")
+    assert [line for line, _ in errors] == [3, 4, 5, 6]
+    assert "missing field 'trajectory'" in errors[0][1]
+    assert "no steps" in errors[1][1]
+    assert "no task" in errors[2][1]
+    assert "action" in errors[3][1]
+
+
+def test_a_trajectory_is_rendered_as_steps_by_the_conversation_partial():
+    from app.conversation_view import message_views
+    from app.web import templates
+
+    [record] = parse_import(jsonl(swe_traj(["ls -F", "submit"]), swe_traj(["pwd"])), "swe-agent")
+    views = message_views(record.completions[0]["metadata"][CONTINUATION_KEY], "option-1")
+    html = templates.env.from_string(
+        '{% from "_conversation.html" import continuation %}{{ continuation(views, "/full/", as_steps=True) }}'
+    ).render(views=views)
+    assert html.count('class="step"') == 3  # two actions with their observations, then the outcome
+    assert "<code class=\"tool-name\">ls</code>" in html and "&#34;command&#34;: &#34;ls -F&#34;" in html
+    assert 'hx-get="/full/option-1-' not in html  # short texts are not clipped
