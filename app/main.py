@@ -135,6 +135,8 @@ def create_app() -> FastAPI:
     from app.quality.router import router as quality_api
     from app.registry.pages import router as model_pages
     from app.registry.router import router as models_api
+    from app.steps.pages import router as step_pages
+    from app.steps.router import router as steps_api
     from app.tasks.pages import router as task_pages
     from app.tasks.router import router as tasks_api
     from app.training.pages import router as training_pages
@@ -174,6 +176,8 @@ def create_app() -> FastAPI:
 
     app.include_router(judges_api)
     app.include_router(judge_pages)
+    app.include_router(steps_api)
+    app.include_router(step_pages)
     app.include_router(docs_router)
 
     from app.imports.parsers import FORMATS as IMPORT_FORMATS

@@ -114,6 +114,7 @@ _STAFF, _EVERYONE = ("admin", "engineer"), ("admin", "engineer", "annotator")
 PROJECT_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Overview", "", _STAFF),
     ("Rate", "/annotate", _EVERYONE),
+    ("Steps", "/steps", _EVERYONE),
     ("Dashboard", "/dashboard", _STAFF),
     ("Leaderboard", "/leaderboard", _STAFF),
     ("Rounds", "/rounds", _STAFF),

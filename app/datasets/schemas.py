@@ -40,7 +40,8 @@ class DatasetSplit(Input):
 
 
 class DatasetCreate(Input):
-    format: Literal["pairs", "kto", "rankings", "sft", "ratings"] = "pairs"
+    format: Literal["pairs", "kto", "rankings", "sft", "ratings", "steps"] = Field(
+        default="pairs", description="steps: step labels in TRL's stepwise shape (app.datasets.stepwise).")
     filters: DatasetFilters = DatasetFilters()
     split: DatasetSplit = DatasetSplit()
     conversational: bool | None = Field(

@@ -26,6 +26,8 @@ from app.datasets.snapshot_files import (
     safe_snapshot_file,
     verify_snapshot,
 )
+from app.datasets.steps_export import step_export_rows
+from app.datasets.stepwise import stepwise_arrow_schema
 from app.db import json_loads, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
 from app.imports.messages import CONTINUATION_KEY, is_plain
@@ -287,18 +289,19 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 current_day["day"] = latest.date().isoformat() if latest else "unknown"
                 yield jc
 
-        conversational = resolve_conversational(db, project, spec)
+        steps = spec.format == "steps"  # step labels, not judgments (app.datasets.steps_export)
+        conversational = False if steps else resolve_conversational(db, project, spec)
         try:
-            schema = arrow_schema(spec.format, conversational=conversational,
-                                  attributes=[a["name"] for a in project.attributes or []])  # fmt: skip
+            schema = stepwise_arrow_schema() if steps else arrow_schema(
+                spec.format, conversational=conversational, attributes=[a["name"] for a in project.attributes or []])
         except ValueError as error:
             raise Unprocessable(str(error)) from error
         if spec.format == "ratings" and not project.attributes:
             raise Unprocessable("The ratings format needs attribute scales; this project has none.")
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
-            rows = export_rows(comparisons(), spec.format, conversational=conversational,
-                               min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
-                               seed=spec.split.seed, test_fraction=spec.split.test_fraction)  # fmt: skip
+            rows = step_export_rows(db, project, spec) if steps else export_rows(
+                comparisons(), spec.format, conversational=conversational, min_agreement=spec.filters.min_agreement,
+                min_votes=spec.filters.min_votes, seed=spec.split.seed, test_fraction=spec.split.test_fraction)
             try:
                 for split, row in rows:
                     if writer.schema is not None and conversational and _has_rich_messages(row):

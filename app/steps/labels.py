@@ -79,8 +79,15 @@ def step_messages(step: Step) -> list[Message]:
 
 
 def call_text(call: dict) -> str:
-    function = call.get("function", {})
-    return f"{function.get('name', '')}({json.dumps(function.get('arguments', {}), ensure_ascii=False, sort_keys=True)})"
+    """``name({json arguments})``, arguments as sorted compact-ish JSON (a JSON string is parsed first)."""
+    function = call.get("function", call)
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return f"{function.get('name', '')}({arguments})"
+    return f"{function.get('name', '')}({json.dumps(arguments, ensure_ascii=False, sort_keys=True)})"
 
 
 def step_text(step: Step) -> str:

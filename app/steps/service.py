@@ -1,0 +1,259 @@
+"""Step labelling: which trajectory a rater labels next, a trajectory's view, submitting labels (once), branching
+from a rewritten step, and the reads the stepwise export and the agreement figures make. Never commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Text, cast, exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import audit
+from app.errors import Conflict, NotFound, Unprocessable
+from app.imports.messages import CONTINUATION_KEY, MessageError, check_message
+from app.judgments.selections import HUMAN, counted_steps
+from app.models import Completion, Project, ProjectStatus, Prompt, StepJudgment, User
+from app.steps.labels import (
+    MAX_STEPS,
+    Step,
+    StepLabelError,
+    check_labels,
+    counted_labels,
+    project_tags,
+    step_messages,
+    step_text,
+    steps_of,
+    trajectory_messages,
+)
+
+
+@dataclass
+class Trajectory:
+    completion: Completion
+    prompt: Prompt
+    steps: list[Step]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.prompt.messages
+
+
+def _has_continuation():
+    """Completions whose metadata holds a continuation (a cheap text test; `steps_of` decides)."""
+    return cast(Completion.meta, Text).like(f'%"{CONTINUATION_KEY}"%')
+
+
+def load_trajectory(db: Session, project: Project, completion_id: int) -> Trajectory:
+    """The completion `completion_id` of `project` as a trajectory (404 when it is not one of the project's)."""
+    row = db.execute(select(Completion, Prompt).join(Prompt, Prompt.id == Completion.prompt_id)
+                     .where(Completion.id == completion_id, Prompt.project_id == project.id)).first()  # fmt: skip
+    if row is None or row[0].rejected_at is not None:
+        raise NotFound(f"No trajectory {completion_id} in this project.")
+    completion, prompt = row
+    steps = steps_of(trajectory_messages(completion.text, completion.meta))
+    if not steps:
+        raise NotFound(f"Completion {completion_id} has no steps.")
+    if len(steps) > MAX_STEPS:
+        raise Unprocessable(f"Trajectory {completion_id} has {len(steps)} steps; at most {MAX_STEPS} can be labelled.")
+    return Trajectory(completion=completion, prompt=prompt, steps=steps)
+
+
+def next_trajectory(db: Session, project: Project, rater: User) -> Trajectory | None:
+    """The next trajectory for `rater`: one of the project's completions with a continuation that the rater has not
+    labelled and that has fewer counted step judgments than the project's overlap; highest prompt priority, then
+    oldest first. No leases: two raters may label the same trajectory at once, so a trajectory can collect one or
+    two judgments more than the overlap (every one counts)."""
+    if project.status != ProjectStatus.active:
+        return None
+    labelled = exists().where(StepJudgment.completion_id == Completion.id, StepJudgment.rater_id == rater.id)
+    enough = (select(func.count(StepJudgment.id))
+              .where(StepJudgment.completion_id == Completion.id, counted_steps(HUMAN))
+              .scalar_subquery())  # fmt: skip
+    query = (select(Completion.id).join(Prompt, Prompt.id == Completion.prompt_id)
+             .where(Prompt.project_id == project.id, Completion.rejected_at.is_(None), _has_continuation(),
+                    ~labelled, enough < max(1, project.overlap))
+             .order_by(Prompt.priority.desc(), Completion.id).limit(50))  # fmt: skip
+    for completion_id in db.scalars(query):
+        try:
+            return load_trajectory(db, project, completion_id)
+        except (NotFound, Unprocessable):
+            continue
+    return None
+
+
+def rater_judgment(db: Session, completion_id: int, rater: User) -> StepJudgment | None:
+    return db.scalar(select(StepJudgment).where(StepJudgment.completion_id == completion_id,
+                                                StepJudgment.rater_id == rater.id))  # fmt: skip
+
+
+def submit_labels(db: Session, project: Project, rater: User, completion_id: int, labels, first_error,
+                  time_spent_ms: int | None = None) -> tuple[StepJudgment, bool]:  # fmt: skip
+    """Store `rater`'s labels on the trajectory; (judgment, created). A second submit by the same rater returns the
+    first judgment unchanged (created False): a double submit never makes two, and labels are not silently replaced."""
+    trajectory = load_trajectory(db, project, completion_id)
+    existing = rater_judgment(db, completion_id, rater)
+    if existing is not None:
+        return existing, False
+    try:
+        labels, first_error = check_labels(labels, first_error, len(trajectory.steps), project_tags(project.step_tags))
+    except StepLabelError as error:
+        raise Unprocessable(str(error)) from error
+    judgment = StepJudgment(project_id=project.id, completion_id=completion_id, rater_id=rater.id,
+                            n_steps=len(trajectory.steps), labels=labels, first_error=first_error, source=HUMAN,
+                            time_spent_ms=time_spent_ms, guideline_version=project.guideline_version)  # fmt: skip
+    try:
+        with db.begin_nested():  # two submits at once: the constraint keeps one; the other returns it
+            db.add(judgment)
+            db.flush()
+    except IntegrityError:
+        existing = rater_judgment(db, completion_id, rater)
+        if existing is None:
+            raise
+        return existing, False
+    return judgment, True
+
+
+def branch(db: Session, project: Project, rater: User, completion_id: int, step: int, content: str,
+           tool_calls: list | None) -> Completion:  # fmt: skip
+    """A rewritten step starts a branch: a new completion of the same prompt (``source: human_edit``, parent the
+    original) whose continuation is the original's messages before step `step`, then the rewritten assistant message
+    (its reasoning kept, its content and tool calls replaced) and nothing after it: the rewritten action's results are
+    not known. ``meta.branch`` = {"from": original id, "step": step}."""
+    trajectory = load_trajectory(db, project, completion_id)
+    if not 0 <= step < len(trajectory.steps):
+        raise Unprocessable(f"step must be from 0 to {len(trajectory.steps) - 1}")
+    original = trajectory.steps[step].message
+    rewritten = {"role": "assistant", "content": content}
+    if tool_calls:
+        rewritten["tool_calls"] = tool_calls
+    if original.get("reasoning"):
+        rewritten["reasoning"] = original["reasoning"]
+    try:
+        rewritten = check_message(rewritten, f"step {step + 1}")
+    except MessageError as error:
+        raise Unprocessable(str(error)) from error
+    if not rewritten["content"].strip() and not rewritten.get("tool_calls"):
+        raise Unprocessable("The rewritten step is empty: write its text or a tool call.")
+    if (rewritten["content"], rewritten.get("tool_calls")) == (original.get("content") or "", original.get("tool_calls")):
+        raise Unprocessable("The rewritten step is the same as the step: change it.")
+    kept = [message for earlier in trajectory.steps[:step] for message in step_messages(earlier)]
+    messages = [*kept, rewritten]
+    completion = Completion(prompt_id=trajectory.prompt.id, text=rewritten["content"],
+                            model_name=trajectory.completion.model_name, params={},
+                            meta={CONTINUATION_KEY: messages, "branch": {"from": completion_id, "step": step}},
+                            source="human_edit", parent_id=completion_id, author_id=rater.id,
+                            guideline_version=project.guideline_version)  # fmt: skip
+    db.add(completion)
+    db.flush()
+    audit(db, rater, "trajectory.branch", "completion", completion.id)
+    return completion
+
+
+def void(db: Session, project: Project, judgment_id: int, actor: User | None) -> StepJudgment:
+    judgment = db.get(StepJudgment, judgment_id)
+    if judgment is None or judgment.project_id != project.id:
+        raise NotFound(f"No step judgment {judgment_id} in this project.")
+    if judgment.voided_at is not None:
+        raise Conflict("Already voided.")
+    from app.models import utcnow
+
+    judgment.voided_at = utcnow()
+    audit(db, actor, "step_judgment.void", "step_judgment", judgment.id)
+    return judgment
+
+
+def list_judgments(db: Session, project: Project, *, completion_id: int | None = None,
+                   rater: User | None = None, limit: int = 1000) -> list[dict]:  # fmt: skip
+    query = (select(StepJudgment, User.username).outerjoin(User, User.id == StepJudgment.rater_id)
+             .where(StepJudgment.project_id == project.id).order_by(StepJudgment.id).limit(limit))  # fmt: skip
+    if completion_id is not None:
+        query = query.where(StepJudgment.completion_id == completion_id)
+    if rater is not None:
+        query = query.where(StepJudgment.rater_id == rater.id)
+    return [judgment_json(judgment, username) for judgment, username in db.execute(query)]
+
+
+def judgment_json(judgment: StepJudgment, username: str | None = None) -> dict:
+    return {"id": judgment.id, "completion_id": judgment.completion_id, "rater": username, "n_steps": judgment.n_steps,
+            "labels": judgment.labels, "first_error": judgment.first_error, "source": judgment.source,
+            "voided": judgment.voided_at is not None, "created_at": judgment.created_at}  # fmt: skip
+
+
+def trajectory_json(trajectory: Trajectory) -> dict:
+    c = trajectory.completion
+    return {"completion_id": c.id, "prompt_id": trajectory.prompt.id, "parent_id": c.parent_id,
+            "branch": (c.meta or {}).get("branch"), "history": trajectory.history,
+            "steps": [{"index": s.index, "reasoning": s.reasoning, "content": s.content, "tool_calls": s.tool_calls,
+                       "observations": s.observations} for s in trajectory.steps]}  # fmt: skip
+
+
+# ---- reads for figures and exports -----------------------------------------------------------------------------
+
+
+def counted_step_labels(db: Session, project: Project) -> Iterator[tuple[int, int, int, str]]:
+    """(completion id, step index, rater id, label) of every counted label of counted human step judgments (steps up
+    to each rater's first error), for step alpha and reliability."""
+    query = (select(StepJudgment.completion_id, StepJudgment.rater_id, StepJudgment.labels, StepJudgment.first_error)
+             .where(counted_steps(HUMAN, project_id=project.id), StepJudgment.rater_id.is_not(None))
+             .order_by(StepJudgment.id))  # fmt: skip
+    for completion_id, rater_id, labels, first_error in db.execute(query):
+        for index, label in enumerate(counted_labels(labels, first_error)):
+            if label is not None:
+                yield completion_id, index, rater_id, label
+
+
+@dataclass
+class StepExportFilters:
+    sources: tuple[str, ...] = (HUMAN,)
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+    include_rater_ids: list[int] | None = None
+    exclude_rater_ids: tuple[int, ...] = ()
+    exclude_prompt_ids: tuple[int, ...] = ()
+
+
+def iter_labelled(db: Session, project: Project, filters: StepExportFilters) -> Iterator[tuple[Trajectory, list]]:
+    """Each labelled trajectory (completion id order) with its counted step judgments that pass the filters."""
+    query = (select(StepJudgment).join(Completion, Completion.id == StepJudgment.completion_id)
+             .where(counted_steps(*filters.sources, project_id=project.id), Completion.rejected_at.is_(None))
+             .order_by(StepJudgment.completion_id, StepJudgment.id))  # fmt: skip
+    if filters.date_from:
+        query = query.where(StepJudgment.created_at >= filters.date_from)
+    if filters.date_to:
+        query = query.where(StepJudgment.created_at < filters.date_to)
+    if filters.include_rater_ids is not None:
+        query = query.where(StepJudgment.rater_id.in_(filters.include_rater_ids))
+    if filters.exclude_rater_ids:
+        query = query.where(StepJudgment.rater_id.is_(None) | StepJudgment.rater_id.not_in(filters.exclude_rater_ids))
+    current: int | None = None
+    group: list[StepJudgment] = []
+
+    def flush():
+        try:
+            trajectory = load_trajectory(db, project, current)
+        except (NotFound, Unprocessable):
+            return None
+        if trajectory.prompt.id in filters.exclude_prompt_ids:
+            return None
+        # a judgment made when the trajectory had another step count cannot be read against it
+        return trajectory, [j for j in group if j.n_steps == len(trajectory.steps)]
+
+    for judgment in db.scalars(query):
+        if judgment.completion_id != current and group:
+            item = flush()
+            if item:
+                yield item
+            group = []
+        current = judgment.completion_id
+        group.append(judgment)
+    if group:
+        item = flush()
+        if item:
+            yield item
+
+
+def trajectory_step_texts(trajectory: Trajectory) -> list[str]:
+    return [step_text(step) for step in trajectory.steps]
