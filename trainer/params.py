@@ -341,6 +341,24 @@ Response B:
 Which response is better? Answer with one letter, A or B.
 Answer:"""
 """The pairwise question a generative judge reads (the project's template replaces it when it has one)."""
+DEFAULT_RUBRIC_TEMPLATE = """You are judging two responses to the same prompt on one attribute only. Follow the guidelines.
+
+Guidelines:
+{guidelines}
+
+Prompt:
+{prompt}
+
+Response A:
+{response_a}
+
+Response B:
+{response_b}
+
+Attribute: {attribute}
+Which response is better on this attribute alone? Answer with one letter, A or B.
+Answer:"""
+"""The per-attribute question of rubric judging: {attribute} is one of the project's attribute scales (its label)."""
 
 
 @dataclass
@@ -366,6 +384,11 @@ class JudgeArgs:
     1), whose agreement is the probability; with log-probabilities one greedy answer is enough"""
     max_answer_tokens: int = 16
     """generative judge on an endpoint: the longest answer asked for (the verdict is a label or a small JSON)"""
+    rubric: bool = False
+    """generative judge on an endpoint: rubric judging, also asking per attribute scale of the project which
+    response is better on it (rubric_template, both orders); each attribute's verdict or abstention is recorded"""
+    rubric_template: str = DEFAULT_RUBRIC_TEMPLATE
+    """rubric judging: the per-attribute question, with {attribute} besides the four fields of the template"""
 
     def __post_init__(self) -> None:
         if self.method not in JUDGE_METHODS:

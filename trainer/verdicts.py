@@ -86,9 +86,13 @@ def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
             "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
 
 
-def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str) -> str:
-    """Plain replacement of the four fields (texts may hold braces of their own)."""
+def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str,
+                  attribute: str | None = None) -> str:  # fmt: skip
+    """Plain replacement of the four fields, and {attribute} for a rubric question (texts may hold braces of their
+    own)."""
     values = {"{guidelines}": guidelines, "{prompt}": prompt, "{response_a}": response_a, "{response_b}": response_b}
+    if attribute is not None:
+        values["{attribute}"] = attribute
     out, i = [], 0
     while i < len(template):
         for key, value in values.items():

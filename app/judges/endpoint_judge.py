@@ -11,6 +11,10 @@ and a confidence (trainer.verdicts.verdicts_from_orders), stored by the same sto
   order gets no verdict.
 - P(first): from the returned log-probabilities of the two labels when the server gives them; else the agreement of
   `samples` answers (temperature 1); one greedy answer gives 0 or 1.
+- Rubric judging (param `rubric`): each pair is also asked, in both orders, which response is better on each of
+  the project's attribute scales (rubric_template, with {attribute}); each attribute gets its own verdict (ranking,
+  confidence, P(first)) in the AI verdict's detail `attributes`, or an abstention with its reason when an answer on
+  it cannot be parsed (the overall verdict stands; an attribute is never guessed).
 - Cache: each answer is kept by (model version, sha256 of the exact question, settings) in judge_answer_cache, so
   the same prompt, pair, order and template version is never paid for twice (a retried job, a second judge on the
   same endpoint, an overlapping comparison).
@@ -123,6 +127,45 @@ def ask_question(client: EndpointClient, question: str, args: JudgeArgs) -> tupl
     return p, {"texts": texts, "source": source, "parsed": len(parsed), "usage": usage}
 
 
+def rubric_attributes(project: Project) -> list[tuple[str, str]]:
+    """(name, label) of each attribute scale of the project, what rubric judging asks about."""
+    scales = [(a["name"], a.get("label") or a["name"].replace("_", " ")) for a in project.attributes or []]
+    if not scales:
+        raise JobFailed(f"Rubric judging asks per attribute, and project {project.slug} has no attribute scales.")
+    return scales
+
+
+def verdicts_of(rows: list[dict], asks: list[tuple], keys: list[str], answers: dict, failures: dict,
+                attribute: str | None) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """The verdicts on `attribute` (None: the overall question) of the rows whose every question on it was answered
+    and parsed, and an abstention with its first reason for each other row."""
+    judged_rows, judged_asks, probs, abstentions = [], [], [], []
+    by_row: dict[int, list[int]] = {}
+    for i, (r, _first, _second, about) in enumerate(asks):
+        if about == attribute:
+            by_row.setdefault(r, []).append(i)
+    for r, row in enumerate(rows):
+        reasons = []
+        for i in by_row.get(r, []):
+            key = keys[i]
+            if key in failures:
+                reasons.append(f"request failed: {failures[key]}")
+            elif answers[key][0] is None:
+                reasons.append(f"unparseable answer: {(answers[key][1].get('texts') or [''])[0]!r}")
+        if reasons:
+            abstentions.append({"comparison_id": row["comparison_id"], "reason": reasons[0]})
+            continue
+        index = len(judged_rows)
+        judged_rows.append(row)
+        for i in by_row.get(r, []):
+            judged_asks.append((index, asks[i][1], asks[i][2]))
+            probs.append(answers[keys[i]][0])
+    verdicts = verdicts_from_orders(judged_rows, judged_asks, probs)
+    for verdict in verdicts:
+        verdict["strengths"] = {str(k): v for k, v in verdict["strengths"].items()}
+    return verdicts, abstentions
+
+
 def judge_usage(db: Session, project: Project) -> dict[int, dict]:
     """Per judge: tokens, cost and seconds per 1,000 judgments over its endpoint judge jobs (the judges page)."""
     totals: dict[int, dict] = {}
@@ -172,6 +215,7 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
             raise JobFailed(f"The judge job's params are not valid: {error}") from error
         version = db.get(ModelVersion, judge.model_version_id)
         config = endpoint_config(db, version)
+        rubric = rubric_attributes(db.get(Project, job.project_id)) if args.rubric else []
         version_id = version.id
         count = write_judge_inputs(db, job, inputs)
     if count == 0:
@@ -187,16 +231,18 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
     with open(inputs, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
 
-    asks: list[tuple[int, int, int]] = []  # (row index, first shown, second shown)
+    asks: list[tuple[int, int, int, str | None]] = []  # (row index, first shown, second shown, attribute or None)
     questions: list[str] = []
     for r, row in enumerate(rows):
         texts = {c["completion_id"]: c["text"] for c in row["completions"]}
         for a, b in combinations(sorted(texts), 2):
             for first, second in ((a, b), (b, a)) if args.both_orders else ((a, b),):
-                asks.append((r, first, second))
-                questions.append(fill_template(args.template, guidelines=row.get("guidelines") or "",
-                                               prompt=_prompt_text(row["prompt"]), response_a=texts[first],
-                                               response_b=texts[second]))  # fmt: skip
+                for attribute, label in [(None, None), *rubric]:
+                    asks.append((r, first, second, attribute))
+                    questions.append(fill_template(args.rubric_template if attribute else args.template,
+                                                   guidelines=row.get("guidelines") or "",
+                                                   prompt=_prompt_text(row["prompt"]), response_a=texts[first],
+                                                   response_b=texts[second], attribute=label))  # fmt: skip
     settings = settings_key(args, config)
     keys = [question_key(q) for q in questions]
     unique = dict(zip(keys, questions, strict=True))
@@ -255,29 +301,21 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
     if missing and len(failures) == len(missing):
         raise JobFailed(f"The endpoint {config.name} answered no question: {next(iter(failures.values()))}")
 
-    judged_rows, judged_asks, probs, abstentions = [], [], [], []
-    by_row: dict[int, list[int]] = {}
-    for i, (r, _first, _second) in enumerate(asks):
-        by_row.setdefault(r, []).append(i)
-    for r, row in enumerate(rows):
-        reasons = []
-        for i in by_row.get(r, []):
-            key = keys[i]
-            if key in failures:
-                reasons.append(f"request failed: {failures[key]}")
-            elif answers[key][0] is None:
-                reasons.append(f"unparseable answer: {(answers[key][1].get('texts') or [''])[0]!r}")
-        if reasons:
-            abstentions.append({"comparison_id": row["comparison_id"], "reason": reasons[0]})
-            continue
-        index = len(judged_rows)
-        judged_rows.append(row)
-        for i in by_row.get(r, []):
-            judged_asks.append((index, asks[i][1], asks[i][2]))
-            probs.append(answers[keys[i]][0])
-    verdicts = verdicts_from_orders(judged_rows, judged_asks, probs)
-    for verdict in verdicts:
-        verdict["strengths"] = {str(k): v for k, v in verdict["strengths"].items()}
+    verdicts, abstentions = verdicts_of(rows, asks, keys, answers, failures, None)
+    attribute_abstentions = 0
+    if rubric:
+        by_comparison = {v["comparison_id"]: v for v in verdicts}
+        for attribute, _label in rubric:
+            judged, skipped = verdicts_of(rows, asks, keys, answers, failures, attribute)
+            for verdict in judged:
+                if verdict["comparison_id"] in by_comparison:
+                    by_comparison[verdict["comparison_id"]].setdefault("attributes", {})[attribute] = {
+                        k: verdict[k] for k in ("ranking", "confidence", "p_first")}  # fmt: skip
+            for skip in skipped:
+                if skip["comparison_id"] in by_comparison:
+                    by_comparison[skip["comparison_id"]].setdefault("attributes", {})[attribute] = {
+                        "abstained": skip["reason"]}  # fmt: skip
+                    attribute_abstentions += 1
 
     paid = [answers[k][1].get("usage") or {} for k in missing if k in answers]
     prompt_tokens = sum(u.get("prompt_tokens") or 0 for u in paid)
@@ -289,6 +327,9 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
         "judge/comparisons": n, "judge/abstentions": len(abstentions), "judge/questions": len(unique),
         "judge/questions_asked": len(missing) - len(failures), "judge/questions_cached": cached,
         "judge/failed_questions": len(failures),
+        "judge/attribute_verdicts": sum(1 for v in verdicts for a in (v.get("attributes") or {}).values()
+                                        if "abstained" not in a) if rubric else None,
+        "judge/attribute_abstentions": attribute_abstentions if rubric else None,
         "judge/mean_confidence": (sum(v["confidence"] for v in verdicts) / n) if n else None,
         "judge/prompt_tokens": prompt_tokens, "judge/completion_tokens": completion_tokens,
         "judge/tokens_per_1000": round(1000 * (prompt_tokens + completion_tokens) / n, 1) if n else None,

@@ -51,6 +51,7 @@ from app.models import (
     User,
 )
 from app.quality.stats import TIE_CODE, krippendorff_alpha, top_choice_codes
+from app.registry.endpoints import is_endpoint
 from app.registry.service import get_version
 from app.webhooks.service import emit
 from trainer.params import DEFAULT_JUDGE_TEMPLATE, parse_params
@@ -247,7 +248,14 @@ def create_judge_job(db: Session, project: Project, *, judge=None, params: dict 
     if params.get("limit") is not None and not (isinstance(params["limit"], int) and params["limit"] > 0):
         raise Unprocessable("params.limit must be a positive integer.")
     check_launch_params(params)
-    _trainer_args(judge_row.method, judge_row.params | params)
+    args = _trainer_args(judge_row.method, judge_row.params | params)
+    if args.rubric:
+        version = db.get(ModelVersion, judge_row.model_version_id) if judge_row.model_version_id else None
+        if judge_row.method != "generative" or not is_endpoint(db, version):
+            raise Unprocessable("Rubric judging (params.rubric) is for generative judges whose model is an endpoint.")
+        if not project.attributes:
+            raise Unprocessable(f"Rubric judging asks per attribute, and project {project.slug} has no attribute "
+                                "scales.")  # fmt: skip
     model_id = judge_row.model_version_id
     job = create_job(db, JobKind.judge, project_id=project.id, params=params,
                      base_model_id=model_id if judge_row.method == "generative" else None,
@@ -344,7 +352,7 @@ def store_verdicts(db: Session, job: Job, verdicts: list[dict]) -> dict:
                         job_id=job.id, model_version_id=judge.model_version_id, method=judge.method,
                         template_version=version, confidence=confidence,
                         p_first=(sum(firsts) / len(firsts)) if firsts else None,
-                        detail={"ranking": ranking} | {k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed")
+                        detail={"ranking": ranking} | {k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed", "attributes")
                                                        if k in verdict})  # fmt: skip
         db.add(row)
         existing.add(comparison.id)
@@ -549,6 +557,7 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
             grid[i, : len(options[c])] = options[c]
         return list(top_choice_codes(top, grid))
 
+    human_attributes = human_attribute_tops(db, project)
     human_codes = codes([(h.comparison_id, h.top_completion_id) for h in human])
     by_unit: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for h, code in zip(human, human_codes, strict=True):
@@ -601,10 +610,54 @@ def judge_agreement(db: Session, project: Project) -> list[dict]:
             "ties": sum(c == TIE_CODE for c in ai_codes),
             "reviewed": sum(r.reviewed is not None for r in items),
             "flipped": sum(r.reviewed == "flipped" for r in items),
+            "attributes": attribute_agreement(items, human_attributes),
             "thresholds": threshold_table(confidence, correct),
             "threshold_for_95": threshold_for(confidence, correct, 0.95),
         })  # fmt: skip
     return json.loads(json.dumps(out, default=lambda value: value.item()))  # numpy scalars as plain numbers
+
+
+def human_attribute_tops(db: Session, project: Project) -> dict[str, dict[int, int | None]]:
+    """{attribute: {comparison id: the option with the highest mean human score on it (None: a tie)}}, over the
+    counted human judgments that scored it (what rubric verdicts are measured against)."""
+    if not project.attributes:
+        return {}
+    sums: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for comparison_id, attributes in db.execute(select(Judgment.comparison_id, Judgment.attributes)
+                                                .where(counted(HUMAN, project_id=project.id))):  # fmt: skip
+        for name, scores in (attributes or {}).items():
+            for option, score in scores.items():
+                sums[name][comparison_id][option].append(float(score))
+    tops: dict[str, dict[int, int | None]] = {}
+    for name, by_comparison in sums.items():
+        for comparison_id, by_option in by_comparison.items():
+            means = {int(o): sum(v) / len(v) for o, v in by_option.items()}
+            best = max(means.values())
+            leaders = [o for o, m in means.items() if m == best]
+            tops.setdefault(name, {})[comparison_id] = leaders[0] if len(leaders) == 1 and len(means) > 1 else None
+    return tops
+
+
+def attribute_agreement(items: list, human_tops: dict[str, dict[int, int | None]]) -> dict[str, dict]:
+    """Per attribute of a rubric judge's verdicts: verdicts, abstentions, and on the comparisons whose humans
+    scored it with one best option, how often the judge's best on it is that option (accuracy)."""
+    out: dict[str, dict] = {}
+    for row in items:
+        for name, verdict in ((row.detail or {}).get("attributes") or {}).items():
+            figure = out.setdefault(name, {"verdicts": 0, "abstentions": 0, "compared": 0, "correct": 0})
+            if "abstained" in verdict:
+                figure["abstentions"] += 1
+                continue
+            figure["verdicts"] += 1
+            human = human_tops.get(name, {}).get(row.comparison_id)
+            if human is not None:
+                top = verdict["ranking"][0]
+                figure["compared"] += 1
+                figure["correct"] += len(top) == 1 and int(top[0]) == human
+    for figure in out.values():
+        correct = figure.pop("correct")
+        figure["accuracy"] = correct / figure["compared"] if figure["compared"] else None
+    return out
 
 
 def judges_json(db: Session, project: Project) -> dict:

@@ -6,7 +6,8 @@ The fault server decides by markers in the last user message: [429] (the first r
 [500] (always 500), [500once] (the first request gets 500), [stall] (sleeps past any test timeout), [badjson]
 (a 200 whose body is not JSON), [nousage] (an answer without usage), [slow] (answers after 0.2 s). A judge question (the default template) is
 answered by the rule "the response holding 'please' wins", as JSON when response_format asks for it, with
-log-probabilities when asked for them, and unparseably when the prompt holds [mumble].
+log-probabilities when asked for them, and unparseably when the prompt holds [mumble]; a rubric question on the
+attribute "Brevity" by "the shorter response wins", on "Mumble" unparseably.
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def _last_user(body: dict) -> str:
 
 
 def _judge_answer(content: str) -> str:
-    a = content.split("Response A:", 1)[1].split("Response B:", 1)[0]
+    a = content.split("Response A:", 1)[1].split("Response B:", 1)[0].strip()
+    b = content.split("Response B:", 1)[1].split("\n\n", 1)[0].strip()
+    if "Attribute: Brevity" in content:  # rubric judging: on brevity the shorter response wins
+        return "A" if len(a) < len(b) else "B"
     return "A" if "please" in a else "B"
 
 
@@ -144,7 +148,8 @@ def fault_app(state: FaultServer) -> FastAPI:
                                                      "total_tokens": len(content.split()) + 3}  # fmt: skip
         logprobs = None
         if "Which response is better" in content:
-            label = "mumble mumble" if "[mumble]" in content else _judge_answer(content)
+            mumble = "[mumble]" in content or "Attribute: Mumble" in content
+            label = "mumble mumble" if mumble else _judge_answer(content)
             if body.get("logprobs") and label in ("A", "B"):
                 other = "B" if label == "A" else "A"
                 logprobs = {"content": [{"token": label, "logprob": -0.105, "top_logprobs": [

@@ -152,3 +152,90 @@ def test_an_endpoint_judge_against_transformers_serve(client, world, served):
     second = judge_job(client, world, pid, judge)["result"]["metrics"]  # only the abstentions are judged again
     assert second["judge/comparisons"] == 0 and second.get("judge/questions_asked", 0) == 0
     assert second.get("judge/questions_cached", 0) == 2 * metrics["judge/abstentions"]
+
+
+RUBRIC = [{"name": "helpful", "label": "Helpful", "min": 1, "max": 7}, {"name": "brevity", "label": "Brevity", "min": 1,
+          "max": 7}, {"name": "mumble", "label": "Mumble", "min": 1, "max": 7}]  # fmt: skip
+
+
+def rate_with_scores(client, rater, pid) -> int:
+    """Humans: the polite answer is best and most helpful, the shorter one scores higher on brevity."""
+    n = 0
+    while (response := client.get(f"/api/v1/projects/{pid}/tasks/next", headers=rater["headers"])).status_code == 200:
+        task = response.json()
+        polite = next(o["id"] for o in task["options"] if "please" in o["text"])
+        other = next(o["id"] for o in task["options"] if o["id"] != polite)
+        attributes = {"helpful": {str(polite): 7, str(other): 2}, "brevity": {str(polite): 3, str(other): 6}}
+        assert client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment", headers=rater["headers"],
+                           json={"ranking": [[polite], [other]], "attributes": attributes}).status_code in (200, 201)  # fmt: skip
+        n += 1
+    return n
+
+
+def test_rubric_judging_per_attribute(client, world, fault_server):
+    """Each pair asked in both orders once overall and once per attribute scale; each attribute's verdict recorded
+    (brevity's winner is not the overall one), an unparseable attribute an abstention that leaves the rest standing;
+    the per-attribute accuracy against the humans' scores on the judges API and page."""
+    project = make_project(client, world["admin"], name="Rubric", attributes=RUBRIC)
+    pid = project["id"]
+    rows = polite_rows(4)
+    assert import_lines(client, world["admin"], pid, "\n".join(json.dumps(r) for r in rows).encode()).status_code == 200
+    assert rate_with_scores(client, world["rater"], pid) == 4
+    add_endpoint(client, world["engineer"], name="rubric-oracle", base_url=fault_server.url, model=fault_server.model)
+    judge = add_judge(client, world, pid, "rubric", "rubric-oracle", rubric=True)
+    fault_server.reset()
+    job = judge_job(client, world, pid, judge)
+    asked = fault_server.asked("Which response is better")
+    assert len(asked) == 4 * 2 * (1 + 3)
+    assert {r["content"].split("Attribute: ")[1].split("\n")[0] for r in asked if "Attribute: " in r["content"]} == {
+        "Helpful", "Brevity", "Mumble"}  # fmt: skip
+    metrics = job["result"]["metrics"]
+    assert job["result"]["stored"] == 4 and metrics["judge/abstentions"] == 0
+    assert metrics["judge/attribute_verdicts"] == 8 and metrics["judge/attribute_abstentions"] == 4
+
+    from app.db import session_scope
+    from app.models import AIVerdict, Completion
+
+    with session_scope() as db:
+        for verdict in db.query(AIVerdict).filter(AIVerdict.judge_id == judge):
+            texts = dict(db.query(Completion.id, Completion.text).filter(Completion.id.in_(
+                [c for g in verdict.detail["ranking"] for c in g])))  # fmt: skip
+            overall = verdict.detail["ranking"][0][0]
+            attributes = verdict.detail["attributes"]
+            assert "please" in texts[overall] and attributes["helpful"]["ranking"][0] == [overall]
+            shorter = min(texts, key=lambda c: len(texts[c]))
+            assert attributes["brevity"]["ranking"][0] == [shorter] != [overall]
+            assert attributes["brevity"]["confidence"] > 0.5 and len(attributes["brevity"]["p_first"]) == 2
+            assert attributes["mumble"]["abstained"].startswith("unparseable answer")
+    figures = client.get(f"/api/v1/projects/{pid}/judges", headers=world["engineer"]["headers"]).json()
+    figure = next(f for j in figures["judges"] if j["id"] == judge for f in j["agreement"])
+    assert figure["accuracy"] == 1.0  # the overall figures as for any judge
+    assert figure["attributes"]["helpful"] == {"verdicts": 4, "abstentions": 0, "compared": 4, "accuracy": 1.0}
+    assert figure["attributes"]["brevity"]["accuracy"] == 1.0
+    assert figure["attributes"]["mumble"] == {"verdicts": 0, "abstentions": 4, "compared": 0, "accuracy": None}
+    page = client.get(f"/projects/{pid}/judges", headers=world["engineer"]["headers"]).text
+    assert 'id="judge-rubric"' in page and "brevity" in page
+
+    # rubric judging needs an endpoint judge and a project with attribute scales
+    plain = make_project(client, world["admin"], name="Plain")
+    response = client.post(f"/api/v1/projects/{plain['id']}/judges", headers=world["engineer"]["headers"],
+                           json={"name": "r", "method": "generative", "model": "rubric-oracle", "params": {"rubric": True}})  # fmt: skip
+    assert response.status_code == 201
+    response = client.post("/api/v1/jobs", headers=world["engineer"]["headers"], json={
+        "kind": "judge", "project_id": plain["id"], "params": {"judge": response.json()["id"]}})  # fmt: skip
+    assert response.status_code == 422 and "attribute scales" in response.text
+
+
+def test_rubric_judging_against_transformers_serve(client, world, served):
+    """The rubric questions reach the real server: one per pair, order and attribute besides the overall one; each
+    verdict stored carries an answer or an abstention per attribute."""
+    pid = make_project(client, world["admin"], name="Rubric served", attributes=RUBRIC[:2])["id"]
+    rows = polite_rows(3)
+    assert import_lines(client, world["admin"], pid, "\n".join(json.dumps(r) for r in rows).encode()).status_code == 200
+    rate_with_scores(client, world["rater"], pid)
+    add_endpoint(client, world["engineer"], name="tiny-rubric", base_url=served.url, model=served.model)
+    judge = add_judge(client, world, pid, "tiny-rubric", "tiny-rubric", max_answer_tokens=4, rubric=True)
+    metrics = judge_job(client, world, pid, judge)["result"]["metrics"]
+    assert metrics["judge/questions"] == 3 * 2 * 3 and metrics["judge/questions_asked"] == 18
+    assert metrics["judge/comparisons"] + metrics["judge/abstentions"] == 3
+    assert metrics["judge/attribute_verdicts"] + metrics["judge/attribute_abstentions"] == 2 * metrics["judge/comparisons"]
