@@ -115,6 +115,7 @@ PROJECT_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Overview", "", _STAFF),
     ("Rate", "/annotate", _EVERYONE),
     ("Steps", "/steps", _EVERYONE),
+    ("Battle", "/battle", _EVERYONE),
     ("Dashboard", "/dashboard", _STAFF),
     ("Leaderboard", "/leaderboard", _STAFF),
     ("Rounds", "/rounds", _STAFF),

@@ -1,6 +1,7 @@
 """All ORM models; importing this package registers every table on Base.metadata."""
 
 from app.models.base import Base, start_of_day, utcnow
+from app.models.battle import Battle, BattleSettingsRow, BattleTurn
 from app.models.comparison import (
     UNSCORED_GAP,
     Assignment,
@@ -31,6 +32,9 @@ from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
 from app.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "Battle",
+    "BattleSettingsRow",
+    "BattleTurn",
     "AI_POLICIES",
     "JUDGE_METHODS",
     "AIPolicy",
