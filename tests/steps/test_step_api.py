@@ -116,10 +116,20 @@ def test_label_steps_once_branch_and_export(client, setup, tmp_path):
     hf = datasets.load_from_disk(str(path / "hf" / "train"))  # (an empty split's hf/ folder has no data file)
     assert hf.num_rows == len(rows) and hf.features["labels"].feature.dtype == "bool"
 
+    # agreement over steps (each rater's steps up to their first error): both said good, bad on steps 1-2
+    agreement = client.get(f"{base}/step-agreement", headers=admin["headers"]).json()
+    assert agreement["units"] == 2 and agreement["krippendorff_alpha"] == 1.0
+    assert {r["username"]: r["labels"] for r in agreement["raters"]} == {"rita": 4, "sam": 2}
+    assert client.get(f"{base}/step-agreement", headers=rita["headers"]).status_code == 403
+    section = client.get(f"/projects/{project['slug']}/dashboard/steps", headers=admin["headers"])
+    assert section.status_code == 200 and 'id="step-alpha"' in section.text
+
     # voiding takes labels out of the export and the figures
     void = client.post(f"{base}/step-labels/{listed[1]['id']}/void", headers=admin["headers"])
     assert void.status_code == 200 and void.json()["voided"]
     assert client.post(f"{base}/step-labels/{listed[1]['id']}/void", headers=admin["headers"]).status_code == 409
+    agreement = client.get(f"{base}/step-agreement", headers=admin["headers"]).json()
+    assert agreement["units"] == 0 and agreement["krippendorff_alpha"] is None and agreement["labels"] == 4
 
 
 def test_members_only_and_archived(client, setup):
