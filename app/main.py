@@ -133,6 +133,7 @@ def create_app() -> FastAPI:
     from app.projects.router import router as projects_api
     from app.quality.pages import router as quality_pages
     from app.quality.router import router as quality_api
+    from app.quality.step_routes import router as step_agreement_routes
     from app.registry.pages import router as model_pages
     from app.registry.router import router as models_api
     from app.steps.pages import router as step_pages
@@ -183,6 +184,7 @@ def create_app() -> FastAPI:
     app.include_router(battle_pages)
     app.include_router(steps_api)
     app.include_router(step_pages)
+    app.include_router(step_agreement_routes)
     app.include_router(docs_router)
 
     from app.imports.parsers import FORMATS as IMPORT_FORMATS
