@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path("/work/shared/data/hh_rlhf_harmless_test_2000.jsonl")
 MARK = "\n\nAssistant:"
+FULL_REPEATS = 3
+"""Seeds of the full run the lead makes (the estimate printed at the end is for it)."""
 SIZES = {"tiny": (64, 2, 4, 256), "small": (256, 4, 4, 1024), "20m": (512, 6, 8, 1376)}
 
 PLAIN_SCRIPT = r"""
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"data: {args.data.name}: {len(train)} train / {len(test)} test pairs (split seed 1234); model: "
               f"{args.model or 'Llama ' + args.size + ' (random weights)'}; params {json.dumps(params)}")  # fmt: skip
         print(f"uptime before: {uptime}", flush=True)
-        gaps = []
+        gaps, train_seconds = [], 0.0
         for seed in range(args.repeats):
             started = time.perf_counter()
             product_dir, metrics = run_product(root, model, snapshot, params, seed)
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             product = held_out_accuracy(product_dir, test, args.max_length)
             plain = held_out_accuracy(plain_dir, test, args.max_length)
             gaps.append(product - plain)
+            train_seconds += product_seconds + plain_seconds
             print(f"seed {seed}: held-out accuracy product {product:.4f} (its own eval/accuracy "
                   f"{metrics.get('eval/accuracy')}) plain TRL {plain:.4f}  gap {100 * (product - plain):+.1f} points; "
                   f"wall product {product_seconds:.0f} s, plain {plain_seconds:.0f} s", flush=True)  # fmt: skip
@@ -224,6 +227,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mean gap over {len(gaps)} repeat(s): {100 * mean:+.2f} points "
               f"({'within' if round(abs(100 * mean), 6) <= 1.0 else 'NOT within'} 1 point)")  # fmt: skip
         print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+        # The full run: every usable row of the file, the kind's default epochs, FULL_REPEATS seeds, this size and
+        # max_length; training time grows about linearly in train pairs x epochs (the evaluation is small).
+        usable = len(hh_pairs(args.data))
+        full_train = usable - max(1, int(usable * args.test_share))
+        full_epochs = defaults.num_train_epochs
+        scale = (full_train * full_epochs) / (len(train) * params["num_train_epochs"])
+        expected = train_seconds / args.repeats * scale * FULL_REPEATS
+        print(f"expected full running time: about {expected / 60:.0f} min on this machine for --pairs {usable} "
+              f"--epochs {full_epochs:g} --repeats {FULL_REPEATS} --size {args.size} --max-length {args.max_length} "
+              f"({full_train} train pairs; from this run's training wall time, {train_seconds:.0f} s for "
+              f"{len(train)} pairs x {params['num_train_epochs']:g} epoch(s) x {args.repeats} repeat(s), scaled "
+              "linearly in pairs x epochs x repeats; a larger --size or --max-length costs more)")  # fmt: skip
 
 
 if __name__ == "__main__":
