@@ -147,15 +147,26 @@ class Artifact:
 
     def stream(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         """The bytes of one listed file, a chunk at a time."""
+        with self.open_file(name) as handle:
+            while chunk := handle.read(chunk_bytes):
+                yield chunk
+
+    def open_file(self, name: str):
+        """A file of the artifact opened for reading (binary, read as it goes: nothing is loaded whole). On an
+        object store only a file its manifest lists (so never one of an unpublished write)."""
+        if self.local:
+            path = Path(self.path) / safe_name(name)
+            if not path.is_file() or not path.resolve().is_relative_to(Path(self.path).resolve()):
+                raise ArtifactNotFound(f"No file {name!r} in {self.location}.")
+            return open(path, "rb")
         if name != STORE_MANIFEST and name not in self.manifest()["files"]:
             raise ArtifactNotFound(f"No file {name!r} in {self.location}.")
         try:
-            handle = self.fs.open(self._file(name), "rb")
+            return self.fs.open(self._file(name), "rb")
         except FileNotFoundError:
             raise ArtifactNotFound(f"No file {name!r} in {self.location}.") from None
-        with handle:
-            while chunk := handle.read(chunk_bytes):
-                yield chunk
+        except Exception as error:  # noqa: BLE001
+            raise StoreError(f"artifact store: {_reason(error)}") from error
 
     def presigned_url(self, name: str, expires_seconds: int = 3600) -> str | None:
         """A URL that fetches the file without credentials, where the backend signs URLs (S3); else None."""
@@ -211,6 +222,14 @@ class Artifact:
             pass
         except Exception as error:  # noqa: BLE001
             raise StoreError(f"artifact store: {error}") from error
+
+
+def local_path(location: str | os.PathLike | None) -> str | None:
+    """A local directory for a location a row keeps (a base model, a dataset), for a child that reads files:
+    the path itself when local, else the cached copy (downloaded once per content hash). None stays None."""
+    if location is None:
+        return None
+    return str(location) if not is_url(location) else str(open_location(location).local_copy())
 
 
 def open_location(location: str | os.PathLike) -> Artifact:
@@ -282,7 +301,23 @@ class ArtifactStore:
             with contextlib.suppress(Exception):  # best effort: without a manifest nothing is visible anyway
                 fs.rm(base, recursive=True)
             raise StoreError(f"artifact store refused the write to {location}: {_reason(error)}") from error
+        self._keep_as_cache(local_dir, manifest)
         return manifest
+
+    def _keep_as_cache(self, local_dir: Path, manifest: dict) -> None:
+        """After an upload, the local tree becomes this machine's cached copy (no download to read it back)."""
+        cache = self.data_dir / CACHE_DIR
+        cache.mkdir(parents=True, exist_ok=True)
+        final = cache / manifest["sha256"]
+        if final.exists():
+            shutil.rmtree(local_dir, ignore_errors=True)
+            return
+        _write_json_atomic(local_dir / STORE_MANIFEST, manifest)
+        try:
+            os.rename(local_dir, final)
+        except OSError:  # another file system: copy and forget the original
+            shutil.copytree(local_dir, final, dirs_exist_ok=True)
+            shutil.rmtree(local_dir, ignore_errors=True)
 
     def put_file(self, local_file: str | os.PathLike, location: str) -> None:
         """One file (an upload, a backup archive) to `location`, visible only when whole."""
@@ -314,6 +349,28 @@ class ArtifactStore:
             raise ArtifactNotFound(f"No file at {location}.") from None
         except Exception as error:  # noqa: BLE001
             raise StoreError(f"artifact store: {_reason(error)}") from error
+
+
+def download_response(location: str | os.PathLike, name: str | None = None):
+    """The HTTP response that sends one file: a local file as a FileResponse; a file of an object store streamed
+    from it a chunk at a time (nothing whole in memory). `location` alone: a local file path."""
+    from fastapi.responses import FileResponse, StreamingResponse
+
+    if name is None:
+        return FileResponse(location, filename=Path(location).name)
+    artifact = open_location(location)
+    if artifact.local:
+        return FileResponse(Path(artifact.path) / safe_name(name), filename=PurePosixPath(name).name)
+    chunks = artifact.stream(name)
+    first = next(chunks, b"")  # a missing file is a 404 now, not a broken stream later
+
+    def body() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    filename = PurePosixPath(name).name.replace('"', "")
+    return StreamingResponse(body(), media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _reason(error: BaseException) -> str:

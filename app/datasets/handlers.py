@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.datasets.service import build_snapshot, get_snapshot, mark_snapshot_failed, snapshot_dir
+from app.datasets.service import (
+    build_snapshot,
+    get_snapshot,
+    mark_snapshot_failed,
+    snapshot_dir,
+    snapshot_location,
+)
 from app.db import session_scope, write_transaction
 from app.errors import JobFailed, Unprocessable
 from app.jobs.runner import JobContext
@@ -48,7 +54,7 @@ def job_snapshot(ctx: JobContext, dataset_format: str | None) -> SnapshotRef | N
                                        job_id=job.id, created_by_id=job.created_by_id)  # fmt: skip
             db.add(snapshot)
             db.flush()
-            snapshot.path = str(snapshot_dir(snapshot))
+            snapshot.path = snapshot_location(snapshot)
             job.dataset_id = snapshot.id
         dataset_id = job.dataset_id
     with session_scope() as db:
@@ -64,4 +70,5 @@ def job_snapshot(ctx: JobContext, dataset_format: str | None) -> SnapshotRef | N
                 with session_scope(write=True) as failed:
                     mark_snapshot_failed(failed, failed.get(DatasetSnapshot, dataset_id), str(error))
                 raise JobFailed(f"Building dataset snapshot {dataset_id} failed: {error}") from error
-        return SnapshotRef(snapshot.id, Path(snapshot.path), snapshot.sha256)
+        # the trainer child reads local files: on an object store, this machine's copy (cached by content hash)
+        return SnapshotRef(snapshot.id, snapshot_dir(snapshot), snapshot.sha256)

@@ -3,12 +3,12 @@ the export form posted from a project page."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import date, datetime, time
-from pathlib import Path
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import select
 
@@ -21,6 +21,7 @@ from app.errors import Conflict, RankforgeError, Unprocessable
 from app.limits import Id
 from app.models import DatasetSnapshot, Job, Project, User
 from app.projects.service import get_project
+from app.store import open_location
 from app.web import is_htmx, render
 from trainer.params import KIND_INFO
 
@@ -89,13 +90,12 @@ def _detail_context(db, snapshot: DatasetSnapshot, job: Job | None) -> dict:
 
 def preview_rows(snapshot: DatasetSnapshot, limit: int = PREVIEW_ROWS) -> list[dict[str, str]]:
     """The first rows of the train split (test when train is empty), each value as short text."""
-    directory = service.snapshot_dir(snapshot)
+    artifact = open_location(service.snapshot_location(snapshot))  # read as it streams, from any store
     for split in ("train", "test"):
-        path = directory / f"{split}.jsonl"
-        if not path.is_file():
+        if f"{split}.jsonl" not in (snapshot.files or []):
             continue
         rows = []
-        with open(path, encoding="utf-8") as lines:
+        with io.TextIOWrapper(artifact.open_file(f"{split}.jsonl"), encoding="utf-8") as lines:
             for line in lines:
                 row = json.loads(line)
                 rows.append({key: _short(value) for key, value in row.items()})
@@ -125,8 +125,7 @@ def pairs_per_day_svg(rows_per_day: dict[str, int], export_format: str) -> Marku
 @router.get("/datasets/{dataset_id}/files/{name:path}")
 def download_page_file(dataset_id: Id, name: str, db: DbSession, principal: Staff):
     """Download one file of a ready snapshot (name checked against the manifest, hashes verified)."""
-    path: Path = service.ready_file(db, dataset_id, name)
-    return FileResponse(path, filename=path.name)
+    return service.ready_download(db, dataset_id, name)
 
 
 @router.post("/datasets/{dataset_id}/delete")

@@ -45,8 +45,7 @@ def get_dataset(dataset_id: Id, db: DbSession, principal: Staff):
                              "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}}}})  # fmt: skip
 def download_file(dataset_id: Id, name: str, db: DbSession, principal: Staff):
-    path = service.ready_file(db, dataset_id, name)
-    return FileResponse(path, filename=path.name)
+    return service.ready_download(db, dataset_id, name)
 
 
 @router.delete("/datasets/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from app import __version__
 from app.api import get_or_404
 from app.audit import audit
-from app.config import get_settings
 from app.datasets.formats import Edit, JudgedComparison, JudgmentVote, arrow_schema, export_rows
 from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
+    MANIFEST_NAME,
     SnapshotFileNotFoundError,
     SnapshotTamperedError,
     SnapshotWriter,
@@ -48,6 +48,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.store import download_response, get_store, is_url, open_location
 from app.webhooks.service import emit
 
 BATCH_COMPARISONS = 2000
@@ -62,11 +63,19 @@ def parse_spec(params: dict) -> DatasetCreate:
         ) from error
 
 
-def snapshot_dir(snapshot: DatasetSnapshot) -> Path:
-    """Where the snapshot lives: fixed when it is requested (an id alone could be reused by SQLite)."""
+def snapshot_location(snapshot: DatasetSnapshot) -> str:
+    """Where the snapshot lives in the artifact store (app.store: a local path or a URL): fixed when it is requested
+    (an id alone could be reused by SQLite)."""
     if snapshot.path:
-        return Path(snapshot.path)
-    return get_settings().data_dir.resolve() / "datasets" / f"{snapshot.id}-{secrets.token_hex(4)}"
+        return snapshot.path
+    return get_store().location("datasets", f"{snapshot.id}-{secrets.token_hex(4)}")
+
+
+def snapshot_dir(snapshot: DatasetSnapshot) -> Path:
+    """A local directory with the snapshot's files: its own directory on a local store, else this machine's cached
+    copy of the published snapshot (app.store: downloaded once, keyed by content hash)."""
+    location = snapshot_location(snapshot)
+    return Path(location) if not is_url(location) else open_location(location).local_copy()
 
 
 def request_snapshot(db: Session, project: Project, params: dict, actor: User | None) -> DatasetSnapshot:
@@ -79,7 +88,7 @@ def request_snapshot(db: Session, project: Project, params: dict, actor: User | 
     job = create_job(db, JobKind.export, project_id=project.id, params={"dataset_id": snapshot.id}, dataset_id=snapshot.id,
                      actor=actor)  # fmt: skip
     snapshot.job_id = job.id
-    snapshot.path = str(snapshot_dir(snapshot))
+    snapshot.path = snapshot_location(snapshot)
     audit(db, actor, "dataset.request", "dataset", snapshot.id, format=spec.format)
     return snapshot
 
@@ -261,11 +270,17 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
     `formats` is for measuring one file format alone (bench/export.py); snapshots carry both."""
     project = db.get(Project, snapshot.project_id)
     spec = parse_spec(snapshot.spec)
-    final_dir = snapshot_dir(snapshot)
+    location = snapshot_location(snapshot)
+    remote = is_url(location)
+    # On an object store the snapshot is built in this machine's scratch, then published (files, manifest last).
+    final_dir = get_store().scratch("staging", "datasets") / location.rsplit("/", 1)[-1] if remote \
+        else Path(location)
     # A killed earlier attempt may have left its hidden temp directory behind: it was never visible.
     for stale in final_dir.parent.glob(f".{final_dir.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if final_dir.exists():
+    if remote and open_location(location).exists():  # published by an attempt whose job was not marked
+        manifest = verify_snapshot(open_location(location).local_copy())
+    elif final_dir.exists():
         manifest = verify_snapshot(final_dir)  # a finished attempt whose job was not marked: reuse it
     else:
         total = db.scalar(
@@ -325,6 +340,8 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 "guideline_versions": sorted(guideline_versions),
                 "rows_per_day": dict(sorted(rows_per_day.items())),
             })  # fmt: skip
+    if remote and not open_location(location).exists():
+        get_store().publish(final_dir, location)  # StoreError with the store's message: nothing visible
     write_transaction(db)  # SQLite: the long read is over; take the write lock for the row update
     snapshot.status = "ready"
     snapshot.sha256 = manifest["sha256"]
@@ -356,13 +373,31 @@ def delete_snapshot(db: Session, snapshot: DatasetSnapshot, actor: User | None) 
     ))) or db.scalar(select(exists().where(ModelVersion.dataset_id == snapshot.id)))  # fmt: skip
     if in_use:
         raise Conflict("A job or a model version refers to this dataset; it cannot be deleted.")
-    path = snapshot_dir(snapshot)
-    if path.exists():
+    location = snapshot_location(snapshot)
+    if is_url(location):
+        open_location(location).delete()  # the store manifest first: readers never see a half-deleted snapshot
+    path = Path(location)
+    if not is_url(location) and path.exists():
         trash = path.with_name(f".{path.name}.deleting")
         path.rename(trash)  # atomic: readers never see a half-deleted snapshot
         shutil.rmtree(trash, ignore_errors=True)
     audit(db, actor, "dataset.delete", "dataset", snapshot.id)
     db.delete(snapshot)
+
+
+def ready_download(db: Session, dataset_id: int, name: str):
+    """The response that sends a file of a ready snapshot: from a local store, the file checked against the manifest
+    (ready_file); from an object store, streamed from it (a name the manifest lists; the published copy's hashes
+    are checked whenever a machine caches it)."""
+    snapshot = get_snapshot(db, dataset_id)
+    location = snapshot_location(snapshot)
+    if not is_url(location):
+        return download_response(ready_file(db, dataset_id, name))
+    if snapshot.status != "ready":
+        raise Conflict(f"Dataset {dataset_id} is {snapshot.status}.")
+    if name != MANIFEST_NAME and name not in (snapshot.files or []):
+        raise NotFound(f"snapshot has no file {name!r}")
+    return download_response(location, name)
 
 
 def ready_file(db: Session, dataset_id: int, name: str) -> Path:

@@ -21,7 +21,6 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
 from app.datasets.handlers import job_snapshot
 from app.db import session_scope
 from app.errors import JobFailed
@@ -30,6 +29,7 @@ from app.jobs.runner import JobContext
 from app.jobs.trainer_child import RESULT_KEY, finished_result, job_dir, run_trainer
 from app.models import Comparison, Completion, Job, ModelVersion, Project, Prompt
 from app.registry.service import register_job_output
+from app.store import StoreError, get_store, local_path, open_location
 from app.tasks.service import apply_scores
 from app.training.kinds import DEFAULTS, KIND_INFO, split_params
 from trainer.results import GenerationsResult, JobResult, ModelResult, ScoresResult
@@ -44,7 +44,25 @@ def output_dir_for(job: Job, project: Project) -> Path:
     """A model goes to the model store under its name; any other output stays in the job's directory."""
     if not KIND_INFO[job.kind].trains_model:
         return job_dir(job.id) / "output"
-    return get_settings().data_dir.resolve() / "models" / output_name(job, project)
+    store = get_store()
+    if store.local:
+        return Path(store.location("models", output_name(job, project)))
+    return job_dir(job.id) / "model"  # this machine's scratch; published to the store when the child is done
+
+
+def publish_model(job: Job, output_dir: Path, name: str) -> str:
+    """The trained model into the artifact store (files, then the store manifest); its location. On a local store
+    it is already in place (the trainer renamed it there) and only the manifest is added. A retry finds a model an
+    earlier attempt published and keeps it. The store refusing the write fails the job with the store's message."""
+    store = get_store()
+    location = str(output_dir) if store.local else store.location("models", name)
+    if not store.local and open_location(location).exists():
+        return location
+    try:
+        store.publish(output_dir, location)
+    except StoreError as error:
+        raise JobFailed(str(error.detail)) from error
+    return location
 
 
 def write_prompts(db: Session, project: Project, path: Path, limit: int | None, prompt_ids: list | None = None) -> int:
@@ -144,6 +162,8 @@ def run_training_job(ctx: JobContext) -> dict:
         if KIND_INFO[kind].base_model is not None and base is None:
             raise JobFailed("The job's base model version is gone (deleted from the registry).")
         base_path, reward_path = (base.path if base else None), (reward.path if reward else None)
+    # the child reads local files: a version in an object store is this machine's cached copy of it
+    base_path, reward_path = local_path(base_path), local_path(reward_path)
     work.mkdir(parents=True, exist_ok=True)
     snapshot = job_snapshot(ctx, KIND_INFO[kind].dataset_format)
 
@@ -166,14 +186,20 @@ def run_training_job(ctx: JobContext) -> dict:
         ctx.log(f"{output_dir} was finished by an earlier attempt: storing it.\n")
 
     stored = {"metrics": result.metrics, RESULT_KEY: result.to_dict(), "dataset_id": snapshot.id if snapshot else None}
+    location = None
+    if isinstance(result, ModelResult):  # before the row: a version is registered only once it is in the store
+        manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text(encoding="utf-8"))
+        ctx.progress(0.98, "publishing the model to the artifact store")
+        location = publish_model(job, Path(result.output_dir), name)
     with session_scope(write=True) as db:
         job = db.get(Job, ctx.job_id)
-        stored |= _store_output(db, job, result, name, snapshot)
+        stored |= _store_output(db, job, result, name, snapshot, location, manifest if location else None)
         job.result = stored  # with the rows above, in one transaction: a retry sees them done
     return stored
 
 
-def _store_output(db: Session, job: Job, result: JobResult, name: str, snapshot) -> dict:
+def _store_output(db: Session, job: Job, result: JobResult, name: str, snapshot, location: str | None = None,
+                  manifest: dict | None = None) -> dict:  # fmt: skip
     """Hand the output to the domain it belongs to; what the job's result records of it."""
     if isinstance(result, GenerationsResult):
         if job.result and "completion_ids" in job.result:  # stored by an attempt that died before finishing
@@ -183,8 +209,7 @@ def _store_output(db: Session, job: Job, result: JobResult, name: str, snapshot)
     if isinstance(result, ScoresResult):
         return {"scored_comparisons": apply_scores(db, job.project_id, result.read_scores())}
     if isinstance(result, ModelResult):
-        manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text(encoding="utf-8"))
-        version = register_job_output(db, job, name, Path(result.output_dir), manifest,
+        version = register_job_output(db, job, name, location, manifest,
                                       snapshot.id if snapshot else None, snapshot.sha256 if snapshot else None)  # fmt: skip
         return {"model_version_id": version.id}
     raise JobFailed(f"A {job.kind} job's output ({result.output}) has no place in the training domain.")
