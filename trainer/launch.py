@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LAUNCHERS = ("python", "accelerate")
-"""How the worker starts the child: plain `python -m trainer.run`, or `accelerate launch` for many processes."""
+LAUNCHERS = ("python", "accelerate", "ray")
+"""How the worker starts the child: plain `python -m trainer.run`, `accelerate launch` for many processes, or as a
+Ray job on a Ray cluster (app.jobs.ray_launch; `accelerate launch` inside it with an accelerate_config)."""
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate"
 ACCELERATE_CONFIGS: dict[str, Path] = {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
 """The shipped configs by name: cpu (several CPU processes, gloo), ddp, fsdp, deepspeed_zero2, deepspeed_zero3."""

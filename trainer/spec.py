@@ -45,7 +45,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     """the kind's hyperparameters as given (JSON); unknown names or wrong types are refused"""
     launcher: str = "python"
-    """python or accelerate"""
+    """python, accelerate or ray (trainer.launch.LAUNCHERS)"""
     seed: int = 0
     """random seed of the run"""
     args: Any = field(init=False, repr=False, compare=False)

@@ -104,6 +104,48 @@ def parse_event(line: str) -> dict | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
+class EventPump:
+    """Turns a child's output lines into the job's progress, metrics and log (progress and log batched: at most
+    every PROGRESS_EVERY_SECONDS / LOG_EVERY_SECONDS), and keeps its `done` event and its last `error` message.
+    Shared by the local child (run_child) and the Ray launcher (app.jobs.ray_launch), whose lines arrive from
+    the Ray job's log."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.done: dict | None = None
+        self.error: str | None = None
+        self.log_lines: list[str] = []
+        self.pending_progress: tuple[float, str | None] | None = None
+        self.last_progress = self.last_log = 0.0
+
+    def feed(self, line: str) -> None:
+        if not line:
+            return
+        event = parse_event(line)
+        if event is None:
+            self.log_lines.append(line)
+        elif event["event"] == "progress":
+            self.pending_progress = (float(event.get("progress", 0.0)), event.get("message"))
+        elif event["event"] == "metrics":
+            self.ctx.metrics(int(event.get("step", 0)), event.get("metrics") or {})
+        elif event["event"] == "log":
+            self.log_lines.append(str(event.get("message", "")))
+        elif event["event"] == "done":
+            self.done = event
+        elif event["event"] == "error":
+            self.error = str(event.get("message", "child process error"))
+
+    def flush(self, final: bool = False) -> None:
+        """Report what is pending when its interval has passed (everything when `final`)."""
+        now = time.monotonic()
+        if self.pending_progress and (now - self.last_progress >= PROGRESS_EVERY_SECONDS or final):
+            self.ctx.progress(min(self.pending_progress[0], 0.99), self.pending_progress[1])
+            self.pending_progress, self.last_progress = None, now
+        if self.log_lines and (now - self.last_log >= LOG_EVERY_SECONDS or final):
+            self.ctx.log("\n".join(self.log_lines) + "\n")
+            self.log_lines, self.last_log = [], now
+
+
 def run_child(ctx, command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
     """Run a child to its end under job `ctx` (app.jobs.runner.JobContext), reporting its events as the job's
     progress, metrics and log; returns its `done` event. Raises JobCancelled on cancel, JobFailed when the child
@@ -112,10 +154,7 @@ def run_child(ctx, command: list[str], cwd: Path, env: dict[str, str] | None = N
                              text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
     (cwd / "child.pid").write_text(str(child.pid))
     reader = ChildReader(child)
-    done = error = None
-    log_lines: list[str] = []
-    pending_progress: tuple[float, str | None] | None = None
-    last_progress = last_log = 0.0
+    pump = EventPump(ctx)
     try:
         stdout_open = True
         while stdout_open:
@@ -128,27 +167,9 @@ def run_child(ctx, command: list[str], cwd: Path, env: dict[str, str] | None = N
                 line = ""
             if line is None:
                 stdout_open = False
-            elif line:
-                event = parse_event(line)
-                if event is None:
-                    log_lines.append(line)
-                elif event["event"] == "progress":
-                    pending_progress = (float(event.get("progress", 0.0)), event.get("message"))
-                elif event["event"] == "metrics":
-                    ctx.metrics(int(event.get("step", 0)), event.get("metrics") or {})
-                elif event["event"] == "log":
-                    log_lines.append(str(event.get("message", "")))
-                elif event["event"] == "done":
-                    done = event
-                elif event["event"] == "error":
-                    error = str(event.get("message", "child process error"))
-            now = time.monotonic()
-            if pending_progress and (now - last_progress >= PROGRESS_EVERY_SECONDS or not stdout_open):
-                ctx.progress(min(pending_progress[0], 0.99), pending_progress[1])
-                pending_progress, last_progress = None, now
-            if log_lines and (now - last_log >= LOG_EVERY_SECONDS or not stdout_open):
-                ctx.log("\n".join(log_lines) + "\n")
-                log_lines, last_log = [], now
+            else:
+                pump.feed(line)
+            pump.flush(final=not stdout_open)
         returncode = child.wait()
     finally:
         end_process_group(child)
@@ -156,9 +177,9 @@ def run_child(ctx, command: list[str], cwd: Path, env: dict[str, str] | None = N
     stderr = "\n".join(reader.stderr_tail)
     if stderr:
         ctx.log(stderr[-4000:] + "\n")
-    if returncode != 0 or done is None:
-        raise JobFailed(error or f"The child exited with code {returncode}: {stderr[-1500:] or 'no output'}")
-    return done
+    if returncode != 0 or pump.done is None:
+        raise JobFailed(pump.error or f"The child exited with code {returncode}: {stderr[-1500:] or 'no output'}")
+    return pump.done
 
 
 def run_captured(command: list[str], *, timeout: float) -> str:

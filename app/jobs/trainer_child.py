@@ -1,9 +1,9 @@
 """Running a trainer child for a job of any kind, and reading back its typed result.
 
 Every domain whose jobs run the trainer (training, judges, verifiers) writes its inputs and a trainer.spec.JobSpec,
-then calls `run_trainer`; so every kind gets the same launchers (`python -m trainer.run`, or `accelerate launch`
-for many processes), the same idempotent retry and the same typed result (trainer.results). Kind-agnostic: it
-names no kind and never reads the kind table.
+then calls `run_trainer`; so every kind gets the same launchers (`python -m trainer.run`, `accelerate launch`
+for many processes, or a Ray job on a Ray cluster: app.jobs.ray_launch), the same idempotent retry and the same
+typed result (trainer.results). Kind-agnostic: it names no kind and never reads the kind table.
 
     job_dir(job_id) -> Path                     the job's own directory in the artifact store
     check_launch_params(params)                 the launcher params every trainer job takes: clear 422s
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from app.config import get_settings
+from app.db import session_scope
 from app.errors import JobFailed, Unprocessable
 from app.jobs.child import python_executable, run_child
+from app.jobs.ray_launch import RESOURCE_PARAMS, check_resource_params, ray_python, run_ray_child
 from app.jobs.runner import JobContext
 from app.models import Job
 from trainer.launch import (  # torch-free: a shipped config's name or a file
@@ -30,9 +32,11 @@ from trainer.launch import (  # torch-free: a shipped config's name or a file
 from trainer.results import JobResult, ResultError, from_dict, read_result
 
 LAUNCH_PARAMS = {
-    "launcher": "python or accelerate (accelerate launch runs the trainer on many GPUs or nodes)",
-    "accelerate_config": "with launcher accelerate: a shipped config (cpu, ddp, fsdp, deepspeed_zero2, "
-    "deepspeed_zero3; trainer/accelerate/) or a config file path",
+    "launcher": "python, accelerate (accelerate launch runs the trainer on many GPUs or nodes) or ray (a Ray job "
+    "on the cluster at RANKFORGE_RAY_ADDRESS)",
+    "accelerate_config": "with launcher accelerate (or ray: many GPUs inside the Ray job): a shipped config (cpu, "
+    "ddp, fsdp, deepspeed_zero2, deepspeed_zero3; trainer/accelerate/) or a config file path",
+    **RESOURCE_PARAMS,
 }
 """Job params that say how the trainer child starts (every kind that runs one takes them)."""
 RESULT_KEY = "output"
@@ -52,11 +56,14 @@ def check_launch_params(params: dict) -> None:
             resolve_accelerate_config(params["accelerate_config"])
         except ValueError as error:
             raise Unprocessable(f"params.{error}") from error
+    check_resource_params(params)
 
 
 def trainer_command(spec_path: Path, launcher: str, accelerate_config: str | None = None) -> list[str]:
-    python = python_executable()
-    if launcher == "accelerate":
+    """The child's command. Under launcher ray, the Ray job's entrypoint: `accelerate launch` with an
+    accelerate_config (many processes inside the one Ray job), else `python -m trainer.run`."""
+    python = ray_python() if launcher == "ray" else python_executable()
+    if launcher == "accelerate" or (launcher == "ray" and accelerate_config):
         config = ["--config_file", str(resolve_accelerate_config(accelerate_config))] if accelerate_config else []
         return [python, "-m", "accelerate.commands.launch", *config, "-m", "trainer.run", str(spec_path)]
     return [python, "-m", "trainer.run", str(spec_path)]
@@ -84,7 +91,13 @@ def run_trainer(ctx: JobContext, spec: Any, work: Path, accelerate_config: str |
     for stale in output_dir.parent.glob(f"{output_dir.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed attempt (its child died with it)
     spec_path = spec.write(work / "spec.json")
-    run_child(ctx, trainer_command(spec_path, spec.launcher, accelerate_config), work)
+    command = trainer_command(spec_path, spec.launcher, accelerate_config)
+    if spec.launcher == "ray":
+        with session_scope() as db:
+            params = dict(db.get(Job, ctx.job_id).params or {})
+        run_ray_child(ctx, command, work, {name: params.get(name) for name in RESOURCE_PARAMS})
+    else:
+        run_child(ctx, command, work)
     try:
         return read_result(output_dir)
     except ResultError as error:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "trl", "accelerate", "peft", "datasets")
+HEAVY = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "ray")  # ray: only a Ray job's worker
 
 # Runs in one fresh interpreter that has imported no module of ours: for each module it forks a child that imports
 # that module first thing (third-party libraries are preloaded in the parent only to make the forks cheap; they

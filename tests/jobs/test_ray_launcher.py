@@ -1,0 +1,210 @@
+"""The Ray launcher (app.jobs.ray_launch) against a real local Ray head: `ray start --head` in a temporary
+directory with 2 CPUs and its dashboard (the job submission API) on a free port, one for the whole session,
+stopped at the end. Tiny trainer jobs run as Ray jobs; their events come back to the job page; cancel stops the
+Ray job; a Ray job stopped from outside fails its Rankforge job with the reason; an unreachable cluster is a
+clear error. Without Ray installed (or a head that does not start) these tests skip with the reason; under
+CI=true that is a failure, as for PostgreSQL and Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.worker import run_one
+from tests.conftest import free_port, missing
+from tests.jobs.test_training_jobs import FAST, job, start, tiny_models, wait_for, world  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parents[2]
+LONG = {"max_steps": 100000, "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 64}
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A local Ray head for the session: its dashboard's address (what RANKFORGE_RAY_ADDRESS names)."""
+    try:
+        import ray.job_submission  # noqa: F401
+    except ImportError as error:
+        missing(f"Ray is not installed (pip install 'rankforge[ray]'): {error}")
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.is_file():
+        missing(f"the ray command is not next to {sys.executable}")
+    temp = tempfile.mkdtemp(prefix="rfray-", dir="/tmp")  # short: Ray's unix sockets live under it (108 bytes)
+    dashboard = free_port()
+    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+             "--node-manager-port": free_port(), "--object-manager-port": free_port()}  # fmt: skip
+    command = [str(ray), "start", "--head", "--block", "--temp-dir", temp, "--num-cpus", "2",
+               "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+               "--disable-usage-stats", "--object-store-memory", str(80 * 1024 * 1024),
+               *[str(part) for pair in ports.items() for part in pair]]  # fmt: skip
+    log_path = Path(temp) / "head.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed when the head stops
+    head = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0"})  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    # A start limit, not a timing assertion: the head, its dashboard and agents on a loaded 2-core machine.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and head.poll() is None:
+        try:
+            if httpx.get(address + "/api/version", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        _stop_head(head)
+        log.close()
+        reason = log_path.read_text()[-1500:]
+        shutil.rmtree(temp, ignore_errors=True)
+        missing(f"the local Ray head did not start: {reason}")
+    try:
+        yield address
+    finally:
+        _stop_head(head)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    """SIGINT is what `ray start --block` ends its processes on (SIGTERM it ignores); SIGKILL the group after."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
+
+
+@pytest.fixture
+def on_ray(ray_head, monkeypatch):
+    from app.config import get_settings
+
+    monkeypatch.setenv("RANKFORGE_RAY_ADDRESS", ray_head)
+    monkeypatch.setenv("RANKFORGE_WORKER_HEARTBEAT_SECONDS", "0.5")
+    get_settings.cache_clear()
+    yield ray_head
+    get_settings.cache_clear()
+
+
+def ray_submission(job_id: int) -> str | None:
+    path = Path(os.environ["RANKFORGE_DATA_DIR"]).resolve() / "jobs" / str(job_id) / "ray_job.txt"
+    return path.read_text().split()[0] if path.is_file() and path.read_text() else None
+
+
+def page(client, world, job_id: int) -> str:  # noqa: F811 - fixture
+    response = client.get(f"/jobs/{job_id}", headers=world["engineer"]["headers"] | {"Accept": "text/html"})
+    assert response.status_code == 200
+    return response.text
+
+
+def test_reward_job_runs_on_ray_with_its_curves_on_the_job_page(client, world, on_ray):  # noqa: F811 - fixture
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    queued = start(client, world, "reward", params=FAST | {"launcher": "ray", "entrypoint_num_cpus": 1})
+    assert run_one("w1") == queued["id"]
+    done = job(client, world, queued["id"])
+    assert done["status"] == "succeeded", done
+    submission = ray_submission(queued["id"])
+    ray_job = JobSubmissionClient(on_ray).get_job_info(submission)
+    assert ray_job.status == JobStatus.SUCCEEDED and ray_job.metadata["rankforge_job_id"] == str(queued["id"])
+    assert "-m trainer.run" in ray_job.entrypoint and "accelerate" not in ray_job.entrypoint
+    # the reserved CPU sizes the trainer's threads (a node's CPUs are not the job's), unless the setting says
+    threads = ray_job.runtime_env["env_vars"]["RANKFORGE_TRAINER_THREADS"]
+    assert threads == os.environ.get("RANKFORGE_TRAINER_THREADS", "1")
+    steps = client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json()
+    assert {row["step"] for row in steps} >= {1, 2, 3}, steps
+    version = client.get(f"/api/v1/models/{done['result']['model_version_id']}",
+                         headers=world["engineer"]["headers"]).json()  # fmt: skip
+    assert version["kind"] == "reward" and version["job_id"] == queued["id"]
+    text = page(client, world, queued["id"])
+    assert "<polyline" in text and submission in text  # the curves, and the log line naming the Ray job
+
+
+def test_generate_job_runs_on_ray(client, world, on_ray, db):  # noqa: F811 - fixture
+    from sqlalchemy import select
+
+    from app.models import Completion
+
+    params = {"num_completions": 2, "max_new_tokens": 6, "max_prompts": 2, "launcher": "ray"}
+    queued = start(client, world, "generate", params=params)
+    assert run_one("w1") == queued["id"]
+    done = job(client, world, queued["id"])
+    assert done["status"] == "succeeded", done
+    new = list(db.scalars(select(Completion).where(Completion.id.in_(done["result"]["completion_ids"]))))
+    assert len(new) == 4 and {c.model_name for c in new} == {"tiny-policy"}
+    text = page(client, world, queued["id"])
+    assert ray_submission(queued["id"]) in text
+
+
+def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  # noqa: F811 - fixture
+    queued = start(client, world, "reward", params=LONG | {"launcher": "ray"})
+    worker = threading.Thread(target=run_one, args=("w1",), daemon=True)
+    worker.start()
+    wait_for(lambda: client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json(),
+             timeout=300)  # fmt: skip
+    return queued, worker, ray_submission(queued["id"])
+
+
+@pytest.mark.only_db("sqlite")
+def test_cancel_stops_the_ray_job(client, world, on_ray):  # noqa: F811 - fixture
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    queued, worker, submission = _run_until_training(client, world)
+    response = client.post(f"/api/v1/jobs/{queued['id']}/cancel", headers=world["engineer"]["headers"])
+    assert response.status_code == 200
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert job(client, world, queued["id"])["status"] == "cancelled"
+    assert JobSubmissionClient(on_ray).get_job_status(submission) == JobStatus.STOPPED
+
+
+@pytest.mark.only_db("sqlite")
+def test_a_ray_job_stopped_from_outside_fails_its_job_with_the_reason(client, world, on_ray):  # noqa: F811 - fixture
+    from ray.job_submission import JobSubmissionClient
+
+    queued, worker, submission = _run_until_training(client, world)
+    assert JobSubmissionClient(on_ray).stop_job(submission)  # as `ray job stop` would
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    failed = job(client, world, queued["id"])
+    assert failed["status"] == "failed", failed
+    assert f"Ray job {submission} was stopped outside Rankforge" in failed["error"], failed["error"]
+
+
+def test_an_unreachable_cluster_is_a_clear_error_at_job_start(client, world, monkeypatch):  # noqa: F811 - fixture
+    pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'rankforge[ray]')")
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("RANKFORGE_RAY_ADDRESS", address)
+    queued = start(client, world, "reward", params=FAST | {"launcher": "ray"})
+    assert run_one("w1") == queued["id"]
+    failed = job(client, world, queued["id"])
+    assert failed["status"] == "failed" and failed["error"].startswith(f"The Ray cluster at {address} is unreachable")
+
+
+@pytest.mark.only_db("sqlite")
+def test_ray_params_are_checked_and_the_address_is_required(client, world, monkeypatch):  # noqa: F811 - fixture
+    for params, needle in (({"launcher": "ray", "entrypoint_num_gpus": -1}, "entrypoint_num_gpus"),
+                           ({"launcher": "ray", "entrypoint_memory": 1.5}, "whole number of bytes"),
+                           ({"entrypoint_num_cpus": 2}, "for launcher ray"),
+                           ({"launcher": "slurm"}, "python, accelerate, ray")):  # fmt: skip
+        body = {"kind": "reward", "project_id": world["project"]["id"], "params": FAST | params}
+        response = client.post("/api/v1/jobs", json=body, headers=world["engineer"]["headers"])
+        assert response.status_code == 422 and needle in response.text, response.text
+    for name in ("RANKFORGE_RAY_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    queued = start(client, world, "reward", params=FAST | {"launcher": "ray"})
+    assert run_one("w1") == queued["id"]
+    failed = job(client, world, queued["id"])
+    assert failed["status"] == "failed" and "RANKFORGE_RAY_ADDRESS" in failed["error"]
