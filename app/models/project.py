@@ -53,6 +53,9 @@ class Project(IdMixin, CreatedMixin, Base):
     """Retraining schedule: {"reward_every_judgments": N, "reward_every_minutes": T}."""
     round_recipe: Mapped[dict] = mapped_column(default=dict)
     """How a round of the loop runs (app.training.rounds.RoundRecipe); empty: the defaults."""
+    group_weights: Mapped[dict | None] = mapped_column()
+    """Target shares of rater groups for the post-stratified leaderboard ({"locale=de": 0.5, ...}; one label key;
+    app.quality.poststrat); None: no post-stratified ranking."""
     schedule_notices: Mapped[dict | None] = mapped_column()
     """Why the worker skipped this project's schedule or rounds on its last try ({"schedule": text, "rounds":
     text}; app.training.scheduler.note_problem), shown on the project's page; cleared once it runs again."""

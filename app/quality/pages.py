@@ -30,7 +30,17 @@ def leaderboard_page(project_ref: str, request: Request, db: DbSession, principa
     return render(request, "quality/leaderboard.html",
                   {"project": project, "board": board, "names": names, "chart": _ratings_chart(board),
                    "attribute_board": attribute_leaderboard(db, project), "group": group or None,
-                   "groups": all_groups(db)})  # fmt: skip
+                   "groups": all_groups(db), "saved": request.query_params.get("saved"),
+                   "weights_text": "\n".join(f"{g}: {w:g}" for g, w in (project.group_weights or {}).items())})  # fmt: skip
+
+
+@router.post("/projects/{project_ref}/group-weights")
+def group_weights_page(project_ref: str, db: DbSession, principal: Admin,
+                       weights: str = Form("", max_length=5000)):  # fmt: skip
+    """The leaderboard's admin form: one `key=value: weight` a line; empty switches post-stratification off."""
+    project = get_project(db, project_ref)
+    service.set_group_weights(db, project, weights, principal.user)
+    return RedirectResponse(f"/projects/{project.id}/leaderboard?saved=weights#post-stratified", status_code=303)
 
 
 def _ratings_chart(board: dict):

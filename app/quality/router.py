@@ -20,6 +20,7 @@ from app.quality.schemas import (
     BatchPriorityChanged,
     Dashboard,
     FlaggedJudgment,
+    GroupWeights,
     Leaderboard,
     ReviewResolved,
     RiggingReport,
@@ -43,6 +44,13 @@ def leaderboard(project_ref: str, db: DbSession, principal: Staff,
     each model's mean human score per attribute scale (all raters); `group`: the rankings from one rater group."""
     project = get_project(db, project_ref)
     return service.leaderboard(db, project, group=group) | {"attributes": attribute_leaderboard(db, project)}
+
+
+@router.put("/projects/{project_ref}/group-weights", response_model=GroupWeights)
+def set_group_weights(project_ref: str, data: GroupWeights, db: DbSession, principal: Admin):
+    """Target shares of rater groups for the post-stratified leaderboard (one label key; normalised to sum 1);
+    empty or null switches it off."""
+    return {"weights": service.set_group_weights(db, get_project(db, project_ref), data.weights, principal.user) or None}
 
 
 @router.get("/projects/{project_ref}/dashboard", response_model=Dashboard)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from app.api import Out
+from app.limits import Input
 
 
 class ComparisonCounts(Out):
@@ -33,9 +34,20 @@ class RaterFigures(Out):
     flags: list[str] = Field(description="Behaviour flags (too fast, position bias, ...).")
 
 
+class GroupAgreement(Out):
+    group: str = Field(description="A rater group, key=value (app.groups).")
+    raters: int
+    judgments: int
+    krippendorff_alpha: float | None = Field(description="Among the group's raters only (top choice, nominal).")
+    units: int
+    agreement_with_majority: float | None = Field(description="The group's raters' mean agreement with the group's "
+                                                  "own majority.")
+
+
 class Stats(Out):
     comparisons: ComparisonCounts
     judgments: int
+    groups: list[GroupAgreement] = Field(default=[], description="Agreement within each rater group.")
     agreement: Agreement
     raters: list[RaterFigures]
 
@@ -55,6 +67,25 @@ class StyleCoefficient(Out):
     ci_high: float
 
 
+class Stratum(Out):
+    group: str
+    target_share: float = Field(description="The project's weight for the group, normalised.")
+    battles: int = Field(description="The group's battles.")
+    share: float = Field(description="The share its battles weigh (renormalised over the groups with battles).")
+
+
+class GroupWeights(Input):
+    weights: dict[str, float] | None = Field(description="{key=value: weight > 0}, one label key; empty or null: "
+                                             "no post-stratified ranking.")
+
+
+class PostStratified(Out):
+    weights: dict[str, float]
+    strata: list[Stratum]
+    battles: int = Field(description="Battles by raters in a weighted group (the others are left out).")
+    models: list[LeaderboardModel] = Field(description="Post-stratified Bradley-Terry ratings (sandwich 95% intervals).")
+
+
 class Leaderboard(Out):
     models: list[LeaderboardModel]
     win_rates: dict[str, dict[str, float | None]] = Field(description="{a: {b: share of a's wins over b}}")
@@ -65,6 +96,10 @@ class Leaderboard(Out):
         default=[], description="How much each style feature sways votes, with 95% intervals.")
     attributes: dict[str, list[dict[str, Any]]] = Field(
         default={}, description="{attribute: [{name, mean, ci_low, ci_high, n}]} best first.")
+    post_stratified: PostStratified | None = Field(
+        default=None, description="The ranking with each rater group weighted to the project's target share "
+                                  "(app.quality.poststrat); null when the project sets no group weights or a "
+                                  "group filter is on.")
 
 
 class Dashboard(Out):

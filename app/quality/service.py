@@ -20,7 +20,7 @@ from app.groups import group_members
 from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
-from app.quality import stats, style
+from app.quality import poststrat, stats, style
 
 TIE = -1
 """Code for "no single best option" in the nominal top-choice data (stats.TIE_CODE)."""
@@ -333,6 +333,7 @@ def project_stats(db: Session, project: Project) -> dict:
     return {
         "comparisons": {k: overview["comparisons"][k] for k in ("total", "open", "complete")},
         "judgments": int(len(cols["rater"])),  # the counted human judgments the figures below read
+        "groups": group_agreement(db, cols),
         "agreement": {
             "krippendorff_alpha": alpha.alpha,
             "units": alpha.units,
@@ -345,6 +346,42 @@ def project_stats(db: Session, project: Project) -> dict:
         "pairwise_agreement": pairwise_out,
         "raters": raters_out,
     }
+
+
+def group_agreement(db: Session, cols: dict[str, np.ndarray]) -> list[dict]:
+    """Agreement within each rater group (app.groups, key=value): Krippendorff's alpha on the top choice among the
+    group's own raters (non-gold comparisons, as the project's alpha), their mean agreement with the group's own
+    majority, and how many raters and judgments that reads."""
+    if not len(cols["rater"]):
+        return []
+    regular = ~cols["is_gold"]
+    comparison, rater, code = cols["comparison"][regular], cols["rater"][regular], cols["top_code"][regular]
+    members: dict[str, set[int]] = {}
+    for user_id, labels in db.execute(select(User.id, User.labels).where(User.labels.is_not(None))):
+        for key, value in (labels or {}).items():
+            members.setdefault(f"{key}={value}", set()).add(user_id)
+    out = []
+    for group, ids in sorted(members.items()):
+        mine = np.isin(rater, np.fromiter(ids, np.int64))
+        if not mine.any():
+            continue
+        alpha = stats.krippendorff_alpha(comparison[mine], rater[mine], code[mine], "nominal")
+        majority = stats.agreement_with_majority(comparison[mine], rater[mine], code[mine])
+        counted = [(share, n) for share, n in majority.values() if n]
+        out.append({"group": group, "raters": int(len(np.unique(rater[mine]))), "judgments": int(mine.sum()),
+                    "krippendorff_alpha": alpha.alpha, "units": alpha.units,
+                    "agreement_with_majority": (sum(share * n for share, n in counted) / sum(n for _, n in counted)
+                                                if counted else None)})  # fmt: skip
+    return out
+
+
+def set_group_weights(db: Session, project: Project, value: dict | str | None, actor: User | None) -> dict[str, float]:
+    """Set (or clear, with nothing) the project's group weights for the post-stratified leaderboard
+    (app.quality.poststrat: checked and normalised there)."""
+    weights = poststrat.parse_group_weights(value)
+    project.group_weights = weights or None
+    audit(db, actor, "project.group_weights", "project", project.id, weights=weights)
+    return weights
 
 
 def _dense_codes(unit: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -443,7 +480,8 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
         rows = {key: value if key == "model_names" else value[keep] for key, value in rows.items()}
     played = np.unique(np.concatenate((rows["model_a"], rows["model_b"])))
     if not played.size:
-        return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": []}
+        return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": [],
+                "post_stratified": None}
     names = [str(rows["model_names"][i]) for i in played]
     index = np.full(len(rows["model_names"]), -1)
     index[played] = np.arange(len(played))
@@ -473,8 +511,25 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
                     for k, feature in enumerate(style.STYLE_FEATURES) if not np.isnan(controlled.coefficients[k])]  # fmt: skip
     win_rates = {a: {b: float(board.win_rates[i, j]) for j, b in enumerate(names) if not np.isnan(board.win_rates[i, j])}
                  for i, a in enumerate(names)}  # fmt: skip
+    post_stratified = None
+    weights = poststrat.parse_group_weights(project.group_weights) if project.group_weights and group is None else {}
+    if weights:
+        labels = dict(db.execute(select(User.id, User.labels).where(User.labels.is_not(None))).all())
+        battle_weight, strata = poststrat.battle_weights(rows["rater"], labels, weights)
+        fit = style.style_controlled_bradley_terry(model_a, model_b, outcome, np.zeros((len(outcome), 0)),
+                                                   len(names), weights=battle_weight)  # fmt: skip
+        counted = battle_weight > 0
+        weighted_battles = np.bincount(model_a[counted], minlength=len(names)) + np.bincount(model_b[counted],
+                                                                                            minlength=len(names))
+        post_stratified = {
+            "weights": weights, "strata": strata, "battles": int(counted.sum()),
+            "models": by_rating([{"name": name, "rating": number(fit.ratings[i]), "ci_low": number(fit.ci_low[i]),
+                                  "ci_high": number(fit.ci_high[i]), "battles": int(weighted_battles[i])}
+                                 for i, name in enumerate(names) if weighted_battles[i]]),
+        }  # fmt: skip
     return {"models": models, "win_rates": win_rates, "battles": int(len(outcome)), "prior_ties": board.prior_ties,
-            "style_controlled": style_controlled, "style_coefficients": coefficients}  # fmt: skip
+            "style_controlled": style_controlled, "style_coefficients": coefficients,
+            "post_stratified": post_stratified}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

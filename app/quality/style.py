@@ -89,17 +89,27 @@ def _design(model_a, model_b, features, played: np.ndarray) -> np.ndarray:
 
 
 def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models: int, *, prior_ties: float = 1.0,
-                                   max_iterations: int = 100, tolerance: float = 1e-10) -> StyleControlled:  # fmt: skip
+                                   max_iterations: int = 100, tolerance: float = 1e-10,
+                                   weights=None) -> StyleControlled:  # fmt: skip
     """Maximum-likelihood fit of P(a wins) = sigmoid(theta_a - theta_b + features . beta) by Newton's method.
 
     One row per battle: model indexes a and b, outcome 1 (a wins), 0.5 (tie), 0 (b wins), and the battle's
-    features (from `style_differences`). Returns Elo-scale ratings and the coefficients with Wald intervals."""
+    features (from `style_differences`; zero columns: a plain Bradley-Terry fit). Returns Elo-scale ratings and
+    the coefficients with Wald intervals.
+
+    `weights` (one per battle, >= 0; the post-stratified leaderboard's, app.quality.poststrat): a weighted
+    (pseudo-)likelihood; the intervals then use the sandwich covariance H^-1 (sum w^2 (y - p)^2 x x') H^-1, as
+    survey weights call for, instead of the inverse information."""
     model_a = np.asarray(model_a, dtype=np.int64)
     model_b = np.asarray(model_b, dtype=np.int64)
     outcome = np.asarray(outcome, dtype=np.float64)
     features = np.asarray(features, dtype=np.float64).reshape(len(model_a), -1)
     n_features = features.shape[1]
     nan_models, nan_features = np.full(n_models, np.nan), np.full(n_features, np.nan)
+    weight = np.ones(len(model_a)) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = weight > 0
+    if not np.all(keep):
+        model_a, model_b, outcome, features, weight = (v[keep] for v in (model_a, model_b, outcome, features, weight))
     battles = np.bincount(model_a, minlength=n_models) + np.bincount(model_b, minlength=n_models)
     played = np.flatnonzero(battles > 0)
     if played.size < 2:
@@ -121,8 +131,8 @@ def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models
     beta = np.zeros(x.shape[1])
     for _ in range(max_iterations):
         p = expit(x @ beta)
-        gradient = x.T @ (outcome - p)
-        hessian = (x * (p * (1.0 - p))[:, None]).T @ x
+        gradient = x.T @ (weight * (outcome - p))
+        hessian = (x * (weight * p * (1.0 - p))[:, None]).T @ x
         if used_prior:
             t = beta[:n_strengths]
             q = expit(t)
@@ -137,6 +147,9 @@ def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models
         return StyleControlled(nan_models.copy(), nan_models.copy(), nan_models.copy(), nan_features.copy(),
                                nan_features.copy(), nan_features.copy(), used_prior)  # fmt: skip
     covariance = np.linalg.pinv(hessian)
+    if weights is not None:
+        residual = weight * (outcome - expit(x @ beta))
+        covariance = covariance @ ((x * (residual**2)[:, None]).T @ x) @ covariance
     # Strengths of every played model (reference = 0), centred: theta_c = C E b, cov = C E S E' C'.
     embed = np.vstack((np.zeros(n_strengths), np.eye(n_strengths)))
     centre = np.eye(len(played)) - 1.0 / len(played)
