@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         arrow_path, _, fingerprint = rest.rpartition(":")
         dataset = datasets.Dataset.from_file(arrow_path, in_memory=False)
         splits[split] = dataset.select_columns(dataset.column_names, new_fingerprint=fingerprint)
-    datasets.DatasetDict(splits).save_to_disk(argv[0])
+    # An empty split (a snapshot with no test rows) gets one empty shard: by default `datasets` saves no data file
+    # for it, and load_from_disk then fails on the whole directory (IndexError).
+    empty = {split: 1 for split, dataset in splits.items() if dataset.num_rows == 0}
+    datasets.DatasetDict(splits).save_to_disk(argv[0], num_shards=empty or None)
     return 0
 
 

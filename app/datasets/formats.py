@@ -16,6 +16,8 @@ How votes aggregate (one `JudgmentVote` per rater; ``weight`` is the rater's rel
   (False); middle groups, and a ranking with a single group, abstain; a judgment flagged ``all_bad`` makes
   every option False. Per completion the weighted majority label wins (an exact tie gives no row);
   ``agreement``, ``n_votes`` and ``weight`` as for pairs, with abstaining judgments counted as voters.
+  Conversational kto rows are turn-level: ``turn`` (the user turn answered) and ``conversation`` (the opening's id)
+  say where in which conversation the labelled assistant turn sits.
 - **rankings** (`ranking_rows`): one aggregate ranking per comparison by weighted Borda count (each
   judgment scores a completion +1 per completion it placed below it and -1 per completion above);
   equal scores tie. ``agreement`` = weighted share of (judgment, pair) relations (better / equal / worse)
@@ -302,6 +304,17 @@ def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: f
 # kto
 
 
+def _turn_columns(jc: JudgedComparison, prompt: list[Message]) -> Row:
+    """Turn-level KTO: which turn of which conversation a conversational row labels. ``turn``: the 0-based index of
+    the user turn the completion answers (user messages in the history, less one); ``conversation``: a stable id of
+    the conversation's opening (its messages up to the first user message), shared by the rows of every turn of one
+    conversation (an Open-Assistant tree, a chat compared at several turns); ``tools`` as in pairs."""
+    users = [index for index, message in enumerate(prompt) if message.get("role") == "user"]
+    opening = prompt[: users[0] + 1] if users else prompt
+    digest = hashlib.sha256(json.dumps(opening, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"turn": max(len(users) - 1, 0), "conversation": digest[:16], **_tools_column(jc)}
+
+
 def kto_rows(
     jc: JudgedComparison,
     *,
@@ -309,7 +322,9 @@ def kto_rows(
     min_agreement: float = 0.0,
     min_votes: int = 1,
 ) -> Iterator[Row]:
-    """Unpaired rows ``{prompt, completion, label, ...}``: desirable (True) or undesirable (False)."""
+    """Unpaired rows ``{prompt, completion, label, ...}``: desirable (True) or undesirable (False). Conversational
+    rows are turn-level: the prompt is the whole history up to the judged turn, the completion that turn's assistant
+    messages (tool calls and results kept), with ``turn``, ``conversation`` and ``tools`` (`_turn_columns`)."""
     _check(jc)
     # completion id -> [(label vote +1 / -1 / 0 abstain, weight)]
     votes: dict[CompletionId, list[tuple[int, float]]] = defaultdict(list)
@@ -337,6 +352,7 @@ def kto_rows(
             "prompt": prompt,
             "completion": _completion_value(text, conversational, jc.continuations.get(completion_id)),
             "label": winner > 0,
+            **(_turn_columns(jc, prompt) if conversational else {}),
             "comparison_id": jc.comparison_id,
             "prompt_id": jc.prompt_id,
             "completion_id": completion_id,
@@ -579,7 +595,9 @@ def arrow_schema(export_format: str, *, conversational: bool = False, attributes
                   ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64()),
                   ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64())]
                  + ([("tools", pa.string())] if conversational else []),
-        "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())],
+        "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())]
+               + ([("turn", pa.int64()), ("conversation", pa.string()), ("tools", pa.string())] if conversational
+                  else []),
         "rankings": [("completions", pa.list_(pa.string())), ("completion_ids", pa.list_(pa.int64())),
                      ("models", pa.list_(pa.string())), ("ranking", pa.list_(pa.list_(pa.int64())))],
         "sft": [("completion", text), ("completion_id", pa.int64()), ("model", pa.string()), ("edited", pa.bool_())],
