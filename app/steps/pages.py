@@ -12,17 +12,17 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.deps import AnyUser
+from app.conversation_view import message_views
+from app.conversation_view import steps as conversation_steps
 from app.errors import RankforgeError
 from app.limits import Id, parse_id
 from app.models import Role
 from app.projects.service import get_visible_project, may_rate
 from app.steps import service
-from app.steps.labels import STEP_LABELS, project_tags
-from app.web import clipped_markdown, render
+from app.steps.labels import STEP_LABELS, project_tags, step_messages
+from app.web import render
 
 router = APIRouter(tags=["pages"])
-TOOL_RESULT_OPEN_CHARS = 600
-"""A tool result longer than this starts collapsed."""
 
 
 def _project(db, project_ref: str, user):
@@ -35,24 +35,9 @@ def _project(db, project_ref: str, user):
 
 
 def _step_view(step) -> dict:
-    return {
-        "index": step.index,
-        "reasoning": clipped_markdown(step.reasoning) if step.reasoning else None,
-        "content": clipped_markdown(step.content) if step.content.strip() else None,
-        "calls": [{"name": call["function"]["name"],
-                   "arguments": json.dumps(call["function"].get("arguments", {}), indent=2, ensure_ascii=False)[:20_000]}
-                  for call in step.tool_calls],
-        "observations": [{"name": obs.get("name"), "text": (obs.get("content") or "")[:20_000],
-                          "length": len(obs.get("content") or ""),
-                          "open": len(obs.get("content") or "") <= TOOL_RESULT_OPEN_CHARS} for obs in step.observations],
-        "edit_calls": json.dumps([{"function": c["function"]} for c in step.tool_calls], indent=2,
-                                 ensure_ascii=False) if step.tool_calls else "",
-    }  # fmt: skip
-
-
-def _history_view(messages: list[dict]) -> list[dict]:
-    return [{"role": m.get("role"), "content": clipped_markdown(m.get("content") or ""),
-             "calls": [c["function"]["name"] for c in m.get("tool_calls") or []]} for m in messages]  # fmt: skip
+    """What the rewrite box starts from: the step's tool calls as editable JSON."""
+    return {"edit_calls": json.dumps([{"function": c["function"]} for c in step.tool_calls], indent=2,
+                                     ensure_ascii=False) if step.tool_calls else ""}
 
 
 def _page(request, db, project, user, trajectory=None, *, error=None, flash=None, status_code=200, form=None):
@@ -63,8 +48,11 @@ def _page(request, db, project, user, trajectory=None, *, error=None, flash=None
         trajectory = service.next_trajectory(db, project, user)
     if trajectory is not None:
         existing = service.rater_judgment(db, trajectory.completion.id, user)
-        context |= {"trajectory": trajectory, "steps": [_step_view(s) for s in trajectory.steps],
-                    "history": _history_view(trajectory.history), "done": existing and service.judgment_json(existing)}  # fmt: skip
+        flat = [message for step in trajectory.steps for message in step_messages(step)]
+        step_views = conversation_steps(message_views(flat, f"option-{trajectory.completion.id}"))
+        context |= {"trajectory": trajectory, "steps": [_step_view(s) for s in trajectory.steps], "step_views": step_views,
+                    "history_views": message_views(trajectory.history, "prompt"),
+                    "done": existing and service.judgment_json(existing)}  # fmt: skip
     return render(request, "steps/label.html", context, status_code=status_code)
 
 
