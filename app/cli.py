@@ -412,7 +412,7 @@ def job_summary(state: dict) -> str:
 
 
 @models_app.command("list")
-def models_list(kind: str = typer.Option(None, help="policy | reward"),
+def models_list(kind: str = typer.Option(None, help="policy | reward | prm"),
                 as_json: bool = typer.Option(False, "--json", help="One JSON object a line.")):  # fmt: skip
     """List model versions, newest first."""
     from app.db import session_scope
@@ -434,7 +434,7 @@ def models_list(kind: str = typer.Option(None, help="policy | reward"),
 
 
 @models_app.command("add")
-def models_add(name: str, path: Path, kind: str = typer.Option(..., "--kind", help="policy | reward"),
+def models_add(name: str, path: Path, kind: str = typer.Option(..., "--kind", help="policy | reward | prm"),
                project: str = typer.Option(None, "--project", "-p", help="Project slug or id it belongs to.")):  # fmt: skip
     """Register a local Hugging Face checkpoint directory as a model version."""
     from app.db import session_scope

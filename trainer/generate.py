@@ -37,6 +37,7 @@ from trainer.models import (
     thread_facts,
 )
 from trainer.params import GenerateArgs, ScoreArgs
+from trainer.prm import is_prm
 from trainer.spec import JobSpec
 from trainer.timing import Phases
 
@@ -263,21 +264,15 @@ def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     if not spec.prompts_path:
         raise ValueError("a score job needs prompts_path: lines of {prompt_id, prompt, completions: [...]}")
     rows = read_prompts_file(spec.prompts_path)
+    if is_prm(spec.reward_model):
+        return _score_with_prm(spec, args, rows, out_dir)
     tokenizer = load_tokenizer(spec.reward_model, role="reward model")
     model = load_reward(spec.reward_model, tokenizer=tokenizer).to(default_device()).eval()
     max_length = effective_max_length(args.max_length, model.config, tokenizer)
 
-    keys, sequences = [], []
-    for number, row in enumerate(rows, start=1):
-        for completion in row.get("completions") or []:
-            if "completion_id" not in completion or "text" not in completion:
-                raise ValueError(
-                    f"{spec.prompts_path} line {number}: each completion needs completion_id and text"
-                )
-            keys.append((row["prompt_id"], completion["completion_id"]))
-            sequences.append(encode_sequence(row["prompt"], completion["text"], tokenizer, max_length))
-    if not sequences:
-        raise ValueError(f"{spec.prompts_path} holds no completions to score")
+    items = _score_items(spec, rows)
+    keys = [(prompt_id, completion_id) for prompt_id, completion_id, _ in items]
+    sequences = [encode_sequence(prompt, text, tokenizer, max_length) for _, _, (prompt, text) in items]
 
     scores: list[float] = []
     chunk = max(args.batch_size * 8, 1)  # report progress every few batches
@@ -291,6 +286,43 @@ def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         )
         done = min(len(sequences), start + chunk)
         progress.progress(0.05 + 0.9 * done / len(sequences), f"scored {done}/{len(sequences)} completions")
+    return _write_scores(out_dir, keys, scores)
+
+
+def _score_items(spec: JobSpec, rows: list[dict]) -> list[tuple[Any, Any, Any]]:
+    """(prompt_id, completion_id, (prompt, text)) of every completion in a score job's prompts file."""
+    items = []
+    for number, row in enumerate(rows, start=1):
+        for completion in row.get("completions") or []:
+            if "completion_id" not in completion or "text" not in completion:
+                raise ValueError(f"{spec.prompts_path} line {number}: each completion needs completion_id and text")
+            items.append((row["prompt_id"], completion["completion_id"], (row["prompt"], completion["text"])))
+    if not items:
+        raise ValueError(f"{spec.prompts_path} holds no completions to score")
+    return items
+
+
+def _score_with_prm(spec: JobSpec, args: ScoreArgs, rows: list[dict], out_dir: Path) -> dict[str, Any]:
+    """A score job whose reward model is a process reward model: each completion cut into steps at the PRM's
+    separator and scored step by step; its score is the min or last step score (args.prm_outcome)."""
+    from trainer.prm import ProcessRewardScorer
+
+    items = _score_items(spec, rows)
+    scorer = ProcessRewardScorer(spec.reward_model, device=default_device(), outcome=args.prm_outcome,
+                                 batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
+    scores: list[float] = []
+    chunk = max(args.batch_size * 8, 1)
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        scores += scorer([pair[0] for _, _, pair in part], [pair[1] for _, _, pair in part])
+        done = start + len(part)
+        progress.progress(0.05 + 0.9 * done / len(items), f"scored {done}/{len(items)} completions")
+    metrics = _write_scores(out_dir, [(p, c) for p, c, _ in items], scores)
+    return metrics | {"scores/prm_outcome": args.prm_outcome}
+
+
+def _write_scores(out_dir: Path, keys: list[tuple[Any, Any]], scores: list[float]) -> dict[str, Any]:
+    """scores.jsonl (one {prompt_id, completion_id, score} a line) and the scores' summary metrics."""
     with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as handle:
         for (prompt_id, completion_id), score in zip(keys, scores, strict=True):
             handle.write(

@@ -286,6 +286,25 @@ class RLOOArgs(TrainArgs):
     snapshot has one); 0: none held out, up to 16 training prompts are scored instead"""
 
 
+PRM_OUTCOMES = ("min", "last")
+"""How a process reward model's step scores become one outcome: the minimum step score, or the last step's."""
+
+
+@dataclass
+class PRMArgs(TrainArgs):
+    """Process reward model on a stepwise snapshot (trainer/prm.py): a two-label token classifier (bad / good) learns
+    each step's label at the separator that ends it (Math-Shepherd, TRL's former PRMTrainer)."""
+
+    num_train_epochs: float = 3.0
+    """passes over the training split (ignored when max_steps > 0)"""
+    step_separator: str = "\n\n"
+    """text put after every step; the step's label sits on its last token (a separator that encodes to no token,
+    e.g. whitespace on a WordPiece tokenizer, is replaced by the tokenizer's SEP or EOS). Scoring a completion cuts
+    it into steps here too. Default a blank line: the stepwise export's step texts hold single newlines"""
+    train_on_last_step_only: bool = False
+    """learn only each trajectory's last labelled step (the first error, or the final step of a good trajectory)"""
+
+
 @dataclass
 class GenerateArgs:
     """Sample completions from a policy for every prompt."""
@@ -320,6 +339,13 @@ class ScoreArgs:
     """(prompt, completion) sequences per forward pass"""
     max_length: int = 1024
     """longest tokenized prompt + completion; longer ones keep their last max_length tokens"""
+    prm_outcome: str = "min"
+    """with a process reward model (a prm version): a completion's score is its minimum step score (min) or its last
+    step's (last); the completion is cut into steps at the PRM's step separator"""
+
+    def __post_init__(self) -> None:
+        if self.prm_outcome not in PRM_OUTCOMES:
+            raise ValueError(f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}")
 
 
 JUDGE_METHODS = ("reward", "generative", "rules")
@@ -486,8 +512,10 @@ KIND_INFO: dict[str, Kind] = {
     "generate": Kind(GenerateArgs, "trainer.generate:main", "generations", "generations", prompts="all",
                      kl_metric="generate/kl_to_reference", endpoint=True,
                      key_params=("num_completions", "temperature", "top_p", "max_new_tokens")),
+    "prm": Kind(PRMArgs, "trainer.prm:main", "prm", "process reward model", "steps", base_model="any", curves=True,
+                loss_metric=_MEAN_LOSS, key_params=(*_EPOCHS, "per_device_train_batch_size", "step_separator")),
     "score": Kind(ScoreArgs, "trainer.generate:main_score", "scores", "reward scores", prompts="open_comparisons",
-                  base_model=None, reward_model="required", key_params=("batch_size",)),
+                  base_model=None, reward_model="required", key_params=("batch_size", "prm_outcome")),
     "judge": Kind(JudgeArgs, "trainer.judge:main", "judgments", "AI judgments", base_model=None, domain="judges",
                   endpoint=True,
                   key_params=("method", "batch_size")),

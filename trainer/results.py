@@ -7,7 +7,7 @@ figures have fixed names here (no reader looks among metric names), and each out
 
     read_result(output_dir) -> JobResult        ResultError (clear message) when missing or garbled
     from_dict(data) -> JobResult                 the same check on a dict (a job row's stored result)
-    ModelResult (reward / policy)   GenerationsResult   ScoresResult   JudgmentsResult
+    ModelResult (reward / policy / prm)   GenerationsResult   ScoresResult   JudgmentsResult
 
 Torch-free and free of trainer.params, so the queue (app.jobs) can read results without knowing any kind.
 """
@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 
 RESULT_FILE = "result.json"
 """The typed result's file in a job's output directory."""
-MODEL_KINDS = ("reward", "policy")
-"""The kind table's outputs that are models (the registry's model kinds)."""
+MODEL_KINDS = ("reward", "policy", "prm")
+"""The kind table's outputs that are models (the registry's model kinds; "prm": a process reward model)."""
+SCORING_MODEL_KINDS = tuple(kind for kind in MODEL_KINDS if kind != "policy")
+"""Model kinds a job may use as its reward model (score, GRPO/RLOO): an outcome reward model or a PRM."""
 
 
 class ResultError(ValueError):
@@ -84,11 +86,27 @@ class ModelResult(JobResult):
 
     output: ClassVar[str] = "model"
     model_kind: str
-    """"reward" or "policy" (the registry's model kind)"""
+    """"reward", "policy" or "prm" (the registry's model kind)"""
     train_loss: float | None = None
     """the training loss the kind reports (the kind table's loss_metric: a mean over training for Trainer-based kinds)"""
     kl_to_reference: float | None = None
     """a policy's KL to the policy it was trained from, as the update measured it; None when it does not"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PRMResult(ModelResult):
+    """A process reward model (trainer/prm.py) with its held-out figures (None when it had no held-out split)."""
+
+    output: ClassVar[str] = "prm"
+    METRICS: ClassVar[dict[str, str]] = {"step_accuracy": "eval/step_accuracy",
+                                         "first_error_accuracy": "eval/first_error_accuracy",
+                                         "outcome_auroc": "eval/outcome_auroc"}  # fmt: skip
+    step_accuracy: float | None = None
+    """share of held-out labelled steps classified right (P(good) > 0.5 against the label)"""
+    first_error_accuracy: float | None = None
+    """share of held-out trajectories whose first step scored bad (or none) is the labelled first error (or none)"""
+    outcome_auroc: float | None = None
+    """AUROC of the minimum step score, all-good held-out trajectories against those with a bad step"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,13 +152,15 @@ class JudgmentsResult(JobResult):
 
 
 RESULT_TYPES: dict[str, type[JobResult]] = {
-    cls.output: cls for cls in (ModelResult, GenerationsResult, ScoresResult, JudgmentsResult)
+    cls.output: cls for cls in (ModelResult, PRMResult, GenerationsResult, ScoresResult, JudgmentsResult)
 }
 """Each output's result type, by the `output` a result records."""
 
 
 def result_type(output: str) -> type[JobResult]:
-    """The result type of a kind table output ("reward" and "policy" are both models)."""
+    """The result type of a kind table output ("reward" and "policy" are both models; a "prm" has its own figures)."""
+    if output in RESULT_TYPES:
+        return RESULT_TYPES[output]
     return ModelResult if output in MODEL_KINDS else RESULT_TYPES[output]
 
 
@@ -152,6 +172,9 @@ def build_result(output: str, *, job_kind: str, job_id: int | None, output_dir: 
     kl = _number(metrics.get(kl_metric)) if kl_metric else None
     loss = _number(metrics.get(loss_metric)) if loss_metric else None
     cls = result_type(output)
+    if cls is PRMResult:
+        figures = {name: _number(metrics.get(metric)) for name, metric in PRMResult.METRICS.items()}
+        return PRMResult(**common, model_kind=output, train_loss=loss, kl_to_reference=kl, **figures)
     if cls is ModelResult:
         return ModelResult(**common, model_kind=output, train_loss=loss,
                            kl_to_reference=kl)  # fmt: skip

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1/models", tags=["models"])
 class ModelCreate(Input):
     name: varchar(ModelVersion.name) = Field(min_length=1, description="Unique name, e.g. llama-1b-sft")
     path: varchar(ModelVersion.path) = Field(description="A local Hugging Face checkpoint directory (config.json inside), or a LoRA adapter directory (adapter_config.json) on a registered base")
-    kind: varchar(ModelVersion.kind) = Field(description="policy or reward")
+    kind: varchar(ModelVersion.kind) = Field(description="policy, reward or prm (a process reward model)")
     project_id: Id | varchar(Project.slug) | None = None
 
 

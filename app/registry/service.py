@@ -20,8 +20,7 @@ from app.limits import bad_character, column_length, parse_id
 from app.models import Completion, Job, ModelEndpoint, ModelVersion, Project, Prompt, User
 from app.registry.schemas import ModelVersionOut
 from app.webhooks.service import emit
-
-MODEL_KINDS = ("policy", "reward")
+from trainer.results import MODEL_KINDS
 
 
 def version_json(version: ModelVersion) -> dict:
@@ -175,8 +174,8 @@ def init_tiny(
     # The build took seconds: on SQLite the read transaction from before it cannot be upgraded to a write
     # once a worker has written meanwhile, so take the write lock afresh.
     write_transaction(db)
-    return [register_version(db, f"{name}-{kind}", paths[kind], kind, project=project, actor=actor)
-            for kind in MODEL_KINDS]  # fmt: skip
+    return [register_version(db, f"{name}-{kind}", path, kind, project=project, actor=actor)
+            for kind, path in paths.items()]  # fmt: skip
 
 
 def register_job_output(db: Session, job: Job, name: str, output_dir: Path, manifest: dict,

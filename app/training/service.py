@@ -22,6 +22,7 @@ from app.training.kinds import (
     split_params,
 )
 from trainer.params import parse_params
+from trainer.results import SCORING_MODEL_KINDS
 
 
 def validated_params(kind: str, params: dict | None) -> tuple[dict, dict]:
@@ -45,6 +46,18 @@ def _resolve_version(db: Session, ref, kind: str, project: Project, *, local_onl
     if ref not in (None, ""):
         return get_version(db, ref, kind=kind)
     return newest_version(db, kind, project.id, local_only=local_only)
+
+
+def _resolve_reward(db: Session, ref, project: Project) -> ModelVersion | None:
+    """The reward model a job names (a reward model or a process reward model: trainer.results.SCORING_MODEL_KINDS),
+    else the project's newest reward model."""
+    if ref in (None, ""):
+        return newest_version(db, "reward", project.id)
+    version = get_version(db, ref)
+    if version.kind not in SCORING_MODEL_KINDS:
+        raise Unprocessable(f"Model version {version.name!r} is a {version.kind} model, not a reward model "
+                            f"({' or '.join(SCORING_MODEL_KINDS)}).")  # fmt: skip
+    return version
 
 
 def create_training_job(db: Session, project: Project, kind: str, *, dataset_id: int | None = None,
@@ -90,7 +103,7 @@ def create_training_job(db: Session, project: Project, kind: str, *, dataset_id:
                             "needs a local checkpoint; only generate jobs (and judges) may use an endpoint.")  # fmt: skip
     reward = None
     if needs_reward_model(kind, trainer_params) or reward_model not in (None, ""):
-        reward = _resolve_version(db, reward_model, "reward", project)
+        reward = _resolve_reward(db, reward_model, project)
         if reward is None:
             raise Unprocessable(f"A {kind} job needs a reward model version and none is registered: train one "
                                 "(a reward job) or pass reward_model.")  # fmt: skip

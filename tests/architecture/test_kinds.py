@@ -70,3 +70,20 @@ def test_the_check_finds_each_way_of_writing_a_kind():
     fine = ['kind = JobKind.generate', 'MODEL_KINDS = ("policy", "reward")', 'metrics["eval/score"]',
             'steps = {"generate": generate.id}', 'method: Literal["reward", "generative", "rules"]']  # fmt: skip
     assert [kind_literals(line) for line in fine] == [[]] * len(fine)
+
+
+def test_every_kind_has_its_entry_module_and_a_typed_result():
+    """A kind added to the table names a trainer module that exists and an output with a result type; a model it
+    writes is one of the registry's model kinds (the prm kind's process reward model has its own typed figures)."""
+    from trainer.params import KIND_INFO
+    from trainer.results import PRMResult, ResultError, result_type
+
+    for kind, info in KIND_INFO.items():
+        module = info.entry.split(":")[0]
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), kind
+        try:
+            result_type(info.output)
+        except (KeyError, ResultError) as error:  # pragma: no cover - the failure this test exists for
+            raise AssertionError(f"{kind}: output {info.output!r} has no result type") from error
+        assert info.trains_model == (info.output in MODEL_KINDS)
+    assert result_type(KIND_INFO["prm"].output) is PRMResult and KIND_INFO["prm"].dataset_format == "steps"

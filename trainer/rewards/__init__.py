@@ -4,6 +4,7 @@ A job's params name the rewards and their weights:
 
     {"rewards": [
         {"name": "reward_model", "weight": 1.0},                       # spec["reward_model"], or "path": ...
+                                        # a process reward model: + "prm_outcome": "min" (default) or "last"
         {"name": "exact_match", "weight": 0.5, "answer_field": "answer"},
         {"name": "numeric_match", "weight": 0.5, "answer_field": "answer", "tolerance": 0.01},
         {"name": "regex", "weight": 0.2, "pattern": "^Answer: "},
@@ -114,7 +115,8 @@ def build_rewards(
         weight = float(params.pop("weight", 1.0))
         label = str(params.pop("label", name))
         if name == "reward_model":
-            from trainer.rewards.reward_model import RewardModelReward  # torch only when a model is used
+            from trainer.prm import is_prm  # torch only when a model is used
+            from trainer.rewards.reward_model import ProcessRewardModelReward, RewardModelReward
 
             path = params.pop("path", None) or reward_model_path
             if path is None:
@@ -122,9 +124,11 @@ def build_rewards(
                     f"params.rewards[{index}] is 'reward_model' but the spec has no reward_model (and no 'path')"
                 )
             params.setdefault("policy_eos_token_id", policy_eos_token_id)
-            func: Callable[..., Any] = _construct(
-                RewardModelReward, name, index, params, path=path, device=device
-            )
+            if "prm_outcome" in params and not is_prm(path):
+                raise ValueError(f"params.rewards[{index}]: prm_outcome applies to a process reward model (a prm "
+                                 f"version); {path} is not one")  # fmt: skip
+            model_reward = ProcessRewardModelReward if is_prm(path) else RewardModelReward
+            func: Callable[..., Any] = _construct(model_reward, name, index, params, path=path, device=device)
         elif name in RULES:
             func = _construct(RULES[name], name, index, params)
         else:

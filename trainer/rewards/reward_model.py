@@ -1,6 +1,8 @@
 """A learned reward as a reward function: a sequence-classification reward model from the registry scores
 prompt + completion, the way the reward trainer saw its training pairs (conversational rows through the chat
-template; standard rows as prompt + completion + EOS when the completion ended with EOS)."""
+template; standard rows as prompt + completion + EOS when the completion ended with EOS). A process reward model
+(a prm version, trainer/prm.py) scores the completion step by step instead: ProcessRewardModelReward, whose
+outcome is the minimum or the last step score (the reward entry's prm_outcome)."""
 
 from __future__ import annotations
 
@@ -104,3 +106,26 @@ class RewardModelReward:
             value = completion if isinstance(prompt, list) else completion_text(completion)
             sequences.append(encode_sequence(prompt, value, self.tokenizer, self.max_length, add_eos=ended))
         return reward_scores(self.model, self.tokenizer, sequences, batch_size=self.batch_size)
+
+
+class ProcessRewardModelReward:
+    """Scores completions with a process reward model: each completion is cut into steps at the PRM's separator (a
+    message list: one step per assistant message) and its reward is the min or last step's P(good)."""
+
+    def __init__(self, path: str | Path, *, device: torch.device | str | None = None, batch_size: int = 32,
+                 max_length: int | None = None, prm_outcome: str = "min",
+                 policy_eos_token_id: int | None = None):  # fmt: skip
+        """policy_eos_token_id is accepted (build_rewards passes it to every reward model) and unused: a PRM reads
+        steps, not the end of the sequence."""
+        from trainer.prm import ProcessRewardScorer
+
+        self.__name__ = "reward_model"
+        self.path = str(path)
+        self.scorer = ProcessRewardScorer(path, device=device, outcome=prm_outcome, batch_size=batch_size,
+                                          max_length=max_length)  # fmt: skip
+
+    def __call__(
+        self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any
+    ) -> list[float]:
+        values = [completion if isinstance(completion, list) else completion_text(completion) for completion in completions]
+        return self.scorer(prompts, values)
