@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,13 +13,13 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app.audit import audit
-from app.config import get_settings
 from app.db import write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.jobs.child import python_executable, run_captured
 from app.limits import bad_character, column_length, parse_id
 from app.models import Completion, Job, ModelEndpoint, ModelVersion, Project, Prompt, User
 from app.registry.schemas import ModelVersionOut
+from app.store import get_store
 from app.webhooks.service import emit
 from trainer.results import MODEL_KINDS
 
@@ -166,7 +167,10 @@ def init_tiny(
     ):
         n += 1
         name = f"{stem}-{n}"
-    out_dir = get_settings().data_dir.resolve() / "models" / name
+    store = get_store()  # an object store: built in this machine's scratch, published once registered
+    out_dir = Path(store.location("models", name)) if store.local else store.scratch("staging", "models") / name
+    if not store.local:
+        shutil.rmtree(out_dir, ignore_errors=True)  # left by an attempt that failed; never published
     if out_dir.exists():
         raise Conflict(f"{out_dir} exists already.")
     texts = project_texts(db, project) if project else []
@@ -174,11 +178,24 @@ def init_tiny(
     # The build took seconds: on SQLite the read transaction from before it cannot be upgraded to a write
     # once a worker has written meanwhile, so take the write lock afresh.
     write_transaction(db)
-    return [register_version(db, f"{name}-{kind}", path, kind, project=project, actor=actor)
+    versions = [register_version(db, f"{name}-{kind}", path, kind, project=project, actor=actor)
             for kind, path in paths.items()]  # fmt: skip
+    return _publish_tiny(versions, name)
 
 
-def register_job_output(db: Session, job: Job, name: str, output_dir: Path, manifest: dict,
+def _publish_tiny(versions: list[ModelVersion], name: str) -> list[ModelVersion]:
+    """On an object store, each tiny model into the store (files, manifest last); the version keeps its location."""
+    store = get_store()
+    if store.local:
+        return versions
+    for version in versions:
+        location = store.location("models", name, version.kind)
+        store.publish(version.path, location)  # StoreError (502) with the store's message: the request rolls back
+        version.path = location
+    return versions
+
+
+def register_job_output(db: Session, job: Job, name: str, output_dir: str | Path, manifest: dict,
                         dataset_id: int | None, dataset_sha256: str | None) -> ModelVersion:  # fmt: skip
     """The model a training job wrote, with its lineage (base version, job, dataset). Idempotent per job."""
     existing = db.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
