@@ -60,14 +60,12 @@ def register(models_app: typer.Typer, fail) -> None:
                                                                 "(default http://HOST:PORT)."),
     ):  # fmt: skip
         """Serve a local version with an existing OpenAI-compatible server and register it as an endpoint; runs
-        until stopped (Ctrl-C stops the server too)."""
-        from sqlalchemy import select
-
+        until stopped (Ctrl-C stops the server too, and marks the endpoint unavailable). The worker's route: a
+        `serve` job (the version's page, or POST /api/v1/endpoints/serve)."""
         from app.db import session_scope
         from app.errors import RankforgeError
-        from app.models import ModelVersion, Project
-        from app.registry.endpoints import create_endpoint, endpoint_of, update_endpoint
-        from app.registry.local_serving import start_server, wait_until_serving
+        from app.registry.endpoints import endpoint_of
+        from app.registry.local_serving import mark_stopped, register_served, start_server, wait_until_serving
         from app.registry.service import get_version
 
         try:
@@ -83,12 +81,7 @@ def register(models_app: typer.Typer, fail) -> None:
         try:
             wait_until_serving(url, path, process)
             with session_scope(write=True) as db:
-                existing = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
-                if existing is not None and endpoint_of(db, existing) is not None:
-                    update_endpoint(db, existing, endpoint_of(db, existing), base_url=url, model=path)
-                else:
-                    owner = db.get(Project, project_id) if project_id is not None else None
-                    create_endpoint(db, name=name, base_url=url, model=path, project=owner)
+                register_served(db, name=name, url=url, model=path, project_id=project_id)
             typer.echo(json.dumps({"endpoint": name, "base_url": url, "model": path, "pid": process.pid}))
             signal.signal(signal.SIGTERM, lambda *_: process.terminate())
             process.wait()
@@ -101,3 +94,5 @@ def register(models_app: typer.Typer, fail) -> None:
             if process.poll() is None:
                 process.terminate()
                 process.wait(15)
+            with session_scope(write=True) as db:
+                mark_stopped(db, "rankforge models serve stopped", name=name)

@@ -11,6 +11,7 @@ from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.judges.endpoint_judge import run_any_judge_job
 from app.models import JobKind
+from app.registry.handlers import run_serve_job
 from app.training.endpoint_generate import run_generate_job
 from app.training.handlers import run_training_job
 from app.training.kinds import TRAINING_KINDS
@@ -22,6 +23,7 @@ from app.webhooks.delivery import deliver_due, run_in_background
 HANDLERS: dict[str, Handler] = {
     JobKind.export: run_export_job,
     JobKind.verify: run_verify_job,
+    JobKind.serve: run_serve_job,  # a local version served as an endpoint while the job runs
     **dict.fromkeys(TRAINING_KINDS, run_training_job),
     JobKind.generate: run_generate_job,  # a policy that is an endpoint is asked over HTTP in the worker, else as above
     JobKind.judge: run_any_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns (an endpoint

@@ -11,8 +11,9 @@ from trainer.params import DEFAULTS as TRAINER_DEFAULTS
 from trainer.params import KIND_INFO as TRAINER_KIND_INFO
 from trainer.params import KINDS as TRAINER_KINDS
 
-APP_JOB_KINDS: tuple[str, ...] = ("export", "verify")
-"""Job kinds the app runs itself: `export` (a dataset snapshot), `verify` (verdicts and pass rates of a version)."""
+APP_JOB_KINDS: tuple[str, ...] = ("export", "verify", "serve")
+"""Job kinds the app runs itself: `export` (a dataset snapshot), `verify` (verdicts and pass rates of a version),
+`serve` (a registered local version served as an endpoint by `transformers serve` or vLLM while the job runs)."""
 JobKind = StrEnum("JobKind", [(kind, kind) for kind in (*APP_JOB_KINDS, *TRAINER_KINDS)])
 """Every job kind: the app's own and the trainer's, from their one list (trainer.params)."""
 KINDS_WITH_CURVES: frozenset[str] = frozenset(k for k, info in TRAINER_KIND_INFO.items() if info.curves)

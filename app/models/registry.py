@@ -52,3 +52,8 @@ class ModelEndpoint(IdMixin, CreatedMixin, Base):
     """The server honours response_format (JSON schema): a judge asks for its verdict as JSON."""
     checked_at: Mapped[datetime | None]
     """When GET /v1/models last answered and listed the model."""
+    unavailable: Mapped[str | None] = mapped_column(String(500))
+    """Why the endpoint cannot be used now (e.g. the serve job running its server stopped); None: available."""
+    served_by_job_id: Mapped[int | None]
+    """The worker's `serve` job whose child runs this endpoint's server (a local version served from the worker);
+    None: served elsewhere. No foreign key, like model_version.job_id."""

@@ -1,16 +1,19 @@
 """The endpoints page: model versions served elsewhere, and a form to add one (admins and engineers; the key is
-written once and never shown again)."""
+written once and never shown again); and the version page's Serve button (a `serve` job for the worker)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app.auth.deps import DbSession, Staff
 from app.errors import RankforgeError, Unprocessable
+from app.limits import Id
 from app.models import Project
 from app.projects.service import get_project
 from app.registry import endpoints
+from app.registry.local_serving import create_serve_job
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -29,6 +32,15 @@ def _number(value: str, cast, name: str):
         return cast(value)
     except ValueError:
         raise Unprocessable(f"{name} must be a number.") from None
+
+
+@router.post("/models/{version_id:int}/serve")
+def serve_version_page(version_id: Id, db: DbSession, principal: Staff, server: str = Form("transformers"),
+                       device: str = Form("")):  # fmt: skip
+    """Start a serve job for this local version (the version page's button); its job page follows it."""
+    params = {"server": server.strip()} | ({"device": device.strip()} if device.strip() else {})
+    job = create_serve_job(db, version_id, params, actor=principal.user)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 @router.get("/models/endpoints")

@@ -7,10 +7,13 @@ from pydantic import Field
 
 from app.api import PageAll
 from app.auth.deps import DbSession, Staff
+from app.jobs.schemas import JobOut
+from app.jobs.service import job_json
 from app.limits import Id, Input, varchar
 from app.models import ModelEndpoint, ModelVersion, Project
 from app.projects.service import get_project
 from app.registry import endpoints
+from app.registry.local_serving import create_serve_job
 from app.registry.schemas import EndpointChecked, EndpointOut
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["endpoints"])
@@ -48,6 +51,19 @@ class EndpointUpdate(Input):
     price_output: float | None = Field(None, ge=0, le=1e6)
     json_output: bool | None = None
     check: bool = True
+
+
+class ServeRequest(Input):
+    version: Id | varchar(ModelVersion.name) = Field(description="A registered local version (id or name)")
+    params: dict = Field({}, description="server (transformers | vllm), device, host, advertise_host, endpoint_name "
+                                         "(default VERSION-served), start_timeout")
+
+
+@router.post("/serve", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def serve_version(data: ServeRequest, db: DbSession, principal: Staff):
+    """A `serve` job: the worker serves the local version with `transformers serve` (or vLLM) as the endpoint
+    VERSION-served while the job runs; cancelling the job stops the server and marks the endpoint unavailable."""
+    return job_json(create_serve_job(db, data.version, data.params, actor=principal.user))
 
 
 @router.get("", response_model=list[EndpointOut])

@@ -5,6 +5,7 @@ serve`, a hosted API). Services never commit.
     endpoint_json                                            what any API or page may show (never the key)
     endpoint_of / is_endpoint                                is this version an endpoint, and its row
     endpoint_config                                          what a caller needs to reach it (the key decrypted)
+    unavailable_reason                                       why it cannot be used now (None: it can)
 
 A version that is an endpoint is an ordinary `model_version` (kind policy) plus one `model_endpoint` row. Its
 `path` is the base URL: informative, and never a directory anything loads (training refuses it as a base).
@@ -13,6 +14,11 @@ The API key: given, it is stored encrypted (app.crypto) and never shown again, o
 `api_key_env` names an environment variable the worker and web processes read at call time (the key then never
 reaches the database). Addresses: private and loopback ones are allowed (a vLLM server beside the worker);
 link-local ones, where cloud metadata services answer, are refused unless RANKFORGE_ENDPOINTS_ALLOW_LINK_LOCAL.
+
+Availability: an endpoint whose server a `serve` job of the worker runs (served_by_job_id) is usable while that job
+runs; the job marks it unavailable when it stops (cancel, failure), and a job that stopped without saying so (a
+killed worker) makes it unavailable all the same. `rankforge models serve` marks its endpoint unavailable on exit.
+Using an unavailable endpoint (generation, judging, battles) is a clear error naming the reason.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import socket
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.audit import audit
 from app.config import get_settings
 from app.crypto import decrypt_secret, encrypt_secret
 from app.errors import Conflict, EndpointError, NotFound, Unprocessable
-from app.models import ModelEndpoint, ModelVersion, Project, User, utcnow
+from app.models import Job, JobStatus, ModelEndpoint, ModelVersion, Project, User, utcnow
 from app.registry.endpoint_client import EndpointConfig, EndpointFailure, list_models
 from app.registry.service import check_name, get_version, version_json
 from app.webhooks.service import emit
@@ -154,6 +160,17 @@ def list_endpoints(db: Session) -> list[tuple[ModelVersion, ModelEndpoint]]:
     return [(v, e) for v, e in rows]
 
 
+def unavailable_reason(db: Session | None, endpoint: ModelEndpoint) -> str | None:
+    """Why the endpoint cannot be used now, or None: its own mark, else its serve job no longer running."""
+    if endpoint.unavailable:
+        return endpoint.unavailable
+    if endpoint.served_by_job_id is not None and db is not None:
+        status = db.scalar(select(Job.status).where(Job.id == endpoint.served_by_job_id))
+        if status != JobStatus.running:
+            return f"the serve job {endpoint.served_by_job_id} running its server is {status or 'gone'}"
+    return None
+
+
 def endpoint_json(version: ModelVersion, endpoint: ModelEndpoint) -> dict:
     """The endpoint as the API and pages show it: everything but the key (only whether one is set, or the name of
     the environment variable that holds it)."""
@@ -163,7 +180,9 @@ def endpoint_json(version: ModelVersion, endpoint: ModelEndpoint) -> dict:
         "max_concurrency": endpoint.max_concurrency, "requests_per_minute": endpoint.requests_per_minute,
         "timeout_seconds": endpoint.timeout_seconds, "price_input": endpoint.price_input,
         "price_output": endpoint.price_output, "json_output": endpoint.json_output,
-        "checked_at": endpoint.checked_at.isoformat() if endpoint.checked_at else None}}  # fmt: skip
+        "checked_at": endpoint.checked_at.isoformat() if endpoint.checked_at else None,
+        "unavailable": unavailable_reason(object_session(endpoint), endpoint),
+        "served_by_job_id": endpoint.served_by_job_id}}  # fmt: skip
 
 
 def _api_key(endpoint: ModelEndpoint) -> str | None:
@@ -178,11 +197,16 @@ def _api_key(endpoint: ModelEndpoint) -> str | None:
     return None
 
 
-def endpoint_config(db: Session, version: ModelVersion, endpoint: ModelEndpoint | None = None) -> EndpointConfig:
-    """How to call this endpoint version (the key decrypted: keep the config out of logs and responses)."""
+def endpoint_config(db: Session, version: ModelVersion, endpoint: ModelEndpoint | None = None, *,
+                    require_available: bool = True) -> EndpointConfig:  # fmt: skip
+    """How to call this endpoint version (the key decrypted: keep the config out of logs and responses); an
+    unavailable endpoint is an EndpointError naming why (unless `require_available` is False: the check on save)."""
     endpoint = endpoint or endpoint_of(db, version)
     if endpoint is None:
         raise Unprocessable(f"Model version {version.name!r} is not an endpoint.")
+    reason = unavailable_reason(db, endpoint) if require_available else None
+    if reason:
+        raise EndpointError(f"The endpoint {version.name} is unavailable: {reason}.")
     return EndpointConfig(name=version.name, base_url=endpoint.base_url, model=endpoint.model, api_key=_api_key(endpoint),
                           sampling=dict(endpoint.sampling or {}), max_concurrency=endpoint.max_concurrency,
                           requests_per_minute=endpoint.requests_per_minute, timeout_seconds=endpoint.timeout_seconds,
@@ -191,9 +215,10 @@ def endpoint_config(db: Session, version: ModelVersion, endpoint: ModelEndpoint 
 
 
 def check_endpoint(db: Session, version: ModelVersion, endpoint: ModelEndpoint) -> list[str]:
-    """GET /v1/models must answer and list the endpoint's model; marks it checked. The served names, on success."""
+    """GET /v1/models must answer and list the endpoint's model; marks it checked (and available again, unless a
+    serve job runs its server: that job says). The served names, on success."""
     check_address(endpoint.base_url)
-    config = endpoint_config(db, version, endpoint)
+    config = endpoint_config(db, version, endpoint, require_available=False)
     try:
         served = list_models(config)
     except EndpointFailure as failure:
@@ -203,6 +228,8 @@ def check_endpoint(db: Session, version: ModelVersion, endpoint: ModelEndpoint) 
         raise EndpointError(f"{endpoint.base_url} does not serve a model named {endpoint.model!r}; it lists: "
                             f"{shown or 'none'}.")  # fmt: skip
     endpoint.checked_at = utcnow()
+    if endpoint.served_by_job_id is None:
+        endpoint.unavailable = None
     return served
 
 

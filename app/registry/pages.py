@@ -10,6 +10,7 @@ from sqlalchemy import select
 from app.auth.deps import DbSession, Staff
 from app.limits import Id
 from app.models import ModelVersion, Project
+from app.registry.local_serving import serving_state
 from app.registry.service import get_version, list_versions
 from app.web import render, render_markdown
 
@@ -61,4 +62,4 @@ def model_page(version_id: Id, request: Request, db: DbSession, principal: Staff
     card = render_markdown(card.split("---", 2)[-1] if card.startswith("---") else card) if card else None
     return render(request, "models/version.html",
                   {"version": version, "project": project, "base": base, "figures": split_figures(version.metrics),
-                   "audit": manifest.get("audit"), "card": card})  # fmt: skip
+                   "audit": manifest.get("audit"), "card": card, "serving": serving_state(db, version)})  # fmt: skip

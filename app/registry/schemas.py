@@ -51,6 +51,9 @@ class EndpointSettings(Out):
     price_output: float | None
     json_output: bool
     checked_at: datetime | None
+    unavailable: str | None = Field(None, description="Why it cannot be used now (its serve job stopped, ...); "
+                                    "null: available.")
+    served_by_job_id: int | None = Field(None, description="The worker's serve job running its server, if any.")
 
 
 class EndpointOut(ModelVersionOut):

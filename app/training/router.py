@@ -9,6 +9,7 @@ from pydantic import Field
 from app.api import PageAll
 from app.auth.deps import DbSession, Staff
 from app.datasets.service import request_snapshot
+from app.errors import Unprocessable
 from app.jobs import service
 from app.jobs.schemas import JobOut
 from app.limits import Id, Input, varchar
@@ -44,6 +45,12 @@ def create_job(data: JobCreate, db: DbSession, principal: Staff):
 
         job = create_verify_job(db, project, base_model=data.base_model, params=data.params, actor=principal.user)
         return service.job_json(job)
+    if data.kind == JobKind.serve:  # the version served (base_model) and the server's params
+        from app.registry.local_serving import create_serve_job
+
+        if data.base_model is None:
+            raise Unprocessable("A serve job names the local version to serve: base_model.")
+        return service.job_json(create_serve_job(db, data.base_model, data.params, actor=principal.user))
     if data.kind == JobKind.judge:  # the judge (params.judge) names its model and method
         from app.judges.service import create_judge_job
 

@@ -68,3 +68,6 @@ def test_models_serve_starts_transformers_serve_and_registers_it(db_url, tiny_ch
         time.sleep(0.2)
     else:
         pytest.fail("the model server outlived `rankforge models serve`")
+    db.rollback()
+    endpoint = db.query(ModelEndpoint).filter_by(model_version_id=version.id).one()
+    assert endpoint.unavailable == "rankforge models serve stopped"  # marked on exit
