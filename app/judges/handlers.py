@@ -17,6 +17,7 @@ from app.jobs.runner import JobContext
 from app.jobs.trainer_child import RESULT_KEY, finished_result, job_dir, run_trainer
 from app.judges.service import store_verdicts, trainer_params, write_judge_inputs
 from app.models import Job, ModelVersion
+from app.store import local_path
 from trainer.params import DEFAULTS
 from trainer.results import JudgmentsResult
 from trainer.spec import JobSpec
@@ -39,7 +40,7 @@ def run_judge_job(ctx: JobContext) -> dict:
                     version = db.get(ModelVersion, version_id)
                     if version is None:
                         raise JobFailed(f"The judge's model version {version_id} is gone (deleted from the registry).")
-                    paths[role] = version.path
+                    paths[role] = local_path(version.path)  # a version in an object store: a cached copy
             count = write_judge_inputs(db, job, inputs)
             kind, seed = job.kind, int(job.params.get("seed", 0) or 0)
             launcher, accelerate_config = job.params.get("launcher", "python"), job.params.get("accelerate_config")

@@ -164,6 +164,8 @@ def run_training_job(ctx: JobContext) -> dict:
         base_path, reward_path = (base.path if base else None), (reward.path if reward else None)
     # the child reads local files: a version in an object store is this machine's cached copy of it
     base_path, reward_path = local_path(base_path), local_path(reward_path)
+    if trainer_params.get("reference_model"):  # a round's KL reference: a registered version's location
+        trainer_params["reference_model"] = local_path(trainer_params["reference_model"])
     work.mkdir(parents=True, exist_ok=True)
     snapshot = job_snapshot(ctx, KIND_INFO[kind].dataset_format)
 

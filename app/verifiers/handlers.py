@@ -25,6 +25,7 @@ from app.jobs.runner import JobContext
 from app.jobs.trainer_child import finished_result, job_dir, run_trainer
 from app.limits import clean_model_output
 from app.models import Completion, Job, JobKind, ModelVersion, Project, Prompt, Verdict
+from app.store import local_path
 from app.verifiers.service import eval_prompt_ids, job_pass_rates, samples_per_prompt
 from trainer.params import DEFAULTS
 from trainer.results import GenerationsResult, read_jsonl
@@ -91,7 +92,7 @@ def run_verify_job(ctx: JobContext) -> dict:
     work = job_dir(ctx.job_id)
     work.mkdir(parents=True, exist_ok=True)
 
-    generations = _generate(ctx, work, version_info[2], prompt_rows, params) if version_info else None
+    generations = _generate(ctx, work, local_path(version_info[2]), prompt_rows, params) if version_info else None
     with session_scope(write=True) as db:  # the answers to verify, stored first so verdicts can point at them
         job = db.get(Job, ctx.job_id)
         if generations is not None:
