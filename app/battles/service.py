@@ -291,8 +291,8 @@ def finish_turn(db: Session, turn_id: int, answers: dict[str, str], errors: dict
         setattr(turn, f"answer_{side}", clean_model_output(answers.get(side, "")))
         error = errors.get(side)
         setattr(turn, f"error_{side}", error[:ERROR_CHARS] if error else None)
-    for side in ("a", "b"):  # an empty answer is a failure too: nothing to compare
-        if not errors.get(side) and not answers.get(side, "").strip():
+    for side in ("a", "b"):  # no text at all is a failure too: nothing to compare (blank text is an answer: vote it bad)
+        if not errors.get(side) and not answers.get(side, ""):
             setattr(turn, f"error_{side}", "The model answered nothing.")
     turn.meta = clean_model_output(meta)
     turn.finished_at = utcnow()
@@ -364,9 +364,9 @@ def vote(db: Session, battle_id: int, user: User, verdict: str) -> tuple[Judgmen
 
 
 def current_battle(db: Session, project: Project, user: User) -> Battle | None:
-    """The rater's newest battle in the project that is still open, else None."""
-    return db.scalar(select(Battle).where(Battle.project_id == project.id, Battle.rater_id == user.id,
-                                          Battle.status == "open").order_by(Battle.id.desc()).limit(1))  # fmt: skip
+    """The rater's newest battle in the project (an ended one shows its outcome and the next battle's form)."""
+    return db.scalar(select(Battle).where(Battle.project_id == project.id, Battle.rater_id == user.id)
+                     .order_by(Battle.id.desc()).limit(1))  # fmt: skip
 
 
 def get_own_battle(db: Session, battle_id: int, user: User) -> Battle:

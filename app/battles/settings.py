@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from app.audit import audit
+from app.errors import Unprocessable
 from app.limits import Input
 from app.models import BattleSettingsRow, Project, User, utcnow
 
@@ -66,7 +67,10 @@ def get_settings(db: Session, project: Project) -> BattleSettings:
 def set_settings(db: Session, project: Project, values: dict, actor: User | None) -> BattleSettings:
     """Replace the given keys of the project's settings (others keep their values); validated as a whole."""
     row = db.get(BattleSettingsRow, project.id)
-    settings = BattleSettings.model_validate(((row.settings if row else {}) or {}) | dict(values))
+    try:
+        settings = BattleSettings.model_validate(((row.settings if row else {}) or {}) | dict(values))
+    except ValidationError as error:
+        raise Unprocessable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
     if row is None:
         row = BattleSettingsRow(project_id=project.id)
         db.add(row)
