@@ -41,6 +41,7 @@ from trainer.verdicts import (  # noqa: F401 - the verdict arithmetic, torch-fre
     combine_orders,
     fill_template,
     ranking_from_strengths,
+    response_text,
     verdict_from_pairs,
     verdict_from_scores,
     verdicts_from_orders,
@@ -108,7 +109,7 @@ def judge_generative(model, tokenizer, rows: list[dict], args: JudgeArgs, report
     asks: list[tuple[int, int, int]] = []  # (row index, first shown, second shown)
     questions: list[list[int]] = []
     for r, row in enumerate(rows):
-        texts = {c["completion_id"]: c["text"] for c in row["completions"]}
+        texts = {c["completion_id"]: response_text(c["text"], c.get("messages")) for c in row["completions"]}
         for a, b in combinations(sorted(texts), 2):
             for first, second in ((a, b), (b, a)) if args.both_orders else ((a, b),):
                 text = fill_template(args.template, guidelines=row.get("guidelines") or "",

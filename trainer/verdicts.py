@@ -4,6 +4,7 @@ the same way and turn pairwise probabilities into the same ranking and confidenc
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 from typing import Any
@@ -106,9 +107,38 @@ def fill_template(template: str, *, guidelines: str, prompt: str, response_a: st
     return "".join(out)
 
 
+def conversation_text(messages: list[dict]) -> str:
+    """A conversation as a judge reads it, one message a line ``role: content``: an assistant's tool calls as
+    ``(calls name {json arguments})``, a tool result as ``tool (name): result`` under the name of the call it answers.
+    Reasoning is left out: the judge compares what the user would see and what the model did."""
+    names: dict[str, str] = {}
+    lines = []
+    for m in messages:
+        role, content = m.get("role", "user"), str(m.get("content") or "")
+        calls = []
+        for call in m.get("tool_calls") or []:
+            function = call.get("function", {})
+            names[call.get("id", "")] = function.get("name", "")
+            arguments = function.get("arguments", {})
+            arguments = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False, sort_keys=True)
+            calls.append(f"(calls {function.get('name', '')} {arguments})")
+        if role == "tool":
+            name = m.get("name") or names.get(m.get("tool_call_id", ""), "")
+            role = f"tool ({name})" if name else "tool"
+        lines.append(f"{role}: " + " ".join(part for part in [content, *calls] if part))
+    return "\n".join(lines)
+
+
+def response_text(text: str, messages: list[dict] | None = None) -> str:
+    """A response as a judge reads it: its text, or, for a continuation with tool calls and results (the judge
+    inputs' ``messages``), the whole continuation as `conversation_text`."""
+    plain = not messages or (len(messages) == 1 and set(messages[0]) <= {"role", "content"})
+    return text if plain else conversation_text(messages)
+
+
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, list):
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
+        return conversation_text(prompt)
     return str(prompt)
 
 

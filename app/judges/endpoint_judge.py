@@ -45,7 +45,7 @@ from app.models import Job, JobKind, Judge, JudgeAnswerCache, ModelVersion, Proj
 from app.registry.endpoint_client import Cancelled, EndpointClient, EndpointConfig, EndpointFailure
 from app.registry.endpoints import check_address, endpoint_config, is_endpoint
 from trainer.params import DEFAULTS, JudgeArgs, parse_params
-from trainer.verdicts import _prompt_text, fill_template, verdicts_from_orders
+from trainer.verdicts import _prompt_text, fill_template, response_text, verdicts_from_orders
 
 REPORTED_ABSTENTIONS = 100
 ANSWER_CHARS = 200
@@ -234,7 +234,7 @@ def run_endpoint_judge(ctx: JobContext) -> dict:
     asks: list[tuple[int, int, int, str | None]] = []  # (row index, first shown, second shown, attribute or None)
     questions: list[str] = []
     for r, row in enumerate(rows):
-        texts = {c["completion_id"]: c["text"] for c in row["completions"]}
+        texts = {c["completion_id"]: response_text(c["text"], c.get("messages")) for c in row["completions"]}
         for a, b in combinations(sorted(texts), 2):
             for first, second in ((a, b), (b, a)) if args.both_orders else ((a, b),):
                 for attribute, label in [(None, None), *rubric]:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from app.api import get_or_404
 from app.audit import audit
 from app.errors import NotFound, Unprocessable
+from app.imports.messages import CONTINUATION_KEY
 from app.jobs.service import create_job
 from app.jobs.trainer_child import LAUNCH_PARAMS, check_launch_params
 from app.judges import gates
@@ -301,7 +302,10 @@ def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
     comparisons = list(db.scalars(query))
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_({c.prompt_id for c in comparisons})))}
     wanted = {i for c in comparisons for i in c.completion_ids}
-    texts = dict(db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(wanted))).all())
+    stored = db.execute(select(Completion.id, Completion.text, Completion.meta).where(Completion.id.in_(wanted))).all()
+    texts = {row.id: row.text for row in stored}
+    continuations = {row.id: row.meta[CONTINUATION_KEY] for row in stored
+                     if isinstance(row.meta, dict) and isinstance(row.meta.get(CONTINUATION_KEY), list)}  # fmt: skip
     guidelines = db.scalar(select(GuidelineVersion.body).where(GuidelineVersion.project_id == project.id,
                                                                GuidelineVersion.version == project.guideline_version))  # fmt: skip
     n = 0
@@ -311,7 +315,9 @@ def write_judge_inputs(db: Session, job: Job, path: Path) -> int:
             if judge.method == "rules" and prompt.reference is None:
                 continue
             row = {"comparison_id": comparison.id, "prompt": prompt.value,
-                   "completions": [{"completion_id": c, "text": texts[c]} for c in comparison.completion_ids],
+                   "completions": [{"completion_id": c, "text": texts[c],
+                                    **({"messages": continuations[c]} if c in continuations else {})}
+                                   for c in comparison.completion_ids],
                    "guidelines": guidelines or ""}  # fmt: skip
             if prompt.reference is not None:
                 row["reference"] = prompt.reference

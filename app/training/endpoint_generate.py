@@ -52,10 +52,31 @@ def request_params(endpoint_sampling: dict, trainer_params: dict) -> dict:
 
 
 def messages_of(prompt) -> list[dict]:
-    """A prompt as chat messages (a plain prompt is one user message)."""
+    """A prompt as OpenAI chat messages (a plain prompt is one user message). A conversation goes whole, so the
+    endpoint continues it: an assistant's tool calls (arguments as the JSON string the API takes), a tool result's
+    tool_call_id and name; reasoning stays out (chat APIs take no reasoning in their input)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in prompt]
+    messages = []
+    for m in prompt:
+        message = {"role": m.get("role", "user"), "content": m.get("content", "")}
+        if m.get("tool_calls"):
+            message["tool_calls"] = [
+                {"id": call.get("id", f"call_{index}"), "type": "function",
+                 "function": {"name": call["function"]["name"], "arguments": _arguments(call["function"])}}
+                for index, call in enumerate(m["tool_calls"])
+            ]  # fmt: skip
+            message["content"] = message["content"] or None  # OpenAI's shape of a turn that only calls tools
+        for key in ("tool_call_id", "name"):
+            if m.get(key):
+                message[key] = m[key]
+        messages.append(message)
+    return messages
+
+
+def _arguments(function: dict) -> str:
+    arguments = function.get("arguments", {})
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False, sort_keys=True)
 
 
 def read_answers(path: Path) -> dict[tuple[int, int], dict]:
