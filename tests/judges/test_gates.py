@@ -4,6 +4,7 @@ one vote of two required, so a counted AI vote would complete a comparison."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -114,6 +115,24 @@ def test_a_judge_with_a_planted_flip_rate_is_switched_to_shadow(client, world, d
     assert figures["counted"] == 0 and figures["flip_rate"] == pytest.approx(planted_flips / 300)
     task = client.get(f"/api/v1/projects/{pid}/tasks/next", headers=world["raters"][1]["headers"])
     assert task.status_code == 200  # the comparisons still go to humans
+    stats = client.get(f"/api/v1/projects/{pid}/stats", headers=headers).json()
+    assert stats["judgments"] == 300 and stats["comparisons"]["complete"] == 0  # the human votes alone
+    # Exports (default sources): every pair rests on the one human vote, none on the judge's.
+    from app.models import Job
+    from app.worker import run_one
+
+    for job_id in db.scalars(select(Job.id).where(Job.status == "queued")):  # the judge jobs stored above by hand
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
+    snapshot = client.post(f"/api/v1/projects/{pid}/datasets", json={"format": "pairs"}, headers=headers)
+    assert snapshot.status_code == 202, snapshot.text
+    snapshot = snapshot.json()
+    assert run_one("test-worker") == snapshot["job_id"]
+    files = client.get(f"/api/v1/datasets/{snapshot['id']}", headers=headers).json()["files"]
+    rows = [json.loads(line) for name in files if name.endswith(".jsonl")
+            for line in client.get(f"/api/v1/datasets/{snapshot['id']}/files/{name}", headers=headers).text.splitlines()]  # fmt: skip
+    assert len(rows) == 300 and {tuple(r["sources"]) for r in rows} == {("human",)}
+    assert {r["n_votes"] for r in rows} == {1} and {r["ai_confidence"] for r in rows} == {None}
+    assert all(r["chosen_id"] == truth[r["comparison_id"]] for r in rows)
     # The webhook event, and the notice on the judges page.
     events = list(
         db.scalars(select(WebhookDelivery).where(WebhookDelivery.event_type == "judge.gate_failed"))
