@@ -29,6 +29,9 @@ NOT_LISTS = {
     f"{API}/projects/{{project_ref}}/dashboard": "per hour and per day figures of a fixed window",
     f"{API}/projects/{{project_ref}}/verifier": "one row per verify job, with pass rates",
     f"{API}/projects/{{project_ref}}/judges": "one row per judge of the project, with its agreement figures",
+    f"{API}/projects/{{project_ref}}/steps/next": "one trajectory; its steps are part of it",
+    f"{API}/projects/{{project_ref}}/trajectories/{{completion_id}}": "one trajectory with its steps and labels",
+    f"{API}/projects/{{project_ref}}/step-agreement": "figures of the whole project, one row per rater",
 }
 """GET routes whose answer holds lists that are not a list of records (figures, a record's parts): not paged, on
 purpose."""

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Request
 from app.auth.deps import DbSession, Staff
 from app.projects.service import get_project
 from app.quality.step_agreement import step_agreement
+from app.steps.schemas import StepAgreementOut
 from app.web import render
 
 router = APIRouter()
 
 
-@router.get("/api/v1/projects/{project_ref}/step-agreement", tags=["quality"])
+@router.get("/api/v1/projects/{project_ref}/step-agreement", tags=["quality"], response_model=StepAgreementOut)
 def step_agreement_api(project_ref: str, db: DbSession, principal: Staff):
     """Nominal Krippendorff alpha over steps (counted human step labels up to each rater's first error), and per
     rater: labels, trajectories, agreement with the majority, reliability."""

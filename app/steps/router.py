@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
+from app.api import PageAll
 from app.audit import audit
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
 from app.errors import Forbidden, Unprocessable
@@ -13,7 +14,16 @@ from app.models import Role
 from app.projects.service import get_project, get_visible_project, may_rate
 from app.steps import service
 from app.steps.labels import MAX_TAG_CHARS, project_tags
-from app.steps.schemas import BranchIn, StepLabelsIn, StepTagsIn
+from app.steps.schemas import (
+    BranchIn,
+    StepJudgmentOut,
+    StepLabelsIn,
+    StepLabelsPage,
+    StepTagsIn,
+    StepTagsOut,
+    TrajectoryLabelsOut,
+    TrajectoryOut,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["steps"])
 
@@ -25,7 +35,8 @@ def rater_project(db, project_ref: str, principal):
     return project
 
 
-@router.get("/projects/{project_ref}/steps/next", responses={204: {"description": "No trajectory left for you."}})
+@router.get("/projects/{project_ref}/steps/next", response_model=TrajectoryOut,
+            responses={204: {"description": "No trajectory left for you."}})
 def next_trajectory(project_ref: str, db: DbSession, principal: AnyUser):
     """The next trajectory to label: its history, its steps and the project's failure tags; 204 when none is left."""
     project = rater_project(db, project_ref, principal)
@@ -35,7 +46,7 @@ def next_trajectory(project_ref: str, db: DbSession, principal: AnyUser):
     return service.trajectory_json(trajectory) | {"tags": project_tags(project.step_tags)}
 
 
-@router.get("/projects/{project_ref}/trajectories/{completion_id}")
+@router.get("/projects/{project_ref}/trajectories/{completion_id}", response_model=TrajectoryLabelsOut)
 def get_trajectory(project_ref: str, completion_id: Id, db: DbSession, principal: AnyUser):
     """A trajectory with the step labels you may see: staff see every rater's, a rater their own."""
     project = rater_project(db, project_ref, principal)
@@ -46,7 +57,8 @@ def get_trajectory(project_ref: str, completion_id: Id, db: DbSession, principal
     return service.trajectory_json(trajectory) | {"tags": project_tags(project.step_tags), "step_labels": judgments}
 
 
-@router.post("/projects/{project_ref}/trajectories/{completion_id}/step-labels", status_code=201)
+@router.post("/projects/{project_ref}/trajectories/{completion_id}/step-labels", status_code=201,
+             response_model=StepJudgmentOut, responses={200: {"description": "Already labelled: your first labels."}})
 def label_steps(project_ref: str, completion_id: Id, body: StepLabelsIn, db: DbSession, principal: AnyUser,
                 response: Response):  # fmt: skip
     """Label every step up to the first error. Submitting again returns the first labels (200), never a second set."""
@@ -59,29 +71,32 @@ def label_steps(project_ref: str, completion_id: Id, body: StepLabelsIn, db: DbS
     return service.judgment_json(judgment, principal.user.username)
 
 
-@router.post("/projects/{project_ref}/trajectories/{completion_id}/branches", status_code=201)
+@router.post("/projects/{project_ref}/trajectories/{completion_id}/branches", status_code=201,
+             response_model=TrajectoryOut)
 def branch(project_ref: str, completion_id: Id, body: BranchIn, db: DbSession, principal: AnyUser):
     """Rewrite one step: a new trajectory (a branch) with the steps before it, the rewritten step, nothing after."""
     project = rater_project(db, project_ref, principal)
     completion = service.branch(db, project, principal.user, completion_id, body.step, body.content.replace("\r\n", "\n"),
                                 body.tool_calls)  # fmt: skip
-    return service.trajectory_json(service.load_trajectory(db, project, completion.id))
+    return service.trajectory_json(service.load_trajectory(db, project, completion.id)) | {
+        "tags": project_tags(project.step_tags)}
 
 
-@router.get("/projects/{project_ref}/step-labels")
-def list_step_labels(project_ref: str, db: DbSession, principal: Staff, completion_id: Id | None = None):
+@router.get("/projects/{project_ref}/step-labels", response_model=StepLabelsPage)
+def list_step_labels(project_ref: str, db: DbSession, principal: Staff, page: PageAll, completion_id: Id | None = None):
     """Every step judgment of the project (or of one trajectory), oldest first, voided ones marked."""
-    return {"step_labels": service.list_judgments(db, get_project(db, project_ref), completion_id=completion_id)}
+    judgments, total = service.page_judgments(db, get_project(db, project_ref), page, completion_id=completion_id)
+    return {"step_labels": judgments} | page.fields(total)
 
 
-@router.post("/projects/{project_ref}/step-labels/{judgment_id}/void")
+@router.post("/projects/{project_ref}/step-labels/{judgment_id}/void", response_model=StepJudgmentOut)
 def void_step_labels(project_ref: str, judgment_id: Id, db: DbSession, principal: Admin):
     """Void one rater's step labels: kept for the record, counted nowhere."""
     judgment = service.void(db, get_project(db, project_ref), judgment_id, principal.user)
     return service.judgment_json(judgment)
 
 
-@router.put("/projects/{project_ref}/step-tags")
+@router.put("/projects/{project_ref}/step-tags", response_model=StepTagsOut)
 def set_step_tags(project_ref: str, body: StepTagsIn, db: DbSession, principal: Admin):
     """The project's failure tags for step labels (an empty list: no tags)."""
     project = get_project(db, project_ref)

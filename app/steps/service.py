@@ -165,15 +165,33 @@ def void(db: Session, project: Project, judgment_id: int, actor: User | None) ->
     return judgment
 
 
-def list_judgments(db: Session, project: Project, *, completion_id: int | None = None,
-                   rater: User | None = None, limit: int = 1000) -> list[dict]:  # fmt: skip
-    query = (select(StepJudgment, User.username).outerjoin(User, User.id == StepJudgment.rater_id)
-             .where(StepJudgment.project_id == project.id).order_by(StepJudgment.id).limit(limit))  # fmt: skip
+def _judgments_query(project: Project, completion_id: int | None, rater: User | None):
+    query = (select(StepJudgment.id).where(StepJudgment.project_id == project.id).order_by(StepJudgment.id))
     if completion_id is not None:
         query = query.where(StepJudgment.completion_id == completion_id)
     if rater is not None:
         query = query.where(StepJudgment.rater_id == rater.id)
-    return [judgment_json(judgment, username) for judgment, username in db.execute(query)]
+    return query
+
+
+def _with_usernames(db: Session, ids: list[int]) -> list[dict]:
+    if not ids:
+        return []
+    rows = db.execute(select(StepJudgment, User.username).outerjoin(User, User.id == StepJudgment.rater_id)
+                      .where(StepJudgment.id.in_(ids)).order_by(StepJudgment.id))  # fmt: skip
+    return [judgment_json(judgment, username) for judgment, username in rows]
+
+
+def list_judgments(db: Session, project: Project, *, completion_id: int | None = None,
+                   rater: User | None = None, limit: int = 1000) -> list[dict]:  # fmt: skip
+    """Step judgments, oldest first (of one trajectory, of one rater)."""
+    return _with_usernames(db, list(db.scalars(_judgments_query(project, completion_id, rater).limit(limit))))
+
+
+def page_judgments(db: Session, project: Project, page, *, completion_id: int | None = None) -> tuple[list[dict], int]:
+    """One page (app.api.Paging) of the project's step judgments, and their total."""
+    ids, total = page.rows(db, _judgments_query(project, completion_id, None))
+    return _with_usernames(db, ids), total
 
 
 def judgment_json(judgment: StepJudgment, username: str | None = None) -> dict:
