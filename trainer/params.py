@@ -303,6 +303,9 @@ class PRMArgs(TrainArgs):
     it into steps here too. Default a blank line: the stepwise export's step texts hold single newlines"""
     train_on_last_step_only: bool = False
     """learn only each trajectory's last labelled step (the first error, or the final step of a good trajectory)"""
+    bad_step_weight: float = 1.0
+    """weight of a bad step's loss against a good step's (bad steps are few: most trajectories have none, and the
+    stepwise export ends each at its first error); above 1 keeps the model from settling on calling every step good"""
 
 
 @dataclass

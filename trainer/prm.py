@@ -354,13 +354,39 @@ class ProcessRewardScorer:
 # ---- the job ----------------------------------------------------------------------------------------------------
 
 
+def _trainer_class():
+    from transformers import Trainer
+
+    class PRMTrainer(Trainer):
+        """transformers' Trainer on the token classifier, its cross-entropy weighing bad steps by bad_step_weight.
+
+        Batches are random, not of similar length (trainer.encoding.LengthGroupedBatches, as the pair trainers use):
+        a stepwise row ends at its first error, so length tells rows' labels apart, and length-grouped batches would
+        each hold mostly one label; the model then swings from batch to batch instead of learning the steps."""
+
+        def __init__(self, *args, bad_step_weight: float = 1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.bad_step_weight = bad_step_weight
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits.float()
+            weight = torch.tensor([self.bad_step_weight, 1.0], device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, 2), labels.view(-1).to(logits.device),
+                                                     weight=weight, ignore_index=IGNORE)  # fmt: skip
+            return (loss, outputs) if return_outputs else loss
+
+    return PRMTrainer
+
+
 def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: PRMArgs, scratch_dir: Path, seed: int,
                  callbacks: list | None = None, phases: Phases | None = None):  # fmt: skip
     """A transformers Trainer for the token classifier on stepwise rows; `fit` says what was truncated/dropped."""
     from dataclasses import fields
 
     from datasets import Dataset
-    from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
+    from transformers import DataCollatorForTokenClassification, TrainingArguments
 
     phases = phases or Phases()
     kwargs = trainer_kwargs(args, str(scratch_dir), seed)
@@ -370,15 +396,13 @@ def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: PRMArgs, sc
     with phases("tokenize"):
         encoded, fit = training_rows(rows, tokenizer, separator_ids(tokenizer, args.step_separator), max_length,
                                      args.train_on_last_step_only)  # fmt: skip
+    PRMTrainer = _trainer_class()  # noqa: N806
     if not encoded:
         raise ValueError(f"every one of the {fit.total} training trajectories has a first step longer than "
                          f"max_length ({max_length} tokens); raise max_length")  # fmt: skip
 
-    # Random batches, not batches of similar length (trainer.encoding.LengthGroupedBatches) as the pair trainers use:
-    # a stepwise row ends at its first error, so length tells a row's labels apart and length-grouped batches
-    # would each hold mostly one label; the model then swings from batch to batch instead of learning the steps.
     with phases("prepare"):
-        trainer = Trainer(
+        trainer = PRMTrainer(bad_step_weight=args.bad_step_weight,
             model=model, args=config, train_dataset=Dataset.from_list(encoded), processing_class=tokenizer,
             data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
             callbacks=callbacks,

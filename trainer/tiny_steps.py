@@ -7,7 +7,7 @@ argument with the request, which a tiny model learns from a few hundred trajecto
 
     trajectory(rng, bad) -> {"prompt": [user message], "continuation": [messages], "bad_step": index | None}
     stepwise_row(traj, labels=None) -> TRL stepwise row {prompt, completions, labels} ended at the first bad label
-    planted_stepwise(n, seed, rater_accuracy=1.0) -> stepwise rows (labels flipped with 1 - rater_accuracy)
+    planted_stepwise(n, seed, rater_accuracy=1.0, failing=False) -> stepwise rows (labels flipped with 1 - rater_accuracy)
     openai_line(traj) -> one line of the OpenAI chat import format (messages with tool_calls)
 """
 
@@ -30,10 +30,11 @@ SKIES = ["sunny", "cloudy", "rain", "windy", "snow"]
 
 
 def trajectory(rng: random.Random, bad: bool, *, city: str | None = None, plan: int | None = None,
-               min_steps: int = 3, max_steps: int = 6) -> dict[str, Any]:  # fmt: skip
+               min_steps: int = 3, max_steps: int = 6, failing: bool = False) -> dict[str, Any]:  # fmt: skip
     """One trip-planning trajectory to `city` (random when None); `bad`: one tool call (not the final answer) at a
-    random position has another city as its argument. `plan` numbers the final answer (tells trajectories of one
-    request apart)."""
+    random position has another city as its argument, answered by a plausible result for that city (a PRM must
+    compare the argument with the request) or, `failing`, by a tool error (a cue inside the step: an easier task).
+    `plan` numbers the final answer (tells trajectories of one request apart)."""
     city = city or rng.choice(CITIES)
     n_calls = rng.randint(min_steps, max_steps)
     bad_step = rng.randrange(n_calls) if bad else None
@@ -45,6 +46,8 @@ def trajectory(rng: random.Random, bad: bool, *, city: str | None = None, plan: 
         messages.append({"role": "assistant", "content": "", "tool_calls": [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": {argument: used}}}]})  # fmt: skip
         text = result.format(city=used, x=rng.randint(2, 30), sky=rng.choice(SKIES))
+        if failing and index == bad_step:
+            text = f"error: {name} failed for {used}"
         messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
     messages.append({"role": "assistant", "content": f"Your trip to {city} is planned"
                      + (f" (plan {plan})." if plan is not None else ".")})
@@ -82,12 +85,12 @@ def rater_labels(traj: dict[str, Any], rng: random.Random, accuracy: float) -> l
     return [good if rng.random() < accuracy else not good for good in true_labels(traj)]
 
 
-def planted_stepwise(n: int, seed: int = 0, *, rater_accuracy: float = 1.0) -> list[dict[str, Any]]:
+def planted_stepwise(n: int, seed: int = 0, *, rater_accuracy: float = 1.0, failing: bool = False) -> list[dict[str, Any]]:
     """n stepwise rows, half of them with a planted bad step, labelled by a rater right with rater_accuracy."""
     rng = random.Random(seed)
     rows = []
     for index in range(n):
-        traj = trajectory(rng, bad=index % 2 == 1)
+        traj = trajectory(rng, bad=index % 2 == 1, failing=failing)
         labels = rater_labels(traj, rng, rater_accuracy) if rater_accuracy < 1 else None
         rows.append(stepwise_row(traj, labels))
     rng.shuffle(rows)
