@@ -172,7 +172,7 @@ def _mark_inline_failure(snapshot_id: int, job_id: int, message: str) -> None:
 
 
 @app.command()
-def export(project: str, format: str = typer.Option("pairs", "--format", "-f", help="pairs | kto | rankings | sft | ratings"),
+def export(project: str, format: str = typer.Option("pairs", "--format", "-f", help="pairs | kto | rankings | sft | ratings | steps"),
            out: Path = typer.Option(None, "--out", help="Also copy the snapshot's files into this directory."),
            test_fraction: float = typer.Option(0.1, help="Share of prompts in the test split."),
            seed: int = typer.Option(0),
