@@ -305,6 +305,8 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 yield jc
 
         steps = spec.format == "steps"  # step labels, not judgments (app.datasets.steps_export)
+        if steps:
+            current_day["day"] = "unknown"  # rows per day count judged comparisons; step rows are not dated here
         conversational = False if steps else resolve_conversational(db, project, spec)
         try:
             schema = stepwise_arrow_schema() if steps else arrow_schema(
