@@ -6,6 +6,7 @@ verify) is sent to the cluster through Ray's job submission API (the dashboard's
     RANKFORGE_RAY_ADDRESS (else RAY_ADDRESS)    the cluster, e.g. http://ray-head:8265 (read by the worker)
     RANKFORGE_RAY_PYTHON                        the Python on the cluster's nodes (default: the worker's own, as
                                                 in the shipped image where every node runs the same image)
+    RANKFORGE_RAY_ENV                           names of further worker variables the Ray job gets (FORWARD_ENV)
 
 The Ray job's entrypoint is the same command a local child runs (`python -m trainer.run spec.json`, or
 `accelerate launch --config_file ... -m trainer.run spec.json` with an accelerate_config: many GPUs inside the
@@ -18,8 +19,11 @@ the latest at the next status poll (one worker heartbeat). A retried job first s
 attempt of it left running (a worker that died cannot stop them itself): they carry the Rankforge job id in
 their metadata.
 
-The spec and its inputs are files in the artifact store, read by the Ray job from the same paths: the cluster's
-nodes must see the worker's RANKFORGE_DATA_DIR (the same machine, a shared mount) or the store of app.store.
+Files. With a local artifact store the spec and its inputs are read by the Ray job from the worker's paths: the
+cluster's nodes must see the worker's RANKFORGE_DATA_DIR (the same machine, a shared mount). With an object store
+(RANKFORGE_ARTIFACT_STORE=s3://...) they travel through it: the worker publishes the spec and inputs as one
+bundle, the Ray job's entrypoint (app.jobs.ray_entry) takes its node's cached copy, runs the trainer and publishes
+the output, which the worker reads back (app.jobs.trainer_child.stage_for_ray / fetch_ray_output).
 
 Ray is imported here lazily (only the worker, only for a Ray job): the web process never loads it; the worker
 without the extra fails the job with how to install it.
@@ -57,6 +61,10 @@ STOP_WAIT_SECONDS = 30.0
 PASSED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_ENDPOINT")
 """Variables of the worker's environment the Ray job gets too (beside the trainer's own RANKFORGE_TRAINER_*);
 the rest of it (database URL, secrets) stays on the worker."""
+FORWARD_ENV = "RANKFORGE_RAY_ENV"
+"""Comma-separated names of further worker variables a Ray job gets (e.g. AWS_ENDPOINT_URL,AWS_REGION for an S3
+store). Ray shows a job's runtime_env on its dashboard: give the nodes their store credentials themselves where
+you can, rather than forwarding secrets."""
 
 
 def ray_address() -> str | None:
@@ -84,7 +92,8 @@ def ray_env(command_is_accelerate: bool, resources: dict) -> dict[str, str]:
     """The Ray job's environment variables: where the code is, the trainer's settings, the HF offline flags."""
     local = child_env()
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", TOKEN_CACHE_ENV: local[TOKEN_CACHE_ENV]}
-    env |= {k: v for k, v in local.items() if k.startswith("RANKFORGE_TRAINER_") or k in PASSED_ENV}
+    forwarded = {name.strip() for name in os.environ.get(FORWARD_ENV, "").split(",") if name.strip()}
+    env |= {k: v for k, v in local.items() if k.startswith("RANKFORGE_TRAINER_") or k in PASSED_ENV or k in forwarded}
     cpus = resources.get("entrypoint_num_cpus")
     if THREADS_ENV not in env and cpus and not command_is_accelerate:
         env[THREADS_ENV] = str(max(1, int(cpus)))  # the node's CPUs are not the job's: size threads to the reservation
@@ -238,8 +247,9 @@ def run_ray_child(ctx, command: list[str], work: Path, resources: dict) -> dict:
     if status == JobStatus.SUCCEEDED and pump.done is not None:
         return pump.done
     message = ""
-    with contextlib.suppress(Exception):
-        message = (client.get_job_info(submission_id).message or "").split("\n", 1)[0]
+    with contextlib.suppress(Exception):  # Ray's reason, then the end of the log it quotes
+        first, _, logs = (client.get_job_info(submission_id).message or "").partition("\n")
+        message = first.rstrip(":") + (f": ...{logs.strip()[-1500:]}" if logs.strip() else "")
     if status == JobStatus.STOPPED:
         raise JobFailed(f"Ray job {submission_id} was stopped outside Rankforge: {message or 'no reason given'}")
     if status == JobStatus.FAILED:

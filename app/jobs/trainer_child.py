@@ -9,11 +9,16 @@ typed result (trainer.results). Kind-agnostic: it names no kind and never reads 
     check_launch_params(params)                 the launcher params every trainer job takes: clear 422s
     finished_result(output_dir, job_id)         the result an earlier attempt of this job published, else None
     run_trainer(ctx, spec, work, accelerate_config=None) -> JobResult
+    stage_for_ray(spec, work, job_id), fetch_ray_output(location, output_dir)   launcher ray with an object store:
+                                                the inputs as one bundle in the store, the output back from it
     stored_result(job) -> JobResult | None      the typed result kept in a finished job's row
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,9 +27,11 @@ from app.config import get_settings
 from app.db import session_scope
 from app.errors import JobFailed, Unprocessable
 from app.jobs.child import python_executable, run_child
+from app.jobs.ray_entry import BUNDLE_KEY, SPEC_PLACEHOLDER
 from app.jobs.ray_launch import RESOURCE_PARAMS, check_resource_params, ray_python, run_ray_child
 from app.jobs.runner import JobContext
 from app.models import Job
+from app.store import STORE_MANIFEST, StoreError, get_store, open_location
 from trainer.launch import (  # torch-free: a shipped config's name or a file
     LAUNCHERS,
     resolve_accelerate_config,
@@ -95,13 +102,75 @@ def run_trainer(ctx: JobContext, spec: Any, work: Path, accelerate_config: str |
     if spec.launcher == "ray":
         with session_scope() as db:
             params = dict(db.get(Job, ctx.job_id).params or {})
-        run_ray_child(ctx, command, work, {name: params.get(name) for name in RESOURCE_PARAMS})
+        resources = {name: params.get(name) for name in RESOURCE_PARAMS}
+        if get_store().local:  # the cluster's nodes see the worker's files (same machine, a shared mount)
+            run_ray_child(ctx, command, work, resources)
+        else:  # inputs and output travel through the object store
+            in_location, out_location = stage_for_ray(spec, work, ctx.job_id)
+            entry = [ray_python(), "-m", "app.jobs.ray_entry", in_location, out_location, "--",
+                     *trainer_command(Path(SPEC_PLACEHOLDER), spec.launcher, accelerate_config)]  # fmt: skip
+            run_ray_child(ctx, entry, work, resources)
+            fetch_ray_output(out_location, output_dir)
     else:
         run_child(ctx, command, work)
     try:
         return read_result(output_dir)
     except ResultError as error:
         raise JobFailed(f"The trainer reported success but its result is not readable: {error}") from error
+
+
+SPEC_INPUTS = ("base_model", "reward_model", "dataset_path", "prompts_path")
+"""The spec's fields that name input files or directories (what a Ray job on another machine needs)."""
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def stage_for_ray(spec: Any, work: Path, job_id: int) -> tuple[str, str]:
+    """Publish the job's inputs as one bundle in the object store for a Ray job (app.jobs.ray_entry reads it on
+    its node): spec.json with each input path replaced by its name in the bundle, and the inputs (linked from this
+    machine's files where it can, else copied). Returns (bundle location, where the Ray job publishes its output);
+    JobFailed with the store's message when the store refuses the write."""
+    token = secrets.token_hex(4)
+    bundle = work / f"ray-in-{token}"
+    bundle.mkdir(parents=True)
+    data, names = spec.to_dict(), {}
+    for field in SPEC_INPUTS:
+        source = data.get(field)
+        if not source:
+            continue
+        if Path(source).is_dir():
+            shutil.copytree(source, bundle / field, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(STORE_MANIFEST))  # fmt: skip
+        else:
+            _link_or_copy(source, str(bundle / field))
+        names[field], data[field] = field, None
+    data[BUNDLE_KEY] = names
+    (bundle / "spec.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    store = get_store()
+    in_location = store.location("jobs", str(job_id), f"ray-in-{token}")
+    try:
+        store.publish(bundle, in_location)
+    except StoreError as error:
+        raise JobFailed(f"Staging the job's inputs for Ray: {error.detail}") from error
+    finally:
+        shutil.rmtree(bundle, ignore_errors=True)
+    return in_location, store.location("jobs", str(job_id), f"ray-out-{token}")
+
+
+def fetch_ray_output(out_location: str, output_dir: Path) -> None:
+    """The output a Ray job published (app.jobs.ray_entry) into output_dir on this machine, where the job's
+    handler reads it as a local child's (linked from this machine's cached copy)."""
+    try:
+        local = open_location(out_location).local_copy()
+    except StoreError as error:
+        raise JobFailed(f"Reading the Ray job's output from {out_location}: {error.detail}") from error
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(local, output_dir, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(STORE_MANIFEST))
 
 
 def stored_result(job: Job | None) -> JobResult | None:

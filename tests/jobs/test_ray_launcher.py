@@ -24,6 +24,7 @@ import pytest
 from app.worker import run_one
 from tests.conftest import free_port, missing
 from tests.jobs.test_training_jobs import FAST, job, start, tiny_models, wait_for, world  # noqa: F401 - fixtures
+from tests.test_store_s3 import s3_server, s3_store  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = {"max_steps": 100000, "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 64}
@@ -51,8 +52,11 @@ def ray_head():
                *[str(part) for pair in ports.items() for part in pair]]  # fmt: skip
     log_path = Path(temp) / "head.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed when the head stops
+    # the node's own local directory (its cache and scratch): not the worker's, as on another machine
+    node_data = Path(temp) / "node-data"
     head = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0"})  # fmt: skip
+                            env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0",
+                                              "RANKFORGE_DATA_DIR": str(node_data)})  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     # A start limit, not a timing assertion: the head, its dashboard and agents on a loaded 2-core machine.
     deadline = time.monotonic() + 180
@@ -69,7 +73,7 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
         missing(f"the local Ray head did not start: {reason}")
     try:
-        yield address
+        yield {"address": address, "node_data": node_data}
     finally:
         _stop_head(head)
         log.close()
@@ -91,10 +95,10 @@ def _stop_head(head: subprocess.Popen) -> None:
 def on_ray(ray_head, monkeypatch):
     from app.config import get_settings
 
-    monkeypatch.setenv("RANKFORGE_RAY_ADDRESS", ray_head)
+    monkeypatch.setenv("RANKFORGE_RAY_ADDRESS", ray_head["address"])
     monkeypatch.setenv("RANKFORGE_WORKER_HEARTBEAT_SECONDS", "0.5")
     get_settings.cache_clear()
-    yield ray_head
+    yield ray_head["address"]
     get_settings.cache_clear()
 
 
@@ -146,6 +150,31 @@ def test_generate_job_runs_on_ray(client, world, on_ray, db):  # noqa: F811 - fi
     assert len(new) == 4 and {c.model_name for c in new} == {"tiny-policy"}
     text = page(client, world, queued["id"])
     assert ray_submission(queued["id"]) in text
+
+
+@pytest.mark.only_db("sqlite")
+def test_reward_job_on_ray_through_an_s3_store(client, world, on_ray, ray_head, s3_store, monkeypatch, db):  # noqa: F811 - fixture
+    """With an object store the Ray job reads nothing of the worker's: its inputs go to the store as a bundle,
+    its node takes a cached copy, and the output comes back through the store before the version is published."""
+    from ray.job_submission import JobSubmissionClient
+
+    from app.models import Job
+
+    monkeypatch.setenv("RANKFORGE_RAY_ENV", ",".join(s3_store["env"]))  # the node reaches the same S3 server
+    queued = start(client, world, "reward", params=FAST | {"launcher": "ray"})
+    assert run_one("w1") == queued["id"]
+    done = job(client, world, queued["id"])
+    db.expire_all()
+    assert done["status"] == "succeeded", db.get(Job, queued["id"]).log_tail[-3000:]
+    ray_job = JobSubmissionClient(on_ray).get_job_info(ray_submission(queued["id"]))
+    bundle = f"{s3_store['url']}/jobs/{queued['id']}/ray-in-"
+    assert "app.jobs.ray_entry" in ray_job.entrypoint and bundle in ray_job.entrypoint
+    assert list((ray_head["node_data"] / "cache" / "artifacts").iterdir())  # the node's cached copy of the bundle
+    version = client.get(f"/api/v1/models/{done['result']['model_version_id']}",
+                         headers=world["engineer"]["headers"]).json()  # fmt: skip
+    assert version["path"].startswith(s3_store["url"] + "/models/"), version
+    steps = client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json()
+    assert steps and "<polyline" in page(client, world, queued["id"])
 
 
 def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  # noqa: F811 - fixture
