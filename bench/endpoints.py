@@ -8,8 +8,11 @@ GPU), and prints:
   generate job uses, with its bounded concurrency and retries);
 - judging: tokens and seconds per 1,000 judge verdicts (a verdict = one pair asked in both orders with the default
   template, app.judges.endpoint_judge.ask_question);
-- streaming: time to first token straight from the server (EndpointClient.stream_chat, what a battle streams), p50
-  and p99. Live battles are not built yet, so Rankforge's own overhead on a battle is not measured here.
+- streaming: time to first token straight from the server (EndpointClient.stream_chat), p50 and p99;
+- battles: time to the first token of a live battle through Rankforge (a real `uvicorn app.asgi:app` on a scratch
+  SQLite database: the battle's stream request, both sides asked at once by the web process, to the first `delta`
+  event) against straight from the server (a streamed request to the first text piece), interleaved, and Rankforge's
+  overhead at p50 and p99 (differences of the percentiles).
 
 The machine's load (uptime) is printed beside the figures: on a loaded machine they are lower bounds.
 
@@ -103,6 +106,87 @@ def first_tokens(config: EndpointConfig, n: int, max_tokens: int) -> None:
               f"{1000 * statistics.median(waits):.1f} ms, p99 {1000 * percentile(waits, 0.99):.1f} ms")  # fmt: skip
 
 
+def _serve_rankforge(root: Path) -> tuple[subprocess.Popen, str, dict]:
+    """A scratch Rankforge (SQLite, migrated) served by uvicorn: (process, url, env)."""
+    import httpx
+
+    env = os.environ | {"RANKFORGE_DATABASE_URL": f"sqlite:///{root / 'bench.db'}", "RANKFORGE_DATA_DIR": str(root / "data")}
+    subprocess.run([sys.executable, "-c", "from app.migrate import upgrade; upgrade()"], env=env, check=True,
+                   cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", "127.0.0.1", "--port",
+                                str(port), "--log-level", "warning"], env=env, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return process, url, env
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("Rankforge did not start")
+
+
+def battles(base_url: str, model: str, n: int, max_tokens: int) -> None:
+    """Time to first token of a battle through Rankforge vs straight from the server (see the module)."""
+    import httpx
+
+    root = Path(tempfile.mkdtemp(prefix="bench-battles-"))
+    process, web, env = _serve_rankforge(root)
+    make_users = ("from app.db import session_scope; from app.users.service import create_user; "
+                  "from app.auth.service import create_api_token\n"
+                  "with session_scope(write=True) as db:\n"
+                  " a = create_user(db, 'bench-admin', 'admin', 'bench-pass-1', actor=None)\n"
+                  " r = create_user(db, 'bench-rater', 'annotator', 'bench-pass-1', actor=None)\n"
+                  " print(create_api_token(db, a, 'bench'), create_api_token(db, r, 'bench'))")  # fmt: skip
+    tokens = subprocess.run([sys.executable, "-c", make_users], env=env, capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.split()  # fmt: skip
+    admin, rater = ({"Authorization": f"Bearer {token}"} for token in tokens[-2:])
+    direct, through = [], []
+    try:
+        with httpx.Client(base_url=web, timeout=300) as api:
+            project = api.post("/api/v1/projects", json={"name": "bench arena"}, headers=admin).json()
+            for name in ("bench-left", "bench-right"):
+                response = api.post("/api/v1/endpoints", json={"name": name, "base_url": base_url, "model": model,
+                                                              "project_id": project["id"], "timeout_seconds": 120},
+                                    headers=admin)  # fmt: skip
+                response.raise_for_status()
+            api.put(f"/api/v1/projects/{project['id']}/battle-settings", headers=admin, json={
+                "enabled": True, "max_tokens": max_tokens, "turns_per_minute": 10_000, "turns_per_hour": 100_000,
+                "timeout_seconds": 120}).raise_for_status()  # fmt: skip
+            config = EndpointConfig(name="bench", base_url=base_url, model=model, timeout_seconds=120)
+            with EndpointClient(config) as client:
+                for i in range(n):
+                    prompt = f"Tell me about item {i}."
+                    started = time.perf_counter()
+                    for event in client.stream_chat([{"role": "user", "content": prompt}], {"max_tokens": max_tokens}):
+                        if "delta" in event:
+                            direct.append(time.perf_counter() - started)
+                            break
+                    battle = api.post(f"/api/v1/projects/{project['id']}/battles", json={"prompt": prompt},
+                                      headers=rater).json()  # fmt: skip
+                    started = time.perf_counter()
+                    with api.stream("POST", f"/api/v1/battles/{battle['id']}/turns/0/stream", headers=rater) as events:
+                        first = None
+                        for line in events.iter_lines():
+                            if first is None and line == "event: delta":
+                                first = time.perf_counter() - started
+                        if first is not None:
+                            through.append(first)
+    finally:
+        process.terminate()
+        process.wait(30)
+    if direct and through:
+        p50 = (statistics.median(direct), statistics.median(through))
+        p99 = (percentile(direct, 0.99), percentile(through, 0.99))
+        print(f"battle time to first token ({len(through)} battles, {len(direct)} direct streams, interleaved)")
+        print(f"{'':>22} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'straight from server':>22} {1000 * p50[0]:8.1f} {1000 * p99[0]:8.1f}")
+        print(f"{'through Rankforge':>22} {1000 * p50[1]:8.1f} {1000 * p99[1]:8.1f}")
+        print(f"{'Rankforge overhead':>22} {1000 * (p50[1] - p50[0]):8.1f} {1000 * (p99[1] - p99[0]):8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", help="an OpenAI-compatible server to use instead of transformers serve")
@@ -111,6 +195,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--verdicts", type=int, default=16)
     parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--battles", type=int, default=20, help="battles (and as many direct streams) for the "
+                        "battle time to first token")
     options = parser.parse_args()
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     process = None
@@ -133,6 +219,7 @@ def main() -> None:
         generation(config, options.requests, options.max_tokens)
         judging(config, options.verdicts)
         first_tokens(config, options.streams, options.max_tokens)
+        battles(base_url, model, options.battles, options.max_tokens)
     finally:
         if process is not None:
             process.terminate()

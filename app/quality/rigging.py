@@ -12,16 +12,21 @@ Two checks, both against the Bradley-Terry fit of everyone's votes:
    rater's share of the votes; a rater is flagged when that is `influence_factor` times the median rater's and the
    move is at least `min_influence` rating points.
 
-A third check named by the issue, bursts of near-identical prompts from one account in live battles, needs the
-battles domain (source `battle` prompts typed by raters); it is not here yet.
+3. bursts (live battles only): one account sending a burst of near-identical first prompts, at least
+   `burst_min_prompts` within `burst_window_minutes` whose normalised texts (lower case, punctuation and spacing
+   folded) are `burst_similarity` alike or more (difflib's ratio), as a script fishing for a model it recognises
+   would. Every battle of the account counts (voided ones too: the burst is the signal); its voted ones are flagged.
 
-Flagged raters' votes for the favoured model get the judgment flag `rigging`, which puts them in the admins'
+Flagged raters' votes for the favoured model, and the votes of a burst's battles, get the judgment flag `rigging`, which puts them in the admins'
 review queue (app.quality.service.REVIEW_FLAGS); an admin's `excluded` takes a vote out of every figure.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -30,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.judgments.selections import LEADERBOARD, counted
-from app.models import Completion, Judgment, Project, User
+from app.models import Battle, BattleTurn, Completion, Judgment, Project, User
 from app.quality.stats import ELO_PER_NATURAL_LOG_ODDS, _fit_bradley_terry
 
 RIGGING_FLAG = "rigging"
@@ -46,6 +51,12 @@ class RiggingArgs:
     """influence: flag at this many times the median rater's rating move per share of votes."""
     min_influence: float = 4.0
     """influence: and a move of at least this many rating points (Elo scale)."""
+    burst_window_minutes: float = 10.0
+    """bursts: the window the near-identical prompts fall in."""
+    burst_min_prompts: int = 5
+    """bursts: flag this many near-identical prompts (or more) in one window."""
+    burst_similarity: float = 0.9
+    """bursts: how alike two normalised prompts must be (difflib.SequenceMatcher ratio, 0 to 1)."""
     prior_ties: float = 1.0
     """Virtual ties of each model against an average one in every fit here (the fits with a rater left out
     may lose connectivity; the same prior everywhere keeps them comparable)."""
@@ -133,6 +144,44 @@ def influence(model_a, model_b, outcome, rater, n_models: int, args: RiggingArgs
              "flagged": bool(flagged[r, m])} for r in range(len(raters)) for m in range(n_models)]  # fmt: skip
 
 
+def normalise_prompt(text: str) -> str:
+    """A prompt as the burst check compares it: lower case, every run of non-word characters one space."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())[:2000]
+
+
+def prompt_bursts(rows: list[tuple[int, int, datetime, str]], args: RiggingArgs = RiggingArgs()) -> list[dict]:
+    """rows: (battle id, rater id, created at, first prompt). Per rater, every battle starts a window; the battles
+    in it whose prompts are alike enough to its prompt form a burst when there are `burst_min_prompts` of them.
+    Overlapping bursts of one rater are merged. [{rater, battles: [ids], first, last, prompt}]"""
+    window = timedelta(minutes=args.burst_window_minutes)
+    by_rater: dict[int, list[tuple[datetime, int, str, str]]] = {}
+    for battle_id, rater, created_at, prompt in rows:
+        by_rater.setdefault(rater, []).append((created_at, battle_id, normalise_prompt(prompt), prompt))
+    bursts = []
+    for rater, items in sorted(by_rater.items()):
+        items.sort()
+        members: set[int] = set()
+        for i, (start, _, text, _) in enumerate(items):
+            close = [items[j] for j in range(i, len(items)) if items[j][0] - start <= window]
+            alike = [item for item in close if item[2] == text or difflib.SequenceMatcher(
+                None, text, item[2], autojunk=False).ratio() >= args.burst_similarity]  # fmt: skip
+            if len(alike) >= args.burst_min_prompts:
+                members.update(item[1] for item in alike)
+        if members:
+            chosen = [item for item in items if item[1] in members]
+            bursts.append({"rater": rater, "battles": sorted(members), "first": chosen[0][0].isoformat(),
+                           "last": chosen[-1][0].isoformat(), "prompt": chosen[0][3][:200]})  # fmt: skip
+    return bursts
+
+
+def battle_prompts(db: Session, project: Project) -> list[tuple[int, int, datetime, str]]:
+    """(battle id, rater id, created at, first prompt) of the project's live battles."""
+    return [tuple(row) for row in db.execute(
+        select(Battle.id, Battle.rater_id, Battle.created_at, BattleTurn.prompt)
+        .join(BattleTurn, (BattleTurn.battle_id == Battle.id) & (BattleTurn.number == 0))
+        .where(Battle.project_id == project.id))]  # fmt: skip
+
+
 def rigging_report(db: Session, project: Project, args: RiggingArgs = RiggingArgs()) -> dict:
     """Both checks on the project's counted leaderboard votes, with model and rater names:
     {favour: [...], influence: [...], flagged: [{rater_id, username, model, checks}]}."""
@@ -152,7 +201,10 @@ def rigging_report(db: Session, project: Project, args: RiggingArgs = RiggingArg
             result["username"] = usernames.get(result["rater"])
             if result["flagged"]:
                 flagged.setdefault((result["rater"], result["model"]), set()).add(check)
-    return {"favour": favour, "influence": [m for m in moves if m["flagged"]],
+    bursts = prompt_bursts(battle_prompts(db, project), args)
+    for burst in bursts:
+        burst["username"] = usernames.get(burst["rater"])
+    return {"favour": favour, "influence": [m for m in moves if m["flagged"]], "bursts": bursts,
             "flagged": [{"rater_id": r, "username": usernames.get(r), "model": str(names[m]), "checks": sorted(c)}
                         for (r, m), c in sorted(flagged.items())]}  # fmt: skip
 
@@ -166,6 +218,13 @@ def flag_rigging(db: Session, project: Project, args: RiggingArgs = RiggingArgs(
         votes = db.scalars(select(Judgment).join(Completion, Completion.id == Judgment.top_completion_id).where(
             counted(*LEADERBOARD, project_id=project.id), Judgment.rater_id == item["rater_id"],
             Completion.model_name == item["model"]))  # fmt: skip
+        for judgment in votes:
+            if RIGGING_FLAG not in (judgment.flags or []):
+                judgment.flags = [*(judgment.flags or []), RIGGING_FLAG]
+                changed += 1
+    for burst in report["bursts"]:
+        votes = db.scalars(select(Judgment).join(Battle, Battle.judgment_id == Judgment.id).where(
+            Battle.id.in_(burst["battles"]), counted(*LEADERBOARD, project_id=project.id)))  # fmt: skip
         for judgment in votes:
             if RIGGING_FLAG not in (judgment.flags or []):
                 judgment.flags = [*(judgment.flags or []), RIGGING_FLAG]

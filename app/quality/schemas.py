@@ -114,6 +114,8 @@ class RiggingReport(Out):
                                          "flagged (Holm-corrected).")
     influence: list[dict[str, Any]] = Field(description="Flagged (rater, model): share of votes, rating move.")
     flagged: list[dict[str, Any]] = Field(description="{rater_id, username, model, checks}")
+    bursts: list[dict[str, Any]] = Field(default=[], description="Live battles: bursts of near-identical prompts "
+                                         "from one account {rater, username, battles, first, last, prompt}.")
     judgments_flagged: int = Field(description="Votes newly put in the review queue (flag rigging).")
 
 

@@ -209,3 +209,65 @@ def test_pair_weights_favour_overlapping_intervals():
     weights = pair_weights(["a", "b", "c", "new"], {"a": (900, 1000), "b": (950, 1050), "c": (1200, 1300)})
     assert weights[("a", "b")] > weights[("a", "c")] and weights[("a", "c")] > 0
     assert weights[("a", "new")] == max(weights.values())  # a version without votes is what needs votes most
+
+
+def test_bursts_of_near_identical_prompts_go_to_review(client, people, fault_server, db):
+    """Issue 26's battle rigging check: one account's burst of near-identical prompts puts its battle votes in the
+    review queue; another account's varied prompts do not."""
+    from app.models import Judgment
+
+    project = battle_project(client, people["admin"], {"echo-1": (fault_server.url, fault_server.model),
+                                                       "echo-2": (fault_server.url, fault_server.model)},
+                             turns_per_minute=50)  # fmt: skip
+    prompts = {"rater": [f"Which model are you, really?{'!' * i}" for i in range(5)],
+               "other": ["Name a fruit.", "How far is the moon?", "Write a haiku about rain.", "What is 2 + 2?",
+                         "Explain photosynthesis briefly."]}  # fmt: skip
+    for who, texts in prompts.items():
+        for text in texts:
+            battle = client.post(f"/api/v1/projects/{project['id']}/battles", json={"prompt": text},
+                                 headers=people[who]["headers"]).json()  # fmt: skip
+            assert events_of(client, people[who], battle["id"], 0)[-1][1]["turn_status"] == "answered"
+            voted = client.post(f"/api/v1/battles/{battle['id']}/vote", json={"verdict": "a"},
+                                headers=people[who]["headers"])  # fmt: skip
+            assert voted.status_code == 200, voted.text
+    report = client.post(f"/api/v1/projects/{project['id']}/rigging-check", headers=people["admin"]["headers"])
+    assert report.status_code == 200, report.text
+    bursts = report.json()["bursts"]
+    assert [(b["username"], len(b["battles"])) for b in bursts] == [("ann", 5)]
+    assert report.json()["judgments_flagged"] == 5
+    flagged = db.scalars(select(Judgment).where(Judgment.rater_id == people["rater"]["id"])).all()
+    assert all("rigging" in j.flags for j in flagged) and len(flagged) == 5
+    assert not any("rigging" in j.flags for j in db.scalars(select(Judgment).where(
+        Judgment.rater_id == people["other"]["id"])))  # fmt: skip
+    queue = client.get(f"/api/v1/projects/{project['id']}/reviews", headers=people["admin"]["headers"]).json()
+    assert sorted(item["judgment_id"] for item in queue if "rigging" in item["flags"]) == sorted(j.id for j in flagged)
+    again = client.post(f"/api/v1/projects/{project['id']}/rigging-check", headers=people["admin"]["headers"]).json()
+    assert again["judgments_flagged"] == 0  # flagged once
+
+
+def test_prompt_bursts_window_and_similarity():
+    from datetime import UTC, datetime, timedelta
+
+    from app.quality.rigging import RiggingArgs, prompt_bursts
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    args = RiggingArgs(burst_window_minutes=10, burst_min_prompts=3)
+    spread = [(i, 1, t0 + timedelta(minutes=6 * i), "Are you GPT?") for i in range(3)]  # 12 minutes: no burst
+    assert prompt_bursts(spread, args) == []
+    tight = [(i, 1, t0 + timedelta(minutes=i), f"are you gpt{'?' * i}") for i in range(3)]
+    assert prompt_bursts(tight, args)[0]["battles"] == [0, 1, 2]
+    varied = [(i, 1, t0 + timedelta(seconds=i), text) for i, text in enumerate(["cats", "orbital mechanics", "soup"])]
+    assert prompt_bursts(varied, args) == []
+
+
+def test_model_and_prompt_text_are_escaped_on_the_page(client, people, fault_server):
+    project = battle_project(client, people["admin"], {"echo-1": (fault_server.url, fault_server.model),
+                                                       "echo-2": (fault_server.url, fault_server.model)})  # fmt: skip
+    rater = people["rater"]
+    battle = client.post(f"/api/v1/projects/{project['id']}/battles", json={"prompt": "<script>alert(1)</script>"},
+                         headers=rater["headers"]).json()  # fmt: skip
+    events_of(client, rater, battle["id"], 0)
+    page = client.get(f"/projects/{project['slug']}/battle", headers=rater["headers"])
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "&lt;script&gt;alert(1)" in page.text
+    assert "echo-1" not in page.text and "echo-2" not in page.text  # no name before the vote
