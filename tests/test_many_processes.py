@@ -181,3 +181,33 @@ def test_two_web_processes_and_two_workers_drain_one_queue(db_url, users, tmp_pa
     for log in logs:
         text = log.read_text()
         assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.only_db("postgresql")
+def test_an_idle_task_never_runs_beside_another_workers_tick(client, users, db, tmp_path):
+    """The schedule's tick of worker B finds worker A's tick still in its transaction (A's lease ran out, so B takes
+    the lease): B does nothing until A's transaction ends, then acts once."""
+    from app.db import session_scope
+    from app.models import Project
+    from app.training import scheduler
+    from tests.helpers import import_lines, make_project, native_lines
+
+    admin = users.create("root", "admin")
+    project = make_project(client, admin, slug="sched")
+    assert import_lines(client, admin, project["id"], native_lines(12, ranking=True)).status_code == 200
+    checkpoint = tmp_path / "base"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    for kind in ("policy", "reward"):
+        registered = client.post("/api/v1/models", headers=admin["headers"],
+                                 json={"name": f"base-{kind}", "path": str(checkpoint), "kind": kind,
+                                       "project_id": project["id"]})  # fmt: skip
+        assert registered.status_code == 201, registered.text
+    row = db.get(Project, project["id"])
+    row.schedule = {"reward_every_pairs": 10}
+    db.commit()
+    with session_scope(write=True) as worker_a:
+        assert scheduler.run_alone(worker_a, scheduler.LOCK_NAME)  # A's tick, mid-transaction
+        assert scheduler.tick("worker-b") == []
+    assert len(scheduler.tick("worker-b")) == 1
+    assert scheduler.tick("worker-b") == []  # the job is queued: nothing more is due

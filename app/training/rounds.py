@@ -55,7 +55,7 @@ from app.registry.service import newest_version
 from app.training.kinds import KIND_INFO, POLICY_UPDATES
 from app.training.round_recipe import RoundRecipe, get_recipe
 from app.training.round_views import round_jobs, round_json, round_metrics, share_complete
-from app.training.scheduler import acquire_lock, describe, note_problem
+from app.training.scheduler import acquire_lock, describe, note_problem, run_alone
 from app.training.service import create_training_job
 from app.verifiers.service import create_verify_job, verifiable_prompts
 from app.webhooks.service import emit
@@ -418,6 +418,8 @@ def tick(worker_id: str) -> list[tuple[int, int, str]]:
             return []
     touched = []
     with session_scope(write=True) as db:
+        if not run_alone(db, LOCK_NAME):  # PostgreSQL: never beside another worker's tick, even past its lease
+            return []
         for project in db.scalars(select(Project).where(Project.status == ProjectStatus.active)):
             round_ = _active_round(db, project.id)
             if round_ is not None:

@@ -2,7 +2,10 @@
 
 `tick(worker_id)` runs in every idle worker; one of them acts. The lock is a lease row in scheduler_lock taken
 with one conditional UPDATE (`... WHERE expires_at < now OR holder = me`), so on SQLite and PostgreSQL alike only
-one worker holds it until its lease runs out. A reward job is enqueued only when none is queued or running.
+one worker holds it until its lease runs out. The work itself runs in a transaction that, on PostgreSQL, holds a
+transaction-level advisory lock named after the task (`run_alone`), so even a tick that outlives its lease (a
+stalled worker) never overlaps another worker's; on SQLite the write transaction serializes them. A reward job is
+enqueued only when none is queued or running.
 
 Projects are isolated: each one's schedule runs in its own savepoint, and one that fails (a stored setting out of
 range, a job that cannot start) is logged, noted on its page (`note_problem`) and skipped; the others go on.
@@ -11,6 +14,7 @@ range, a job that cannot start) is logged, noted on its page (`note_problem`) an
 from __future__ import annotations
 
 import logging
+import zlib
 from datetime import timedelta
 
 from pydantic import ValidationError
@@ -41,6 +45,16 @@ def acquire_lock(db: Session, holder: str, lease_seconds: float = LEASE_SECONDS,
         .values(holder=holder, expires_at=now + timedelta(seconds=lease_seconds))
     )  # fmt: skip
     return taken.rowcount == 1
+
+
+def run_alone(db: Session, name: str) -> bool:
+    """In the current (write) transaction, the right to run the idle task `name` alone: PostgreSQL's
+    pg_try_advisory_xact_lock on a key derived from the name (released at commit or rollback; False at once when
+    another worker's transaction holds it). SQLite: True, its write transaction excludes every other writer."""
+    if is_sqlite(db):
+        return True
+    key = zlib.crc32(f"rankforge idle task {name}".encode()) - 2**31  # a signed 32-bit key, stable across processes
+    return bool(db.scalar(select(func.pg_try_advisory_xact_lock(key))))
 
 
 def note_problem(db: Session, project_id: int, part: str, problem: str | None) -> None:
@@ -103,6 +117,8 @@ def tick(worker_id: str) -> list[int]:
             return []
     created = []
     with session_scope(write=True) as db:
+        if not run_alone(db, LOCK_NAME):
+            return []
         project_ids = db.scalars(select(Project.id).where(Project.status == ProjectStatus.active)
                                  .order_by(Project.id)).all()  # fmt: skip
         for project_id in project_ids:
