@@ -1,0 +1,161 @@
+"""Process reward models (kind prm): training on a stepwise snapshot with a planted bad step, the typed result, any
+local checkpoint as the base (a Llama with chat template and pad, a GPT-2 without either, a BERT encoder), and a
+PRM used as the outcome of score jobs and of GRPO/RLOO's reward_model reward (min or last step score)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import parsed, run_job, spec_for
+from trainer import prm
+from trainer.results import PRMResult, read_result
+from trainer.tiny import (
+    build_tiny_encoder,
+    build_tiny_gpt2,
+    build_tiny_policy,
+    train_tokenizer,
+    write_snapshot,
+)
+from trainer.tiny_steps import planted_stepwise, texts, trajectory
+
+pytestmark = pytest.mark.training
+
+LEARN = {"max_steps": 150, "learning_rate": 3e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
+         "bad_step_weight": 4.0}
+"""Enough for a tiny Llama to learn the test's planted task (a wrong argument answered by a tool error: a cue inside
+the step; bench/steps.py measures the harder task where the result looks plausible)."""
+
+
+@pytest.fixture(scope="module")
+def steps_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prm")
+    train, test = planted_stepwise(200, seed=1, failing=True), planted_stepwise(80, seed=2, failing=True)
+    tokenizer = train_tokenizer(texts(train + test), vocab_size=512)
+    snapshot = write_snapshot(root / "snapshot-steps", {"train": train, "test": test}, fmt="steps")
+    policy = build_tiny_policy(root / "policy", tokenizer, seed=0)
+    return {"root": root, "snapshot": snapshot, "policy": policy, "texts": texts(train + test), "test": test}
+
+
+@pytest.fixture(scope="module")
+def trained_prm(steps_world):
+    root = steps_world["root"]
+    out = root / "prm"
+    spec = spec_for("prm", out, base_model=str(steps_world["policy"]), dataset_path=str(steps_world["snapshot"]),
+                    params=LEARN)  # fmt: skip
+    result = run_job(root, spec, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.done["metrics"]
+
+
+def test_prm_learns_the_planted_bad_step(trained_prm):
+    out, metrics = trained_prm
+    chance = 1 - metrics["eval/bad_step_share"]  # calling every step good
+    assert metrics["eval/trajectories"] == 80
+    assert metrics["eval/step_accuracy"] >= chance + 0.05, metrics
+    assert metrics["eval/first_error_accuracy"] >= 0.7, metrics  # "no error anywhere" gets 0.5
+    assert metrics["eval/outcome_auroc"] >= 0.8, metrics
+
+    result = read_result(out)
+    assert isinstance(result, PRMResult) and result.model_kind == "prm"
+    assert result.step_accuracy == metrics["eval/step_accuracy"]
+    assert result.first_error_accuracy == metrics["eval/first_error_accuracy"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "prm" and manifest["job_kind"] == "prm"
+    assert prm.is_prm(out) and prm.prm_config(out)["step_separator"] == "\n\n"
+
+
+def test_score_job_with_a_prm_takes_the_min_or_last_step_score(tmp_path, trained_prm):
+    """Bad trajectories (a planted wrong argument) score below good ones; last differs from min where the bad
+    step is not the last one."""
+    import random
+
+    out, _ = trained_prm
+    rng = random.Random(7)
+    trajectories = [trajectory(rng, bad=i % 2 == 1, failing=True) for i in range(40)]
+    prompts = tmp_path / "prompts.jsonl"
+    with open(prompts, "w", encoding="utf-8") as handle:
+        for i, traj in enumerate(trajectories):
+            steps = "\n\n".join(prm.step_text(step) for step in _steps(traj))
+            handle.write(json.dumps({"prompt_id": i, "prompt": traj["prompt"][0]["content"],
+                                     "completions": [{"completion_id": i, "text": steps}]}) + "\n")  # fmt: skip
+    scores = {}
+    for how in ("min", "last"):
+        result = run_job(tmp_path, spec_for("score", tmp_path / f"scores-{how}", reward_model=str(out),
+                                            prompts_path=str(prompts), params={"prm_outcome": how}))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / f"scores-{how}" / "scores.jsonl").read_text().splitlines()]
+        scores[how] = {row["completion_id"]: row["score"] for row in rows}
+    bad = [i for i, t in enumerate(trajectories) if t["bad_step"] is not None]
+    good = [i for i, t in enumerate(trajectories) if t["bad_step"] is None]
+    assert prm.auroc([scores["min"][i] for i in good], [scores["min"][i] for i in bad]) >= 0.8
+    assert all(scores["min"][i] <= scores["last"][i] for i in scores["min"])
+    assert any(scores["min"][i] < scores["last"][i] for i in bad)
+
+
+def test_grpo_reward_model_reward_uses_a_prm(trained_prm):
+    from trainer.rewards import build_rewards
+    from trainer.rewards.reward_model import ProcessRewardModelReward
+
+    out, _ = trained_prm
+    rewards = build_rewards([{"name": "reward_model", "prm_outcome": "last"}], reward_model_path=str(out))
+    assert isinstance(rewards[0].func, ProcessRewardModelReward) and rewards[0].func.scorer.outcome == "last"
+    prompt = "Plan my trip to Oslo: check what I need before I go."
+    good = 'call: get_weather({"city": "Oslo"})\nresult: Oslo: 5 degrees, snow\n\nYour trip to Oslo is planned.'
+    as_messages = [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "Oslo: 5 degrees, snow"},
+        {"role": "assistant", "content": "Your trip to Oslo is planned."}]  # fmt: skip
+    values = rewards[0].func([prompt, prompt], [good, as_messages])
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    assert values[0] == pytest.approx(values[1], abs=1e-5)  # the same steps, as text or as messages
+    with pytest.raises(ValueError, match="prm_outcome"):
+        build_rewards([{"name": "reward_model", "prm_outcome": "min"}], reward_model_path=str(out.parent / "policy"))
+
+
+@pytest.mark.parametrize("build", [build_tiny_gpt2, build_tiny_encoder], ids=["gpt2-no-pad-no-template", "bert-encoder"])
+def test_prm_trains_from_other_architectures(tmp_path, steps_world, build):
+    """A decoder without pad token or chat template, and an encoder (its WordPiece drops the blank-line separator:
+    SEP stands in), train a few steps and score; long trajectories lose their last steps on the encoder's 128
+    positions rather than failing."""
+    base = build(tmp_path / "base", steps_world["texts"])
+    out = tmp_path / "prm"
+    result = run_job(tmp_path, spec_for("prm", out, base_model=str(base), dataset_path=str(steps_world["snapshot"]),
+                                        params={"max_steps": 3, "per_device_train_batch_size": 4}))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = result.done["metrics"]
+    assert metrics["eval/trajectories"] == 80 and 0.0 <= metrics["eval/step_accuracy"] <= 1.0
+    scorer = prm.ProcessRewardScorer(out)
+    rows = steps_world["test"][:3]
+    scores = scorer.step_scores([r["prompt"] for r in rows], ["\n\n".join(r["completions"]) for r in rows])
+    assert all(1 <= len(s) <= len(r["completions"]) for s, r in zip(scores, rows, strict=True))
+    if build is build_tiny_encoder:
+        assert scorer.sep == [scorer.tokenizer.sep_token_id]
+
+
+def test_encoding_puts_each_label_on_the_separator_end(steps_world):
+    from trainer.models import load_tokenizer
+
+    tokenizer = load_tokenizer(steps_world["policy"])
+    sep = prm.separator_ids(tokenizer, "\n\n")
+    row = {"prompt": "p", "completions": ["one", "two", "three"], "labels": [True, True, False]}
+    (encoded,), fit = prm.training_rows([row], tokenizer, sep, 512)
+    marked = [(i, label) for i, label in enumerate(encoded["labels"]) if label != prm.IGNORE]
+    assert [label for _, label in marked] == [1, 1, 0]
+    assert all(encoded["input_ids"][i - len(sep) + 1 : i + 1] == sep for i, _ in marked)
+    (last_only,), _ = prm.training_rows([row], tokenizer, sep, 512, last_step_only=True)
+    assert [label for label in last_only["labels"] if label != prm.IGNORE] == [0]
+    # too long: the prompt's start goes first, then the last steps with their labels
+    short = prm.encode_steps("a long prompt " * 20, ["one", "two", "three"], tokenizer, sep, 12, [True, True, False])
+    assert short.truncated and len(short.input_ids) <= 12 and 1 <= len(short.labels) < 3
+    with pytest.raises(ValueError, match="same length"):
+        prm.training_rows([{"prompt": "p", "completions": ["a"], "labels": []}], tokenizer, sep, 512)
+    assert parsed(spec_for("prm", Path("/tmp/x"), params={"step_separator": "\n"})).args.step_separator == "\n"
+
+
+def _steps(traj):
+    from trainer.tiny_steps import steps_of
+
+    return steps_of(traj)
