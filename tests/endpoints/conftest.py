@@ -7,7 +7,8 @@ The fault server decides by markers in the last user message: [429] (the first r
 (a 200 whose body is not JSON), [nousage] (an answer without usage), [slow] (answers after 0.2 s). A judge question (the default template) is
 answered by the rule "the response holding 'please' wins", as JSON when response_format asks for it, with
 log-probabilities when asked for them, and unparseably when the prompt holds [mumble]; a rubric question on the
-attribute "Brevity" by "the shorter response wins", on "Mumble" unparseably.
+attribute "Brevity" by "the shorter response wins", on "Mumble" unparseably. [nologprobs]: no log-probabilities
+even when asked; [coin]: every third answer to the same question goes the other way.
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def fault_app(state: FaultServer) -> FastAPI:
         if "Which response is better" in content:
             mumble = "[mumble]" in content or "Attribute: Mumble" in content
             label = "mumble mumble" if mumble else _judge_answer(content)
-            if body.get("logprobs") and label in ("A", "B"):
+            if "[coin]" in content and count % 3 == 2 and label in ("A", "B"):  # every third answer the other way
+                label = "B" if label == "A" else "A"
+            if body.get("logprobs") and label in ("A", "B") and "[nologprobs]" not in content:
                 other = "B" if label == "A" else "A"
                 logprobs = {"content": [{"token": label, "logprob": -0.105, "top_logprobs": [
                     {"token": label, "logprob": -0.105}, {"token": other, "logprob": -2.303}]}]}  # fmt: skip

@@ -126,6 +126,31 @@ def test_json_verdicts_and_sampled_agreement(client, world, fault_server):
     assert job["result"]["stored"] == 4 and job["result"]["metrics"]["judge/abstentions"] == 0
 
 
+def test_confidence_from_sampled_agreement_without_logprobs(client, world, fault_server):
+    """A server that returns no log-probabilities: each question is sampled `samples` times (temperature 1) and
+    P(first) is the share of answers preferring the first response; with logprobs one greedy answer does."""
+    rows = polite_rows(3)
+    for row in rows:
+        row["prompt"] += " [nologprobs] [coin]"
+    pid = setup_project(client, world, rows)
+    rate_politely(client, world["rater"], pid)
+    add_endpoint(client, world["engineer"], name="oracle-sampled", base_url=fault_server.url, model=fault_server.model)
+    fault_server.reset()
+    job = judge_job(client, world, pid, add_judge(client, world, pid, "sampled", "oracle-sampled", samples=3))
+    asked = fault_server.asked("Which response is better")
+    assert len(asked) == 3 * 2 * 3 and all(r["body"]["temperature"] == 1.0 for r in asked)
+    assert job["result"]["stored"] == 3
+
+    from app.db import session_scope
+    from app.models import AIVerdict
+
+    with session_scope() as db:
+        verdicts = db.query(AIVerdict).filter(AIVerdict.job_id == job["id"]).all()
+        # two of three answers follow the rule in each order: P(first) 2/3 or 1/3, P(polite wins) 2/3
+        assert sorted(round(p, 3) for v in verdicts for p in v.detail["p_first"]) == [0.333] * 3 + [0.667] * 3
+        assert [round(v.confidence, 3) for v in verdicts] == [0.667] * 3
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("A", 0), ("B", 1), (" B.", 1), ("Answer: A", 0), ("**B**", 1), ("(A)", 0), ('{"verdict": "B"}', 1),
     ("Response A", 0), ("a", None), ("A or B", None), ("I think A is better", None), ('{"verdict": "C"}', None),
