@@ -11,7 +11,9 @@ How votes aggregate (one `JudgmentVote` per rater; ``weight`` is the rater's rel
   A judgment that ranked a and b equal is a voter that backs neither direction: it counts in ``n_votes``
   and in the agreement denominator. ``agreement`` = weight of the majority / weight of all voters on the
   pair; ``margin`` = plain mean of the majority voters' margins (a float: the mean of integer margins is
-  not always an integer); ``weight`` = mean weight of the majority voters.
+  not always an integer); ``weight`` = mean weight of the majority voters. ``group_chosen`` /
+  ``group_rejected``: the rater groups (app.groups) whose votes favour each side, ``category``: the prompt's
+  metadata category (the reward-model audit, trainer.audit, reads accuracy by group and category from them).
 - **kto** (`kto_rows`): per judgment, the top group is desirable (True) and the bottom group undesirable
   (False); middle groups, and a ranking with a single group, abstain; a judgment flagged ``all_bad`` makes
   every option False. Per completion the weighted majority label wins (an exact tie gives no row);
@@ -108,6 +110,11 @@ class JudgedComparison:
     """The tools offered to the model in the conversation (the prompt's ``metadata.tools``, OpenAI's shape), if any."""
     scales: list[dict] = field(default_factory=list)
     """The project's attribute scales ``[{name, min, max}]`` (ratings rows have one column per scale)."""
+    rater_groups: dict[Any, list[str]] = field(default_factory=dict)
+    """rater id -> the rater's groups (``key=value``, app.groups); pairs rows then say which groups' votes favour
+    each side (``group_chosen``, ``group_rejected``: the reward-model audit's accuracy by rater group)."""
+    category: str | None = None
+    """The prompt's category (its metadata ``category``), if any; pairs rows carry it (the audit's by category)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,6 +199,19 @@ def _tools_column(jc: JudgedComparison) -> Row:
     return {"tools": json.dumps(jc.tools, ensure_ascii=False) if jc.tools else None}
 
 
+def _group_columns(jc: JudgedComparison, voters: list[JudgmentVote], pair_votes: list[tuple[int, int, float]],
+                   winner_direction: int) -> Row:  # fmt: skip
+    """``group_chosen`` / ``group_rejected``: the rater groups whose votes on this pair (weighted) favour the chosen /
+    the rejected answer (a group split evenly is in neither; empty without labelled raters); ``category``: the
+    prompt's (None without one). Every pairs row has the three columns, so JSONL and Parquet rows are the same."""
+    tally: dict[str, float] = defaultdict(float)
+    for vote, (direction, _, weight) in zip(voters, pair_votes, strict=True):
+        for group in jc.rater_groups.get(vote.rater_id, ()):
+            tally[group] += direction * winner_direction * (weight or 1e-12)
+    return {"group_chosen": sorted(g for g, v in tally.items() if v > 0),
+            "group_rejected": sorted(g for g, v in tally.items() if v < 0), "category": jc.category}
+
+
 def _keep(row: Row, min_agreement: float, min_votes: int) -> bool:
     return row["agreement"] >= min_agreement and row["n_votes"] >= min_votes
 
@@ -256,6 +276,7 @@ def pair_rows(
             "ai_confidence": _mean(ai) if (ai := [v.confidence for v in voters[(first, second)]
                                                   if v.source == "ai" and v.confidence is not None]) else None,
             **(_tools_column(jc) if conversational else {}),
+            **_group_columns(jc, voters[(first, second)], pair_votes, winner_direction),
         }  # fmt: skip
         if _keep(row, min_agreement, min_votes):
             yield row
@@ -593,7 +614,9 @@ def arrow_schema(export_format: str, *, conversational: bool = False, attributes
     columns = {
         "pairs": [("chosen", text), ("rejected", text), ("chosen_id", pa.int64()), ("rejected_id", pa.int64()),
                   ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("margin", pa.float64()),
-                  ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64())]
+                  ("edited", pa.bool_()), ("sources", pa.list_(pa.string())), ("ai_confidence", pa.float64()),
+                  ("group_chosen", pa.list_(pa.string())), ("group_rejected", pa.list_(pa.string())),
+                  ("category", pa.string())]
                  + ([("tools", pa.string())] if conversational else []),
         "kto": [("completion", text), ("label", pa.bool_()), ("completion_id", pa.int64()), ("model", pa.string())]
                + ([("turn", pa.int64()), ("conversation", pa.string()), ("tools", pa.string())] if conversational

@@ -146,6 +146,9 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
     weights = weights or {}
     ratings = spec.format == "ratings"
     scales = [{"name": a["name"], "min": a.get("min", 1), "max": a.get("max", 7)} for a in project.attributes or []]
+    rater_groups = {user_id: [f"{key}={value}" for key, value in sorted(labels.items())]
+                    for user_id, labels in db.execute(select(User.id, User.labels).where(User.labels.is_not(None)))
+                    if labels}  # fmt: skip
     connection = db.connection()
     # Options on the statement, not the connection: Connection.execution_options changes the connection itself.
     stream = connection.execute(_judgment_query(project, spec, db).execution_options(yield_per=5000))
@@ -157,10 +160,12 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
         in_range = (Comparison.project_id == project.id) & Comparison.id.between(first, last)
         comparisons = {
             cid: (prompt_id, json_loads(completion_ids), is_gold, json_loads(messages), is_chat,
-                  json_loads(tools) if tools and tools != "null" else None)
-            for cid, prompt_id, completion_ids, is_gold, messages, is_chat, tools in connection.execute(
+                  json_loads(tools) if tools and tools != "null" else None,
+                  json_loads(category) if category and category != "null" else None)
+            for cid, prompt_id, completion_ids, is_gold, messages, is_chat, tools, category in connection.execute(
                 select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold,
-                       _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]))
+                       _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]),
+                       _as_text(Prompt.meta["category"]))
                 .join(Prompt, Prompt.id == Comparison.prompt_id).where(in_range))
         }  # fmt: skip
         completions, continuations = {}, {}
@@ -192,7 +197,7 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
         for cid, judgments in batch.items():
             if cid in unsafe:
                 continue
-            prompt_id, completion_ids, is_gold, messages, is_chat, tools = comparisons[cid]
+            prompt_id, completion_ids, is_gold, messages, is_chat, tools, category = comparisons[cid]
             votes = [
                 JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
                              json_loads(flags) if flags and flags != "[]" else [], source, created_at,
@@ -211,6 +216,8 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
                 judgments=votes,
                 edits=[e for e in edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],
                 scales=scales,
+                rater_groups={v.rater_id: rater_groups[v.rater_id] for v in votes if v.rater_id in rater_groups},
+                category=category if isinstance(category, str) and category else None,
             )
 
     for row in stream:
