@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
+from markupsafe import Markup
 
 from app.auth.deps import AnyUser, DbSession
 from app.battles import service
@@ -27,7 +28,12 @@ def _context(db, project: Project, settings: BattleSettings, battle, user, *, er
         for turn in state["turns"]:
             for side in ("a", "b"):
                 text = turn[f"answer_{side}"]
-                turn[f"html_{side}"] = clipped_markdown(text)["html"] if text and turn["status"] != "streaming" else None
+                if not text or turn["status"] == "streaming":
+                    turn[f"html_{side}"] = None
+                elif text.strip():
+                    turn[f"html_{side}"] = clipped_markdown(text)["html"]
+                else:  # shown as nothing, a blank answer would look like one still coming
+                    turn[f"html_{side}"] = Markup('<p class="muted">(a blank answer: only white space)</p>')
     return {"project": project, "battle": state, "settings": settings, "error": error, "flash": flash,
             "verdict_labels": VERDICT_LABELS}  # fmt: skip
 
