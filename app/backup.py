@@ -7,7 +7,9 @@ A backup is a directory:
   database points at (dataset snapshots and model versions in the artifact store) file by file with its size
   and sha256.
 
-The artifact store itself (checkpoints can be gigabytes) is backed up with the data directory, not copied here:
+The artifact store itself (checkpoints can be gigabytes) is backed up with the data directory (or, for an object
+store named by RANKFORGE_ARTIFACT_STORE, by the store's own versioning or replication), not copied here; artifacts
+in an object store are listed from their store manifests (app.store), without downloading them:
 the manifest lets a restore check that the store it finds holds exactly the files the restored database
 expects. A restore verifies the dump's sha256 first, refuses a non-empty target database unless forced, loads
 the dump into RANKFORGE_DATABASE_URL, then verifies every listed artifact and reports what is missing or changed.
@@ -28,6 +30,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from app.errors import BackupError
+from app.store import ArtifactNotFound, StoreError, is_url, open_location
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -108,6 +111,9 @@ def list_artifacts(engine: sa.Engine, data_dir: Path) -> list[dict]:
     """Every file of every artifact the database points at, with size and sha256."""
     out = []
     for kind, artifact_id, stored in _artifact_paths(engine):
+        if is_url(stored):  # in an object store: its store manifest lists the files (nothing is downloaded)
+            out.append(_stored_artifact(kind, artifact_id, stored))
+            continue
         root = Path(stored)
         entry: dict = {"kind": kind, "id": artifact_id, "path": _relative(root, data_dir), "files": []}
         if not root.exists():
@@ -119,6 +125,20 @@ def list_artifacts(engine: sa.Engine, data_dir: Path) -> list[dict]:
                                        "sha256": sha256_file(file)})  # fmt: skip
         out.append(entry)
     return out
+
+
+def _stored_artifact(kind: str, artifact_id: int, location: str) -> dict:
+    """An artifact in an object store (app.store), its files as its store manifest lists them, by location."""
+    entry: dict = {"kind": kind, "id": artifact_id, "path": location, "files": []}
+    try:
+        manifest = open_location(location).manifest()
+    except (ArtifactNotFound, StoreError):
+        entry["missing"] = True
+        return entry
+    entry["sha256"] = manifest["sha256"]
+    entry["files"] = [{"path": f"{location}/{name}", "size": info["bytes"], "sha256": info["sha256"]}
+                      for name, info in sorted(manifest["files"].items())]  # fmt: skip
+    return entry
 
 
 @dataclass
@@ -135,6 +155,25 @@ class ArtifactCheck:
 def verify_artifacts(manifest: dict, data_dir: Path) -> ArtifactCheck:
     check = ArtifactCheck()
     for artifact in manifest.get("artifacts", []):
+        if is_url(artifact["path"]):  # an object store's artifact: its store manifest now, and each object's size
+            # (a HEAD request each; the content's sha256 is checked whenever a machine downloads it: app.store)
+            stored = open_location(artifact["path"])
+            try:
+                now = stored.manifest()["files"]
+            except (ArtifactNotFound, StoreError):
+                now = {}
+            for file in artifact["files"]:
+                check.checked += 1
+                name = file["path"].removeprefix(artifact["path"] + "/")
+                try:
+                    size = stored.fs.info(f"{stored.path.rstrip('/')}/{name}")["size"] if name in now else None
+                except FileNotFoundError:
+                    size = None
+                if size is None:
+                    check.missing.append(file["path"])
+                elif (size, now[name]["sha256"]) != (file["size"], file["sha256"]):
+                    check.changed.append(file["path"])
+            continue
         for file in artifact["files"]:
             check.checked += 1
             path = _resolve(file["path"], data_dir)

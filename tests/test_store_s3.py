@@ -168,6 +168,24 @@ def test_snapshot_from_web_trained_by_another_worker_and_model_downloaded(client
     escape = client.get(f"/api/v1/models/{version_id}/files/..%2F{STORE_MANIFEST}", headers=engineer["headers"])
     assert escape.status_code == 404
 
+    # a backup lists the store's artifacts from their manifests, and its check finds an object that went missing
+    import s3fs
+    import sqlalchemy as sa
+
+    from app.backup import list_artifacts, verify_artifacts
+
+    engine = sa.create_engine(db_url)
+    listed = list_artifacts(engine, Path(os.environ["RANKFORGE_DATA_DIR"]))
+    engine.dispose()
+    in_store = [a for a in listed if a["path"].startswith(s3_store["url"])]
+    assert {a["kind"] for a in in_store} == {"dataset", "model"} and not any(a.get("missing") for a in in_store)
+    assert verify_artifacts({"artifacts": listed}, Path(os.environ["RANKFORGE_DATA_DIR"])).ok
+    victim = next(a for a in in_store if a["path"] == version.path)["files"][0]["path"]
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().rm(victim.removeprefix("s3://"))
+    check = verify_artifacts({"artifacts": listed}, Path(os.environ["RANKFORGE_DATA_DIR"]))
+    assert check.missing == [victim] and not check.changed
+
     # a store that refuses the write (a bucket that does not exist): the job fails with the store's message,
     # and no version is registered
     job2 = client.post("/api/v1/jobs", headers=engineer["headers"],
