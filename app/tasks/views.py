@@ -12,6 +12,9 @@ from app.conversation_view import continuation_of, is_conversation, message_view
 from app.models import Assignment, Completion, Prompt
 from app.web import CLIP_CHARS, LABELS, clipped_markdown  # noqa: F401 - CLIP_CHARS: read by callers
 
+TRAJECTORY_STEPS = 2
+"""A continuation with this many tool-calling assistant turns is shown as numbered agent steps."""
+
 
 def _load(db: Session, assignment: Assignment) -> tuple[Prompt, list[Completion]]:
     """The prompt and the completions in display order, in one query (the completions name their prompt)."""
@@ -66,6 +69,9 @@ def task_html_context(db: Session, assignment: Assignment) -> dict:
         context["history"] = message_views(prompt.messages, "prompt")
         for option in context["options"]:
             option["messages"] = message_views(continuations[option["id"]], f"option-{option['id']}")
+        # Whole agent runs (several tool-calling steps) show as numbered steps.
+        context["trajectory"] = any(sum(1 for m in c if m.get("tool_calls")) >= TRAJECTORY_STEPS
+                                    for c in continuations.values())  # fmt: skip
     return context
 
 

@@ -113,10 +113,13 @@ def test_a_long_conversation_fits_one_screen_with_tool_calls(page, api, users):
     # is cut with "Show all".
     page.keyboard.press("h")
     assert page.locator("#earlier-turns").get_attribute("open") is not None
-    first_tool = page.locator("#earlier-turns .turn-collapsed.turn-tool").first
+    first_tool = page.locator("#earlier-turns .turn-collapsed.collapsed-tool").first
     first_tool.locator(":scope > summary").click()
     first_tool.locator(".tool-result > summary").click()
     assert first_tool.locator("[data-action=show-all]").is_visible()
+    first_tool.locator("[data-action=show-all]").click()  # the whole result, fetched
+    first_tool.locator(".full-text").wait_for()
+    assert '"F039"' in first_tool.locator(".full-text").inner_text()
     screenshot(page, "conversation-earlier-open")
     if SHOTS:
         page.screenshot(path=os.path.join(SHOTS, "issue-24-conversation-earlier-turns-open.png"))
@@ -152,6 +155,36 @@ def test_a_verdict_key_before_the_answers_were_shown_stores_nothing(page, api, u
     page.locator("#judgment-form .option").last.scroll_into_view_if_needed()
     page.wait_for_function("() => !document.getElementById('judgment-form').classList.contains('is-unseen')")
     assert page.locator("#seen-note").is_hidden()
+    page.keyboard.press("2")
+    page.wait_for_selector(".empty-queue", timeout=10_000)
+    assert judgments(api, admin, project) == 1
+
+
+def test_whole_trajectories_compare_as_numbered_steps_on_one_screen(page, api, users):
+    from tests.imports.test_conversations import swe_traj
+
+    admin = users.create("admin", "admin")
+    rater = users.create("rater", "annotator")
+    project = make_project(api, admin, name="Trajectories e2e", mode="pairwise", allow_ties=True)
+    runs = [swe_traj(["ls -F", "open src/fields.py 1474", "edit 1475:1475", "python reproduce.py", "submit"]),
+            swe_traj(["find_file fields.py", "submit"], exit_status="exit_cost")]  # fmt: skip
+    data = "".join(json.dumps(run) + "\n" for run in runs).encode()
+    response = import_lines(api, admin, project["id"], data, fmt="swe-agent")
+    assert response.status_code == 200, response.text
+    page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
+    login(page, rater, next_path=f"/projects/{project['id']}/annotate")
+    page.wait_for_selector("#judgment-form.is-conversation")
+    page.evaluate("() => document.body.offsetHeight")
+    steps = [page.locator(f"#option-{i} .step").count()
+             for i in json.loads(page.locator("#judgment-form").get_attribute("data-option-ids"))]  # fmt: skip
+    assert sorted(steps) == [3, 6]  # each action with its observation, then the outcome
+    assert "ISSUE: fields.TimeDelta" in page.locator(".last-user-turn").inner_text()
+    bar = box(page, "#judgment-form .decision")
+    for option in page.locator("#judgment-form .option").all():
+        b = option.bounding_box()
+        assert inside(b) and b["y"] + b["height"] <= bar["y"] + 0.5, (b, bar)
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "issue-24-trajectory-rating-1280x800.png"))
     page.keyboard.press("2")
     page.wait_for_selector(".empty-queue", timeout=10_000)
     assert judgments(api, admin, project) == 1
