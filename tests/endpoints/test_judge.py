@@ -151,6 +151,20 @@ def test_confidence_from_sampled_agreement_without_logprobs(client, world, fault
         assert [round(v.confidence, 3) for v in verdicts] == [0.667] * 3
 
 
+def test_a_judge_endpoint_failing_mid_job_abstains_on_those_comparisons_only(client, world, fault_server, fast_retries):
+    """Requests that still fail after the retries are abstentions with their reason; the rest are judged."""
+    rows = polite_rows(4)
+    rows[0]["prompt"] += " [500]"
+    pid = setup_project(client, world, rows)
+    rate_politely(client, world["rater"], pid)
+    add_endpoint(client, world["engineer"], name="oracle-failing", base_url=fault_server.url, model=fault_server.model)
+    job = judge_job(client, world, pid, add_judge(client, world, pid, "failing", "oracle-failing"))
+    result = job["result"]
+    assert result["stored"] == 3 and result["metrics"]["judge/failed_questions"] == 2
+    assert [a["reason"].split(":")[0] for a in result["abstentions"]] == ["request failed"]
+    assert "HTTP 500" in result["abstentions"][0]["reason"]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("A", 0), ("B", 1), (" B.", 1), ("Answer: A", 0), ("**B**", 1), ("(A)", 0), ('{"verdict": "B"}', 1),
     ("Response A", 0), ("a", None), ("A or B", None), ("I think A is better", None), ('{"verdict": "C"}', None),

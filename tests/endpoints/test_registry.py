@@ -82,6 +82,38 @@ def test_raters_never_see_endpoints(client, staff, served):
     for path in ("/api/v1/endpoints", "/api/v1/endpoints/tiny-served", "/api/v1/models"):
         assert client.get(path, headers=rater).status_code == 403
     assert client.patch("/api/v1/endpoints/tiny-served", json={"max_concurrency": 1}, headers=rater).status_code == 403
+    assert client.post("/api/v1/endpoints/serve", json={"version": "tiny-served"}, headers=rater).status_code == 403
+    version_id = client.get("/api/v1/endpoints/tiny-served", headers=staff["admin"]["headers"]).json()["id"]
+    for page in ("/models/endpoints", f"/models/{version_id}", "/models"):  # the pages naming them are staff-only
+        response = client.get(page, headers=rater)
+        assert response.status_code == 403 and "tiny-served" not in response.text, page
+
+
+@pytest.mark.parametrize(("url", "refused"), [
+    ("http://169.254.169.254", True), ("http://[fe80::1]:8000", True), ("http://[fd00:ec2::254]", True),
+    ("http://[::ffff:169.254.169.254]", True), ("http://10.0.0.5:8000", False), ("http://127.0.0.1:1", False),
+    ("http://[::1]:8000", False), ("http://192.168.1.7", False),
+])  # fmt: skip
+@pytest.mark.only_db("sqlite")
+def test_link_local_addresses_are_refused_unless_the_environment_allows_them(url, refused, monkeypatch, db_url):
+    """Private and loopback addresses are allowed (a vLLM server beside the worker); link-local ones, where cloud
+    metadata services answer (IPv4, IPv6, AWS's IPv6 one, IPv4-mapped), only with RANKFORGE_ENDPOINTS_ALLOW_LINK_LOCAL."""
+    from app.config import get_settings
+    from app.errors import EndpointError
+    from app.registry.endpoints import check_address
+
+    if refused:
+        with pytest.raises(EndpointError, match="RANKFORGE_ENDPOINTS_ALLOW_LINK_LOCAL"):
+            check_address(url)
+    else:
+        check_address(url)
+    monkeypatch.setenv("RANKFORGE_ENDPOINTS_ALLOW_LINK_LOCAL", "true")
+    get_settings.cache_clear()
+    try:
+        check_address(url)  # allowed by the environment
+    finally:
+        monkeypatch.delenv("RANKFORGE_ENDPOINTS_ALLOW_LINK_LOCAL")
+        get_settings.cache_clear()
 
 
 def test_training_refuses_an_endpoint_as_its_base(client, staff, served):
