@@ -136,6 +136,7 @@ def test_reward_job_runs_on_ray_with_its_curves_on_the_job_page(client, world, o
     assert "<polyline" in text and submission in text  # the curves, and the log line naming the Ray job
 
 
+@pytest.mark.only_db("sqlite")  # the launcher is the same for both databases: the reward test runs on both
 def test_generate_job_runs_on_ray(client, world, on_ray, db):  # noqa: F811 - fixture
     from sqlalchemy import select
 
