@@ -125,6 +125,7 @@ def test_snapshot_from_web_trained_by_another_worker_and_model_downloaded(client
     with session_scope() as db:
         row = db.get(DatasetSnapshot, snapshot["id"])
         assert row.status == "ready" and row.path.startswith(s3_store["url"] + "/datasets/"), (row.status, row.path)
+        snapshot_location = row.path
     served = client.get(f"/api/v1/datasets/{snapshot['id']}/files/train.jsonl", headers=engineer["headers"])
     assert served.status_code == 200 and served.content.count(b"\n") >= 1
 
@@ -141,9 +142,18 @@ def test_snapshot_from_web_trained_by_another_worker_and_model_downloaded(client
     with session_scope() as db:
         version = db.get(ModelVersion, version_id)
         assert version.path.startswith(s3_store["url"] + "/models/"), version.path
+        from app.models import Job
+
+        base = db.get(ModelVersion, db.get(Job, job["id"]).base_model_id)
+        wanted = {open_location(base.path).manifest()["sha256"], open_location(snapshot_location).manifest()["sha256"]}
+        log_tail = db.get(Job, job["id"]).log_tail or ""
     # the other worker read the snapshot and the base model through its own cache, keyed by content hash
     cached = {p.name for p in (other_dir / "cache" / "artifacts").iterdir() if not p.name.startswith(".")}
-    assert len(cached) >= 2, cached
+    assert wanted <= cached, (wanted, cached)
+    # and archived the job's directory to the store once the job ended
+    archived = log_tail.rsplit("job files: ", 1)[-1].split()[0] if "job files: " in log_tail else None
+    assert archived and archived.startswith(s3_store["url"] + f"/jobs/{job['id']}/"), log_tail[-500:]
+    assert "spec.json" in open_location(archived).manifest()["files"]
 
     listing = client.get(f"/api/v1/models/{version_id}/files", headers=engineer["headers"])
     assert listing.status_code == 200, listing.text

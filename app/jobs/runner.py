@@ -106,7 +106,32 @@ def run_one(worker_id: str, handlers: Mapping[str, Handler]) -> int | None:
     finally:
         beat.stopped.set()
         beat.join(timeout=5)
+    archive_job_dir(job_id)
     return job_id
+
+
+def archive_job_dir(job_id: int) -> str | None:
+    """With an object store (app.store), the job's directory on this machine (spec, inputs, logs, outputs not
+    published elsewhere) goes to the store as `jobs/<id>/<hex>` once the job has ended, so it outlives the worker's
+    machine; the job's log names the location. Best effort: a store error is logged, the job's outcome stands.
+    A local store keeps the directory where it is (it is the store)."""
+    import secrets
+
+    from app.store import get_store
+
+    store = get_store()
+    work = store.data_dir / "jobs" / str(job_id)
+    if store.local or not work.is_dir():
+        return None
+    location = store.location("jobs", str(job_id), secrets.token_hex(4))
+    try:
+        store.publish(work, location)
+    except Exception as error:  # noqa: BLE001 - the job has ended; its files stay on this machine
+        log.warning("job %s: its directory was not archived to the artifact store: %s", job_id, error)
+        return None
+    with session_scope(write=True) as db:
+        service.append_log(db, job_id, f"\njob files: {location}\n")
+    return location
 
 
 def run_loop(handlers: Mapping[str, Handler], idle_tasks: Sequence[IdleTask] = (), *, once: bool = False,
