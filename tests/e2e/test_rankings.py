@@ -71,6 +71,12 @@ def test_leaderboard_rankings_and_group_filter(page, users, db_url, api, live_se
     # Raw: wordy wins 9 of 12 (75%); weighted 3:1, wordy's share is 0.75 * 0.5 + 0.25 * 1 = 0.625: still first.
     assert post.nth(0).locator(".model-name").inner_text() == "wordy"
     screenshot(page, "issue-26-leaderboard-post-stratified")
+    # Agreement by group on the dashboard (one vote per comparison here: no alpha yet, but the group's figures).
+    page.goto(f"/projects/{project_id}/dashboard")
+    groups = page.locator("#group-agreement tbody tr")
+    assert groups.count() == 2 and "expertise=medicine" in groups.nth(0).inner_text()
+    page.locator("#group-agreement").scroll_into_view_if_needed()
+    screenshot(page, "issue-26-dashboard-group-agreement")
 
 
 @pytest.mark.only_db("sqlite")
