@@ -54,9 +54,10 @@ def judges_page(project_ref: str, request: Request, db: DbSession, principal: St
 
 @router.post("/projects/{project_ref}/judges/new")
 def new_judge(project_ref: str, db: DbSession, principal: Staff, name: str = Form(...), method: str = Form(...),
-              model: str = Form("")):  # fmt: skip
+              model: str = Form(""), rubric: bool = Form(False)):  # fmt: skip
     project = get_project(db, project_ref)
-    service.create_judge(db, project, name[:100], method, model or None, {}, principal.user)
+    service.create_judge(db, project, name[:100], method, model or None, {"rubric": True} if rubric else {},
+                         principal.user)  # fmt: skip
     return RedirectResponse(f"/projects/{project.id}/judges", status_code=303)
 
 

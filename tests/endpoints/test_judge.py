@@ -254,6 +254,15 @@ def test_rubric_judging_per_attribute(client, world, fault_server):
     assert figure["attributes"]["mumble"] == {"verdicts": 0, "abstentions": 4, "compared": 0, "accuracy": None}
     page = client.get(f"/projects/{pid}/judges", headers=world["engineer"]["headers"]).text
     assert 'id="judge-rubric"' in page and "brevity" in page
+    # the judges page's form makes a rubric judge too
+    from tests.auth.test_auth import form_csrf, login
+
+    assert login(client, "eve", world["engineer"]["password"]).status_code in (302, 303)
+    form = {"csrf_token": form_csrf(client.get(f"/projects/{pid}/judges").text), "name": "from-the-page",
+            "method": "generative", "model": "rubric-oracle", "rubric": "true"}  # fmt: skip
+    assert client.post(f"/projects/{pid}/judges/new", data=form, follow_redirects=False).status_code == 303
+    judges = client.get(f"/api/v1/projects/{pid}/judges", headers=world["engineer"]["headers"]).json()["judges"]
+    assert next(j for j in judges if j["name"] == "from-the-page")["params"] == {"rubric": True}
 
     # rubric judging needs an endpoint judge and a project with attribute scales
     plain = make_project(client, world["admin"], name="Plain")
