@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer import progress
+from trainer.audit import reward_audit, write_audit
 from trainer.data import has_split, read_rows, read_training_rows, require_format
 from trainer.encoding import effective_max_length, encode_sequence
 from trainer.models import (
@@ -131,10 +132,25 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / math.sqrt(sxx * syy)
 
 
-def evaluate(model, tokenizer, rows, names, centers, halves, *, batch_size, max_length, device) -> dict[str, Any]:
-    """Held-out RMSE and correlation per attribute, and preference accuracy of the preference head."""
+def audit_pairs(rows, outputs, coefficients: list[float], split: str) -> dict[str, Any]:
+    """The reward-model audit (trainer.audit) of the folded scalar every consumer reads, sum_k coefficient_k *
+    head_k, on the preference pairs of `rows` (the prompt's category where rows carry one)."""
+    scalar = [sum(c * float(outputs[i, k]) for k, c in enumerate(coefficients)) for i in range(len(rows))]
+    pairs = preference_pairs(rows)
+    pair_rows = [{"chosen": rows[i]["completion"], "rejected": rows[j]["completion"], "category": rows[i].get("category")}
+                 for i, j in pairs]  # fmt: skip
+    return reward_audit(pair_rows, [scalar[i] for i, _ in pairs], [scalar[j] for _, j in pairs], split=split)
+
+
+def evaluate(model, tokenizer, rows, names, centers, halves, *, batch_size, max_length, device,
+             coefficients: list[float] | None = None, out_dir: Path | None = None, split: str = "test",
+             ) -> dict[str, Any]:  # fmt: skip
+    """Held-out RMSE and correlation per attribute, and preference accuracy of the preference head; with
+    `coefficients` and `out_dir`, the audit of the folded scalar written there (trainer.audit)."""
     sequences = [encode_sequence(r["prompt"], r["completion"], tokenizer, max_length) for r in rows]
     outputs = predict(model, sequences, tokenizer.pad_token_id, device, batch_size)
+    if coefficients is not None and out_dir is not None:
+        write_audit(audit_pairs(rows, outputs, coefficients, split), out_dir)
     metrics: dict[str, Any] = {"eval/rows": len(rows)}
     for k, name in enumerate(names):
         seen = [(centers[k] + halves[k] * float(outputs[i, k]), float(r[name]))
@@ -246,8 +262,13 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     if args.eval_split and has_split(dataset_path, args.eval_split):
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")
         metrics.update(evaluate(model, tokenizer, read_rows(dataset_path, args.eval_split), names, centers, halves,
-                                batch_size=args.per_device_eval_batch_size, max_length=max_length, device=device))  # fmt: skip
+                                batch_size=args.per_device_eval_batch_size, max_length=max_length, device=device,
+                                coefficients=coefficients, out_dir=out_dir, split=args.eval_split))  # fmt: skip
         progress.metrics(steps, {k: v for k, v in metrics.items() if k.startswith("eval/") and v is not None})
+    else:  # no held-out split: the audit reads the training rows (and says so)
+        sequences = [encode_sequence(r["prompt"], r["completion"], tokenizer, max_length) for r in rows]
+        outputs = predict(model, sequences, tokenizer.pad_token_id, device, args.per_device_eval_batch_size)
+        write_audit(audit_pairs(rows, outputs, coefficients, "train"), out_dir)
 
     progress.progress(0.95, "saving the reward model")
     model.to("cpu")

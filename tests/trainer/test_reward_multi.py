@@ -43,6 +43,9 @@ def test_heads_learn_planted_attributes_and_the_scalar_follows_the_weights(tmp_p
     assert metrics["eval/helpful/rmse"] < 1.2 and metrics["eval/verbose/rmse"] < 1.0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "reward" and manifest["job_kind"] == "reward_multi"
+    # The audit (issue 26) of the folded scalar, on the held-out preference pairs.
+    assert manifest["audit"]["split"] == "test" and manifest["audit"]["pairs"] == metrics["eval/pairs"]
+    assert "## Reward-model audit" in (out / "README.md").read_text()
 
     # The output is an ordinary one-label reward model whose score is the weighted sum of the heads.
     tokenizer = load_tokenizer(out)
