@@ -178,6 +178,19 @@ def test_reward_job_on_ray_through_an_s3_store(client, world, on_ray, ray_head, 
     assert steps and "<polyline" in page(client, world, queued["id"])
 
 
+@pytest.mark.only_db("sqlite")
+def test_a_failing_trainer_on_ray_fails_the_job_with_its_reason(client, world, on_ray, monkeypatch):  # noqa: F811 - fixture
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    monkeypatch.setenv("RANKFORGE_TRAINER_FAIL_AT", "before_rename")  # the trainer's own fault hook (trainer.run)
+    queued = start(client, world, "reward", params=FAST | {"launcher": "ray"})
+    assert run_one("w1") == queued["id"]
+    failed = job(client, world, queued["id"])
+    assert failed["status"] == "failed" and "forced failure before rename" in failed["error"], failed["error"]
+    assert failed["result"] is None or not failed["result"].get("model_version_id")
+    assert JobSubmissionClient(on_ray).get_job_status(ray_submission(queued["id"])) == JobStatus.FAILED
+
+
 def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  # noqa: F811 - fixture
     queued = start(client, world, "reward", params=LONG | {"launcher": "ray"})
     worker = threading.Thread(target=run_one, args=("w1",), daemon=True)
