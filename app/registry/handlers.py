@@ -76,7 +76,7 @@ def run_serve_job(ctx: JobContext) -> dict:
                 register_served(db, name=name, url=url, model=path, project_id=project_id, job_id=ctx.job_id)
             except RankforgeError as error:
                 raise JobFailed(str(error.detail)) from error
-        ctx.progress(0.5, f"serving {name} at {url}")
+        ctx.progress(0.0, f"serving {name} at {url}")  # no fraction: it serves until stopped (no ETA)
         ctx.log(f"serving {name} at {url}; cancel the job to stop the server\n")
         while not ctx.cancel_event.wait(1.0):
             if child.poll() is not None:
