@@ -29,13 +29,13 @@ USERS = {
 PROJECT_PAGES_FOR_STAFF = [
     "/projects/P", "/projects/P/annotate", "/projects/P/dashboard", "/projects/P/leaderboard", "/projects/P/rounds",
     "/projects/P/train", "/projects/P/judges", "/projects/P/ai-review", "/projects/P/verifier", "/projects/P/edits",
-    "/projects/P/practice", "/projects/P/pay", "/projects/P/comparisons/N",
+    "/projects/P/practice", "/projects/P/pay", "/projects/P/comparisons/N", "/projects/P/battle",
 ]  # fmt: skip
 ENGINEER_PAGES = ["/projects", *PROJECT_PAGES_FOR_STAFF, "/datasets", "/datasets/N", "/jobs", "/jobs/N", "/models"]
 ROLE_PAGES = {
     "admin": [*ENGINEER_PAGES, "/projects/new", "/projects/P/members", "/admin/users", "/admin/audit", "/webhooks"],
     "engineer": ENGINEER_PAGES,
-    "annotator": ["/projects", "/projects/P/annotate", "/projects/P/ai-review", "/projects/P/verifier"],
+    "annotator": ["/projects", "/projects/P/annotate", "/projects/P/ai-review", "/projects/P/verifier", "/projects/P/battle"],
 }
 NOT_A_PAGE = re.compile(r"^/(api/|static/|docs|redoc|openapi|logout|metrics|healthz)|/files/|/full/")
 """Links the crawl does not follow: the JSON API and its docs, downloads, log out, text fragments."""
