@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import queue
 import secrets
@@ -56,6 +57,9 @@ RESOURCE_PARAMS = {
 }
 """Job params of the Ray launcher, passed to JobSubmissionClient.submit_job under the same names."""
 METADATA_KEY = "rankforge_job_id"
+INSTANCE_KEY = "rankforge_instance"
+"""With METADATA_KEY on every Ray job: which Rankforge (its database) the job id belongs to, so a retry never
+stops another deployment's Ray job of the same id on a shared cluster."""
 STOP_WAIT_SECONDS = 30.0
 """How long a cancel waits for the stopped Ray job to end (Ray sends SIGTERM, then SIGKILL after its own grace)."""
 PASSED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_ENDPOINT")
@@ -114,11 +118,19 @@ def _client(address: str):
         raise JobFailed(f"The Ray cluster at {address} is unreachable: {error}") from error
 
 
+def job_metadata(job_id: int) -> dict[str, str]:
+    """The metadata that marks a Ray job as this Rankforge's job `job_id` (the instance: a hash of the database
+    URL, never the URL itself)."""
+    instance = hashlib.sha256(get_settings().database_url.encode()).hexdigest()[:16]
+    return {METADATA_KEY: str(job_id), INSTANCE_KEY: instance}
+
+
 def stop_earlier_attempts(client, job_id: int) -> list[str]:
     """Stop the Ray jobs an earlier attempt of this job left running (its worker died); their submission ids."""
-    stopped = []
+    stopped, mine = [], job_metadata(job_id)
     for info in client.list_jobs():
-        if (info.metadata or {}).get(METADATA_KEY) == str(job_id) and not info.status.is_terminal():
+        metadata = info.metadata or {}
+        if all(metadata.get(k) == v for k, v in mine.items()) and not info.status.is_terminal():
             with contextlib.suppress(Exception):
                 client.stop_job(info.submission_id)
                 stopped.append(info.submission_id)
@@ -184,7 +196,7 @@ def run_ray_child(ctx, command: list[str], work: Path, resources: dict) -> dict:
         resources = {k: v for k, v in resources.items() if k in RESOURCE_PARAMS and v is not None}
         env = ray_env("accelerate.commands.launch" in command, resources)
         client.submit_job(entrypoint=shlex.join(command), submission_id=submission_id,
-                          runtime_env={"env_vars": env}, metadata={METADATA_KEY: str(ctx.job_id)}, **resources)  # fmt: skip
+                          runtime_env={"env_vars": env}, metadata=job_metadata(ctx.job_id), **resources)  # fmt: skip
     except JobFailed:
         raise
     except Exception as error:  # noqa: BLE001 - the cluster refused the submission (or went away)

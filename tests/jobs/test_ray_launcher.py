@@ -258,16 +258,17 @@ def test_a_retry_stops_the_ray_job_an_earlier_attempt_left_running(on_ray):
     """A worker killed mid-job cannot stop its Ray job; the job's next attempt does, found by its metadata."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from app.jobs.ray_launch import METADATA_KEY, stop_earlier_attempts
+    from app.jobs.ray_launch import INSTANCE_KEY, job_metadata, stop_earlier_attempts
 
     client = JobSubmissionClient(on_ray)
-    orphan = client.submit_job(entrypoint="sleep 300", metadata={METADATA_KEY: "424242"})
-    other = client.submit_job(entrypoint="sleep 300", metadata={METADATA_KEY: "7"})
+    orphan = client.submit_job(entrypoint="sleep 300", metadata=job_metadata(424242))
+    # the same job id of another Rankforge (another database) on the same cluster
+    other = client.submit_job(entrypoint="sleep 300", metadata=job_metadata(424242) | {INSTANCE_KEY: "another"})
     try:
         wait_for(lambda: client.get_job_status(orphan) == JobStatus.RUNNING, timeout=120, every=0.5)
         assert stop_earlier_attempts(client, 424242) == [orphan]
         wait_for(lambda: client.get_job_status(orphan).is_terminal(), timeout=120, every=0.5)
         assert client.get_job_status(orphan) == JobStatus.STOPPED
-        assert not client.get_job_status(other).is_terminal()  # another job's Ray job is left alone
+        assert not client.get_job_status(other).is_terminal()  # another deployment's Ray job is left alone
     finally:
         client.stop_job(other)
