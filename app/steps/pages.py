@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.auth.deps import AnyUser
+from app.auth.deps import Admin, AnyUser, DbSession
 from app.conversation_view import message_views
 from app.conversation_view import steps as conversation_steps
 from app.errors import RankforgeError
@@ -72,7 +72,7 @@ def steps_page(project_ref: str, request: Request, principal: AnyUser, trajector
                 chosen = service.load_trajectory(db, project, completion_id)
             except RankforgeError as error:
                 return _page(request, db, project, principal.user, error=error.detail, status_code=error.status_code)
-        flash = {"labels": "Saved.", "again": "Already saved: your first labels stand.",
+        flash = {"labels": "Saved.", "again": "Already saved: your first labels stand.", "tags": "Failure tags saved.",
                  "branch": "Branch started: label the rewritten trajectory."}.get(saved or "")  # fmt: skip
         return _page(request, db, project, principal.user, chosen, flash=flash)
 
@@ -151,3 +151,13 @@ def _branch(project_ref, completion_id, request, principal, form):
         db.commit()
         return RedirectResponse(f"/projects/{project.slug}/steps?trajectory={completion.id}&saved=branch",
                                 status_code=303)  # fmt: skip
+
+
+@router.post("/projects/{project_ref}/step-tags")
+def step_tags_page(project_ref: str, db: DbSession, principal: Admin, tags: str = Form("", max_length=5_000)):
+    """The project's failure tags, one a line (admins)."""
+    from app.projects.service import get_project
+
+    project = get_project(db, project_ref)
+    service.set_step_tags(db, project, tags.splitlines(), principal.user)
+    return RedirectResponse(f"/projects/{project.slug}/steps?saved=tags", status_code=303)

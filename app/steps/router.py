@@ -6,14 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from app.api import PageAll
-from app.audit import audit
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
-from app.errors import Forbidden, Unprocessable
+from app.errors import Forbidden
 from app.limits import Id
 from app.models import Role
 from app.projects.service import get_project, get_visible_project, may_rate
 from app.steps import service
-from app.steps.labels import MAX_TAG_CHARS, project_tags
+from app.steps.labels import project_tags
 from app.steps.schemas import (
     BranchIn,
     StepJudgmentOut,
@@ -99,10 +98,4 @@ def void_step_labels(project_ref: str, judgment_id: Id, db: DbSession, principal
 @router.put("/projects/{project_ref}/step-tags", response_model=StepTagsOut)
 def set_step_tags(project_ref: str, body: StepTagsIn, db: DbSession, principal: Admin):
     """The project's failure tags for step labels (an empty list: no tags)."""
-    project = get_project(db, project_ref)
-    tags = list(dict.fromkeys(tag.strip() for tag in body.tags))
-    if any(not tag or len(tag) > MAX_TAG_CHARS for tag in tags):
-        raise Unprocessable(f"A tag must be 1 to {MAX_TAG_CHARS} characters.")
-    project.step_tags = tags
-    audit(db, principal.user, "project.step_tags", "project", project.id)
-    return {"tags": tags}
+    return {"tags": service.set_step_tags(db, get_project(db, project_ref), body.tags, principal.user)}

@@ -152,6 +152,18 @@ def branch(db: Session, project: Project, rater: User, completion_id: int, step:
     return completion
 
 
+def set_step_tags(db: Session, project: Project, tags: list[str], actor: User | None) -> list[str]:
+    """The project's failure tags (stripped, repeats dropped; an empty list: no tags)."""
+    from app.steps.labels import MAX_TAG_CHARS, MAX_TAGS
+
+    cleaned = list(dict.fromkeys(str(tag).strip() for tag in tags if str(tag).strip()))
+    if len(cleaned) > MAX_TAGS or any(len(tag) > MAX_TAG_CHARS for tag in cleaned):
+        raise Unprocessable(f"At most {MAX_TAGS} tags of at most {MAX_TAG_CHARS} characters each.")
+    project.step_tags = cleaned
+    audit(db, actor, "project.step_tags", "project", project.id)
+    return cleaned
+
+
 def void(db: Session, project: Project, judgment_id: int, actor: User | None) -> StepJudgment:
     judgment = db.get(StepJudgment, judgment_id)
     if judgment is None or judgment.project_id != project.id:

@@ -47,3 +47,25 @@ def test_step_page_forms_refuse_bad_input_without_500(client, users):
     assert len(labels) == 1 and labels[0]["first_error"] == 1 and labels[0]["labels"][1]["tags"] == ["wrong tool"]
     # the dashboard (staff only) loads the step section
     assert client.get(f"/projects/{project['slug']}/dashboard/steps", headers=HTML).status_code == 403
+
+
+def test_admin_sets_failure_tags_on_the_page(client, users):
+    admin = users.create("admin", "admin")
+    project = make_project(client, admin)
+    assert import_lines(client, admin, project["id"], trajectory_file(["x"], 2), "openai-chat").status_code == 200
+    login(client, "admin", admin["password"])
+    page = client.get(f"/projects/{project['slug']}/steps", headers=HTML)
+    assert 'id="step-tags-settings"' in page.text and "wrong tool" in page.text
+    saved = client.post(f"/projects/{project['slug']}/step-tags", headers=HTML, follow_redirects=False,
+                        data={"tags": "hallucinated <tool>\r\nloops\n\nloops", "csrf_token": session_csrf(client)})  # fmt: skip
+    assert saved.status_code == 303
+    assert client.get(f"/api/v1/projects/{project['id']}/steps/next", headers=admin["headers"]).json()["tags"] == [
+        "hallucinated <tool>", "loops"]
+    page = client.get(f"/projects/{project['slug']}/steps", headers=HTML)
+    assert "hallucinated &lt;tool&gt;" in page.text and "wrong tool" not in page.text
+    too_long = client.post(f"/projects/{project['slug']}/step-tags", headers=HTML,
+                           data={"tags": "x" * 100, "csrf_token": session_csrf(client)})  # fmt: skip
+    assert too_long.status_code == 422
+    rater = users.create("rita", "annotator")
+    assert client.put(f"/api/v1/projects/{project['id']}/step-tags", json={"tags": ["a"]},
+                      headers=rater["headers"]).status_code == 403  # fmt: skip
