@@ -188,3 +188,30 @@ def test_whole_trajectories_compare_as_numbered_steps_on_one_screen(page, api, u
     page.keyboard.press("2")
     page.wait_for_selector(".empty-queue", timeout=10_000)
     assert judgments(api, admin, project) == 1
+
+
+def test_the_longest_hh_rlhf_transcript_fits_one_screen(page, api, users):
+    """The issue's own case: an HH-RLHF transcript of 18 human turns (real data, ../shared/data) at 1280x800."""
+    from tests.imports.test_parsers import HH_FILE
+
+    if not HH_FILE.is_file():
+        pytest.skip(f"reference data not found: {HH_FILE}")
+    lines = HH_FILE.read_text(encoding="utf-8").splitlines()
+    longest = max(lines, key=lambda line: json.loads(line)["chosen"].count("\n\nHuman:"))
+    assert json.loads(longest)["chosen"].count("\n\nHuman:") >= 15
+    admin = users.create("admin", "admin")
+    rater = users.create("rater", "annotator")
+    project = make_project(api, admin, name="HH-RLHF e2e", mode="pairwise", allow_ties=True)
+    response = import_lines(api, admin, project["id"], (longest + "\n").encode(), fmt="hh-rlhf")
+    assert response.status_code == 200, response.text
+    page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
+    login(page, rater, next_path=f"/projects/{project['id']}/annotate")
+    page.wait_for_selector("#judgment-form.is-conversation")
+    page.evaluate("() => document.body.offsetHeight")
+    assert page.locator("#earlier-turns .turn-collapsed").count() >= 30
+    bar = box(page, "#judgment-form .decision")
+    for b in [box(page, ".last-user-turn"), *(o.bounding_box() for o in page.locator("#judgment-form .option").all())]:
+        assert inside(b) and b["y"] + b["height"] <= bar["y"] + 0.5, (b, bar)
+    assert page.locator("#seen-note").is_hidden()
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "issue-24-hh-rlhf-18-turns-1280x800.png"))
