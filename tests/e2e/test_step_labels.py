@@ -4,9 +4,11 @@ starts a branch that is labelled too; everything checked through the API."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.e2e.conftest import login, screenshot
+from tests.e2e.conftest import SCREENSHOT_DIR, login, screenshot
 from tests.helpers import import_lines, make_project
 from tests.steps.trajectories import trajectory_file
 
@@ -34,6 +36,10 @@ def test_label_steps_by_keyboard_and_branch(page, api, users, browser_problems):
     assert page.locator("li.step").nth(3).get_attribute("class").find("after-error") >= 0
     assert page.inner_text("#steps-progress") == "ready to submit"
     screenshot(page, "steps-label-filled")
+    if SCREENSHOT_DIR:  # what the rater sees at 1280 px: the current step above the sticky bar
+        page.screenshot(path=str(Path(SCREENSHOT_DIR) / "steps-label-viewport.png"))
+    box, bar = page.locator("li.step.is-current").bounding_box(), page.locator("#steps-bar").bounding_box()
+    assert box["y"] + box["height"] <= bar["y"] + 1  # the current step (step 3) is not under the bar
     with page.expect_navigation():
         page.keyboard.press("Enter")
         page.keyboard.press("Enter")  # a second Enter while the first submit leaves: ignored
