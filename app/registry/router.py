@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from app.api import PageAll
@@ -14,7 +15,7 @@ from app.limits import CleanStr, Id, Input, varchar
 from app.models import ModelVersion, Project
 from app.projects.service import get_project
 from app.registry import service
-from app.registry.schemas import ModelVersionDetail, ModelVersionOut
+from app.registry.schemas import ModelFilesOut, ModelVersionDetail, ModelVersionOut
 from app.store import download_response, open_location
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
@@ -58,7 +59,7 @@ def _version_artifact(version: ModelVersion):
     return open_location(version.path)
 
 
-@router.get("/{version_id}/files")
+@router.get("/{version_id}/files", response_model=ModelFilesOut)
 def model_files(version_id: Id, db: DbSession, principal: Staff):
     """The version's files as its store manifest lists them (`sha256`, `bytes`; `sha256` overall: the SHA-256 of
     the lines "name\\0file sha256\\n" sorted by name), each with a `url` to download it: a presigned URL where the
@@ -72,7 +73,7 @@ def model_files(version_id: Id, db: DbSession, principal: Staff):
     return {"id": version.id, "location": version.path, "sha256": manifest["sha256"], "files": files}
 
 
-@router.get("/{version_id}/files/{name:path}",
+@router.get("/{version_id}/files/{name:path}", response_class=StreamingResponse,
             responses={200: {"description": "The file's bytes, streamed from the artifact store.",
                              "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}}}})  # fmt: skip

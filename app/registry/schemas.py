@@ -64,3 +64,18 @@ class EndpointOut(ModelVersionOut):
 
 class EndpointChecked(EndpointOut):
     served: list[str] = Field(description="The model names the server lists (the first 100).")
+
+
+class StoredFileOut(Out):
+    name: str = Field(description="The file's path inside the version's directory.")
+    sha256: str
+    bytes: int
+    url: str = Field(description="Where to download it: a presigned URL where the artifact store signs them (S3), "
+                     "else this API's streaming download (send the token).")
+
+
+class ModelFilesOut(Out):
+    id: int
+    location: str = Field(description="Where the version lives in the artifact store (a path or a URL).")
+    sha256: str = Field(description="SHA-256 of the lines 'name\\0file sha256\\n' over the files, sorted by name.")
+    files: list[StoredFileOut]
