@@ -278,3 +278,24 @@ def test_local_store_publishes_in_place_with_a_manifest(tmp_path, monkeypatch):
     assert b"".join(open_location(location).stream("w.bin")) == b"x" * 10
     assert manifest["files"]["w.bin"]["bytes"] == 10
     get_settings.cache_clear()
+
+
+@pytest.mark.only_db("sqlite")
+def test_model_files_of_a_local_store_version(client, users, tmp_path):
+    """The default local store: a registered checkpoint's files listed with their hashes and downloaded in place."""
+    engineer = users.create("eve", "engineer")
+    checkpoint = tmp_path / "ckpt"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "config.json").write_text('{"model_type": "x"}')
+    (checkpoint / "sub" / "weights.bin").write_bytes(os.urandom(4096))
+    version = client.post("/api/v1/models", headers=engineer["headers"],
+                          json={"name": "local-ckpt", "path": str(checkpoint), "kind": "policy"}).json()  # fmt: skip
+    listing = client.get(f"/api/v1/models/{version['id']}/files", headers=engineer["headers"]).json()
+    assert [f["name"] for f in listing["files"]] == ["config.json", "sub/weights.bin"]
+    assert all(f["url"] == f"/api/v1/models/{version['id']}/files/{f['name']}"
+               for f in listing["files"])  # fmt: skip
+    served = client.get(f"/api/v1/models/{version['id']}/files/sub/weights.bin", headers=engineer["headers"])
+    assert served.status_code == 200
+    assert hashlib.sha256(served.content).hexdigest() == listing["files"][1]["sha256"]
+    outside = client.get(f"/api/v1/models/{version['id']}/files/..%2F..%2Fetc%2Fpasswd", headers=engineer["headers"])
+    assert outside.status_code == 404
