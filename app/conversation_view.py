@@ -51,13 +51,22 @@ def _plain(text: str, limit: int) -> dict:
     return {"html": html, "clipped": len(head) < len(text), "length": len(text), "shown": len(head)}
 
 
-def _result_text(content: str) -> dict:
+def pretty_result(content: str) -> str | None:
+    """A tool result that is JSON (an object or an array), pretty-printed; None when it is not JSON."""
     stripped = content.strip()
-    if stripped[:1] in "[{":
-        try:
-            return _plain(_pretty_json(json.loads(stripped)), RESULT_CLIP_CHARS)
-        except ValueError:
-            pass
+    if stripped[:1] not in ("[", "{"):
+        return None
+    try:
+        return _pretty_json(json.loads(stripped))
+    except ValueError:
+        return None
+
+
+def _result_text(content: str) -> dict:
+    pretty = pretty_result(content)
+    if pretty is not None:
+        return _plain(pretty, RESULT_CLIP_CHARS)
+    stripped = content.strip()
     if "\n" in stripped and len(stripped) > 200:  # a log or a listing: keep its lines as they are
         return _plain(content, RESULT_CLIP_CHARS)
     return clipped_markdown(content, RESULT_CLIP_CHARS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from app.conversation_view import continuation_of, is_conversation, message_views
+from app.conversation_view import continuation_of, is_conversation, message_views, pretty_result
 from app.models import Assignment, Completion, Prompt
 from app.web import CLIP_CHARS, LABELS, clipped_markdown  # noqa: F401 - CLIP_CHARS: read by callers
 
@@ -86,7 +86,7 @@ def full_text(db: Session, assignment: Assignment, part: str) -> str | None:
     prompt, completions = _load(db, assignment)
     key = "reasoning" if reasoning else "content"
     if kind == "prompt" and len(numbers) == 1 and int(numbers[0]) < len(prompt.messages):
-        return str(prompt.messages[int(numbers[0])].get(key) or "")
+        return _shown(prompt.messages[int(numbers[0])], key)
     if kind == "option":
         completion = next((c for c in completions if c.id == int(numbers[0])), None)
         if completion is None:
@@ -94,5 +94,14 @@ def full_text(db: Session, assignment: Assignment, part: str) -> str | None:
         if len(numbers) == 1:
             return None if reasoning else completion.text
         messages = continuation_of(completion.text, completion.meta)
-        return str(messages[int(numbers[1])].get(key) or "") if int(numbers[1]) < len(messages) else None
+        return _shown(messages[int(numbers[1])], key) if int(numbers[1]) < len(messages) else None
     return None
+
+
+def _shown(message: dict, key: str) -> str:
+    """A message's whole content (or reasoning) as "show all" shows it: a tool result that is JSON pretty-printed,
+    as in its clipped view."""
+    text = str(message.get(key) or "")
+    if message.get("role") == "tool" and key == "content":
+        return pretty_result(text) or text
+    return text

@@ -119,7 +119,8 @@ def test_a_long_conversation_fits_one_screen_with_tool_calls(page, api, users):
     assert first_tool.locator("[data-action=show-all]").is_visible()
     first_tool.locator("[data-action=show-all]").click()  # the whole result, fetched
     first_tool.locator(".full-text").wait_for()
-    assert '"F039"' in first_tool.locator(".full-text").inner_text()
+    whole = first_tool.locator(".full-text").inner_text()
+    assert '"F039"' in whole and '\n  "flights": [' in whole  # pretty-printed, as in the clipped view
     screenshot(page, "conversation-earlier-open")
     if SHOTS:
         page.screenshot(path=os.path.join(SHOTS, "issue-24-conversation-earlier-turns-open.png"))
