@@ -8,6 +8,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
+from app.judgments import tallies
 from app.judgments.edits import add_edit
 from app.judgments.schemas import ALLOWED_FLAGS, JudgmentIn
 from app.limits import parse_id
@@ -155,6 +156,8 @@ def submit(db: Session, assignment_id: int, rater: User, data: JudgmentIn) -> tu
         "chosen_position": assignment.display_order.index(top[0]) if len(top) == 1 else None,
         "created_at": now,
     }]).one()  # fmt: skip
+    tallies.add_judgment(db, project_id=project.id, rater_id=rater.id, source="human",
+                         completion_ids=comparison.completion_ids, ranking=ranking)  # fmt: skip
     if data.edit is not None:
         add_edit(db, judgment, comparison, project, rater, data.edit)
     _maybe_extend_overlap(db, project, comparison)

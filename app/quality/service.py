@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.audit import audit
 from app.errors import Conflict, NotFound, Unprocessable
 from app.groups import group_members
+from app.judgments import tallies
 from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
@@ -446,16 +447,26 @@ def battle_rows(db: Session, project: Project) -> dict[str, np.ndarray]:
 
 
 def battle_counts(db: Session, project: Project) -> list[tuple[str, str, float, int]]:
-    """`battle_rows` aggregated: (model a, model b, outcome for a, battles), sorted."""
-    rows = battle_rows(db, project)
-    names, n_models = rows["model_names"], max(len(rows["model_names"]), 1)
-    key = (rows["model_a"] * n_models + rows["model_b"]) * 3 + np.round(rows["outcome"] * 2).astype(np.int64)
-    cells = []
-    for cell, n in zip(*np.unique(key, return_counts=True), strict=True):
-        pair, outcome_code = divmod(int(cell), 3)
-        a, b = divmod(pair, n_models)
-        cells.append((str(names[a]), str(names[b]), outcome_code / 2.0, int(n)))
-    return sorted(cells)
+    """The leaderboard's battles aggregated: (model a, model b, outcome for a, battles), sorted. Read from the
+    battle tallies (app.judgments.tallies), the same figures as aggregating `battle_rows`."""
+    cells: dict[tuple[str, str, float], int] = {}
+    for model_a, model_b, outcome, n, _rater in tallies.tally_rows(db, project.id, LEADERBOARD):
+        key = (model_a, model_b, outcome / 2.0)
+        cells[key] = cells.get(key, 0) + n
+    return sorted((a, b, outcome, n) for (a, b, outcome), n in cells.items())
+
+
+def tally_battles(db: Session, project: Project, raters: set[int] | None = None) -> dict:
+    """The leaderboard's battles from the tallies: one row per (rater, model a, model b, outcome) with `counts`;
+    `model_a`/`model_b` are codes into `model_names` (the models that played, sorted). `raters`: only theirs."""
+    rows = tallies.tally_rows(db, project.id, LEADERBOARD, None if raters is None else sorted(raters))
+    names = sorted({row[0] for row in rows} | {row[1] for row in rows})
+    index = {name: i for i, name in enumerate(names)}
+    return {"model_a": np.array([index[row[0]] for row in rows], dtype=np.int64),
+            "model_b": np.array([index[row[1]] for row in rows], dtype=np.int64),
+            "outcome": np.array([row[2] / 2.0 for row in rows], dtype=np.float64),
+            "counts": np.array([row[3] for row in rows], dtype=np.int64),
+            "rater": np.array([row[4] for row in rows], dtype=np.int64), "model_names": names}  # fmt: skip
 
 
 def completion_style(db: Session, completion_ids: np.ndarray) -> dict[int, tuple[float, ...]]:
@@ -470,28 +481,24 @@ def completion_style(db: Session, completion_ids: np.ndarray) -> dict[int, tuple
 
 
 def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0,
-                group: str | None = None) -> dict:  # fmt: skip
+                group: str | None = None, style_control: bool = True) -> dict:  # fmt: skip
     """Bradley-Terry ratings (Elo scale, mean 1000) with bootstrap 95% intervals, battles and win rates; beside
     them the style-controlled ranking (app.quality.style: answer length and markdown held equal, Wald intervals)
-    and the style coefficients. With `group` (a rater group, `key=value`, app.groups), only that group's votes."""
-    rows = battle_rows(db, project)
-    if group is not None:
-        keep = np.isin(rows["rater"], np.fromiter(group_members(db, group), np.int64))
-        rows = {key: value if key == "model_names" else value[keep] for key, value in rows.items()}
-    played = np.unique(np.concatenate((rows["model_a"], rows["model_b"])))
-    if not played.size:
+    and the style coefficients. With `group` (a rater group, `key=value`, app.groups), only that group's votes.
+
+    The ratings, intervals, battles and win rates come from the battle tallies (app.judgments.tallies: a few rows
+    per rater and model pair, kept current as judgments are written), so they cost the same at ten million
+    judgments as at ten. The style-controlled ranking and the post-stratified one need each battle's completions
+    and rater labels, so they still read every battle (`battle_rows`); `style_control=False` leaves them out
+    (empty, None)."""
+    raters = None if group is None else set(group_members(db, group))
+    tallied = tally_battles(db, project, raters)
+    names = tallied["model_names"]
+    if not names:
         return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": [],
                 "post_stratified": None}
-    names = [str(rows["model_names"][i]) for i in played]
-    index = np.full(len(rows["model_names"]), -1)
-    index[played] = np.arange(len(played))
-    model_a, model_b, outcome = index[rows["model_a"]], index[rows["model_b"]], rows["outcome"]
-    board = stats.bradley_terry(model_a, model_b, outcome, len(names), bootstrap=bootstrap, seed=seed)
-    features = completion_style(db, np.concatenate((rows["completion_a"], rows["completion_b"])))
-    counts_a = np.array([features[int(i)] for i in rows["completion_a"]]).reshape(-1, len(style.STYLE_FEATURES))
-    counts_b = np.array([features[int(i)] for i in rows["completion_b"]]).reshape(-1, len(style.STYLE_FEATURES))
-    controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome,
-                                                      style.style_differences(counts_a, counts_b), len(names))  # fmt: skip
+    board = stats.bradley_terry(tallied["model_a"], tallied["model_b"], tallied["outcome"], len(names),
+                                bootstrap=bootstrap, seed=seed, counts=tallied["counts"])  # fmt: skip
 
     def number(x: float) -> float | None:
         return None if np.isnan(x) else round(float(x), 2)
@@ -502,6 +509,32 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
     models = by_rating([{"name": name, "rating": number(board.ratings[i]), "ci_low": number(board.ci_low[i]),
                          "ci_high": number(board.ci_high[i]), "battles": int(board.battles[i])}
                         for i, name in enumerate(names)])  # fmt: skip
+    win_rates = {a: {b: float(board.win_rates[i, j]) for j, b in enumerate(names) if not np.isnan(board.win_rates[i, j])}
+                 for i, a in enumerate(names)}  # fmt: skip
+    out = {"models": models, "win_rates": win_rates, "battles": int(tallied["counts"].sum()),
+           "prior_ties": board.prior_ties, "style_controlled": [], "style_coefficients": [],
+           "post_stratified": None}  # fmt: skip
+    if style_control:
+        out |= _row_variants(db, project, raters, group, names, board, number, by_rating)
+    return out
+
+
+def _row_variants(db: Session, project: Project, raters: set[int] | None, group: str | None, names: list[str],
+                  board, number, by_rating) -> dict:  # fmt: skip
+    """The leaderboard's figures that need every battle (`battle_rows`): the style-controlled ranking and its
+    coefficients, and the post-stratified ranking (project group weights, no `group`)."""
+    rows = battle_rows(db, project)
+    if raters is not None:
+        keep = np.isin(rows["rater"], np.fromiter(raters, np.int64))
+        rows = {key: value if key == "model_names" else value[keep] for key, value in rows.items()}
+    position = {name: i for i, name in enumerate(names)}
+    index = np.array([position.get(str(name), -1) for name in rows["model_names"]], dtype=np.int64)
+    model_a, model_b, outcome = index[rows["model_a"]], index[rows["model_b"]], rows["outcome"]
+    features = completion_style(db, np.concatenate((rows["completion_a"], rows["completion_b"])))
+    counts_a = np.array([features[int(i)] for i in rows["completion_a"]]).reshape(-1, len(style.STYLE_FEATURES))
+    counts_b = np.array([features[int(i)] for i in rows["completion_b"]]).reshape(-1, len(style.STYLE_FEATURES))
+    controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome,
+                                                      style.style_differences(counts_a, counts_b), len(names))  # fmt: skip
     style_controlled = by_rating([{"name": name, "rating": number(controlled.ratings[i]),
                                    "ci_low": number(controlled.ci_low[i]), "ci_high": number(controlled.ci_high[i]),
                                    "battles": int(board.battles[i])} for i, name in enumerate(names)])  # fmt: skip
@@ -509,8 +542,6 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
                      "ci_low": round(float(controlled.coefficient_ci_low[k]), 4),
                      "ci_high": round(float(controlled.coefficient_ci_high[k]), 4)}
                     for k, feature in enumerate(style.STYLE_FEATURES) if not np.isnan(controlled.coefficients[k])]  # fmt: skip
-    win_rates = {a: {b: float(board.win_rates[i, j]) for j, b in enumerate(names) if not np.isnan(board.win_rates[i, j])}
-                 for i, a in enumerate(names)}  # fmt: skip
     post_stratified = None
     weights = poststrat.parse_group_weights(project.group_weights) if project.group_weights and group is None else {}
     if weights:
@@ -527,9 +558,8 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
                                   "ci_high": number(fit.ci_high[i]), "battles": int(weighted_battles[i])}
                                  for i, name in enumerate(names) if weighted_battles[i]]),
         }  # fmt: skip
-    return {"models": models, "win_rates": win_rates, "battles": int(len(outcome)), "prior_ties": board.prior_ties,
-            "style_controlled": style_controlled, "style_coefficients": coefficients,
-            "post_stratified": post_stratified}  # fmt: skip
+    return {"style_controlled": style_controlled, "style_coefficients": coefficients,
+            "post_stratified": post_stratified}
 
 
 # ---------------------------------------------------------------------------------------------------------------

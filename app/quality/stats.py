@@ -406,6 +406,7 @@ def bradley_terry(
     seed: int = 0,
     prior_ties: float = 1.0,
     max_cells_per_chunk: int = 4_000_000,
+    counts=None,
 ) -> Leaderboard:
     """Bradley-Terry leaderboard from battles: outcome 1 = a wins, 0 = b wins, 0.5 = tie (half a win each).
 
@@ -421,11 +422,19 @@ def bradley_terry(
     refitted the same way (with the prior if the point fit used it, or if the replicate itself lost strong
     connectivity); 2.5th and 97.5th percentiles of the centered ratings. `max_cells_per_chunk` bounds the
     memory of the batched fits (replicates x models^2 per chunk).
+
+    `counts`: battles per row (non-negative integers), for input that is already tallied (app.judgments.tallies);
+    the fit and the bootstrap are those of the same battles given one row each (the same cells, the same draws).
     """
     model_a = _vector("model_a", model_a, np.int64)
     model_b = _vector("model_b", model_b, np.int64)
     outcome = _vector("outcome", outcome, np.float64)
-    n_battles = _same_length(model_a=model_a, model_b=model_b, outcome=outcome)
+    _same_length(model_a=model_a, model_b=model_b, outcome=outcome)
+    weight = np.ones(len(model_a), dtype=np.int64) if counts is None else _vector("counts", counts, np.int64)
+    _same_length(model_a=model_a, counts=weight)
+    if np.any(weight < 0):
+        raise ValueError("counts must be non-negative")
+    n_battles = int(weight.sum())
     if n_models < 1:
         raise ValueError("n_models must be at least 1")
     if n_battles and (min(model_a.min(), model_b.min()) < 0 or max(model_a.max(), model_b.max()) >= n_models):
@@ -438,11 +447,13 @@ def bradley_terry(
     if bootstrap < 0 or prior_ties <= 0:
         raise ValueError("bootstrap must be >= 0 and prior_ties > 0")
 
-    battles = np.bincount(model_a, minlength=n_models) + np.bincount(model_b, minlength=n_models)
+    battles = (np.bincount(model_a, weights=weight, minlength=n_models)
+               + np.bincount(model_b, weights=weight, minlength=n_models)).astype(np.int64)  # fmt: skip
     # One cell per (a, b, outcome) with its battle count: the sufficient statistics, and the bootstrap's urn.
     cell_counts = np.bincount(
-        (model_a * n_models + model_b) * 3 + outcome_kind.astype(np.int64), minlength=3 * n_models * n_models
-    )
+        (model_a * n_models + model_b) * 3 + outcome_kind.astype(np.int64), weights=weight,
+        minlength=3 * n_models * n_models,
+    ).astype(np.int64)
     cells = np.flatnonzero(cell_counts)
     cell_counts = cell_counts[cells]
     cell_a, cell_b = divmod(cells // 3, n_models)
