@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RECIPE = {"num_train_epochs": 30, "learning_rate": 3e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
-          "bad_step_weight": 4.0}  # fmt: skip
+          "bad_step_weight": 1.0}  # fmt: skip
 """The prm job's params: see the README's prm section for how they were chosen."""
 
 
@@ -47,6 +47,9 @@ def main() -> int:
     parser.add_argument("--raters", type=int, default=3, help="simulated raters per trajectory")
     parser.add_argument("--rater-accuracy", type=float, default=0.85, help="share of step labels a rater gets right")
     parser.add_argument("--epochs", type=float, default=RECIPE["num_train_epochs"])
+    parser.add_argument("--base", choices=("trajectories", "init-tiny"), default="trajectories",
+                        help="the base model: a tiny Llama with a tokenizer trained on the trajectories, or "
+                             "`models init-tiny`'s (its tokenizer sees prompts and final answers only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="keep the database and artifacts here")
     args = parser.parse_args()
@@ -144,8 +147,19 @@ def run(args, root: Path) -> int:
           f"step); {labelled} step judgments by {args.raters} simulated raters ({right} labels given, right with "
           f"p={args.rater_accuracy})")  # fmt: skip
 
-    with session_scope(write=True) as db:
-        policy_id = next(v.id for v in init_tiny(db, db.get(Project, pid)) if v.kind == "policy")
+    if args.base == "init-tiny":  # the product's tiny models: a tokenizer trained on prompts and final answers only
+        with session_scope(write=True) as db:
+            policy_id = next(v.id for v in init_tiny(db, db.get(Project, pid)) if v.kind == "policy")
+    else:  # a tiny Llama whose tokenizer was trained on the trajectories' text (tool calls, results), registered
+        from trainer.tiny import build_tiny_policy, default_texts, train_tokenizer
+        from trainer.tiny_steps import stepwise_row, texts
+
+        tokenizer = train_tokenizer(texts([stepwise_row(t) for t in train]) + default_texts(100), vocab_size=512)
+        path = build_tiny_policy(root / "base-policy", tokenizer, seed=args.seed)
+        added = client.post("/api/v1/models", json={"name": "steps-base", "path": str(path.resolve()),
+                                                    "kind": "policy", "project_id": pid}, headers=headers)  # fmt: skip
+        assert added.status_code == 201, added.text
+        policy_id = added.json()["id"]
     params = RECIPE | {"num_train_epochs": args.epochs, "snapshot": {"split": {"test_fraction": 0.1}}}
     created = client.post("/api/v1/jobs", json={"project_id": pid, "kind": "prm", "base_model": policy_id,
                                                 "params": params}, headers=headers)  # fmt: skip
