@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import AnyUser, DbSession, Staff
 from app.battles import service
-from app.battles.settings import BattleSettings, get_settings, set_settings
+from app.battles.settings import BattleSettings, BattleSettingsPatch, get_settings, set_settings
 from app.battles.stream import turn_events
 from app.limits import Id, Input
 from app.projects.service import get_project
@@ -46,10 +46,10 @@ def read_settings(project_ref: str, db: DbSession, principal: Staff):
 
 
 @router.put("/projects/{project_ref}/battle-settings", response_model=BattleSettings)
-def write_settings(project_ref: str, body: dict, db: DbSession, principal: Staff):
+def write_settings(project_ref: str, body: BattleSettingsPatch, db: DbSession, principal: Staff):
     """Set some or all of the project's battle settings (the others keep their values): `{"enabled": true}` turns
     battle mode on."""
-    return set_settings(db, get_project(db, project_ref), body, principal.user)
+    return set_settings(db, get_project(db, project_ref), body.model_dump(exclude_unset=True), principal.user)
 
 
 @router.post("/projects/{project_ref}/battles", status_code=201)
@@ -73,7 +73,9 @@ def follow_up(battle_id: Id, body: FollowUp, db: DbSession, principal: AnyUser) 
     return service.battle_state(db, battle, principal.user)
 
 
-@router.post("/battles/{battle_id}/turns/{number}/stream")
+@router.post("/battles/{battle_id}/turns/{number}/stream", response_class=StreamingResponse,
+             responses={200: {"description": "Server-sent events: each side's pieces, then its end or error.",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})  # fmt: skip
 async def stream(battle_id: Id, principal: AnyUser, number: int = Path(ge=0, le=1000)):
     """Both sides' answers to the turn as server-sent events (text/event-stream, see app.battles.stream); a turn is
     asked once: a repeated request gets what was recorded."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 from sqlalchemy.orm import Session
 
 from app.audit import audit
@@ -57,6 +57,14 @@ class BattleSettings(Input):
             if re.search(pattern, text, flags=re.IGNORECASE):
                 return term
         return None
+
+
+BattleSettingsPatch = create_model(
+    "BattleSettingsPatch", __base__=Input, __doc__="Some of a project's battle settings; the others keep their values.",
+    **{name: (field.annotation | None, Field(default=None, description=field.description))
+       for name, field in BattleSettings.model_fields.items()},
+)  # fmt: skip
+"""The PUT body: every field of BattleSettings, optional (checked as a whole by set_settings once merged)."""
 
 
 def get_settings(db: Session, project: Project) -> BattleSettings:

@@ -60,7 +60,7 @@ def _version_artifact(version: ModelVersion):
 
 
 @router.get("/{version_id}/files", response_model=ModelFilesOut)
-def model_files(version_id: Id, db: DbSession, principal: Staff):
+def model_files(version_id: Id, db: DbSession, principal: Staff, page: PageAll):
     """The version's files as its store manifest lists them (`sha256`, `bytes`; `sha256` overall: the SHA-256 of
     the lines "name\\0file sha256\\n" sorted by name), each with a `url` to download it: a presigned URL where the
     store signs them (S3), else this API's streaming download."""
@@ -70,7 +70,9 @@ def model_files(version_id: Id, db: DbSession, principal: Staff):
     files = [{"name": name, **entry,
               "url": artifact.presigned_url(name) or f"/api/v1/models/{version.id}/files/{quote(name)}"}
              for name, entry in sorted(manifest["files"].items())]  # fmt: skip
-    return {"id": version.id, "location": version.path, "sha256": manifest["sha256"], "files": files}
+    end = None if page.limit is None else page.offset + page.limit
+    return {"id": version.id, "location": version.path, "sha256": manifest["sha256"],
+            "files": files[page.offset:end], **page.fields(len(files))}  # fmt: skip
 
 
 @router.get("/{version_id}/files/{name:path}", response_class=StreamingResponse,

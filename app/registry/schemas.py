@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from app.api import Out
+from app.api import Out, Page
 
 
 class ModelVersionOut(Out):
@@ -74,7 +74,7 @@ class StoredFileOut(Out):
                      "else this API's streaming download (send the token).")
 
 
-class ModelFilesOut(Out):
+class ModelFilesOut(Page):
     id: int
     location: str = Field(description="Where the version lives in the artifact store (a path or a URL).")
     sha256: str = Field(description="SHA-256 of the lines 'name\\0file sha256\\n' over the files, sorted by name.")
