@@ -1,7 +1,7 @@
 """Vote-rigging checks: 3 planted accounts among 40 simulated raters always vote for one model when they recognise
 it (80% of its battles); each is flagged, and fewer than 1 of 40 honest raters is flagged across 20 seeds. Then the
 same through the database: the flagged votes land in the review queue, and excluding them there takes them off the
-leaderboard. (The burst-of-near-identical-prompts check waits for live battles: not tested, not built.)"""
+leaderboard. (The burst-of-near-identical-prompts check for live battles is tested in tests/endpoints/test_battles.py.)"""
 
 from __future__ import annotations
 
