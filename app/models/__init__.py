@@ -26,7 +26,7 @@ from app.models.project import GuidelineVersion, Mode, Project, ProjectMember, P
 from app.models.registry import ModelEndpoint, ModelVersion
 from app.models.review import REVIEW_RESOLUTIONS, FlagReview
 from app.models.round import ROUND_ACTIVE, ROUND_ENDED, Round, RoundStatus
-from app.models.steps import StepJudgment
+from app.models.steps import StepJudgment, TrajectoryLease
 from app.models.tally import BattleTally
 from app.models.user import ApiToken, AuditLog, AuthSession, LoginFailure, Role, User
 from app.models.verdict import AUDIT_STATUSES, VERDICT_REASONS, Verdict
@@ -81,6 +81,7 @@ __all__ = [
     "RoundStatus",
     "SchedulerLock",
     "StepJudgment",
+    "TrajectoryLease",
     "User",
     "Verdict",
     "WebhookDelivery",

@@ -39,3 +39,26 @@ class StepJudgment(IdMixin, CreatedMixin, Base):
     guideline_version: Mapped[int | None]
     voided_at: Mapped[datetime | None]
     """Set when the labels are voided: kept for the record, counted nowhere."""
+
+
+class TrajectoryLease(IdMixin, CreatedMixin, Base):
+    """A lease of one trajectory to one rater: an assignment (app.models.Assignment) whose task is a trajectory
+    instead of a comparison. Same meaning and states (active holds a slot until `expires_at` = claim time +
+    the project's `lease_seconds`; submitted | expired | revoked), handed out by the assignment contract's
+    mechanisms (app.steps.service.claim_trajectory). A trajectory's slots are the project's overlap: counted step
+    judgments + live leases never exceed it. One row per (trajectory, rater): a rater gets a trajectory once."""
+
+    __tablename__ = "trajectory_lease"
+    __table_args__ = (
+        UniqueConstraint("completion_id", "rater_id"),
+        Index("ix_trajectory_lease_rater_id_project_id_state", "rater_id", "project_id", "state"),
+        Index("ix_trajectory_lease_state_expires_at", "state", "expires_at"),
+    )
+
+    completion_id: Mapped[int] = mapped_column(ForeignKey("completion.id", ondelete="CASCADE"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    """As Assignment.state: active (holds a slot while unexpired) | submitted | expired | revoked"""
+    expires_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
