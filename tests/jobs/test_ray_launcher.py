@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,8 +104,13 @@ def on_ray(ray_head, monkeypatch):
 
 
 def ray_submission(job_id: int) -> str | None:
-    path = Path(os.environ["RANKFORGE_DATA_DIR"]).resolve() / "jobs" / str(job_id) / "ray_job.txt"
-    return path.read_text().split()[0] if path.is_file() and path.read_text() else None
+    """The Ray job's submission id, from the job's log (its directory may have gone to an object store)."""
+    from app.db import session_scope
+    from app.models import Job
+
+    with session_scope() as db:
+        found = re.search(r"as Ray job (rankforge-job-[0-9]+-[0-9a-f]+)", db.get(Job, job_id).log_tail or "")
+    return found.group(1) if found else None
 
 
 def page(client, world, job_id: int) -> str:  # noqa: F811 - fixture
