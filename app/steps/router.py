@@ -23,6 +23,7 @@ from app.steps.schemas import (
     TrajectoryLabelsOut,
     TrajectoryOut,
 )
+from app.tasks.service import BUSY_RETRY_SECONDS
 
 router = APIRouter(prefix="/api/v1", tags=["steps"])
 
@@ -37,12 +38,16 @@ def rater_project(db, project_ref: str, principal):
 @router.get("/projects/{project_ref}/steps/next", response_model=TrajectoryOut,
             responses={204: {"description": "No trajectory left for you."}})
 def next_trajectory(project_ref: str, db: DbSession, principal: AnyUser):
-    """The next trajectory to label: its history, its steps and the project's failure tags; 204 when none is left."""
+    """The next trajectory to label, leased to you until `expires_at` (asking again before then returns the same one):
+    its history, its steps and the project's failure tags; 204 when none is left (with Retry-After when the free
+    slots are all leased to others for now)."""
     project = rater_project(db, project_ref, principal)
-    trajectory = service.next_trajectory(db, project, principal.user)
-    if trajectory is None:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return service.trajectory_json(trajectory) | {"tags": project_tags(project.step_tags)}
+    claim = service.claim_trajectory(db, project, principal.user)
+    if claim.trajectory is None:
+        busy = {"Retry-After": str(BUSY_RETRY_SECONDS)} if claim.state == "busy" else None
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers=busy)
+    return service.trajectory_json(claim.trajectory) | {"tags": project_tags(project.step_tags),
+                                                        "expires_at": claim.lease.expires_at}
 
 
 @router.get("/projects/{project_ref}/trajectories/{completion_id}", response_model=TrajectoryLabelsOut)

@@ -68,6 +68,8 @@ class TrajectoryOut(Out):
     history: list[dict[str, Any]] = Field(description="The prompt's messages (app.imports.messages shape).")
     steps: list[StepOut]
     tags: list[str] = Field(description="The project's failure tags.")
+    expires_at: datetime | None = Field(None, description="Next trajectory: when your lease on it ends (its slot "
+                                        "then goes back to the queue).")
 
 
 class TrajectoryLabelsOut(TrajectoryOut):

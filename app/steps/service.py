@@ -5,17 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Text, cast, exists, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Text, cast, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.audit import audit
+from app.db import is_sqlite, write_transaction
 from app.errors import Conflict, NotFound, Unprocessable
 from app.imports.messages import CONTINUATION_KEY, MessageError, check_message
 from app.judgments.selections import HUMAN, counted_steps
-from app.models import Completion, Project, ProjectStatus, Prompt, StepJudgment, User
+from app.models import (
+    Completion,
+    Project,
+    ProjectStatus,
+    Prompt,
+    StepJudgment,
+    TrajectoryLease,
+    User,
+    utcnow,
+)
 from app.steps.labels import (
     MAX_STEPS,
     Step,
@@ -28,6 +38,7 @@ from app.steps.labels import (
     steps_of,
     trajectory_messages,
 )
+from app.tasks.service import RATER_LOCK, sweep_due
 
 
 @dataclass
@@ -61,27 +72,148 @@ def load_trajectory(db: Session, project: Project, completion_id: int) -> Trajec
     return Trajectory(completion=completion, prompt=prompt, steps=steps)
 
 
-def next_trajectory(db: Session, project: Project, rater: User) -> Trajectory | None:
-    """The next trajectory for `rater`: one of the project's completions with a continuation that the rater has not
-    labelled and that has fewer counted step judgments than the project's overlap; highest prompt priority, then
-    oldest first. No leases: two raters may label the same trajectory at once, so a trajectory can collect one or
-    two judgments more than the overlap (every one counts)."""
-    if project.status != ProjectStatus.active:
-        return None
-    labelled = exists().where(StepJudgment.completion_id == Completion.id, StepJudgment.rater_id == rater.id)
-    enough = (select(func.count(StepJudgment.id))
-              .where(StepJudgment.completion_id == Completion.id, counted_steps(HUMAN))
-              .scalar_subquery())  # fmt: skip
-    query = (select(Completion.id).join(Prompt, Prompt.id == Completion.prompt_id)
-             .where(Prompt.project_id == project.id, Completion.rejected_at.is_(None), _has_continuation(),
-                    ~labelled, enough < max(1, project.overlap))
-             .order_by(Prompt.priority.desc(), Completion.id).limit(50))  # fmt: skip
-    for completion_id in db.scalars(query):
+TRAJECTORY_SWEEP = "trajectory"
+"""The sweep key of trajectory leases (app.tasks.service.sweep_due; comparisons' assignments sweep by project id)."""
+
+
+@dataclass
+class TrajectoryClaim:
+    trajectory: Trajectory | None
+    lease: TrajectoryLease | None = None
+    state: str = "assigned"
+    """As app.tasks.service.Claim.state: assigned | busy (every free slot is leased to others now; leases come back
+    when they lapse) | done (nothing left for this rater, or the project is not active)."""
+
+
+def _slots(project: Project) -> int:
+    return max(1, project.overlap)
+
+
+def _taken(completion_id, now: datetime):
+    """Slots of a trajectory taken now: its counted step judgments plus its live leases (active, unexpired)."""
+    judged = (select(func.count(StepJudgment.id))
+              .where(StepJudgment.completion_id == completion_id, counted_steps(HUMAN)).scalar_subquery())  # fmt: skip
+    leased = (select(func.count(TrajectoryLease.id))
+              .where(TrajectoryLease.completion_id == completion_id, TrajectoryLease.state == "active",
+                     TrajectoryLease.expires_at > now).scalar_subquery())  # fmt: skip
+    return judged + leased
+
+
+def _had(rater: User):
+    """Trajectories this rater labelled or was leased (a rater gets a trajectory once, as with comparisons)."""
+    return or_(exists().where(StepJudgment.completion_id == Completion.id, StepJudgment.rater_id == rater.id),
+               exists().where(TrajectoryLease.completion_id == Completion.id, TrajectoryLease.rater_id == rater.id))
+
+
+def _open_for(project: Project, rater: User, now: datetime, *, counting_leases: bool = True):
+    taken = _taken(Completion.id, now) if counting_leases else (
+        select(func.count(StepJudgment.id))
+        .where(StepJudgment.completion_id == Completion.id, counted_steps(HUMAN)).scalar_subquery())  # fmt: skip
+    return (select(Completion.id).join(Prompt, Prompt.id == Completion.prompt_id)
+            .where(Prompt.project_id == project.id, Completion.rejected_at.is_(None), _has_continuation(),
+                   ~_had(rater), taken < _slots(project)))  # fmt: skip
+
+
+def _lock_trajectory(db: Session, completion_id: int, *, wait: bool) -> bool:
+    """PostgreSQL: lock the trajectory's completion row, the mutex of its slots (claims and submits that take a slot
+    hold it); False when another transaction holds it and `wait` is False. SQLite: the write lock is held already."""
+    if is_sqlite(db):
+        return True
+    query = select(Completion.id).where(Completion.id == completion_id).with_for_update(skip_locked=not wait)
+    return db.scalar(query) is not None
+
+
+def _has_free_slot(db: Session, project: Project, completion_id: int, now: datetime, *, held: int = 0) -> bool:
+    """Whether the trajectory has a slot free, counted by a statement of its own after the row lock was taken (on
+    PostgreSQL a new snapshot: it sees every claim and submit that held the lock before). `held`: slots the caller's
+    own live lease holds already (given back by its submit)."""
+    return db.scalar(select(_taken(completion_id, now))) - held < _slots(project)
+
+
+def expire_trajectory_leases(db: Session, project_id: int, now: datetime) -> int:
+    """This project's lapsed trajectory leases become 'expired' (their slots were free once they lapsed: slots count
+    live leases only)."""
+    result = db.execute(update(TrajectoryLease)
+                        .where(TrajectoryLease.project_id == project_id, TrajectoryLease.state == "active",
+                               TrajectoryLease.expires_at <= now)
+                        .values(state="expired").execution_options(synchronize_session=False))  # fmt: skip
+    return result.rowcount or 0
+
+
+def live_lease(db: Session, project: Project, rater: User, now: datetime) -> TrajectoryLease | None:
+    """The rater's live trajectory lease in this project (at most one: claims resume it first)."""
+    return db.scalar(select(TrajectoryLease).where(
+        TrajectoryLease.rater_id == rater.id, TrajectoryLease.project_id == project.id,
+        TrajectoryLease.state == "active", TrajectoryLease.expires_at > now).limit(1))  # fmt: skip
+
+
+def claim_trajectory(db: Session, project: Project, rater: User, *, now: datetime | None = None) -> TrajectoryClaim:
+    """The assignment contract for trajectories (DESIGN.md), by its mechanisms (app.tasks.service.claim): resume the
+    rater's live lease; else lease the first trajectory (prompt priority, then age) that the rater never had and
+    whose counted step judgments + live leases < the project's overlap, until now + `lease_seconds`.
+
+    Race-freedom: SQLite runs the claim under the write lock (`write_transaction`); PostgreSQL holds the rater's row
+    lock (one claim per rater at a time) and takes the trajectory's completion row `FOR UPDATE SKIP LOCKED`, then
+    counts its slots again (a fresh snapshot) before leasing it. Submits that take a slot hold the same row lock, so
+    judgments + live leases never exceed the overlap. Rows skipped because they were locked are looked at again,
+    waiting (bounded), before the answer is "busy"."""
+    now = now or utcnow()
+    write_transaction(db)
+    postgres = not is_sqlite(db)
+    if postgres:
+        db.execute(RATER_LOCK, {"rater_id": rater.id})
+    lease = live_lease(db, project, rater, now)
+    if lease is not None:
         try:
-            return load_trajectory(db, project, completion_id)
-        except (NotFound, Unprocessable):
+            return TrajectoryClaim(load_trajectory(db, project, lease.completion_id), lease)
+        except (NotFound, Unprocessable):  # rejected or changed since: give the slot back
+            lease.state, lease.finished_at = "expired", now
+    if project.status != ProjectStatus.active:
+        return TrajectoryClaim(None, state="done")
+    if sweep_due((TRAJECTORY_SWEEP, project.id)):
+        expire_trajectory_leases(db, project.id, now)
+    query = _open_for(project, rater, now).order_by(Prompt.priority.desc(), Completion.id).limit(50)
+    skipped: list[int] = []
+    for completion_id in db.scalars(query).all():
+        if not _lock_trajectory(db, completion_id, wait=False):
+            skipped.append(completion_id)
             continue
-    return None
+        claimed = _lease_if_free(db, project, rater, completion_id, now)
+        if claimed is not None:
+            return claimed
+    for completion_id in skipped:  # PostgreSQL: held by others a moment ago; wait (bounded) and look again
+        try:
+            with db.begin_nested():
+                db.execute(select(func.set_config("lock_timeout", "5s", True)))
+                _lock_trajectory(db, completion_id, wait=True)
+        except OperationalError:
+            continue
+        claimed = _lease_if_free(db, project, rater, completion_id, now)
+        if claimed is not None:
+            return claimed
+    expire_trajectory_leases(db, project.id, now)  # always before saying that nothing is left, as claims do
+    busy = db.scalar(select(exists(_open_for(project, rater, now, counting_leases=False))))
+    return TrajectoryClaim(None, state="busy" if busy else "done")
+
+
+def _lease_if_free(db: Session, project: Project, rater: User, completion_id: int,
+                   now: datetime) -> TrajectoryClaim | None:  # fmt: skip
+    if not _has_free_slot(db, project, completion_id, now):
+        return None
+    try:
+        trajectory = load_trajectory(db, project, completion_id)
+    except (NotFound, Unprocessable):
+        return None
+    lease = TrajectoryLease(completion_id=completion_id, rater_id=rater.id, project_id=project.id, state="active",
+                            created_at=now, expires_at=now + timedelta(seconds=project.lease_seconds))  # fmt: skip
+    db.add(lease)
+    db.flush()
+    return TrajectoryClaim(trajectory, lease)
+
+
+def next_trajectory(db: Session, project: Project, rater: User) -> Trajectory | None:
+    """The rater's next trajectory, under a lease (`claim_trajectory`); None when none is free for them."""
+    return claim_trajectory(db, project, rater).trajectory
 
 
 def rater_judgment(db: Session, completion_id: int, rater: User) -> StepJudgment | None:
@@ -93,7 +225,10 @@ def submit_labels(db: Session, project: Project, rater: User, completion_id: int
                   time_spent_ms: int | None = None) -> tuple[StepJudgment, bool]:  # fmt: skip
     """Store `rater`'s labels on the trajectory; (judgment, created). A second submit by the same rater returns the
     first judgment unchanged (created False): a double submit never makes two, and labels are not silently replaced."""
+    now = utcnow()
+    write_transaction(db)
     trajectory = load_trajectory(db, project, completion_id)
+    _lock_trajectory(db, completion_id, wait=True)  # a submit at the same time waits: then it sees the first
     existing = rater_judgment(db, completion_id, rater)
     if existing is not None:
         return existing, False
@@ -101,6 +236,7 @@ def submit_labels(db: Session, project: Project, rater: User, completion_id: int
         labels, first_error = check_labels(labels, first_error, len(trajectory.steps), project_tags(project.step_tags))
     except StepLabelError as error:
         raise Unprocessable(str(error)) from error
+    _take_slot(db, project, rater, completion_id, now)
     judgment = StepJudgment(project_id=project.id, completion_id=completion_id, rater_id=rater.id,
                             n_steps=len(trajectory.steps), labels=labels, first_error=first_error, source=HUMAN,
                             time_spent_ms=time_spent_ms, guideline_version=project.guideline_version)  # fmt: skip
@@ -114,6 +250,22 @@ def submit_labels(db: Session, project: Project, rater: User, completion_id: int
             raise
         return existing, False
     return judgment, True
+
+
+def _take_slot(db: Session, project: Project, rater: User, completion_id: int, now: datetime) -> None:
+    """Before a rater's labels are stored: the rater's live lease on the trajectory becomes 'submitted' (its slot
+    becomes the judgment's); without one (it lapsed, or the trajectory was opened by link: a branch) a free slot is
+    needed, counted under the trajectory's row lock (taken by the caller), else Conflict: labels never exceed the
+    overlap."""
+    lease = db.scalar(select(TrajectoryLease).where(TrajectoryLease.completion_id == completion_id,
+                                                    TrajectoryLease.rater_id == rater.id)
+                      .execution_options(populate_existing=True))  # fmt: skip
+    live = lease is not None and lease.state == "active" and lease.expires_at > now
+    if not live and not _has_free_slot(db, project, completion_id, now):
+        raise Conflict("This trajectory has all the step labels it needs"
+                       + (": your lease on it expired and its slot went to another rater." if lease else "."))
+    if lease is not None and lease.state == "active":
+        lease.state, lease.finished_at = "submitted", now
 
 
 def branch(db: Session, project: Project, rater: User, completion_id: int, step: int, content: str,

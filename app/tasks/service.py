@@ -127,6 +127,12 @@ def _sweep_due(project_id: int) -> bool:
         return True
 
 
+def sweep_due(key) -> bool:
+    """Whether a claim sweeps lapsed leases now (`key`: a project id for assignments, or another hashable key for
+    another kind of lease, app.steps' trajectory leases): at most every EXPIRE_EVERY_SECONDS per process."""
+    return _sweep_due(key)
+
+
 def judgments_today(db: Session, project_id: int, rater_id: int, now: datetime) -> int:
     return db.scalar(
         select(func.count()).select_from(Judgment).where(
@@ -190,9 +196,10 @@ def current_assignment(db: Session, project: Project, rater: User, *, now: datet
 
 # PostgreSQL: the rater's row lock, and planning without sorts for the rest of the claim's transaction.
 _user = User.__table__
-_LOCK_RATER = select(_user.c.id, func.set_config("enable_sort", "off", True)).where(
-    _user.c.id == bindparam("rater_id")
-).with_for_update()
+RATER_LOCK = select(_user.c.id).where(_user.c.id == bindparam("rater_id")).with_for_update()
+"""PostgreSQL: the rater's row lock, held by every claim (of a comparison here, of a trajectory in app.steps) until
+its transaction ends: one claim per rater at a time, so a double click cannot lease two tasks."""
+_LOCK_RATER = RATER_LOCK.add_columns(func.set_config("enable_sort", "off", True))
 _TAKE_SLOT = (
     _comparison.update()
     .where(_comparison.c.id == bindparam("b_comparison_id"))
