@@ -8,12 +8,13 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
-from app.auth.deps import AnyUser, DbSession
+from app.auth.deps import AnyUser, DbSession, Staff
 from app.battles import service
-from app.battles.settings import BattleSettings, get_settings
-from app.errors import RankforgeError, TooManyRequests
+from app.battles.settings import BattleSettings, get_settings, set_settings
+from app.errors import RankforgeError, TooManyRequests, Unprocessable
 from app.limits import Id
 from app.models import Project
+from app.projects.service import get_project
 from app.tasks.service import project_for_rater
 from app.web import clipped_markdown, is_htmx, render
 
@@ -78,6 +79,60 @@ def start_page(project_ref: str, request: Request, db: DbSession, principal: Any
     return _respond(request, db, project, settings, battle, principal.user)
 
 
+def _settings_fields(settings: BattleSettings) -> list[dict]:
+    """The settings form's fields, from BattleSettings (the one definition): its type picks the input."""
+    fields = []
+    for name, field in BattleSettings.model_fields.items():
+        value = getattr(settings, name)
+        choices = getattr(field.annotation, "__args__", None) if name == "pairing" else None
+        widget = ("checkbox" if isinstance(value, bool) else "select" if choices else
+                  "lines" if isinstance(value, list) else "number")  # fmt: skip
+        fields.append({"name": name, "label": name.replace("_", " ").capitalize(), "widget": widget,
+                       "value": "\n".join(value) if widget == "lines" else value, "choices": choices or (),
+                       "hint": field.description or "", "step": "any" if isinstance(value, float) else "1"})  # fmt: skip
+    return fields
+
+
+def _settings_page(request: Request, db, project: Project, settings: BattleSettings, *, error=None, saved=False,
+                   status_code=200):  # fmt: skip
+    versions = service.candidates(db, project, BattleSettings())
+    return render(request, "battles/settings.html",
+                  {"project": project, "fields": _settings_fields(settings), "error": error, "saved": saved,
+                   "endpoint_versions": [v.name for v in versions], "enabled": settings.enabled,
+                   "flash": "Saved." if saved else None},
+                  status_code=status_code)  # fmt: skip
+
+
+@router.get("/projects/{project_ref}/battle/settings")
+def settings_page(project_ref: str, request: Request, db: DbSession, principal: Staff, saved: bool = False):
+    """Battle mode's settings (staff): the form of PUT /api/v1/projects/{id}/battle-settings."""
+    project = get_project(db, project_ref)
+    return _settings_page(request, db, project, get_settings(db, project), saved=saved)
+
+
+@router.post("/projects/{project_ref}/battle/settings")
+async def save_settings_page(project_ref: str, request: Request, db: DbSession, principal: Staff):
+    project = get_project(db, project_ref)
+    form = await request.form()
+    values: dict = {}
+    for name, field in BattleSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        raw = form.get(name)
+        if isinstance(default, bool):  # the form shows every box: an absent one is unticked
+            values[name] = raw is not None
+        elif isinstance(default, list):
+            values[name] = [line for line in str(raw or "").splitlines() if line.strip()]
+        elif raw is not None and str(raw).strip():
+            values[name] = str(raw).strip()
+    try:
+        set_settings(db, project, values, principal.user)
+    except Unprocessable as error:
+        db.rollback()
+        submitted = BattleSettings.model_construct(**(get_settings(db, project).model_dump() | values))
+        return _settings_page(request, db, project, submitted, error=str(error.detail), status_code=422)
+    return RedirectResponse(f"/projects/{project.slug}/battle/settings?saved=1", status_code=303)
+
+
 @router.get("/projects/{project_ref}/battle/{battle_id}")
 def battle_fragment(project_ref: str, battle_id: Id, request: Request, db: DbSession, principal: AnyUser):
     project, settings = service.battle_project(db, project_ref, principal.user)
@@ -111,3 +166,4 @@ def vote_page(project_ref: str, battle_id: Id, request: Request, db: DbSession, 
     battle = service.get_own_battle(db, battle_id, principal.user)
     return _respond(request, db, project, settings, battle, principal.user,
                     flash="Vote saved." if created else "Already voted.")  # fmt: skip
+

@@ -271,3 +271,46 @@ def test_model_and_prompt_text_are_escaped_on_the_page(client, people, fault_ser
     assert page.status_code == 200
     assert "<script>alert" not in page.text and "&lt;script&gt;alert(1)" in page.text
     assert "echo-1" not in page.text and "echo-2" not in page.text  # no name before the vote
+
+
+def test_battle_settings_page_turns_battle_mode_on_and_refuses_bad_input(client, people):
+    """Staff turn battle mode on by clicking (the form of the battle-settings API, its fields from BattleSettings);
+    raters may not open it; bad values get 422 and change nothing; no CSRF, no change."""
+    from tests.auth.test_auth import login, session_csrf
+
+    admin = people["admin"]
+    project = make_project(client, admin, name="Clicked arena")
+    off = client.get(f"/projects/{project['slug']}/battle", headers=admin["headers"] | {"Accept": "text/html"})
+    assert f'href="/projects/{project["slug"]}/battle/settings"' in off.text  # reachable from the Battle page
+    login(client, "ann", people["rater"]["password"])
+    assert client.get(f"/projects/{project['slug']}/battle/settings").status_code == 403
+    client.cookies.clear()
+    login(client, "root", admin["password"])
+    page = client.get(f"/projects/{project['slug']}/battle/settings")
+    assert page.status_code == 200 and 'name="turns_per_minute"' in page.text and 'name="blocklist"' in page.text
+    url = f"/projects/{project['slug']}/battle/settings"
+    form = {"enabled": "1", "pairing": "overlap", "max_tokens": "64", "timeout_seconds": "12.5", "max_turns": "3",
+            "max_prompt_chars": "500", "turns_per_minute": "4", "turns_per_hour": "40", "reveal": "1",
+            "versions": "", "blocklist": "forbidden phrase\n<b>bold</b>\n"}  # fmt: skip
+    assert client.post(url, data=form).status_code == 403  # no CSRF token
+    csrf = session_csrf(client)
+    for bad in ({"max_tokens": "0"}, {"pairing": "random"}, {"timeout_seconds": "abc"}, {"max_turns": "\x00"}):
+        response = client.post(url, data=form | bad | {"csrf_token": csrf})
+        assert response.status_code == 422, (bad, response.status_code)
+    assert client.get(f"/api/v1/projects/{project['id']}/battle-settings",
+                      headers=admin["headers"]).json()["enabled"] is False  # fmt: skip
+    saved = client.post(url, data=form | {"csrf_token": csrf}, follow_redirects=False)
+    assert saved.status_code == 303
+    settings = client.get(f"/api/v1/projects/{project['id']}/battle-settings", headers=admin["headers"]).json()
+    assert settings | {"blocklist": None} == {
+        "enabled": True, "versions": [], "pairing": "overlap", "reveal": True, "max_tokens": 64,
+        "timeout_seconds": 12.5, "max_turns": 3, "max_prompt_chars": 500, "turns_per_minute": 4,
+        "turns_per_hour": 40, "blocklist": None}  # fmt: skip
+    assert settings["blocklist"] == ["<b>bold</b>", "forbidden phrase"]
+    shown = client.get(url)
+    assert "&lt;b&gt;bold&lt;/b&gt;" in shown.text and "<b>bold</b>" not in shown.text
+    # An unticked box is off.
+    form.pop("reveal")
+    client.post(url, data=form | {"csrf_token": csrf})
+    assert client.get(f"/api/v1/projects/{project['id']}/battle-settings",
+                      headers=admin["headers"]).json()["reveal"] is False  # fmt: skip
