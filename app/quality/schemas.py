@@ -12,6 +12,7 @@ from pydantic import Field
 
 from app.api import Out
 from app.limits import Input
+from app.steps.schemas import StepAgreementOut
 
 
 class ComparisonCounts(Out):
@@ -50,6 +51,8 @@ class Stats(Out):
     groups: list[GroupAgreement] = Field(default=[], description="Agreement within each rater group.")
     agreement: Agreement
     raters: list[RaterFigures]
+    steps: StepAgreementOut | None = Field(default=None, description="Step labels on agent trajectories: nominal "
+                                           "alpha over steps and per-rater figures (as GET .../step-agreement).")
 
 
 class LeaderboardModel(Out):

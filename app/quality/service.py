@@ -22,6 +22,7 @@ from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
 from app.quality import poststrat, stats, style
+from app.quality.step_agreement import step_agreement
 
 TIE = -1
 """Code for "no single best option" in the nominal top-choice data (stats.TIE_CODE)."""
@@ -346,6 +347,7 @@ def project_stats(db: Session, project: Project) -> dict:
         },
         "pairwise_agreement": pairwise_out,
         "raters": raters_out,
+        "steps": step_agreement(db, project),  # step labels on trajectories (app.quality.step_agreement)
     }
 
 
