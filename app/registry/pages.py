@@ -13,7 +13,7 @@ from app.models import ModelVersion, Project
 from app.registry.local_serving import serving_state
 from app.registry.service import get_version, list_versions
 from app.web import render, render_markdown
-from trainer.results import MODEL_KINDS, SCORING_MODEL_KINDS
+from trainer.results import SCORING_MODEL_KINDS
 
 router = APIRouter(tags=["pages"])
 
@@ -38,8 +38,6 @@ def models_page(request: Request, db: DbSession, principal: Staff):
                    "figures": {v.id: split_figures(v.metrics) for v in versions}})  # fmt: skip
 
 
-SCORED_KIND = MODEL_KINDS[0]
-"""The model kind that scores answers (a reward model): its page says when it carries no audit."""
 CARD_LIMIT = 200_000
 """The most characters of a model card the page shows."""
 
@@ -65,4 +63,5 @@ def model_page(version_id: Id, request: Request, db: DbSession, principal: Staff
     card = render_markdown(card.split("---", 2)[-1] if card.startswith("---") else card) if card else None
     return render(request, "models/version.html",
                   {"version": version, "project": project, "base": base, "figures": split_figures(version.metrics),
-                   "audit": manifest.get("audit"), "scoring_model": version.kind in SCORING_MODEL_KINDS, "card": card, "scored_kind": SCORED_KIND, "serving": serving_state(db, version)})  # fmt: skip
+                   "audit": manifest.get("audit"), "scoring_model": version.kind in SCORING_MODEL_KINDS, "card": card,
+                   "serving": serving_state(db, version)})  # fmt: skip
