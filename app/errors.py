@@ -117,6 +117,12 @@ class SecretKeyError(RankforgeError):
     status_code = 503
 
 
+class FiguresPending(RankforgeError):
+    """A large project's figures are being computed by a worker (app.quality.figures); try again shortly."""
+
+    status_code = 503
+
+
 class EndpointError(Unprocessable):
     """A model endpoint did not answer as an OpenAI-compatible server should (unreachable, wrong model name,
     refused address)."""

@@ -7,19 +7,23 @@ module wires them together: which handler runs which kind, and what an idle work
 from __future__ import annotations
 
 from app.datasets.handlers import run_export_job
+from app.db import session_scope
 from app.jobs import runner
 from app.jobs.runner import Handler, IdleTask
 from app.judges.endpoint_judge import run_any_judge_job
 from app.models import JobKind
+from app.quality.figures import refresh_due
 from app.registry.handlers import run_serve_job
 from app.training.endpoint_generate import run_generate_job
 from app.training.handlers import run_training_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
+from app.training.scheduler import acquire_lock, run_alone
 from app.training.scheduler import tick as schedule_training
 from app.verifiers.handlers import run_verify_job
 from app.webhooks.delivery import deliver_due, run_in_background
 
+FIGURES_LOCK = "figures"
 HANDLERS: dict[str, Handler] = {
     JobKind.export: run_export_job,
     JobKind.verify: run_verify_job,
@@ -29,9 +33,23 @@ HANDLERS: dict[str, Handler] = {
     JobKind.judge: run_any_judge_job,  # a trainer kind whose inputs and verdicts the judges domain owns (an endpoint
     # judge is asked over HTTP in the worker)
 }
-IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds]
-"""Run with the worker id whenever the queue is empty: retraining schedules and rounds (each under a lease lock:
-one worker acts)."""
+
+
+def refresh_figures(worker_id: str) -> list[int]:
+    """Idle task: recompute the cached figures of large projects whose judgments changed (app.quality.figures),
+    under the `figures` lease and, on PostgreSQL, its advisory lock: one worker at a time."""
+    with session_scope() as db:
+        if not acquire_lock(db, worker_id, name=FIGURES_LOCK):
+            return []
+    with session_scope() as db:
+        if not run_alone(db, FIGURES_LOCK):
+            return []
+        return list(refresh_due(db))
+
+
+IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds, refresh_figures]
+"""Run with the worker id whenever the queue is empty: retraining schedules, rounds and the large projects'
+figures (each under a lease lock: one worker acts)."""
 
 
 def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:

@@ -1,4 +1,7 @@
-"""Battle tallies: the model leaderboard's sufficient statistics, maintained as judgments are written or excluded."""
+"""Battle tallies (the model leaderboard's sufficient statistics, maintained as judgments are written or excluded)
+and the worker's cached project figures: what keeps the figures fast at ten million judgments."""
+
+from datetime import datetime
 
 from sqlalchemy import ForeignKey, Integer, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -21,3 +24,19 @@ class BattleTally(Base):
     model_b: Mapped[str] = mapped_column(String(200), primary_key=True)
     outcome: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProjectFigures(Base):
+    """A project's figures as last computed by a worker (app.quality.figures): the statistics endpoint's and the
+    dashboard's answers for projects too large to compute per request, with the judgments' change marker they
+    were computed at."""
+
+    __tablename__ = "project_figures"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """stats | dashboard"""
+    figures: Mapped[dict] = mapped_column()
+    marker: Mapped[str] = mapped_column(String(200))
+    """What the judgments looked like when computed (app.quality.figures.change_marker)."""
+    computed_at: Mapped[datetime]

@@ -14,6 +14,7 @@ from app.groups import all_groups
 from app.judgments.content import comparison_contents, comparison_page_data, rankings_in_letters
 from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
+from app.quality import figures as cached
 from app.quality import service
 from app.quality.attributes import attribute_leaderboard
 from app.web import render
@@ -84,8 +85,8 @@ def _charts(figures: dict) -> dict:
 @router.get("/projects/{project_ref}/dashboard")
 def dashboard_page(project_ref: str, request: Request, db: DbSession, principal: Staff):
     project = get_project(db, project_ref)
-    figures = service.dashboard(db, project)
-    stats = service.project_stats(db, project)
+    figures = cached.figures(db, project, "dashboard")
+    stats = cached.figures(db, project, "stats")
     stats["raters"].sort(key=lambda r: -1.0 if r["reliability"] is None else -r["reliability"])  # most reliable first
     reviews = service.review_queue(db, project)
     context = {

@@ -12,7 +12,7 @@ from app.auth.deps import Admin, DbSession, Staff
 from app.limits import Id, Input, Int4, varchar
 from app.models import Comparison
 from app.projects.service import get_project
-from app.quality import service
+from app.quality import figures, service
 from app.quality.attributes import attribute_leaderboard
 from app.quality.rigging import flag_rigging
 from app.quality.schemas import (
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/api/v1", tags=["quality"])
 @router.get("/projects/{project_ref}/stats", response_model=Stats)
 def project_stats(project_ref: str, db: DbSession, principal: Staff):
     """Queue counts, agreement, and per-rater figures (gold accuracy, agreement with the majority, reliability)."""
-    return service.project_stats(db, get_project(db, project_ref))
+    return figures.figures(db, get_project(db, project_ref), "stats")
 
 
 @router.get("/projects/{project_ref}/leaderboard", response_model=Leaderboard)
@@ -55,7 +55,7 @@ def set_group_weights(project_ref: str, data: GroupWeights, db: DbSession, princ
 
 @router.get("/projects/{project_ref}/dashboard", response_model=Dashboard)
 def dashboard(project_ref: str, db: DbSession, principal: Staff):
-    return service.dashboard(db, get_project(db, project_ref))
+    return figures.figures(db, get_project(db, project_ref), "dashboard")
 
 
 @router.get("/projects/{project_ref}/reviews", response_model=list[FlaggedJudgment])

@@ -46,6 +46,9 @@ class GroupAgreement(Out):
 
 
 class Stats(Out):
+    as_of: datetime | None = Field(default=None, description="When these figures were computed: now for a project "
+                                   "of up to 50,000 judgments, else by a worker (app.quality.figures; a project "
+                                   "whose first computation is under way answers 503).")
     comparisons: ComparisonCounts
     judgments: int
     groups: list[GroupAgreement] = Field(default=[], description="Agreement within each rater group.")
@@ -106,6 +109,9 @@ class Leaderboard(Out):
 
 
 class Dashboard(Out):
+    as_of: datetime | None = Field(default=None, description="When these figures were computed: now for a project "
+                                   "of up to 50,000 judgments, else by a worker (app.quality.figures; a project "
+                                   "whose first computation is under way answers 503).")
     overview: dict[str, Any]
     hours: list[str]
     judgments_per_hour: list[int]
