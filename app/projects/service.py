@@ -73,7 +73,7 @@ def may_rate(db: Session, project: Project, user: User) -> bool:
 def revoke_nonmember_leases(db: Session, project: Project) -> int:
     """In a members-only project, end the active leases of raters who are not (or no longer) members: state
     'revoked', slot given back, and a submit of such an assignment is refused. Returns the leases revoked."""
-    from app.models import Assignment, utcnow
+    from app.models import Assignment, TrajectoryLease, utcnow
 
     if not project.members_only:
         return 0
@@ -90,7 +90,15 @@ def revoke_nonmember_leases(db: Session, project: Project) -> int:
         counts[comparison_id] = counts.get(comparison_id, 0) + 1
     for comparison_id, n in counts.items():
         db.execute(update(Comparison).where(Comparison.id == comparison_id).values(n_leases=Comparison.n_leases - n))
-    return len(revoked)
+    trajectories = db.execute(  # trajectory leases (app.steps): slots count live leases only, so ending them frees them
+        update(TrajectoryLease)
+        .where(TrajectoryLease.project_id == project.id, TrajectoryLease.state == "active",
+               ~exists().where(ProjectMember.project_id == project.id,
+                               ProjectMember.user_id == TrajectoryLease.rater_id))
+        .values(state="revoked", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount or 0  # fmt: skip
+    return len(revoked) + trajectories
 
 
 def visible_projects(db: Session, user: User) -> list[Project]:

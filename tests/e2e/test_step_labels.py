@@ -50,7 +50,8 @@ def test_label_steps_by_keyboard_and_branch(page, api, users, browser_problems):
     mine = labels[0]
     assert mine["completion_id"] == completion_id and mine["rater"] == "rater1" and mine["first_error"] == 2
     assert [entry["label"] for entry in mine["labels"]] == ["good", "neutral", "bad", None]
-    tags = api.get(f"{base}/steps/next", headers=admin["headers"]).json()["tags"]
+    # (not /steps/next: the other trajectory is leased to rater1 now, whose page shows it)
+    tags = api.get(f"{base}/trajectories/{completion_id}", headers=admin["headers"]).json()["tags"]
     assert mine["labels"][1]["tags"] == [tags[1]] and mine["labels"][2]["tags"] == [tags[0]]
 
     # the next trajectory: rewrite its second step by keyboard (j, r, type, Tab to the button, Enter): a branch

@@ -120,3 +120,14 @@ def test_concurrent_raters_fill_each_trajectory_exactly(db_url, users, live_serv
         states = Counter(session.scalars(select(TrajectoryLease.state)))
         assert states == {"submitted": TRAJECTORIES * OVERLAP}
     assert_clean_server_log(tmp_path)
+
+
+def test_turning_members_only_on_revokes_trajectory_leases_of_non_members(client, users, db_url):
+    admin, ann = users.create("admin", "admin"), users.create("ann", "annotator")
+    project = make_project(client, admin, overlap=1)
+    assert import_lines(client, admin, project["id"], trajectory_file(["q"], n_steps=2), "openai-chat").status_code < 300
+    base = f"/api/v1/projects/{project['id']}"
+    assert client.get(f"{base}/steps/next", headers=ann["headers"]).status_code == 200
+    assert client.patch(base, json={"members_only": True}, headers=admin["headers"]).status_code == 200
+    with session_factory(db_url)() as session:
+        assert list(session.scalars(select(TrajectoryLease.state))) == ["revoked"]
