@@ -331,9 +331,15 @@ def _turn_columns(jc: JudgedComparison, prompt: list[Message]) -> Row:
     the conversation's opening (its messages up to the first user message), shared by the rows of every turn of one
     conversation (an Open-Assistant tree, a chat compared at several turns); ``tools`` as in pairs."""
     users = [index for index, message in enumerate(prompt) if message.get("role") == "user"]
+    return {"turn": max(len(users) - 1, 0), "conversation": conversation_id(prompt), **_tools_column(jc)}
+
+
+def conversation_id(prompt: list[Message]) -> str:
+    """A stable id of a conversation: the digest of its opening (the messages up to the first user message), the
+    same for every turn of it."""
+    users = [index for index, message in enumerate(prompt) if message.get("role") == "user"]
     opening = prompt[: users[0] + 1] if users else prompt
-    digest = hashlib.sha256(json.dumps(opening, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    return {"turn": max(len(users) - 1, 0), "conversation": digest[:16], **_tools_column(jc)}
+    return hashlib.sha256(json.dumps(opening, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def kto_rows(
@@ -640,8 +646,14 @@ def arrow_schema(export_format: str, *, conversational: bool = False, attributes
 # Splits
 
 
+def split_unit(jc: JudgedComparison) -> Any:
+    """What a split keeps together: a chat prompt's conversation (every turn of one conversation on one side, so no
+    turn of a held-out conversation is trained on), else the prompt."""
+    return f"conversation:{conversation_id(jc.prompt)}" if isinstance(jc.prompt, list) else jc.prompt_id
+
+
 def split_for_prompt(prompt_id: Any, *, seed: int, test_fraction: float) -> Literal["train", "test"]:
-    """Deterministic train/test split by prompt: every row of a prompt lands on the same side.
+    """Deterministic train/test split by prompt (or by `split_unit`): every row of it lands on the same side.
 
     The side depends only on (seed, prompt_id), not on row order or on which other prompts exist, so a
     prompt keeps its side as a project grows and across export formats.
@@ -670,7 +682,7 @@ def export_rows(
         )
     build_rows = ROW_BUILDERS[export_format]
     for jc in comparisons:
-        split = split_for_prompt(jc.prompt_id, seed=seed, test_fraction=test_fraction)
+        split = split_for_prompt(split_unit(jc), seed=seed, test_fraction=test_fraction)
         for row in build_rows(
             jc, conversational=conversational, min_agreement=min_agreement, min_votes=min_votes
         ):

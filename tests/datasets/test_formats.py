@@ -308,6 +308,24 @@ def test_export_rows_never_puts_a_prompt_on_both_sides():
         list(export_rows(comparisons, "csv"))
 
 
+def test_every_turn_of_a_conversation_lands_on_one_side():
+    """Comparisons at several turns of one conversation (an Open-Assistant tree, a chat compared turn by turn) are
+    different prompts: split by prompt, a held-out conversation's earlier turns would be trained on."""
+    comparisons = []
+    for conversation in range(60):
+        history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {conversation}"}]
+        for turn in range(3):
+            comparisons.append(JudgedComparison(
+                comparison_id=len(comparisons), prompt_id=len(comparisons), prompt=[dict(m) for m in history],
+                completions=COMPLETIONS, judgments=[vote([["a"], ["b"]])]))  # fmt: skip
+            history += [{"role": "assistant", "content": f"answer {turn}"}, {"role": "user", "content": f"more {turn}"}]
+    sides = {}
+    for split, row in export_rows(comparisons, "kto", conversational=True, test_fraction=0.3, seed=2):
+        sides.setdefault(row["conversation"], set()).add(split)
+    assert len(sides) == 60 and all(len(s) == 1 for s in sides.values())
+    assert {side for s in sides.values() for side in s} == {"train", "test"}
+
+
 @pytest.mark.skipif(not OASST_FILE.is_file(), reason=f"reference data not found at {OASST_FILE}")
 def test_real_oasst_rankings_become_pairs_that_follow_the_human_ranks():
     records = parse_import(OASST_FILE.read_bytes(), "oasst")
