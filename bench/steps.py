@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 RECIPE = {"num_train_epochs": 45, "learning_rate": 3e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
           "bad_step_weight": 1.0}  # fmt: skip
-"""The prm job's params (the last full run: see /work/notes/issue-24-prm.md for the runs behind them)."""
+"""The prm job's params: those of the figures in the README's bench table (the aims are not met with them)."""
 
 
 def main() -> int:
