@@ -86,6 +86,9 @@ class RewardArgs(TrainArgs):
     """weight each pair's loss by its snapshot `weight` (vote agreement x rater reliability) when present"""
     center_rewards_coefficient: float = 0.0
     """pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2); 0 disables"""
+    group_by_length: bool = True
+    """training batches of pairs of similar length (less padding: faster); False: transformers' seeded random
+    order, as a plain TRL RewardTrainer script samples (bench/parity.py compares like with like with it)"""
 
 
 @dataclass
@@ -348,7 +351,9 @@ class ScoreArgs:
 
     def __post_init__(self) -> None:
         if self.prm_outcome not in PRM_OUTCOMES:
-            raise ValueError(f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}")
+            raise ValueError(
+                f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}"
+            )
 
 
 JUDGE_METHODS = ("reward", "generative", "rules")
@@ -431,7 +436,9 @@ class JudgeArgs:
 
     def required_models(self) -> dict[str, str]:
         """The spec's model paths its method reads, with their name in messages (rules read none)."""
-        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(self.method, {})
+        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(
+            self.method, {}
+        )
 
 
 @dataclass(frozen=True)
@@ -494,7 +501,12 @@ _EPOCHS = ("learning_rate", "num_train_epochs", "max_steps")
 _GROUPS = ("learning_rate", "max_steps", "num_generations", "beta", "max_completion_length")
 _MEAN_LOSS = "train/loss_mean"
 _POLICY = {"output": "policy", "round_update": True, "curves": True}
-_FROM_PROMPTS = {**_POLICY, "prompts": "without_snapshot", "kl_metric": "eval/kl_to_reference", "loss_metric": "train/loss"}
+_FROM_PROMPTS = {
+    **_POLICY,
+    "prompts": "without_snapshot",
+    "kl_metric": "eval/kl_to_reference",
+    "loss_metric": "train/loss",
+}
 
 KIND_INFO: dict[str, Kind] = {
     "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "reward model", "pairs", base_model="any", curves=True,
