@@ -351,9 +351,7 @@ class ScoreArgs:
 
     def __post_init__(self) -> None:
         if self.prm_outcome not in PRM_OUTCOMES:
-            raise ValueError(
-                f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}"
-            )
+            raise ValueError(f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}")
 
 
 JUDGE_METHODS = ("reward", "generative", "rules")
@@ -436,9 +434,7 @@ class JudgeArgs:
 
     def required_models(self) -> dict[str, str]:
         """The spec's model paths its method reads, with their name in messages (rules read none)."""
-        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(
-            self.method, {}
-        )
+        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(self.method, {})
 
 
 @dataclass(frozen=True)
@@ -501,12 +497,7 @@ _EPOCHS = ("learning_rate", "num_train_epochs", "max_steps")
 _GROUPS = ("learning_rate", "max_steps", "num_generations", "beta", "max_completion_length")
 _MEAN_LOSS = "train/loss_mean"
 _POLICY = {"output": "policy", "round_update": True, "curves": True}
-_FROM_PROMPTS = {
-    **_POLICY,
-    "prompts": "without_snapshot",
-    "kl_metric": "eval/kl_to_reference",
-    "loss_metric": "train/loss",
-}
+_FROM_PROMPTS = {**_POLICY, "prompts": "without_snapshot", "kl_metric": "eval/kl_to_reference", "loss_metric": "train/loss"}
 
 KIND_INFO: dict[str, Kind] = {
     "reward": Kind(RewardArgs, "trainer.reward:main", "reward", "reward model", "pairs", base_model="any", curves=True,

@@ -140,9 +140,7 @@ def pairwise_accuracy(
 ) -> dict:  # fmt: skip
     """Share of pairs whose chosen completion the model scores higher (a tie counts half, as in the audit and
     bench/parity.py), and the mean score gap (`scores`: pair_scores' answer when already computed)."""
-    chosen, rejected = scores or pair_scores(
-        model, tokenizer, rows, batch_size=batch_size, max_length=max_length
-    )
+    chosen, rejected = scores or pair_scores(model, tokenizer, rows, batch_size=batch_size, max_length=max_length)
     gaps = [c - r for c, r in zip(chosen, rejected, strict=True)]
     return {
         "accuracy": sum(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0 for gap in gaps) / len(gaps),
@@ -195,9 +193,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         train_rows = read_training_rows(dataset_path)
     with phases("load_model"):
         tokenizer = load_tokenizer(spec.base_model)
-        model = load_reward(
-            spec.base_model, tokenizer=tokenizer, role="base model", quantize=args.load_in_4bit
-        )
+        model = load_reward(spec.base_model, tokenizer=tokenizer, role="base model", quantize=args.load_in_4bit)
     system = thread_facts()
     progress.log(f"reward: {len(train_rows)} training pairs, {system['system/threads']} threads per process")
 
@@ -209,9 +205,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     with phases("train"):
         result = trainer.train()
 
-    metrics = trained_metrics(
-        callback, result, trainer.fit, "pairs", ("rewards/accuracies", "rewards/margins")
-    )
+    metrics = trained_metrics(callback, result, trainer.fit, "pairs", ("rewards/accuracies", "rewards/margins"))
     if progress.is_main_process():
         held_out_split = bool(args.eval_split and has_split(dataset_path, args.eval_split))
         split = args.eval_split if held_out_split else "train"
