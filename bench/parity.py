@@ -1,23 +1,35 @@
 """Does the product's default `train reward` lose accuracy against a plain TRL script? Real data, same split.
 
-    .venv/bin/python bench/parity.py                                    # small: 800 pairs, 1 epoch, 1 repeat
-    .venv/bin/python bench/parity.py --pairs 2000 --epochs 3 --repeats 3 --size small
+    .venv/bin/python bench/parity.py --pairs 600 --repeats 1          # a check (~3 min on 2 quiet cores)
+    .venv/bin/python bench/parity.py --pairs 1992 --repeats 3         # the figure (see the note for its time)
 
-Data: the shared HH-RLHF harmless file (chosen/rejected conversations). Each row becomes a pair: the prompt is the
-conversation up to its last "Assistant:" turn, chosen and rejected are the two last answers (rows whose two
-conversations differ before that turn are dropped). A seeded shuffle splits the rows into train and test once:
-both sides train on the same train rows and are measured on the same test rows.
+Data: the shared HH-RLHF harmless file (chosen/rejected conversations), read in place. Each row becomes a pair: the
+prompt is the conversation up to its last "Assistant:" turn, chosen and rejected are the two last answers (rows whose
+two conversations differ before that turn are dropped). A seeded shuffle (1234) splits the rows into train and test
+once: both sides train on the same train rows, in the same file order, and are measured on the same test pairs.
 
   product  the reward job as the worker runs it: a snapshot directory (train/test splits), `python -m trainer.run
            spec.json` with the kind's defaults (trainer.params.RewardArgs) where the run does not set them;
   plain    a TRL script an ML engineer would write: RewardTrainer on {"prompt", "chosen", "rejected"} text rows,
            TRL's own tokenization and collator, the same hyperparameters (learning rate, epochs, batch, max_length,
-           schedule, seed).
-Model: the same starting checkpoint for both, a Llama built from a config (random weights; no hub access here)
-with a BPE tokenizer trained on the train split, or --model DIR (a sequence-classification checkpoint).
-Held-out accuracy: one evaluator for both trained models (score prompt + answer, cut at the start to max_length
-so the answers survive; ties count half), beside the product's own eval/accuracy. Seeds 0..repeats-1; prints the
-mean gap and each repeat's, and `uptime` (the machine may be shared).
+           schedule, warmup, weight decay, clipping, seed).
+
+Parity by construction. The two pipelines differ only where the product chose to (tests/trainer/test_reward_parity.py
+pins that the token ids are otherwise equal: prompt + answer + EOS, BOS-framed, right padding, chosen rows then
+rejected in each batch, the same Bradley-Terry loss, dropout off in both):
+  * a pair longer than max_length: TRL DROPS it; the product cuts the prompt's START and keeps it (the answer and its
+    EOS survive). At max_length 128 on HH TRL keeps only about a third of the rows. --rows fit (default) trains both
+    on the pairs that fit untruncated (same rows, same ids); --rows all gives both every row (the product's choice
+    measured: it trains on more, harder, rows);
+  * batches: the product groups pairs of similar length (faster); TRL samples in a seeded random order. --order random
+    (default) runs the product with group_by_length=false, so both see the same batches in the same order; --order
+    grouped runs the product's default.
+With --rows fit --order random the two should train (nearly) the same model: per-pair agreement near 100 %.
+Held-out accuracy: one evaluator for both trained models, the product's encoding (prompt start cut to max_length,
+EOS as in training) and scoring; a tie counts half. Paired: the same test pairs for both. Printed: each seed's
+accuracies, the difference, the agreement rate of the two models' per-pair decisions; the mean difference and its
+spread over seeds; `uptime` (the machine may be shared). The model: the same start checkpoint for both, a Llama
+built from a config (random weights; no hub access here) with a BPE tokenizer trained on the train split, or --model.
 """
 
 from __future__ import annotations
@@ -36,8 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path("/work/shared/data/hh_rlhf_harmless_test_2000.jsonl")
 MARK = "\n\nAssistant:"
-FULL_REPEATS = 3
-"""Seeds of the full run the lead makes (the estimate printed at the end is for it)."""
 SIZES = {"tiny": (64, 2, 4, 256), "small": (256, 4, 4, 1024), "20m": (512, 6, 8, 1376)}
 
 PLAIN_SCRIPT = r"""
@@ -53,7 +63,7 @@ model = AutoModelForSequenceClassification.from_pretrained(cfg["model"], num_lab
 model.config.pad_token_id = tokenizer.pad_token_id
 rows = [json.loads(line) for line in open(cfg["train"])]
 dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-args = RewardConfig(output_dir=cfg["out"] + "/_scratch", learning_rate=p["learning_rate"],
+args = RewardConfig(output_dir=cfg["out"] + "/_scratch", gradient_accumulation_steps=p["gradient_accumulation_steps"], learning_rate=p["learning_rate"],
                     num_train_epochs=p["num_train_epochs"], max_steps=p.get("max_steps", -1),
                     per_device_train_batch_size=p["per_device_train_batch_size"], max_length=p["max_length"],
                     lr_scheduler_type=p["lr_scheduler_type"], warmup_steps=p["warmup_steps"],
@@ -143,102 +153,129 @@ def run_plain(root: Path, model: Path, train_path: Path, params: dict, seed: int
     return out
 
 
-def held_out_accuracy(model_dir: Path, test: list[dict], max_length: int) -> float:
-    """Share of test pairs whose chosen answer scores higher (ties half); prompt + answer cut at the start."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def held_out_scores(model_dir: Path, test: list[dict], max_length: int) -> tuple[list[float], list[float]]:
+    """Scores of each test pair's chosen and rejected answer, the product's encoding and scoring for any model."""
+    from trainer.models import load_reward, load_tokenizer
+    from trainer.reward import pair_scores
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.truncation_side = "left"
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = load_tokenizer(model_dir, "trained model")
+    model = load_reward(model_dir, tokenizer=tokenizer, role="trained model")
+    return pair_scores(model, tokenizer, test, batch_size=16, max_length=max_length)
 
-    def scores(texts: list[str]) -> list[float]:
-        out = []
-        with torch.no_grad():
-            for begin in range(0, len(texts), 16):
-                batch = tokenizer(texts[begin : begin + 16], truncation=True, max_length=max_length, padding=True,
-                                  return_tensors="pt")  # fmt: skip
-                out += model(**batch).logits[:, 0].tolist()
-        return out
 
-    chosen = scores([r["prompt"] + r["chosen"] for r in test])
-    rejected = scores([r["prompt"] + r["rejected"] for r in test])
-    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)) / len(
-        test
-    )
+def decisions(scores: tuple[list[float], list[float]]) -> list[float]:
+    """1 chosen ranked first, 0 rejected first, 0.5 a tie."""
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(*scores, strict=True)]
+
+
+def fitting(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Rows whose prompt + chosen and prompt + rejected (with EOS) fit max_length untruncated: TRL keeps exactly
+    these, and the product encodes them to the same ids."""
+    from trainer.encoding import encode_pair
+
+    kept = []
+    for row in rows:
+        encoded = encode_pair(row["prompt"], [row["chosen"], row["rejected"]], tokenizer, max_length)
+        if encoded is not None and not encoded.truncated:
+            kept.append(row)
+    return kept
+
+
+def spread(values: list[float]) -> float:
+    """Sample standard deviation (0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--pairs", type=int, default=800, help="rows used (train + test)")
+    parser.add_argument(
+        "--pairs", type=int, default=600, help="rows used (train + test) before the fit filter"
+    )
     parser.add_argument("--test-share", type=float, default=0.25)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument(
         "--model", type=Path, help="a sequence-classification checkpoint instead of a built one"
     )
-    parser.add_argument("--epochs", type=float, help="default: the reward kind's (trainer.params.RewardArgs)")
+    parser.add_argument(
+        "--epochs", type=float, default=1.0, help="the kind's default is 3; 1 keeps a run short"
+    )
     parser.add_argument("--batch", type=int, help="default: the kind's")
     parser.add_argument("--learning-rate", type=float, help="default: the kind's")
     parser.add_argument(
-        "--max-length", type=int, default=256, help="the kind's default is 512; CPU runs use less"
+        "--max-length", type=int, default=128, help="the kind's default is 512; CPU runs use less"
     )
+    parser.add_argument("--rows", choices=("fit", "all"), default="fit",
+                        help="fit: train both on the pairs that fit max_length untruncated; all: every pair (TRL "
+                             "drops the long ones, the product cuts their prompt's start)")  # fmt: skip
+    parser.add_argument("--order", choices=("random", "grouped"), default="random",
+                        help="random: product with group_by_length=false (TRL's order); grouped: the product's "
+                             "default length-grouped batches")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="seeds 0..repeats-1")
     args = parser.parse_args(argv)
 
+    from trainer.models import load_tokenizer
     from trainer.params import RewardArgs
     from trainer.tiny import write_snapshot
 
     defaults = RewardArgs()
     params = {"learning_rate": args.learning_rate or defaults.learning_rate,
-              "num_train_epochs": args.epochs or defaults.num_train_epochs,
+              "num_train_epochs": args.epochs,
               "per_device_train_batch_size": args.batch or defaults.per_device_train_batch_size,
+              "gradient_accumulation_steps": defaults.gradient_accumulation_steps,
               "max_length": args.max_length, "lr_scheduler_type": defaults.lr_scheduler_type,
               "warmup_steps": defaults.warmup_steps, "weight_decay": defaults.weight_decay,
               "max_grad_norm": defaults.max_grad_norm}  # fmt: skip
+    product_params = params | {"group_by_length": args.order == "grouped"}
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-acc-parity-") as tmp:
         root = Path(tmp)
         os.environ["RANKFORGE_DATA_DIR"] = str(root / "data")
         train, test = split(hh_pairs(args.data), args.pairs, args.test_share)
+        model = args.model or build_model(root, train, args.size)
+        if args.rows == "fit":
+            before = len(train)
+            train = fitting(train, load_tokenizer(model), args.max_length)
+            print(
+                f"--rows fit: {len(train)} of {before} train pairs fit {args.max_length} tokens untruncated"
+            )
         snapshot = write_snapshot(root / "snapshot", {"train": train, "test": test})
         train_path = snapshot / "train.jsonl"
-        model = args.model or build_model(root, train, args.size)
-        print(f"data: {args.data.name}: {len(train)} train / {len(test)} test pairs (split seed 1234); model: "
+        print(f"data: {args.data.name}: {len(train)} train / {len(test)} test pairs (split seed 1234, rows "
+              f"{args.rows}, product order {args.order}); model: "
               f"{args.model or 'Llama ' + args.size + ' (random weights)'}; params {json.dumps(params)}")  # fmt: skip
         print(f"uptime before: {uptime}", flush=True)
-        gaps, train_seconds = [], 0.0
+        gaps, agreements = [], []
         for seed in range(args.repeats):
             started = time.perf_counter()
-            product_dir, metrics = run_product(root, model, snapshot, params, seed)
+            product_dir, metrics = run_product(root, model, snapshot, product_params, seed)
             product_seconds = time.perf_counter() - started
             started = time.perf_counter()
             plain_dir = run_plain(root, model, train_path, params, seed)
             plain_seconds = time.perf_counter() - started
-            product = held_out_accuracy(product_dir, test, args.max_length)
-            plain = held_out_accuracy(plain_dir, test, args.max_length)
-            gaps.append(product - plain)
-            train_seconds += product_seconds + plain_seconds
-            print(f"seed {seed}: held-out accuracy product {product:.4f} (its own eval/accuracy "
-                  f"{metrics.get('eval/accuracy')}) plain TRL {plain:.4f}  gap {100 * (product - plain):+.1f} points; "
-                  f"wall product {product_seconds:.0f} s, plain {plain_seconds:.0f} s", flush=True)  # fmt: skip
+            product = decisions(held_out_scores(product_dir, test, args.max_length))
+            plain = decisions(held_out_scores(plain_dir, test, args.max_length))
+            product_acc, plain_acc = sum(product) / len(test), sum(plain) / len(test)
+            agreement = sum(a == b for a, b in zip(product, plain, strict=True)) / len(test)
+            gaps.append(product_acc - plain_acc)
+            agreements.append(agreement)
+            print(f"seed {seed}: held-out accuracy product {product_acc:.4f} (its own eval/accuracy "
+                  f"{metrics.get('eval/accuracy')}; trained on {metrics.get('train/pairs_used')} pairs, "
+                  f"{metrics.get('train/pairs_truncated')} truncated) plain TRL {plain_acc:.4f}  difference "
+                  f"{100 * (product_acc - plain_acc):+.1f} points; same decision on {100 * agreement:.1f} % of "
+                  f"the {len(test)} test pairs; wall product {product_seconds:.0f} s, plain {plain_seconds:.0f} s",
+                  flush=True)  # fmt: skip
         mean = sum(gaps) / len(gaps)
-        print(f"mean gap over {len(gaps)} repeat(s): {100 * mean:+.2f} points "
-              f"({'within' if round(abs(100 * mean), 6) <= 1.0 else 'NOT within'} 1 point)")  # fmt: skip
+        print(f"mean difference product - plain over {len(gaps)} seed(s): {100 * mean:+.2f} points (sd over seeds "
+              f"{100 * spread(gaps):.2f}, min {100 * min(gaps):+.1f}, max {100 * max(gaps):+.1f}; "
+              f"{'within' if round(abs(100 * mean), 6) <= 1.0 else 'NOT within'} 1 point); mean agreement "
+              f"{100 * sum(agreements) / len(agreements):.1f} %")  # fmt: skip
         print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-        # The full run: every usable row of the file, the kind's default epochs, FULL_REPEATS seeds, this size and
-        # max_length; training time grows about linearly in train pairs x epochs (the evaluation is small).
-        usable = len(hh_pairs(args.data))
-        full_train = usable - max(1, int(usable * args.test_share))
-        full_epochs = defaults.num_train_epochs
-        scale = (full_train * full_epochs) / (len(train) * params["num_train_epochs"])
-        expected = train_seconds / args.repeats * scale * FULL_REPEATS
-        print(f"expected full running time: about {expected / 60:.0f} min on this machine for --pairs {usable} "
-              f"--epochs {full_epochs:g} --repeats {FULL_REPEATS} --size {args.size} --max-length {args.max_length} "
-              f"({full_train} train pairs; from this run's training wall time, {train_seconds:.0f} s for "
-              f"{len(train)} pairs x {params['num_train_epochs']:g} epoch(s) x {args.repeats} repeat(s), scaled "
-              "linearly in pairs x epochs x repeats; a larger --size or --max-length costs more)")  # fmt: skip
+        print(f"wall time: {(time.perf_counter() - begun) / 60:.1f} min")
 
 
 if __name__ == "__main__":
