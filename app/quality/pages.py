@@ -16,7 +16,6 @@ from app.limits import INT4_MAX, INT4_MIN, Id
 from app.projects.service import get_project
 from app.quality import figures as cached
 from app.quality import service
-from app.quality.attributes import attribute_leaderboard
 from app.web import render
 
 router = APIRouter(tags=["pages"])
@@ -26,11 +25,12 @@ router = APIRouter(tags=["pages"])
 def leaderboard_page(project_ref: str, request: Request, db: DbSession, principal: Staff,
                      group: str | None = Query(None, max_length=101)):  # fmt: skip
     project = get_project(db, project_ref)
-    board = service.leaderboard(db, project, group=group or None)
+    board = cached.leaderboard(db, project, group=group or None)
+    attribute_board = board.pop("attributes")
     names = sorted(board["win_rates"])
     return render(request, "quality/leaderboard.html",
                   {"project": project, "board": board, "names": names, "chart": _ratings_chart(board),
-                   "attribute_board": attribute_leaderboard(db, project), "group": group or None,
+                   "attribute_board": attribute_board, "group": group or None,
                    "groups": all_groups(db), "saved": request.query_params.get("saved"),
                    "weights_text": "\n".join(f"{g}: {w:g}" for g, w in (project.group_weights or {}).items())})  # fmt: skip
 

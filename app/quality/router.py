@@ -13,7 +13,6 @@ from app.limits import Id, Input, Int4, varchar
 from app.models import Comparison
 from app.projects.service import get_project
 from app.quality import figures, service
-from app.quality.attributes import attribute_leaderboard
 from app.quality.rigging import flag_rigging
 from app.quality.schemas import (
     BatchOut,
@@ -42,8 +41,7 @@ def leaderboard(project_ref: str, db: DbSession, principal: Staff,
                                                    "(key=value, app.groups).")] = None):  # fmt: skip
     """Bradley-Terry ratings of the models that wrote the completions, from human pairwise outcomes; `attributes`:
     each model's mean human score per attribute scale (all raters); `group`: the rankings from one rater group."""
-    project = get_project(db, project_ref)
-    return service.leaderboard(db, project, group=group) | {"attributes": attribute_leaderboard(db, project)}
+    return figures.leaderboard(db, get_project(db, project_ref), group=group)
 
 
 @router.put("/projects/{project_ref}/group-weights", response_model=GroupWeights)

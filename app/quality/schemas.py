@@ -106,6 +106,10 @@ class Leaderboard(Out):
         default=None, description="The ranking with each rater group weighted to the project's target share "
                                   "(app.quality.poststrat); null when the project sets no group weights or a "
                                   "group filter is on.")
+    as_of: datetime | None = Field(default=None, description="When style_controlled, style_coefficients, "
+                                   "post_stratified and attributes were computed: now for a project of up to 50,000 "
+                                   "judgments, else by a worker (null before its first computation: they are "
+                                   "empty then). The ratings come from the battle tallies and are always current.")
 
 
 class Dashboard(Out):

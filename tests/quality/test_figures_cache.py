@@ -35,6 +35,9 @@ def test_large_project_figures_come_from_the_worker(client, users, db_url, monke
         assert "being computed" in response.json()["detail"]
     page = client.get(f"/projects/{project['slug']}/dashboard", headers=admin["headers"])
     assert "being computed" in page.text
+    board = client.get(f"{url}/leaderboard", headers=admin["headers"]).json()  # ratings from the tallies already
+    assert board["battles"] == 6 and [m["name"] for m in board["models"]] == ["m1", "m2"]
+    assert board["style_controlled"] == [] and board["as_of"] is None
 
     if db_url.startswith("postgresql"):  # another worker's tick holds the advisory lock: this one does nothing
         with session_scope(db_url) as other:
@@ -49,6 +52,9 @@ def test_large_project_figures_come_from_the_worker(client, users, db_url, monke
     assert sum(dashboard["judgments_per_hour"]) == 6 and dashboard["as_of"]
     page = client.get(f"/projects/{project['slug']}/dashboard", headers=admin["headers"])
     assert page.status_code == 200 and 'id="figures-as-of"' in page.text
+    board = client.get(f"{url}/leaderboard", headers=admin["headers"]).json()
+    assert [m["name"] for m in board["style_controlled"]] == ["m1", "m2"] and board["as_of"]
+    assert client.get(f"/projects/{project['slug']}/leaderboard", headers=admin["headers"]).status_code == 200
 
     assert refresh_figures("worker-a") == []  # nothing changed: nothing recomputed
     with session_scope(db_url) as session:
@@ -61,7 +67,7 @@ def test_large_project_figures_come_from_the_worker(client, users, db_url, monke
     with session_scope(db_url) as session:
         rows = session.execute(text("SELECT name FROM project_figures WHERE project_id = :p ORDER BY name"),
                                {"p": project["id"]}).scalars().all()  # fmt: skip
-        assert rows == ["dashboard", "stats"]
+        assert rows == ["dashboard", "leaderboard", "stats"]
         assert session.get(ProjectFigures, (project["id"], "stats")).figures["judgments"] == 7
 
 
