@@ -5,13 +5,14 @@ bench/stats.py's INSERT ... SELECT over generate_series (raters, prompts, two co
 comparisons, `--overlap` judgments each), then builds the battle tallies (app.judgments.tallies.rebuild: the
 seed bypasses the ORM, as the migration's backfill would for existing data) and prints:
 
-- worker: the idle task's computation of the cached figures (app.quality.figures.refresh: project_stats and
-  dashboard over every judgment), what a request of a large project no longer does;
+- worker: the idle task's computation of the cached figures (app.quality.figures.refresh: project_stats,
+  dashboard and the leaderboard's every-battle parts), what a request of a large project no longer does;
 - statistics endpoint, dashboard: `app.quality.figures.figures` as the API routes call it (the cached row; a
   project at or under SYNC_MAX_JUDGMENTS is computed per request instead), cold (a new engine and connection)
   and warm (median of 5 calls);
-- leaderboard: from the tallies (`leaderboard(style_control=False)`, 1000 bootstrap replicates), cold and warm;
-  and, once, the full leaderboard whose style-controlled and post-stratified rankings still read every battle;
+- leaderboard: `app.quality.figures.leaderboard` as the API calls it (ratings fitted on the tallies with 1000
+  bootstrap replicates, the rest cached), cold and warm; and, once, the leaderboard computed from every battle
+  (what the worker does for it, and what a request did before);
 - export of every pair (`build_snapshot`, JSONL) in a child process: time and its peak RSS (bench/export.py's
   child);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
@@ -168,8 +169,8 @@ def figures(url: str) -> dict:
         cold, warm = timed(url, lambda db, project, name=name: cached.figures(db, project, name))
         out[f"{'statistics endpoint' if name == 'stats' else 'dashboard'} cold"] = cold
         out[f"{'statistics endpoint' if name == 'stats' else 'dashboard'} warm"] = warm
-    cold, warm = timed(url, lambda db, project: leaderboard(db, project, style_control=False))
-    out["leaderboard (tallies) cold"], out["leaderboard (tallies) warm"] = cold, warm
+    cold, warm = timed(url, lambda db, project: cached.leaderboard(db, project))
+    out["leaderboard cold"], out["leaderboard warm"] = cold, warm
     engine = sa.create_engine(url)
     with Session(engine) as db:
         started = time.perf_counter()
