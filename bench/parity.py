@@ -69,7 +69,9 @@ args = RewardConfig(output_dir=cfg["out"] + "/_scratch", gradient_accumulation_s
                     lr_scheduler_type=p["lr_scheduler_type"], warmup_steps=p["warmup_steps"],
                     weight_decay=p["weight_decay"], max_grad_norm=p["max_grad_norm"], seed=cfg["seed"],
                     logging_steps=50, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-                    bf16=False, dataloader_num_workers=0)
+                    bf16=False, dataloader_num_workers=0,
+                    # TRL turns recomputation on by default; the product's default is off. Same numbers, less time.
+                    gradient_checkpointing=False)
 trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 trainer.train()
 trainer.save_model(cfg["out"])
