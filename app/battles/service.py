@@ -99,7 +99,7 @@ def choose_pair(db: Session, project: Project, settings: BattleSettings,
     if settings.pairing == "overlap":
         from app.quality.service import leaderboard
 
-        board = leaderboard(db, project, bootstrap=100)
+        board = leaderboard(db, project, bootstrap=100, style_control=False)  # ratings only: the tallies
         intervals = {m["name"]: (m["ci_low"], m["ci_high"]) for m in board["models"]
                      if m["ci_low"] is not None and m["ci_high"] is not None}  # fmt: skip
         weights = pair_weights(names, intervals)

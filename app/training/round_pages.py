@@ -76,7 +76,7 @@ def _charts(rows: list[dict]) -> dict:
 
 def _versions_chart(db, project):
     """The Bradley-Terry leaderboard across every model (each version a player), as on the leaderboard page."""
-    models = leaderboard(db, project)["models"]
+    models = leaderboard(db, project, style_control=False)["models"]  # ratings only: the battle tallies
     return charts.interval_chart(
         "Every version's rating with its 95% interval", [m["name"] for m in models], [m["rating"] for m in models],
         [m["ci_low"] for m in models], [m["ci_high"] for m in models], x_axis=Axis("Rating", "Elo scale"),
