@@ -1,5 +1,5 @@
-"""A live battle in Chromium against the real `transformers serve` (the endpoints' shared server, here beside the
-endpoint tests so it is started once): type a prompt, both answers stream (the first pieces are on screen while
+"""A live battle in Chromium against the real `transformers serve` (the endpoint tests' server fixture; the browser
+flows run in a pytest process of their own, where this is its only user): type a prompt, both answers stream (the first pieces are on screen while
 the stream is still open: the page's DOM is sampled on every change), vote by key, a follow-up turn, the models'
 names revealed, the judgment in the leaderboard and in a conversational export."""
 
@@ -10,7 +10,8 @@ import json
 import pytest
 
 from app.worker import run_one
-from tests.e2e.conftest import api, browser, browser_problems, login, page, screenshot  # noqa: F401, F811 - fixtures
+from tests.e2e.conftest import login, screenshot
+from tests.endpoints.conftest import served, tiny_checkpoint  # noqa: F401 - fixtures: the shared transformers serve
 from tests.endpoints.test_battles import SAMPLING
 
 pytestmark = [pytest.mark.e2e, pytest.mark.only_db("sqlite")]
