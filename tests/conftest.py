@@ -19,6 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA") or ROOT / "../shared/data").resolve()
+"""The real third-party data (HH-RLHF, Open-Assistant, GSM8K, HumanEval) beside the checkout, or where
+RANKFORGE_SHARED_DATA says; never copied into the project."""
 PG_ADMIN_URL = os.environ.get("RANKFORGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
 

@@ -1,8 +1,6 @@
 """Export row builders: pair expansion, vote aggregation, KTO labels, aggregate rankings, SFT, splits."""
 
-import os
 import random
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +16,8 @@ from app.datasets.formats import (
     split_for_prompt,
 )
 from app.imports.parsers import parse_import
+from tests.conftest import SHARED_DATA
 
-SHARED_DATA = Path(
-    os.environ.get("RANKFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "../shared/data")
-).resolve()
 OASST_FILE = SHARED_DATA / "oasst_en_100_trees.jsonl"
 
 COMPLETIONS = {

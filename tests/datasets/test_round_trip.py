@@ -4,7 +4,6 @@ tools that consume them (`datasets`, TRL's DPOTrainer and RewardTrainer on a tin
 from __future__ import annotations
 
 import json
-import os
 from itertools import combinations
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import pytest
 from app.datasets.snapshot_files import verify_snapshot
 from app.imports.parsers import HH_TURN, hh_transcript
 from app.worker import run_one
+from tests.conftest import SHARED_DATA
 from tests.helpers import import_lines, make_project
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA") or REPO_ROOT / "../shared/data").resolve()
 OASST_FILE = SHARED_DATA / "oasst_en_100_trees.jsonl"
 HH_FILE = SHARED_DATA / "hh_rlhf_harmless_test_2000.jsonl"
 

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tracemalloc
@@ -22,9 +21,9 @@ from app.datasets.snapshot_files import (
     verify_snapshot,
 )
 from app.imports.parsers import parse_import
+from tests.conftest import SHARED_DATA
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA", PROJECT_ROOT / "../shared/data")).resolve()
 HH_FILE = SHARED_DATA / "hh_rlhf_harmless_test_2000.jsonl"
 
 

@@ -1,9 +1,7 @@
 """Import parsers: every format, every way a file is rejected, and the real third-party files."""
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +11,8 @@ from app.imports.parsers import (
     hh_transcript,
     parse_import,
 )
+from tests.conftest import SHARED_DATA
 
-SHARED_DATA = Path(
-    os.environ.get("RANKFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "../shared/data")
-).resolve()
 OASST_FILE = SHARED_DATA / "oasst_en_100_trees.jsonl"
 HH_FILE = SHARED_DATA / "hh_rlhf_harmless_test_2000.jsonl"
 needs_shared_data = pytest.mark.skipif(

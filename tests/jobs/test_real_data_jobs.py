@@ -5,17 +5,15 @@ snapshot ("prompt 1 is a multi-message chat and cannot be a standard (string) pr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from app.worker import run_one
-from tests.conftest import missing
+from tests.conftest import SHARED_DATA, missing
 from tests.helpers import import_lines, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA") or ROOT / "../shared/data").resolve()
 HH_FILE = SHARED_DATA / "hh_rlhf_harmless_test_2000.jsonl"
 
 

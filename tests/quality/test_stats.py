@@ -3,9 +3,7 @@ brute-force loops, a direct per-battle maximum-likelihood fit, planted rater beh
 OpenAssistant rankings."""
 
 import json
-import os
 from itertools import combinations
-from pathlib import Path
 
 import krippendorff
 import numpy as np
@@ -28,10 +26,8 @@ from app.quality.stats import (
     rater_flags,
     rater_reliability,
 )
+from tests.conftest import SHARED_DATA
 
-SHARED_DATA = Path(
-    os.environ.get("RANKFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "../shared/data")
-)
 OASST_TREES = SHARED_DATA / "oasst_en_100_trees.jsonl"
 
 

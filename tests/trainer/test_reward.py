@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import SHARED_DATA as SHARED
 from tests.trainer.conftest import parsed, run_job, spec_for
 from trainer import reward
 from trainer.data import read_rows
@@ -102,7 +101,6 @@ def test_loss_uses_scaled_margins_and_weights(tmp_path, tiny):
     assert loss.item() != pytest.approx(pair_losses.mean().item(), rel=1e-3)  # the weights do matter
 
 
-SHARED = Path(os.environ.get("RANKFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "../shared/data"))
 HH = SHARED / "hh_rlhf_harmless_test_2000.jsonl"
 
 

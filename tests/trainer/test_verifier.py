@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from trainer.rewards.sandbox import Limits
 from trainer.rewards.verifier import (
     VerifierReward,
@@ -19,8 +18,6 @@ from trainer.rewards.verifier import (
     program_for,
     verify,
 )
-
-SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "../shared/data").resolve()
 
 
 def rule(text, **reference):

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from app.worker import run_one
-from tests.conftest import missing
+from tests.conftest import SHARED_DATA, missing
 from tests.helpers import import_lines, make_project
 
-SHARED_DATA = Path(os.environ.get("RANKFORGE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "../shared/data").resolve()
 CODE_TESTS = {"code": "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(-1) == -2\n",
               "entry_point": "double", "prefix": "def double(x):\n    \"\"\"Twice x.\"\"\"\n"}  # fmt: skip
 
