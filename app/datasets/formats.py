@@ -189,8 +189,18 @@ def _completion_value(text: str, conversational: bool, continuation: list[Messag
     """TRL's completion: a string, or (conversational) the assistant's messages: the whole continuation, tool calls
     and their results included, when the completion has one."""
     if not conversational:
+        if continuation and continues_the_conversation(continuation):
+            raise ValueError("a completion continues the conversation with more user turns (a multi-turn battle): "
+                             "its text answers the last of them, not the prompt; export it with conversational=True")
         return text
     return [dict(message) for message in continuation] if continuation else [{"role": "assistant", "content": text}]
+
+
+def continues_the_conversation(continuation: Any) -> bool:
+    """Whether a completion's continuation holds user turns after the prompt (a battle's follow-ups)."""
+    return isinstance(continuation, list) and any(
+        isinstance(message, dict) and message.get("role") == "user" for message in continuation
+    )
 
 
 def _tools_column(jc: JudgedComparison) -> Row:

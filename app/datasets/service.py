@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from app import __version__
 from app.api import get_or_404
 from app.audit import audit
-from app.datasets.formats import Edit, JudgedComparison, JudgmentVote, arrow_schema, export_rows
+from app.datasets.formats import (
+    Edit,
+    JudgedComparison,
+    JudgmentVote,
+    arrow_schema,
+    continues_the_conversation,
+    export_rows,
+)
 from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
     MANIFEST_NAME,
@@ -239,14 +246,20 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
 
 def has_multi_message_chats(db: Session, project: Project) -> bool:
     """True when some prompt of the project is a chat that is more than one user message (a system message, or
-    several turns): such a prompt cannot be a standard (string) prompt."""
+    several turns), or some completion continues the conversation past its prompt: neither can be a standard (string)
+    prompt and completion."""
     rows = db.execute(select(_as_text(Prompt.messages)).where(Prompt.project_id == project.id, Prompt.is_chat)
                       .execution_options(yield_per=2000))  # fmt: skip
     for (messages,) in rows:
         parsed = json_loads(messages)
         if len(parsed) != 1 or parsed[0].get("role") != "user":
             return True
-    return False
+    # A continuation that goes on with more user turns (a multi-turn battle) answers a history, not the prompt alone.
+    continuations = db.execute(
+        select(_as_text(Completion.meta[CONTINUATION_KEY])).join(Prompt, Prompt.id == Completion.prompt_id)
+        .where(Prompt.project_id == project.id, _as_text(Completion.meta[CONTINUATION_KEY]).like('%"user"%'))
+        .execution_options(yield_per=2000))  # fmt: skip
+    return any(continues_the_conversation(json_loads(text)) for (text,) in continuations if text)
 
 
 def _has_rich_messages(row: dict) -> bool:

@@ -123,6 +123,20 @@ def test_battle_against_transformers_serve(client, people, served, db):
     assert row["prompt"] == [{"role": "user", "content": "Tell me about cats."}]
     assert [m["role"] for m in row["chosen"]] == ["assistant", "user", "assistant"]
     assert row["chosen"][1]["content"] == "And dogs?"
+    # Left to "auto", a multi-turn battle makes the export conversational; forced standard, it is refused (its last
+    # answer answers the follow-up, not the prompt), never written as a mismatched pair.
+    for conversational, status in ((None, "ready"), (False, "failed")):
+        spec = {"format": "pairs", "filters": {"sources": ["battle"]}} | (
+            {} if conversational is None else {"conversational": conversational})  # fmt: skip
+        export = client.post(f"/api/v1/projects/{project['id']}/datasets", json=spec, headers=admin["headers"]).json()
+        run_one("w1")
+        dataset = client.get(f"/api/v1/datasets/{export['id']}", headers=admin["headers"]).json()
+        assert dataset["status"] == status, dataset
+        if conversational is None:
+            manifest = client.get(f"/api/v1/datasets/{export['id']}/files/manifest.json", headers=admin["headers"])
+            assert manifest.json()["conversational"] is True, manifest.text
+        else:
+            assert "conversational=True" in (dataset.get("error") or ""), dataset
 
 
 def test_a_failing_side_voids_the_battle(client, people, served, fault_server, db):
