@@ -356,7 +356,7 @@ class ScoreArgs:
 
 JUDGE_METHODS = ("reward", "generative", "rules")
 """How a judge decides: trainer/judge.py."""
-DEFAULT_JUDGE_TEMPLATE = """You are judging two responses to the same prompt. Follow the guidelines.
+_PAIR_SHOWN = """
 
 Guidelines:
 {guidelines}
@@ -370,26 +370,14 @@ Response A:
 Response B:
 {response_b}
 
-Which response is better? Answer with one letter, A or B.
-Answer:"""
+"""
+"""What every pairwise judge question shows, between its first line and its question."""
+DEFAULT_JUDGE_TEMPLATE = ("You are judging two responses to the same prompt. Follow the guidelines." + _PAIR_SHOWN
+                          + "Which response is better? Answer with one letter, A or B.\nAnswer:")
 """The pairwise question a generative judge reads (the project's template replaces it when it has one)."""
-DEFAULT_RUBRIC_TEMPLATE = """You are judging two responses to the same prompt on one attribute only. Follow the guidelines.
-
-Guidelines:
-{guidelines}
-
-Prompt:
-{prompt}
-
-Response A:
-{response_a}
-
-Response B:
-{response_b}
-
-Attribute: {attribute}
-Which response is better on this attribute alone? Answer with one letter, A or B.
-Answer:"""
+DEFAULT_RUBRIC_TEMPLATE = ("You are judging two responses to the same prompt on one attribute only. Follow the "
+                           "guidelines." + _PAIR_SHOWN + "Attribute: {attribute}\nWhich response is better on this "
+                           "attribute alone? Answer with one letter, A or B.\nAnswer:")
 """The per-attribute question of rubric judging: {attribute} is one of the project's attribute scales (its label)."""
 
 
