@@ -38,6 +38,7 @@ from app.jobs.service import create_job
 from app.models import Job, JobKind, JobStatus, ModelEndpoint, ModelVersion, Project, User
 from app.registry.endpoints import create_endpoint, endpoint_of, unavailable_reason, update_endpoint
 from app.registry.service import check_name, get_version
+from trainer.results import SCORING_MODEL_KINDS
 
 SERVERS = ("transformers", "vllm")
 SERVE_PARAMS = {"server": str, "device": str, "host": str, "advertise_host": str, "endpoint_name": str,
@@ -166,6 +167,9 @@ def create_serve_job(db: Session, version_ref: int | str, params: dict | None = 
                      actor: User | None = None) -> Job:  # fmt: skip
     """A queued `serve` job for a registered local version (its checkpoint directory must exist)."""
     version = get_version(db, version_ref)
+    if version.kind in SCORING_MODEL_KINDS:
+        raise Unprocessable(f"{version.name} is a {version.kind} model: it scores answers and does not chat; serve a "
+                            "policy version.")  # fmt: skip
     if endpoint_of(db, version) is not None:
         raise Unprocessable(f"{version.name} is an endpoint already; serve a local version.")
     if not (Path(version.path) / "config.json").is_file():
@@ -196,4 +200,5 @@ def serving_state(db: Session, version: ModelVersion) -> dict:
     endpoint = endpoint_of(db, served) if served is not None else None
     return {"job": job, "endpoint_name": name, "endpoint": endpoint, "served": served,
             "unavailable": unavailable_reason(db, endpoint) if endpoint else None,
-            "servable": endpoint_of(db, version) is None and (Path(version.path) / "config.json").is_file()}  # fmt: skip
+            "servable": version.kind not in SCORING_MODEL_KINDS and endpoint_of(db, version) is None
+                        and (Path(version.path) / "config.json").is_file()}  # fmt: skip

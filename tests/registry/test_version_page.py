@@ -45,6 +45,10 @@ def test_reward_version_page_shows_its_audit_and_card(client, users, tmp_path):
     assert "Accuracy, length-balanced pairs" in html and "0.500" in html and "0.750" in html
     assert "locale=fr" in html and "&lt;b&gt;code&lt;/b&gt;" in html and "<b>code</b>" not in html
     assert 'id="model-card"' in html and "Hyperparameters" in html
+    # A reward model scores answers and does not chat: nothing offers to serve it, and the API refuses.
+    assert 'id="serving"' not in html
+    refused = client.post("/api/v1/endpoints/serve", json={"version": "rm-1"}, headers=engineer["headers"])
+    assert refused.status_code == 422 and "does not chat" in refused.json()["detail"], refused.text
     assert client.get(f"/api/v1/models/{version_id}", headers=engineer["headers"]).json()["manifest"]["audit"] == audit
     assert client.get(f"/models/{version_id}", headers=annotator["headers"] | HTML).status_code == 403
     assert client.get("/models/999999", headers=engineer["headers"] | HTML).status_code == 404
