@@ -35,9 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPE = {"num_train_epochs": 45, "learning_rate": 3e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
-          "bad_step_weight": 1.0}  # fmt: skip
-"""The prm job's params: those of the figures in the README's bench table (the aims are not met with them)."""
+RECIPE = {"num_train_epochs": 60, "learning_rate": 1e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
+          "bad_step_weight": 1.0, "weight_decay": 2.0}  # fmt: skip
+"""The prm job's params: those of the figures in the README's bench table. Weight decay is what makes the tiny
+model learn the rule (compare each call's city with the request's) from 400 trajectories: without it (lr 1e-3 or
+3e-3, any width or depth tried) it memorises the training rows (train first-error 1.0) and stays at chance on
+fresh ones (0.44-0.47, AUROC 0.33-0.47); with 10x the trajectories it generalises without decay (README,
+prm section)."""
 
 
 def main() -> int:
