@@ -26,9 +26,9 @@ def _labels(role: str, path: str = "/projects/demo/train") -> list[str]:
 
 
 def test_the_project_navigation_shows_each_role_its_pages_by_slug():
-    assert _labels("annotator") == ["Rate", "AI review", "Verifier"]
+    assert _labels("annotator") == ["Rate", "Steps", "Battle", "AI review", "Verifier"]
     assert "Members" not in _labels("engineer") and "Train" in _labels("engineer")
-    assert _labels("admin")[-1] == "Members" and len(_labels("admin")) == 13
+    assert _labels("admin")[-1] == "Members" and len(_labels("admin")) == 15
     user = SimpleNamespace(role="admin")
     links = project_nav(user, SimpleNamespace(id=1, slug="demo"), "/projects/1/train")
     assert [link["label"] for link in links if link["current"]] == ["Train"]  # the page named by id or by slug
