@@ -11,13 +11,14 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -198,6 +199,24 @@ def analyze(session: Session, *tables: str) -> None:
         return
     for table in tables:
         session.execute(text(f'ANALYZE "{table}"'))
+
+
+_T = TypeVar("_T")
+TRANSACTION_CONFLICTS = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock detected and serialization failure: the transaction was rolled back and may simply run again."""
+
+
+def retry_conflicts(session: Session, action: Callable[[], _T], attempts: int = 3) -> _T:
+    """Run `action` (a whole transaction's work, safe to repeat) again after PostgreSQL rolled it back for a deadlock
+    or a serialization failure, up to `attempts` times; other errors, and the last conflict, go up as they are."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) not in TRANSACTION_CONFLICTS or attempt == attempts:
+                raise
+            session.rollback()
+    raise AssertionError("unreachable")
 
 
 def write_transaction(session: Session) -> None:

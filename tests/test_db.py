@@ -72,3 +72,43 @@ def test_requests_that_may_write_get_write_sessions(sqlite_url, monkeypatch, met
         dependency.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_retry_conflicts_runs_again_after_a_deadlock_and_only_then():
+    """A transaction PostgreSQL rolled back for a deadlock (40P01) or a serialization failure (40001) runs again;
+    any other database error, and the last conflict, go up unchanged."""
+    from types import SimpleNamespace
+
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import retry_conflicts
+
+    class FakeSession:
+        rollbacks = 0
+
+        def rollback(self):
+            self.rollbacks += 1
+
+    def failing(codes):
+        calls = []
+
+        def action():
+            calls.append(1)
+            if len(calls) <= len(codes):
+                raise DBAPIError("stmt", {}, SimpleNamespace(sqlstate=codes[len(calls) - 1]))
+            return "done"
+
+        return action, calls
+
+    session = FakeSession()
+    action, calls = failing(["40P01", "40001"])
+    assert retry_conflicts(session, action) == "done" and len(calls) == 3 and session.rollbacks == 2
+    action, calls = failing(["23505"])  # a unique violation is not a conflict to retry
+    with pytest.raises(DBAPIError):
+        retry_conflicts(FakeSession(), action)
+    assert len(calls) == 1
+    action, calls = failing(["40P01"] * 3)
+    with pytest.raises(DBAPIError):
+        retry_conflicts(FakeSession(), action, attempts=3)
+    assert len(calls) == 3

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response, status
 
 from app.api import PageAll
 from app.auth.deps import Admin, AnyUser, DbSession, Staff
+from app.db import retry_conflicts
 from app.errors import Forbidden
 from app.limits import Id
 from app.models import Role
@@ -42,7 +43,7 @@ def next_trajectory(project_ref: str, db: DbSession, principal: AnyUser):
     its history, its steps and the project's failure tags; 204 when none is left (with Retry-After when the free
     slots are all leased to others for now)."""
     project = rater_project(db, project_ref, principal)
-    claim = service.claim_trajectory(db, project, principal.user)
+    claim = retry_conflicts(db, lambda: service.claim_trajectory(db, project, principal.user))
     if claim.trajectory is None:
         busy = {"Retry-After": str(BUSY_RETRY_SECONDS)} if claim.state == "busy" else None
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers=busy)
@@ -67,9 +68,9 @@ def label_steps(project_ref: str, completion_id: Id, body: StepLabelsIn, db: DbS
                 response: Response):  # fmt: skip
     """Label every step up to the first error. Submitting again returns the first labels (200), never a second set."""
     project = rater_project(db, project_ref, principal)
-    judgment, created = service.submit_labels(db, project, principal.user, completion_id,
-                                              [label.model_dump() for label in body.labels], body.first_error,
-                                              body.time_spent_ms)  # fmt: skip
+    judgment, created = retry_conflicts(db, lambda: service.submit_labels(
+        db, project, principal.user, completion_id, [label.model_dump() for label in body.labels], body.first_error,
+        body.time_spent_ms))  # fmt: skip
     if not created:
         response.status_code = status.HTTP_200_OK
     return service.judgment_json(judgment, principal.user.username)
