@@ -201,8 +201,10 @@ def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  #
     queued = start(client, world, "reward", params=LONG | {"launcher": "ray"})
     worker = threading.Thread(target=run_one, args=("w1",), daemon=True)
     worker.start()
-    wait_for(lambda: client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json(),
-             timeout=300)  # fmt: skip
+    # Training has begun (curves) and the log line naming the Ray job has been stored (the log tail is saved with the
+    # heartbeat, so it may come after the first curves).
+    wait_for(lambda: client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json()
+             and ray_submission(queued["id"]), timeout=300)  # fmt: skip
     return queued, worker, ray_submission(queued["id"])
 
 
