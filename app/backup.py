@@ -7,6 +7,13 @@ A backup is a directory:
   database points at (dataset snapshots and model versions in the artifact store) file by file with its size
   and sha256.
 
+The backup goes to a local directory or through the artifact store (app.store) to any fsspec URL
+(`s3://bucket/prefix/...`; `rankforge db backup` without a target: the configured store's `backups/<UTC time>`):
+written locally first, then published as one artifact, the dump and manifest.json uploaded and the store manifest
+last, so a backup whose upload failed or was cut off has no store manifest and a restore refuses it
+(`backup_to_store`, `fetch_backup`: streamed to a local temporary directory, checked against the store manifest's
+sha256s, then restored as a local one).
+
 The artifact store itself (checkpoints can be gigabytes) is backed up with the data directory (or, for an object
 store named by RANKFORGE_ARTIFACT_STORE, by the store's own versioning or replication), not copied here; artifacts
 in an object store are listed from their store manifests (app.store), without downloading them:
@@ -23,6 +30,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +38,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from app.errors import BackupError
-from app.store import ArtifactNotFound, StoreError, is_url, open_location
+from app.store import STORE_MANIFEST, ArtifactNotFound, StoreError, get_store, is_url, open_location
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -296,3 +304,79 @@ def restore(url: str, data_dir: Path, source: Path, *, force: bool = False) -> t
             command += ["--clean", "--if-exists"]
         _run([*command, str(dump)], "pg_restore")
     return manifest, verify_artifacts(manifest, data_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# through the artifact store (any fsspec URL)
+
+
+def default_location() -> str:
+    """Where `rankforge db backup` without a target writes: the configured store's backups/<UTC time>."""
+    return get_store().location("backups", datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+
+
+def backup_to_store(url: str, data_dir: Path, location: str) -> dict:
+    """A backup of `url` published at `location` (an fsspec URL): written in this machine's scratch, then
+    uploaded file by file, the store manifest last (until then nothing is a backup there). The manifest;
+    BackupError with the store's message when the store refuses (nothing is left visible)."""
+    target = open_location(location)
+    try:
+        taken = target.exists()
+    except StoreError as error:
+        raise BackupError(f"Cannot write the backup to {location}: {error.detail}") from error
+    if taken:
+        raise BackupError(f"{location} holds a backup already: choose a new location for the backup.")
+    work = Path(tempfile.mkdtemp(prefix=".backup-", dir=get_store().scratch("backups")))
+    try:
+        manifest = backup(url, data_dir, work / "backup")
+        try:
+            get_store().publish(work / "backup", location, keep_as_cache=False)
+        except StoreError as error:
+            raise BackupError(f"The backup was not written: {error.detail}") from error
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def fetch_backup(location: str, into: Path) -> Path:
+    """A backup in the store copied into the local directory `into` (each file streamed, checked against its
+    sha256 in the store manifest). A location without a store manifest (a backup still being written, cut off, or
+    none at all) is refused: BackupError."""
+    artifact = open_location(location)
+    try:
+        files = artifact.manifest()["files"]
+    except ArtifactNotFound:
+        raise BackupError(f"{location} is not a complete Rankforge backup (no {STORE_MANIFEST}: nothing was "
+                          "published there, or its upload did not finish).") from None  # fmt: skip
+    except StoreError as error:
+        raise BackupError(f"Cannot read the backup at {location}: {error.detail}") from error
+    if MANIFEST not in files:
+        raise BackupError(f"{location} is not a Rankforge backup (no {MANIFEST}).")
+    into.mkdir(parents=True, exist_ok=True)
+    for name, entry in files.items():
+        path = into / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        try:
+            with open(path, "wb") as out:
+                for chunk in artifact.stream(name):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (StoreError, ArtifactNotFound) as error:
+            raise BackupError(f"Reading {location}/{name}: {error.detail}") from error
+        if digest.hexdigest() != entry["sha256"]:
+            raise BackupError(f"{location}/{name} does not match the sha256 in its store manifest: the backup is "
+                              "damaged.")  # fmt: skip
+    return into
+
+
+def restore_from(url: str, data_dir: Path, source: str, *, force: bool = False) -> tuple[dict, ArtifactCheck]:
+    """`restore` from a local directory or a backup in a store (`source` an fsspec URL: fetched first into a
+    temporary directory of this machine's scratch, removed afterwards)."""
+    if not is_url(source):
+        return restore(url, data_dir, Path(source), force=force)
+    work = Path(tempfile.mkdtemp(prefix=".restore-", dir=get_store().scratch("backups")))
+    try:
+        return restore(url, data_dir, fetch_backup(source, work / "backup"), force=force)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -32,16 +32,24 @@ def db_upgrade(revision: str = typer.Argument("head")):
 
 
 @db_app.command("backup")
-def db_backup(path: Path = typer.Argument(..., help="A new directory for the backup.")):
+def db_backup(target: str = typer.Argument(None, metavar="[TARGET]",
+                                           help="A new directory, or an fsspec URL (s3://bucket/prefix/name); "
+                                           "default: the artifact store's backups/<UTC time>.")):  # fmt: skip
     """Back up the database (SQLite: online backup API; PostgreSQL: pg_dump custom format) with a manifest listing
-    every dataset snapshot and model file of the artifact store with its sha256. Safe while the server runs."""
-    from app.backup import backup
+    every dataset snapshot and model file of the artifact store with its sha256. Safe while the server runs. To a
+    URL (or the default, with an object store) through the artifact store: visible only once complete."""
+    from app.backup import backup, backup_to_store, default_location
     from app.config import get_settings
     from app.errors import BackupError
+    from app.store import is_url
 
     settings = get_settings()
+    path = target or default_location()
     try:
-        manifest = backup(settings.database_url, settings.data_dir, path)
+        if is_url(path):
+            manifest = backup_to_store(settings.database_url, settings.data_dir, path)
+        else:
+            manifest = backup(settings.database_url, settings.data_dir, Path(path))
     except BackupError as error:
         fail(str(error.detail))
     files = sum(len(a["files"]) for a in manifest["artifacts"])
@@ -55,17 +63,17 @@ def db_backup(path: Path = typer.Argument(..., help="A new directory for the bac
 
 
 @db_app.command("restore")
-def db_restore(path: Path = typer.Argument(..., help="A directory written by `rankforge db backup`."),
+def db_restore(path: str = typer.Argument(..., help="A directory or an fsspec URL written by `rankforge db backup`."),
                force: bool = typer.Option(False, "--force", help="Replace a target database that is not empty.")):  # fmt: skip
     """Restore a backup into RANKFORGE_DATABASE_URL (a new, empty database unless --force), then verify the
     artifact store against the manifest's sha256s. Exit 3 when artifacts are missing or changed."""
-    from app.backup import restore
+    from app.backup import restore_from
     from app.config import get_settings
     from app.errors import BackupError
 
     settings = get_settings()
     try:
-        manifest, check = restore(settings.database_url, settings.data_dir, path, force=force)
+        manifest, check = restore_from(settings.database_url, settings.data_dir, path, force=force)
     except BackupError as error:
         fail(str(error.detail))
     typer.echo(f"Restored the {manifest['dialect']} database from {path} ({manifest['counts']['judgments']} "
@@ -143,16 +151,20 @@ def token_create(name: str = typer.Argument(..., help="The user the token acts a
 def import_cmd(project: str, file: Path, format: str = typer.Option("native", "--format", "-f"),
                gold: bool = typer.Option(False, help="Rankings in the file make gold items.")):  # fmt: skip
     """Import prompts and completions into PROJECT (slug or id)."""
+    from app.config import get_settings
     from app.db import session_scope
     from app.errors import ImportValidationError, RankforgeError
-    from app.imports.service import import_file
+    from app.imports.parsers import check_file_size
+    from app.imports.service import import_stream
     from app.projects.service import get_project
 
     if not file.is_file():
         fail(f"No file {file}.")
     try:
-        with session_scope(write=True) as db:
-            result = import_file(db, get_project(db, project), file.read_bytes(), format, None, gold=gold)
+        # read line by line, as the API reads a spooled upload (same limit: RANKFORGE_MAX_IMPORT_BYTES)
+        check_file_size(file.stat().st_size, get_settings().max_import_bytes, format)
+        with file.open("rb") as source, session_scope(write=True) as db:
+            result = import_stream(db, get_project(db, project), source, format, None, gold=gold)
     except ImportValidationError as error:
         fail(str(error), code=2)
     except RankforgeError as error:

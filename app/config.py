@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     """RANKFORGE_ARTIFACT_STORE: where snapshots, model versions, job files, uploads and backups live (app.store):
     empty for data_dir (a local directory), or an fsspec URL (s3://bucket/prefix, gs://..., az://...), its endpoint
     and credentials read from the environment by the backend (e.g. AWS_ENDPOINT_URL for s3fs)."""
+    cache_max_gb: float = Field(default=50.0, ge=0)
+    """RANKFORGE_CACHE_MAX_GB: the most this machine's cache of store artifacts (<data_dir>/cache/artifacts) keeps;
+    the least recently used entries are removed beyond it, never one a running job uses (app.store.prune_cache)."""
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -30,8 +30,16 @@ How jobs read and write through it (the worker, and launchers that run the train
                                                        # store returns the path itself, no copy)
 Downloads (routes): `open_location(path).stream(name)` yields chunks (no whole file in memory); `presigned_url`
 gives a short-lived URL where the backend can sign one (S3), else None (stream instead).
-Single files (uploads, backups): `put_file(local, location)` / `get_file(location, local)`, written to a temp
-name then moved (local) or uploaded whole (object stores, where a PUT is atomic).
+Single files (uploads): `put_file(local, location)` / `get_file(location, local)`, written to a temp name then
+moved (local) or uploaded whole (object stores, where a PUT is atomic). Backups are artifacts (app.backup): the
+dump and its backup manifest published together, the store manifest last.
+
+The cache (`<data_dir>/cache/artifacts/<sha256>`, this machine's copies of remote artifacts) is capped at
+RANKFORGE_CACHE_MAX_GB: `prune_cache` removes the least recently used entries (each use touches the entry's mtime)
+until it fits, and never one in use: inside `cache_leases()` (the worker around each job, app.jobs.ray_entry
+around its Ray job) every entry `local_copy` returns is held under a shared flock until the block ends, and
+eviction takes the entry's exclusive lock without waiting (held: skipped), renames it away, then deletes it. It
+runs after each write into the cache and on the worker's idle tick (app.worker).
 
 Errors: `StoreError` (an app.errors.RankforgeError, 502) carries the backend's own message ("Access Denied",
 "No space left on device", ...); `ArtifactNotFound` (404) for a location without a manifest.
@@ -40,6 +48,8 @@ Errors: `StoreError` (an app.errors.RankforgeError, 502) carries the backend's o
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import fcntl
 import hashlib
 import json
 import os
@@ -60,6 +70,8 @@ STORE_MANIFEST = "_store_manifest.json"
 CHUNK_BYTES = 1 << 20
 CACHE_DIR = "cache/artifacts"
 """Under this machine's data_dir: local copies of remote artifacts, one directory per manifest sha256."""
+_LEASES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("rankforge_cache_leases", default=None)
+"""The open descriptors (shared flocks) of the cache entries leased in the current `cache_leases()` block."""
 
 
 class StoreError(RankforgeError):
@@ -185,7 +197,7 @@ class Artifact:
         manifest = self.manifest()
         cache = Path(get_settings().data_dir).resolve() / CACHE_DIR
         final = cache / manifest["sha256"]
-        if final.is_dir():
+        if final.is_dir() and _use(final):
             return final
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{manifest['sha256']}.partial-", dir=cache))
@@ -209,6 +221,9 @@ class Artifact:
                     raise
         finally:
             shutil.rmtree(partial, ignore_errors=True)
+        if not _use(final):  # evicted in the instant between (a cap smaller than this artifact): fetch it again
+            return self.local_copy()
+        prune_cache(keep=final.name)
         return final
 
     def delete(self) -> None:
@@ -269,12 +284,14 @@ class ArtifactStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def publish(self, local_dir: str | os.PathLike, location: str) -> dict:
+    def publish(self, local_dir: str | os.PathLike, location: str, *, keep_as_cache: bool = True) -> dict:
         """Make the files of `local_dir` the artifact at `location` and return its store manifest.
 
         Local store: `local_dir` is renamed to `location` (a no-op when they are the same) and the manifest
         added. Object store: every file is uploaded, then the manifest; on failure the uploaded files are removed
-        (best effort) and StoreError carries the backend's message. Either way nothing is visible until done."""
+        (best effort) and StoreError carries the backend's message. Either way nothing is visible until done.
+        After an upload `local_dir` becomes this machine's cached copy, unless `keep_as_cache` is False (a backup:
+        then `local_dir` is left as it is, for the caller to remove)."""
         local_dir = Path(local_dir).resolve()
         manifest = local_manifest(local_dir)
         artifact = open_location(location)
@@ -301,8 +318,41 @@ class ArtifactStore:
             with contextlib.suppress(Exception):  # best effort: without a manifest nothing is visible anyway
                 fs.rm(base, recursive=True)
             raise StoreError(f"artifact store refused the write to {location}: {_reason(error)}") from error
-        self._keep_as_cache(local_dir, manifest)
+        if keep_as_cache:
+            self._keep_as_cache(local_dir, manifest)
         return manifest
+
+    def publish_content_addressed(self, source: str | os.PathLike, *parts: str) -> tuple[str, bool]:
+        """Publish a local directory (or one file, as a directory holding it under its name) at
+        `<parts>/<its manifest sha256>` unless an artifact is published there already: an unchanged input is
+        uploaded once, whatever job uses it next. Returns (location, whether anything was uploaded). The source
+        is left in place. A directory of this machine's cache is known by its name (verified when downloaded)."""
+        source = Path(source).resolve()
+        cache = self.data_dir / CACHE_DIR
+        if source.is_dir() and source.parent == cache and (source / STORE_MANIFEST).is_file():
+            sha = json.loads((source / STORE_MANIFEST).read_text(encoding="utf-8"))["sha256"]
+        else:
+            sha = local_manifest(source)["sha256"] if source.is_dir() else overall_sha256(
+                {source.name: {"sha256": _file_sha256(source)}})
+        location = self.location(*parts, sha)
+        if open_location(location).exists():
+            return location, False
+        staged = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.scratch("jobs")))
+        try:
+            target = staged / "a"
+            if source.is_dir():
+                shutil.copytree(source, target, copy_function=_link_or_copy,
+                                ignore=shutil.ignore_patterns(STORE_MANIFEST))  # fmt: skip
+            else:
+                target.mkdir()
+                _link_or_copy(str(source), str(target / source.name))
+            published = self.publish(target, location, keep_as_cache=False)
+            if published["sha256"] != sha:  # the files changed while being read: not under this name
+                open_location(location).delete()
+                raise StoreError(f"{source} changed while it was being uploaded; try again.")
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return location, True
 
     def _keep_as_cache(self, local_dir: Path, manifest: dict) -> None:
         """After an upload, the local tree becomes this machine's cached copy (no download to read it back)."""
@@ -318,6 +368,8 @@ class ArtifactStore:
         except OSError:  # another file system: copy and forget the original
             shutil.copytree(local_dir, final, dirs_exist_ok=True)
             shutil.rmtree(local_dir, ignore_errors=True)
+        _use(final)
+        prune_cache(keep=final.name)
 
     def put_file(self, local_file: str | os.PathLike, location: str) -> None:
         """One file (an upload, a backup archive) to `location`, visible only when whole."""
@@ -371,6 +423,122 @@ def download_response(location: str | os.PathLike, name: str | None = None):
     filename = PurePosixPath(name).name.replace('"', "")
     return StreamingResponse(body(), media_type="application/octet-stream",
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the cache: leases and least-recently-used eviction
+
+
+@contextlib.contextmanager
+def cache_leases() -> Iterator[None]:
+    """Every cache entry `local_copy` returns inside this block (this thread, this context) is held until the
+    block ends: `prune_cache`, in this process or another, never removes it meanwhile (a shared flock)."""
+    held: list[int] = []
+    token = _LEASES.set(held)
+    try:
+        yield
+    finally:
+        _LEASES.reset(token)
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases its flock
+
+
+def _use(entry: Path) -> bool:
+    """Mark a cache entry as just used (its mtime) and, inside `cache_leases()`, lease it. False when the entry is
+    gone (evicted meanwhile): the caller fetches it again."""
+    try:
+        os.utime(entry)
+    except FileNotFoundError:
+        return False
+    held = _LEASES.get()
+    if held is None:
+        return True
+    try:
+        fd = os.open(entry, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an eviction holds it (a rename), never for a job
+    try:
+        same = os.fstat(fd).st_ino == os.stat(entry).st_ino  # not renamed away by that eviction
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return False
+    held.append(fd)
+    return True
+
+
+def _entry_bytes(entry: Path) -> int:
+    try:
+        manifest = json.loads((entry / STORE_MANIFEST).read_text(encoding="utf-8"))
+        return sum(int(info["bytes"]) for info in manifest["files"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+
+
+def _evict(entry: Path) -> bool:
+    """Remove one cache entry unless it is leased (a shared flock held by a running job): False then."""
+    try:
+        fd = os.open(entry, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        doomed = entry.with_name(f".evicted-{entry.name}-{secrets.token_hex(4)}")
+        try:
+            os.rename(entry, doomed)  # gone from its name at once; a reader waiting on the lock sees that
+        except FileNotFoundError:
+            return False
+    finally:
+        os.close(fd)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
+def prune_cache(max_bytes: int | None = None, *, keep: str | None = None) -> list[str]:
+    """Bring this machine's cache under `max_bytes` (default RANKFORGE_CACHE_MAX_GB): the least recently used
+    entries go first; a leased entry (in use by a running job) and `keep` (the entry just written) stay, even over
+    the cap. Returns the removed entries' names (their sha256)."""
+    settings = get_settings()
+    cap = int(settings.cache_max_gb * 2**30) if max_bytes is None else max_bytes
+    cache = Path(settings.data_dir).resolve() / CACHE_DIR
+    if not cache.is_dir():
+        return []
+    entries = []
+    for entry in cache.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            entries.append((entry.stat().st_mtime, entry.name, _entry_bytes(entry), entry))
+        except FileNotFoundError:
+            continue
+    total = sum(size for _, _, size, _ in entries)
+    removed = []
+    for _, name, size, entry in sorted(entries, key=lambda e: (e[0], e[1])):  # least recently used first
+        if total <= cap:
+            break
+        if name != keep and _evict(entry):
+            total -= size
+            removed.append(name)
+    return removed
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return _sha256_stream(handle)[0]
 
 
 def _reason(error: BaseException) -> str:

@@ -14,6 +14,7 @@ from app.judges.endpoint_judge import run_any_judge_job
 from app.models import JobKind
 from app.quality.figures import refresh_due
 from app.registry.handlers import run_serve_job
+from app.store import prune_cache
 from app.training.endpoint_generate import run_generate_job
 from app.training.handlers import run_training_job
 from app.training.kinds import TRAINING_KINDS
@@ -47,9 +48,15 @@ def refresh_figures(worker_id: str) -> list[int]:
         return list(refresh_due(db))
 
 
-IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds, refresh_figures]
+def prune_artifact_cache(worker_id: str) -> list[str]:
+    """Idle task: this machine's cache of store artifacts back under RANKFORGE_CACHE_MAX_GB, least recently used
+    first (app.store.prune_cache; entries a running job holds stay)."""
+    return prune_cache()
+
+
+IDLE_TASKS: list[IdleTask] = [schedule_training, advance_rounds, refresh_figures, prune_artifact_cache]
 """Run with the worker id whenever the queue is empty: retraining schedules, rounds and the large projects'
-figures (each under a lease lock: one worker acts)."""
+figures (each under a lease lock: one worker acts), and this machine's artifact cache pruned to its cap."""
 
 
 def run_worker(*, once: bool = False, poll_seconds: float = 1.0, worker_id: str | None = None) -> None:

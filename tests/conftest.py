@@ -7,6 +7,7 @@ PostgreSQL the postgresql half skips with the reason; under CI=true it fails ins
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -187,6 +188,68 @@ def live_server(db_url, tmp_path):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# an S3 API for the artifact store (app.store): moto's standalone server, one per session (tests/test_store_s3.py,
+# tests/test_backup.py, tests/jobs/test_ray_launcher.py)
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_REGION": "us-east-1"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The endpoint URL of a moto S3 server (its own process, stopped at the end)."""
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    try:
+        import moto.server  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError as error:
+        missing(f"moto[server] and s3fs are needed for the S3 store tests ({error}); pip install -e '.[dev]'")
+    command = [server] if server else [sys.executable, "-m", "moto.server"]
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60  # a start limit, not a timing assertion
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(url + "/", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        missing(f"moto_server did not start: {log.read_text()[-1000:]}")
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch):
+    """RANKFORGE_ARTIFACT_STORE set to a fresh bucket prefix on the moto server, for this process."""
+    import s3fs
+
+    from app.config import get_settings
+
+    env = S3_ENV | {"AWS_ENDPOINT_URL": s3_server}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"rf-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(bucket)
+    store = f"s3://{bucket}/artifacts"
+    monkeypatch.setenv("RANKFORGE_ARTIFACT_STORE", store)
+    get_settings.cache_clear()
+    yield {"url": store, "bucket": bucket, "env": env}
+    get_settings.cache_clear()
 
 
 def pytest_configure(config):

@@ -155,3 +155,60 @@ def test_missing_pg_tools_give_a_clear_error(db_url, tmp_path, monkeypatch):
     result = _cli(db_url, "db", "backup", str(tmp_path / "b"))
     assert result.exit_code == 1
     assert "pg_dump was not found" in result.output and "postgresql-client" in result.output
+
+
+def test_backup_through_the_artifact_store_to_s3_and_restore_from_it(client, users, db_url, s3_store,
+                                                                      target_database):  # fmt: skip
+    """`rankforge db backup s3://...` (and without a target: the configured store's backups/<time>) publishes the
+    dump and its manifest, the store manifest last; `db restore s3://...` streams it back and restores every
+    judgment. A backup without its store manifest (an upload cut off) or with a damaged dump is refused before
+    anything is written; a store that refuses the write is a clear error and leaves nothing there."""
+    import s3fs
+
+    from app.config import get_settings
+    from app.store import STORE_MANIFEST
+
+    _world_with_judgments_and_artifacts(client, users, db_url, get_settings().data_dir)
+    original = _judgments(db_url)
+    location = f"s3://{s3_store['bucket']}/elsewhere/nightly"  # any fsspec URL, not only under the store's root
+    made = _cli(db_url, "db", "backup", location)
+    assert made.exit_code == 0, made.output
+    s3fs.S3FileSystem.clear_instance_cache()
+    raw = s3fs.S3FileSystem()
+    key = location.removeprefix("s3://")
+    dump_name = "database.sqlite" if db_url.startswith("sqlite") else "database.pgdump"
+    assert {k.rsplit("/", 1)[1] for k in raw.find(key)} == {"manifest.json", dump_name, STORE_MANIFEST}
+    assert not any((get_settings().data_dir / "backups").iterdir())  # the local staging copy is gone
+    assert _cli(db_url, "db", "backup", location).exit_code == 1  # never over an existing backup
+
+    default = _cli(db_url, "db", "backup")  # no target: the configured store
+    assert default.exit_code == 0, default.output
+    assert f"to {s3_store['url']}/backups/" in default.output, default.output
+
+    fresh = target_database()
+    restored = _cli(fresh, "db", "restore", location)
+    assert restored.exit_code == 0, restored.output
+    assert _judgments(fresh) == original  # every judgment, field by field
+    assert not any((get_settings().data_dir / "backups").iterdir())  # the downloaded copy is gone too
+
+    # a damaged dump in the store is refused before anything is written
+    original_dump = raw.cat_file(f"{key}/{dump_name}")
+    raw.pipe_file(f"{key}/{dump_name}", original_dump[:-10])
+    empty = target_database()
+    damaged = _cli(empty, "db", "restore", location)
+    assert damaged.exit_code == 1 and "damaged" in damaged.output, damaged.output
+    # a backup whose upload did not finish (no store manifest) is invisible: refused, nothing restored
+    raw.pipe_file(f"{key}/{dump_name}", original_dump)
+    raw.rm(f"{key}/{STORE_MANIFEST}")
+    cut_off = _cli(empty, "db", "restore", location)
+    assert cut_off.exit_code == 1 and "not a complete Rankforge backup" in cut_off.output, cut_off.output
+    engine = sa.create_engine(empty)
+    try:
+        assert not sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+    # a store that refuses the write (no such bucket): a clear error, nothing there
+    refused = _cli(db_url, "db", "backup", "s3://no-such-bucket-rf/backups/b")
+    assert refused.exit_code == 1 and "bucket" in refused.output.lower(), refused.output
+    assert "refused the write" in refused.output or "Cannot write" in refused.output, refused.output

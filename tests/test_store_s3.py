@@ -1,5 +1,6 @@
 """The artifact store (app.store) on a real S3 API: moto's standalone server (`moto_server`, from moto[server]),
-started once per session on a free port. Where it is missing these tests skip with the reason; under CI=true they
+started once per session on a free port
+(fixtures `s3_server`, `s3_store` in tests/conftest.py). Where it is missing these tests skip with the reason; under CI=true they
 fail (tests/conftest.py `missing`), as for PostgreSQL and Chromium.
 
 - a snapshot the web side writes to the S3 store is trained on by a worker started with another local directory
@@ -13,76 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
-import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, missing
+from tests.conftest import ROOT
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_REGION": "us-east-1"}  # fmt: skip
 FAST = {"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 64}
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """The endpoint URL of a moto S3 server (its own process, stopped at the end)."""
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-    try:
-        import moto.server  # noqa: F401
-        import s3fs  # noqa: F401
-    except ImportError as error:
-        missing(f"moto[server] and s3fs are needed for the S3 store tests ({error}); pip install -e '.[dev]'")
-    command = [server] if server else [sys.executable, "-m", "moto.server"]
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60  # a start limit, not a timing assertion
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            httpx.get(url + "/", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        missing(f"moto_server did not start: {log.read_text()[-1000:]}")
-    yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@pytest.fixture
-def s3_store(s3_server, monkeypatch):
-    """RANKFORGE_ARTIFACT_STORE set to a fresh bucket prefix on the moto server, for this process."""
-    import s3fs
-
-    from app.config import get_settings
-
-    env = S3_ENV | {"AWS_ENDPOINT_URL": s3_server}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    bucket = f"rf-{uuid.uuid4().hex[:10]}"
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(bucket)
-    store = f"s3://{bucket}/artifacts"
-    monkeypatch.setenv("RANKFORGE_ARTIFACT_STORE", store)
-    get_settings.cache_clear()
-    yield {"url": store, "bucket": bucket, "env": env}
-    get_settings.cache_clear()
 
 
 def _worker(env_extra: dict, data_dir: Path) -> subprocess.CompletedProcess:
@@ -299,3 +240,42 @@ def test_model_files_of_a_local_store_version(client, users, tmp_path):
     assert hashlib.sha256(served.content).hexdigest() == listing["files"][1]["sha256"]
     outside = client.get(f"/api/v1/models/{version['id']}/files/..%2F..%2Fetc%2Fpasswd", headers=engineer["headers"])
     assert outside.status_code == 404
+
+
+def test_cache_is_pruned_least_recently_used_first_and_never_an_entry_in_use(s3_store, tmp_path, monkeypatch):
+    """RANKFORGE_CACHE_MAX_GB: over the cap the entries used longest ago go first; one a running job holds (a lease
+    inside `cache_leases()`) stays whatever its age; once released it can go; an evicted artifact is fetched again."""
+    from app.config import get_settings
+    from app.store import CACHE_DIR, cache_leases, get_store, open_location, prune_cache
+
+    monkeypatch.setenv("RANKFORGE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    store, shas, locations = get_store(), {}, {}
+    for name in ("a", "b", "c"):
+        source = tmp_path / name
+        source.mkdir()
+        (source / "w.bin").write_bytes(os.urandom(100_000))
+        locations[name] = store.location("models", name)
+        shas[name] = store.publish(source, locations[name])["sha256"]  # the uploaded tree becomes the cached copy
+    cache = tmp_path / "data" / CACHE_DIR
+    cached = lambda: {p.name for p in cache.iterdir() if not p.name.startswith(".")}  # noqa: E731
+    assert cached() == set(shas.values())
+    for age, name in enumerate(("b", "a", "c")):  # last used: b longest ago, then a, then c
+        os.utime(cache / shas[name], (1_000_000 + age, 1_000_000 + age))
+    monkeypatch.setenv("RANKFORGE_CACHE_MAX_GB", str(250_000 / 2**30))  # room for two of the three entries
+    get_settings.cache_clear()
+
+    assert prune_cache() == [shas["b"]]  # 300 kB over a 250 kB cap: the least recently used one goes
+    assert cached() == {shas["a"], shas["c"]}
+
+    with cache_leases():  # a running job reads "a" (use: its mtime is now the newest)
+        local = open_location(locations["a"]).local_copy()
+        os.utime(local, (1, 1))  # even the oldest-used entry is kept while leased
+        assert prune_cache(0) == [shas["c"]]
+        assert cached() == {shas["a"]} and (local / "w.bin").stat().st_size == 100_000
+    assert prune_cache(0) == [shas["a"]]  # released with the block
+    assert not cached()
+
+    again = open_location(locations["b"]).local_copy()  # evicted: downloaded again, checked against its manifest
+    assert again.name == shas["b"] and (again / "w.bin").stat().st_size == 100_000
+    get_settings.cache_clear()

@@ -23,6 +23,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.errors import JobCancelled
 from app.jobs import service
+from app.store import cache_leases
 
 log = logging.getLogger("rankforge.worker")
 
@@ -90,7 +91,8 @@ def run_one(worker_id: str, handlers: Mapping[str, Handler]) -> int | None:
     beat = Heartbeat(ctx, settings.worker_heartbeat_seconds)
     beat.start()
     try:
-        result = handlers[kind](ctx)
+        with cache_leases():  # the cached artifacts this job reads stay while it runs (app.store.prune_cache)
+            result = handlers[kind](ctx)
     except JobCancelled:
         with session_scope(write=True) as db:
             service.fail(db, job_id, worker_id, "cancelled")

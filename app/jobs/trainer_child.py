@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def run_trainer(ctx: JobContext, spec: Any, work: Path, accelerate_config: str |
         if get_store().local:  # the cluster's nodes see the worker's files (same machine, a shared mount)
             run_ray_child(ctx, command, work, resources)
         else:  # inputs and output travel through the object store
-            in_location, out_location = stage_for_ray(spec, work, ctx.job_id)
+            in_location, out_location = stage_for_ray(spec, work, ctx.job_id, ctx.log)
             entry = [ray_python(), "-m", "app.jobs.ray_entry", in_location, out_location, "--",
                      *trainer_command(Path(SPEC_PLACEHOLDER), spec.launcher, accelerate_config)]  # fmt: skip
             run_ray_child(ctx, entry, work, resources)
@@ -130,30 +131,32 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def stage_for_ray(spec: Any, work: Path, job_id: int) -> tuple[str, str]:
-    """Publish the job's inputs as one bundle in the object store for a Ray job (app.jobs.ray_entry reads it on
-    its node): spec.json with each input path replaced by its name in the bundle, and the inputs (linked from this
-    machine's files where it can, else copied). Returns (bundle location, where the Ray job publishes its output);
-    JobFailed with the store's message when the store refuses the write."""
-    token = secrets.token_hex(4)
-    bundle = work / f"ray-in-{token}"
-    bundle.mkdir(parents=True)
-    data, names = spec.to_dict(), {}
-    for field in SPEC_INPUTS:
-        source = data.get(field)
-        if not source:
-            continue
-        if Path(source).is_dir():
-            shutil.copytree(source, bundle / field, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns(STORE_MANIFEST))  # fmt: skip
-        else:
-            _link_or_copy(source, str(bundle / field))
-        names[field], data[field] = field, None
-    data[BUNDLE_KEY] = names
-    (bundle / "spec.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+def stage_for_ray(spec: Any, work: Path, job_id: int, log: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Publish the job's inputs to the object store for a Ray job (app.jobs.ray_entry reads them on its node).
+    Each input (base model, reward model, dataset snapshot, prompts file) is content-addressed,
+    `inputs/<its manifest sha256>`, and uploaded only when the store has no artifact there yet: an unchanged input
+    goes up once, whatever job uses it next. The job's bundle (`jobs/<id>/ray-in-<hex>`) is then just spec.json,
+    each input path replaced by its location (`_bundle`: {field: {"location", "file" for a single file}}).
+    Returns (bundle location, where the Ray job publishes its output); JobFailed with the store's message when the
+    store refuses a write. `log` gets one line per input (uploaded or already there)."""
     store = get_store()
-    in_location = store.location("jobs", str(job_id), f"ray-in-{token}")
+    token = secrets.token_hex(4)
+    data, names = spec.to_dict(), {}
+    bundle = work / f"ray-in-{token}"
     try:
+        for field in SPEC_INPUTS:
+            source = data.get(field)
+            if not source:
+                continue
+            location, uploaded = store.publish_content_addressed(source, "inputs")
+            names[field] = {"location": location} | ({} if Path(source).is_dir() else {"file": Path(source).name})
+            data[field] = None
+            if log is not None:
+                log(f"Ray job input {field}: {'uploaded to' if uploaded else 'already in the store at'} {location}\n")
+        data[BUNDLE_KEY] = names
+        bundle.mkdir(parents=True)
+        (bundle / "spec.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+        in_location = store.location("jobs", str(job_id), f"ray-in-{token}")
         store.publish(bundle, in_location)
     except StoreError as error:
         raise JobFailed(f"Staging the job's inputs for Ray: {error.detail}") from error

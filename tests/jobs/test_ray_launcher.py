@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,6 @@ import pytest
 from app.worker import run_one
 from tests.conftest import free_port, missing
 from tests.jobs.test_training_jobs import FAST, job, start, tiny_models, wait_for, world  # noqa: F401 - fixtures
-from tests.test_store_s3 import s3_server, s3_store  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = {"max_steps": 100000, "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 64}
@@ -197,10 +197,42 @@ def test_a_failing_trainer_on_ray_fails_the_job_with_its_reason(client, world, o
     assert JobSubmissionClient(on_ray).get_job_status(ray_submission(queued["id"])) == JobStatus.FAILED
 
 
-def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  # noqa: F811 - fixture
+@pytest.fixture
+def worker_thread(db_url):
+    """Starts `run_one` in a thread under a worker id of this test alone; at teardown, a thread still running (the
+    test failed before it ended) has its job cancelled and is joined, so it never acts on a later test's job (the
+    tables are emptied between tests, so job ids start again at 1; a worker id is never reused, and the job
+    service only lets a job's own worker finish or fail it). A thread that does not end fails the teardown."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.jobs import service
+    from app.models import Job
+
+    started: list[tuple[threading.Thread, str]] = []
+
+    def start_worker() -> threading.Thread:
+        worker_id = f"w-{uuid.uuid4().hex[:12]}"
+        thread = threading.Thread(target=run_one, args=(worker_id,), daemon=True, name=worker_id)
+        thread.start()
+        started.append((thread, worker_id))
+        return thread
+
+    yield start_worker
+    for thread, worker_id in started:
+        if thread.is_alive():
+            with session_scope(write=True) as db:
+                mine = (Job.worker_id == worker_id) & (Job.status == "running")
+                for unfinished in db.scalars(select(Job).where(mine | (Job.status == "queued"))):
+                    service.request_cancel(db, unfinished)  # a queued one too: the thread may not have claimed yet
+            thread.join(timeout=180)  # a limit, not a timing assertion: the cancel stops the Ray job first
+        if thread.is_alive():
+            pytest.fail(f"worker thread {worker_id} did not end at teardown")
+
+
+def _run_until_training(client, world, worker_thread) -> tuple[dict, threading.Thread, str]:  # noqa: F811 - fixture
     queued = start(client, world, "reward", params=LONG | {"launcher": "ray"})
-    worker = threading.Thread(target=run_one, args=("w1",), daemon=True)
-    worker.start()
+    worker = worker_thread()
     # Training has begun (curves) and the log line naming the Ray job has been stored (the log tail is saved with the
     # heartbeat, so it may come after the first curves).
     wait_for(lambda: client.get(f"/api/v1/jobs/{queued['id']}/metrics", headers=world["engineer"]["headers"]).json()
@@ -209,10 +241,10 @@ def _run_until_training(client, world) -> tuple[dict, threading.Thread, str]:  #
 
 
 @pytest.mark.only_db("sqlite")
-def test_cancel_stops_the_ray_job(client, world, on_ray):  # noqa: F811 - fixture
+def test_cancel_stops_the_ray_job(client, world, on_ray, worker_thread):  # noqa: F811 - fixture
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    queued, worker, submission = _run_until_training(client, world)
+    queued, worker, submission = _run_until_training(client, world, worker_thread)
     response = client.post(f"/api/v1/jobs/{queued['id']}/cancel", headers=world["engineer"]["headers"])
     assert response.status_code == 200
     worker.join(timeout=60)
@@ -222,10 +254,10 @@ def test_cancel_stops_the_ray_job(client, world, on_ray):  # noqa: F811 - fixtur
 
 
 @pytest.mark.only_db("sqlite")
-def test_a_ray_job_stopped_from_outside_fails_its_job_with_the_reason(client, world, on_ray):  # noqa: F811 - fixture
+def test_a_ray_job_stopped_from_outside_fails_its_job_with_the_reason(client, world, on_ray, worker_thread):  # noqa: F811 - fixture
     from ray.job_submission import JobSubmissionClient
 
-    queued, worker, submission = _run_until_training(client, world)
+    queued, worker, submission = _run_until_training(client, world, worker_thread)
     assert JobSubmissionClient(on_ray).stop_job(submission)  # as `ray job stop` would
     worker.join(timeout=60)
     assert not worker.is_alive()
@@ -280,3 +312,71 @@ def test_a_retry_stops_the_ray_job_an_earlier_attempt_left_running(on_ray):
         assert not client.get_job_status(other).is_terminal()  # another deployment's Ray job is left alone
     finally:
         client.stop_job(other)
+
+
+def test_unchanged_inputs_of_a_ray_job_are_uploaded_once(s3_store, tmp_path, monkeypatch):  # noqa: F811 - fixture
+    """With an object store each input of a Ray job is content-addressed (inputs/<sha256>): a second job with the
+    same base model, dataset and prompts uploads only its spec; a changed input is uploaded again; the node side
+    (app.jobs.ray_entry) turns the bundle's locations back into local files. The upload step alone, against the
+    moto server (no Ray head needed: the Ray job's entrypoint is covered by the S3 test above)."""
+    import json
+    from types import SimpleNamespace
+
+    import s3fs
+
+    from app.config import get_settings
+    from app.jobs.ray_entry import BUNDLE_KEY, _inputs
+    from app.jobs.trainer_child import stage_for_ray
+    from app.store import get_store, open_location
+
+    monkeypatch.setenv("RANKFORGE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    store = get_store()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "weights.bin").write_bytes(os.urandom(50_000))
+    base_location = store.location("models", "base")
+    store.publish(model, base_location)
+    base = open_location(base_location).local_copy()  # a worker reads a base model from its cache, as a job does
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.jsonl").write_text('{"prompt": "x"}\n')
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "p"}\n')
+    paths = {"base_model": str(base), "dataset_path": str(dataset), "prompts_path": str(prompts), "reward_model": None}
+    spec = SimpleNamespace(to_dict=lambda: dict(paths, output_dir=str(tmp_path / "out")))
+    s3fs.S3FileSystem.clear_instance_cache()
+    raw = s3fs.S3FileSystem()
+    root = s3_store["url"].removeprefix("s3://")
+
+    def stage(job_id: int) -> tuple[str, list[str], set[str]]:
+        before, lines = set(raw.find(root)), []
+        raw.invalidate_cache()
+        location, _ = stage_for_ray(spec, tmp_path / "work", job_id, lines.append)
+        raw.invalidate_cache()
+        return location, lines, set(raw.find(root)) - before
+
+    first, lines, added = stage(1)
+    assert len(lines) == 3 and all("uploaded to" in line for line in lines), lines
+    assert {key.split("/")[2] for key in added} == {"inputs", "jobs"}
+    second, lines, added = stage(2)
+    assert len(lines) == 3 and all("already in the store" in line for line in lines), lines
+    bundle = f"{root}/jobs/2/{second.rsplit('/', 1)[1]}"
+    assert added == {f"{bundle}/spec.json", f"{bundle}/_store_manifest.json"}  # only the spec: no input again
+
+    prompts.write_text('{"prompt": "changed"}\n')
+    _, lines, added = stage(3)
+    assert [line.split(":")[0] for line in lines if "uploaded to" in line] == ["Ray job input prompts_path"]
+    assert len({key.split("/")[3] for key in added if key.split("/")[2] == "inputs"}) == 1
+
+    # on the node: another local directory; the spec's inputs become its cached copies of those locations
+    monkeypatch.setenv("RANKFORGE_DATA_DIR", str(tmp_path / "node"))
+    get_settings.cache_clear()
+    local = open_location(second).local_copy()
+    resolved = _inputs(local, json.loads((local / "spec.json").read_text())[BUNDLE_KEY])
+    assert set(resolved) == {"base_model", "dataset_path", "prompts_path"}
+    assert (Path(resolved["base_model"]) / "weights.bin").read_bytes() == (base / "weights.bin").read_bytes()
+    assert Path(resolved["prompts_path"]).read_text() == '{"prompt": "p"}\n'
+    assert str(tmp_path / "node") in resolved["dataset_path"]
+    get_settings.cache_clear()
