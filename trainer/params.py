@@ -14,10 +14,12 @@ of 100M+ parameters lower the learning rates (about 1e-5 for reward models, 5e-7
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -354,7 +356,7 @@ class ScoreArgs:
             raise ValueError(f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}")
 
 
-JUDGE_METHODS = ("reward", "generative", "rules")
+JUDGE_METHODS = ("reward", "generative", "rules", "prm")
 """How a judge decides: trainer/judge.py."""
 _PAIR_SHOWN = """
 
@@ -383,10 +385,12 @@ DEFAULT_RUBRIC_TEMPLATE = ("You are judging two responses to the same prompt on 
 
 @dataclass
 class JudgeArgs:
-    """AI verdicts on comparisons (trainer/judge.py): a reward model, a generative LM, or the reference rules."""
+    """AI verdicts on comparisons (trainer/judge.py): a reward model, a generative LM, the reference rules, or a
+    process reward model."""
 
     method: str = "reward"
-    """reward (sigmoid of the reward gap), generative (answer-label probabilities, both orders), or rules"""
+    """reward (sigmoid of the reward gap), generative (answer-label probabilities, both orders), rules, or prm (a
+    process reward model's outcome per response: min or last step score)"""
     template: str = DEFAULT_JUDGE_TEMPLATE
     """generative: the question, with {guidelines}, {prompt}, {response_a} and {response_b}"""
     labels: list = field(default_factory=lambda: ["A", "B"])
@@ -409,10 +413,18 @@ class JudgeArgs:
     response is better on it (rubric_template, both orders); each attribute's verdict or abstention is recorded"""
     rubric_template: str = DEFAULT_RUBRIC_TEMPLATE
     """rubric judging: the per-attribute question, with {attribute} besides the four fields of the template"""
+    prm_outcome: str = "min"
+    """prm: a response's outcome is its minimum step score (min: one bad step sinks it) or its last step's (last)"""
+    tie_margin: float = 0.05
+    """prm: responses whose outcomes differ by at most this are a tie (P(a over b) = 0.5)"""
 
     def __post_init__(self) -> None:
         if self.method not in JUDGE_METHODS:
             raise ValueError(f"param 'method' must be one of {', '.join(JUDGE_METHODS)}, got {self.method!r}")
+        if self.prm_outcome not in PRM_OUTCOMES:
+            raise ValueError(f"param 'prm_outcome' must be one of {', '.join(PRM_OUTCOMES)}, got {self.prm_outcome!r}")
+        if not 0.0 <= self.tie_margin < 1.0:
+            raise ValueError("param 'tie_margin' must be at least 0 and below 1")
         if not 0.5 <= self.rules_confidence <= 1.0:
             raise ValueError("param 'rules_confidence' must be between 0.5 and 1")
         if not 1 <= self.samples <= 20:
@@ -422,7 +434,8 @@ class JudgeArgs:
 
     def required_models(self) -> dict[str, str]:
         """The spec's model paths its method reads, with their name in messages (rules read none)."""
-        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"}}.get(self.method, {})
+        return {"generative": {"base_model": "judge model"}, "reward": {"reward_model": "reward model"},
+                "prm": {"reward_model": "process reward model"}}.get(self.method, {})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -540,7 +553,28 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {kind: asdict(cls()) for kind, cls in ARGS.items()}
-FIELD_DOCS: dict[str, dict[str, str]] = {kind: field_docs(cls) for kind, cls in ARGS.items()}
+
+
+class _FieldDocs(Mapping[str, dict[str, str]]):
+    """{kind: {field: docstring}}, each kind's parsed from source on first use: parsing every kind's dataclass
+    source cost ~0.2 s at import in every process that imports the params (the web process included)."""
+
+    def __getitem__(self, kind: str) -> dict[str, str]:
+        return _field_docs_of(kind)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ARGS)
+
+    def __len__(self) -> int:
+        return len(ARGS)
+
+
+@functools.cache
+def _field_docs_of(kind: str) -> dict[str, str]:
+    return field_docs(ARGS[kind])
+
+
+FIELD_DOCS: Mapping[str, dict[str, str]] = _FieldDocs()
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import timedelta
@@ -17,8 +18,13 @@ from app.limits import bad_character, column_length, strip_bad_characters
 from app.models import ApiToken, AuthSession, LoginFailure, User, utcnow
 
 _hasher = PasswordHasher()
-# Verifying against this keeps the time of "no such user" close to "wrong password".
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps the time of "no such user" close to "wrong password". Made on first use, not
+    at import: one argon2 hash costs ~0.3 s, which every process (CLI, worker, each web process) paid."""
+    return _hasher.hash("not-a-real-password")
 
 
 def hash_password(password: str) -> str:
@@ -96,7 +102,7 @@ def authenticate(db: Session, username: str, password: str, ip: str) -> User:
             f"Too many failed logins for this account; try again in {settings.login_lock_minutes} minutes."
         )
     user = db.scalar(select(User).where(User.username == username)) if possible else None
-    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    ok = verify_password(user.password_hash if user else _dummy_hash(), password)
     if not (user and ok and user.is_active):
         db.add(LoginFailure(username=username, ip=ip))
         raise Unauthorized("Wrong username or password.")
