@@ -6,8 +6,8 @@ from fastapi import APIRouter, Form, Request, UploadFile
 
 from app.auth.deps import Admin
 from app.errors import ImportValidationError
-from app.imports.parsers import detect_formats
-from app.imports.service import import_file
+from app.imports.parsers import SNIFF_BYTES, check_file_size, detect_formats
+from app.imports.service import import_stream
 from app.projects.service import get_project
 from app.web import is_htmx, render
 
@@ -31,22 +31,29 @@ async def import_page(project_ref: str, request: Request, principal: Admin, file
     from app.db import session_scope
 
     max_bytes = get_settings().max_import_bytes
-    data = await file.read(max_bytes + 1)
+    source = file.file  # spooled to a temporary file by Starlette; read line by line, never whole
 
     def work():
+        source.seek(0, 2)
+        check_file_size(source.tell(), max_bytes, format)
+        source.seek(0)
         with session_scope(write=True) as db:
             project = get_project(db, project_ref)
-            return project.id, import_file(db, project, data, format, principal.user, gold=gold, max_bytes=max_bytes)
+            return project.id, import_stream(db, project, source, format, principal.user, gold=gold)
 
     try:
         project_id, result = await run_in_threadpool(work)
         context = {"result": result, "import_errors": None, "message": None}
         status_code = 200
     except ImportValidationError as error:
+        source.seek(0)
+        head = source.read(SNIFF_BYTES)
         context = {"result": None, "import_errors": grouped_errors(error.errors),
                    "message": f"The file has {error.total:,} problem{'' if error.total == 1 else 's'} as {format}.",
-                   "suggested": detect_formats(data, format), "tried": format}  # fmt: skip
+                   "suggested": detect_formats(head, format), "tried": format}  # fmt: skip
         status_code = 422
+    finally:
+        source.close()
     template = "projects/_import_result.html"
     if is_htmx(request):
         return render(request, template, context, status_code=status_code)

@@ -2,6 +2,7 @@
 
 `parse_import(data, fmt)` reads a whole JSON-lines file and either returns every record or raises
 `ImportValidationError` listing what is wrong, line by line: a file is imported entirely or not at all.
+`ImportReader(lines, fmt)` does the same one line at a time (a spooled upload, a local file): see its docstring.
 
 Formats (one JSON object a line; blank lines are skipped; UTF-8 with or without BOM):
 
@@ -39,9 +40,11 @@ Verifiable prompts (a ``reference`` and/or ``tests``, see trainer.rewards.verifi
 from __future__ import annotations
 
 import codecs
+import functools
+import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,52 +127,99 @@ class _Errors:
 
 def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[ImportRecord]:
     """Parse a whole import file; return all records or raise `ImportValidationError` (nothing partial)."""
+    check_file_size(len(data), max_bytes, fmt)
+    return list(ImportReader(data.split(b"\n"), fmt))
+
+
+def check_file_size(size: int, max_bytes: int, fmt: str) -> None:
+    """An unknown format, then a file over the limit: refused whole (line 0), before any line is read."""
+    check_format(fmt)
+    if size > max_bytes:
+        raise ImportValidationError(
+            [LineError(0, f"file is {size:,} bytes, larger than the limit of {max_bytes:,} bytes")]
+        )
+
+
+def check_format(fmt: str) -> None:
     if fmt not in ROW_PARSERS and fmt not in CONVERSATION_PARSERS:
         raise ImportValidationError(
             [LineError(0, f"unknown import format {fmt!r}: expected one of {', '.join(FORMATS)}")]
         )
-    if len(data) > max_bytes:
-        raise ImportValidationError(
-            [LineError(0, f"file is {len(data):,} bytes, larger than the limit of {max_bytes:,} bytes")]
-        )
-    errors = _Errors()
-    if fmt in CONVERSATION_PARSERS:
-        return _parse_conversations(data, CONVERSATION_PARSERS[fmt], errors)
-    parse_row = ROW_PARSERS[fmt]
-    records: list[ImportRecord] = []
-    first_line_of: dict[str, int] = {}
-    for line_no, row in _json_lines(data, errors):
-        try:
-            new_records = parse_row(row, line_no)
+
+
+class ImportReader:
+    """The records of an import file read line by line: iterate it once.
+
+    `lines` is any iterable of byte lines (a binary file opened for reading, ``data.split(b"\\n")``, a generator):
+    it is read one line at a time and never joined. Row formats (native, trl, hh-rlhf, oasst, gsm8k, humaneval)
+    yield each line's records as soon as the line is read; the conversation formats (openai-chat, hf-messages,
+    sharegpt, swe-agent) group lines that share a history across the whole file, so they hold the file's
+    conversations until its end (their size is bounded by the import limit) and yield then.
+
+    A bad line does not stop the iteration: its error is recorded (`failed` turns true) and the next lines are
+    still read, so that every problem is reported; when the lines run out, the iteration raises
+    `ImportValidationError` with the first `MAX_REPORTED_ERRORS` problems and the count of all of them. A consumer
+    that writes what it is given must stop writing once `failed` is true and let the error roll its transaction
+    back. What is kept across lines is bounded: the reported errors and, per external id, a 64-bit hash and the
+    line it was first seen on (for duplicates)."""
+
+    def __init__(self, lines: Iterable[bytes], fmt: str):
+        check_format(fmt)
+        self.fmt = fmt
+        self.lines = lines
+        self.errors = _Errors()
+
+    @property
+    def failed(self) -> bool:
+        return self.errors.total > 0
+
+    def __iter__(self) -> Iterator[ImportRecord]:
+        if self.fmt in CONVERSATION_PARSERS:
+            yield from _parse_conversations(self.lines, CONVERSATION_PARSERS[self.fmt], self.errors)
+        else:
+            yield from self._rows()
+        self.errors.raise_if_any()
+
+    def _rows(self) -> Iterator[ImportRecord]:
+        parse_row = ROW_PARSERS[self.fmt]
+        first_line_of: dict[int, int] = {}  # hash of an external id: the line it was first seen on
+        for line_no, row in _json_lines(self.lines, self.errors):
+            try:
+                new_records = parse_row(row, line_no)
+                for record in new_records:
+                    _check_record(record)
+            except _RowError as exc:
+                self.errors.add(line_no, str(exc))
+                continue
             for record in new_records:
-                _check_record(record)
-        except _RowError as exc:
-            errors.add(line_no, str(exc))
-            continue
-        for record in new_records:
-            if record.external_id is not None:
-                if record.external_id in first_line_of:
-                    errors.add(
-                        line_no,
-                        f"duplicate external_id {record.external_id!r} "
-                        f"(first seen on line {first_line_of[record.external_id]})",
-                    )
-                    continue
-                first_line_of[record.external_id] = line_no
-            records.append(record)
-    errors.raise_if_any()
-    return records
+                if record.external_id is not None:
+                    key = _id_hash(record.external_id)
+                    if key in first_line_of:
+                        self.errors.add(
+                            line_no,
+                            f"duplicate external_id {record.external_id!r} (first seen on line {first_line_of[key]})",
+                        )
+                        continue
+                    first_line_of[key] = line_no
+                yield record
 
 
-def _json_lines(data: bytes, errors: _Errors) -> Iterator[tuple[int, dict]]:
+def _id_hash(external_id: str) -> int:
+    """64 bits of an external id's BLAKE2b: what duplicate detection keeps instead of the id itself."""
+    return int.from_bytes(hashlib.blake2b(external_id.encode(), digest_size=8).digest(), "little")
+
+
+def _json_lines(lines: Iterable[bytes], errors: _Errors) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line that holds a JSON object free of bad characters;
-    record the other lines' errors and go on, and that the file is empty where it has no line at all."""
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    # Splitting bytes on b"\n" is safe for UTF-8 (no multi-byte sequence contains 0x0A) and, unlike
-    # str.splitlines, does not break lines at U+2028 or other separators allowed inside JSON strings.
+    record the other lines' errors and go on, and that the file is empty where it has no line at all.
+
+    Lines are split on b"\\n" only (a binary file's iteration does that, as does ``bytes.split``): safe for UTF-8 (no
+    multi-byte sequence contains 0x0A) and, unlike str.splitlines, no break at U+2028 or other separators allowed
+    inside JSON strings. A UTF-8 BOM before the first line is skipped."""
     saw_a_row = False
-    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+    for line_no, raw in enumerate(lines, start=1):
+        if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -303,18 +353,24 @@ def _check_record(record: ImportRecord) -> None:
     _check_storable(record)
 
 
+@functools.cache
+def _column_limits() -> tuple[int, int, int]:
+    """(external_id, model name, batch) lengths: read once, not per line (a model attribute lookup is not free)."""
+    return (column_length(Prompt.external_id), column_length(Completion.model_name),
+            min(column_length(Prompt.batch), column_length(Comparison.batch)))  # fmt: skip
+
+
 def _check_storable(record: ImportRecord) -> None:
     """What the database would refuse: values longer than their columns, priorities outside int4."""
-    if record.external_id is not None and len(record.external_id) > (limit := column_length(Prompt.external_id)):
+    limit, model_limit, batch_limit = _column_limits()
+    if record.external_id is not None and len(record.external_id) > limit:
         raise _RowError(f"external_id is {len(record.external_id)} characters long; the limit is {limit}")
-    model_limit = column_length(Completion.model_name)
     for index, completion in enumerate(record.completions):
         model = completion.get("model")
         if model is not None and len(model) > model_limit:
             raise _RowError(f"completions[{index}].model is {len(model)} characters long; the limit is {model_limit}")
     metadata = record.metadata or {}
     batch = metadata.get("batch")
-    batch_limit = min(column_length(Prompt.batch), column_length(Comparison.batch))
     if batch is not None and not isinstance(batch, str):
         raise _RowError(f"metadata.batch must be a string, got {_type_name(batch)}")
     if batch is not None and len(batch) > batch_limit:
@@ -679,12 +735,14 @@ ROW_PARSERS: dict[str, Callable[[dict, int], list[ImportRecord]]] = {
 
 
 SNIFF_LINES = 5
+SNIFF_BYTES = 200_000
+"""What format detection reads of a file: its first lines, within this many bytes."""
 
 
 def detect_formats(data: bytes, tried: str) -> list[str]:
     """The import formats other than `tried` that read the file's first lines without a problem: what to suggest
     when a whole file fails in the chosen format (one wrong choice otherwise reads as a hundred broken lines)."""
-    head = b"\n".join([line for line in data[:200_000].splitlines() if line.strip()][:SNIFF_LINES])
+    head = b"\n".join([line for line in data[:SNIFF_BYTES].splitlines() if line.strip()][:SNIFF_LINES])
     fitting = []
     for fmt in FORMATS:
         if fmt == tried or not head:
@@ -926,9 +984,10 @@ CONVERSATION_PARSERS: dict[str, Callable[[dict], Conversation]] = {
 }
 
 
-def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation], errors: _Errors) -> list[ImportRecord]:
+def _parse_conversations(lines: Iterable[bytes], parse_line: Callable[[dict], Conversation],
+                         errors: _Errors) -> Iterator[ImportRecord]:  # fmt: skip
     groups: dict[str, list[tuple[int, Conversation]]] = {}
-    for line_no, row in _json_lines(data, errors):
+    for line_no, row in _json_lines(lines, errors):
         try:
             conversation = parse_line(row)
         except (_RowError, MessageError) as exc:
@@ -936,10 +995,10 @@ def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation]
             continue
         key = json.dumps([conversation.history, conversation.tools], sort_keys=True, ensure_ascii=False)
         groups.setdefault(key, []).append((line_no, conversation))
-    records = []
-    for group in groups.values():
+    while groups:
+        group = groups.pop(next(iter(groups)))  # file order; each group let go once yielded
         first_line, first = group[0]
-        lines = [line for line, _ in group]
+        line_numbers = [line for line, _ in group]
         if len(group) < 2:
             errors.add(first_line, "the only continuation of its history: a comparison needs two or more lines with "
                        "the same messages up to the last user message (and the same tools)")  # fmt: skip
@@ -950,13 +1009,11 @@ def _parse_conversations(data: bytes, parse_line: Callable[[dict], Conversation]
                                           else {CONTINUATION_KEY: c.continuation}), "line": line})
             for line, c in group
         ]  # fmt: skip
-        metadata = {"lines": lines, **({"tools": first.tools} if first.tools else {})}
+        metadata = {"lines": line_numbers, **({"tools": first.tools} if first.tools else {})}
         record = ImportRecord(first_line, None, first.history, completions, None, metadata)
         try:
             _check_record(record)
         except _RowError as exc:
-            errors.add(first_line, f"{exc} (lines {', '.join(map(str, lines))})")
+            errors.add(first_line, f"{exc} (lines {', '.join(map(str, line_numbers))})")
             continue
-        records.append(record)
-    errors.raise_if_any()
-    return records
+        yield record
