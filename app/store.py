@@ -39,7 +39,9 @@ RANKFORGE_CACHE_MAX_GB: `prune_cache` removes the least recently used entries (e
 until it fits, and never one in use: inside `cache_leases()` (the worker around each job, app.jobs.ray_entry
 around its Ray job) every entry `local_copy` returns is held under a shared flock until the block ends, and
 eviction takes the entry's exclusive lock without waiting (held: skipped), renames it away, then deletes it. It
-runs after each write into the cache and on the worker's idle tick (app.worker).
+runs after each write into the cache and on the worker's idle tick (app.worker). `.locations/<sha256>` remembers
+the location an entry was copied from, so `publish_content_addressed` (a Ray job's inputs) names a model version or
+snapshot by its own location instead of uploading it again.
 
 Errors: `StoreError` (an app.errors.RankforgeError, 502) carries the backend's own message ("Access Denied",
 "No space left on device", ...); `ArtifactNotFound` (404) for a location without a manifest.
@@ -198,6 +200,7 @@ class Artifact:
         cache = Path(get_settings().data_dir).resolve() / CACHE_DIR
         final = cache / manifest["sha256"]
         if final.is_dir() and _use(final):
+            _remember_location(final, self.location)
             return final
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{manifest['sha256']}.partial-", dir=cache))
@@ -223,6 +226,7 @@ class Artifact:
             shutil.rmtree(partial, ignore_errors=True)
         if not _use(final):  # evicted in the instant between (a cap smaller than this artifact): fetch it again
             return self.local_copy()
+        _remember_location(final, self.location)
         prune_cache(keep=final.name)
         return final
 
@@ -319,18 +323,23 @@ class ArtifactStore:
                 fs.rm(base, recursive=True)
             raise StoreError(f"artifact store refused the write to {location}: {_reason(error)}") from error
         if keep_as_cache:
-            self._keep_as_cache(local_dir, manifest)
+            self._keep_as_cache(local_dir, manifest, location)
         return manifest
 
     def publish_content_addressed(self, source: str | os.PathLike, *parts: str) -> tuple[str, bool]:
         """Publish a local directory (or one file, as a directory holding it under its name) at
         `<parts>/<its manifest sha256>` unless an artifact is published there already: an unchanged input is
         uploaded once, whatever job uses it next. Returns (location, whether anything was uploaded). The source
-        is left in place. A directory of this machine's cache is known by its name (verified when downloaded)."""
+        is left in place. A directory of this machine's cache is known by its name (verified when downloaded), and
+        where it was copied from a location that still holds the same content (a model version, a snapshot), that
+        location is returned and nothing is uploaded at all."""
         source = Path(source).resolve()
         cache = self.data_dir / CACHE_DIR
         if source.is_dir() and source.parent == cache and (source / STORE_MANIFEST).is_file():
             sha = json.loads((source / STORE_MANIFEST).read_text(encoding="utf-8"))["sha256"]
+            origin = _remembered_location(source)
+            if origin is not None:
+                return origin, False
         else:
             sha = local_manifest(source)["sha256"] if source.is_dir() else overall_sha256(
                 {source.name: {"sha256": _file_sha256(source)}})
@@ -354,7 +363,7 @@ class ArtifactStore:
             shutil.rmtree(staged, ignore_errors=True)
         return location, True
 
-    def _keep_as_cache(self, local_dir: Path, manifest: dict) -> None:
+    def _keep_as_cache(self, local_dir: Path, manifest: dict, location: str) -> None:
         """After an upload, the local tree becomes this machine's cached copy (no download to read it back)."""
         cache = self.data_dir / CACHE_DIR
         cache.mkdir(parents=True, exist_ok=True)
@@ -369,6 +378,7 @@ class ArtifactStore:
             shutil.copytree(local_dir, final, dirs_exist_ok=True)
             shutil.rmtree(local_dir, ignore_errors=True)
         _use(final)
+        _remember_location(final, location)
         prune_cache(keep=final.name)
 
     def put_file(self, local_file: str | os.PathLike, location: str) -> None:
@@ -470,6 +480,32 @@ def _use(entry: Path) -> bool:
     return True
 
 
+def _sidecar(entry: Path) -> Path:
+    return entry.parent / ".locations" / entry.name
+
+
+def _remember_location(entry: Path, location: str) -> None:
+    """In the cache's `.locations/<sha256>`: the store location an entry is a copy of (best effort)."""
+    if not is_url(location):
+        return
+    with contextlib.suppress(OSError):
+        sidecar = _sidecar(entry)
+        sidecar.parent.mkdir(exist_ok=True)
+        if not sidecar.is_file() or sidecar.read_text(encoding="utf-8") != location:
+            temp = sidecar.with_name(f".{sidecar.name}.partial-{secrets.token_hex(4)}")
+            temp.write_text(location, encoding="utf-8")
+            os.replace(temp, sidecar)
+
+
+def _remembered_location(entry: Path) -> str | None:
+    """The store location a cache entry was copied from, if that location still holds the same content."""
+    try:
+        location = _sidecar(entry).read_text(encoding="utf-8").strip()
+        return location if is_url(location) and open_location(location).manifest()["sha256"] == entry.name else None
+    except (OSError, ArtifactNotFound, StoreError, KeyError, ValueError):
+        return None
+
+
 def _entry_bytes(entry: Path) -> int:
     try:
         manifest = json.loads((entry / STORE_MANIFEST).read_text(encoding="utf-8"))
@@ -498,6 +534,8 @@ def _evict(entry: Path) -> bool:
     finally:
         os.close(fd)
     shutil.rmtree(doomed, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        _sidecar(entry).unlink()
     return True
 
 

@@ -315,8 +315,9 @@ def test_a_retry_stops_the_ray_job_an_earlier_attempt_left_running(on_ray):
 
 
 def test_unchanged_inputs_of_a_ray_job_are_uploaded_once(s3_store, tmp_path, monkeypatch):  # noqa: F811 - fixture
-    """With an object store each input of a Ray job is content-addressed (inputs/<sha256>): a second job with the
-    same base model, dataset and prompts uploads only its spec; a changed input is uploaded again; the node side
+    """With an object store each input of a Ray job is content-addressed (inputs/<sha256>; a cached copy of a store
+    artifact is named by its own location): a second job with the same base model, dataset and prompts uploads only
+    its spec; a changed input is uploaded again; the node side
     (app.jobs.ray_entry) turns the bundle's locations back into local files. The upload step alone, against the
     moto server (no Ray head needed: the Ray job's entrypoint is covered by the S3 test above)."""
     import json
@@ -358,8 +359,11 @@ def test_unchanged_inputs_of_a_ray_job_are_uploaded_once(s3_store, tmp_path, mon
         return location, lines, set(raw.find(root)) - before
 
     first, lines, added = stage(1)
-    assert len(lines) == 3 and all("uploaded to" in line for line in lines), lines
+    # the base model is a model version's cached copy: its own location, nothing uploaded; the other two go up once
+    assert lines[0] == f"Ray job input base_model: already in the store at {base_location}\n", lines
+    assert len(lines) == 3 and all("uploaded to" in line for line in lines[1:]), lines
     assert {key.split("/")[2] for key in added} == {"inputs", "jobs"}
+    assert len({key.split("/")[3] for key in added if key.split("/")[2] == "inputs"}) == 2
     second, lines, added = stage(2)
     assert len(lines) == 3 and all("already in the store" in line for line in lines), lines
     bundle = f"{root}/jobs/2/{second.rsplit('/', 1)[1]}"
