@@ -4,7 +4,7 @@ One row per labelled trajectory (pure functions, no database)::
 
     {"prompt": str,               # the history as text (app.steps.labels.prompt_text)
      "completions": [str, ...],   # the steps, in order, each as text (app.steps.labels.step_text), cut after the
-                                  #   first error
+                                  #   first error (or before a contested step: see below)
      "labels": [bool, ...],       # one per step: True good or neutral, False bad (the aggregated label)
      "completion_id": int, "prompt_id": int, "parent_id": int | null (a branch's original),
      "first_error": int | null,   # index of the first False label in `labels` (it is always the last), or null
@@ -14,11 +14,23 @@ One row per labelled trajectory (pure functions, no database)::
      "tags": [[str, ...], ...]}   # per step, the failure tags at least half of that step's voters gave
 
 How votes aggregate. Each rater's counted labels are their labels up to and including their first error (steps
-after it are "after error" for that rater and carry no vote). Per step, over the raters with a vote on it: good and
-neutral vote True, bad votes False; the majority wins and a tie is False (a step that half the raters call a mistake
-is not evidence of a good step). The row ends at the first step whose aggregate is False, or before the first step
-nobody voted on. `min_votes` / `min_agreement` drop whole rows. Neutral counts as True because the
-Math-Shepherd / PRM800K recipe asks "is this step a mistake?", and a neutral step is not one.
+after it are "after error" for that rater and carry no vote; another rater's early "bad" never cuts the others'
+labels). Per step, over the raters with a vote on it (good and neutral vote True, bad votes False):
+
+    every voter says bad                 -> False: the trajectory's first error (the row ends with it)
+    more True votes than False           -> True (a good step; the row goes on)
+    otherwise (a tie, or a bad majority  -> contested: the row ends *before* this step, with no first error (the
+      that someone disputes)                steps before it keep their labels; the contested step and all after it
+                                            are left out of the loss, as a step nobody voted on is)
+
+Why a first error needs every voter: a rater's labels end at their first "bad", so each of a rater's slips on a
+good step is a first error of theirs, and with 3 raters right 85% of the time per step a plain majority (a tie
+False) ends a third of the good trajectories at a good step. A contested step is neither evidence of a good step
+nor of a mistake, so it is dropped instead of guessed; the prefix before it still teaches good steps. One rater's
+labels are their own verdicts (unanimous by definition). Steps after the first error are cut, as in TRL's stepwise
+datasets (the Math-Shepherd convention: nothing after the first error is learned). `min_votes` / `min_agreement`
+drop whole rows. Neutral counts as True because the Math-Shepherd / PRM800K recipe asks "is this step a mistake?",
+and a neutral step is not one.
 """
 
 from __future__ import annotations
@@ -66,7 +78,9 @@ def stepwise_rows(trajectory: LabelledTrajectory, *, min_agreement: float = 0.0,
             break
         bad = sum(1 for _, label in votes if label == BAD)
         good = len(votes) - bad
-        verdict = good > bad
+        if good <= bad and good:  # contested: a tie, or a bad majority with a dissent
+            break
+        verdict = good > bad  # False only when every voter says bad
         voters.update(vote.rater_id for vote, _ in votes)
         completions.append(text)
         labels.append(verdict)
