@@ -15,6 +15,12 @@ Methods (params.method):
   so a judge that always answers "first" gives 0.5 (no preference) and its position bias (the mean probability
   of preferring the first shown, 0.5 for an unbiased judge) is measured and reported. K-way: every pair, then a
   Bradley-Terry fit on the soft pairwise outcomes.
+- prm: a process reward model (a `prm` version, trainer/prm.py) scores each response's steps (a continuation's messages:
+  one step per assistant message with its tool results; a text: cut at the PRM's separator); its outcome is the
+  minimum step score (params.prm_outcome "min": one bad step sinks it) or the last step's ("last"). The higher
+  outcome wins: P(a over b) = (1 + o_a - o_b) / 2 (each outcome read as the chance its response is good: a good and
+  b bad, plus half of alike), and outcomes within params.tie_margin are a tie (0.5). Like reward, no position to be
+  biased by (p_first is empty); each verdict keeps the step scores and outcomes under "prm".
 - rules: the prompt's reference rule (trainer.rewards.verifier.check_rule) passes or fails each completion;
   a passing answer beats a failing one with confidence params.rules_confidence; equal outcomes are a tie at 0.5.
 
@@ -42,6 +48,7 @@ from trainer.verdicts import (  # noqa: F401 - the verdict arithmetic, torch-fre
     fill_template,
     ranking_from_strengths,
     response_text,
+    verdict_from_outcomes,
     verdict_from_pairs,
     verdict_from_scores,
     verdicts_from_orders,
@@ -179,6 +186,42 @@ def judge_reward(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) 
             for r, s in sorted(by_row.items())]  # fmt: skip
 
 
+def judge_prm(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) -> list[dict]:
+    """Each response's steps scored by the process reward model; the higher outcome (min or last step score) wins,
+    outcomes within args.tie_margin tie."""
+    from trainer.models import default_device
+    from trainer.prm import ProcessRewardScorer, is_prm, outcome
+
+    if not is_prm(spec.reward_model):
+        raise ValueError(f"a prm judge needs a process reward model (a prm version), and {spec.reward_model} is not one")
+    scorer = ProcessRewardScorer(spec.reward_model, device=default_device(), outcome=args.prm_outcome,
+                                 batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
+    keys, prompts, responses = [], [], []
+    for r, row in enumerate(rows):
+        for c in row["completions"]:
+            keys.append((r, c["completion_id"]))
+            prompts.append(row["prompt"])
+            responses.append(c.get("messages") or c["text"])  # a continuation's steps, else the text's
+    steps: list[list[float]] = []
+    chunk = max(args.batch_size * 8, 1)
+    for start in range(0, len(keys), chunk):
+        steps += scorer.step_scores(prompts[start : start + chunk], responses[start : start + chunk])
+        if report:
+            report(min(len(keys), start + chunk), len(keys))
+    by_row: dict[int, dict[int, list[float]]] = {}
+    for (r, cid), scores in zip(keys, steps, strict=True):
+        by_row.setdefault(r, {})[cid] = scores
+    verdicts = []
+    for r, scores in sorted(by_row.items()):
+        outcomes = {cid: outcome(s, args.prm_outcome) for cid, s in scores.items()}
+        verdict = verdict_from_outcomes(outcomes, args.tie_margin)
+        verdicts.append({"comparison_id": rows[r]["comparison_id"], **verdict, "p_first": [],
+                         "prm": {"outcome": args.prm_outcome, "tie_margin": args.tie_margin,
+                                 "outcomes": {str(c): o for c, o in outcomes.items()},
+                                 "step_scores": {str(c): s for c, s in scores.items()}}})  # fmt: skip
+    return verdicts
+
+
 def read_rows(path: str) -> list[dict]:
     rows = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -207,6 +250,10 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         if not spec.reward_model:
             raise ValueError("a reward judge needs reward_model")
         verdicts = judge_reward(spec, rows, args, report)
+    elif args.method == "prm":
+        if not spec.reward_model:
+            raise ValueError("a prm judge needs reward_model (a process reward model checkpoint)")
+        verdicts = judge_prm(spec, rows, args, report)
     elif args.method == "generative":
         if not spec.base_model:
             raise ValueError("a generative judge needs base_model (a causal LM checkpoint)")

@@ -87,6 +87,26 @@ def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
             "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
 
 
+def outcome_preference(a: float, b: float, tie_margin: float = 0.0) -> float:
+    """P(a over b) from two PRM outcomes (each read as the probability that its response is good): the chance that a
+    is good and b bad plus half the chance both are alike, (1 + a - b) / 2; outcomes within tie_margin are a tie."""
+    if abs(a - b) <= tie_margin:
+        return 0.5
+    return min(max((1.0 + a - b) / 2.0, 0.0), 1.0)
+
+
+def verdict_from_outcomes(outcomes: dict[int, float], tie_margin: float = 0.0) -> dict[str, Any]:
+    """A process reward model judge's verdict: the responses sorted by outcome (best first), neighbours within
+    tie_margin of each other in one tie group; P(a over b) as `outcome_preference`."""
+    ids = sorted(outcomes)
+    pairs = [(a, b, outcome_preference(outcomes[a], outcomes[b], tie_margin)) for a, b in combinations(ids, 2)]
+    ranking, confidence = ranking_from_strengths(
+        outcomes, lambda a, b: outcome_preference(outcomes[a], outcomes[b], tie_margin)
+    )
+    return {"ranking": ranking, "confidence": confidence, "strengths": dict(outcomes),
+            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
+
+
 def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str,
                   attribute: str | None = None) -> str:  # fmt: skip
     """Plain replacement of the four fields, and {attribute} for a rubric question (texts may hold braces of their

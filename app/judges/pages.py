@@ -45,7 +45,7 @@ def judges_page(project_ref: str, request: Request, db: DbSession, principal: St
     data = service.judges_json(db, project)
     figures = [f for j in data["judges"] for f in j["agreement"]]
     versions = db.execute(select(ModelVersion.id, ModelVersion.name, ModelVersion.kind)
-                          .where(ModelVersion.kind.in_(("reward", "policy"))).order_by(ModelVersion.id.desc()).limit(200)).all()
+                          .where(ModelVersion.kind.in_(("reward", "policy", "prm"))).order_by(ModelVersion.id.desc()).limit(200)).all()
     return render(request, "judges/judges.html", {
         "project": project, "data": data, "figures": figures, "chart": calibration_chart(figures),
         "versions": versions, "templates": service.template_versions(db, project),

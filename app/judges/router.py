@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1/projects/{project_ref}", tags=["judges"])
 
 class JudgeIn(Input):
     name: varchar(Judge.name)
-    method: Literal["reward", "generative", "rules"]
+    method: Literal["reward", "generative", "rules", "prm"]
     model: Id | varchar(ModelVersion.name) | None = Field(default=None, description="Model version id or name.")
     params: dict = {}
 

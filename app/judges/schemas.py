@@ -28,7 +28,7 @@ class PolicyOut(Out):
 class JudgeOut(Out):
     id: int
     name: str
-    method: str = Field(description="reward, generative or rules")
+    method: str = Field(description="reward, generative, rules or prm (a process reward model)")
     model_version_id: int | None
     params: dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""Judges (AI feedback): a judge is a model version plus a method (reward, generative, rules) that writes AI
+"""Judges (AI feedback): a judge is a model version plus a method (reward, generative, rules, prm) that writes AI
 judgments; the project's AI policy decides what they change; their agreement with the humans says how far to
 trust them. Services never commit: the request, CLI command or job does.
 
@@ -64,7 +64,8 @@ JOB_PARAMS = ("judge", "scope", "comparison_ids", "batch", "limit", "round_id", 
 """Judge-job params the app reads itself; every other key is a trainer.params.JudgeArgs hyperparameter."""
 CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
-MODEL_KIND = {"reward": "reward", "generative": "policy"}
+MODEL_KIND = {"reward": "reward", "generative": "policy", "prm": "prm"}
+"""The model kind each method reads; a reward or prm judge's version is the job's reward model (as in score jobs)."""
 
 
 # --- judges, template, policy -----------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def create_judge_job(db: Session, project: Project, *, judge=None, params: dict 
     model_id = judge_row.model_version_id
     job = create_job(db, JobKind.judge, project_id=project.id, params=params,
                      base_model_id=model_id if judge_row.method == "generative" else None,
-                     reward_model_id=model_id if judge_row.method == "reward" else None,
+                     reward_model_id=model_id if judge_row.method != "generative" else None,
                      actor=actor, depends_on=depends_on)  # fmt: skip
     audit(db, actor, "job.create", "job", job.id, kind=JobKind.judge, judge_id=judge_row.id)
     return job
@@ -358,7 +359,7 @@ def store_verdicts(db: Session, job: Job, verdicts: list[dict]) -> dict:
                         job_id=job.id, model_version_id=judge.model_version_id, method=judge.method,
                         template_version=version, confidence=confidence,
                         p_first=(sum(firsts) / len(firsts)) if firsts else None,
-                        detail={"ranking": ranking} | {k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed", "attributes")
+                        detail={"ranking": ranking} | {k: verdict.get(k) for k in ("pairs", "strengths", "p_first", "passed", "attributes", "prm")
                                                        if k in verdict})  # fmt: skip
         db.add(row)
         existing.add(comparison.id)

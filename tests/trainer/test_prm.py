@@ -115,6 +115,59 @@ def test_grpo_reward_model_reward_uses_a_prm(trained_prm):
         build_rewards([{"name": "reward_model", "prm_outcome": "min"}], reward_model_path=str(out.parent / "policy"))
 
 
+def test_a_prm_judge_prefers_the_good_trajectory_and_follows_the_prm_scores(tmp_path, trained_prm):
+    """A `judge` job with method prm on comparisons of two trajectories for one request, one of them with a planted
+    bad call: the good one wins far more often than chance, and every verdict is exactly what the PRM's own step
+    scores say (outcome = min or last step score, the higher wins, P = (1 + a - b) / 2, a tie within the margin)."""
+    import random
+
+    out, _ = trained_prm
+    rng = random.Random(11)
+    rows, good_ids = [], set()
+    for i in range(20):
+        city = rng.choice(sorted({"Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo"}))
+        good, bad = (trajectory(rng, bad=b, city=city, plan=k, failing=True) for k, b in enumerate((False, True)))
+        shown = [good, bad] if i % 2 == 0 else [bad, good]  # the good one first or second
+        completions = [{"completion_id": 10 * i + k, "text": t["continuation"][-1]["content"],
+                        "messages": t["continuation"]} for k, t in enumerate(shown)]  # fmt: skip
+        good_ids.add(10 * i + shown.index(good))
+        rows.append({"comparison_id": i, "prompt": good["prompt"][0]["content"], "completions": completions})
+    inputs = tmp_path / "comparisons.jsonl"
+    inputs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scorer = prm.ProcessRewardScorer(out)
+    direct = {c["completion_id"]: scores for row in rows for c, scores in zip(
+        row["completions"], scorer.step_scores([row["prompt"]] * 2, [c["messages"] for c in row["completions"]]),
+        strict=True)}  # fmt: skip
+
+    for how, margin in (("min", 0.0), ("last", 0.0), ("min", 1.0 - 1e-9)):
+        result = run_job(tmp_path, spec_for("judge", tmp_path / f"judged-{how}-{margin}", reward_model=str(out),
+                                            prompts_path=str(inputs), params={"method": "prm", "prm_outcome": how,
+                                                                              "tie_margin": margin}))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        verdicts = [json.loads(line) for line in (tmp_path / f"judged-{how}-{margin}" / "judgments.jsonl")
+                    .read_text().splitlines()]  # fmt: skip
+        assert len(verdicts) == 20 and result.done["metrics"]["judge/comparisons"] == 20
+        for verdict in verdicts:
+            a, b = sorted(int(c) for c in verdict["prm"]["outcomes"])
+            for cid in (a, b):  # the judge scored the same steps the PRM scores directly
+                assert verdict["prm"]["step_scores"][str(cid)] == pytest.approx(direct[cid], abs=1e-5)
+                assert verdict["prm"]["outcomes"][str(cid)] == pytest.approx(prm.outcome(direct[cid], how), abs=1e-5)
+            oa, ob = verdict["prm"]["outcomes"][str(a)], verdict["prm"]["outcomes"][str(b)]
+            assert verdict["pairs"] == [[a, b, pytest.approx(0.5 if abs(oa - ob) <= margin else (1 + oa - ob) / 2)]]
+            if abs(oa - ob) <= margin:
+                assert [sorted(g) for g in verdict["ranking"]] == [[a, b]] and verdict["confidence"] == 0.5
+            else:
+                assert verdict["ranking"] == ([[a], [b]] if oa > ob else [[b], [a]])
+                assert verdict["confidence"] == pytest.approx((1 + abs(oa - ob)) / 2)
+            assert verdict["p_first"] == []  # it reads each trajectory alone: no position to be biased by
+        wins = sum(v["ranking"][0] == [c] for v in verdicts for c in good_ids if len(v["ranking"]) == 2)
+        print(f"prm judge ({how}, tie margin {margin:g}): the good trajectory won {wins} of 20")  # shown with -s
+        if margin == 0.0 and how == "min":
+            assert wins >= 16, wins  # P(>= 16 of 20 by chance) = 0.006
+        if margin > 0.5:
+            assert all(len(v["ranking"]) == 1 for v in verdicts)  # everything within the margin: all ties
+
+
 @pytest.mark.parametrize("build", [build_tiny_gpt2, build_tiny_encoder], ids=["gpt2-no-pad-no-template", "bert-encoder"])
 def test_prm_trains_from_other_architectures(tmp_path, steps_world, build):
     """A decoder without pad token or chat template, and an encoder (its WordPiece drops the blank-line separator:
