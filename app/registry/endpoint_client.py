@@ -72,6 +72,10 @@ class Answer:
     logprobs: list | None
     """choices[0].logprobs.content: per token {token, logprob, top_logprobs}, when the server gave them."""
     attempts: int = 1
+    tool_calls: list | None = None
+    """choices[0].message.tool_calls as the server sent them (OpenAI's shape: arguments a JSON string), if any."""
+    reasoning: str | None = None
+    """choices[0].message.reasoning_content (vLLM, SGLang) or .reasoning, when the server keeps thinking apart."""
 
 
 class EndpointFailure(Exception):
@@ -227,12 +231,17 @@ class EndpointClient:
                 text = ""
             if not isinstance(text, str):
                 raise TypeError("content is not text")
+            tool_calls = message.get("tool_calls") or None
+            if tool_calls is not None and not isinstance(tool_calls, list):
+                raise TypeError("tool_calls is not a list")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise _Retry(f"malformed answer ({type(error).__name__}): {_short(response.text)}") from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
         logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+        reasoning = next((message[k] for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str)
+                          and message[k]), None)  # fmt: skip
         return Answer(text=text, finish_reason=choice.get("finish_reason"), usage=_usage(usage),
-                      logprobs=(logprobs or {}).get("content"))  # fmt: skip
+                      logprobs=(logprobs or {}).get("content"), tool_calls=tool_calls, reasoning=reasoning)  # fmt: skip
 
     def _check_status(self, response: httpx.Response) -> None:
         status = response.status_code

@@ -10,6 +10,12 @@ app.imports.service.add_generations), so rounds, scoring and exports do not care
   retry) reads it and asks only for what is missing.
 - Token usage of each answer is kept on the completion (meta.usage) and summed, with the cost where the endpoint
   has prices, into the job's metrics.
+- Conversations with tools: the prompt's whole history goes as OpenAI messages (`messages_of`: tool calls, tool
+  results with their tool_call_id) and the tools it was offered (the prompt's metadata.tools) as the request's
+  `tools`. An answer that calls tools (message.tool_calls) or keeps its thinking apart (reasoning_content) is stored
+  as a continuation of one assistant message (`answer_messages`), in the completion's metadata.messages as an
+  imported conversation's is (app.imports.messages); a tool call that is not valid there (arguments that are not a
+  JSON object) fails that request with its reason, never stored half-read.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from sqlalchemy import select
+
 from app.db import session_scope
 from app.errors import JobFailed
+from app.imports.messages import MessageError, check_message
 from app.imports.service import add_generations
 from app.jobs.runner import JobContext
-from app.models import Job, JobKind, ModelVersion, Project
-from app.registry.endpoint_client import Cancelled, EndpointClient, EndpointFailure
+from app.limits import clean_model_output
+from app.models import Job, JobKind, ModelVersion, Project, Prompt
+from app.registry.endpoint_client import Answer, Cancelled, EndpointClient, EndpointFailure
 from app.registry.endpoints import check_address, endpoint_config, is_endpoint
 from app.training.kinds import DEFAULTS, split_params
 
@@ -74,6 +84,33 @@ def messages_of(prompt) -> list[dict]:
     return messages
 
 
+def request_tools(tools) -> list[dict] | None:
+    """A prompt's tools (its metadata.tools) as the request's `tools`: OpenAI's [{"type": "function", "function":
+    {name, description?, parameters?}}]; a bare function (ShareGPT exports) is wrapped. None: no tools."""
+    if not isinstance(tools, list) or not tools:
+        return None
+    return [tool if isinstance(tool.get("function"), dict) else {"type": "function", "function": tool}
+            for tool in tools if isinstance(tool, dict)] or None  # fmt: skip
+
+
+def prompt_tools(db, prompt_ids) -> dict[int, list[dict]]:
+    """The request `tools` of each prompt that offers some."""
+    rows = db.execute(select(Prompt.id, Prompt.meta).where(Prompt.id.in_(list(prompt_ids)))).all()
+    tools = {pid: request_tools((meta or {}).get("tools") if isinstance(meta, dict) else None) for pid, meta in rows}
+    return {pid: t for pid, t in tools.items() if t}
+
+
+def answer_messages(answer: Answer) -> list[dict] | None:
+    """The answer as a continuation in Rankforge's message shape (one assistant message: its text, tool calls with
+    their arguments parsed, reasoning), or None for a plain answer (its text is all there is). MessageError: a tool
+    call the shape refuses."""
+    if not answer.tool_calls and not answer.reasoning:
+        return None
+    message = {"role": "assistant", "content": answer.text, "tool_calls": answer.tool_calls or None,
+               "reasoning": answer.reasoning}  # fmt: skip
+    return [check_message(clean_model_output(message), "answer")]
+
+
 def _arguments(function: dict) -> str:
     arguments = function.get("arguments", {})
     return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False, sort_keys=True)
@@ -111,6 +148,8 @@ def run_endpoint_generation(ctx: JobContext, work: Path, prompts_path: Path) -> 
     params = request_params(config.sampling, trainer_params)
     with open(prompts_path, encoding="utf-8") as handle:
         prompts = {int(row["prompt_id"]): row["prompt"] for row in map(json.loads, handle) if row}
+    with session_scope() as db:
+        tools = prompt_tools(db, prompts)
     answers_path = work / ANSWERS
     done = read_answers(answers_path)
     asks = [(p, i) for p in prompts for i in range(n) if (p, i) not in done]
@@ -126,17 +165,27 @@ def run_endpoint_generation(ctx: JobContext, work: Path, prompts_path: Path) -> 
 
     with EndpointClient(config, cancel=ctx.cancel_event) as client, open(answers_path, "a", encoding="utf-8") as out:
 
+        def failed(prompt_id: int, reason: str, attempts: int) -> None:
+            with lock:
+                failures.setdefault(prompt_id, reason)
+                stats["attempts"] += attempts
+                stats["failed_requests"] += 1
+
         def ask(prompt_id: int, index: int) -> None:
+            asked = params | ({"tools": tools[prompt_id]} if prompt_id in tools else {})
             try:
-                answer = client.chat(messages_of(prompts[prompt_id]), params)
+                answer = client.chat(messages_of(prompts[prompt_id]), asked)
+                continuation = answer_messages(answer)
             except EndpointFailure as failure:
-                with lock:
-                    failures.setdefault(prompt_id, failure.reason)
-                    stats["attempts"] += failure.attempts
-                    stats["failed_requests"] += 1
+                failed(prompt_id, failure.reason, failure.attempts)
+                return
+            except MessageError as error:  # the model's own output: asking again is a new sample, not a retry
+                failed(prompt_id, f"an answer Rankforge cannot store: {error}", answer.attempts)
                 return
             row = {"prompt_id": prompt_id, "index": index, "text": answer.text, "finish_reason": answer.finish_reason,
                    "usage": answer.usage, "attempts": answer.attempts}  # fmt: skip
+            if continuation:
+                row["messages"] = continuation
             with lock:  # written as it arrives: a crash loses no answer a restart would pay for again
                 out.write(json.dumps(row) + "\n")
                 out.flush()
@@ -177,7 +226,7 @@ def run_endpoint_generation(ctx: JobContext, work: Path, prompts_path: Path) -> 
         if got:
             rows.append({"prompt_id": prompt_id, "completions": [
                 {"text": a["text"], "finish_reason": FINISH_REASONS.get(a.get("finish_reason"), a.get("finish_reason")),
-                 "usage": a.get("usage"),
+                 "usage": a.get("usage"), "messages": a.get("messages"),
                  "params": params | {"endpoint": config.name, "model": config.model}} for a in got]})  # fmt: skip
     if not rows:
         reason = failed_prompts[0]["reason"] if failed_prompts else "no prompts"
