@@ -289,25 +289,27 @@ def main_score(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     return _write_scores(out_dir, keys, scores)
 
 
-def _score_items(spec: JobSpec, rows: list[dict]) -> list[tuple[Any, Any, Any]]:
-    """(prompt_id, completion_id, (prompt, text)) of every completion in a score job's prompts file."""
+def _score_items(spec: JobSpec, rows: list[dict], steps: bool = False) -> list[tuple[Any, Any, Any]]:
+    """(prompt_id, completion_id, (prompt, text)) of every completion in a score job's prompts file; `steps`: a
+    completion's `messages` (a continuation: tool calls, a trajectory) instead of its text, for a PRM."""
     items = []
     for number, row in enumerate(rows, start=1):
         for completion in row.get("completions") or []:
             if "completion_id" not in completion or "text" not in completion:
                 raise ValueError(f"{spec.prompts_path} line {number}: each completion needs completion_id and text")
-            items.append((row["prompt_id"], completion["completion_id"], (row["prompt"], completion["text"])))
+            answer = (completion.get("messages") if steps else None) or completion["text"]
+            items.append((row["prompt_id"], completion["completion_id"], (row["prompt"], answer)))
     if not items:
         raise ValueError(f"{spec.prompts_path} holds no completions to score")
     return items
 
 
 def _score_with_prm(spec: JobSpec, args: ScoreArgs, rows: list[dict], out_dir: Path) -> dict[str, Any]:
-    """A score job whose reward model is a process reward model: each completion cut into steps at the PRM's
-    separator and scored step by step; its score is the min or last step score (args.prm_outcome)."""
+    """A score job whose reward model is a process reward model: each completion cut into steps (a continuation's
+    messages one step per assistant message, a text at the PRM's separator) and scored step by step; its score is the min or last step score (args.prm_outcome)."""
     from trainer.prm import ProcessRewardScorer
 
-    items = _score_items(spec, rows)
+    items = _score_items(spec, rows, steps=True)
     scorer = ProcessRewardScorer(spec.reward_model, device=default_device(), outcome=args.prm_outcome,
                                  batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
     scores: list[float] = []

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.datasets.handlers import job_snapshot
 from app.db import session_scope
 from app.errors import JobFailed
+from app.imports.messages import CONTINUATION_KEY
 from app.imports.service import add_generations
 from app.jobs.runner import JobContext
 from app.jobs.trainer_child import RESULT_KEY, finished_result, job_dir, run_trainer
@@ -90,7 +91,8 @@ def write_prompts(db: Session, project: Project, path: Path, limit: int | None, 
 
 def write_score_prompts(db: Session, project: Project, path: Path, prompt_ids: list | None = None) -> int:
     """Every prompt of an open comparison with its completions (of `prompt_ids` when given), for the reward
-    model to score."""
+    model to score; a completion that is a continuation (tool calls, a trajectory) also carries its `messages`, which a
+    process reward model scores step by step."""
     query = select(Comparison).where(Comparison.project_id == project.id, ~Comparison.is_gold,
                                      Comparison.n_judgments < Comparison.required)  # fmt: skip
     if prompt_ids is not None:
@@ -102,15 +104,17 @@ def write_score_prompts(db: Session, project: Project, path: Path, prompt_ids: l
     if not by_prompt:
         raise JobFailed(f"Project {project.slug} has no open comparisons to score.")
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_(list(by_prompt))))}
-    texts = dict(
-        db.execute(
-            select(Completion.id, Completion.text).where(Completion.prompt_id.in_(list(by_prompt)))
-        ).all()
-    )
+    stored = db.execute(select(Completion.id, Completion.text, Completion.meta)
+                        .where(Completion.prompt_id.in_(list(by_prompt)))).all()  # fmt: skip
+    texts = {c.id: c.text for c in stored}
+    continuations = {c.id: c.meta[CONTINUATION_KEY] for c in stored
+                     if isinstance(c.meta, dict) and isinstance(c.meta.get(CONTINUATION_KEY), list)}  # fmt: skip
     with open(path, "w", encoding="utf-8") as handle:
         for prompt_id, completion_ids in by_prompt.items():
             row = {"prompt_id": prompt_id, "prompt": prompts[prompt_id].value,
-                   "completions": [{"completion_id": c, "text": texts[c]} for c in sorted(completion_ids)]}  # fmt: skip
+                   "completions": [{"completion_id": c, "text": texts[c],
+                                    **({"messages": continuations[c]} if c in continuations else {})}
+                                   for c in sorted(completion_ids)]}  # fmt: skip
             handle.write(json.dumps(row) + "\n")
     return len(by_prompt)
 

@@ -4,6 +4,7 @@ version as its reward model (a policy version is refused as one)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -31,7 +32,7 @@ def planted(tmp_path_factory):
 
 
 @pytest.mark.only_db("sqlite")  # one database is enough: the job path is the same on both; it trains a model
-def test_prm_job_from_step_labels_registers_a_prm_that_score_jobs_use(client, users, planted):
+def test_prm_job_from_step_labels_registers_a_prm_that_score_jobs_use(client, users, planted, db):
     trajectories, policy = planted
     admin, rita = users.create("admin", "admin"), users.create("rita", "annotator")
     project = make_project(client, admin, overlap=1)
@@ -80,6 +81,19 @@ def test_prm_job_from_step_labels_registers_a_prm_that_score_jobs_use(client, us
     scored = client.get(f"/api/v1/jobs/{score.json()['id']}", headers=admin["headers"]).json()
     assert scored["status"] == "succeeded", scored
     assert scored["result"]["metrics"]["scores/count"] == len(trajectories)
+    # a trajectory is scored step by step on its stored continuation (not its final text alone)
+    from app.jobs.trainer_child import job_dir
+    from app.models import Completion, Prompt
+    from app.store import local_path
+    from trainer.prm import ProcessRewardScorer
+
+    rows = [json.loads(line) for line in (job_dir(scored["id"]) / "output" / "scores.jsonl").read_text().splitlines()]
+    scorer = ProcessRewardScorer(local_path(version["path"]), outcome="last")
+    db.rollback()
+    completions = [db.get(Completion, row["completion_id"]) for row in rows]
+    prompts = [db.get(Prompt, c.prompt_id).value for c in completions]
+    direct = scorer(prompts, [c.meta["messages"] for c in completions])
+    assert [row["score"] for row in rows] == pytest.approx(direct, abs=1e-5)
     assert client.post("/api/v1/jobs", headers=admin["headers"], json={
         "kind": "score", "project_id": project["id"], "reward_model": version["id"],
         "params": {"prm_outcome": "max"}}).status_code == 422
