@@ -13,8 +13,10 @@ seed bypasses the ORM, as the migration's backfill would for existing data) and 
 - leaderboard: `app.quality.figures.leaderboard` as the API calls it (ratings fitted on the tallies with 1000
   bootstrap replicates, the rest cached), cold and warm; and, once, the leaderboard computed from every battle
   (what the worker does for it, and what a request did before);
-- export of every pair (`build_snapshot`, JSONL) in a child process: time and its peak RSS (bench/export.py's
-  child);
+- export of every pair (`build_snapshot`, JSONL; `--export-format parquet|both`) in a child process: pairs, time,
+  rows/s and its peak RSS (bench/export.py's child), the load average around it, and where its rater weights came
+  from (the worker's cached statistics when current, which the figures section has just refreshed; else fitted
+  in the export over every judgment, memory growing with them);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
   loop) against `--web` uvicorn processes, on a fresh queue in this database and in an empty database.
 
@@ -22,6 +24,8 @@ Service functions are timed in-process (no HTTP, no auth): the endpoints add the
 
     .venv/bin/python bench/scale.py [--judgments 10000000] [--overlap 4] [--raters 50] [--web 2] [--keep-db NAME]
     .venv/bin/python bench/scale.py --judgments 100000 --loop-seconds 10      # a quick check
+    .venv/bin/python bench/scale.py --judgments 10000000 --overlap 1 --keep-db rf_10m --sections figures,export
+                                                                              # the issue's export of 10M pairs
 
 A pairs export has one row per judged comparison (its votes aggregated): with `--overlap 4` that is judgments / 4
 pairs; `--overlap 1` makes every judgment its own pair (10M pairs from 10M judgments).
@@ -65,7 +69,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web", type=int, default=2, help="uvicorn worker processes for the rating loop")
     parser.add_argument("--loop-seconds", type=float, default=20.0)
     parser.add_argument("--keep-db", default="", help="seed under this name when missing, reuse it when present")
-    return parser.parse_args()
+    parser.add_argument("--sections", default="figures,export,loop",
+                        help="what to time, comma-separated: figures, export, loop (e.g. --sections export)")
+    parser.add_argument("--export-format", default="jsonl", choices=("jsonl", "parquet", "both"),
+                        help="the export's files: JSONL alone (the streamed rows), Parquet, or both (a snapshot)")
+    args = parser.parse_args()
+    args.sections = set(args.sections.split(","))
+    unknown = args.sections - {"figures", "export", "loop"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    return args
 
 
 def create_database(name: str) -> tuple[str, bool]:
@@ -181,10 +194,26 @@ def figures(url: str) -> dict:
     return out
 
 
-def export(url: str) -> dict:
+def weights_cached(url: str) -> bool:
+    """Whether an export now takes its rater weights from the worker's cached statistics (current for the judgments,
+    app.datasets.service.rater_weights) rather than fitting them over every judgment (memory grows with them)."""
+    from sqlalchemy.orm import Session
+
+    from app.models.tally import ProjectFigures
+    from app.quality import figures as cached
+
+    engine = sa.create_engine(url)
+    with Session(engine) as db:
+        row = db.get(ProjectFigures, (1, "stats"))
+        fresh = cached.is_large(db, 1) and row is not None and row.marker == cached.change_marker(db, 1)
+    engine.dispose()
+    return fresh
+
+
+def export(url: str, fmt: str = "jsonl") -> dict:
     with tempfile.TemporaryDirectory(prefix="rankforge-bench-scale-") as data_dir:
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "export.py"), "--child", url, "1", data_dir,
-                              "jsonl"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                              fmt], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"export failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -231,19 +260,28 @@ def main() -> None:
             n = conn.execute(sa.text("SELECT count(*) FROM judgment")).scalar()
         engine.dispose()
         print(f"{n:,} judgments in database {name}", flush=True)
-        results = figures(url)
-        results_export = export(url)
-        loop_full = rating_loop(url, args, "full")
-        empty_url, _ = create_database(f"rankforge_bench_scale_empty_{uuid.uuid4().hex[:8]}")
-        upgrade(empty_url)
-        loop_empty = rating_loop(empty_url, args, "empty")
+        results = figures(url) if "figures" in args.sections else {}
+        if "export" in args.sections:
+            weights = ("the worker's cached statistics" if weights_cached(url) else
+                       "fitted in the export (no current cached statistics: run the figures section first)")
+            load = os.getloadavg()[0]
+            results_export = export(url, args.export_format)
+            results_export["load"] = f"{load:.2f} -> {os.getloadavg()[0]:.2f}"
+            e = results_export
+            print(f"export of every pair ({args.export_format}): {e['rows']:,} pairs in {e['seconds']} s = "
+                  f"{e['rows'] / max(e['seconds'], 1e-9):,.0f} rows/s (CPU {e['cpu_seconds']} s), peak RSS "
+                  f"{e['peak_rss_mb']} MB (load {e['load']}; rater weights: {weights})", flush=True)  # fmt: skip
+        if "loop" in args.sections:
+            loop_full = rating_loop(url, args, "full")
+            empty_url, _ = create_database(f"rankforge_bench_scale_empty_{uuid.uuid4().hex[:8]}")
+            upgrade(empty_url)
+            loop_empty = rating_loop(empty_url, args, "empty")
         for key, seconds in results.items():
             print(f"time/{key}: {seconds:.3f} s")
-        print(f"export of every pair (JSONL): {results_export['rows']:,} rows in {results_export['seconds']} s, "
-              f"peak RSS {results_export['peak_rss_mb']} MB")  # fmt: skip
-        print(f"rating loop, {args.raters} raters, {args.web} web processes: {loop_full:.1f} judgments/s with "
-              f"{n:,} judgments loaded, {loop_empty:.1f} judgments/s on an empty database "
-              f"({100 * (loop_full / loop_empty - 1):+.1f}%)")  # fmt: skip
+        if "loop" in args.sections:
+            print(f"rating loop, {args.raters} raters, {args.web} web processes: {loop_full:.1f} judgments/s with "
+                  f"{n:,} judgments loaded, {loop_empty:.1f} judgments/s on an empty database "
+                  f"({100 * (loop_full / loop_empty - 1):+.1f}%)")  # fmt: skip
         print(f"machine load: {os.popen('uptime').read().strip()}")
     finally:
         admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")

@@ -139,26 +139,37 @@ def _mean(values: list[float]) -> float:
 
 
 def _check(jc: JudgedComparison) -> None:
+    completions = jc.completions
     for vote in jc.judgments:
-        if not (math.isfinite(vote.weight) and vote.weight >= 0):
-            raise ValueError(
-                f"comparison {jc.comparison_id}: rater {vote.rater_id} has weight {vote.weight}; "
-                "weights must be finite and >= 0"
-            )
-        placed: set[CompletionId] = set()
-        for group in vote.ranking:
-            for completion_id in group:
-                if completion_id not in jc.completions:
-                    raise ValueError(
-                        f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked unknown "
-                        f"completion {completion_id!r}"
-                    )
-                if completion_id in placed:
-                    raise ValueError(
-                        f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked completion "
-                        f"{completion_id!r} twice"
-                    )
-                placed.add(completion_id)
+        weight = vote.weight
+        if weight >= 0 and weight != math.inf:  # the usual case in one test: a finite weight, distinct known ids
+            ranked = [completion_id for group in vote.ranking for completion_id in group]
+            if len(ranked) == len(placed := set(ranked)) and all(c in completions for c in placed):
+                continue
+        _check_vote(jc, vote)
+
+
+def _check_vote(jc: JudgedComparison, vote: JudgmentVote) -> None:
+    """The first problem of one vote, in ranking order, as an error naming it."""
+    if not (math.isfinite(vote.weight) and vote.weight >= 0):
+        raise ValueError(
+            f"comparison {jc.comparison_id}: rater {vote.rater_id} has weight {vote.weight}; "
+            "weights must be finite and >= 0"
+        )
+    placed: set[CompletionId] = set()
+    for group in vote.ranking:
+        for completion_id in group:
+            if completion_id not in jc.completions:
+                raise ValueError(
+                    f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked unknown "
+                    f"completion {completion_id!r}"
+                )
+            if completion_id in placed:
+                raise ValueError(
+                    f"comparison {jc.comparison_id}: rater {vote.rater_id} ranked completion "
+                    f"{completion_id!r} twice"
+                )
+            placed.add(completion_id)
 
 
 def _positions(vote: JudgmentVote) -> dict[CompletionId, int]:
@@ -214,6 +225,8 @@ def _group_columns(jc: JudgedComparison, voters: list[JudgmentVote], pair_votes:
     """``group_chosen`` / ``group_rejected``: the rater groups whose votes on this pair (weighted) favour the chosen /
     the rejected answer (a group split evenly is in neither; empty without labelled raters); ``category``: the
     prompt's (None without one). Every pairs row has the three columns, so JSONL and Parquet rows are the same."""
+    if not jc.rater_groups:  # no labelled raters: no groups on either side
+        return {"group_chosen": [], "group_rejected": [], "category": jc.category}
     tally: dict[str, float] = defaultdict(float)
     for vote, (direction, _, weight) in zip(voters, pair_votes, strict=True):
         for group in jc.rater_groups.get(vote.rater_id, ()):
@@ -243,25 +256,52 @@ def pair_rows(
     votes: dict[tuple[CompletionId, CompletionId], list[tuple[int, int, float]]] = defaultdict(list)
     voters: dict[tuple[CompletionId, CompletionId], list[JudgmentVote]] = defaultdict(list)  # their sources
     for vote in jc.judgments:
+        ranking = vote.ranking
+        if (len(ranking) == 2 and len(ranking[0]) == 1 and len(ranking[1]) == 1
+                and type(better := ranking[0][0]) is type(worse := ranking[1][0])):  # fmt: skip
+            # One decisive pair (every pairwise judgment): what the loop below makes of it, without its dict and sort.
+            key, entry = ((worse, better), (-1, 1, vote.weight)) if worse < better else \
+                ((better, worse), (1, 1, vote.weight))
+            votes[key].append(entry)
+            voters[key].append(vote)
+            continue
         position = _positions(vote)
         for first, second in combinations(_sorted_ids(position), 2):
             gap = position[second] - position[first]
             votes[(first, second)].append(((gap > 0) - (gap < 0), abs(gap), vote.weight))
             voters[(first, second)].append(vote)
     prompt = None
-    order = {completion_id: index for index, completion_id in enumerate(_sorted_ids({i for pair in votes for i in pair}))}
-    for first, second in sorted(votes, key=lambda pair: (order[pair[0]], order[pair[1]])):
+    keys = list(votes)
+    if len(keys) > 1:
+        order = {completion_id: index for index, completion_id in enumerate(_sorted_ids({i for pair in votes for i in pair}))}
+        keys.sort(key=lambda pair: (order[pair[0]], order[pair[1]]))
+    for first, second in keys:
         pair_votes = votes[(first, second)]
-        for_first = math.fsum(weight for direction, _, weight in pair_votes if direction > 0)
-        for_second = math.fsum(weight for direction, _, weight in pair_votes if direction < 0)
-        if for_first == for_second:
-            continue
-        winner_direction = 1 if for_first > for_second else -1
+        pair_voters = voters[(first, second)]
+        if len(pair_votes) == 1:  # one voter: the general arithmetic below, done by hand (the same floats)
+            winner_direction, margin, weight = pair_votes[0]
+            if winner_direction == 0 or weight == 0:
+                continue
+            voter = pair_voters[0]
+            margin, weight, agreement = float(margin), float(weight), 1.0
+            sources = [voter.source]
+            ai_confidence = float(voter.confidence) if voter.source == "ai" and voter.confidence is not None else None
+        else:
+            for_first = math.fsum(weight for direction, _, weight in pair_votes if direction > 0)
+            for_second = math.fsum(weight for direction, _, weight in pair_votes if direction < 0)
+            if for_first == for_second:
+                continue
+            winner_direction = 1 if for_first > for_second else -1
+            majority = [
+                (margin, weight) for direction, margin, weight in pair_votes if direction == winner_direction
+            ]
+            margin = _mean([float(margin) for margin, _ in majority])
+            weight = _mean([weight for _, weight in majority])
+            agreement = max(for_first, for_second) / math.fsum(weight for _, _, weight in pair_votes)
+            sources = sorted({v.source for v in pair_voters})
+            ai_confidence = _mean(ai) if (ai := [v.confidence for v in pair_voters
+                                                 if v.source == "ai" and v.confidence is not None]) else None  # fmt: skip
         chosen, rejected = (first, second) if winner_direction > 0 else (second, first)
-        majority = [
-            (margin, weight) for direction, margin, weight in pair_votes if direction == winner_direction
-        ]
-        total = math.fsum(weight for _, _, weight in pair_votes)
         chosen_text, chosen_model = jc.completions[chosen]
         rejected_text, rejected_model = jc.completions[rejected]
         if prompt is None:
@@ -276,17 +316,16 @@ def pair_rows(
             "rejected_id": rejected,
             "chosen_model": chosen_model,
             "rejected_model": rejected_model,
-            "margin": _mean([float(margin) for margin, _ in majority]),
-            "agreement": max(for_first, for_second) / total,
+            "margin": margin,
+            "agreement": agreement,
             "n_votes": len(pair_votes),
-            "weight": _mean([weight for _, weight in majority]),
+            "weight": weight,
             "is_gold": jc.is_gold,
             "edited": False,
-            "sources": sorted({v.source for v in voters[(first, second)]}),
-            "ai_confidence": _mean(ai) if (ai := [v.confidence for v in voters[(first, second)]
-                                                  if v.source == "ai" and v.confidence is not None]) else None,
+            "sources": sources,
+            "ai_confidence": ai_confidence,
             **(_tools_column(jc) if conversational else {}),
-            **_group_columns(jc, voters[(first, second)], pair_votes, winner_direction),
+            **_group_columns(jc, pair_voters, pair_votes, winner_direction),
         }  # fmt: skip
         if _keep(row, min_agreement, min_votes):
             yield row

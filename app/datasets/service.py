@@ -165,21 +165,31 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
     def flush(batch: dict[int, list]) -> Iterator[JudgedComparison]:
         first, last = min(batch), max(batch)
         in_range = (Comparison.project_id == project.id) & Comparison.id.between(first, last)
-        comparisons = {
-            cid: (prompt_id, json_loads(completion_ids), is_gold, json_loads(messages), is_chat,
-                  json_loads(tools) if tools and tools != "null" else None,
-                  json_loads(category) if category and category != "null" else None)
-            for cid, prompt_id, completion_ids, is_gold, messages, is_chat, tools, category in connection.execute(
-                select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold,
-                       _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]),
+        # The batch's comparisons, then their prompts and the prompts' completions by prompt id range as well (an
+        # index range scan: the prompt ids of a batch of comparisons are usually close together; joined on the ids
+        # alone PostgreSQL may hash a sequential scan of the whole table, for every batch). `.all()`: the batch's
+        # rows in one fetch (iterating a result fetches row by row, a call per row).
+        batch_comparisons = connection.execute(
+            select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold)
+            .where(in_range)).all()  # fmt: skip
+        prompt_ids = [row[1] for row in batch_comparisons]  # not empty: the batch's judgments have comparisons
+        prompts = {
+            prompt_id: (json_loads(messages), is_chat, json_loads(tools) if tools and tools != "null" else None,
+                        json_loads(category) if category and category != "null" else None)
+            for prompt_id, messages, is_chat, tools, category in connection.execute(
+                select(Prompt.id, _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]),
                        _as_text(Prompt.meta["category"]))
-                .join(Prompt, Prompt.id == Comparison.prompt_id).where(in_range))
+                .where(Prompt.id.between(min(prompt_ids), max(prompt_ids)),
+                       Prompt.id.in_(select(Comparison.prompt_id).where(in_range)))).all()
         }  # fmt: skip
+        comparisons = {cid: (prompt_id, json_loads(completion_ids), is_gold, *prompts[prompt_id])
+                       for cid, prompt_id, completion_ids, is_gold in batch_comparisons}  # fmt: skip
         completions, continuations = {}, {}
         for completion_id, text, model_name, continuation in connection.execute(
                 select(Completion.id, Completion.text, Completion.model_name,
                        _as_text(Completion.meta[CONTINUATION_KEY]))
-                .where(Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range)))):  # fmt: skip
+                .where(Completion.prompt_id.between(min(prompt_ids), max(prompt_ids)),
+                       Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range)))).all():  # fmt: skip
             completions[completion_id] = (text, model_name)
             if continuation and continuation != "null":  # absent: NULL (PostgreSQL) or 'null' (SQLite)
                 continuations[completion_id] = json_loads(continuation)
@@ -277,9 +287,22 @@ def resolve_conversational(db: Session, project: Project, spec: DatasetCreate) -
 
 
 def rater_weights(db: Session, project: Project) -> dict[int, float]:
-    """Rater reliability from the quality statistics (1.0 for anyone without an estimate)."""
+    """Rater reliability from the quality statistics (1.0 for anyone without an estimate).
+
+    Fitting it reads every counted judgment into arrays (hundreds of bytes a judgment at its peak: 5 GB at ten
+    million). For a large project (app.quality.figures) whose cached statistics are current (the worker computed
+    them after the last judgment, review and void: the same marker), the cached per-rater values are those numbers,
+    from the same function on the same rows; the export reads them and its memory stays flat. Otherwise it fits
+    them here, as before."""
+    from app.models.tally import ProjectFigures
+    from app.quality import figures
     from app.quality.service import rater_reliability
 
+    if figures.is_large(db, project.id):
+        cached = db.get(ProjectFigures, (project.id, "stats"))
+        if cached is not None and cached.marker == figures.change_marker(db, project.id):
+            return {rater["user_id"]: rater["reliability"] for rater in (cached.figures or {}).get("raters", [])
+                    if rater.get("reliability") is not None}  # fmt: skip
     return rater_reliability(db, project)
 
 
