@@ -39,3 +39,38 @@ def test_a_pairs_export_groups_one_batch_of_comparisons_at_a_time(client, users,
     ids = [row["comparison_id"] for row in every]
     assert ids == sorted(ids) and len(set(ids)) == 7
     assert all(row["chosen"].startswith("answer 0") or row["rejected"].startswith("answer 2") for row in every)
+
+
+def test_a_large_projects_export_takes_rater_weights_from_current_cached_statistics(client, users, monkeypatch):
+    """Fitting rater reliability holds every judgment in memory; a large project's export reads the worker's cached
+    per-rater values instead, but only while they are current (computed after the last judgment)."""
+    from app.models.tally import ProjectFigures
+    from app.quality import figures
+    from app.quality.service import rater_reliability
+
+    admin, rater = users.create("admin", "admin"), users.create("rita", "annotator")
+    project = make_project(client, admin)
+    import_lines(client, admin, project["id"], native_lines(4))
+
+    def judge():
+        task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=rater["headers"]).json()
+        ids = [option["id"] for option in task["options"]]
+        response = client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment",
+                               json={"ranking": [[ids[0]], [ids[1]]]}, headers=rater["headers"])  # fmt: skip
+        assert response.status_code in (200, 201), response.text
+
+    judge()
+    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 0)  # every project is large
+    with session_scope() as db:
+        p = db.get(Project, project["id"])
+        assert service.rater_weights(db, p) == rater_reliability(db, p)  # nothing cached yet: fitted
+        figures.refresh(db, p)
+        assert service.rater_weights(db, p) == rater_reliability(db, p)  # the cached values are the fitted ones
+        row = db.get(ProjectFigures, (p.id, "stats"))
+        row.figures = dict(row.figures) | {"raters": [{"user_id": rater["id"], "reliability": 0.123}]}
+        db.flush()
+        assert service.rater_weights(db, p) == {rater["id"]: 0.123}  # read from the cache
+    judge()  # the cached statistics are no longer current
+    with session_scope() as db:
+        p = db.get(Project, project["id"])
+        assert service.rater_weights(db, p) == rater_reliability(db, p) != {rater["id"]: 0.123}
