@@ -148,6 +148,15 @@ def users(db_url):
     return Users(db_url)
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,11 +191,7 @@ def live_server(db_url, tmp_path):
     if process.poll() is not None:
         pytest.fail("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
     yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
     log.close()
 
 
@@ -225,11 +230,7 @@ def s3_server(tmp_path_factory):
         process.kill()
         missing(f"moto_server did not start: {log.read_text()[-1000:]}")
     yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
 
 
 @pytest.fixture
