@@ -10,7 +10,7 @@ import random
 import pytest
 from sqlalchemy import select
 
-from tests.judges.test_judges import project_with, world  # noqa: F401 (fixture)
+from tests.judges.test_judges import add_rules_judge, project_with, world  # noqa: F401 (fixture)
 
 GATE = {"max_flip_rate": 0.2, "min_accuracy": 0.7, "min_sample": 50}
 
@@ -140,3 +140,24 @@ def test_a_judge_with_a_planted_flip_rate_is_switched_to_shadow(client, world, d
     assert len(events) == 1 and events[0].payload["data"]["judge"] == "flippy"
     page = client.get(f"/projects/{pid}/judges", headers=headers | {"Accept": "text/html"})
     assert page.status_code == 200 and 'id="gate-notice"' in page.text and "flip rate" in page.text
+
+
+def test_the_judges_page_states_the_gate_as_set(client, world):  # noqa: F811
+    """No gate reads "none" (an empty gate once printed its sentence with blanks for every number); a gate set
+    through the API is stated with its numbers."""
+    pid = project_with(client, world, [{"prompt": "p", "completions": [{"text": "a"}, {"text": "b"}]}])
+    headers = world["admin"]["headers"] | {"Accept": "text/html"}
+    judge = add_rules_judge(client, world, pid)
+
+    def gate_sentence() -> str:
+        page = client.get(f"/projects/{pid}/judges", headers=headers)
+        assert page.status_code == 200
+        start = page.text.index('id="gate-limits"')
+        return " ".join(page.text[start:page.text.index("</p>", start)].split())
+
+    assert gate_sentence().endswith("Judge gate: none.")
+    set_gate = client.put(f"/api/v1/projects/{pid}/ai-policy", headers=world["admin"]["headers"],
+                          json={"policy": "shadow", "judge": judge, "threshold": 0.5, "gate": GATE})  # fmt: skip
+    assert set_gate.status_code == 200, set_gate.text
+    sentence = gate_sentence()
+    assert "at least 50 verdicts" in sentence and "at most 0.2 " in sentence and "at least 0.7;" in sentence
