@@ -24,7 +24,8 @@ trajectories (its snapshot has no test split: a split by prompt would hold whole
 causal LM on --pretrain 4,000 unlabelled good trajectories of another seed (8 epochs, lr 1e-2: afterwards it predicts
 every call's city, a copy of the request's), saves it as a normal checkpoint and registers it as the prm job's base,
 as a user brings a pretrained checkpoint; the prm job (same RECIPE) then trains on the 400 labelled ones. With 3
-raters at 85%: seed 0 0.880 / AUROC 0.952 (from scratch 0.400 / 0.542), seed 1 0.660 / 0.810 (0.545 / 0.687).
+raters at 85%: seed 0 0.880 / AUROC 0.952 (from scratch 0.400 / 0.542), seed 1 0.660 / 0.810 (0.545 / 0.687),
+seed 2 0.600 / 0.795; with --rater-accuracy 1.0 (seed 0) 0.945 / 0.984 (from scratch 0.830 / 0.918).
 The product's default recipe (--recipe product: 3 epochs, no decay) does not learn on it (0.50 / 0.49, seed 0,
 trained directly on the same aggregated rows; 10 epochs 0.55 / 0.67; 20 epochs, weight decay 1.0: 0.800 / 0.882).
 """
