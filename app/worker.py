@@ -6,6 +6,8 @@ module wires them together: which handler runs which kind, and what an idle work
 
 from __future__ import annotations
 
+import time
+
 from app.datasets.handlers import run_export_job
 from app.db import session_scope
 from app.jobs import runner
@@ -48,9 +50,19 @@ def refresh_figures(worker_id: str) -> list[int]:
         return list(refresh_due(db))
 
 
+PRUNE_EVERY_SECONDS = 60.0
+_last_prune = float("-inf")
+
+
 def prune_artifact_cache(worker_id: str) -> list[str]:
     """Idle task: this machine's cache of store artifacts back under RANKFORGE_CACHE_MAX_GB, least recently used
-    first (app.store.prune_cache; entries a running job holds stay)."""
+    first (app.store.prune_cache; entries a running job holds stay). At most once a minute: every cache write
+    prunes already, this only catches entries a job held over the cap, and the walk reads every entry's manifest,
+    which the idle loop would otherwise repeat each poll."""
+    global _last_prune
+    if time.monotonic() - _last_prune < PRUNE_EVERY_SECONDS:
+        return []
+    _last_prune = time.monotonic()
     return prune_cache()
 
 
