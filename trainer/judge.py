@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -164,26 +165,33 @@ def judge_reward(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) 
     tokenizer = load_tokenizer(spec.reward_model, role="reward model")
     model = load_reward(spec.reward_model, tokenizer=tokenizer).to(default_device()).eval()
     max_length = effective_max_length(args.max_length, model.config, tokenizer)
-    keys, sequences = [], []
-    for r, row in enumerate(rows):
-        for c in row["completions"]:
-            keys.append((r, c["completion_id"]))
-            sequences.append(encode_sequence(row["prompt"], c["text"], tokenizer, max_length))
     import torch
 
-    scores: list[float] = []
-    chunk = max(args.batch_size * 8, 1)
+    def score(items: list[tuple[dict, dict]]) -> list[float]:
+        sequences = [encode_sequence(row["prompt"], c["text"], tokenizer, max_length) for row, c in items]
+        return reward_scores(model, tokenizer, sequences, batch_size=args.batch_size, max_length=max_length)
+
     with torch.no_grad():
-        for start in range(0, len(sequences), chunk):
-            scores += reward_scores(model, tokenizer, sequences[start : start + chunk], batch_size=args.batch_size,
-                                    max_length=max_length)  # fmt: skip
-            if report:
-                report(min(len(sequences), start + chunk), len(sequences))
-    by_row: dict[int, dict[int, float]] = {}
-    for (r, cid), score in zip(keys, scores, strict=True):
-        by_row.setdefault(r, {})[cid] = score
+        by_row = score_by_row(rows, score, args.batch_size, report)
     return [{"comparison_id": rows[r]["comparison_id"], **verdict_from_scores(s), "p_first": []}
             for r, s in sorted(by_row.items())]  # fmt: skip
+
+
+def score_by_row(rows: list[dict], score: Callable[[list[tuple[dict, dict]]], list], batch_size: int,
+                 report=None) -> dict[int, dict[int, Any]]:
+    """{row index: {completion id: score}}: every (row, completion) scored by `score`, a chunk of 8 batches at a
+    time, with progress reported after each chunk."""
+    items = [(r, row, c) for r, row in enumerate(rows) for c in row["completions"]]
+    scores: list = []
+    chunk = max(batch_size * 8, 1)
+    for start in range(0, len(items), chunk):
+        scores += score([(row, c) for _, row, c in items[start : start + chunk]])
+        if report:
+            report(min(len(items), start + chunk), len(items))
+    by_row: dict[int, dict[int, Any]] = {}
+    for (r, _, c), value in zip(items, scores, strict=True):
+        by_row.setdefault(r, {})[c["completion_id"]] = value
+    return by_row
 
 
 def judge_prm(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) -> list[dict]:
@@ -196,21 +204,10 @@ def judge_prm(spec: JobSpec, rows: list[dict], args: JudgeArgs, report=None) -> 
         raise ValueError(f"a prm judge needs a process reward model (a prm version), and {spec.reward_model} is not one")
     scorer = ProcessRewardScorer(spec.reward_model, device=default_device(), outcome=args.prm_outcome,
                                  batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
-    keys, prompts, responses = [], [], []
-    for r, row in enumerate(rows):
-        for c in row["completions"]:
-            keys.append((r, c["completion_id"]))
-            prompts.append(row["prompt"])
-            responses.append(c.get("messages") or c["text"])  # a continuation's steps, else the text's
-    steps: list[list[float]] = []
-    chunk = max(args.batch_size * 8, 1)
-    for start in range(0, len(keys), chunk):
-        steps += scorer.step_scores(prompts[start : start + chunk], responses[start : start + chunk])
-        if report:
-            report(min(len(keys), start + chunk), len(keys))
-    by_row: dict[int, dict[int, list[float]]] = {}
-    for (r, cid), scores in zip(keys, steps, strict=True):
-        by_row.setdefault(r, {})[cid] = scores
+    by_row = score_by_row(rows, lambda items: scorer.step_scores(
+        [row["prompt"] for row, _ in items],
+        [c.get("messages") or c["text"] for _, c in items]),  # a continuation's steps, else the text's
+        args.batch_size, report)  # fmt: skip
     verdicts = []
     for r, scores in sorted(by_row.items()):
         outcomes = {cid: outcome(s, args.prm_outcome) for cid, s in scores.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
@@ -79,12 +80,17 @@ def verdict_from_pairs(ids: list[int], pairs: list[tuple[int, int, float]]) -> d
             "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
 
 
-def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
-    ids = sorted(scores)
-    pairs = [(a, b, _sigmoid(scores[a] - scores[b])) for a, b in combinations(ids, 2)]
-    ranking, confidence = ranking_from_strengths(scores, lambda a, b: _sigmoid(scores[a] - scores[b]))
-    return {"ranking": ranking, "confidence": confidence, "strengths": dict(scores),
+def verdict_from_strengths(strengths: dict[int, float], prefer: Callable[[int, int], float]) -> dict[str, Any]:
+    """The verdict of a judge that gives every response a strength: ranking and confidence (ranking_from_strengths),
+    the strengths, and P(a over b) = prefer(a, b) for every pair."""
+    pairs = [(a, b, prefer(a, b)) for a, b in combinations(sorted(strengths), 2)]
+    ranking, confidence = ranking_from_strengths(strengths, prefer)
+    return {"ranking": ranking, "confidence": confidence, "strengths": dict(strengths),
             "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
+
+
+def verdict_from_scores(scores: dict[int, float]) -> dict[str, Any]:
+    return verdict_from_strengths(scores, lambda a, b: _sigmoid(scores[a] - scores[b]))
 
 
 def outcome_preference(a: float, b: float, tie_margin: float = 0.0) -> float:
@@ -98,13 +104,7 @@ def outcome_preference(a: float, b: float, tie_margin: float = 0.0) -> float:
 def verdict_from_outcomes(outcomes: dict[int, float], tie_margin: float = 0.0) -> dict[str, Any]:
     """A process reward model judge's verdict: the responses sorted by outcome (best first), neighbours within
     tie_margin of each other in one tie group; P(a over b) as `outcome_preference`."""
-    ids = sorted(outcomes)
-    pairs = [(a, b, outcome_preference(outcomes[a], outcomes[b], tie_margin)) for a, b in combinations(ids, 2)]
-    ranking, confidence = ranking_from_strengths(
-        outcomes, lambda a, b: outcome_preference(outcomes[a], outcomes[b], tie_margin)
-    )
-    return {"ranking": ranking, "confidence": confidence, "strengths": dict(outcomes),
-            "pairs": [[a, b, p] for a, b, p in pairs]}  # fmt: skip
+    return verdict_from_strengths(outcomes, lambda a, b: outcome_preference(outcomes[a], outcomes[b], tie_margin))
 
 
 def fill_template(template: str, *, guidelines: str, prompt: str, response_a: str, response_b: str,
