@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Request, UploadFile
 
 from app.auth.deps import Admin
 from app.errors import ImportValidationError
-from app.imports.parsers import SNIFF_BYTES, check_file_size, detect_formats
+from app.imports.parsers import SNIFF_BYTES, check_file_size, detect_formats, spooled_size
 from app.imports.service import import_stream
 from app.projects.service import get_project
 from app.web import is_htmx, render
@@ -34,9 +34,7 @@ async def import_page(project_ref: str, request: Request, principal: Admin, file
     source = file.file  # spooled to a temporary file by Starlette; read line by line, never whole
 
     def work():
-        source.seek(0, 2)
-        check_file_size(source.tell(), max_bytes, format)
-        source.seek(0)
+        check_file_size(spooled_size(source), max_bytes, format)
         with session_scope(write=True) as db:
             project = get_project(db, project_ref)
             return project.id, import_stream(db, project, source, format, principal.user, gold=gold)

@@ -46,7 +46,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from app.errors import ImportValidationError
 from app.imports.messages import (
@@ -129,6 +129,14 @@ def parse_import(data: bytes, fmt: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
     """Parse a whole import file; return all records or raise `ImportValidationError` (nothing partial)."""
     check_file_size(len(data), max_bytes, fmt)
     return list(ImportReader(data.split(b"\n"), fmt))
+
+
+def spooled_size(source: BinaryIO) -> int:
+    """The size of a seekable upload (a spooled temporary file), left at its start to be read."""
+    source.seek(0, 2)
+    size = source.tell()
+    source.seek(0)
+    return size
 
 
 def check_file_size(size: int, max_bytes: int, fmt: str) -> None:

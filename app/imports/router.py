@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, UploadFile
 
 from app.auth.deps import Admin
 from app.errors import BadRequest, PayloadTooLarge
-from app.imports.parsers import FORMATS
+from app.imports.parsers import FORMATS, spooled_size
 from app.imports.service import import_stream
 from app.projects.schemas import ImportResult
 from app.projects.service import get_project
@@ -49,13 +49,9 @@ async def spool_upload(request: Request, max_bytes: int) -> BinaryIO:
 
 def uploaded_file(upload: UploadFile, max_bytes: int) -> BinaryIO:
     """A multipart upload's spooled file, at its start, once its size is known to be within `max_bytes`."""
-    source = upload.file
-    source.seek(0, 2)
-    size = source.tell()
-    if size > max_bytes:
+    if spooled_size(upload.file) > max_bytes:
         raise PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.")
-    source.seek(0)
-    return source
+    return upload.file
 
 
 @router.post("/{project_ref}/import", response_model=ImportResult)
