@@ -19,7 +19,7 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.groups import group_members
 from app.judgments import tallies
 from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
-from app.models import REVIEW_RESOLUTIONS, Comparison, Completion, FlagReview, Judgment, Project, User, utcnow
+from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
 from app.quality import poststrat, stats, style
 from app.quality.step_agreement import step_agreement
@@ -143,11 +143,13 @@ def _attribute_scores_sql(db: Session) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
+def _comparison_arrays(db: Session, project: Project, *, completions: bool = True) -> dict[str, np.ndarray]:
     """The project's comparisons, sorted by id: gold flag, number of options and, for two-option comparisons,
     both completion ids, their models (codes into `model_names`, -1 for none) and the longer completion (NaN
     when both are as long). Comparisons and completions are read as two flat scans and joined in numpy, which
-    is several times faster than letting the database hash the completion texts once per side."""
+    is several times faster than letting the database hash the completion texts once per side. `completions`
+    False: the comparisons' own columns only (`id`, `is_gold`, `n_options`, `options`), without reading the
+    completions (two rows per comparison)."""
     js = _json_sql(db)
     n_options = js["length"].format(column="c.completion_ids")
     max_options = max(2, int(db.execute(text(f"SELECT max({n_options}) FROM comparison c WHERE c.project_id = :project"),
@@ -160,6 +162,8 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
     comparison, is_gold, n_options = comparisons[:, :3].T
     options = comparisons[:, 3:]
     first, second = options[:, 0], options[:, 1]
+    if not completions:
+        return {"id": comparison.astype(np.int64), "is_gold": is_gold == 1, "n_options": n_options, "options": options}
     model_names = [name for (name,) in db.execute(text(
         "SELECT DISTINCT o.model_name FROM completion o JOIN prompt p ON p.id = o.prompt_id "
         "WHERE p.project_id = :project AND o.model_name IS NOT NULL ORDER BY 1"), {"project": project.id})]  # fmt: skip
@@ -187,9 +191,10 @@ def _comparison_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
 
 
 def judgment_arrays(db: Session, project: Project, sources: tuple[str, ...] = (HUMAN,)) -> dict[str, np.ndarray]:
-    """Counted judgments of these sources (humans by default) as columns, with their comparison's columns
-    (`c_...`, see `_comparison_arrays`) and the length-bias input: in a decisive pairwise judgment between answers
-    of different lengths, whether the longer one won."""
+    """Counted judgments of these sources (humans by default) as columns, with what their statistics need of their
+    comparison (gold flag, number of options, the top choice coded by stored position) and the length-bias input:
+    in a decisive pairwise judgment between answers of different lengths, whether the longer one won. Only these
+    columns: at ten million judgments each per-judgment column is 80 MB."""
     data = _array(db, f"SELECT j.comparison_id, j.rater_id, j.top_completion_id, j.time_spent_ms, j.chosen_position "
                       f"FROM judgment j WHERE {_counted(sources)}", 5, project=project.id)  # fmt: skip
     comparison, rater, top, time_ms, position = data.T
@@ -202,7 +207,6 @@ def judgment_arrays(db: Session, project: Project, sources: tuple[str, ...] = (H
             "top_code": stats.top_choice_codes(top, comparisons["options"][row]),
             "time_ms": time_ms, "position": position, "is_gold": comparisons["is_gold"][row],
             "n_options": comparisons["n_options"][row], "chose_longer": chose_longer,
-            **{f"c_{key}": value[row] for key, value in comparisons.items() if key != "model_names"},
             "model_names": comparisons["model_names"]}  # fmt: skip
 
 
@@ -414,15 +418,21 @@ def battle_rows(db: Session, project: Project) -> dict[str, np.ndarray]:
     Two-option comparisons (the bulk) come from the judgment and comparison columns in numpy, the outcome read
     from `top_completion_id` (no single top: a tie). Only rankings of three or more options are expanded from
     JSON into their pairs, by the database, and only when the project has such comparisons."""
-    cols = judgment_arrays(db, project, LEADERBOARD)
-    names = cols["model_names"]
-    model_a, model_b = cols["c_model_a"], cols["c_model_b"]
-    battle = (cols["n_options"] == 2) & (model_a >= 0) & (model_b >= 0) & (model_a != model_b)
-    top = cols["top"][battle]
+    # Only the three judgment columns a battle needs (judgment_arrays would add a dozen per-judgment columns).
+    comparison, rater, top = _array(db, "SELECT j.comparison_id, j.rater_id, j.top_completion_id FROM judgment j "
+                                        f"WHERE {_counted(LEADERBOARD)}", 3, project=project.id).T  # fmt: skip
+    comparisons = _comparison_arrays(db, project)
+    names = comparisons["model_names"]
+    row = np.searchsorted(comparisons["id"], comparison.astype(np.int64))  # every judged comparison is there
+    model_a, model_b = comparisons["model_a"][row], comparisons["model_b"][row]
+    battle = (comparisons["n_options"][row] == 2) & (model_a >= 0) & (model_b >= 0) & (model_a != model_b)
+    row, top = row[battle], top[battle]  # top: NaN for a tie, which equals neither completion
+    first, second = comparisons["first"][row], comparisons["second"][row]
     rows = {"model_a": model_a[battle], "model_b": model_b[battle],
-            "outcome": np.where(top == cols["c_first"][battle], 1.0, np.where(top == cols["c_second"][battle], 0.0, 0.5)),
-            "completion_a": cols["c_first"][battle].astype(np.int64),
-            "completion_b": cols["c_second"][battle].astype(np.int64), "rater": cols["rater"][battle]}  # fmt: skip
+            "outcome": np.where(top == first, 1.0, np.where(top == second, 0.0, 0.5)),
+            "completion_a": first.astype(np.int64), "completion_b": second.astype(np.int64),
+            "rater": rater[battle].astype(np.int64)}  # fmt: skip
+    del comparisons, comparison, rater, top, row, first, second, model_a, model_b, battle
     js = _json_sql(db)
     n_options = js["length"].format(column="c.completion_ids")
     has_rankings = db.execute(text(f"SELECT 1 FROM comparison c WHERE c.project_id = :project AND {n_options} > 2 "
@@ -471,15 +481,36 @@ def tally_battles(db: Session, project: Project, raters: set[int] | None = None)
             "rater": np.array([row[4] for row in rows], dtype=np.int64), "model_names": names}  # fmt: skip
 
 
-def completion_style(db: Session, completion_ids: np.ndarray) -> dict[int, tuple[float, ...]]:
-    """Style features (app.quality.style.style_counts) of these completions, read in one pass per 1,000 ids."""
-    ids = sorted({int(i) for i in np.unique(completion_ids)})
-    out: dict[int, tuple[float, ...]] = {}
-    for begin in range(0, len(ids), 1000):
-        for completion_id, body in db.execute(select(Completion.id, Completion.text)
-                                              .where(Completion.id.in_(ids[begin:begin + 1000]))):  # fmt: skip
-            out[completion_id] = style.style_counts(body or "")
-    return out
+STYLE_FETCH = 20_000
+"""Completions per fetch while reading a project's completion texts for their style features."""
+
+
+def completion_style(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """Style features (app.quality.style.style_counts) of the project's completions: (completion ids sorted,
+    their features, one row each in STYLE_FEATURES order). One query, streamed (a server-side cursor on PostgreSQL),
+    each fetch turned into numbers before the next: no text or Python object is kept per completion."""
+    compiled = text("SELECT o.id, o.text FROM completion o JOIN prompt p ON p.id = o.prompt_id "
+                    "WHERE p.project_id = :project").bindparams(project=project.id).compile(dialect=db.get_bind().dialect)  # fmt: skip
+    bound = (tuple(compiled.params[name] for name in compiled.positiontup) if compiled.positional
+             else dict(compiled.params))  # fmt: skip
+    connection = db.connection().connection
+    cursor = connection.cursor("completion_style") if _dialect(db) == "postgresql" else connection.cursor()
+    ids, features = [], []
+    n_features = len(style.STYLE_FEATURES)
+    try:
+        cursor.execute(str(compiled), bound)
+        while rows := cursor.fetchmany(STYLE_FETCH):
+            ids.append(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
+            features.append(np.fromiter((value for row in rows for value in style.style_counts(row[1] or "")),
+                                        dtype=np.float64, count=n_features * len(rows)).reshape(-1, n_features))  # fmt: skip
+    finally:
+        cursor.close()
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, n_features))
+    ids_all, features_all = np.concatenate(ids), np.concatenate(features)
+    del ids, features
+    order = np.argsort(ids_all, kind="stable")
+    return ids_all[order], features_all[order]
 
 
 def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0,
@@ -532,11 +563,14 @@ def _row_variants(db: Session, project: Project, raters: set[int] | None, group:
     position = {name: i for i, name in enumerate(names)}
     index = np.array([position.get(str(name), -1) for name in rows["model_names"]], dtype=np.int64)
     model_a, model_b, outcome = index[rows["model_a"]], index[rows["model_b"]], rows["outcome"]
-    features = completion_style(db, np.concatenate((rows["completion_a"], rows["completion_b"])))
-    counts_a = np.array([features[int(i)] for i in rows["completion_a"]]).reshape(-1, len(style.STYLE_FEATURES))
-    counts_b = np.array([features[int(i)] for i in rows["completion_b"]]).reshape(-1, len(style.STYLE_FEATURES))
-    controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome,
-                                                      style.style_differences(counts_a, counts_b), len(names))  # fmt: skip
+    ids, features = completion_style(db, project)
+    where_a, where_b = np.searchsorted(ids, rows["completion_a"]), np.searchsorted(ids, rows["completion_b"])
+    for where, completions in ((where_a, rows["completion_a"]), (where_b, rows["completion_b"])):
+        if len(where) and (where.max() >= len(ids) or np.any(ids[where] != completions)):
+            raise RuntimeError("a battle's completion is not one of its project's completions")
+    differences = style.style_differences(features[where_a], features[where_b])
+    del ids, features, where_a, where_b  # the fit below holds its own blocks
+    controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome, differences, len(names))
     style_controlled = by_rating([{"name": name, "rating": number(controlled.ratings[i]),
                                    "ci_low": number(controlled.ci_low[i]), "ci_high": number(controlled.ci_high[i]),
                                    "battles": int(board.battles[i])} for i, name in enumerate(names)])  # fmt: skip
@@ -575,6 +609,14 @@ def _epoch_sql(db: Session, column: str) -> str:
     return f"(julianday({column}) - 2440587.5) * 86400.0"
 
 
+def _counts_by_rater(rater: np.ndarray, index: np.ndarray, n: int) -> list[tuple[int, list[int]]]:
+    """(rater id, judgments in each of the n periods) per rater, in rater id order, in one bincount (not one pass
+    over every judgment per rater). `index`: each judgment's period, 0 <= index < n."""
+    rater_ids, code = np.unique(rater.astype(np.int64), return_inverse=True)
+    table = np.bincount(code.ravel() * n + index, minlength=len(rater_ids) * n).reshape(len(rater_ids), n)
+    return list(zip(rater_ids.tolist(), table.tolist(), strict=True))
+
+
 def dashboard(db: Session, project: Project, *, now: datetime | None = None, hours: int = 48, days: int = 14) -> dict:
     """Series for the admin dashboard: judgments per hour (overall and per rater) over the last `hours`, queue
     depth and ETA at the last day's pace, cumulative agreement at the end of each of the last `days` days, and
@@ -585,8 +627,9 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
                       "j.top_completion_id, CASE WHEN c.is_gold THEN 1 ELSE 0 END FROM judgment j "
                       f"JOIN comparison c ON c.id = j.comparison_id WHERE {_COUNTED}", 6, project=project.id)  # fmt: skip
     rater, created, time_ms, comparison, top, is_gold = data.T
-    comparisons = _comparison_arrays(db, project)
+    comparisons = _comparison_arrays(db, project, completions=False)
     top = stats.top_choice_codes(top, comparisons["options"][np.searchsorted(comparisons["id"], comparison)])
+    del comparisons
     now_s = now.timestamp()
     hour_start = now_s - (now_s % 3600) - (hours - 1) * 3600
     hour_index = np.floor((created - hour_start) / 3600).astype(np.int64)
@@ -594,10 +637,8 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
     per_hour = np.bincount(hour_index[recent], minlength=hours)[:hours]
     hour_labels = [datetime.fromtimestamp(hour_start + 3600 * i, UTC).strftime("%d %H:00") for i in range(hours)]
     usernames = dict(db.execute(select(User.id, User.username)).all())
-    per_rater = {}
-    for rater_id in np.unique(rater[recent]).astype(np.int64).tolist():
-        mine = recent & (rater == rater_id)
-        per_rater[usernames.get(rater_id, f"user {rater_id}")] = np.bincount(hour_index[mine], minlength=hours)[:hours].tolist()
+    per_rater = {usernames.get(rater_id, f"user {rater_id}"): counts
+                 for rater_id, counts in _counts_by_rater(rater[recent], hour_index[recent], hours)}  # fmt: skip
     last_day = int(np.sum(created >= now_s - 86400))
     rate_per_hour = last_day / 24.0
     eta_hours = overview["queue_depth"] / rate_per_hour if rate_per_hour > 0 else None
@@ -613,10 +654,8 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
                                  "date": datetime.fromtimestamp(end - 1, UTC).date().isoformat()})  # fmt: skip
     day_index = np.floor((created - (day_end[0] - 86400)) / 86400).astype(np.int64)
     in_days = (day_index >= 0) & (day_index < days)
-    per_day_by_rater = {}
-    for rater_id in np.unique(rater[in_days]).astype(np.int64).tolist():
-        mine = in_days & (rater == rater_id)
-        per_day_by_rater[usernames.get(rater_id, f"user {rater_id}")] = np.bincount(day_index[mine], minlength=days)[:days].tolist()
+    per_day_by_rater = {usernames.get(rater_id, f"user {rater_id}"): counts
+                        for rater_id, counts in _counts_by_rater(rater[in_days], day_index[in_days], days)}  # fmt: skip
 
     timed = time_ms[~np.isnan(time_ms)] / 1000.0
     if len(timed):

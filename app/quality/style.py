@@ -30,6 +30,9 @@ from app.quality.stats import ELO_MEAN, ELO_PER_NATURAL_LOG_ODDS, _strongly_conn
 STYLE_FEATURES = ("length", "headers", "lists", "bold")
 """The style covariates, in column order."""
 Z_95 = 1.959963984540054
+DESIGN_BLOCK = 262_144
+"""Battles per block of the fit's design matrix (about 20 MB each): the fit's memory does not grow with the battles
+beyond their own columns."""
 MAX_LOG_ODDS = 50.0
 """A fitted parameter beyond this many log-odds means the maximum-likelihood estimate does not exist (separation)."""
 
@@ -45,16 +48,29 @@ def style_counts(text: str) -> tuple[float, float, float, float]:
 
 
 def style_differences(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
-    """Battles x features: (a - b) / (a + b) per feature (0 where both are 0), standardised over the battles."""
+    """Battles x features: (a - b) / (a + b) per feature (0 where both are 0), standardised over the battles.
+
+    Built one feature column at a time, in place: at ten million battles a battles x features temporary is 320 MB,
+    and the formula above as written holds several at once."""
     counts_a = np.asarray(counts_a, dtype=np.float64)
     counts_b = np.asarray(counts_b, dtype=np.float64)
-    total = counts_a + counts_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        relative = np.where(total > 0, (counts_a - counts_b) / total, 0.0)
-    if len(relative) == 0:
-        return relative
-    spread = relative.std(axis=0)
-    return np.where(spread > 0, (relative - relative.mean(axis=0)) / np.where(spread > 0, spread, 1.0), 0.0)
+    out = np.empty(np.broadcast_shapes(counts_a.shape, counts_b.shape), dtype=np.float64)
+    if len(out) == 0:
+        return out
+    for k in range(out.shape[1]):
+        column = out[:, k]
+        total = counts_a[:, k] + counts_b[:, k]
+        np.subtract(counts_a[:, k], counts_b[:, k], out=column)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(column, total, out=column)
+        column[~(total > 0)] = 0.0
+        mean, spread = column.mean(), column.std()
+        if spread > 0:
+            column -= mean
+            column /= spread
+        else:
+            column[:] = 0.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,16 +139,25 @@ def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models
     used_prior = 0.0 if _strongly_connected(wins[np.ix_(played, played)]) else float(prior_ties)
     # A feature that never varies says nothing (its column is 0): left out of the fit, its coefficient NaN.
     varies = np.any(features != 0.0, axis=0)
-    x = _design(model_a, model_b, features[:, varies], played)
     n_strengths = len(played) - 1
+    n_columns = n_strengths + int(varies.sum())
+
+    def designs():
+        """The design matrix a block of battles at a time (DESIGN_BLOCK rows: its memory stays bounded)."""
+        for start in range(0, len(model_a), DESIGN_BLOCK):
+            part = slice(start, start + DESIGN_BLOCK)
+            yield _design(model_a[part], model_b[part], features[part][:, varies], played), part
+
     # The prior, as in the raw fit: prior_ties virtual ties of each model against a fixed average one (strength
     # 0), i.e. a penalty -prior/2 * sum log(sigmoid(t) sigmoid(-t)) on every played model's strength; the
     # reference model's strength is 0 here, so its term is constant.
-    beta = np.zeros(x.shape[1])
+    beta = np.zeros(n_columns)
     for _ in range(max_iterations):
-        p = expit(x @ beta)
-        gradient = x.T @ (weight * (outcome - p))
-        hessian = (x * (weight * p * (1.0 - p))[:, None]).T @ x
+        gradient, hessian = np.zeros(n_columns), np.zeros((n_columns, n_columns))
+        for x, part in designs():
+            p = expit(x @ beta)
+            gradient += x.T @ (weight[part] * (outcome[part] - p))
+            hessian += (x * (weight[part] * p * (1.0 - p))[:, None]).T @ x
         if used_prior:
             t = beta[:n_strengths]
             q = expit(t)
@@ -148,8 +173,11 @@ def style_controlled_bradley_terry(model_a, model_b, outcome, features, n_models
                                nan_features.copy(), nan_features.copy(), used_prior)  # fmt: skip
     covariance = np.linalg.pinv(hessian)
     if weights is not None:
-        residual = weight * (outcome - expit(x @ beta))
-        covariance = covariance @ ((x * (residual**2)[:, None]).T @ x) @ covariance
+        meat = np.zeros((n_columns, n_columns))
+        for x, part in designs():
+            residual = weight[part] * (outcome[part] - expit(x @ beta))
+            meat += (x * (residual**2)[:, None]).T @ x
+        covariance = covariance @ meat @ covariance
     # Strengths of every played model (reference = 0), centred: theta_c = C E b, cov = C E S E' C'.
     embed = np.vstack((np.zeros(n_strengths), np.eye(n_strengths)))
     centre = np.eye(len(played)) - 1.0 / len(played)

@@ -83,3 +83,41 @@ def test_small_project_figures_are_computed_per_request(client, users, db_url):
     assert stats["judgments"] == 1 and stats["as_of"]
     with session_scope(db_url) as session:
         assert session.execute(text("SELECT count(*) FROM project_figures")).scalar() == 0
+
+
+def test_cached_figures_equal_the_per_request_ones(client, users, db_url, monkeypatch):
+    """What the worker stores for a large project is what a request computes for a small one: the statistics, the
+    dashboard (per-rater hourly and daily counts) and the leaderboard's every-battle rankings (style features read
+    from the completion texts in one streamed pass, the style fit a block of battles at a time)."""
+    import json
+
+    from app.models import Project, utcnow
+    from app.models.tally import ProjectFigures
+    from app.quality import figures, service
+
+    admin = users.create("admin", "admin")
+    raters = [users.create(f"rater{i}", "annotator") for i in range(3)]
+    project = make_project(client, admin, allow_ties=True)
+    texts = [(f"# Plan\n- a\n- b\n**{i}** answer", f"short {i}") if i % 3 else (f"plain {i}", f"1. x\n2. y {i}")
+             for i in range(12)]  # fmt: skip
+    import_battles(client, admin, project["id"], [("m1", "m2"), ("m2", "m3"), ("m3", "m1")] * 4, texts=texts)
+    with session_scope(db_url) as session:
+        for n, (comparison, options) in enumerate(comparisons(session, project["id"])):
+            for k, rater in enumerate(raters[: 1 + n % 3]):
+                first, second = options[(n + k) % 2][0], options[(n + k + 1) % 2][0]
+                ranking = [sorted([first, second])] if (n + k) % 5 == 0 else [[first], [second]]
+                add_judgment(session, comparison, rater["id"], ranking)
+    now = utcnow()
+    monkeypatch.setattr(service, "utcnow", lambda: now)  # the dashboard's hours, the same for both computations
+    with session_scope(db_url) as session:
+        row = session.get(Project, project["id"])
+        per_request = {name: figures._plain(figures._COMPUTE[name](session, row)) for name in figures.NAMES}
+        assert per_request["stats"]["judgments"] == 24
+        by_rater = per_request["dashboard"]["judgments_per_hour_by_rater"]
+        assert {name: sum(counts) for name, counts in by_rater.items()} == {"rater0": 12, "rater1": 8, "rater2": 4}
+        assert len(per_request["leaderboard"]["style_controlled"]) == 3
+        assert figures.refresh(session, row, now=now) == list(figures.NAMES)
+    with session_scope(db_url) as session:
+        for name in figures.NAMES:
+            cached = session.get(ProjectFigures, (project["id"], name)).figures
+            assert cached == json.loads(json.dumps(per_request[name])), name
