@@ -3,7 +3,12 @@
 Creates a database of its own, runs the migrations and seeds `--judgments` human pairwise judgments with
 bench/stats.py's INSERT ... SELECT over generate_series (raters, prompts, two completions from `--models` models,
 comparisons, `--overlap` judgments each), then builds the battle tallies (app.judgments.tallies.rebuild: the
-seed bypasses the ORM, as the migration's backfill would for existing data) and prints:
+seed bypasses the ORM, as the migration's backfill would for existing data), all in one transaction and the way
+pg_restore loads a dump (`bulk_load`): the big tables' foreign keys, unique constraints and secondary indexes are
+dropped first and recreated from their own definitions after, so the schema ends up exactly as the migrations left
+it (`pg_dump -s` of a seeded and of a migrated empty database differ in nothing). 10M judgments seed in about
+13 min under load 7 on 2 cores (74 min row by row through the indexes before); `--sections seed` only seeds a
+`--keep-db` database. It then prints:
 
 - worker: the idle task's computation of the cached figures (app.quality.figures.refresh: project_stats,
   dashboard and the leaderboard's every-battle parts), what a request of a large project no longer does;
@@ -18,14 +23,23 @@ seed bypasses the ORM, as the migration's backfill would for existing data) and 
   from (the worker's cached statistics when current, which the figures section has just refreshed; else fitted
   in the export over every judgment, memory growing with them);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
-  loop) against `--web` uvicorn processes, on a fresh queue in this database and in an empty database.
+  loop) against `--web` uvicorn processes, on a fresh queue (a new project) in this database and in an empty
+  database, `--loop-rounds` runs on each, alternating (20 s runs on 2 shared cores are noisy): each run's rate and
+  CPU per judgment (web processes, database backends), then the medians. The raters (`loop-rater-<n>`) are reused on
+  a kept database, so the section runs again on it (it adds projects, never edits project 1). A run during which
+  another session held a transaction open on the database says so: the queue's replaced row versions cannot be
+  cleaned up meanwhile, and every claim walks the dead index entries of the comparisons filled so far (at 10M
+  judgments a streaming export or the worker's figures hold one for minutes).
 
 Service functions are timed in-process (no HTTP, no auth): the endpoints add their JSON encoding on top.
 
     .venv/bin/python bench/scale.py [--judgments 10000000] [--overlap 4] [--raters 50] [--web 2] [--keep-db NAME]
     .venv/bin/python bench/scale.py --judgments 100000 --loop-seconds 10      # a quick check
+    .venv/bin/python bench/scale.py --judgments 10000000 --overlap 1 --keep-db rf_10m --sections seed
     .venv/bin/python bench/scale.py --judgments 10000000 --overlap 1 --keep-db rf_10m --sections figures,export
-                                                                              # the issue's export of 10M pairs
+                                                  # the issue's export of 10M pairs, rater weights from the cache
+    .venv/bin/python bench/scale.py --judgments 10000000 --overlap 1 --keep-db rf_10m --sections export
+                                                  # the same export fitting the rater weights itself (no cache)
 
 A pairs export has one row per judged comparison (its votes aggregated): with `--overlap 4` that is judgments / 4
 pairs; `--overlap 1` makes every judgment its own pair (10M pairs from 10M judgments).
@@ -34,6 +48,7 @@ pairs; `--overlap 1` makes every judgment its own pair (10M pairs from 10M judgm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -68,14 +83,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--raters", type=int, default=50, help="raters of the rating loop")
     parser.add_argument("--web", type=int, default=2, help="uvicorn worker processes for the rating loop")
     parser.add_argument("--loop-seconds", type=float, default=20.0)
+    parser.add_argument("--loop-rounds", type=int, default=3,
+                        help="rating loop runs on each database, alternating; the median is compared")
     parser.add_argument("--keep-db", default="", help="seed under this name when missing, reuse it when present")
     parser.add_argument("--sections", default="figures,export,loop",
-                        help="what to time, comma-separated: figures, export, loop (e.g. --sections export)")
+                        help="what to time, comma-separated: figures, export, loop (e.g. --sections export); "
+                             "seed: only seed the --keep-db database")  # fmt: skip
     parser.add_argument("--export-format", default="jsonl", choices=("jsonl", "parquet", "both"),
                         help="the export's files: JSONL alone (the streamed rows), Parquet, or both (a snapshot)")
     args = parser.parse_args()
     args.sections = set(args.sections.split(","))
-    unknown = args.sections - {"figures", "export", "loop"}
+    unknown = args.sections - {"figures", "export", "loop", "seed"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     return args
@@ -106,28 +124,75 @@ def seed(url: str, args: argparse.Namespace) -> None:
                                                    max_overlap=args.overlap, allow_ties=False), actor=None)  # fmt: skip
         db.commit()
         assert project.id == 1, "a fresh database's first project"
+    steps = {}
     with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")  # the index builds at the end
+        statements = []  # completed before the tables are locked (_complete inspects them on another connection)
         for statement in SEED_SQL:
             if statement != "ANALYZE" and not statement.lstrip().startswith("INSERT INTO project "):
-                statement = _complete(engine, statement)
+                if statement.lstrip().startswith("INSERT INTO prompt "):
+                    # bench/stats.py's prompts have no messages; an export needs the question (written by the
+                    # INSERT, not by an UPDATE of every row afterwards)
+                    assert PROMPT_NO_MESSAGES in statement, "bench/stats.py's prompt INSERT changed"
+                    statement = statement.replace(PROMPT_NO_MESSAGES, PROMPT_MESSAGES)
+                statements.append(_complete(engine, statement))
+        with bulk_load(conn, BULK_TABLES, steps):
+            for statement in statements:
+                t = time.perf_counter()
                 conn.execute(sa.text(statement), params if ":" in statement else {})
-        # bench/stats.py's prompts have no messages; an export needs the question
-        conn.execute(sa.text("UPDATE prompt SET messages = jsonb_build_array(jsonb_build_object('role', 'user', "
-                             "'content', 'Question ' || id || '?'))"))  # fmt: skip
-        for table in SEEDED_TABLES:
-            conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
-                                 f"(SELECT max(id) FROM \"{table}\"))"))  # fmt: skip
-    seeded = time.perf_counter() - started
-    started = time.perf_counter()
-    from app.judgments.tallies import rebuild
+                steps[" ".join(statement.split()[:3])] = time.perf_counter() - t
+            for table in SEEDED_TABLES:
+                conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
+                                     f"(SELECT max(id) FROM \"{table}\"))"))  # fmt: skip
+            t = time.perf_counter()
+            from app.judgments.tallies import rebuild
 
-    with engine.begin() as conn:
-        rebuild(conn)
-    tallied = time.perf_counter() - started
+            rebuild(conn)
+            steps["tallies"] = time.perf_counter() - t
+    seeded = time.perf_counter() - started
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    print(f"seeded {args.judgments:,} judgments in {seeded:.1f} s; tallies built in {tallied:.1f} s", flush=True)
+    print(f"seeded {args.judgments:,} judgments in {seeded:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+          + ")", flush=True)  # fmt: skip
+
+
+BULK_TABLES = ("prompt", "completion", "comparison", "judgment", "battle_tally")
+"""Tables the seed fills with millions of rows: their secondary indexes and constraints wait until they are full."""
+PROMPT_NO_MESSAGES = "'p' || g, '[]'"
+PROMPT_MESSAGES = "'p' || g, jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'Question ' || g || '?'))"
+
+
+@contextlib.contextmanager
+def bulk_load(conn: sa.Connection, tables: tuple[str, ...], steps: dict):
+    """Load `tables` as pg_restore does: their foreign keys, unique constraints and secondary indexes are dropped
+    (primary keys stay), the rows go in, then each is recreated from its own definition (pg_get_constraintdef,
+    pg_get_indexdef: the same names and definitions, so the schema ends up as the migrations left it; checked by
+    tests/bench/test_scale_seed.py). One transaction: a failure leaves the schema as it was. Checking each row
+    against a foreign key and updating half a dozen indexes a row is most of a 10M-row INSERT's time; a CREATE INDEX
+    after sorts once."""
+    names = [f'"{t}"' if t == "user" else t for t in tables]
+    constraints = conn.execute(sa.text(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), contype, conindid FROM pg_constraint "
+        "WHERE conrelid::regclass::text = ANY(:t) AND contype IN ('f', 'u') ORDER BY conname"), {"t": names}).all()
+    owned = [row[4] for row in constraints if row[3] == "u"]  # a unique constraint's index goes with it
+    indexes = conn.execute(sa.text(
+        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid::regclass::text "
+        "= ANY(:t) AND NOT indisprimary AND NOT (indexrelid = ANY(:owned)) ORDER BY 1"),
+        {"t": names, "owned": owned}).all()  # fmt: skip
+    foreign = [c for c in constraints if c[3] == "f"]
+    unique = [c for c in constraints if c[3] == "u"]
+    for table, name, *_ in foreign + unique:  # foreign keys first: one may rest on a unique constraint
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for name, _ in indexes:
+        conn.exec_driver_sql(f"DROP INDEX {name}")
+    yield
+    t = time.perf_counter()
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    for table, name, definition, *_ in unique + foreign:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    steps["indexes and constraints"] = time.perf_counter() - t
 
 
 def _complete(engine: sa.Engine, statement: str) -> str:
@@ -219,31 +284,88 @@ def export(url: str, fmt: str = "jsonl") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rating_loop(url: str, args: argparse.Namespace, label: str) -> float:
-    """Judgments per second of `args.raters` raters on a fresh queue in this database."""
+def rating_loop(url: str, args: argparse.Namespace) -> dict:
+    """Judgments per second of `args.raters` raters on a fresh queue (a new project) in this database, and the CPU
+    each judgment cost the web processes and the database's backends (bench/assign.py's CpuMeter: less sensitive to
+    the machine's other load than the rate). Runs again on a kept database: the raters are reused."""
     engine = sa.create_engine(url)
     loop_args = assign.Args(request_timeout=60.0)
-    raters = assign.seed_raters(engine, args.raters) if label == "empty" else _bench_raters(engine, args)
+    raters = loop_raters(engine, args.raters)
     project_id = assign.seed_project(engine, f"loop-{uuid.uuid4().hex[:6]}", 20_000, 3)
-    warmup = assign.seed_project(engine, f"warm-{uuid.uuid4().hex[:6]}", 200, 3)
+    warmup = assign.seed_project(engine, f"warm-{uuid.uuid4().hex[:6]}", 200, 3, analyze=False)
+    database = url.rsplit("/", 1)[1]
     with tempfile.TemporaryDirectory() as data_dir:
         process, server = assign.start_server(url, args.web, data_dir, loop_args.launch)
         try:
             assign.thread_loop(server, warmup, raters[:10], 3.0, loop_args)
-            _, elapsed = assign.thread_loop(server, project_id, raters, args.loop_seconds, loop_args)
+            started = time.time()
+            with assign.CpuMeter(process.pid, PG_URL, database) as meter:
+                calls, elapsed = assign.thread_loop(server, project_id, raters, args.loop_seconds, loop_args)
         finally:
             assign.stop_server(process)
-    rate = assign.judgments_in(engine, project_id) / elapsed
+    if calls.errors:
+        print(f"rating loop errors ({len(calls.errors)}): {calls.errors[:3]}", flush=True)
+    held = horizon_holders(database, started)
+    if held:
+        print(f"  note: {held} held this database's xmin horizon during the run (the queue's dead index entries "
+              "could not be skipped: claims walk them)", flush=True)  # fmt: skip
+    judgments = assign.judgments_in(engine, project_id)
     engine.dispose()
-    return rate
+    cpu = meter.seconds()
+    return {"rate": judgments / elapsed, "app_ms": 1000 * cpu["app"] / max(judgments, 1),
+            "db_ms": 1000 * cpu["db"] / max(judgments, 1), "load": os.getloadavg()[0]}  # fmt: skip
 
 
-def _bench_raters(engine: sa.Engine, args: argparse.Namespace) -> list[dict]:
-    with engine.connect() as conn:
-        present = conn.execute(sa.text("SELECT count(*) FROM \"user\" WHERE username LIKE 'bench%'")).scalar()
-    if present:
-        raise SystemExit("the kept database already has the rating loop's raters; use a fresh --keep-db name")
-    return assign.seed_raters(engine, args.raters)
+def horizon_holders(database: str, since: float) -> str:
+    """Other sessions on the database whose open transaction (or snapshot) began before `since` (an export
+    streaming, the worker's figures, an idle transaction): while one is open, no row version the rating loop
+    replaces can be cleaned up, and each claim walks the dead entries of the comparisons filled so far."""
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT pid, state, round(extract(epoch FROM now() - xact_start)), left(query, 60) FROM pg_stat_activity "
+            "WHERE datname = :d AND backend_xmin IS NOT NULL AND xact_start < to_timestamp(:since)"),
+            {"d": database, "since": since}).all()  # fmt: skip
+    admin.dispose()
+    return "; ".join(f"pid {pid} ({state}, transaction open {age:.0f} s: {query!r})" for pid, state, age, query in rows)
+
+
+LOOP_RATER = "loop-rater-"
+"""The rating loop's raters are `loop-rater-1` ... (bench/stats.py's seeded raters are `rater<n>`)."""
+
+
+def loop_raters(engine: sa.Engine, n: int) -> list[dict]:
+    """Auth headers of `n` annotators `loop-rater-1..n`: those missing are created (a kept database keeps the
+    others from an earlier run), each gets a new API token. Each run rates a new project, so a reused rater starts
+    with no assignment in it."""
+    from app.auth.service import new_token, sha256_hex
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO \"user\" (username, password_hash, role, is_active, created_at) "
+            "SELECT :prefix || g, 'x', 'annotator', true, now() FROM generate_series(1, :n) g "
+            "WHERE NOT EXISTS (SELECT 1 FROM \"user\" u WHERE u.username = :prefix || g)"),
+            {"prefix": LOOP_RATER, "n": n})  # fmt: skip
+        ids = conn.execute(sa.text("SELECT id FROM \"user\" WHERE username = ANY(:names) ORDER BY id"),
+                           {"names": [f"{LOOP_RATER}{i}" for i in range(1, n + 1)]}).scalars().all()  # fmt: skip
+        tokens = {user_id: new_token("rf_") for user_id in ids}
+        conn.execute(sa.text("INSERT INTO api_token (user_id, name, token_hash, prefix, created_at) "
+                             "VALUES (:user_id, 'bench-loop', :token_hash, :prefix, now())"),
+                     [{"user_id": u, "token_hash": sha256_hex(t), "prefix": t[:7]} for u, t in tokens.items()])  # fmt: skip
+    return [{"Authorization": f"Bearer {token}"} for token in tokens.values()]
+
+
+def loop_rounds(url: str, empty_url: str, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """`--loop-rounds` runs on each database, alternating (full, empty, empty, full, full, ...: neither always goes
+    first), each round printed as it ends."""
+    runs: dict[str, list[dict]] = {"full": [], "empty": []}
+    for i in range(args.loop_rounds):
+        for label in ("full", "empty") if i % 2 == 0 else ("empty", "full"):
+            run = rating_loop(url if label == "full" else empty_url, args)
+            runs[label].append(run)
+            print(f"rating loop round {i + 1} {label}: {run['rate']:.1f} judgments/s, CPU per judgment: web "
+                  f"{run['app_ms']:.2f} ms, database {run['db_ms']:.2f} ms (load {run['load']:.2f})", flush=True)  # fmt: skip
+    return runs
 
 
 def main() -> None:
@@ -272,16 +394,20 @@ def main() -> None:
                   f"{e['rows'] / max(e['seconds'], 1e-9):,.0f} rows/s (CPU {e['cpu_seconds']} s), peak RSS "
                   f"{e['peak_rss_mb']} MB (load {e['load']}; rater weights: {weights})", flush=True)  # fmt: skip
         if "loop" in args.sections:
-            loop_full = rating_loop(url, args, "full")
             empty_url, _ = create_database(f"rankforge_bench_scale_empty_{uuid.uuid4().hex[:8]}")
             upgrade(empty_url)
-            loop_empty = rating_loop(empty_url, args, "empty")
+            runs = loop_rounds(url, empty_url, args)
         for key, seconds in results.items():
             print(f"time/{key}: {seconds:.3f} s")
         if "loop" in args.sections:
-            print(f"rating loop, {args.raters} raters, {args.web} web processes: {loop_full:.1f} judgments/s with "
-                  f"{n:,} judgments loaded, {loop_empty:.1f} judgments/s on an empty database "
-                  f"({100 * (loop_full / loop_empty - 1):+.1f}%)")  # fmt: skip
+            full, empty = (statistics.median(run["rate"] for run in runs[k]) for k in ("full", "empty"))
+            cpu = {k: (statistics.median(run["app_ms"] for run in runs[k]),
+                       statistics.median(run["db_ms"] for run in runs[k])) for k in ("full", "empty")}  # fmt: skip
+            print(f"rating loop, {args.raters} raters, {args.web} web processes, median of {args.loop_rounds} "
+                  f"alternating runs of {args.loop_seconds:g} s: {full:.1f} judgments/s with {n:,} judgments loaded, "
+                  f"{empty:.1f} judgments/s on an empty database ({100 * (full / empty - 1):+.1f}%); CPU per judgment "
+                  f"web/database {cpu['full'][0]:.2f}/{cpu['full'][1]:.2f} ms loaded, "
+                  f"{cpu['empty'][0]:.2f}/{cpu['empty'][1]:.2f} ms empty")  # fmt: skip
         print(f"machine load: {os.popen('uptime').read().strip()}")
     finally:
         admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")

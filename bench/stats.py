@@ -88,22 +88,19 @@ SEED_SQL = [
     # judgments: rater k of comparison g; a wins with Bradley-Terry probability from the planted strengths
     """INSERT INTO judgment (comparison_id, project_id, rater_id, ranking, attributes, flags, time_spent_ms,
        guideline_version, source, top_completion_id, chosen_position, created_at)
-       SELECT s.g, 1, s.rater, jsonb_build_array(jsonb_build_array(s.top), jsonb_build_array(s.other)), '{}', '[]',
+       SELECT s.g, 1, s.rater, jsonb_build_array(jsonb_build_array(s.top),
+                jsonb_build_array(CASE WHEN s.top % 2 = 1 THEN s.top + 1 ELSE s.top - 1 END)), '{}', '[]',
               s.time_ms, 1, 'human', s.top, (random() < 0.5)::int, s.created_at
        FROM (
          SELECT g, ((g * 7 + k * 53) % :raters) + 1 AS rater,
                 CASE WHEN random() < 1 / (1 + exp(-(sa - sb) / 4.0)) THEN 2 * g - 1 ELSE 2 * g END AS top,
-                CASE WHEN random() < 1 / (1 + exp(-(sa - sb) / 4.0)) THEN 2 * g ELSE 2 * g - 1 END AS other,
                 (2000 + random() * 20000)::int AS time_ms,
                 now() - (random() * interval '14 days') AS created_at
          FROM (SELECT g, k,
                       (g % :models) - :models / 2.0 AS sa,
                       ((g % :models + 1 + (g / :models) % (:models - 1)) % :models) - :models / 2.0 AS sb
                FROM generate_series(1, :comparisons) g, generate_series(0, :overlap - 1) k) x
-       ) s""",
-    # the two random() draws above are independent: make `other` the completion that is not `top`
-    """UPDATE judgment SET ranking = jsonb_build_array(jsonb_build_array(top_completion_id),
-         jsonb_build_array(CASE WHEN top_completion_id % 2 = 1 THEN top_completion_id + 1 ELSE top_completion_id - 1 END))""",
+       ) s""",  # the other completion: the one that is not `top`
     "ANALYZE",
 ]
 
