@@ -332,6 +332,73 @@ def pair_rows(
     yield from _edit_pair_rows(jc, conversational, min_agreement, min_votes)
 
 
+NOT_SIMPLE = object()
+"""`single_vote_pair_row`'s answer for a comparison that needs `pair_rows` itself."""
+
+
+def single_vote_pair_row(comparison_id: Any, prompt_id: Any, completion_ids: list, is_gold: bool, messages: Any,
+                         is_chat: bool, category: Any, ranking: Any, weight: float, source: str,
+                         confidence: float | None, completions: dict, continuations: dict,
+                         labelled_rater: bool) -> Row | None | object:  # fmt: skip
+    """The standard (not conversational) pairs row of a comparison with one vote that ranks two of its completions
+    one over the other (`ranking` [[better], [worse]], integer ids), without edits: exactly the row `pair_rows`
+    makes of it (its one-voter case), before `min_agreement` / `min_votes`; None where pair_rows makes none (a zero
+    weight). NOT_SIMPLE where pair_rows must decide (another shape of ranking, an unknown or repeated id, a weight
+    pair_rows refuses, a labelled rater, a continuation, a prompt that is not one plain user message): the caller
+    builds the JudgedComparison. `completions`, `continuations`: the batch's, by completion id; `messages`,
+    `is_chat`, `category`: the prompt's, as the export reads them. The export's fast path
+    (app.datasets.service.iter_pair_rows); tests/datasets/test_pair_fast_path.py holds the two to one definition."""
+    if labelled_rater or type(ranking) is not list or len(ranking) != 2:
+        return NOT_SIMPLE
+    top, bottom = ranking
+    if type(top) is not list or type(bottom) is not list or len(top) != 1 or len(bottom) != 1:
+        return NOT_SIMPLE
+    better, worse = top[0], bottom[0]
+    if type(better) is not int or type(worse) is not int or better == worse:
+        return NOT_SIMPLE
+    if not (weight >= 0 and weight != math.inf):  # NaN, infinite, negative: _check refuses it
+        return NOT_SIMPLE
+    if better not in completion_ids or worse not in completion_ids or better in continuations \
+            or worse in continuations:
+        return NOT_SIMPLE
+    for completion_id in completion_ids:  # JudgedComparison takes every option's text
+        if completion_id not in completions:
+            return NOT_SIMPLE
+    if type(messages) is not list or not messages or type(first := messages[0]) is not dict or "content" not in first:
+        return NOT_SIMPLE
+    if is_chat:  # format_prompt: a chat of one user message is its text
+        if len(messages) != 1 or first.get("role") != "user":
+            return NOT_SIMPLE
+    elif type(first["content"]) is not str:
+        return NOT_SIMPLE
+    if weight == 0:
+        return None
+    chosen_text, chosen_model = completions[better]
+    rejected_text, rejected_model = completions[worse]
+    return {
+        "prompt": first["content"],
+        "chosen": chosen_text,
+        "rejected": rejected_text,
+        "comparison_id": comparison_id,
+        "prompt_id": prompt_id,
+        "chosen_id": better,
+        "rejected_id": worse,
+        "chosen_model": chosen_model,
+        "rejected_model": rejected_model,
+        "margin": 1.0,
+        "agreement": 1.0,
+        "n_votes": 1,
+        "weight": float(weight),
+        "is_gold": is_gold,
+        "edited": False,
+        "sources": [source],
+        "ai_confidence": float(confidence) if source == "ai" and confidence is not None else None,
+        "group_chosen": [],
+        "group_rejected": [],
+        "category": category if isinstance(category, str) and category else None,
+    }
+
+
 def _edit_pair_rows(jc: JudgedComparison, conversational: bool, min_agreement: float, min_votes: int) -> Iterator[Row]:
     """Edit > parent, and edit > everything the parent beat in its author's ranking (a new answer: > every option)."""
     for edit in jc.edits:

@@ -3,9 +3,15 @@ an atomic snapshot directory), read, delete. Services never commit; build runs i
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import queue
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,12 +22,17 @@ from app import __version__
 from app.api import get_or_404
 from app.audit import audit
 from app.datasets.formats import (
+    NOT_SIMPLE,
     Edit,
     JudgedComparison,
     JudgmentVote,
+    _keep,
     arrow_schema,
     continues_the_conversation,
+    conversation_id,
     export_rows,
+    single_vote_pair_row,
+    split_for_prompt,
 )
 from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
@@ -59,6 +70,12 @@ from app.store import download_response, get_store, is_url, open_location
 from app.webhooks.service import emit
 
 BATCH_COMPARISONS = 2000
+PAIRS_FAST_PATH = True
+"""A standard pairs export's rows come from iter_pair_rows (the same rows as the general path; tests switch it off to
+compare)."""
+PAIR_BATCH_COMPARISONS = 10_000
+"""The pairs fast path's batches (iter_pair_rows): larger, so a 10M-pair export makes a fifth of the round trips
+(under load each waits for the server's turn); a few batches in memory at once are tens of MB."""
 
 
 def parse_spec(params: dict) -> DatasetCreate:
@@ -142,54 +159,96 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
     return query
 
 
-def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
-                            weights: dict[int, float] | None = None,
-                            on_batch: Callable[[int], None] | None = None) -> Iterator[JudgedComparison]:  # fmt: skip
-    """Stream comparisons with their (filtered) judgments, in comparison id order, a batch at a time.
+@dataclass(slots=True)
+class _BatchLookups:
+    """What one batch of comparisons needs besides its judgments (`_load_batch`)."""
 
-    One streamed query reads the judgments in comparison order; per batch of comparisons, two range queries
+    comparisons: dict[int, tuple]
+    """comparison id -> (prompt id, completion ids, is_gold, messages, is_chat, tools, category)."""
+    completions: dict[int, tuple[str, str | None]]
+    continuations: dict[int, list]
+    edits: dict[int, list[Edit]]
+    unsafe: set[int]
+
+
+class _ExportStream:
+    """The streamed judgments of an export, grouped into batches of comparisons, and each batch's lookups.
+
+    One streamed query reads the judgments in comparison order; per batch of comparisons, range queries
     (`id BETWEEN first AND last`: no parameter lists) read their comparisons with prompts and the prompts'
     completions. Plain Core rows throughout, no ORM objects: this runs for every row of a million-row export."""
-    weights = weights or {}
-    ratings = spec.format == "ratings"
-    scales = [{"name": a["name"], "min": a.get("min", 1), "max": a.get("max", 7)} for a in project.attributes or []]
-    rater_groups = {user_id: [f"{key}={value}" for key, value in sorted(labels.items())]
-                    for user_id, labels in db.execute(select(User.id, User.labels).where(User.labels.is_not(None)))
-                    if labels}  # fmt: skip
-    connection = db.connection()
-    # Options on the statement, not the connection: Connection.execution_options changes the connection itself.
-    stream = connection.execute(_judgment_query(project, spec, db).execution_options(yield_per=5000))
-    batch: dict[int, list] = {}
-    done = 0
 
-    def flush(batch: dict[int, list]) -> Iterator[JudgedComparison]:
+    def __init__(self, db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None,
+                 batch_comparisons: int | None = None, fetch_rows: int = 5000):  # fmt: skip
+        self.project, self.spec, self.weights = project, spec, weights or {}
+        self.batch_comparisons = batch_comparisons or BATCH_COMPARISONS
+        self.fetch_rows = fetch_rows
+        self.ratings = spec.format == "ratings"
+        self.scales = [{"name": a["name"], "min": a.get("min", 1), "max": a.get("max", 7)}
+                       for a in project.attributes or []]  # fmt: skip
+        self.rater_groups = {user_id: [f"{key}={value}" for key, value in sorted(labels.items())]
+                             for user_id, labels in db.execute(select(User.id, User.labels)
+                                                               .where(User.labels.is_not(None)))
+                             if labels}  # fmt: skip
+        self.connection = db.connection()
+        self.query = _judgment_query(project, spec, db)
+
+    def batches(self) -> Iterator[dict[int, list]]:
+        """comparison id -> its judgment rows, BATCH_COMPARISONS comparisons at a time, in comparison id order."""
+        # Options on the statement, not the connection: Connection.execution_options changes the connection itself.
+        stream = self.connection.execute(self.query.execution_options(yield_per=self.fetch_rows))
+        batch: dict[int, list] = {}
+        size = self.batch_comparisons
+        for row in stream:
+            judgments = batch.get(row[0])
+            if judgments is None:
+                if len(batch) >= size:
+                    yield batch
+                    batch = {}
+                judgments = batch[row[0]] = []
+            judgments.append(row)
+        if batch:
+            yield batch
+
+    def _all(self, statement) -> list:
+        """A batch query's rows in one fetch. On PostgreSQL the driver's own tuples: these statements' columns
+        (integers, booleans, text) come out of psycopg as SQLAlchemy would give them, without a Row object per row."""
+        if self.connection.dialect.name != "postgresql":
+            return self.connection.execute(statement).all()  # SQLite: SQLAlchemy makes 0/1 booleans
+        compiled = statement.compile(dialect=self.connection.dialect)
+        with self.connection.connection.cursor() as cursor:
+            cursor.execute(str(compiled), compiled.params)
+            return cursor.fetchall()
+
+    def load(self, batch: dict[int, list]) -> _BatchLookups:
+        connection, project, spec, weights = self.connection, self.project, self.spec, self.weights
         first, last = min(batch), max(batch)
         in_range = (Comparison.project_id == project.id) & Comparison.id.between(first, last)
         # The batch's comparisons, then their prompts and the prompts' completions by prompt id range as well (an
         # index range scan: the prompt ids of a batch of comparisons are usually close together; joined on the ids
         # alone PostgreSQL may hash a sequential scan of the whole table, for every batch). `.all()`: the batch's
         # rows in one fetch (iterating a result fetches row by row, a call per row).
-        batch_comparisons = connection.execute(
+        batch_comparisons = self._all(
             select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold)
-            .where(in_range)).all()  # fmt: skip
+            .where(in_range))  # fmt: skip
         prompt_ids = [row[1] for row in batch_comparisons]  # not empty: the batch's judgments have comparisons
         prompts = {
             prompt_id: (json_loads(messages), is_chat, json_loads(tools) if tools and tools != "null" else None,
                         json_loads(category) if category and category != "null" else None)
-            for prompt_id, messages, is_chat, tools, category in connection.execute(
+            for prompt_id, messages, is_chat, tools, category in self._all(
                 select(Prompt.id, _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]),
                        _as_text(Prompt.meta["category"]))
                 .where(Prompt.id.between(min(prompt_ids), max(prompt_ids)),
-                       Prompt.id.in_(select(Comparison.prompt_id).where(in_range)))).all()
+                       Prompt.id.in_(select(Comparison.prompt_id).where(in_range))))
         }  # fmt: skip
         comparisons = {cid: (prompt_id, json_loads(completion_ids), is_gold, *prompts[prompt_id])
                        for cid, prompt_id, completion_ids, is_gold in batch_comparisons}  # fmt: skip
         completions, continuations = {}, {}
-        for completion_id, text, model_name, continuation in connection.execute(
+        for completion_id, text, model_name, continuation in self._all(
                 select(Completion.id, Completion.text, Completion.model_name,
                        _as_text(Completion.meta[CONTINUATION_KEY]))
                 .where(Completion.prompt_id.between(min(prompt_ids), max(prompt_ids)),
-                       Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range)))).all():  # fmt: skip
+                       Completion.prompt_id.in_(select(Comparison.prompt_id).where(in_range)))):  # fmt: skip
             completions[completion_id] = (text, model_name)
             if continuation and continuation != "null":  # absent: NULL (PostgreSQL) or 'null' (SQLite)
                 continuations[completion_id] = json_loads(continuation)
@@ -211,47 +270,144 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
             flagged = connection.execute(select(Judgment.comparison_id, _as_text(Judgment.flags))
                                          .where(Judgment.comparison_id.between(first, last)))  # fmt: skip
             unsafe = {cid for cid, flags in flagged if flags and "unsafe" in json_loads(flags)}
-        for cid, judgments in batch.items():
-            if cid in unsafe:
-                continue
-            prompt_id, completion_ids, is_gold, messages, is_chat, tools, category = comparisons[cid]
-            votes = [
-                JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
-                             json_loads(flags) if flags and flags != "[]" else [], source, created_at,
-                             guideline_version, json_loads(attributes) if ratings and attributes else {}, confidence)
-                for _, rater_id, ranking, flags, source, created_at, guideline_version, _, attributes, confidence
-                in judgments
-            ]  # fmt: skip
-            yield JudgedComparison(
-                comparison_id=cid,
-                prompt_id=prompt_id,
-                prompt=messages if is_chat else messages[0]["content"],
-                completions={i: completions[i] for i in completion_ids},
-                continuations={i: continuations[i] for i in completion_ids if i in continuations},
-                tools=tools if isinstance(tools, list) else None,
-                is_gold=is_gold,
-                judgments=votes,
-                edits=[e for e in edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],
-                scales=scales,
-                rater_groups={v.rater_id: rater_groups[v.rater_id] for v in votes if v.rater_id in rater_groups},
-                category=category if isinstance(category, str) and category else None,
-            )
+        return _BatchLookups(comparisons, completions, continuations, edits, unsafe)
 
-    for row in stream:
-        judgments = batch.get(row[0])
-        if judgments is None:
-            if len(batch) >= BATCH_COMPARISONS:
-                yield from flush(batch)
-                done += len(batch)
-                if on_batch:
-                    on_batch(done)
-                batch = {}
-            judgments = batch[row[0]] = []
-        judgments.append(row)
-    if batch:
-        yield from flush(batch)
+    def judged(self, cid: int, judgments: list, lookups: _BatchLookups) -> JudgedComparison:
+        """One comparison of a batch with its votes (the general path of every format)."""
+        weights, ratings, completions, continuations = self.weights, self.ratings, lookups.completions, \
+            lookups.continuations
+        prompt_id, completion_ids, is_gold, messages, is_chat, tools, category = lookups.comparisons[cid]
+        votes = [
+            JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
+                         json_loads(flags) if flags and flags != "[]" else [], source, created_at,
+                         guideline_version, json_loads(attributes) if ratings and attributes else {}, confidence)
+            for _, rater_id, ranking, flags, source, created_at, guideline_version, _, attributes, confidence
+            in judgments
+        ]  # fmt: skip
+        return JudgedComparison(
+            comparison_id=cid,
+            prompt_id=prompt_id,
+            prompt=messages if is_chat else messages[0]["content"],
+            completions={i: completions[i] for i in completion_ids},
+            continuations={i: continuations[i] for i in completion_ids if i in continuations},
+            tools=tools if isinstance(tools, list) else None,
+            is_gold=is_gold,
+            judgments=votes,
+            edits=[e for e in lookups.edits.get(cid, ()) if e.parent_id is None or e.parent_id in completion_ids],
+            scales=self.scales,
+            rater_groups={v.rater_id: self.rater_groups[v.rater_id] for v in votes if v.rater_id in self.rater_groups},
+            category=category if isinstance(category, str) and category else None,
+        )
+
+
+def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
+                            weights: dict[int, float] | None = None,
+                            on_batch: Callable[[int], None] | None = None) -> Iterator[JudgedComparison]:  # fmt: skip
+    """Stream comparisons with their (filtered) judgments, in comparison id order, a batch at a time
+    (`_ExportStream`); `on_batch(comparisons done)` after each batch."""
+    stream = _ExportStream(db, project, spec, weights)
+    done = 0
+    for batch in stream.batches():
+        lookups = stream.load(batch)
+        for cid, judgments in batch.items():
+            if cid not in lookups.unsafe:
+                yield stream.judged(cid, judgments, lookups)
+        done += len(batch)
         if on_batch:
-            on_batch(done + len(batch))
+            on_batch(done)
+
+
+_END = object()
+
+
+def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _BatchLookups]]:
+    """`stream`'s batches with their lookups. On PostgreSQL a reader thread fetches them one or two batches ahead
+    (the connection is the thread's alone until this generator ends: close it, as build_snapshot does), so the
+    server's work and the wire overlap this thread's (psycopg waits without the GIL); on SQLite, in line."""
+    if stream.connection.dialect.name != "postgresql":
+        for batch in stream.batches():
+            yield batch, stream.load(batch)
+        return
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in stream.batches():
+                if not put((batch, stream.load(batch))):
+                    return
+            put(_END)
+        except BaseException as error:  # noqa: BLE001 (raised again in the consumer's thread)
+            put(error)
+
+    reader = threading.Thread(target=read, name="export-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None = None, *,
+                   on_batch: Callable[[int], None] | None = None,
+                   on_comparison: Callable[[Iterable[int], datetime | None], None] | None = None,
+                   ) -> Iterator[tuple[str, dict]]:  # fmt: skip
+    """The standard (not conversational) pairs export's `(split, row)`s: exactly what
+    `export_rows(iter_judged_comparisons(...), "pairs", conversational=False, ...)` yields (tests/datasets/
+    test_pair_fast_path.py compares them byte for byte), faster. A comparison with a single vote that ranks two of
+    its completions one over the other (every pairwise judgment; most of a large export) has one row, built here from
+    the judgment's row directly (`formats.single_vote_pair_row`: the same arithmetic as `pair_rows`' one-voter case)
+    instead of through JudgmentVote, JudgedComparison and pair_rows' grouping. Everything else (several votes, ties,
+    multi-option rankings, edits, labelled raters, continuations, odd data that fails) takes the general path.
+    `on_comparison(guideline versions, latest judgment time)` is called for every comparison before its rows."""
+    filters, split = spec.filters, spec.split
+    min_agreement, min_votes, seed, test_fraction = filters.min_agreement, filters.min_votes, split.seed, \
+        split.test_fraction
+    stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000)
+    weights, rater_groups = stream.weights, stream.rater_groups
+    done = 0
+    for batch, lookups in _prefetched(stream):
+        comparisons, completions, continuations, edits = lookups.comparisons, lookups.completions, \
+            lookups.continuations, lookups.edits
+        for cid, judgments in batch.items():
+            if cid in lookups.unsafe:
+                continue
+            if len(judgments) == 1 and cid not in edits:
+                _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
+                prompt_id, completion_ids, is_gold, messages, is_chat, _, category = comparisons[cid]
+                row = single_vote_pair_row(
+                    cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
+                    weights.get(rater_id, 1.0), source, confidence, completions, continuations,
+                    rater_id in rater_groups)  # fmt: skip
+                if row is not NOT_SIMPLE:
+                    if on_comparison:
+                        on_comparison((guideline_version,) if guideline_version else (), created_at or None)
+                    if row is not None and _keep(row, min_agreement, min_votes):
+                        unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
+                        yield split_for_prompt(unit, seed=seed, test_fraction=test_fraction), row
+                    continue
+            jc = stream.judged(cid, judgments, lookups)
+            if on_comparison:
+                on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
+                              max((v.created_at for v in jc.judgments if v.created_at), default=None))
+            yield from export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
+                                   min_votes=min_votes, seed=seed, test_fraction=test_fraction)
+        done += len(batch)
+        if on_batch:
+            on_batch(done)
 
 
 def has_multi_message_chats(db: Session, project: Project) -> bool:
@@ -326,9 +482,9 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
     elif final_dir.exists():
         manifest = verify_snapshot(final_dir)  # a finished attempt whose job was not marked: reuse it
     else:
-        total = db.scalar(
-            select(func.count(func.distinct(Judgment.comparison_id))).where(Judgment.project_id == project.id)
-        ) or 1
+        # An estimate for the progress bar: the project's comparisons (the judged ones are at most these; an exact
+        # count(distinct) of the judgments' comparisons reads every judgment once more before the export starts).
+        total = db.scalar(select(func.count()).select_from(Comparison).where(Comparison.project_id == project.id)) or 1
         weights = rater_weights(db, project)
         guideline_versions: set[int] = set()
         # Rows per day of the comparison's latest judgment (when its rows took their final shape), for
@@ -340,11 +496,14 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             if progress:
                 progress(min(0.95, done / total), f"{done} of about {total} comparisons")
 
+        def on_comparison(versions: Iterable[int], latest: datetime | None) -> None:
+            guideline_versions.update(versions)
+            current_day["day"] = latest.date().isoformat() if latest else "unknown"
+
         def comparisons():
             for jc in iter_judged_comparisons(db, project, spec, weights, on_batch):
-                guideline_versions.update(v.guideline_version for v in jc.judgments if v.guideline_version)
-                latest = max((v.created_at for v in jc.judgments if v.created_at), default=None)
-                current_day["day"] = latest.date().isoformat() if latest else "unknown"
+                on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
+                              max((v.created_at for v in jc.judgments if v.created_at), default=None))
                 yield jc
 
         steps = spec.format == "steps"  # step labels, not judgments (app.datasets.steps_export)
@@ -359,17 +518,29 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
         if spec.format == "ratings" and not project.attributes:
             raise Unprocessable("The ratings format needs attribute scales; this project has none.")
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
-            rows = step_export_rows(db, project, spec) if steps else export_rows(
-                comparisons(), spec.format, conversational=conversational, min_agreement=spec.filters.min_agreement,
-                min_votes=spec.filters.min_votes, seed=spec.split.seed, test_fraction=spec.split.test_fraction)
+            if steps:
+                rows = step_export_rows(db, project, spec)
+            elif PAIRS_FAST_PATH and spec.format == "pairs" and not conversational:  # the same rows, faster
+                rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison)
+            else:
+                rows = export_rows(comparisons(), spec.format, conversational=conversational,
+                                   min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
+                                   seed=spec.split.seed, test_fraction=spec.split.test_fraction)  # fmt: skip
+            # The objects alive before the export (modules, the app) out of the collector's sight while it runs:
+            # millions of short-lived rows otherwise trigger full collections that walk all of them again and again
+            # (about half of a million-row export's CPU); unfrozen after, back in the oldest generation.
+            gc.freeze()
             try:
-                for split, row in rows:
-                    if writer.schema is not None and conversational and _has_rich_messages(row):
-                        writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
-                    writer.write(split, row)
-                    rows_per_day[current_day["day"]] = rows_per_day.get(current_day["day"], 0) + 1
+                with contextlib.closing(rows):  # a reader thread (iter_pair_rows) stops before the session goes on
+                    for split, row in rows:
+                        if writer.schema is not None and conversational and _has_rich_messages(row):
+                            writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
+                        writer.write(split, row)
+                        rows_per_day[current_day["day"]] = rows_per_day.get(current_day["day"], 0) + 1
             except ValueError as error:  # the data cannot take this spec (e.g. a chat prompt as a plain string)
                 raise Unprocessable(str(error)) from error
+            finally:
+                gc.unfreeze()
             if sum(writer.rows.values()) == 0:
                 raise EmptyExport("The filters match no judgments: nothing to export. Loosen the filters "
                                   "or collect judgments first.")  # fmt: skip
