@@ -76,30 +76,56 @@ def _array(db: Session, sql: str, columns: int, **params: int | str) -> np.ndarr
 _PG_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
+COPY_BLOCK_BYTES = 8 << 20
+"""`_copy_float8` turns the stream into numbers every this many bytes (it never holds the whole raw stream)."""
+
+
 def _copy_float8(cursor, statement: str, columns: int, params: dict) -> np.ndarray:
     """Rows of `statement` through `COPY ... TO STDOUT (FORMAT BINARY)`, parsed as fixed-width records:
-    a field count (int16), then per column a length (int32, always 8) and a big-endian float8."""
+    a field count (int16), then per column a length (int32, always 8) and a big-endian float8. The stream is parsed
+    a block of records at a time as it arrives, so memory holds the numbers (twice, while the blocks are joined)
+    and at most one block of raw bytes, not the raw stream (at ten million rows of six columns, 740 MB)."""
     names = ", ".join(f"c{i}" for i in range(columns))
     casts = ", ".join(f"COALESCE(CAST(c{i} AS float8), 'NaN')" for i in range(columns))
-    buffer = bytearray()
+    record = np.dtype([("fields", ">i2")] + [(f"{kind}{i}", ">i4" if kind == "n" else ">f8")
+                                             for i in range(columns) for kind in ("n", "v")])  # fmt: skip
+    blocks: list[np.ndarray] = []
+
+    def parse(buffer: bytearray, rows: int) -> None:
+        body = np.frombuffer(buffer, dtype=record, count=rows)
+        out = np.empty((rows, columns), dtype=np.float64)
+        for i in range(columns):
+            out[:, i] = body[f"v{i}"]
+        del body
+        blocks.append(out)
+        del buffer[:rows * record.itemsize]
+
+    pending = bytearray()
+    header = None
     # COPY takes no server-side parameters: psycopg merges `params` into the statement client-side, quoted.
     copy_statement = f"COPY (SELECT {casts} FROM ({statement}) AS q({names})) TO STDOUT (FORMAT BINARY)"
     with cursor.copy(copy_statement, params or None) as copy:
         for chunk in copy:
-            buffer += chunk
-    if buffer[:11] != _PG_COPY_SIGNATURE:
+            pending += chunk
+            if header is None:
+                if len(pending) < 19:
+                    continue
+                if pending[:11] != _PG_COPY_SIGNATURE:
+                    raise RuntimeError("unexpected COPY BINARY header from PostgreSQL")
+                header = 19 + int.from_bytes(pending[15:19], "big")  # signature, flags, extension length + extension
+                if len(pending) < header:
+                    header = None
+                    continue
+                del pending[:header]
+            if len(pending) >= COPY_BLOCK_BYTES:
+                parse(pending, len(pending) // record.itemsize)
+    if header is None:
         raise RuntimeError("unexpected COPY BINARY header from PostgreSQL")
-    header = 19 + int.from_bytes(buffer[15:19], "big")  # signature, flags, extension length + extension
-    record = np.dtype([("fields", ">i2")] + [(f"{kind}{i}", ">i4" if kind == "n" else ">f8")
-                                             for i in range(columns) for kind in ("n", "v")])  # fmt: skip
-    rows = (len(buffer) - header - 2) // record.itemsize  # the stream ends with an int16 -1
-    if header + rows * record.itemsize + 2 != len(buffer):
+    rows = (len(pending) - 2) // record.itemsize  # the stream ends with an int16 -1
+    if rows * record.itemsize + 2 != len(pending) or pending[-2:] != b"\xff\xff":
         raise RuntimeError("COPY BINARY stream is not a whole number of float8 records")
-    body = np.frombuffer(buffer, dtype=record, count=rows, offset=header)
-    out = np.empty((rows, columns), dtype=np.float64)
-    for i in range(columns):
-        out[:, i] = body[f"v{i}"]
-    return out
+    parse(pending, rows)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _json_sql(db: Session) -> dict[str, str]:
