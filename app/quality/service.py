@@ -289,6 +289,7 @@ def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, pr
     seen = np.zeros(len(unit_ids))
     np.maximum.at(seen, unit_index, codes + 1)
     n_categories = np.maximum(n_categories, seen[unit_index[:n_judged]])
+    del units, unit_ids, unit_index, seen, n_options  # not needed by the fit (memory at ten million judgments)
     return stats.rater_reliability(cols["comparison"], cols["rater"], codes[:n_judged], n_categories,
                                    gold=(gold_ids, codes[n_judged:]))  # fmt: skip
 
