@@ -379,35 +379,37 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
     stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000)
     weights, rater_groups = stream.weights, stream.rater_groups
     done = 0
-    for batch, lookups in _prefetched(stream):
-        comparisons, completions, continuations, edits = lookups.comparisons, lookups.completions, \
-            lookups.continuations, lookups.edits
-        for cid, judgments in batch.items():
-            if cid in lookups.unsafe:
-                continue
-            if len(judgments) == 1 and cid not in edits:
-                _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
-                prompt_id, completion_ids, is_gold, messages, is_chat, _, category = comparisons[cid]
-                row = single_vote_pair_row(
-                    cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
-                    weights.get(rater_id, 1.0), source, confidence, completions, continuations,
-                    rater_id in rater_groups)  # fmt: skip
-                if row is not NOT_SIMPLE:
-                    if on_comparison:
-                        on_comparison((guideline_version,) if guideline_version else (), created_at or None)
-                    if row is not None and _keep(row, min_agreement, min_votes):
-                        unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
-                        yield split_for_prompt(unit, seed=seed, test_fraction=test_fraction), row
+    batches = _prefetched(stream)
+    with contextlib.closing(batches):  # an error here (a cancelled job's progress) stops the reader thread first
+        for batch, lookups in batches:
+            comparisons, completions, continuations, edits = lookups.comparisons, lookups.completions, \
+                lookups.continuations, lookups.edits
+            for cid, judgments in batch.items():
+                if cid in lookups.unsafe:
                     continue
-            jc = stream.judged(cid, judgments, lookups)
-            if on_comparison:
-                on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
-                              max((v.created_at for v in jc.judgments if v.created_at), default=None))
-            yield from export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
-                                   min_votes=min_votes, seed=seed, test_fraction=test_fraction)
-        done += len(batch)
-        if on_batch:
-            on_batch(done)
+                if len(judgments) == 1 and cid not in edits:
+                    _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
+                    prompt_id, completion_ids, is_gold, messages, is_chat, _, category = comparisons[cid]
+                    row = single_vote_pair_row(
+                        cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
+                        weights.get(rater_id, 1.0), source, confidence, completions, continuations,
+                        rater_id in rater_groups)  # fmt: skip
+                    if row is not NOT_SIMPLE:
+                        if on_comparison:
+                            on_comparison((guideline_version,) if guideline_version else (), created_at or None)
+                        if row is not None and _keep(row, min_agreement, min_votes):
+                            unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
+                            yield split_for_prompt(unit, seed=seed, test_fraction=test_fraction), row
+                        continue
+                jc = stream.judged(cid, judgments, lookups)
+                if on_comparison:
+                    on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
+                                  max((v.created_at for v in jc.judgments if v.created_at), default=None))
+                yield from export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
+                                       min_votes=min_votes, seed=seed, test_fraction=test_fraction)
+            done += len(batch)
+            if on_batch:
+                on_batch(done)
 
 
 def has_multi_message_chats(db: Session, project: Project) -> bool:

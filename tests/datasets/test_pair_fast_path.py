@@ -137,3 +137,31 @@ def test_a_snapshot_is_the_same_files_with_and_without_the_fast_path(db, monkeyp
     assert files[0] == files[1]
     assert manifests[0] == manifests[1]
     assert manifests[0]["guideline_versions"] == [1, 2, 3] and len(manifests[0]["rows_per_day"]) >= 5
+
+
+def test_an_export_stopped_part_way_stops_its_reader_before_the_session_goes_on(db, monkeypatch):
+    """A cancelled job raises from the progress callback in the middle of the rows: the reader thread (PostgreSQL)
+    has stopped by the time the error leaves iter_pair_rows, so the session is the caller's alone again."""
+    import threading
+
+    from sqlalchemy import text
+
+    project, weights = _seed(db)
+    monkeypatch.setattr(service, "PAIR_BATCH_COMPARISONS", 2)
+
+    class Cancelled(Exception):
+        pass
+
+    def on_batch(done: int) -> None:
+        if done >= 6:
+            raise Cancelled
+
+    rows = service.iter_pair_rows(db, project, service.parse_spec({"format": "pairs"}), weights, on_batch=on_batch)
+    taken = []
+    with pytest.raises(Cancelled):
+        for row in rows:
+            taken.append(row)
+    assert taken and not any(t.name == "export-reader" for t in threading.enumerate())
+    assert db.execute(text("SELECT count(*) FROM judgment")).scalar() > 40  # the connection answers
+    # and a whole export after it gives every row
+    assert len(_fast(db, project, service.parse_spec({"format": "pairs"}), weights, [])) > len(taken)
