@@ -14,34 +14,59 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "ray")  # ray: only a Ray job's worker
 
 # Runs in one fresh interpreter that has imported no module of ours: for each module it forks a child that imports
-# that module first thing (third-party libraries are preloaded in the parent only to make the forks cheap; they
-# cannot hide an order problem among our own modules), and reports errors and heavy libraries loaded.
+# that module first thing, and reports errors and heavy libraries loaded. To make the forks cheap the parent first
+# preloads every third-party module our modules pull in (found by a throwaway child that imports them all): a
+# third-party module cannot hide an order problem among our own modules, which are never preloaded.
 CHECK = """
 import importlib, json, os, sys
-for lib in ("fastapi", "sqlalchemy", "pydantic", "numpy", "scipy", "pyarrow", "jinja2", "typer", "httpx"):
-    try:
-        importlib.import_module(lib)
-    except ImportError:
-        pass
-results = {}
-for name in sys.argv[1:]:
+OURS, HEAVY = ("app", "trainer", "rankforge", "tests"), set(%r)
+
+def child(work):
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         try:
+            payload = work()
+        except BaseException as exc:  # noqa: BLE001
+            payload = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, json.dumps(payload).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data) if data else "child died"
+
+LOCAL = {name.split(".")[0] for name in sys.argv[1:]}  # the packages under test (app, or a test's own)
+
+def survey():
+    for name in sys.argv[1:]:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - reported by the real check below
+            pass
+    return sorted(m for m in sys.modules if m.split(".")[0] not in LOCAL | set(OURS) | HEAVY)
+
+external = child(survey)
+for lib in external if isinstance(external, list) else []:
+    try:
+        importlib.import_module(lib)
+    except BaseException:  # noqa: BLE001
+        pass
+assert not any(m.split(".")[0] in LOCAL | set(OURS) for m in sys.modules), "preloaded a module of ours"
+
+def probe(name):
+    def work():
+        try:
             importlib.import_module(name)
             error = None
         except BaseException as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"
-        heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
-        os.write(write_end, json.dumps([error, heavy]).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        results[name] = json.loads(pipe.read() or '["child died", []]')
-    os.waitpid(pid, 0)
-print(json.dumps(results))
+        return [error, sorted({m.split(".")[0] for m in sys.modules} & HEAVY)]
+    return work
+
+print(json.dumps({name: child(probe(name)) for name in sys.argv[1:]}))
 """
 
 
