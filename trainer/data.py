@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Any
 
 from trainer.encoding import encode_sequence  # noqa: F401  (the one encoding; re-exported for callers)
 from trainer.spec import JobSpec
+
+if TYPE_CHECKING:  # HF datasets costs a second of import; the jobs that only read prompts never need it
+    from datasets import Dataset
 
 
 def read_manifest(dataset_path: str | Path) -> dict[str, Any]:
@@ -62,6 +63,8 @@ def read_snapshot(dataset_path: str | Path, split: str) -> Dataset:
     rows = read_rows(dataset_path, split)
     if not rows:
         raise ValueError(f"dataset snapshot {dataset_path}: the {split} split is empty")
+    from datasets import Dataset
+
     return Dataset.from_list(rows)
 
 
@@ -193,6 +196,8 @@ def dataset_for_trainer(rows: list[dict[str, Any]], directory: str | Path, train
     precomputed reference log-probs) next to the dataset's files, written by the main process and read by
     the others: in-memory datasets would put them in per-process temp dirs. The main process writes first.
     """
+    from datasets import Dataset
+
     directory = Path(directory)
     with training_args.main_process_first(local=False, desc=f"writing {directory.name}"):
         if training_args.process_index == 0:

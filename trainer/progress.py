@@ -25,11 +25,6 @@ import sys
 import threading
 from typing import Any, TextIO
 
-try:  # transformers is a trainer dependency; keep the plain helpers importable without it.
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - only in a torch-free environment
-    TrainerCallback = object  # type: ignore[assignment,misc]
-
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 SIGTERM_GRACE_SECONDS = 5.0  # the worker expects the child gone within 10 s of a cancel
 
@@ -159,49 +154,63 @@ def install_sigterm_handler() -> None:
     _handler_installed = True
 
 
-class JsonLinesCallback(TrainerCallback):
-    """Trainer callback that reports progress each step and grouped metrics each log.
+def _json_lines_callback_class() -> type:
+    """JsonLinesCallback, defined on first use: transformers' TrainerCallback drags in transformers.trainer_utils
+    and with it peft (seconds of import), which the jobs that never train (generate, score, judge, verify) skip."""
+    from transformers import TrainerCallback
 
-    progress_start/progress_end map training onto a slice of the job's 0..1 progress, leaving room for
-    the work before (loading) and after (evaluation, saving). Also installs the SIGTERM handler and stops
-    training at the next step once a cancel arrived.
-    """
+    class JsonLinesCallback(TrainerCallback):
+        """Trainer callback that reports progress each step and grouped metrics each log.
 
-    def __init__(self, progress_start: float = 0.05, progress_end: float = 0.9, label: str = "step"):
-        super().__init__()
-        self.progress_start = progress_start
-        self.progress_end = progress_end
-        self.label = label
-        self.history: list[dict[str, Any]] = []  # every metrics event, for final summaries
-        self._last_reported = -1.0
-        install_sigterm_handler()
+        progress_start/progress_end map training onto a slice of the job's 0..1 progress, leaving room for
+        the work before (loading) and after (evaluation, saving). Also installs the SIGTERM handler and stops
+        training at the next step once a cancel arrived.
+        """
 
-    def _fraction(self, state: Any) -> float:
-        total = max(1, int(state.max_steps or 1))
-        done = min(1.0, state.global_step / total)
-        return self.progress_start + (self.progress_end - self.progress_start) * done
+        def __init__(self, progress_start: float = 0.05, progress_end: float = 0.9, label: str = "step"):
+            super().__init__()
+            self.progress_start = progress_start
+            self.progress_end = progress_end
+            self.label = label
+            self.history: list[dict[str, Any]] = []  # every metrics event, for final summaries
+            self._last_reported = -1.0
+            install_sigterm_handler()
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        progress(self.progress_start, f"training: {state.max_steps} steps")
+        def _fraction(self, state: Any) -> float:
+            total = max(1, int(state.max_steps or 1))
+            done = min(1.0, state.global_step / total)
+            return self.progress_start + (self.progress_end - self.progress_start) * done
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if cancel_requested():
-            raise Cancelled("cancelled (SIGTERM)")
-        # At most ~200 progress lines per run, however many steps: the worker stores each one.
-        fraction = self._fraction(state)
-        if fraction - self._last_reported >= 0.005 or state.global_step >= state.max_steps:
-            self._last_reported = fraction
-            progress(fraction, f"{self.label} {state.global_step}/{state.max_steps}")
+        def on_train_begin(self, args, state, control, **kwargs):
+            progress(self.progress_start, f"training: {state.max_steps} steps")
 
-    def last(self, name: str, default: Any = None) -> Any:
-        """The last logged value of a grouped metric (e.g. "loss/total"), or default."""
-        for entry in reversed(self.history):
-            if name in entry["metrics"]:
-                return entry["metrics"][name]
-        return default
+        def on_step_end(self, args, state, control, **kwargs):
+            if cancel_requested():
+                raise Cancelled("cancelled (SIGTERM)")
+            # At most ~200 progress lines per run, however many steps: the worker stores each one.
+            fraction = self._fraction(state)
+            if fraction - self._last_reported >= 0.005 or state.global_step >= state.max_steps:
+                self._last_reported = fraction
+                progress(fraction, f"{self.label} {state.global_step}/{state.max_steps}")
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        values = map_metrics(logs or {})
-        if values:
-            self.history.append({"step": state.global_step, "metrics": values})
-            metrics(state.global_step, values)
+        def last(self, name: str, default: Any = None) -> Any:
+            """The last logged value of a grouped metric (e.g. "loss/total"), or default."""
+            for entry in reversed(self.history):
+                if name in entry["metrics"]:
+                    return entry["metrics"][name]
+            return default
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            values = map_metrics(logs or {})
+            if values:
+                self.history.append({"step": state.global_step, "metrics": values})
+                metrics(state.global_step, values)
+
+    return JsonLinesCallback
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `progress.JsonLinesCallback` is the class, built when first asked for
+    if name == "JsonLinesCallback":
+        globals()[name] = cls = _json_lines_callback_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
