@@ -21,7 +21,7 @@ from app.training.endpoint_generate import run_generate_job
 from app.training.handlers import run_training_job
 from app.training.kinds import TRAINING_KINDS
 from app.training.rounds import tick as advance_rounds
-from app.training.scheduler import acquire_lock, run_alone
+from app.training.scheduler import acquire_lock, held_alone
 from app.training.scheduler import tick as schedule_training
 from app.verifiers.handlers import run_verify_job
 from app.webhooks.delivery import deliver_due, run_in_background
@@ -40,14 +40,19 @@ HANDLERS: dict[str, Handler] = {
 
 def refresh_figures(worker_id: str) -> list[int]:
     """Idle task: recompute the cached figures of large projects whose judgments changed (app.quality.figures),
-    under the `figures` lease and, on PostgreSQL, its advisory lock: one worker at a time."""
+    under the `figures` lease and, on PostgreSQL, its advisory lock: one worker at a time. The recompute ends its
+    session's transaction after each read (`end_transaction`): at ten million judgments its computation takes
+    minutes, and an open transaction would hold a snapshot that long (the rating queue's dead index entries could
+    not be skipped meanwhile). So the advisory lock is the session-level one, on a connection of its own that
+    holds no transaction (`held_alone`)."""
     with session_scope() as db:
         if not acquire_lock(db, worker_id, name=FIGURES_LOCK):
             return []
-    with session_scope() as db:
-        if not run_alone(db, FIGURES_LOCK):
+    with held_alone(FIGURES_LOCK) as alone:
+        if not alone:
             return []
-        return list(refresh_due(db))
+        with session_scope() as db:
+            return list(refresh_due(db, end_transaction=db.commit))
 
 
 PRUNE_EVERY_SECONDS = 60.0

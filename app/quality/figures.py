@@ -43,12 +43,29 @@ ROW_KEYS = ("style_controlled", "style_coefficients", "post_stratified")
 leaderboard under `leaderboard`; its Bradley-Terry ratings come from the battle tallies on every request."""
 
 
-def _leaderboard_rows(db: Session, project: Project) -> dict:
-    board = service.leaderboard(db, project, bootstrap=0)  # only the row figures are kept; no bootstrap needed
-    return {key: board[key] for key in ROW_KEYS} | {"attributes": attribute_leaderboard(db, project)}
+def _leaderboard_inputs(db: Session, project: Project) -> dict:
+    # the attribute leaderboard is a streamed read of the attribute scores (a sum per model as they arrive)
+    return {"board": service.leaderboard_inputs(db, project), "attributes": attribute_leaderboard(db, project)}
 
 
-_COMPUTE = {"stats": service.project_stats, "dashboard": service.dashboard, "leaderboard": _leaderboard_rows}
+def _leaderboard_from_inputs(inputs: dict) -> dict:
+    board = service.leaderboard_from_inputs(inputs["board"], bootstrap=0)  # only the row figures are kept
+    return {key: board[key] for key in ROW_KEYS} | {"attributes": inputs["attributes"]}
+
+
+_READ = {"stats": service.stats_inputs, "dashboard": service.dashboard_inputs, "leaderboard": _leaderboard_inputs}
+"""What each cached figure reads; `_FROM` computes it from that without the database (`refresh` runs the two
+apart: the read in one short transaction, the computation with no transaction open)."""
+_FROM = {"stats": service.stats_from_inputs, "dashboard": service.dashboard_from_inputs,
+         "leaderboard": _leaderboard_from_inputs}  # fmt: skip
+
+
+def _compute(name: str):
+    return lambda db, project: _FROM[name](_READ[name](db, project))
+
+
+_COMPUTE = {name: _compute(name) for name in NAMES}
+"""The per-request computation of each figure (read and compute in the request's transaction)."""
 log = logging.getLogger("rankforge.figures")
 
 
@@ -111,37 +128,60 @@ def leaderboard(db: Session, project: Project, *, group: str | None = None) -> d
     return board | cached | {"as_of": row.computed_at}
 
 
-def refresh(db: Session, project: Project, *, now=None) -> list[str]:
-    """Recompute what is due of this project's figures; the names recomputed."""
+def _read_transaction(db: Session) -> None:
+    """Start the session's next transaction for the reads of one figure: REPEATABLE READ on PostgreSQL, so every
+    read of it (and the change marker) sees one state; SQLite's read transaction is one snapshot already."""
+    if db.get_bind().dialect.name == "postgresql" and not db.in_transaction():
+        db.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def refresh(db: Session, project: Project, *, now=None, end_transaction=None) -> list[str]:
+    """Recompute what is due of this project's figures; the names recomputed.
+
+    Each figure is read, computed and stored in turn. With `end_transaction` (the caller's, which owns the
+    session's transactions: the worker passes its session's commit), the reads of a figure run in a transaction of
+    their own that ends before the computation (minutes at ten million judgments: no snapshot is held meanwhile,
+    which would keep every claim walking the rating queue's dead index entries, and no transaction is open at all),
+    and the stored row is written in a short transaction after it. Without it, everything runs in the caller's
+    transaction. The stored marker is the one read with the figure's inputs: judgments that arrive meanwhile are
+    not in the figures, and the next tick sees the marker changed."""
     now = now or utcnow()
     marker = change_marker(db, project.id)
     stored = {row.name: (row.marker, row.computed_at)
               for row in db.scalars(select(ProjectFigures).where(ProjectFigures.project_id == project.id))}  # fmt: skip
-    computed = {}
-    for name in NAMES:
-        if name in stored and stored[name][0] == marker and (name != "dashboard"
-                                                            or now - stored[name][1] < DASHBOARD_MAX_AGE):  # fmt: skip
-            continue
-        computed[name] = _plain(_COMPUTE[name](db, project))
-    if not computed:
-        return []
-    write_transaction(db)  # SQLite: the read above ran without the write lock; take it only to store
-    for name, value in computed.items():
-        row = db.get(ProjectFigures, (project.id, name))
+    due = [name for name in NAMES
+           if not (name in stored and stored[name][0] == marker
+                   and (name != "dashboard" or now - stored[name][1] < DASHBOARD_MAX_AGE))]  # fmt: skip
+    project_id = project.id
+    for name in due:
+        if end_transaction is not None:
+            end_transaction()
+            _read_transaction(db)
+        marker = change_marker(db, project_id)  # in the same transaction as the figure's reads
+        inputs = _READ[name](db, project)
+        if end_transaction is not None:
+            end_transaction()
+        value = _plain(_FROM[name](inputs))
+        del inputs
+        write_transaction(db)  # SQLite: the read above ran without the write lock; take it only to store
+        row = db.get(ProjectFigures, (project_id, name))
         if row is None:
-            db.add(ProjectFigures(project_id=project.id, name=name, figures=value, marker=marker, computed_at=now))
+            db.add(ProjectFigures(project_id=project_id, name=name, figures=value, marker=marker, computed_at=now))
         else:
             row.figures, row.marker, row.computed_at = value, marker, now
-    db.flush()
-    return list(computed)
+        db.flush()
+    if due and end_transaction is not None:
+        end_transaction()
+    return due
 
 
-def refresh_due(db: Session) -> dict[int, list[str]]:
-    """Recompute the due figures of every large project (the caller holds the right to run alone)."""
+def refresh_due(db: Session, *, end_transaction=None) -> dict[int, list[str]]:
+    """Recompute the due figures of every large project (the caller holds the right to run alone;
+    `end_transaction`: as `refresh`)."""
     out = {}
     for project in db.scalars(select(Project).order_by(Project.id)).all():
         if is_large(db, project.id):
-            done = refresh(db, project)
+            done = refresh(db, project, end_transaction=end_transaction)
             if done:
                 log.info("figures of %s recomputed: %s", project.slug, ", ".join(done))
                 out[project.id] = done

@@ -9,6 +9,7 @@ arrays for the statistics in app.quality.stats; nothing loops over judgments in 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 from sqlalchemy import String, case, func, or_, select, text
@@ -22,7 +23,8 @@ from app.judgments.selections import HUMAN, LEADERBOARD, counted_sql
 from app.models import REVIEW_RESOLUTIONS, Comparison, FlagReview, Judgment, Project, User, utcnow
 from app.projects.service import project_overview
 from app.quality import poststrat, stats, style
-from app.quality.step_agreement import step_agreement
+from app.quality.step_agreement import step_agreement_from_rows
+from app.steps.service import counted_step_labels
 
 TIE = -1
 """Code for "no single best option" in the nominal top-choice data (stats.TIE_CODE)."""
@@ -247,32 +249,43 @@ def gold_answers(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]
     return ids, tops
 
 
-def _attribute_agreement(db: Session, project: Project) -> dict[str, dict]:
+def _attribute_score_arrays(db: Session, project: Project) -> dict[str, np.ndarray]:
+    """Per attribute scale: (comparison, rater, option, score) rows of the counted human judgments."""
+    return {scale["name"]: _array(db, f"SELECT s.comparison_id, s.rater_id, s.option, s.score "
+                                      f"FROM ({_attribute_scores_sql(db)}) s WHERE s.name = :name", 4,
+                                  project=project.id, name=scale["name"])
+            for scale in project.attributes or []}  # fmt: skip
+
+
+def _attribute_agreement(scores: dict[str, np.ndarray]) -> dict[str, dict]:
     """Ordinal alpha per attribute; a unit is one option of one comparison, the values are the raters' scores."""
     out: dict[str, dict] = {}
-    for scale in project.attributes:
-        name = scale["name"]
-        data = _array(db, f"SELECT s.comparison_id, s.rater_id, s.option, s.score FROM ({_attribute_scores_sql(db)}) s "
-                          "WHERE s.name = :name", 4, project=project.id, name=name)  # fmt: skip
+    for name, data in scores.items():
         _, unit = np.unique(data[:, [0, 2]], axis=0, return_inverse=True)
         result = stats.krippendorff_alpha(unit.ravel(), data[:, 1], data[:, 3], "ordinal")
         out[name] = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "ordinal"}
     return out
 
 
-def _rank_position_agreement(db: Session, project: Project) -> stats.AlphaResult:
-    """Rank mode: interval alpha on each completion's scaled midrank (unit = comparison x completion; coding and
-    why: stats.scaled_midranks)."""
-    data = _array(db, f"SELECT e.comparison_id, e.rater_id, e.grp, e.completion_id, e.judgment_id "
+def _rank_position_arrays(db: Session, project: Project) -> np.ndarray:
+    """Rank mode's input: (comparison, rater, tie group, completion, judgment) per ranked completion, non-gold."""
+    return _array(db, f"SELECT e.comparison_id, e.rater_id, e.grp, e.completion_id, e.judgment_id "
                       f"FROM ({_ranking_elements_sql(db)}) e "
                       "JOIN comparison c ON c.id = e.comparison_id WHERE NOT c.is_gold", 5, project=project.id)  # fmt: skip
+
+
+def _rank_position_agreement(data: np.ndarray) -> stats.AlphaResult:
+    """Rank mode: interval alpha on each completion's scaled midrank (unit = comparison x completion; coding and
+    why: stats.scaled_midranks)."""
     if len(data) == 0:
         return stats.AlphaResult(alpha=None, units=0)
     _, unit = np.unique(data[:, [0, 3]], axis=0, return_inverse=True)
     return stats.krippendorff_alpha(unit.ravel(), data[:, 1], stats.scaled_midranks(data[:, 4], data[:, 2]), "interval")
 
 
-def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, project: Project) -> dict[int, float]:
+def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, project) -> dict[int, float]:
+    """Each rater's reliability from the judgment columns and the gold answers (`project`: anything with the
+    project's `allow_ties`)."""
     # Codes are computed over judgments and gold answers together so they agree within a unit.
     judged_gold = np.isin(gold_ids, cols["comparison"])
     gold_ids, gold_tops = gold_ids[judged_gold], gold_tops[judged_gold]
@@ -312,16 +325,40 @@ def rater_reliability(db: Session, project: Project) -> dict[int, float]:
 
 
 def project_stats(db: Session, project: Project) -> dict:
-    overview = project_overview(db, project)
+    return stats_from_inputs(stats_inputs(db, project))
+
+
+def _project_facts(project: Project) -> SimpleNamespace:
+    """The project's settings the computations read, as plain values: the computing phase runs after the read
+    transaction ended and must not load anything (an expired ORM attribute would open a transaction again)."""
+    return SimpleNamespace(id=project.id, mode=project.mode, allow_ties=project.allow_ties,
+                           attributes=list(project.attributes or []), group_weights=project.group_weights)  # fmt: skip
+
+
+def stats_inputs(db: Session, project: Project) -> dict:
+    """Everything `project_stats` reads, read here and nothing computed from it beyond joins (the worker reads
+    this in one short transaction and computes after it ended: app.quality.figures.refresh)."""
     cols = judgment_arrays(db, project)
-    usernames = dict(db.execute(select(User.id, User.username)).all())
+    inputs = {"project": _project_facts(project), "overview": project_overview(db, project), "cols": cols,
+              "usernames": dict(db.execute(select(User.id, User.username)).all()),
+              "labels": _user_labels(db), "steps": list(counted_step_labels(db, project))}  # fmt: skip
+    if len(cols["rater"]):
+        inputs["gold"] = gold_answers(db, project)
+        inputs["rank_positions"] = _rank_position_arrays(db, project) if project.mode == "rank" else None
+        inputs["attribute_scores"] = _attribute_score_arrays(db, project)
+    return inputs
+
+
+def stats_from_inputs(inputs: dict) -> dict:
+    """`project_stats` from `stats_inputs`: no database."""
+    project, overview, cols, usernames = inputs["project"], inputs["overview"], inputs["cols"], inputs["usernames"]
     raters_out: list[dict] = []
     pairwise_out: list[dict] = []
     alpha = stats.AlphaResult(alpha=None, units=0)
     rank_alpha = None
     if len(cols["rater"]):
         comparison, rater, top, is_gold = cols["comparison"], cols["rater"], cols["top"], cols["is_gold"]
-        gold_ids, gold_tops = gold_answers(db, project)
+        gold_ids, gold_tops = inputs["gold"]
         gold_answer = np.full(len(top), np.nan)
         where = np.searchsorted(gold_ids, comparison[is_gold]) if len(gold_ids) else np.zeros(0, dtype=np.int64)
         known = (where < len(gold_ids))
@@ -360,13 +397,13 @@ def project_stats(db: Session, project: Project) -> dict:
             for (a, b), (share, n) in sorted(pairs.items())
         ]  # fmt: skip
         if project.mode == "rank":
-            result = _rank_position_agreement(db, project)
+            result = _rank_position_agreement(inputs["rank_positions"])
             rank_alpha = {"krippendorff_alpha": result.alpha, "units": result.units, "level": "interval",
                           "coding": RANK_POSITION_CODING}  # fmt: skip
     return {
         "comparisons": {k: overview["comparisons"][k] for k in ("total", "open", "complete")},
         "judgments": int(len(cols["rater"])),  # the counted human judgments the figures below read
-        "groups": group_agreement(db, cols),
+        "groups": _group_agreement(inputs["labels"], cols),
         "agreement": {
             "krippendorff_alpha": alpha.alpha,
             "units": alpha.units,
@@ -374,24 +411,33 @@ def project_stats(db: Session, project: Project) -> dict:
             "on": "top choice",
             "coding": TOP_CHOICE_CODING,
             "rank_positions": rank_alpha,
-            "attributes": _attribute_agreement(db, project) if len(cols["rater"]) else {},
+            "attributes": _attribute_agreement(inputs["attribute_scores"]) if len(cols["rater"]) else {},
         },
         "pairwise_agreement": pairwise_out,
         "raters": raters_out,
-        "steps": step_agreement(db, project),  # step labels on trajectories (app.quality.step_agreement)
+        "steps": step_agreement_from_rows(inputs["steps"], usernames),  # step labels on trajectories
+        # (app.quality.step_agreement)
     }
+
+
+def _user_labels(db: Session) -> list[tuple[int, dict]]:
+    return [tuple(row) for row in db.execute(select(User.id, User.labels).where(User.labels.is_not(None)))]
 
 
 def group_agreement(db: Session, cols: dict[str, np.ndarray]) -> list[dict]:
     """Agreement within each rater group (app.groups, key=value): Krippendorff's alpha on the top choice among the
     group's own raters (non-gold comparisons, as the project's alpha), their mean agreement with the group's own
     majority, and how many raters and judgments that reads."""
+    return _group_agreement(_user_labels(db), cols)
+
+
+def _group_agreement(user_labels: list[tuple[int, dict]], cols: dict[str, np.ndarray]) -> list[dict]:
     if not len(cols["rater"]):
         return []
     regular = ~cols["is_gold"]
     comparison, rater, code = cols["comparison"][regular], cols["rater"][regular], cols["top_code"][regular]
     members: dict[str, set[int]] = {}
-    for user_id, labels in db.execute(select(User.id, User.labels).where(User.labels.is_not(None))):
+    for user_id, labels in user_labels:
         for key, value in (labels or {}).items():
             members.setdefault(f"{key}={value}", set()).add(user_id)
     out = []
@@ -551,8 +597,28 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
     judgments as at ten. The style-controlled ranking and the post-stratified one need each battle's completions
     and rater labels, so they still read every battle (`battle_rows`); `style_control=False` leaves them out
     (empty, None)."""
+    return leaderboard_from_inputs(leaderboard_inputs(db, project, group=group, style_control=style_control),
+                                   bootstrap=bootstrap, seed=seed)  # fmt: skip
+
+
+def leaderboard_inputs(db: Session, project: Project, *, group: str | None = None, style_control: bool = True) -> dict:
+    """Everything `leaderboard` reads: the tallies and, with `style_control`, every battle, the completions' style
+    features and the raters' labels (the worker reads this in one short transaction and computes after it ended)."""
     raters = None if group is None else set(group_members(db, group))
     tallied = tally_battles(db, project, raters)
+    inputs = {"raters": raters, "group": group, "tallied": tallied, "style_control": style_control}
+    if style_control and tallied["model_names"]:
+        weights = (poststrat.parse_group_weights(project.group_weights) if project.group_weights and group is None
+                   else {})  # fmt: skip
+        inputs |= {"rows": battle_rows(db, project), "style": completion_style(db, project), "weights": weights,
+                   "labels": dict(db.execute(select(User.id, User.labels).where(User.labels.is_not(None))).all())
+                   if weights else {}}  # fmt: skip
+    return inputs
+
+
+def leaderboard_from_inputs(inputs: dict, *, bootstrap: int = LEADERBOARD_BOOTSTRAP, seed: int = 0) -> dict:
+    """`leaderboard` from `leaderboard_inputs`: no database."""
+    tallied = inputs["tallied"]
     names = tallied["model_names"]
     if not names:
         return {"models": [], "win_rates": {}, "battles": 0, "style_controlled": [], "style_coefficients": [],
@@ -574,29 +640,29 @@ def leaderboard(db: Session, project: Project, *, bootstrap: int = LEADERBOARD_B
     out = {"models": models, "win_rates": win_rates, "battles": int(tallied["counts"].sum()),
            "prior_ties": board.prior_ties, "style_controlled": [], "style_coefficients": [],
            "post_stratified": None}  # fmt: skip
-    if style_control:
-        out |= _row_variants(db, project, raters, group, names, board, number, by_rating)
+    if inputs["style_control"]:
+        out |= _row_variants(inputs, names, board, number, by_rating)
     return out
 
 
-def _row_variants(db: Session, project: Project, raters: set[int] | None, group: str | None, names: list[str],
-                  board, number, by_rating) -> dict:  # fmt: skip
+def _row_variants(inputs: dict, names: list[str], board, number, by_rating) -> dict:
     """The leaderboard's figures that need every battle (`battle_rows`): the style-controlled ranking and its
     coefficients, and the post-stratified ranking (project group weights, no `group`)."""
-    rows = battle_rows(db, project)
+    rows, raters = inputs["rows"], inputs["raters"]
     if raters is not None:
         keep = np.isin(rows["rater"], np.fromiter(raters, np.int64))
         rows = {key: value if key == "model_names" else value[keep] for key, value in rows.items()}
     position = {name: i for i, name in enumerate(names)}
     index = np.array([position.get(str(name), -1) for name in rows["model_names"]], dtype=np.int64)
     model_a, model_b, outcome = index[rows["model_a"]], index[rows["model_b"]], rows["outcome"]
-    ids, features = completion_style(db, project)
+    ids, features = inputs["style"]
     where_a, where_b = np.searchsorted(ids, rows["completion_a"]), np.searchsorted(ids, rows["completion_b"])
     for where, completions in ((where_a, rows["completion_a"]), (where_b, rows["completion_b"])):
         if len(where) and (where.max() >= len(ids) or np.any(ids[where] != completions)):
             raise RuntimeError("a battle's completion is not one of its project's completions")
     differences = style.style_differences(features[where_a], features[where_b])
     del ids, features, where_a, where_b  # the fit below holds its own blocks
+    inputs.pop("style", None)  # (the caller's reference too: the fit's blocks are the peak)
     controlled = style.style_controlled_bradley_terry(model_a, model_b, outcome, differences, len(names))
     style_controlled = by_rating([{"name": name, "rating": number(controlled.ratings[i]),
                                    "ci_low": number(controlled.ci_low[i]), "ci_high": number(controlled.ci_high[i]),
@@ -606,9 +672,8 @@ def _row_variants(db: Session, project: Project, raters: set[int] | None, group:
                      "ci_high": round(float(controlled.coefficient_ci_high[k]), 4)}
                     for k, feature in enumerate(style.STYLE_FEATURES) if not np.isnan(controlled.coefficients[k])]  # fmt: skip
     post_stratified = None
-    weights = poststrat.parse_group_weights(project.group_weights) if project.group_weights and group is None else {}
+    weights, labels = inputs["weights"], inputs["labels"]
     if weights:
-        labels = dict(db.execute(select(User.id, User.labels).where(User.labels.is_not(None))).all())
         battle_weight, strata = poststrat.battle_weights(rows["rater"], labels, weights)
         fit = style.style_controlled_bradley_terry(model_a, model_b, outcome, np.zeros((len(outcome), 0)),
                                                    len(names), weights=battle_weight)  # fmt: skip
@@ -648,13 +713,26 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
     """Series for the admin dashboard: judgments per hour (overall and per rater) over the last `hours`, queue
     depth and ETA at the last day's pace, cumulative agreement at the end of each of the last `days` days, and
     the distribution of time per judgment."""
-    now = now or utcnow()
-    overview = project_overview(db, project)
+    return dashboard_from_inputs(dashboard_inputs(db, project), now=now, hours=hours, days=days)
+
+
+def dashboard_inputs(db: Session, project: Project) -> dict:
+    """Everything `dashboard` reads (the worker reads this in one short transaction and computes after it ended)."""
     data = _array(db, f"SELECT j.rater_id, {_epoch_sql(db, 'j.created_at')}, j.time_spent_ms, j.comparison_id, "
                       "j.top_completion_id, CASE WHEN c.is_gold THEN 1 ELSE 0 END FROM judgment j "
                       f"JOIN comparison c ON c.id = j.comparison_id WHERE {_COUNTED}", 6, project=project.id)  # fmt: skip
-    rater, created, time_ms, comparison, top, is_gold = data.T
     comparisons = _comparison_arrays(db, project, completions=False)
+    return {"overview": project_overview(db, project), "data": data,
+            "comparisons": {"id": comparisons["id"], "options": comparisons["options"]},
+            "usernames": dict(db.execute(select(User.id, User.username)).all())}  # fmt: skip
+
+
+def dashboard_from_inputs(inputs: dict, *, now: datetime | None = None, hours: int = 48, days: int = 14) -> dict:
+    """`dashboard` from `dashboard_inputs`: no database."""
+    now = now or utcnow()
+    overview, usernames = inputs["overview"], inputs["usernames"]
+    rater, created, time_ms, comparison, top, is_gold = inputs["data"].T
+    comparisons = inputs["comparisons"]
     top = stats.top_choice_codes(top, comparisons["options"][np.searchsorted(comparisons["id"], comparison)])
     del comparisons
     now_s = now.timestamp()
@@ -663,7 +741,6 @@ def dashboard(db: Session, project: Project, *, now: datetime | None = None, hou
     recent = (hour_index >= 0) & (hour_index < hours)
     per_hour = np.bincount(hour_index[recent], minlength=hours)[:hours]
     hour_labels = [datetime.fromtimestamp(hour_start + 3600 * i, UTC).strftime("%d %H:00") for i in range(hours)]
-    usernames = dict(db.execute(select(User.id, User.username)).all())
     per_rater = {usernames.get(rater_id, f"user {rater_id}"): counts
                  for rater_id, counts in _counts_by_rater(rater[recent], hour_index[recent], hours)}  # fmt: skip
     last_day = int(np.sum(created >= now_s - 86400))

@@ -36,6 +36,13 @@ def step_agreement(db: Session, project: Project) -> dict:
     """{krippendorff_alpha, units, labels, level, raters: [{user_id, username, labels, trajectories,
     agreement_with_majority, reliability}]}."""
     rows = list(counted_step_labels(db, project))
+    raters = {row[2] for row in rows}
+    usernames = dict(db.execute(select(User.id, User.username).where(User.id.in_(raters))).all()) if raters else {}
+    return step_agreement_from_rows(rows, usernames)
+
+
+def step_agreement_from_rows(rows: list, usernames: dict[int, str]) -> dict:
+    """`step_agreement` from rows already read (`counted_step_labels`) and the raters' usernames: no database."""
     out = {"krippendorff_alpha": None, "units": 0, "labels": len(rows), "level": "nominal", "on": "step labels",
            "raters": []}  # fmt: skip
     if not rows:
@@ -44,7 +51,6 @@ def step_agreement(db: Session, project: Project) -> dict:
     alpha = stats.krippendorff_alpha(unit, rater, value, "nominal")
     majority = stats.agreement_with_majority(unit, rater, value)
     reliability = stats.rater_reliability(unit, rater, value, len(STEP_LABELS))
-    usernames = dict(db.execute(select(User.id, User.username).where(User.id.in_(set(rater.tolist())))).all())
     trajectories: dict[int, set[int]] = {}
     for completion_id, _, rater_id, _ in rows:
         trajectories.setdefault(rater_id, set()).add(completion_id)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from pydantic import ValidationError
@@ -22,7 +24,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import is_sqlite, session_scope
+from app.db import get_engine, is_sqlite, session_scope
 from app.errors import RankforgeError
 from app.models import Job, JobKind, JobStatus, Judgment, Project, ProjectStatus, SchedulerLock, utcnow
 from app.projects.schemas import ScheduleSettings
@@ -53,8 +55,33 @@ def run_alone(db: Session, name: str) -> bool:
     another worker's transaction holds it). SQLite: True, its write transaction excludes every other writer."""
     if is_sqlite(db):
         return True
-    key = zlib.crc32(f"rankforge idle task {name}".encode()) - 2**31  # a signed 32-bit key, stable across processes
-    return bool(db.scalar(select(func.pg_try_advisory_xact_lock(key))))
+    return bool(db.scalar(select(func.pg_try_advisory_xact_lock(_idle_task_key(name)))))
+
+
+def _idle_task_key(name: str) -> int:
+    return zlib.crc32(f"rankforge idle task {name}".encode()) - 2**31  # a signed 32-bit key, stable across processes
+
+
+@contextmanager
+def held_alone(name: str, url: str | None = None) -> Iterator[bool]:
+    """`run_alone` for an idle task that ends its transactions while it runs (the figures' recompute: no snapshot
+    held during its computation): PostgreSQL's session-level pg_try_advisory_lock on the same key, taken on a
+    connection of its own in autocommit mode, so holding it holds no transaction (the connection stays "idle");
+    released when the block ends. Yields False at once when another worker holds the task (either lock).
+    SQLite: True (its lease and write lock serialize the workers)."""
+    engine = get_engine(url)
+    if is_sqlite(engine):
+        yield True
+        return
+    key = _idle_task_key(name)
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        taken = bool(connection.scalar(select(func.pg_try_advisory_lock(key))))
+        try:
+            yield taken
+        finally:
+            if taken:
+                connection.scalar(select(func.pg_advisory_unlock(key)))
 
 
 def note_problem(db: Session, project_id: int, part: str, problem: str | None) -> None:

@@ -121,3 +121,90 @@ def test_cached_figures_equal_the_per_request_ones(client, users, db_url, monkey
         for name in figures.NAMES:
             cached = session.get(ProjectFigures, (project["id"], name)).figures
             assert cached == json.loads(json.dumps(per_request[name])), name
+
+
+def test_recompute_holds_no_transaction_while_it_computes(client, users, db_url, monkeypatch):
+    """The worker's recompute reads a figure's inputs in one short transaction (REPEATABLE READ on PostgreSQL),
+    ends it, computes with no transaction open (pg_stat_activity: the recompute's connection and the advisory lock's
+    are idle, not "idle in transaction": no snapshot held for minutes at ten million judgments), then stores. A
+    judgment that arrives during a computation is not in that figure, whose row keeps the marker of its read, so the
+    next tick recomputes it (and only it)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from app.models.tally import ProjectFigures
+    from app.quality import figures
+    from app.worker import refresh_figures
+
+    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
+    postgres = db_url.startswith("postgresql")
+    admin = users.create("admin", "admin")
+    raters = [users.create(f"rater{i}", "annotator") for i in range(2)]
+    project = make_project(client, admin, allow_ties=True)
+    import_battles(client, admin, project["id"], [("m1", "m2")] * 8)
+    with session_scope(db_url) as session:
+        for n, (comparison, options) in enumerate(comparisons(session, project["id"])[:6]):
+            add_judgment(session, comparison, raters[n % 2]["id"], [[options[0][0]], [options[1][0]]])
+
+    reads, computations, arrived = [], [], []
+    watching = create_engine(db_url, poolclass=NullPool, isolation_level="AUTOCOMMIT") if postgres else None
+    read, compute = dict(figures._READ), dict(figures._FROM)
+
+    def watched_read(name):
+        def run(db, row):
+            if postgres:
+                isolation = db.execute(text("SHOW transaction_isolation")).scalar()
+                reads.append((name, isolation, db.execute(text("SELECT pg_backend_pid()")).scalar()))
+            else:
+                reads.append((name, None, None))
+            return read[name](db, row)
+        return run
+
+    def watched_compute(name):
+        def run(inputs):
+            if postgres:
+                with watching.connect() as watcher:  # a connection of its own, not one from the app's pool
+                    open_transactions = watcher.execute(text(
+                        "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).all()  # fmt: skip
+                    reader = watcher.execute(text("SELECT state, xact_start FROM pg_stat_activity WHERE pid = :pid"),
+                                             {"pid": reads[-1][2]}).one()  # fmt: skip
+                    lock_holders = watcher.execute(text(
+                        "SELECT a.state, a.xact_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.locktype = 'advisory' AND l.granted")).all()  # fmt: skip
+                computations.append((name, open_transactions, tuple(reader), [tuple(r) for r in lock_holders]))
+            else:
+                computations.append((name, [], ("idle", None), [("idle", None)]))
+            if name == "stats" and not arrived:  # a judgment arrives while the statistics are computed
+                arrived.append(True)
+                with session_scope(db_url) as session:
+                    comparison, options = comparisons(session, project["id"])[6]
+                    add_judgment(session, comparison, raters[0]["id"], [[options[1][0]], [options[0][0]]])
+            return compute[name](inputs)
+        return run
+
+    monkeypatch.setattr(figures, "_READ", {name: watched_read(name) for name in figures.NAMES})
+    monkeypatch.setattr(figures, "_FROM", {name: watched_compute(name) for name in figures.NAMES})
+    assert refresh_figures("worker-a") == [project["id"]]
+    assert [name for name, *_ in computations] == list(figures.NAMES)
+    if postgres:
+        assert {isolation for _, isolation, _ in reads} == {"repeatable read"}
+    for name, open_transactions, reader, lock_holders in computations:
+        assert open_transactions == [], name  # no backend of this database is in a transaction
+        assert reader == ("idle", None), name  # the connection that read the inputs: idle, no transaction
+        assert lock_holders == [("idle", None)], name  # the advisory lock is held, by an idle connection
+
+    with session_scope(db_url) as session:
+        stored = {name: session.get(ProjectFigures, (project["id"], name)) for name in figures.NAMES}
+        assert stored["stats"].figures["judgments"] == 6  # read before the seventh judgment arrived
+        current = figures.change_marker(session, project["id"])
+        assert stored["stats"].marker != current  # the marker of its read, not of the write
+        assert stored["dashboard"].marker == stored["leaderboard"].marker == current  # read after it
+        assert sum(stored["dashboard"].figures["judgments_per_hour"]) == 7
+    computations.clear()
+    assert refresh_figures("worker-a") == [project["id"]]
+    assert [name for name, *_ in computations] == ["stats"]
+    with session_scope(db_url) as session:
+        row = session.get(ProjectFigures, (project["id"], "stats"))
+        assert row.figures["judgments"] == 7 and row.marker == figures.change_marker(session, project["id"])
+    assert refresh_figures("worker-a") == []
