@@ -73,6 +73,9 @@ BATCH_COMPARISONS = 2000
 PAIRS_FAST_PATH = True
 """A standard pairs export's rows come from iter_pair_rows (the same rows as the general path; tests switch it off to
 compare)."""
+RANGE_WIDEST = 8
+"""On PostgreSQL an export reads the judgments of a range of comparison ids at a time (`_ExportStream._ranges`): a
+batch's worth of ids, up to this many batches' worth where the project's comparisons are sparse."""
 PAIR_BATCH_COMPARISONS = 10_000
 """The pairs fast path's batches (iter_pair_rows): larger, so a 10M-pair export makes a fifth of the round trips
 (under load each waits for the server's turn); a few batches in memory at once are tens of MB."""
@@ -192,11 +195,52 @@ class _ExportStream:
                              if labels}  # fmt: skip
         self.connection = db.connection()
         self.query = _judgment_query(project, spec, db)
+        self.watermark = self.bounds = None
+        if self.connection.dialect.name == "postgresql":
+            # The judgments are read in comparison id ranges (`_ranges`), each range its own statement: the newest
+            # judgment now bounds them all, so judgments written during the export are not in it.
+            self.watermark = db.scalar(select(func.max(Judgment.id))) or 0
+            self.bounds = db.execute(select(func.min(Comparison.id), func.max(Comparison.id))
+                                     .where(Comparison.project_id == project.id)).one()  # fmt: skip
+
+    def _rows(self) -> Iterator:
+        """The judgment rows in (comparison, judgment) order. SQLite: one streamed query. PostgreSQL: no cursor held
+        open across the export (its snapshot would be held for minutes at ten million judgments, and every claim
+        of the rating queue would walk the dead index entries it keeps alive): `_ranges`."""
+        if self.watermark is None:
+            # Options on the statement, not the connection: Connection.execution_options changes the connection.
+            yield from self.connection.execute(self.query.execution_options(yield_per=self.fetch_rows))
+            return
+        yield from self._ranges()
+
+    def _ranges(self) -> Iterator:
+        """PostgreSQL: the judgments of one range of comparison ids at a time (about a batch of comparisons; the
+        range widens where the project's comparisons are sparse, up to RANGE_WIDEST batches), each range one
+        statement fetched whole. Under READ COMMITTED each statement takes its own snapshot and drops it when it
+        ends, so between statements the export's connection holds none (pg_stat_activity.backend_xmin is null), even
+        inside its caller's transaction, which the caller owns (and whose uncommitted rows it sees, as before).
+        Bounded by the watermark: the same rows as one ordered query on a database nobody writes to."""
+        first, last = self.bounds
+        if first is None:
+            return
+        size = self.batch_comparisons
+        low, width = first, size
+        while low <= last:
+            high = min(last, low + width - 1)
+            rows = self.connection.execute(self.query.where(Judgment.comparison_id.between(low, high),
+                                                            Judgment.id <= self.watermark)).all()  # fmt: skip
+            judged = len({row[0] for row in rows})
+            yield from rows
+            del rows
+            low = high + 1
+            if judged < size // 2:  # sparse here (other projects' comparisons between): wider ranges
+                width = min(2 * width, RANGE_WIDEST * size)
+            elif judged > size and width > size:
+                width //= 2
 
     def batches(self) -> Iterator[dict[int, list]]:
         """comparison id -> its judgment rows, BATCH_COMPARISONS comparisons at a time, in comparison id order."""
-        # Options on the statement, not the connection: Connection.execution_options changes the connection itself.
-        stream = self.connection.execute(self.query.execution_options(yield_per=self.fetch_rows))
+        stream = self._rows()
         batch: dict[int, list] = {}
         size = self.batch_comparisons
         for row in stream:
@@ -267,8 +311,11 @@ class _ExportStream:
                         Edit(completion_id, text, parent_id, rater_id, json_loads(ranking), weights.get(rater_id, 1.0)))
         unsafe = set()
         if spec.filters.exclude_unsafe:
-            flagged = connection.execute(select(Judgment.comparison_id, _as_text(Judgment.flags))
-                                         .where(Judgment.comparison_id.between(first, last)))  # fmt: skip
+            flagged = select(Judgment.comparison_id, _as_text(Judgment.flags)).where(
+                Judgment.comparison_id.between(first, last))
+            if self.watermark is not None:  # a judgment written during the export is not in it
+                flagged = flagged.where(Judgment.id <= self.watermark)
+            flagged = connection.execute(flagged)
             unsafe = {cid for cid, flags in flagged if flags and "unsafe" in json_loads(flags)}
         return _BatchLookups(comparisons, completions, continuations, edits, unsafe)
 

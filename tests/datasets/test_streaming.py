@@ -1,44 +1,60 @@
 """A pairs export streams (issue 25): it reads the judgments a batch of comparisons at a time while its rows go out,
-through a server-side cursor on PostgreSQL, so its memory is one batch's, not the project's."""
+so its memory is one batch's, not the project's. On PostgreSQL it holds no snapshot across the export (no cursor
+open on the server: a range of comparisons per statement, bounded by the newest judgment when it started), so a
+minutes-long export never keeps the rating queue's dead index entries alive."""
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
+from app.config import get_settings
 from app.datasets import service
 from app.datasets.formats import export_rows
-from app.db import session_scope
+from app.db import session_factory, session_scope
 from app.models import Project
 from tests.helpers import import_lines, make_project, native_lines
+from tests.quality.builders import add_judgment, comparisons
 
 
 def test_a_pairs_export_groups_one_batch_of_comparisons_at_a_time(client, users, monkeypatch):
-    admin = users.create("admin", "admin")
+    admin, rater = users.create("admin", "admin"), users.create("rita", "annotator")
     project = make_project(client, admin)
     import_lines(client, admin, project["id"], native_lines(7, k=3, ranking=True))
     monkeypatch.setattr(service, "BATCH_COMPARISONS", 2)
+    postgres = session_factory()().get_bind().dialect.name == "postgresql"
+    watcher = create_engine(get_settings().database_url, poolclass=NullPool) if postgres else None
     spec = service.parse_spec({"format": "pairs"})
     flushed: list[int] = []  # comparisons handed out so far, reported after each batch
     with session_scope() as db:
-        comparisons = service.iter_judged_comparisons(db, db.get(Project, project["id"]), spec,
-                                                      on_batch=flushed.append)  # fmt: skip
-        rows = export_rows(comparisons, "pairs")
+        judged = service.iter_judged_comparisons(db, db.get(Project, project["id"]), spec,
+                                                 on_batch=flushed.append)  # fmt: skip
+        pid = db.execute(text("SELECT pg_backend_pid()")).scalar() if postgres else None
+        rows = export_rows(judged, "pairs")
         first = [next(rows) for _ in range(3)]  # one comparison's three pairs
         assert flushed == []  # its batch is not even finished: nothing beyond it was gathered
-        if db.get_bind().dialect.name == "postgresql":
-            # the judgments come through a cursor held open on the server, fetched as the export goes on
-            assert db.execute(text("SELECT count(*) FROM pg_cursors WHERE NOT is_holdable")).scalar() == 1
+        if postgres:
+            # mid-export: no cursor open on the server, and the export's connection holds no snapshot (it is idle
+            # in its caller's transaction, which took none: each range of comparisons was one statement)
+            assert db.execute(text("SELECT count(*) FROM pg_cursors")).scalar() == 0
+            with watcher.connect() as other:
+                state, xmin = other.execute(text("SELECT state, backend_xmin FROM pg_stat_activity WHERE pid = :pid"),
+                                            {"pid": pid}).one()  # fmt: skip
+            assert (state, xmin) == ("idle in transaction", None)
+        with session_scope() as other:  # a judgment written during the export: past the watermark, not in it
+            comparison, options = comparisons(other, project["id"])[-1]
+            add_judgment(other, comparison, rater["id"], [[options[2][0]], [options[1][0]], [options[0][0]]])
         second = [next(rows) for _ in range(3)]
         assert flushed == []
         third = next(rows)  # the third comparison: the first batch (two comparisons) is done, the next one is open
         assert flushed == [2]
         rest = list(rows)
-        if db.get_bind().dialect.name == "postgresql":
-            assert db.execute(text("SELECT count(*) FROM pg_cursors WHERE NOT is_holdable")).scalar() == 0
     assert flushed == [2, 4, 6, 7]  # batches of at most two comparisons, in order
     every = [row for _, row in first + second + [third] + rest]
     assert len(every) == 7 * 3
     ids = [row["comparison_id"] for row in every]
     assert ids == sorted(ids) and len(set(ids)) == 7
     assert all(row["chosen"].startswith("answer 0") or row["rejected"].startswith("answer 2") for row in every)
+    if postgres:
+        watcher.dispose()
 
 
 def test_a_large_projects_export_takes_rater_weights_from_current_cached_statistics(client, users, monkeypatch):
