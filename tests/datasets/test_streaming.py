@@ -31,21 +31,27 @@ def test_a_pairs_export_groups_one_batch_of_comparisons_at_a_time(client, users,
         rows = export_rows(judged, "pairs")
         first = [next(rows) for _ in range(3)]  # one comparison's three pairs
         assert flushed == []  # its batch is not even finished: nothing beyond it was gathered
-        if postgres:
-            # mid-export: no cursor open on the server, and the export's connection holds no snapshot (it is idle
-            # in its caller's transaction, which took none: each range of comparisons was one statement)
+        if postgres:  # mid-export: no cursor open on the server (each range of comparisons is one statement)
             assert db.execute(text("SELECT count(*) FROM pg_cursors")).scalar() == 0
-            with watcher.connect() as other:
-                state, xmin = other.execute(text("SELECT state, backend_xmin FROM pg_stat_activity WHERE pid = :pid"),
-                                            {"pid": pid}).one()  # fmt: skip
-            assert (state, xmin) == ("idle in transaction", None)
         with session_scope() as other:  # a judgment written during the export: past the watermark, not in it
             comparison, options = comparisons(other, project["id"])[-1]
             add_judgment(other, comparison, rater["id"], [[options[2][0]], [options[1][0]], [options[0][0]]])
+        if postgres:  # a snapshot taken now, after that write
+            with watcher.connect() as other:
+                after_write = other.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                                            ).scalar()  # fmt: skip
         second = [next(rows) for _ in range(3)]
         assert flushed == []
         third = next(rows)  # the third comparison: the first batch (two comparisons) is done, the next one is open
         assert flushed == [2]
+        if postgres:
+            # the export's connection holds no snapshot from the export's start (a cursor held one to its end): the
+            # statements that read the next range ran after the write, so its snapshot, if any, is no older than
+            # that write (xmin only grows)
+            with watcher.connect() as other:
+                state, xmin = other.execute(text("SELECT state, backend_xmin::text::bigint FROM pg_stat_activity "
+                                                 "WHERE pid = :pid"), {"pid": pid}).one()  # fmt: skip
+            assert state == "idle in transaction" and (xmin is None or xmin >= after_write), (state, xmin, after_write)
         rest = list(rows)
     assert flushed == [2, 4, 6, 7]  # batches of at most two comparisons, in order
     every = [row for _, row in first + second + [third] + rest]
