@@ -311,6 +311,22 @@ class PRMArgs(TrainArgs):
     bad_step_weight: float = 1.0
     """weight of a bad step's loss against a good step's (bad steps are few: most trajectories have none, and the
     stepwise export ends each at its first error); above 1 keeps the model from settling on calling every step good"""
+    validation_share: float = 0.1
+    """model selection: this share of the train split's trajectories is held out of training (by prompt when the
+    split has at least 20 distinct prompts, else by trajectory), the model is scored on them after every epoch,
+    and the job keeps the weights of the epoch best on validation_metric (reported as validation/...,
+    validation/best_epoch); only with at least 100 training trajectories; 0 trains on all and keeps the last epoch.
+    The snapshot's test split (eval_split) is never used for this"""
+    validation_metric: str = "first_error_accuracy"
+    """what picks the epoch: first_error_accuracy, step_accuracy, outcome_auroc (highest) or loss (the validation
+    steps' mean cross-entropy, lowest); a tie keeps the later epoch"""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.validation_share < 1:
+            raise ValueError(f"param 'validation_share' must be in [0, 1), got {self.validation_share}")
+        if self.validation_metric not in ("first_error_accuracy", "loss", "step_accuracy", "outcome_auroc"):
+            raise ValueError("param 'validation_metric' must be one of first_error_accuracy, loss, step_accuracy, "
+                             f"outcome_auroc, got {self.validation_metric!r}")
 
 
 @dataclass

@@ -18,6 +18,13 @@ A step's score is P(good) at its separator. The outcome of a whole trajectory is
 Math-Shepherd ranks solutions) or the last step's (params `prm_outcome` of score jobs and of GRPO/RLOO's reward_model
 reward).
 
+Model selection (PRMArgs.validation_share, default 0.1 from 100 training trajectories on): a share of the train
+split's trajectories is held out (by prompt, or by trajectory when there are few prompts), the model is scored on
+them after every epoch (BestEpoch), and the job keeps the weights of the best epoch (validation_metric, default
+first-error accuracy), not the last: a small PRM's final epoch varies much with the training seed. Reported as
+validation/<figure> of that epoch (the figures below, and validation/loss: the mean cross-entropy of the step labels),
+validation/best_epoch and validation/epochs; each epoch's figures go out as metrics events while training.
+
 Metrics: loss/total while training; on the snapshot's held-out split at the end
     eval/step_accuracy          share of held-out labelled steps whose P(good) > 0.5 matches the label
     eval/first_error_accuracy   share of held-out trajectories whose predicted first error (first step scored bad, or
@@ -68,6 +75,10 @@ PRM_CONFIG = "prm.json"
 SNAPSHOT_FORMATS = ("steps",)
 """The snapshot formats a prm job trains on (the stepwise export)."""
 IGNORE = -100
+VALIDATION_MIN_ROWS = 100
+"""A snapshot's train split holds out validation trajectories (PRMArgs.validation_share) only from this many on."""
+VALIDATION_MIN_PROMPTS = 20
+"""Validation trajectories are held out by prompt from this many distinct prompts on, else by trajectory."""
 LABELS = {0: "bad", 1: "good"}
 
 
@@ -279,23 +290,34 @@ def auroc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, separator: str, max_length: int | None,
-             batch_size: int = 16) -> dict[str, Any]:  # fmt: skip
-    """Held-out step accuracy, first-error accuracy and outcome AUROC of a PRM on stepwise rows."""
+def encode_rows(rows: list[dict[str, Any]], tokenizer, separator: str, max_length: int | None) -> list[EncodedSteps]:
+    """Labelled stepwise rows encoded for scoring (those whose first step does not fit are left out)."""
     sep = separator_ids(tokenizer, separator)
     items = [encode_steps(r["prompt"], r["completions"], tokenizer, sep, max_length, r["labels"]) for r in rows]
-    items = [item for item in items if item is not None]
+    return [item for item in items if item is not None]
+
+
+def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, separator: str, max_length: int | None,
+             batch_size: int = 16, items: list[EncodedSteps] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Held-out step accuracy, first-error accuracy, outcome AUROC and step loss (the mean cross-entropy of the
+    step labels) of a PRM on stepwise rows (or on rows already encoded: items)."""
+    import math
+
+    if items is None:
+        items = encode_rows(rows, tokenizer, separator, max_length)
     if not items:
         return {}
     scores = step_scores(model, tokenizer, items, batch_size=batch_size)
     steps = correct = first_right = 0
     good_outcomes, bad_outcomes = [], []
     bad = 0
+    loss = 0.0
     for item, row_scores in zip(items, scores, strict=True):
         truth = [bool(label) for label in item.labels]
         predicted = [score > 0.5 for score in row_scores]
         steps += len(truth)
         bad += truth.count(False)
+        loss -= sum(math.log(max(s if t else 1 - s, 1e-12)) for s, t in zip(row_scores, truth, strict=True))
         correct += sum(p == t for p, t in zip(predicted, truth, strict=True))
         first_right += first_error(predicted) == first_error(truth)
         (good_outcomes if all(truth) else bad_outcomes).append(min(row_scores))
@@ -303,6 +325,7 @@ def evaluate(model, tokenizer, rows: list[dict[str, Any]], *, separator: str, ma
         "step_accuracy": correct / steps,
         "first_error_accuracy": first_right / len(items),
         "bad_step_share": bad / steps,
+        "loss": loss / steps,
         "steps": steps,
         "trajectories": len(items),
     }
@@ -354,6 +377,74 @@ class ProcessRewardScorer:
 # ---- the job ----------------------------------------------------------------------------------------------------
 
 
+def validation_split(rows: list[dict[str, Any]], share: float, seed: int,
+                     min_rows: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """(training rows, validation rows): a random `share` of the rows held out, by prompt (all rows of one prompt on
+    the same side) when there are at least VALIDATION_MIN_PROMPTS prompts, else by row (few prompts, e.g. one task
+    asked of many trajectories: holding out whole prompts would take a large part of the task out of training); no
+    validation rows when share is 0 or there are fewer than min_rows."""
+    import random
+
+    if share <= 0 or len(rows) < min_rows:
+        return rows, []
+    keys = [json.dumps(row["prompt"], sort_keys=True) for row in rows]
+    distinct = sorted(set(keys))
+    if len(distinct) < VALIDATION_MIN_PROMPTS:
+        keys = [str(index) for index in range(len(rows))]
+        distinct = sorted(set(keys))
+    random.Random(seed).shuffle(distinct)
+    held = set(distinct[: max(1, min(len(distinct) - 1, round(share * len(distinct))))])
+    return ([row for row, key in zip(rows, keys, strict=True) if key not in held],
+            [row for row, key in zip(rows, keys, strict=True) if key in held])  # fmt: skip
+
+
+class BestEpoch:
+    """Model selection on the validation rows: after every epoch the model is scored on them (trainer.prm.evaluate)
+    and a CPU copy of its trainable weights is kept when `metric` is the best so far (loss: lowest; the others:
+    highest; a tie keeps the later epoch); `restore` puts the best weights back. `history` holds every epoch's
+    figures; `extra` (name -> encoded rows) are scored too, for the record only (never chosen on)."""
+
+    def __init__(self, model, tokenizer, items: list[EncodedSteps], metric: str, batch_size: int,
+                 extra: dict[str, list[EncodedSteps]] | None = None):  # fmt: skip
+        self.model, self.tokenizer, self.items, self.metric = model, tokenizer, items, metric
+        self.batch_size, self.extra = batch_size, extra or {}
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value <= self.best[self.metric] if self.metric == "loss" else value >= self.best[self.metric]
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        figures = evaluate(self.model, self.tokenizer, [], separator="", max_length=None, items=self.items,
+                           batch_size=self.batch_size)  # fmt: skip
+        record = {"epoch": round(state.epoch or 0.0, 3), "step": state.global_step, **figures}
+        for name, items in self.extra.items():
+            record |= {f"{name}/{k}": v for k, v in evaluate(self.model, self.tokenizer, [], separator="",
+                       max_length=None, items=items, batch_size=self.batch_size).items()}  # fmt: skip
+        self.history.append(record)
+        value = figures.get(self.metric)  # outcome_auroc is absent while the validation rows hold one class only
+        if value is not None and self.better(value):
+            self.best = record
+            self.state = {name: p.detach().to("cpu", copy=True) for name, p in self.model.named_parameters()
+                          if p.requires_grad}  # fmt: skip
+        progress.metrics(state.global_step, {f"validation/{k}": v for k, v in figures.items()})
+        return control
+
+    def restore(self) -> None:
+        if self.state is not None:
+            _load_trainable(self.model, self.state)
+
+
+def _load_trainable(model, values: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in values.items():
+            params[name].copy_(value.to(params[name].device))
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -381,12 +472,17 @@ def _trainer_class():
 
 
 def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: PRMArgs, scratch_dir: Path, seed: int,
-                 callbacks: list | None = None, phases: Phases | None = None):  # fmt: skip
-    """A transformers Trainer for the token classifier on stepwise rows; `fit` says what was truncated/dropped."""
+                 callbacks: list | None = None, phases: Phases | None = None,
+                 validation_rows: list[dict[str, Any]] | None = None,
+                 watch: dict[str, list[dict[str, Any]]] | None = None):  # fmt: skip
+    """A transformers Trainer for the token classifier on stepwise rows; `fit` says what was truncated/dropped.
+    With validation_rows, `trainer.best_epoch` (a BestEpoch callback) scores them after every epoch and keeps the
+    best epoch's weights (args.validation_metric; restore() after training); `watch` rows are scored alongside, for
+    the record. Without, `trainer.best_epoch` is None."""
     from dataclasses import fields
 
     from datasets import Dataset
-    from transformers import DataCollatorForTokenClassification, TrainingArguments
+    from transformers import DataCollatorForTokenClassification, TrainerCallback, TrainingArguments
 
     phases = phases or Phases()
     kwargs = trainer_kwargs(args, str(scratch_dir), seed)
@@ -401,13 +497,22 @@ def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: PRMArgs, sc
         raise ValueError(f"every one of the {fit.total} training trajectories has a first step longer than "
                          f"max_length ({max_length} tokens); raise max_length")  # fmt: skip
 
+    best_epoch = None
+    if validation_rows:
+        items = encode_rows(validation_rows, tokenizer, args.step_separator, max_length)
+        extra = {name: encode_rows(r, tokenizer, args.step_separator, max_length) for name, r in (watch or {}).items()}
+        if items:
+            callback_class = type("BestEpochCallback", (BestEpoch, TrainerCallback), {})
+            best_epoch = callback_class(model, tokenizer, items, args.validation_metric,
+                                        args.per_device_eval_batch_size, extra)  # fmt: skip
     with phases("prepare"):
         trainer = PRMTrainer(bad_step_weight=args.bad_step_weight,
             model=model, args=config, train_dataset=Dataset.from_list(encoded), processing_class=tokenizer,
             data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
-            callbacks=callbacks,
+            callbacks=(callbacks or []) + ([best_epoch] if best_epoch else []),
         )  # fmt: skip
     trainer.fit = fit
+    trainer.best_epoch = best_epoch
     trainer.max_length = max_length
     return trainer
 
@@ -429,13 +534,25 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     system = thread_facts()
     progress.log(f"prm: {len(train_rows)} training trajectories, {system['system/threads']} threads per process")
 
+    train_rows, validation_rows = validation_split(train_rows, args.validation_share, spec.seed,
+                                                   VALIDATION_MIN_ROWS)  # fmt: skip
+    if validation_rows:
+        progress.log(f"prm: {len(validation_rows)} trajectories held out to pick the best epoch "
+                     f"({args.validation_metric})")  # fmt: skip
+
     scratch = out_dir / "_scratch"
     callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
-    trainer = make_trainer(model, tokenizer, train_rows, args, scratch, spec.seed, [callback], phases)
+    trainer = make_trainer(model, tokenizer, train_rows, args, scratch, spec.seed, [callback], phases,
+                           validation_rows=validation_rows)  # fmt: skip
     report_fit(trainer.fit, "trajectories")
     with phases("train"):
         result = trainer.train()
     metrics = trained_metrics(callback, result, trainer.fit, "trajectories", ())
+    if trainer.best_epoch is not None and trainer.best_epoch.best is not None:
+        trainer.best_epoch.restore()
+        best = trainer.best_epoch.best
+        metrics |= {f"validation/{k}": v for k, v in best.items() if k not in ("epoch", "step")}
+        metrics |= {"validation/best_epoch": best["epoch"], "validation/epochs": len(trainer.best_epoch.history)}
 
     if args.eval_split and has_split(spec.dataset_path, args.eval_split) and progress.is_main_process():
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")

@@ -100,13 +100,23 @@ class PRMResult(ModelResult):
     output: ClassVar[str] = "prm"
     METRICS: ClassVar[dict[str, str]] = {"step_accuracy": "eval/step_accuracy",
                                          "first_error_accuracy": "eval/first_error_accuracy",
-                                         "outcome_auroc": "eval/outcome_auroc"}  # fmt: skip
+                                         "outcome_auroc": "eval/outcome_auroc",
+                                         "best_epoch": "validation/best_epoch",
+                                         "validation_first_error_accuracy": "validation/first_error_accuracy",
+                                         "validation_loss": "validation/loss"}  # fmt: skip
     step_accuracy: float | None = None
     """share of held-out labelled steps classified right (P(good) > 0.5 against the label)"""
     first_error_accuracy: float | None = None
     """share of held-out trajectories whose first step scored bad (or none) is the labelled first error (or none)"""
     outcome_auroc: float | None = None
     """AUROC of the minimum step score, all-good held-out trajectories against those with a bad step"""
+    best_epoch: float | None = None
+    """the epoch whose weights were kept, picked on the validation trajectories (PRMArgs.validation_share; None when
+    none were held out and the last epoch was kept)"""
+    validation_first_error_accuracy: float | None = None
+    """first-error accuracy on the validation trajectories at best_epoch"""
+    validation_loss: float | None = None
+    """mean cross-entropy of the validation steps' labels at best_epoch"""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,8 @@ def trained_prm(steps_world):
                     params=LEARN)  # fmt: skip
     result = run_job(root, spec, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.done["metrics"]
+    epochs = [e["metrics"] for e in result.of("metrics") if "validation/first_error_accuracy" in e["metrics"]]
+    return out, result.done["metrics"] | {"_validation_epochs": epochs}
 
 
 def test_prm_learns_the_planted_bad_step(trained_prm):
@@ -65,6 +66,41 @@ def test_prm_learns_the_planted_bad_step(trained_prm):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "prm" and manifest["job_kind"] == "prm"
     assert prm.is_prm(out) and prm.prm_config(out)["step_separator"] == "\n\n"
+
+
+def test_prm_keeps_the_epoch_best_on_held_out_training_trajectories(trained_prm):
+    """validation_share (default 0.1): 20 of the 200 training trajectories (12 prompts: held out by trajectory) are
+    scored after every epoch; the kept weights are the best epoch's (the last of equals), reported and typed."""
+    out, metrics = trained_prm
+    epochs = metrics["_validation_epochs"]
+    assert metrics["train/trajectories"] == 180 and metrics["validation/trajectories"] == 20
+    assert len(epochs) == metrics["validation/epochs"] >= 2
+    scores = [epoch["validation/first_error_accuracy"] for epoch in epochs]
+    best = len(scores) - 1 - scores[::-1].index(max(scores))
+    assert metrics["validation/first_error_accuracy"] == max(scores)
+    assert metrics["validation/loss"] == epochs[best]["validation/loss"]
+    assert 0 < metrics["validation/best_epoch"] <= metrics["validation/epochs"]
+    result = read_result(out)
+    assert result.best_epoch == metrics["validation/best_epoch"]
+    assert result.validation_first_error_accuracy == max(scores) and result.validation_loss > 0
+
+
+def test_validation_split_holds_out_by_prompt_or_by_trajectory():
+    from trainer.params import PRMArgs
+
+    many = [{"prompt": f"p{i // 2}", "completions": ["a"], "labels": [True]} for i in range(200)]  # 100 prompts
+    train, held = prm.validation_split(many, 0.1, seed=3, min_rows=100)
+    assert len(held) == 20 and len(train) == 180 and not {r["prompt"] for r in held} & {r["prompt"] for r in train}
+    assert prm.validation_split(many, 0.1, seed=3, min_rows=100) == (train, held)  # the seed decides
+    few = [{"prompt": f"p{i % 12}", "completions": [str(i)], "labels": [True]} for i in range(200)]  # 12 prompts
+    train, held = prm.validation_split(few, 0.1, seed=3, min_rows=100)
+    assert len(held) == 20 and len({r["prompt"] for r in held}) > 1  # by trajectory: no prompt taken out whole
+    assert prm.validation_split(few[:99], 0.1, seed=3, min_rows=100) == (few[:99], [])
+    assert prm.validation_split(few, 0.0, seed=3, min_rows=100) == (few, [])
+    with pytest.raises(ValueError, match="validation_metric"):
+        PRMArgs(validation_metric="recall")
+    with pytest.raises(ValueError, match="validation_share"):
+        PRMArgs(validation_share=1.0)
 
 
 def test_score_job_with_a_prm_takes_the_min_or_last_step_score(tmp_path, trained_prm):
