@@ -14,12 +14,9 @@ from tests.helpers import make_project
 from tests.quality.builders import add_judgment, comparisons, import_battles
 
 
-def test_large_project_figures_come_from_the_worker(client, users, db_url, monkeypatch):
-    from app.models.tally import ProjectFigures
-    from app.quality import figures
-    from app.worker import FIGURES_LOCK, refresh_figures
-
-    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
+def _large_project(client, users, db_url):
+    """(admin, project, raters): 8 battles of m1 against m2, 6 of them judged by two raters (large once the caller sets
+    SYNC_MAX_JUDGMENTS to 5)."""
     admin = users.create("admin", "admin")
     raters = [users.create(f"rater{i}", "annotator") for i in range(2)]
     project = make_project(client, admin, allow_ties=True)
@@ -27,6 +24,16 @@ def test_large_project_figures_come_from_the_worker(client, users, db_url, monke
     with session_scope(db_url) as session:
         for n, (comparison, options) in enumerate(comparisons(session, project["id"])[:6]):
             add_judgment(session, comparison, raters[n % 2]["id"], [[options[0][0]], [options[1][0]]])
+    return admin, project, raters
+
+
+def test_large_project_figures_come_from_the_worker(client, users, db_url, monkeypatch):
+    from app.models.tally import ProjectFigures
+    from app.quality import figures
+    from app.worker import FIGURES_LOCK, refresh_figures
+
+    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
+    admin, project, raters = _large_project(client, users, db_url)
     url = f"/api/v1/projects/{project['id']}"
 
     for name in ("stats", "dashboard"):
@@ -138,13 +145,7 @@ def test_recompute_holds_no_transaction_while_it_computes(client, users, db_url,
 
     monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
     postgres = db_url.startswith("postgresql")
-    admin = users.create("admin", "admin")
-    raters = [users.create(f"rater{i}", "annotator") for i in range(2)]
-    project = make_project(client, admin, allow_ties=True)
-    import_battles(client, admin, project["id"], [("m1", "m2")] * 8)
-    with session_scope(db_url) as session:
-        for n, (comparison, options) in enumerate(comparisons(session, project["id"])[:6]):
-            add_judgment(session, comparison, raters[n % 2]["id"], [[options[0][0]], [options[1][0]]])
+    admin, project, raters = _large_project(client, users, db_url)
 
     reads, computations, arrived = [], [], []
     watching = create_engine(db_url, poolclass=NullPool, isolation_level="AUTOCOMMIT") if postgres else None
