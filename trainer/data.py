@@ -116,9 +116,13 @@ def is_conversational(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value) and bool(value)
 
 
-def to_prompt_text(prompt: str | list[dict[str, str]], tokenizer) -> str:
-    """Model input for a prompt: message lists go through the chat template with the assistant turn opened."""
+def to_prompt_text(prompt: str | list[dict[str, str]], tokenizer, tools: list[dict] | None = None) -> str:
+    """Model input for a prompt: message lists go through the chat template with the assistant turn opened; the
+    tools the conversation offers (OpenAI's [{"type": "function", "function": {...}}]) go to the template too, which
+    shows them to the model as it was trained to see them (a template that knows no tools ignores them)."""
     if is_conversational(prompt):
+        if tools:
+            return tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
         return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     if not isinstance(prompt, str):
         raise ValueError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
@@ -152,10 +156,10 @@ def read_prompts_file(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_prompts(spec: JobSpec) -> list[dict[str, Any]]:
-    """[{prompt_id, prompt}] from spec.prompts_path, else the unique prompts of the snapshot's train split."""
+    """[{prompt_id, prompt, tools?}] from spec.prompts_path, else the unique prompts of the snapshot's train split."""
     if spec.prompts_path:
         return [
-            {"prompt_id": r["prompt_id"], "prompt": r["prompt"]}
+            {"prompt_id": r["prompt_id"], "prompt": r["prompt"]} | ({"tools": r["tools"]} if r.get("tools") else {})
             for r in read_prompts_file(spec.prompts_path)
         ]
     if not spec.dataset_path:

@@ -64,17 +64,18 @@ def _sampling_kwargs(args: GenerateArgs) -> dict[str, Any]:
 
 @torch.no_grad()
 def generate_completions(
-    model, tokenizer, prompts: list[Any], args: GenerateArgs
+    model, tokenizer, prompts: list[Any], args: GenerateArgs, tools: list[list[dict] | None] | None = None
 ) -> list[list[dict[str, Any]]]:
-    """num_completions completions for each prompt: [[{"text", "finish_reason", "new_tokens"}...]...]."""
+    """num_completions completions for each prompt: [[{"text", "finish_reason", "new_tokens"}...]...]. `tools`: per
+    prompt, the tools its conversation offers (None: none)."""
     device = next(model.parameters()).device
     greedy = args.temperature <= 0
     stop_ids = _stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
     encoded = []
-    for prompt in prompts:
+    for prompt, offered in zip(prompts, tools or [None] * len(prompts), strict=True):
         # A chat template writes its own special tokens; a plain prompt is tokenized as TRL trainers do.
-        ids = tokenizer(to_prompt_text(prompt, tokenizer), add_special_tokens=not is_conversational(prompt))[
+        ids = tokenizer(to_prompt_text(prompt, tokenizer, offered), add_special_tokens=not is_conversational(prompt))[
             "input_ids"
         ]
         encoded.append(ids[-args.max_prompt_length :])
@@ -145,7 +146,8 @@ def generation_backend(requested: str) -> str:
     return requested
 
 
-def generate_with_vllm(spec: JobSpec, tokenizer, prompts: list[Any], args: GenerateArgs) -> list[list[dict]]:
+def generate_with_vllm(spec: JobSpec, tokenizer, prompts: list[Any], args: GenerateArgs,
+                       tools: list[list[dict] | None] | None = None) -> list[list[dict]]:
     """num_completions completions per prompt from vLLM (a LoRA adapter through its LoRARequest); the same
     shape as generate_completions."""
     from vllm import LLM, SamplingParams
@@ -165,8 +167,9 @@ def generate_with_vllm(spec: JobSpec, tokenizer, prompts: list[Any], args: Gener
         max_tokens=args.max_new_tokens, seed=spec.seed,
     )  # fmt: skip
     token_prompts = []
-    for prompt in prompts:
-        ids = tokenizer(to_prompt_text(prompt, tokenizer), add_special_tokens=not is_conversational(prompt))["input_ids"]
+    for prompt, offered in zip(prompts, tools or [None] * len(prompts), strict=True):
+        ids = tokenizer(to_prompt_text(prompt, tokenizer, offered),
+                        add_special_tokens=not is_conversational(prompt))["input_ids"]
         token_prompts.append({"prompt_token_ids": list(ids)[-args.max_prompt_length :]})
     results = []
     for output in llm.generate(token_prompts, sampling, lora_request=lora):
@@ -218,9 +221,9 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     with phases("generate"), open(out_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
-            texts = [p["prompt"] for p in batch]
-            generated = (generate_with_vllm(spec, tokenizer, texts, args) if backend == "vllm"
-                         else generate_completions(model, tokenizer, texts, args))  # fmt: skip
+            texts, offered = [p["prompt"] for p in batch], [p.get("tools") for p in batch]
+            generated = (generate_with_vllm(spec, tokenizer, texts, args, offered) if backend == "vllm"
+                         else generate_completions(model, tokenizer, texts, args, offered))  # fmt: skip
             for item, completions in zip(batch, generated, strict=True):
                 row = {
                     "prompt_id": item["prompt_id"],

@@ -174,3 +174,12 @@ def split_continuation(messages: list[Message], what: str) -> tuple[list[Message
     if not continuation or continuation[-1]["role"] != "assistant":
         raise MessageError(f"{what} must end with an assistant message after the last user message")
     return history, continuation
+
+
+def request_tools(tools) -> list[dict] | None:
+    """A prompt's tools (its metadata.tools) as the request's `tools`: OpenAI's [{"type": "function", "function":
+    {name, description?, parameters?}}]; a bare function (ShareGPT exports) is wrapped. None: no tools."""
+    if not isinstance(tools, list) or not tools:
+        return None
+    return [tool if isinstance(tool.get("function"), dict) else {"type": "function", "function": tool}
+            for tool in tools if isinstance(tool, dict)] or None  # fmt: skip

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import JobFailed
-from app.imports.messages import MessageError, check_message
+from app.imports.messages import MessageError, check_message, request_tools
 from app.imports.service import add_generations
 from app.jobs.runner import JobContext
 from app.limits import clean_model_output
@@ -82,15 +82,6 @@ def messages_of(prompt) -> list[dict]:
                 message[key] = m[key]
         messages.append(message)
     return messages
-
-
-def request_tools(tools) -> list[dict] | None:
-    """A prompt's tools (its metadata.tools) as the request's `tools`: OpenAI's [{"type": "function", "function":
-    {name, description?, parameters?}}]; a bare function (ShareGPT exports) is wrapped. None: no tools."""
-    if not isinstance(tools, list) or not tools:
-        return None
-    return [tool if isinstance(tool.get("function"), dict) else {"type": "function", "function": tool}
-            for tool in tools if isinstance(tool, dict)] or None  # fmt: skip
 
 
 def prompt_tools(db, prompt_ids) -> dict[int, list[dict]]:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.datasets.handlers import job_snapshot
 from app.db import session_scope
 from app.errors import JobFailed
-from app.imports.messages import CONTINUATION_KEY
+from app.imports.messages import CONTINUATION_KEY, request_tools
 from app.imports.service import add_generations
 from app.jobs.runner import JobContext
 from app.jobs.trainer_child import RESULT_KEY, finished_result, job_dir, run_trainer
@@ -76,8 +76,11 @@ def write_prompts(db: Session, project: Project, path: Path, limit: int | None, 
     with open(path, "w", encoding="utf-8") as handle:
         for prompt in db.scalars(query):
             row = {"prompt_id": prompt.id, "prompt": prompt.value}
+            meta = prompt.meta if isinstance(prompt.meta, dict) else {}
+            if prompt.is_chat and (tools := request_tools(meta.get("tools"))):
+                row["tools"] = tools  # the conversation's tools, for the chat template (trainer.data.to_prompt_text)
             if prompt.reference is not None or prompt.tests is not None:  # verifiable: the "verifier" reward's inputs
-                if (prompt.meta or {}).get("verify_excluded"):
+                if meta.get("verify_excluded"):
                     continue
                 row |= {"reference": json.dumps(prompt.reference) if prompt.reference is not None else None,
                         "tests": json.dumps(prompt.tests) if prompt.tests is not None else None,

@@ -11,20 +11,24 @@ from app.imports.parsers import parse_import
 from tests.endpoints.test_conversations import CONTINUATIONS, CONVERSATION
 from tests.trainer.test_conversation_pairs import TOOL_CHAT_TEMPLATE
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
-def conversation_record():
-    lines = "".join(json.dumps({"messages": CONVERSATION + c}) + "\n" for c in CONTINUATIONS).encode()
+
+def conversation_record(tools: list | None = None):
+    extra = {"tools": tools} if tools else {}
+    lines = "".join(json.dumps({"messages": CONVERSATION + c} | extra) + "\n" for c in CONTINUATIONS).encode()
     [record] = parse_import(lines, "openai-chat")
     return record
 
 
-def stored_project(db):
+def stored_project(db, tools: list | None = None):
     from app.imports.service import import_records
     from app.projects.schemas import ProjectCreate
     from app.projects.service import create_project
 
     project = create_project(db, ProjectCreate(name="conversation rounds"), actor=None)
-    import_records(db, project, [conversation_record()])
+    import_records(db, project, [conversation_record(tools)])
     db.flush()
     return project
 
@@ -37,11 +41,12 @@ def test_local_generation_continues_the_whole_conversation(db, tmp_path):
     from trainer.params import GenerateArgs
     from trainer.tiny import build_tiny_policy, train_tokenizer
 
-    project = stored_project(db)
+    project = stored_project(db, tools=[WEATHER_TOOL])
     path = tmp_path / "prompts.jsonl"
     assert write_prompts(db, project, path, None) == 1
     [row] = [json.loads(line) for line in path.read_text().splitlines()]
     prompt = row["prompt"]
+    assert row["tools"] == [WEATHER_TOOL]  # the tools the conversation offered, for the chat template
     assert [m["role"] for m in prompt] == [m["role"] for m in CONVERSATION]  # the whole history
     assert prompt[4]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
 
@@ -55,9 +60,12 @@ def test_local_generation_continues_the_whole_conversation(db, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     tokenizer.chat_template = TOOL_CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(policy_dir)
-    [[completion]] = generate_completions(model, tokenizer, [prompt], GenerateArgs(num_completions=1, max_new_tokens=3,
-                                                                                  temperature=0))  # fmt: skip
+    args = GenerateArgs(num_completions=1, max_new_tokens=3, temperature=0)
+    [[completion]] = generate_completions(model, tokenizer, [prompt], args, [row["tools"]])
     seen = tokenizer.decode(completion["prompt_ids"])
+    assert seen.startswith("<|system|>\ntools: get_weather")  # the template was given the offered tools
+    [[without]] = generate_completions(model, tokenizer, [prompt], args)
+    assert "tools:" not in tokenizer.decode(without["prompt_ids"])
     assert "Hello! How can I help?" in seen  # an earlier turn
     assert 'call get_weather {"city": "Paris"}' in seen  # the history's tool call
     assert "And tomorrow? [conv]" in seen
