@@ -104,10 +104,18 @@ def on_ray(ray_head, monkeypatch):
 
 
 def ray_submission(job_id: int) -> str | None:
-    """The Ray job's submission id, from the job's log (its directory may have gone to an object store)."""
+    """The Ray job's submission id: from the ray_job.txt the launcher writes in the job's directory before it logs the
+    id (a running job's log line can scroll out of the stored tail: LOG_TAIL_CHARS), else from the job's log (the
+    directory may have gone to an object store)."""
     from app.db import session_scope
+    from app.jobs.trainer_child import job_dir
     from app.models import Job
 
+    marker = job_dir(job_id) / "ray_job.txt"
+    if marker.is_file():
+        written = re.fullmatch(r"(rankforge-job-[0-9]+-[0-9a-f]+)\n.*", marker.read_text(), re.DOTALL)
+        if written:
+            return written.group(1)
     with session_scope() as db:
         found = re.search(r"as Ray job (rankforge-job-[0-9]+-[0-9a-f]+)", db.get(Job, job_id).log_tail or "")
     return found.group(1) if found else None
