@@ -375,27 +375,27 @@ def single_vote_pair_row(comparison_id: Any, prompt_id: Any, completion_ids: lis
         return None
     chosen_text, chosen_model = completions[better]
     rejected_text, rejected_model = completions[worse]
-    return {
-        "prompt": first["content"],
-        "chosen": chosen_text,
-        "rejected": rejected_text,
-        "comparison_id": comparison_id,
-        "prompt_id": prompt_id,
-        "chosen_id": better,
-        "rejected_id": worse,
-        "chosen_model": chosen_model,
-        "rejected_model": rejected_model,
-        "margin": 1.0,
+    return {  # keys in sorted order: the export writes this row without sorting it again (iter_pair_rows)
         "agreement": 1.0,
-        "n_votes": 1,
-        "weight": float(weight),
-        "is_gold": is_gold,
-        "edited": False,
-        "sources": [source],
         "ai_confidence": float(confidence) if source == "ai" and confidence is not None else None,
+        "category": category if isinstance(category, str) and category else None,
+        "chosen": chosen_text,
+        "chosen_id": better,
+        "chosen_model": chosen_model,
+        "comparison_id": comparison_id,
+        "edited": False,
         "group_chosen": [],
         "group_rejected": [],
-        "category": category if isinstance(category, str) and category else None,
+        "is_gold": is_gold,
+        "margin": 1.0,
+        "n_votes": 1,
+        "prompt": first["content"],
+        "prompt_id": prompt_id,
+        "rejected": rejected_text,
+        "rejected_id": worse,
+        "rejected_model": rejected_model,
+        "sources": [source],
+        "weight": float(weight),
     }
 
 
@@ -776,9 +776,31 @@ def split_for_prompt(prompt_id: Any, *, seed: int, test_fraction: float) -> Lite
     """
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    digest = hashlib.sha256(f"rankforge-split\0{seed}\0{prompt_id}".encode()).digest()
+    digest = hashlib.sha256(split_key(seed, prompt_id)).digest()
     unit = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     return "test" if unit < test_fraction else "train"
+
+
+def split_key(seed: int, prompt_id: Any) -> bytes:
+    """What `split_for_prompt` hashes: the seed and the unit, NUL-separated."""
+    return f"rankforge-split\0{seed}\0{prompt_id}".encode()
+
+
+def split_test_below(test_fraction: float) -> int:
+    """The split as one integer comparison: `split_for_prompt` says "test" exactly when the first 8 bytes of the
+    digest, read as a big-endian integer n, are below this (so a database can decide it: app.datasets.service's
+    exports on PostgreSQL). Not simply test_fraction * 2**64: the function's n / 2**64 is rounded to a float, so
+    the boundary is the smallest n whose quotient reaches test_fraction (found by bisection, the same division)."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    low, high = 0, 2**64  # the answer is in [low, high]; high: no n at all reaches it (every unit is test)
+    while low < high:
+        middle = (low + high) // 2
+        if middle / 2**64 < test_fraction:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def export_rows(

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Text, cast, exists, func, select
+from sqlalchemy import LargeBinary, Text, cast, exists, false, func, literal, select, true
 from sqlalchemy.orm import Session
 
 from app import __version__
@@ -33,6 +33,8 @@ from app.datasets.formats import (
     export_rows,
     single_vote_pair_row,
     split_for_prompt,
+    split_key,
+    split_test_below,
 )
 from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
@@ -162,12 +164,27 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
     return query
 
 
+def _split_is_test(unit, seed: int, test_fraction: float):
+    """PostgreSQL: whether `split_for_prompt(unit)` is "test", computed by the database (sha256 of the same bytes, its
+    first 8 compared with `split_test_below`: bytea compares as unsigned big-endian). A 10M-row export spends
+    several seconds of Python on the hash otherwise. Held to the function by tests/datasets/test_pair_fast_path.py."""
+    below = split_test_below(test_fraction)
+    if below == 0:
+        return false()
+    if below >= 2**64:
+        return true()
+    key = literal(split_key(seed, ""), LargeBinary).op("||", return_type=LargeBinary)(
+        func.convert_to(cast(unit, Text), "UTF8"))  # fmt: skip
+    return func.substr(func.sha256(key, type_=LargeBinary), 1, 8) < literal(below.to_bytes(8, "big"), LargeBinary)
+
+
 @dataclass(slots=True)
 class _BatchLookups:
     """What one batch of comparisons needs besides its judgments (`_load_batch`)."""
 
     comparisons: dict[int, tuple]
-    """comparison id -> (prompt id, completion ids, is_gold, messages, is_chat, tools, category)."""
+    """comparison id -> (prompt id, completion ids, is_gold, messages, is_chat, tools, category, is_test): is_test
+    the prompt's side of the split when the database decided it (PostgreSQL, `_split_is_test`), else None."""
     completions: dict[int, tuple[str, str | None]]
     continuations: dict[int, list]
     edits: dict[int, list[Edit]]
@@ -227,8 +244,8 @@ class _ExportStream:
         low, width = first, size
         while low <= last:
             high = min(last, low + width - 1)
-            rows = self.connection.execute(self.query.where(Judgment.comparison_id.between(low, high),
-                                                            Judgment.id <= self.watermark)).all()  # fmt: skip
+            rows = self._all(self.query.where(Judgment.comparison_id.between(low, high),
+                                              Judgment.id <= self.watermark))  # fmt: skip
             judged = len({row[0] for row in rows})
             yield from rows
             del rows
@@ -259,7 +276,8 @@ class _ExportStream:
         (integers, booleans, text) come out of psycopg as SQLAlchemy would give them, without a Row object per row."""
         if self.connection.dialect.name != "postgresql":
             return self.connection.execute(statement).all()  # SQLite: SQLAlchemy makes 0/1 booleans
-        compiled = statement.compile(dialect=self.connection.dialect)
+        # render_postcompile: a filter's IN list (sources, batches) as literal parameters for the raw cursor
+        compiled = statement.compile(dialect=self.connection.dialect, compile_kwargs={"render_postcompile": True})
         with self.connection.connection.cursor() as cursor:
             cursor.execute(str(compiled), compiled.params)
             return cursor.fetchall()
@@ -276,12 +294,14 @@ class _ExportStream:
             select(Comparison.id, Comparison.prompt_id, _as_text(Comparison.completion_ids), Comparison.is_gold)
             .where(in_range))  # fmt: skip
         prompt_ids = [row[1] for row in batch_comparisons]  # not empty: the batch's judgments have comparisons
+        is_test = _split_is_test(Prompt.id, spec.split.seed, spec.split.test_fraction) \
+            if connection.dialect.name == "postgresql" else literal(None)
         prompts = {
             prompt_id: (json_loads(messages), is_chat, json_loads(tools) if tools and tools != "null" else None,
-                        json_loads(category) if category and category != "null" else None)
-            for prompt_id, messages, is_chat, tools, category in self._all(
+                        json_loads(category) if category and category != "null" else None, test)
+            for prompt_id, messages, is_chat, tools, category, test in self._all(
                 select(Prompt.id, _as_text(Prompt.messages), Prompt.is_chat, _as_text(Prompt.meta["tools"]),
-                       _as_text(Prompt.meta["category"]))
+                       _as_text(Prompt.meta["category"]), is_test)
                 .where(Prompt.id.between(min(prompt_ids), max(prompt_ids)),
                        Prompt.id.in_(select(Comparison.prompt_id).where(in_range))))
         }  # fmt: skip
@@ -311,8 +331,9 @@ class _ExportStream:
                         Edit(completion_id, text, parent_id, rater_id, json_loads(ranking), weights.get(rater_id, 1.0)))
         unsafe = set()
         if spec.filters.exclude_unsafe:
+            # Only the rows whose flags may hold "unsafe" leave the database (the list is parsed here, as before).
             flagged = select(Judgment.comparison_id, _as_text(Judgment.flags)).where(
-                Judgment.comparison_id.between(first, last))
+                Judgment.comparison_id.between(first, last), _as_text(Judgment.flags).like('%"unsafe"%'))
             if self.watermark is not None:  # a judgment written during the export is not in it
                 flagged = flagged.where(Judgment.id <= self.watermark)
             flagged = connection.execute(flagged)
@@ -323,7 +344,7 @@ class _ExportStream:
         """One comparison of a batch with its votes (the general path of every format)."""
         weights, ratings, completions, continuations = self.weights, self.ratings, lookups.completions, \
             lookups.continuations
-        prompt_id, completion_ids, is_gold, messages, is_chat, tools, category = lookups.comparisons[cid]
+        prompt_id, completion_ids, is_gold, messages, is_chat, tools, category, _ = lookups.comparisons[cid]
         votes = [
             JudgmentVote(rater_id, json_loads(ranking), weights.get(rater_id, 1.0),
                          json_loads(flags) if flags and flags != "[]" else [], source, created_at,
@@ -419,7 +440,9 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
     the judgment's row directly (`formats.single_vote_pair_row`: the same arithmetic as `pair_rows`' one-voter case)
     instead of through JudgmentVote, JudgedComparison and pair_rows' grouping. Everything else (several votes, ties,
     multi-option rankings, edits, labelled raters, continuations, odd data that fails) takes the general path.
-    `on_comparison(guideline versions, latest judgment time)` is called for every comparison before its rows."""
+    `on_comparison(guideline versions, latest judgment time)` is called for every comparison before its rows.
+    Every row's keys are in sorted order (and no value is a dict: a standard pairs row holds strings, numbers and
+    lists of strings), so the writer need not sort them (`SnapshotWriter.write(keys_sorted=True)`)."""
     filters, split = spec.filters, spec.split
     min_agreement, min_votes, seed, test_fraction = filters.min_agreement, filters.min_votes, split.seed, \
         split.test_fraction
@@ -436,7 +459,7 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
                     continue
                 if len(judgments) == 1 and cid not in edits:
                     _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
-                    prompt_id, completion_ids, is_gold, messages, is_chat, _, category = comparisons[cid]
+                    prompt_id, completion_ids, is_gold, messages, is_chat, _, category, is_test = comparisons[cid]
                     row = single_vote_pair_row(
                         cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
                         weights.get(rater_id, 1.0), source, confidence, completions, continuations,
@@ -445,6 +468,9 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
                         if on_comparison:
                             on_comparison((guideline_version,) if guideline_version else (), created_at or None)
                         if row is not None and _keep(row, min_agreement, min_votes):
+                            if is_test is not None and not is_chat:  # the database hashed the prompt id
+                                yield ("test" if is_test else "train"), row
+                                continue
                             unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
                             yield split_for_prompt(unit, seed=seed, test_fraction=test_fraction), row
                         continue
@@ -452,8 +478,9 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
                 if on_comparison:
                     on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
                                   max((v.created_at for v in jc.judgments if v.created_at), default=None))
-                yield from export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
-                                       min_votes=min_votes, seed=seed, test_fraction=test_fraction)
+                for row_split, row in export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
+                                                  min_votes=min_votes, seed=seed, test_fraction=test_fraction):
+                    yield row_split, dict(sorted(row.items()))
             done += len(batch)
             if on_batch:
                 on_batch(done)
@@ -545,9 +572,18 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             if progress:
                 progress(min(0.95, done / total), f"{done} of about {total} comparisons")
 
+        day_names: dict[tuple[int, int, int], str] = {}  # (year, month, day) -> its ISO name: one made a day
+
         def on_comparison(versions: Iterable[int], latest: datetime | None) -> None:
             guideline_versions.update(versions)
-            current_day["day"] = latest.date().isoformat() if latest else "unknown"
+            if not latest:
+                current_day["day"] = "unknown"
+                return
+            key = (latest.year, latest.month, latest.day)  # latest.date(), without making one a row
+            name = day_names.get(key)
+            if name is None:
+                name = day_names[key] = latest.date().isoformat()
+            current_day["day"] = name
 
         def comparisons():
             for jc in iter_judged_comparisons(db, project, spec, weights, on_batch):
@@ -567,10 +603,12 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
         if spec.format == "ratings" and not project.attributes:
             raise Unprocessable("The ratings format needs attribute scales; this project has none.")
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
+            keys_sorted = False  # iter_pair_rows' rows come with their keys sorted: written without sorting again
             if steps:
                 rows = step_export_rows(db, project, spec)
             elif PAIRS_FAST_PATH and spec.format == "pairs" and not conversational:  # the same rows, faster
                 rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison)
+                keys_sorted = True
             else:
                 rows = export_rows(comparisons(), spec.format, conversational=conversational,
                                    min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
@@ -584,8 +622,9 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                     for split, row in rows:
                         if writer.schema is not None and conversational and _has_rich_messages(row):
                             writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
-                        writer.write(split, row)
-                        rows_per_day[current_day["day"]] = rows_per_day.get(current_day["day"], 0) + 1
+                        writer.write(split, row, keys_sorted=keys_sorted)
+                        day = current_day["day"]
+                        rows_per_day[day] = rows_per_day.get(day, 0) + 1
             except ValueError as error:  # the data cannot take this spec (e.g. a chat prompt as a plain string)
                 raise Unprocessable(str(error)) from error
             finally:

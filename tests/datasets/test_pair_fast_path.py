@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.datasets import service
-from app.datasets.formats import export_rows
+from app.datasets.formats import export_rows, split_for_prompt, split_test_below
 from app.datasets.snapshot_files import canonical_json_line
 from app.models import Comparison, Completion, DatasetSnapshot, Judgment, Project, Prompt, User
 from app.projects.schemas import ProjectCreate
@@ -88,8 +88,10 @@ def _general(db, project, spec, weights) -> list[tuple[str, bytes]]:
 
 
 def _fast(db, project, spec, weights, seen: list) -> list[tuple[str, bytes]]:
-    rows = service.iter_pair_rows(db, project, spec, weights,
-                                  on_comparison=lambda versions, latest: seen.append((sorted(versions), latest)))
+    rows = list(service.iter_pair_rows(db, project, spec, weights,
+                                       on_comparison=lambda versions, latest: seen.append((sorted(versions), latest))))
+    for _, row in rows:  # what lets the snapshot write them without sorting (SnapshotWriter.write(keys_sorted=True))
+        assert list(row) == sorted(row) and not any(isinstance(value, dict) for value in row.values())
     return [(split, canonical_json_line(row)) for split, row in rows]
 
 
@@ -165,3 +167,32 @@ def test_an_export_stopped_part_way_stops_its_reader_before_the_session_goes_on(
     assert db.execute(text("SELECT count(*) FROM judgment")).scalar() > 40  # the connection answers
     # and a whole export after it gives every row
     assert len(_fast(db, project, service.parse_spec({"format": "pairs"}), weights, [])) > len(taken)
+
+
+@pytest.mark.parametrize("test_fraction", [0.0, 1e-300, 0.1, 1 / 3, 0.5, 0.999999, 1.0])
+def test_the_split_as_one_integer_comparison_is_the_split(test_fraction):
+    """split_test_below's boundary, at and beside it: n / 2**64 < test_fraction exactly when n is below it (the
+    quotient is a rounded float, so it is not test_fraction * 2**64: at 0.5 it is 2**63 - 512)."""
+    below = split_test_below(test_fraction)
+    for n in (below - 2, below - 1, below, below + 1, 0, 2**64 - 1):
+        if 0 <= n < 2**64:
+            assert (n / 2**64 < test_fraction) == (n < below), (test_fraction, n)
+    assert split_test_below(0.5) == 2**63 - 512
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the split is hashed by the database there
+@pytest.mark.parametrize(("seed", "test_fraction"), [(0, 0.1), (7, 0.5), (3, 1 / 3), (1, 0.0), (2, 1.0), (5, 0.97)])
+def test_the_databases_split_is_split_for_prompt(db, seed, test_fraction):
+    """The PostgreSQL export decides a prompt's side in SQL (service._split_is_test); over 3,000 prompt ids, ids past
+    32 bits included, it says "test" exactly where split_for_prompt does."""
+    from sqlalchemy import func, select
+
+    ids = list(range(1, 2001)) + [2**31 + 7 * k for k in range(500)] + [10**12 + 13 * k for k in range(500)]
+    table = select(func.unnest(ids).label("unit")).subquery()
+    rows = db.execute(select(table.c.unit, service._split_is_test(table.c.unit, seed, test_fraction))).all()
+    assert len(rows) == len(ids)
+    said = {prompt_id: "test" if is_test else "train" for prompt_id, is_test in rows}
+    expected = {prompt_id: split_for_prompt(prompt_id, seed=seed, test_fraction=test_fraction) for prompt_id in ids}
+    assert said == expected
+    if 0 < test_fraction < 1:
+        assert 0 < sum(side == "test" for side in said.values()) < len(ids)
