@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     cache_max_gb: float = Field(default=50.0, ge=0)
     """RANKFORGE_CACHE_MAX_GB: the most this machine's cache of store artifacts (<data_dir>/cache/artifacts) keeps;
     the least recently used entries are removed beyond it, never one a running job uses (app.store.prune_cache)."""
+    export_processes: int = Field(default=0, ge=0, le=64)
+    """RANKFORGE_EXPORT_PROCESSES: processes a large pairs export uses on PostgreSQL (app.datasets.export_parts);
+    0 for the machine's cores, at most 4; 1 for one process."""
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -19,7 +19,8 @@ it (`pg_dump -s` of a seeded and of a migrated empty database differ in nothing)
   bootstrap replicates, the rest cached), cold and warm; and, once, the leaderboard computed from every battle
   (what the worker does for it, and what a request did before);
 - export of every pair (`build_snapshot`, JSONL; `--export-format parquet|both`) in a child process: pairs, time,
-  rows/s and its peak RSS (bench/export.py's child), the load average around it, and where its rater weights came
+  rows/s, the processes it used (app.datasets.export_parts) and their peak RSS (bench/export.py's child: its own plus
+  each child's, counted at the largest child's peak), the load average around it, and where its rater weights came
   from (the worker's cached statistics when current, which the figures section has just refreshed; else fitted
   in the export over every judgment, memory growing with them);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
@@ -391,8 +392,10 @@ def main() -> None:
             results_export["load"] = f"{load:.2f} -> {os.getloadavg()[0]:.2f}"
             e = results_export
             print(f"export of every pair ({args.export_format}): {e['rows']:,} pairs in {e['seconds']} s = "
-                  f"{e['rows'] / max(e['seconds'], 1e-9):,.0f} rows/s (CPU {e['cpu_seconds']} s), peak RSS "
-                  f"{e['peak_rss_mb']} MB (load {e['load']}; rater weights: {weights})", flush=True)  # fmt: skip
+                  f"{e['rows'] / max(e['seconds'], 1e-9):,.0f} rows/s (CPU {e['cpu_seconds']} s, its children "
+                  f"{e['children_cpu_seconds']} s), {e['processes']} processes, peak RSS {e['peak_rss_mb']} MB "
+                  f"(the exporting process {e['own_peak_rss_mb']} MB, each child counted at the largest child's peak) "
+                  f"(load {e['load']}; rater weights: {weights})", flush=True)  # fmt: skip
         if "loop" in args.sections:
             empty_url, _ = create_database(f"rankforge_bench_scale_empty_{uuid.uuid4().hex[:8]}")
             upgrade(empty_url)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import LargeBinary, Text, cast, exists, false, func, literal, select, true
@@ -21,6 +22,15 @@ from sqlalchemy.orm import Session
 from app import __version__
 from app.api import get_or_404
 from app.audit import audit
+from app.datasets.export_parts import (
+    PARALLEL_MIN_COMPARISONS,
+    ExportPart,
+    PartFailed,
+    PartRunner,
+    RowTally,
+    export_processes,
+    plan_parts,
+)
 from app.datasets.formats import (
     NOT_SIMPLE,
     Edit,
@@ -199,7 +209,8 @@ class _ExportStream:
     completions. Plain Core rows throughout, no ORM objects: this runs for every row of a million-row export."""
 
     def __init__(self, db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None,
-                 batch_comparisons: int | None = None, fetch_rows: int = 5000):  # fmt: skip
+                 batch_comparisons: int | None = None, fetch_rows: int = 5000,
+                 part: ExportPart | None = None):  # fmt: skip
         self.project, self.spec, self.weights = project, spec, weights or {}
         self.batch_comparisons = batch_comparisons or BATCH_COMPARISONS
         self.fetch_rows = fetch_rows
@@ -213,7 +224,9 @@ class _ExportStream:
         self.connection = db.connection()
         self.query = _judgment_query(project, spec, db)
         self.watermark = self.bounds = None
-        if self.connection.dialect.name == "postgresql":
+        if part is not None:  # one process's share of an export (app.datasets.parallel_export): PostgreSQL only
+            self.watermark, self.bounds = part.watermark, (part.low, part.high)
+        elif self.connection.dialect.name == "postgresql":
             # The judgments are read in comparison id ranges (`_ranges`), each range its own statement: the newest
             # judgment now bounds them all, so judgments written during the export are not in it.
             self.watermark = db.scalar(select(func.max(Judgment.id))) or 0
@@ -432,7 +445,7 @@ def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _Batch
 def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None = None, *,
                    on_batch: Callable[[int], None] | None = None,
                    on_comparison: Callable[[Iterable[int], datetime | None], None] | None = None,
-                   ) -> Iterator[tuple[str, dict]]:  # fmt: skip
+                   part: ExportPart | None = None) -> Iterator[tuple[str, dict]]:  # fmt: skip
     """The standard (not conversational) pairs export's `(split, row)`s: exactly what
     `export_rows(iter_judged_comparisons(...), "pairs", conversational=False, ...)` yields (tests/datasets/
     test_pair_fast_path.py compares them byte for byte), faster. A comparison with a single vote that ranks two of
@@ -446,7 +459,7 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
     filters, split = spec.filters, spec.split
     min_agreement, min_votes, seed, test_fraction = filters.min_agreement, filters.min_votes, split.seed, \
         split.test_fraction
-    stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000)
+    stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000, part=part)
     weights, rater_groups = stream.weights, stream.rater_groups
     done = 0
     batches = _prefetched(stream)
@@ -538,6 +551,19 @@ def rater_weights(db: Session, project: Project) -> dict[int, float]:
     return rater_reliability(db, project)
 
 
+def _parallel_parts(db: Session, project: Project, comparisons: int) -> list[ExportPart]:
+    """The ranges of a pairs export in several processes (app.datasets.export_parts), or [] for one process: on
+    PostgreSQL, from PARALLEL_MIN_COMPARISONS comparisons, with export_processes() of them."""
+    processes = export_processes()
+    if db.get_bind().dialect.name != "postgresql" or comparisons < PARALLEL_MIN_COMPARISONS or processes < 2:
+        return []
+    low, high = db.execute(select(func.min(Comparison.id), func.max(Comparison.id))
+                           .where(Comparison.project_id == project.id)).one()  # fmt: skip
+    if low is None or high <= low:
+        return []
+    return plan_parts(low, high, db.scalar(select(func.max(Judgment.id))) or 0, processes)
+
+
 def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                    progress: Callable[[float, str], None] | None = None,
                    formats: tuple[str, ...] = ("jsonl", "parquet")) -> dict:  # fmt: skip
@@ -562,28 +588,17 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
         # count(distinct) of the judgments' comparisons reads every judgment once more before the export starts).
         total = db.scalar(select(func.count()).select_from(Comparison).where(Comparison.project_id == project.id)) or 1
         weights = rater_weights(db, project)
-        guideline_versions: set[int] = set()
-        # Rows per day of the comparison's latest judgment (when its rows took their final shape), for
-        # the dataset page's chart. Rows of one comparison come out right after it, so one slot suffices.
-        rows_per_day: dict[str, int] = {}
-        current_day = {"day": None}
+        # The guideline versions, and the rows per day of the comparison's latest judgment (when its rows took
+        # their final shape) for the dataset page's chart. Rows of one comparison come out right after it.
+        tally = RowTally()
+        on_comparison = tally.on_comparison
+        others: dict[str, Any] = {"done": lambda: 0, "own": 0}  # a parallel export's children's progress, and ours
 
         def on_batch(done: int) -> None:
+            others["own"] = done
             if progress:
+                done += others["done"]()
                 progress(min(0.95, done / total), f"{done} of about {total} comparisons")
-
-        day_names: dict[tuple[int, int, int], str] = {}  # (year, month, day) -> its ISO name: one made a day
-
-        def on_comparison(versions: Iterable[int], latest: datetime | None) -> None:
-            guideline_versions.update(versions)
-            if not latest:
-                current_day["day"] = "unknown"
-                return
-            key = (latest.year, latest.month, latest.day)  # latest.date(), without making one a row
-            name = day_names.get(key)
-            if name is None:
-                name = day_names[key] = latest.date().isoformat()
-            current_day["day"] = name
 
         def comparisons():
             for jc in iter_judged_comparisons(db, project, spec, weights, on_batch):
@@ -593,7 +608,7 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
 
         steps = spec.format == "steps"  # step labels, not judgments (app.datasets.steps_export)
         if steps:
-            current_day["day"] = "unknown"  # rows per day count judged comparisons; step rows are not dated here
+            tally.day = "unknown"  # rows per day count judged comparisons; step rows are not dated here
         conversational = False if steps else resolve_conversational(db, project, spec)
         try:
             schema = stepwise_arrow_schema() if steps else arrow_schema(
@@ -602,12 +617,21 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             raise Unprocessable(str(error)) from error
         if spec.format == "ratings" and not project.attributes:
             raise Unprocessable("The ratings format needs attribute scales; this project has none.")
-        with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer:
+        with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer, \
+                contextlib.ExitStack() as children:  # exits first: a parallel export's children end before the writer
             keys_sorted = False  # iter_pair_rows' rows come with their keys sorted: written without sorting again
+            runner = None
             if steps:
                 rows = step_export_rows(db, project, spec)
             elif PAIRS_FAST_PATH and spec.format == "pairs" and not conversational:  # the same rows, faster
-                rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison)
+                parts = _parallel_parts(db, project, total)
+                if parts:  # app.datasets.export_parts: this process reads the first range, children the others
+                    url = db.get_bind().url.render_as_string(hide_password=False)
+                    runner = children.enter_context(PartRunner(url, project.id, snapshot.spec, weights, parts[1:],
+                                                               writer.temp_dir, writer.splits))  # fmt: skip
+                    others["done"] = runner.done
+                rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison,
+                                      part=parts[0] if parts else None)  # fmt: skip
                 keys_sorted = True
             else:
                 rows = export_rows(comparisons(), spec.format, conversational=conversational,
@@ -623,10 +647,15 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                         if writer.schema is not None and conversational and _has_rich_messages(row):
                             writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
                         writer.write(split, row, keys_sorted=keys_sorted)
-                        day = current_day["day"]
-                        rows_per_day[day] = rows_per_day.get(day, 0) + 1
+                        tally.count()
+                if runner is not None:
+                    runner.append_to(writer, runner.wait(lambda _: on_batch(others["own"])), tally)
             except ValueError as error:  # the data cannot take this spec (e.g. a chat prompt as a plain string)
                 raise Unprocessable(str(error)) from error
+            except PartFailed as error:
+                if error.unprocessable:
+                    raise Unprocessable(str(error)) from error
+                raise
             finally:
                 gc.unfreeze()
             if sum(writer.rows.values()) == 0:
@@ -641,8 +670,8 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 "rankforge_version": __version__,
                 "created_by": snapshot.created_by_id,
                 "created_at": utcnow().isoformat(),
-                "guideline_versions": sorted(guideline_versions),
-                "rows_per_day": dict(sorted(rows_per_day.items())),
+                "guideline_versions": sorted(tally.guideline_versions),
+                "rows_per_day": dict(sorted(tally.rows_per_day.items())),
             })  # fmt: skip
     if remote and not open_location(location).exists():
         get_store().publish(final_dir, location)  # StoreError with the store's message: nothing visible

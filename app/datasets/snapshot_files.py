@@ -77,6 +77,26 @@ def canonical_json_line(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
+def _append_file(source: Path, target) -> None:
+    """Append a file's bytes to an open binary file (in the kernel where it can)."""
+    target.flush()
+    with open(source, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                sent = os.copy_file_range(handle.fileno(), target.fileno(), size - copied)
+                if sent == 0:
+                    break
+                copied += sent
+        except OSError:
+            if copied:  # part of it is there: a copy now would repeat it
+                raise
+        if copied < size:
+            handle.seek(copied)
+            shutil.copyfileobj(handle, target, 8 << 20)
+
+
 class SnapshotWriter:
     """Write one snapshot: ``write(split, row)`` many times, then ``finish(...)`` or ``abort()``.
 
@@ -141,6 +161,14 @@ class SnapshotWriter:
         self._jsonl_files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) if keys_sorted
                                        else canonical_json_line(row))  # fmt: skip
         self.rows[split] += 1
+
+    def append_jsonl(self, split: str, path: Path, rows: int) -> None:
+        """Append a file of `rows` canonical JSONL lines (written by another process: app.datasets.export_parts)
+        to the split's file."""
+        if self._state != "open":
+            raise RuntimeError(f"snapshot writer is {self._state}")
+        _append_file(path, self._jsonl_files[split])
+        self.rows[split] += rows
 
     def write_rows(self, split: str, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:

@@ -1,0 +1,231 @@
+"""A large PostgreSQL pairs export in several processes (issue 25: ten million pairs).
+
+One process turns about 60,000 pairs a second into JSONL on one core (the Python of building each row), so the
+export splits the project's comparison ids into contiguous ranges (`plan_parts`), one a process: the exporting
+process reads the first range itself while spawned children (`run_part`) read the others into part files in the
+snapshot's hidden temp directory; then the parts are appended in range order to train.jsonl / test.jsonl
+(`PartRunner.append_to`), so the files are byte for byte what one process writes (rows come in comparison id order
+either way; tests/datasets/test_export_parts.py). Every part reads up to the same judgment id (ExportPart.watermark,
+the newest when the export began) and under READ COMMITTED one statement per range, as the single stream does.
+
+Only for the standard pairs format (app.datasets.service.iter_pair_rows), on PostgreSQL, from
+PARALLEL_MIN_COMPARISONS comparisons on (a child spends a few seconds importing the app), with `export_processes`
+processes (RANKFORGE_EXPORT_PROCESSES, default: the machine's cores, at most 4). A child that fails or dies fails
+the export (the snapshot never becomes visible); an export that stops (an error, a cancelled job) terminates its
+children first.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+PARALLEL_MIN_COMPARISONS = 200_000
+"""Below this many comparisons an export runs in one process."""
+MAX_DEFAULT_PROCESSES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPart:
+    """A contiguous range of comparison ids (inclusive) of a PostgreSQL export, read up to the judgment id
+    `watermark` (the newest when the export began): the parts of one export together read what one stream reads."""
+
+    low: int
+    high: int
+    watermark: int
+
+
+@dataclass
+class RowTally:
+    """What a snapshot's manifest says of its rows besides their number: the guideline versions of their judgments
+    and the rows per day of their comparison's latest judgment. `on_comparison` before a comparison's rows, `count`
+    for each row."""
+
+    guideline_versions: set[int] = field(default_factory=set)
+    rows_per_day: dict[str, int] = field(default_factory=dict)
+    day: str = "unknown"
+    _names: dict[tuple[int, int, int], str] = field(default_factory=dict, repr=False)
+
+    def on_comparison(self, versions: Iterable[int], latest: datetime | None) -> None:
+        self.guideline_versions.update(versions)
+        if not latest:
+            self.day = "unknown"
+            return
+        key = (latest.year, latest.month, latest.day)  # latest.date(), without making one a row
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = latest.date().isoformat()
+        self.day = name
+
+    def count(self) -> None:
+        self.rows_per_day[self.day] = self.rows_per_day.get(self.day, 0) + 1
+
+    def add(self, guideline_versions: Iterable[int], rows_per_day: dict[str, int]) -> None:
+        self.guideline_versions.update(guideline_versions)
+        for day, rows in rows_per_day.items():
+            self.rows_per_day[day] = self.rows_per_day.get(day, 0) + rows
+
+
+def export_processes() -> int:
+    """How many processes a large export uses (RANKFORGE_EXPORT_PROCESSES; default the cores, at most 4)."""
+    from app.config import get_settings
+
+    configured = get_settings().export_processes
+    return configured if configured > 0 else max(1, min(MAX_DEFAULT_PROCESSES, os.cpu_count() or 1))
+
+
+def plan_parts(low: int, high: int, watermark: int, processes: int) -> list[ExportPart]:
+    """[low, high] cut into `processes` ranges of equal width (comparison ids of one project are close to evenly
+    spread: they are numbered as they are created)."""
+    processes = max(1, min(processes, high - low + 1))
+    width = (high - low + 1) / processes
+    edges = [low + round(width * k) for k in range(processes)] + [high + 1]
+    return [ExportPart(edges[k], edges[k + 1] - 1, watermark) for k in range(processes)]
+
+
+# ---- a child: one part ------------------------------------------------------------------------------------------
+
+
+def _part_files(directory: Path, index: int, splits: Iterable[str]) -> dict[str, Path]:
+    return {split: directory / f".part-{index}.{split}.jsonl" for split in splits}
+
+
+def _result_file(directory: Path, index: int) -> Path:
+    return directory / f".part-{index}.json"
+
+
+def run_part(database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float], part: dict,
+             index: int, directory: str, splits: list[str], done: Any) -> None:  # fmt: skip
+    """A spawned child's work: the pairs rows of `part` into its part files, then its result file (rows per split,
+    the tally) or, on an error, the error's text there (`kind` "unprocessable" for data the spec cannot take)."""
+    import orjson
+
+    from app.datasets.service import iter_pair_rows, parse_spec
+    from app.db import session_factory
+    from app.models import Project
+
+    where = Path(directory)
+    tally, rows = RowTally(), dict.fromkeys(splits, 0)
+    result: dict[str, Any]
+    try:
+        session = session_factory(database_url)()
+        try:
+            project = session.get(Project, project_id)
+
+            def on_batch(comparisons: int) -> None:
+                done.value = comparisons
+
+            files = {split: open(path, "wb", buffering=8 << 20)  # noqa: SIM115 (closed below)
+                     for split, path in _part_files(where, index, splits).items()}  # fmt: skip
+            try:
+                for split, row in iter_pair_rows(session, project, parse_spec(spec), weights, on_batch=on_batch,
+                                                 on_comparison=tally.on_comparison, part=ExportPart(**part)):  # fmt: skip
+                    files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))  # keys come sorted
+                    rows[split] += 1
+                    tally.count()
+            finally:
+                for handle in files.values():
+                    handle.close()
+        finally:
+            session.rollback()
+            session.close()
+        result = {"rows": rows, "guideline_versions": sorted(tally.guideline_versions),
+                  "rows_per_day": tally.rows_per_day}  # fmt: skip
+    except ValueError as error:  # the data cannot take the spec: the export's answer is a 422, as in one process
+        result = {"error": str(error), "kind": "unprocessable"}
+    except Exception as error:  # noqa: BLE001 (reported to the exporting process, which fails the export)
+        result = {"error": f"{type(error).__name__}: {error}", "kind": "error", "trace": traceback.format_exc()[-4000:]}
+    target = _result_file(where, index)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result), encoding="utf-8")
+    temporary.replace(target)  # the exporting process reads a whole result or none
+
+
+# ---- the exporting process ------------------------------------------------------------------------------------
+
+
+class PartFailed(RuntimeError):
+    """A part of a parallel export failed or its process died; `unprocessable` when its data cannot take the spec."""
+
+    def __init__(self, message: str, unprocessable: bool = False):
+        super().__init__(message)
+        self.unprocessable = unprocessable
+
+
+class PartRunner:
+    """The spawned children of one export (parts 1..n; the exporting process reads part 0 itself).
+
+    Use as a context manager: leaving it, normally or by an error, terminates and reaps every child still
+    running. `done()` is the comparisons the children have read so far; `wait(progress)` waits for them all,
+    calling progress(comparisons done) about once a second (a cancelled job raises there)."""
+
+    def __init__(self, database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float],
+                 parts: list[ExportPart], directory: Path, splits: Iterable[str]):  # fmt: skip
+        self.directory, self.splits, self.parts = Path(directory), list(splits), parts
+        context = multiprocessing.get_context("spawn")  # not fork: the exporting process has threads and connections
+        self.counters = [context.Value("q", 0, lock=False) for _ in parts]
+        self.processes = [
+            context.Process(target=run_part, name=f"rankforge-export-part-{index}", daemon=True,
+                            args=(database_url, project_id, spec, weights, asdict(part), index, str(self.directory),
+                                  self.splits, self.counters[index - 1]))  # fmt: skip
+            for index, part in enumerate(parts, 1)
+        ]
+
+    def __enter__(self) -> PartRunner:
+        for process in self.processes:
+            process.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def done(self) -> int:
+        return sum(counter.value for counter in self.counters)
+
+    def wait(self, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Every child's result, in part order; PartFailed when one failed or died."""
+        while any(process.is_alive() for process in self.processes):
+            if progress:
+                progress(self.done())
+            for process in self.processes:
+                process.join(timeout=1.0)
+                if not process.is_alive() and process.exitcode not in (0, None):
+                    break  # a dead child fails the export now, not when the others end
+            else:
+                continue
+            break
+        results = []
+        for index, process in enumerate(self.processes, 1):
+            path = _result_file(self.directory, index)
+            if process.is_alive() or not path.is_file():
+                raise PartFailed(f"export part {index} of {len(self.processes) + 1} ended without a result "
+                                 f"(exit code {process.exitcode})")  # fmt: skip
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if "error" in result:
+                raise PartFailed(result["error"], unprocessable=result.get("kind") == "unprocessable")
+            results.append(result)
+        return results
+
+    def append_to(self, writer, results: list[dict[str, Any]], tally: RowTally) -> None:
+        """The children's rows after the exporting process's own, in part order, into the writer's split files."""
+        for index, result in enumerate(results, 1):
+            files = _part_files(self.directory, index, self.splits)
+            for split in self.splits:
+                writer.append_jsonl(split, files[split], result["rows"][split])
+                files[split].unlink()
+            _result_file(self.directory, index).unlink()
+            tally.add(result["guideline_versions"], result["rows_per_day"])
