@@ -540,14 +540,15 @@ def rater_weights(db: Session, project: Project) -> dict[int, float]:
     from the same function on the same rows; the export reads them and its memory stays flat. Otherwise it fits
     them here, as before."""
     from app.models.tally import ProjectFigures
-    from app.quality import figures
-    from app.quality.service import rater_reliability
+    from app.quality import markers
 
-    if figures.is_large(db, project.id):
+    if markers.is_large(db, project.id):
         cached = db.get(ProjectFigures, (project.id, "stats"))
-        if cached is not None and cached.marker == figures.change_marker(db, project.id):
+        if cached is not None and cached.marker == markers.change_marker(db, project.id):
             return {rater["user_id"]: rater["reliability"] for rater in (cached.figures or {}).get("raters", [])
                     if rater.get("reliability") is not None}  # fmt: skip
+    from app.quality.service import rater_reliability  # the statistics code (scipy): only to fit them here
+
     return rater_reliability(db, project)
 
 

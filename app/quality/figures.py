@@ -1,7 +1,7 @@
 """The statistics endpoint's and the dashboard's figures of large projects, from a cache the worker keeps.
 
 Computing them reads every counted judgment (about 5 s at a million). So a request computes them itself only for a
-project with at most `SYNC_MAX_JUDGMENTS` judgments (always fresh, as before); for a larger one it answers from
+project with at most `markers.SYNC_MAX_JUDGMENTS` judgments (always fresh, as before); for a larger one it answers from
 the `project_figures` row an idle worker wrote (`refresh_due`, run by exactly one worker at a time: the worker's
 idle task in app.worker), with the time they were computed (`as_of`), and before the first computation it says
 they are being computed (FiguresPending, 503). A request never reads every judgment of a large project: the size
@@ -18,23 +18,21 @@ judgment's time, the newest review, the newest void, the group weights) and the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import zlib
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import write_transaction
 from app.errors import FiguresPending
-from app.models import FlagReview, Judgment, Project, utcnow
+from app.models import Project, utcnow
 from app.models.tally import ProjectFigures
-from app.quality import service
+from app.quality import markers, service
 from app.quality.attributes import attribute_leaderboard
+from app.quality.markers import change_marker, is_large
 
-SYNC_MAX_JUDGMENTS = 50_000
 """Projects with at most this many judgments (every source) are computed per request (well under a second)."""
 DASHBOARD_MAX_AGE = timedelta(minutes=5)
 NAMES = ("stats", "dashboard", "leaderboard")
@@ -69,24 +67,6 @@ _COMPUTE = {name: _compute(name) for name in NAMES}
 log = logging.getLogger("rankforge.figures")
 
 
-def is_large(db: Session, project_id: int) -> bool:
-    """More than SYNC_MAX_JUDGMENTS judgments (counts at most one past the threshold)."""
-    first = select(Judgment.id).where(Judgment.project_id == project_id).limit(SYNC_MAX_JUDGMENTS + 1).subquery()
-    return db.scalar(select(func.count()).select_from(first)) > SYNC_MAX_JUDGMENTS
-
-
-def change_marker(db: Session, project_id: int) -> str:
-    """Changes when a judgment is written, reviewed or voided (index reads: no scan of the judgments)."""
-    newest = db.scalar(select(func.max(Judgment.created_at)).where(Judgment.project_id == project_id))
-    review = db.scalar(select(func.max(FlagReview.id)).where(FlagReview.project_id == project_id))
-    voided = db.scalar(select(func.max(Judgment.voided_at)).where(Judgment.project_id == project_id,
-                                                                  Judgment.voided_at.is_not(None)))  # fmt: skip
-    weights = db.scalar(select(Project.group_weights).where(Project.id == project_id))  # the post-stratified ranking's
-    weights_crc = zlib.crc32(json.dumps(weights, sort_keys=True).encode())
-    return (f"{newest.isoformat() if newest else '-'}|{review or 0}|{voided.isoformat() if voided else '-'}"
-            f"|{weights_crc}")  # fmt: skip
-
-
 def _plain(value):
     """JSON-safe: NaN and infinities become null (as the API would refuse them)."""
     if isinstance(value, float):
@@ -106,7 +86,7 @@ def figures(db: Session, project: Project, name: str) -> dict:
     row = db.get(ProjectFigures, (project.id, name))
     if row is None:
         raise FiguresPending(f"The {name} of project {project.slug} are being computed by a worker (more than "
-                             f"{SYNC_MAX_JUDGMENTS:,} judgments); try again in a minute.")  # fmt: skip
+                             f"{markers.SYNC_MAX_JUDGMENTS:,} judgments); try again in a minute.")  # fmt: skip
     return dict(row.figures) | {"as_of": row.computed_at}
 
 

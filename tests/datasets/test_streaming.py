@@ -67,7 +67,7 @@ def test_a_large_projects_export_takes_rater_weights_from_current_cached_statist
     """Fitting rater reliability holds every judgment in memory; a large project's export reads the worker's cached
     per-rater values instead, but only while they are current (computed after the last judgment)."""
     from app.models.tally import ProjectFigures
-    from app.quality import figures
+    from app.quality import figures, markers
     from app.quality.service import rater_reliability
 
     admin, rater = users.create("admin", "admin"), users.create("rita", "annotator")
@@ -82,7 +82,7 @@ def test_a_large_projects_export_takes_rater_weights_from_current_cached_statist
         assert response.status_code in (200, 201), response.text
 
     judge()
-    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 0)  # every project is large
+    monkeypatch.setattr(markers, "SYNC_MAX_JUDGMENTS", 0)  # every project is large
     with session_scope() as db:
         p = db.get(Project, project["id"])
         assert service.rater_weights(db, p) == rater_reliability(db, p)  # nothing cached yet: fitted

@@ -29,10 +29,10 @@ def _large_project(client, users, db_url):
 
 def test_large_project_figures_come_from_the_worker(client, users, db_url, monkeypatch):
     from app.models.tally import ProjectFigures
-    from app.quality import figures
+    from app.quality import markers
     from app.worker import FIGURES_LOCK, refresh_figures
 
-    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
+    monkeypatch.setattr(markers, "SYNC_MAX_JUDGMENTS", 5)
     admin, project, raters = _large_project(client, users, db_url)
     url = f"/api/v1/projects/{project['id']}"
 
@@ -140,10 +140,10 @@ def test_recompute_holds_no_transaction_while_it_computes(client, users, db_url,
     from sqlalchemy.pool import NullPool
 
     from app.models.tally import ProjectFigures
-    from app.quality import figures
+    from app.quality import figures, markers
     from app.worker import refresh_figures
 
-    monkeypatch.setattr(figures, "SYNC_MAX_JUDGMENTS", 5)
+    monkeypatch.setattr(markers, "SYNC_MAX_JUDGMENTS", 5)
     postgres = db_url.startswith("postgresql")
     admin, project, raters = _large_project(client, users, db_url)
 
