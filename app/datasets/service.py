@@ -224,7 +224,7 @@ class _ExportStream:
         self.connection = db.connection()
         self.query = _judgment_query(project, spec, db)
         self.watermark = self.bounds = None
-        if part is not None:  # one process's share of an export (app.datasets.parallel_export): PostgreSQL only
+        if part is not None:  # one process's share of an export (app.datasets.export_parts): PostgreSQL only
             self.watermark, self.bounds = part.watermark, (part.low, part.high)
         elif self.connection.dialect.name == "postgresql":
             # The judgments are read in comparison id ranges (`_ranges`), each range its own statement: the newest
