@@ -320,8 +320,15 @@ class PRMArgs(TrainArgs):
     validation_metric: str = "first_error_accuracy"
     """what picks the epoch: first_error_accuracy, step_accuracy, outcome_auroc (highest) or loss (the validation
     steps' mean cross-entropy, lowest); a tie keeps the later epoch"""
+    restarts: int = 1
+    """best of k: train this many times from the base (training seeds seed, seed + 1, ...) and keep the run whose kept
+    epoch is best on validation_metric (a tie keeps the earlier run; reported as validation/restart, counted from 0,
+    and validation/restarts); k times the training time. Needs validation trajectories (validation_share): without
+    them one run"""
 
     def __post_init__(self) -> None:
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise ValueError(f"param 'restarts' must be an integer >= 1, got {self.restarts!r}")
         if not 0 <= self.validation_share < 1:
             raise ValueError(f"param 'validation_share' must be in [0, 1), got {self.validation_share}")
         if self.validation_metric not in ("first_error_accuracy", "loss", "step_accuracy", "outcome_auroc"):

@@ -24,6 +24,9 @@ them after every epoch (BestEpoch), and the job keeps the weights of the best ep
 first-error accuracy), not the last: a small PRM's final epoch varies much with the training seed. Reported as
 validation/<figure> of that epoch (the figures below, and validation/loss: the mean cross-entropy of the step labels),
 validation/best_epoch and validation/epochs; each epoch's figures go out as metrics events while training.
+With PRMArgs.restarts k > 1 (best of k) the job trains k times from the base
+(training seeds seed, seed + 1, ...) and keeps the run whose best epoch is best on validation (a tie keeps the
+earlier run): validation/restart (counted from 0), validation/restarts.
 
 Metrics: loss/total while training; on the snapshot's held-out split at the end
     eval/step_accuracy          share of held-out labelled steps whose P(good) > 0.5 matches the label
@@ -38,6 +41,7 @@ model version.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -517,6 +521,24 @@ def make_trainer(model, tokenizer, rows: list[dict[str, Any]], args: PRMArgs, sc
     return trainer
 
 
+def _load_model(spec: JobSpec, args: PRMArgs, tokenizer):
+    """The base as a fresh token classifier (with a LoRA adapter when args.use_lora)."""
+    model = load_prm(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
+    peft_config = lora_config(args, "TOKEN_CLS")
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    return model
+
+
+def _better_restart(value: float, kept: float | None, metric: str) -> bool:
+    """A restart replaces the kept one only when strictly better on validation (loss: lower; else higher)."""
+    if kept is None:
+        return True
+    return value < kept if metric == "loss" else value > kept
+
+
 def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
     args: PRMArgs = spec.args
     phases = Phases()
@@ -525,12 +547,7 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
         train_rows = read_training_rows(spec.dataset_path)
     with phases("load_model"):
         tokenizer = load_tokenizer(spec.base_model)
-        model = load_prm(spec.base_model, tokenizer=tokenizer, quantize=args.load_in_4bit)
-        peft_config = lora_config(args, "TOKEN_CLS")
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+        model = _load_model(spec, args, tokenizer)
     system = thread_facts()
     progress.log(f"prm: {len(train_rows)} training trajectories, {system['system/threads']} threads per process")
 
@@ -541,18 +558,43 @@ def main(spec: JobSpec, out_dir: Path) -> dict[str, Any]:
                      f"({args.validation_metric})")  # fmt: skip
 
     scratch = out_dir / "_scratch"
-    callback = progress.JsonLinesCallback(progress_start=0.05, progress_end=0.9)
-    trainer = make_trainer(model, tokenizer, train_rows, args, scratch, spec.seed, [callback], phases,
-                           validation_rows=validation_rows)  # fmt: skip
-    report_fit(trainer.fit, "trajectories")
-    with phases("train"):
-        result = trainer.train()
+    restarts = args.restarts if validation_rows else 1
+    kept: dict[str, Any] | None = None  # the restart best on validation so far
+    for restart in range(restarts):
+        if restart:
+            with phases("load_model"):
+                model = _load_model(spec, args, tokenizer)
+        share = 0.85 / restarts
+        callback = progress.JsonLinesCallback(progress_start=0.05 + restart * share,
+                                              progress_end=0.05 + (restart + 1) * share)  # fmt: skip
+        trainer = make_trainer(model, tokenizer, train_rows, args, scratch, spec.seed + restart, [callback], phases,
+                               validation_rows=validation_rows)  # fmt: skip
+        if not restart:
+            report_fit(trainer.fit, "trajectories")
+        with phases("train"):
+            result = trainer.train()
+        best = trainer.best_epoch.best if trainer.best_epoch is not None else None
+        value = best.get(args.validation_metric) if best is not None else None
+        if restarts > 1:
+            progress.log(f"prm: restart {restart + 1} of {restarts} (seed {spec.seed + restart}): "
+                         f"{args.validation_metric} {value if value is None else round(value, 4)} on validation at "
+                         f"epoch {best['epoch'] if best else None}")  # fmt: skip
+        if kept is None or (value is not None and _better_restart(value, kept["value"], args.validation_metric)):
+            kept = {"trainer": trainer, "result": result, "callback": callback, "value": value,
+                    "restart": restart}  # fmt: skip
+        del trainer, model
+        gc.collect()  # a restart that was not kept: its model and optimizer state go before the next one loads
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    trainer, result, callback = kept["trainer"], kept["result"], kept["callback"]
     metrics = trained_metrics(callback, result, trainer.fit, "trajectories", ())
     if trainer.best_epoch is not None and trainer.best_epoch.best is not None:
         trainer.best_epoch.restore()
         best = trainer.best_epoch.best
         metrics |= {f"validation/{k}": v for k, v in best.items() if k not in ("epoch", "step")}
         metrics |= {"validation/best_epoch": best["epoch"], "validation/epochs": len(trainer.best_epoch.history)}
+    if restarts > 1:
+        metrics |= {"validation/restart": kept["restart"], "validation/restarts": restarts}
 
     if args.eval_split and has_split(spec.dataset_path, args.eval_split) and progress.is_main_process():
         progress.progress(0.92, f"evaluating on the {args.eval_split} split")

@@ -85,6 +85,34 @@ def test_prm_keeps_the_epoch_best_on_held_out_training_trajectories(trained_prm)
     assert result.validation_first_error_accuracy == max(scores) and result.validation_loss > 0
 
 
+def test_prm_restarts_keep_the_run_best_on_validation(steps_world):
+    """restarts=2: two trainings from the base (seeds 0 and 1), each scored on the validation trajectories after
+    every epoch; the run whose best epoch is best is kept (a tie keeps the first), reported as validation/restart."""
+    root = steps_world["root"]
+    out = root / "prm-restarts"
+    params = {"num_train_epochs": 2, "learning_rate": 3e-3, "per_device_train_batch_size": 8, "bad_step_weight": 4.0,
+              "restarts": 2, "eval_split": ""}  # fmt: skip
+    spec = spec_for("prm", out, base_model=str(steps_world["policy"]), dataset_path=str(steps_world["snapshot"]),
+                    params=params)  # fmt: skip
+    result = run_job(root, spec, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = result.done["metrics"]
+    epochs = [e["metrics"]["validation/first_error_accuracy"] for e in result.of("metrics")
+              if "validation/first_error_accuracy" in e["metrics"]]  # fmt: skip
+    assert len(epochs) == 4 and metrics["validation/epochs"] == 2  # 2 epochs of each run
+    runs = [max(epochs[:2]), max(epochs[2:])]
+    assert metrics["validation/restarts"] == 2
+    assert metrics["validation/restart"] == (0 if runs[0] >= runs[1] else 1)
+    assert metrics["validation/first_error_accuracy"] == max(runs)
+    logs = [e["message"] for e in result.of("log") if "restart" in e["message"]]
+    assert len(logs) == 2 and logs[1].startswith("prm: restart 2 of 2 (seed 1)")
+    assert prm.is_prm(out)
+    with pytest.raises(ValueError, match="restarts"):
+        from trainer.params import PRMArgs
+
+        PRMArgs(restarts=0)
+
+
 def test_validation_split_holds_out_by_prompt_or_by_trajectory():
     from trainer.params import PRMArgs
 
