@@ -223,7 +223,16 @@ class _ExportStream:
                              if labels}  # fmt: skip
         self.connection = db.connection()
         self.query = _judgment_query(project, spec, db)
+        # Edits are few or none: one look for any in the project spares every batch its probe of each judgment.
+        self.edits = spec.filters.include_edits and spec.format in ("pairs", "sft") and bool(db.scalar(select(exists(
+            select(Completion.id).join(Judgment, Judgment.id == Completion.judgment_id)
+            .where(Completion.judgment_id.is_not(None), Judgment.project_id == project.id,
+                   Completion.source == "human_edit")))))  # fmt: skip
         self.watermark = self.bounds = None
+        if self.connection.dialect.name == "postgresql":
+            # Each statement reads one batch (thousands of rows, milliseconds): parallel workers, which PostgreSQL
+            # plans for the judgments' range, cost more CPU to start than they save. Until the caller's commit.
+            self.connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
         if part is not None:  # one process's share of an export (app.datasets.export_parts): PostgreSQL only
             self.watermark, self.bounds = part.watermark, (part.low, part.high)
         elif self.connection.dialect.name == "postgresql":
@@ -330,7 +339,7 @@ class _ExportStream:
             if continuation and continuation != "null":  # absent: NULL (PostgreSQL) or 'null' (SQLite)
                 continuations[completion_id] = json_loads(continuation)
         edits: dict[int, list] = {}
-        if spec.filters.include_edits and spec.format in ("pairs", "sft"):
+        if self.edits:
             kept = {row[7] for judgments in batch.values() for row in judgments}
             for cid, judgment_id, completion_id, text, parent_id, rater_id, ranking in connection.execute(
                 select(Judgment.comparison_id, Judgment.id, Completion.id, Completion.text, Completion.parent_id,
