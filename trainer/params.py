@@ -327,8 +327,8 @@ class PRMArgs(TrainArgs):
     them one run"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"param 'restarts' must be an integer >= 1, got {self.restarts!r}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= 16:
+            raise ValueError(f"param 'restarts' must be an integer from 1 to 16, got {self.restarts!r}")
         if not 0 <= self.validation_share < 1:
             raise ValueError(f"param 'validation_share' must be in [0, 1), got {self.validation_share}")
         if self.validation_metric not in ("first_error_accuracy", "loss", "step_accuracy", "outcome_auroc"):

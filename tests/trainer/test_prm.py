@@ -107,10 +107,11 @@ def test_prm_restarts_keep_the_run_best_on_validation(steps_world):
     logs = [e["message"] for e in result.of("log") if "restart" in e["message"]]
     assert len(logs) == 2 and logs[1].startswith("prm: restart 2 of 2 (seed 1)")
     assert prm.is_prm(out)
-    with pytest.raises(ValueError, match="restarts"):
-        from trainer.params import PRMArgs
+    from trainer.params import PRMArgs
 
-        PRMArgs(restarts=0)
+    for bad in (0, 17, True, 2.5):  # a job trains at most 16 times
+        with pytest.raises(ValueError, match="restarts"):
+            PRMArgs(restarts=bad)
 
 
 def test_validation_split_holds_out_by_prompt_or_by_trajectory():
