@@ -1,9 +1,9 @@
 """A large PostgreSQL pairs export in several processes (issue 25: ten million pairs).
 
-One process turns about 60,000 pairs a second into JSONL on one core (the Python of building each row), so the
-export splits the project's comparison ids into contiguous ranges (`plan_parts`), one a process: the exporting
-process reads the first range itself while spawned children (`run_part`) read the others into part files in the
-snapshot's hidden temp directory; then the parts are appended in range order to train.jsonl / test.jsonl
+One process turns 30,000 to 50,000 pairs a second into JSONL, bound by one core (the Python of building each row),
+so the export splits the project's comparison ids into contiguous ranges (`plan_parts`), one a process: the
+exporting process reads the first range itself while spawned children (app.datasets.service.run_export_part) read
+the others into part files in the snapshot's hidden temp directory; then the parts are appended in range order to train.jsonl / test.jsonl
 (`PartRunner.append_to`), so the files are byte for byte what one process writes (rows come in comparison id order
 either way; tests/datasets/test_export_parts.py). Every part reads up to the same judgment id (ExportPart.watermark,
 the newest when the export began) and under READ COMMITTED one statement per range, as the single stream does.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -90,59 +89,20 @@ def plan_parts(low: int, high: int, watermark: int, processes: int) -> list[Expo
     return [ExportPart(edges[k], edges[k + 1] - 1, watermark) for k in range(processes)]
 
 
-# ---- a child: one part ------------------------------------------------------------------------------------------
+# ---- the files of a part ---------------------------------------------------------------------------------------
 
 
-def _part_files(directory: Path, index: int, splits: Iterable[str]) -> dict[str, Path]:
+def part_files(directory: Path, index: int, splits: Iterable[str]) -> dict[str, Path]:
     return {split: directory / f".part-{index}.{split}.jsonl" for split in splits}
 
 
-def _result_file(directory: Path, index: int) -> Path:
+def result_file(directory: Path, index: int) -> Path:
+    """Where a child writes its result: {"rows", "guideline_versions", "rows_per_day"}, or {"error", "kind"}."""
     return directory / f".part-{index}.json"
 
 
-def run_part(database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float], part: dict,
-             index: int, directory: str, splits: list[str], done: Any) -> None:  # fmt: skip
-    """A spawned child's work: the pairs rows of `part` into its part files, then its result file (rows per split,
-    the tally) or, on an error, the error's text there (`kind` "unprocessable" for data the spec cannot take)."""
-    import orjson
-
-    from app.datasets.service import iter_pair_rows, parse_spec
-    from app.db import session_factory
-    from app.models import Project
-
-    where = Path(directory)
-    tally, rows = RowTally(), dict.fromkeys(splits, 0)
-    result: dict[str, Any]
-    try:
-        session = session_factory(database_url)()
-        try:
-            project = session.get(Project, project_id)
-
-            def on_batch(comparisons: int) -> None:
-                done.value = comparisons
-
-            files = {split: open(path, "wb", buffering=8 << 20)  # noqa: SIM115 (closed below)
-                     for split, path in _part_files(where, index, splits).items()}  # fmt: skip
-            try:
-                for split, row in iter_pair_rows(session, project, parse_spec(spec), weights, on_batch=on_batch,
-                                                 on_comparison=tally.on_comparison, part=ExportPart(**part)):  # fmt: skip
-                    files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))  # keys come sorted
-                    rows[split] += 1
-                    tally.count()
-            finally:
-                for handle in files.values():
-                    handle.close()
-        finally:
-            session.rollback()
-            session.close()
-        result = {"rows": rows, "guideline_versions": sorted(tally.guideline_versions),
-                  "rows_per_day": tally.rows_per_day}  # fmt: skip
-    except ValueError as error:  # the data cannot take the spec: the export's answer is a 422, as in one process
-        result = {"error": str(error), "kind": "unprocessable"}
-    except Exception as error:  # noqa: BLE001 (reported to the exporting process, which fails the export)
-        result = {"error": f"{type(error).__name__}: {error}", "kind": "error", "trace": traceback.format_exc()[-4000:]}
-    target = _result_file(where, index)
+def write_result(directory: Path, index: int, result: dict[str, Any]) -> None:
+    target = result_file(directory, index)
     temporary = target.with_suffix(".tmp")
     temporary.write_text(json.dumps(result), encoding="utf-8")
     temporary.replace(target)  # the exporting process reads a whole result or none
@@ -160,19 +120,22 @@ class PartFailed(RuntimeError):
 
 
 class PartRunner:
-    """The spawned children of one export (parts 1..n; the exporting process reads part 0 itself).
+    """The spawned children of one export (parts 1..n; the exporting process reads part 0 itself), each running
+    `target(database_url, project_id, spec, weights, part as a dict, index, directory, splits, done counter)`
+    (app.datasets.service.run_export_part: it ends by `write_result`).
 
     Use as a context manager: leaving it, normally or by an error, terminates and reaps every child still
     running. `done()` is the comparisons the children have read so far; `wait(progress)` waits for them all,
     calling progress(comparisons done) about once a second (a cancelled job raises there)."""
 
-    def __init__(self, database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float],
-                 parts: list[ExportPart], directory: Path, splits: Iterable[str]):  # fmt: skip
+    def __init__(self, target: Callable[..., None], database_url: str, project_id: int, spec: dict[str, Any],
+                 weights: dict[int, float], parts: list[ExportPart], directory: Path,
+                 splits: Iterable[str]):  # fmt: skip
         self.directory, self.splits, self.parts = Path(directory), list(splits), parts
         context = multiprocessing.get_context("spawn")  # not fork: the exporting process has threads and connections
         self.counters = [context.Value("q", 0, lock=False) for _ in parts]
         self.processes = [
-            context.Process(target=run_part, name=f"rankforge-export-part-{index}", daemon=True,
+            context.Process(target=target, name=f"rankforge-export-part-{index}", daemon=True,
                             args=(database_url, project_id, spec, weights, asdict(part), index, str(self.directory),
                                   self.splits, self.counters[index - 1]))  # fmt: skip
             for index, part in enumerate(parts, 1)
@@ -210,7 +173,7 @@ class PartRunner:
             break
         results = []
         for index, process in enumerate(self.processes, 1):
-            path = _result_file(self.directory, index)
+            path = result_file(self.directory, index)
             if process.is_alive() or not path.is_file():
                 raise PartFailed(f"export part {index} of {len(self.processes) + 1} ended without a result "
                                  f"(exit code {process.exitcode})")  # fmt: skip
@@ -223,9 +186,9 @@ class PartRunner:
     def append_to(self, writer, results: list[dict[str, Any]], tally: RowTally) -> None:
         """The children's rows after the exporting process's own, in part order, into the writer's split files."""
         for index, result in enumerate(results, 1):
-            files = _part_files(self.directory, index, self.splits)
+            files = part_files(self.directory, index, self.splits)
             for split in self.splits:
                 writer.append_jsonl(split, files[split], result["rows"][split])
                 files[split].unlink()
-            _result_file(self.directory, index).unlink()
+            result_file(self.directory, index).unlink()
             tally.add(result["guideline_versions"], result["rows_per_day"])

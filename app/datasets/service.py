@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,9 @@ from app.datasets.export_parts import (
     PartRunner,
     RowTally,
     export_processes,
+    part_files,
     plan_parts,
+    write_result,
 )
 from app.datasets.formats import (
     NOT_SIMPLE,
@@ -561,6 +564,49 @@ def rater_weights(db: Session, project: Project) -> dict[int, float]:
     return rater_reliability(db, project)
 
 
+def run_export_part(database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float], part: dict,
+                    index: int, directory: str, splits: list[str], done: Any) -> None:  # fmt: skip
+    """A spawned child's work (app.datasets.export_parts.PartRunner): the pairs rows of `part` into its part files,
+    then its result file (rows per split, the tally) or, on an error, the error's text there (`kind`
+    "unprocessable" for data the spec cannot take)."""
+    import orjson
+
+    from app.db import session_factory
+
+    where = Path(directory)
+    tally, rows = RowTally(), dict.fromkeys(splits, 0)
+    result: dict[str, Any]
+    try:
+        session = session_factory(database_url)()
+        try:
+            project = session.get(Project, project_id)
+
+            def on_batch(comparisons: int) -> None:
+                done.value = comparisons
+
+            files = {split: open(path, "wb", buffering=8 << 20)  # noqa: SIM115 (closed below)
+                     for split, path in part_files(where, index, splits).items()}  # fmt: skip
+            try:
+                for split, row in iter_pair_rows(session, project, parse_spec(spec), weights, on_batch=on_batch,
+                                                 on_comparison=tally.on_comparison, part=ExportPart(**part)):  # fmt: skip
+                    files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))  # keys come sorted
+                    rows[split] += 1
+                    tally.count()
+            finally:
+                for handle in files.values():
+                    handle.close()
+        finally:
+            session.rollback()
+            session.close()
+        result = {"rows": rows, "guideline_versions": sorted(tally.guideline_versions),
+                  "rows_per_day": tally.rows_per_day}  # fmt: skip
+    except ValueError as error:  # the data cannot take the spec: the export's answer is a 422, as in one process
+        result = {"error": str(error), "kind": "unprocessable"}
+    except Exception as error:  # noqa: BLE001 (reported to the exporting process, which fails the export)
+        result = {"error": f"{type(error).__name__}: {error}", "kind": "error", "trace": traceback.format_exc()[-4000:]}
+    write_result(where, index, result)
+
+
 def _parallel_parts(db: Session, project: Project, comparisons: int) -> list[ExportPart]:
     """The ranges of a pairs export in several processes (app.datasets.export_parts), or [] for one process: on
     PostgreSQL, from PARALLEL_MIN_COMPARISONS comparisons, with export_processes() of them."""
@@ -637,8 +683,9 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                 parts = _parallel_parts(db, project, total)
                 if parts:  # app.datasets.export_parts: this process reads the first range, children the others
                     url = db.get_bind().url.render_as_string(hide_password=False)
-                    runner = children.enter_context(PartRunner(url, project.id, snapshot.spec, weights, parts[1:],
-                                                               writer.temp_dir, writer.splits))  # fmt: skip
+                    runner = children.enter_context(PartRunner(run_export_part, url, project.id, snapshot.spec,
+                                                               weights, parts[1:], writer.temp_dir,
+                                                               writer.splits))  # fmt: skip
                     others["done"] = runner.done
                 rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison,
                                       part=parts[0] if parts else None)  # fmt: skip

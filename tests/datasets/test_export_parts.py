@@ -58,8 +58,8 @@ def test_three_processes_write_what_one_writes(db, monkeypatch):
 class _BrokenRunner(PartRunner):
     """Children that cannot reach their database."""
 
-    def __init__(self, database_url, *args):
-        super().__init__("postgresql+psycopg://postgres@127.0.0.1:5432/rankforge_no_such_database", *args)
+    def __init__(self, target, database_url, *args):
+        super().__init__(target, "postgresql+psycopg://postgres@127.0.0.1:5432/rankforge_no_such_database", *args)
 
 
 class _KilledRunner(PartRunner):
