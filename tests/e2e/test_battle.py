@@ -6,6 +6,7 @@ names revealed, the judgment in the leaderboard and in a conversational export."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_a_live_battle_in_the_browser(page, api, users, served, db_url):  # noqa
     page.goto("/projects")
     page.click("text=Live arena")
     page.click("nav.project-nav >> text=Battle")
-    assert page.url.endswith(f"/projects/{project['slug']}/battle")
+    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/battle$"))  # the click starts it; wait until loaded
     page.evaluate(RECORD)
     page.fill("#battle-prompt", "Tell me a story about a lighthouse.")
     page.press("#battle-prompt", "Control+Enter")

@@ -4,6 +4,7 @@ starts a branch that is labelled too; everything checked through the API."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ def test_label_steps_by_keyboard_and_branch(page, api, users, browser_problems):
 
     login(page, rater, next_path=f"/projects/{project['slug']}/annotate")
     page.click("nav.project-nav a:text-is('Steps')")
+    # The annotate page shows both candidate trajectories as li.step too (8 of them): wait for the Steps page itself,
+    # not for the first li.step, which the page being left may still show.
+    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/steps"))  # loaded: the DOM is the Steps page's
     page.wait_for_selector("li.step")
     assert page.locator("li.step").count() == 4
     assert "<b>now</b>" in page.inner_text(".steps-history")  # untrusted text stays text
