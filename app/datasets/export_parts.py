@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from app.errors import Unprocessable
+
 PARALLEL_MIN_COMPARISONS = 200_000
 """Below this many comparisons an export runs in one process."""
 MAX_DEFAULT_PROCESSES = 4
@@ -112,11 +114,7 @@ def write_result(directory: Path, index: int, result: dict[str, Any]) -> None:
 
 
 class PartFailed(RuntimeError):
-    """A part of a parallel export failed or its process died; `unprocessable` when its data cannot take the spec."""
-
-    def __init__(self, message: str, unprocessable: bool = False):
-        super().__init__(message)
-        self.unprocessable = unprocessable
+    """A part of a parallel export failed or its process died."""
 
 
 class PartRunner:
@@ -131,7 +129,7 @@ class PartRunner:
     def __init__(self, target: Callable[..., None], database_url: str, project_id: int, spec: dict[str, Any],
                  weights: dict[int, float], parts: list[ExportPart], directory: Path,
                  splits: Iterable[str]):  # fmt: skip
-        self.directory, self.splits, self.parts = Path(directory), list(splits), parts
+        self.directory, self.splits = Path(directory), list(splits)
         context = multiprocessing.get_context("spawn")  # not fork: the exporting process has threads and connections
         self.counters = [context.Value("q", 0, lock=False) for _ in parts]
         self.processes = [
@@ -160,17 +158,14 @@ class PartRunner:
         return sum(counter.value for counter in self.counters)
 
     def wait(self, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-        """Every child's result, in part order; PartFailed when one failed or died."""
-        while any(process.is_alive() for process in self.processes):
+        """Every child's result, in part order; PartFailed when one failed or died, Unprocessable when its data cannot
+        take the spec."""
+        while alive := [process for process in self.processes if process.is_alive()]:
+            if any(process.exitcode not in (0, None) for process in self.processes):
+                break  # a dead child fails the export now, not when the others end
             if progress:
                 progress(self.done())
-            for process in self.processes:
-                process.join(timeout=1.0)
-                if not process.is_alive() and process.exitcode not in (0, None):
-                    break  # a dead child fails the export now, not when the others end
-            else:
-                continue
-            break
+            alive[0].join(timeout=1.0)
         results = []
         for index, process in enumerate(self.processes, 1):
             path = result_file(self.directory, index)
@@ -178,8 +173,8 @@ class PartRunner:
                 raise PartFailed(f"export part {index} of {len(self.processes) + 1} ended without a result "
                                  f"(exit code {process.exitcode})")  # fmt: skip
             result = json.loads(path.read_text(encoding="utf-8"))
-            if "error" in result:
-                raise PartFailed(result["error"], unprocessable=result.get("kind") == "unprocessable")
+            if "error" in result:  # data the spec cannot take is the export's 422, as in one process
+                raise (Unprocessable if result.get("kind") == "unprocessable" else PartFailed)(result["error"])
             results.append(result)
         return results
 

@@ -26,7 +26,6 @@ from app.audit import audit
 from app.datasets.export_parts import (
     PARALLEL_MIN_COMPARISONS,
     ExportPart,
-    PartFailed,
     PartRunner,
     RowTally,
     export_processes,
@@ -709,10 +708,6 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                     runner.append_to(writer, runner.wait(lambda _: on_batch(others["own"])), tally)
             except ValueError as error:  # the data cannot take this spec (e.g. a chat prompt as a plain string)
                 raise Unprocessable(str(error)) from error
-            except PartFailed as error:
-                if error.unprocessable:
-                    raise Unprocessable(str(error)) from error
-                raise
             finally:
                 gc.unfreeze()
             if sum(writer.rows.values()) == 0:
