@@ -319,7 +319,7 @@ class _ExportStream:
             .where(in_range))  # fmt: skip
         prompt_ids = [row[1] for row in batch_comparisons]  # not empty: the batch's judgments have comparisons
         is_test = _split_is_test(Prompt.id, spec.split.seed, spec.split.test_fraction) \
-            if connection.dialect.name == "postgresql" else literal(None)
+            if connection.dialect.name == "postgresql" and spec.format == "pairs" else literal(None)  # iter_pair_rows
         prompts = {
             prompt_id: (json_loads(messages), is_chat, json_loads(tools) if tools and tools != "null" else None,
                         json_loads(category) if category and category != "null" else None, test)
