@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy import LargeBinary, Text, cast, exists, false, func, literal, select, true
 from sqlalchemy.orm import Session
@@ -48,6 +49,8 @@ from app.datasets.formats import (
     split_key,
     split_test_below,
 )
+from app.datasets.pair_lines import pair_line_column, weight_suffixes
+from app.datasets.pair_lines import usable as pair_lines_usable
 from app.datasets.schemas import DatasetCreate, DatasetOut
 from app.datasets.snapshot_files import (
     MANIFEST_NAME,
@@ -90,6 +93,9 @@ compare)."""
 RANGE_WIDEST = 8
 """On PostgreSQL an export reads the judgments of a range of comparison ids at a time (`_ExportStream._ranges`): a
 batch's worth of ids, up to this many batches' worth where the project's comparisons are sparse."""
+PAIR_LINES = True
+"""On PostgreSQL the database writes most lines of a standard pairs export (iter_pair_lines; tests switch it off to
+compare)."""
 PAIR_BATCH_COMPARISONS = 10_000
 """The pairs fast path's batches (iter_pair_rows): larger, so a 10M-pair export makes a fifth of the round trips
 (under load each waits for the server's turn); a few batches in memory at once are tens of MB."""
@@ -144,12 +150,16 @@ def _as_text(column):
     return cast(column, Text)
 
 
-def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
+def _judgment_query(project: Project, spec: DatasetCreate, *columns, with_prompt: bool = False):
+    """The export's judgments (the spec's filters), in (comparison, judgment) order: by default the columns
+    `_ExportStream.judged` reads; `columns` instead over judgment, comparison, ai_verdict (and prompt)."""
     filters = spec.filters
     query = (
-        select(Judgment.comparison_id, Judgment.rater_id, _as_text(Judgment.ranking), _as_text(Judgment.flags),
-               Judgment.source, Judgment.created_at, Judgment.guideline_version, Judgment.id,
-               _as_text(Judgment.attributes), AIVerdict.confidence)
+        select(*(columns or (Judgment.comparison_id, Judgment.rater_id, _as_text(Judgment.ranking),
+                             _as_text(Judgment.flags), Judgment.source, Judgment.created_at,
+                             Judgment.guideline_version, Judgment.id, _as_text(Judgment.attributes),
+                             AIVerdict.confidence)))
+        .select_from(Judgment)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .outerjoin(AIVerdict, AIVerdict.judgment_id == Judgment.id)  # an AI judgment's confidence
         # the counted judgments of the asked-for sources (app.judgments.selections): an admin who resolved a flag as
@@ -157,6 +167,8 @@ def _judgment_query(project: Project, spec: DatasetCreate, db: Session):
         .where(counted(*filters.sources, project_id=project.id))
         .order_by(Judgment.comparison_id, Judgment.id)
     )  # fmt: skip
+    if with_prompt:
+        query = query.join(Prompt, Prompt.id == Comparison.prompt_id)
     if filters.date_from:
         query = query.where(Judgment.created_at >= filters.date_from)
     if filters.date_to:
@@ -224,7 +236,7 @@ class _ExportStream:
                                                                .where(User.labels.is_not(None)))
                              if labels}  # fmt: skip
         self.connection = db.connection()
-        self.query = _judgment_query(project, spec, db)
+        self.query = _judgment_query(project, spec)
         # Edits are few or none: one look for any in the project spares every batch its probe of each judgment.
         self.edits = spec.filters.include_edits and spec.format in ("pairs", "sft") and bool(db.scalar(select(exists(
             select(Completion.id).join(Judgment, Judgment.id == Completion.judgment_id)
@@ -255,12 +267,18 @@ class _ExportStream:
         yield from self._ranges()
 
     def _ranges(self) -> Iterator:
-        """PostgreSQL: the judgments of one range of comparison ids at a time (about a batch of comparisons; the
-        range widens where the project's comparisons are sparse, up to RANGE_WIDEST batches), each range one
-        statement fetched whole. Under READ COMMITTED each statement takes its own snapshot and drops it when it
-        ends, so between statements the export's connection holds none (pg_stat_activity.backend_xmin is null), even
-        inside its caller's transaction, which the caller owns (and whose uncommitted rows it sees, as before).
-        Bounded by the watermark: the same rows as one ordered query on a database nobody writes to."""
+        """PostgreSQL: the judgments of one range of comparison ids at a time (`range_rows`), in order."""
+        for _, rows in self.range_rows(self.query):
+            yield from rows
+
+    def range_rows(self, query) -> Iterator[tuple[int, list]]:
+        """PostgreSQL: (comparisons judged, rows) of `query` (a judgment query) for one range of comparison ids at a
+        time (about a batch of comparisons; the range widens where the project's comparisons are sparse, up to
+        RANGE_WIDEST batches), each range one statement fetched whole. Under READ COMMITTED each statement takes its
+        own snapshot and drops it when it ends, so between statements the export's connection holds none
+        (pg_stat_activity.backend_xmin is null), even inside its caller's transaction, which the caller owns (and
+        whose uncommitted rows it sees, as before). Bounded by the watermark: the same rows as one ordered query on a
+        database nobody writes to."""
         first, last = self.bounds
         if first is None:
             return
@@ -268,10 +286,10 @@ class _ExportStream:
         low, width = first, size
         while low <= last:
             high = min(last, low + width - 1)
-            rows = self._all(self.query.where(Judgment.comparison_id.between(low, high),
-                                              Judgment.id <= self.watermark))  # fmt: skip
+            rows = self._all(query.where(Judgment.comparison_id.between(low, high),
+                                         Judgment.id <= self.watermark))  # fmt: skip
             judged = len({row[0] for row in rows})
-            yield from rows
+            yield judged, rows
             del rows
             low = high + 1
             if judged < size // 2:  # sparse here (other projects' comparisons between): wider ranges
@@ -412,13 +430,12 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
 _END = object()
 
 
-def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _BatchLookups]]:
-    """`stream`'s batches with their lookups. On PostgreSQL a reader thread fetches them one or two batches ahead
+def _read_ahead(items: Iterator, connection) -> Iterator:
+    """`items` (a generator that reads the database). On PostgreSQL a reader thread runs it one or two items ahead
     (the connection is the thread's alone until this generator ends: close it, as build_snapshot does), so the
     server's work and the wire overlap this thread's (psycopg waits without the GIL); on SQLite, in line."""
-    if stream.connection.dialect.name != "postgresql":
-        for batch in stream.batches():
-            yield batch, stream.load(batch)
+    if connection.dialect.name != "postgresql":
+        yield from items
         return
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -434,8 +451,8 @@ def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _Batch
 
     def read() -> None:
         try:
-            for batch in stream.batches():
-                if not put((batch, stream.load(batch))):
+            for item in items:
+                if not put(item):
                     return
             put(_END)
         except BaseException as error:  # noqa: BLE001 (raised again in the consumer's thread)
@@ -453,59 +470,128 @@ def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _Batch
         reader.join()
 
 
+def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _BatchLookups]]:
+    """`stream`'s batches with their lookups, read ahead (`_read_ahead`)."""
+    return _read_ahead(((batch, stream.load(batch)) for batch in stream.batches()), stream.connection)
+
+
+def _comparison_pair_rows(stream: _ExportStream, cid: int, judgments: list, lookups: _BatchLookups,
+                          on_comparison: Callable[[Iterable[int], datetime | None], None] | None,
+                          ) -> Iterator[tuple[str, dict]]:  # fmt: skip
+    """One comparison's `(split, row)`s of the standard pairs export (iter_pair_rows), keys sorted: a single
+    decisive vote made into its row directly (`formats.single_vote_pair_row`), anything else through
+    JudgedComparison and pair_rows. `on_comparison(guideline versions, latest judgment time)` before its rows."""
+    filters, split = stream.spec.filters, stream.spec.split
+    if len(judgments) == 1 and cid not in lookups.edits:
+        _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
+        prompt_id, completion_ids, is_gold, messages, is_chat, _, category, is_test = lookups.comparisons[cid]
+        row = single_vote_pair_row(
+            cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
+            stream.weights.get(rater_id, 1.0), source, confidence, lookups.completions, lookups.continuations,
+            rater_id in stream.rater_groups)  # fmt: skip
+        if row is not NOT_SIMPLE:
+            if on_comparison:
+                on_comparison((guideline_version,) if guideline_version else (), created_at or None)
+            if row is not None and _keep(row, filters.min_agreement, filters.min_votes):
+                if is_test is not None and not is_chat:  # the database hashed the prompt id
+                    yield ("test" if is_test else "train"), row
+                    return
+                unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
+                yield split_for_prompt(unit, seed=split.seed, test_fraction=split.test_fraction), row
+            return
+    jc = stream.judged(cid, judgments, lookups)
+    if on_comparison:
+        on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
+                      max((v.created_at for v in jc.judgments if v.created_at), default=None))
+    for row_split, row in export_rows((jc,), "pairs", conversational=False, min_agreement=filters.min_agreement,
+                                      min_votes=filters.min_votes, seed=split.seed,
+                                      test_fraction=split.test_fraction):  # fmt: skip
+        yield row_split, dict(sorted(row.items()))
+
+
 def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None = None, *,
                    on_batch: Callable[[int], None] | None = None,
                    on_comparison: Callable[[Iterable[int], datetime | None], None] | None = None,
                    part: ExportPart | None = None) -> Iterator[tuple[str, dict]]:  # fmt: skip
     """The standard (not conversational) pairs export's `(split, row)`s: exactly what
     `export_rows(iter_judged_comparisons(...), "pairs", conversational=False, ...)` yields (tests/datasets/
-    test_pair_fast_path.py compares them byte for byte), faster. A comparison with a single vote that ranks two of
-    its completions one over the other (every pairwise judgment; most of a large export) has one row, built here from
-    the judgment's row directly (`formats.single_vote_pair_row`: the same arithmetic as `pair_rows`' one-voter case)
-    instead of through JudgmentVote, JudgedComparison and pair_rows' grouping. Everything else (several votes, ties,
-    multi-option rankings, edits, labelled raters, continuations, odd data that fails) takes the general path.
-    `on_comparison(guideline versions, latest judgment time)` is called for every comparison before its rows.
-    Every row's keys are in sorted order (and no value is a dict: a standard pairs row holds strings, numbers and
-    lists of strings), so the writer need not sort them (`SnapshotWriter.write(keys_sorted=True)`)."""
-    filters, split = spec.filters, spec.split
-    min_agreement, min_votes, seed, test_fraction = filters.min_agreement, filters.min_votes, split.seed, \
-        split.test_fraction
+    test_pair_fast_path.py compares them byte for byte), faster: a comparison with a single vote that ranks two of
+    its completions one over the other (every pairwise judgment; most of a large export) has one row, built from
+    the judgment's row directly (`_comparison_pair_rows`). `on_comparison(guideline versions, latest judgment time)`
+    is called for every comparison before its rows. Every row's keys are in sorted order (and no value is a dict: a
+    standard pairs row holds strings, numbers and lists of strings), so the writer need not sort them
+    (`SnapshotWriter.write(keys_sorted=True)`). On PostgreSQL `iter_pair_lines` is faster still."""
     stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000, part=part)
-    weights, rater_groups = stream.weights, stream.rater_groups
     done = 0
     batches = _prefetched(stream)
     with contextlib.closing(batches):  # an error here (a cancelled job's progress) stops the reader thread first
         for batch, lookups in batches:
-            comparisons, completions, continuations, edits = lookups.comparisons, lookups.completions, \
-                lookups.continuations, lookups.edits
             for cid, judgments in batch.items():
-                if cid in lookups.unsafe:
-                    continue
-                if len(judgments) == 1 and cid not in edits:
-                    _, rater_id, ranking, _, source, created_at, guideline_version, _, _, confidence = judgments[0]
-                    prompt_id, completion_ids, is_gold, messages, is_chat, _, category, is_test = comparisons[cid]
-                    row = single_vote_pair_row(
-                        cid, prompt_id, completion_ids, is_gold, messages, is_chat, category, json_loads(ranking),
-                        weights.get(rater_id, 1.0), source, confidence, completions, continuations,
-                        rater_id in rater_groups)  # fmt: skip
-                    if row is not NOT_SIMPLE:
-                        if on_comparison:
-                            on_comparison((guideline_version,) if guideline_version else (), created_at or None)
-                        if row is not None and _keep(row, min_agreement, min_votes):
-                            if is_test is not None and not is_chat:  # the database hashed the prompt id
-                                yield ("test" if is_test else "train"), row
-                                continue
-                            unit = f"conversation:{conversation_id(messages)}" if is_chat else prompt_id  # split_unit
-                            yield split_for_prompt(unit, seed=seed, test_fraction=test_fraction), row
-                        continue
-                jc = stream.judged(cid, judgments, lookups)
-                if on_comparison:
-                    on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
-                                  max((v.created_at for v in jc.judgments if v.created_at), default=None))
-                for row_split, row in export_rows((jc,), "pairs", conversational=False, min_agreement=min_agreement,
-                                                  min_votes=min_votes, seed=seed, test_fraction=test_fraction):
-                    yield row_split, dict(sorted(row.items()))
+                if cid not in lookups.unsafe:
+                    yield from _comparison_pair_rows(stream, cid, judgments, lookups, on_comparison)
             done += len(batch)
+            if on_batch:
+                on_batch(done)
+
+
+def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None,
+                    tally: RowTally, *, on_batch: Callable[[int], None] | None = None,
+                    part: ExportPart | None = None) -> Iterator[dict[str, tuple[bytes, int]]]:  # fmt: skip
+    """PostgreSQL (`pair_lines.usable`): the standard pairs export as bytes, one range of comparisons at a time:
+    split -> (the range's lines of that split, joined; how many), each line `canonical_json_line` of what
+    iter_pair_rows yields, in the same order (tests/datasets/test_pair_fast_path.py). The database writes the line
+    of each comparison with one decisive vote (app.datasets.pair_lines); the others take iter_pair_rows' way
+    (`_comparison_pair_rows`) in the same range. `tally` counts every row as it is made."""
+    stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, part=part)
+    suffixes, default_suffix = weight_suffixes(stream.weights, set(stream.rater_groups))
+    keep = _keep({"agreement": 1.0, "n_votes": 1}, spec.filters.min_agreement, spec.filters.min_votes)
+    query = _judgment_query(project, spec, Judgment.comparison_id, Judgment.rater_id, Judgment.guideline_version,
+                            Judgment.created_at, _split_is_test(Prompt.id, spec.split.seed, spec.split.test_fraction),
+                            pair_line_column(exclude_unsafe=spec.filters.exclude_unsafe, edits=stream.edits),
+                            with_prompt=True)  # fmt: skip
+
+    def ranges() -> Iterator[tuple[int, list, tuple | None]]:
+        """(comparisons, line rows, the Python path's batch and lookups or None) per range (the reader thread)."""
+        for judged, rows in stream.range_rows(query):
+            rest = {row[0] for row in rows if row[5] is None or suffixes.get(row[1], default_suffix) is None}
+            fallback = None
+            if rest:
+                batch: dict[int, list] = {}
+                for row in stream._all(stream.query.where(Judgment.comparison_id.between(min(rest), max(rest)),
+                                                          Judgment.id <= stream.watermark)):  # fmt: skip
+                    if row[0] in rest:
+                        batch.setdefault(row[0], []).append(row)
+                if batch:
+                    fallback = batch, stream.load(batch)
+            yield judged, rows, fallback
+
+    on_comparison, count = tally.on_comparison, tally.count
+    done = 0
+    chunks = _read_ahead(ranges(), stream.connection)
+    with contextlib.closing(chunks):  # an error here (a cancelled job's progress) stops the reader thread first
+        for judged, rows, fallback in chunks:
+            others: dict[int, list[tuple[str, bytes]]] = {}
+            if fallback is not None:
+                batch, lookups = fallback
+                for cid, judgments in batch.items():
+                    if cid not in lookups.unsafe:
+                        made = others[cid] = []
+                        for split, row in _comparison_pair_rows(stream, cid, judgments, lookups, on_comparison):
+                            made.append((split, orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)))  # keys sorted
+                            count()
+            lines: dict[str, list[bytes]] = {"train": [], "test": []}
+            train, test = lines["train"], lines["test"]
+            for cid, rater_id, version, created_at, is_test, line in rows:
+                if line is not None and (suffix := suffixes.get(rater_id, default_suffix)) is not None:
+                    on_comparison((version,) if version else (), created_at or None)
+                    if suffix and keep:  # NO_ROW (b""): a zero weight
+                        (test if is_test else train).append(line.encode() + suffix)
+                        count()
+                elif cid in others:  # its first row: the Python path's rows of the comparison
+                    for split, data in others.pop(cid):
+                        lines[split].append(data)
+            yield {split: (b"".join(made), len(made)) for split, made in lines.items() if made}
+            done += judged
             if on_batch:
                 on_batch(done)
 
@@ -563,13 +649,26 @@ def rater_weights(db: Session, project: Project) -> dict[int, float]:
     return rater_reliability(db, project)
 
 
+def pair_chunks(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None,
+                tally: RowTally, *, on_batch: Callable[[int], None] | None = None,
+                part: ExportPart | None = None) -> Iterator[dict[str, tuple[bytes, int]]]:  # fmt: skip
+    """The standard pairs export as `iter_pair_lines`' chunks (split -> (lines, how many)): iter_pair_lines where
+    the database can write lines (PAIR_LINES, `pair_lines.usable`), else iter_pair_rows' rows, a line each."""
+    if PAIR_LINES and pair_lines_usable(db.connection()):
+        yield from iter_pair_lines(db, project, spec, weights, tally, on_batch=on_batch, part=part)
+        return
+    rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=tally.on_comparison, part=part)
+    with contextlib.closing(rows):
+        for split, row in rows:
+            tally.count()
+            yield {split: (orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE), 1)}  # keys come sorted
+
+
 def run_export_part(database_url: str, project_id: int, spec: dict[str, Any], weights: dict[int, float], part: dict,
                     index: int, directory: str, splits: list[str], done: Any) -> None:  # fmt: skip
     """A spawned child's work (app.datasets.export_parts.PartRunner): the pairs rows of `part` into its part files,
     then its result file (rows per split, the tally) or, on an error, the error's text there (`kind`
     "unprocessable" for data the spec cannot take)."""
-    import orjson
-
     from app.db import session_factory
 
     where = Path(directory)
@@ -586,11 +685,11 @@ def run_export_part(database_url: str, project_id: int, spec: dict[str, Any], we
             files = {split: open(path, "wb", buffering=8 << 20)  # noqa: SIM115 (closed below)
                      for split, path in part_files(where, index, splits).items()}  # fmt: skip
             try:
-                for split, row in iter_pair_rows(session, project, parse_spec(spec), weights, on_batch=on_batch,
-                                                 on_comparison=tally.on_comparison, part=ExportPart(**part)):  # fmt: skip
-                    files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))  # keys come sorted
-                    rows[split] += 1
-                    tally.count()
+                for chunk in pair_chunks(session, project, parse_spec(spec), weights, tally, on_batch=on_batch,
+                                         part=ExportPart(**part)):  # fmt: skip
+                    for split, (data, count) in chunk.items():
+                        files[split].write(data)
+                        rows[split] += count
             finally:
                 for handle in files.values():
                     handle.close()
@@ -674,7 +773,7 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             raise Unprocessable("The ratings format needs attribute scales; this project has none.")
         with SnapshotWriter(final_dir, formats=formats, hf_datasets=spec.hf_datasets, schema=schema) as writer, \
                 contextlib.ExitStack() as children:  # exits first: a parallel export's children end before the writer
-            keys_sorted = False  # iter_pair_rows' rows come with their keys sorted: written without sorting again
+            chunks = None  # a standard pairs export's lines (pair_chunks), counted in the tally as they are made
             runner = None
             if steps:
                 rows = step_export_rows(db, project, spec)
@@ -686,9 +785,8 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
                                                                weights, parts[1:], writer.temp_dir,
                                                                writer.splits))  # fmt: skip
                     others["done"] = runner.done
-                rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=on_comparison,
-                                      part=parts[0] if parts else None)  # fmt: skip
-                keys_sorted = True
+                chunks = pair_chunks(db, project, spec, weights, tally, on_batch=on_batch,
+                                     part=parts[0] if parts else None)  # fmt: skip
             else:
                 rows = export_rows(comparisons(), spec.format, conversational=conversational,
                                    min_agreement=spec.filters.min_agreement, min_votes=spec.filters.min_votes,
@@ -698,11 +796,16 @@ def build_snapshot(db: Session, snapshot: DatasetSnapshot, *,
             # (about half of a million-row export's CPU); unfrozen after, back in the oldest generation.
             gc.freeze()
             try:
-                with contextlib.closing(rows):  # a reader thread (iter_pair_rows) stops before the session goes on
+                if chunks is not None:
+                    with contextlib.closing(chunks):  # its reader thread stops before the session goes on
+                        for chunk in chunks:
+                            for split, (data, count) in chunk.items():
+                                writer.write_lines(split, data, count)
+                else:
                     for split, row in rows:
                         if writer.schema is not None and conversational and _has_rich_messages(row):
                             writer.schema = None  # tool calls, reasoning: Parquet's columns are inferred from the rows
-                        writer.write(split, row, keys_sorted=keys_sorted)
+                        writer.write(split, row)
                         tally.count()
                 if runner is not None:
                     runner.append_to(writer, runner.wait(lambda _: on_batch(others["own"])), tally)

@@ -162,6 +162,13 @@ class SnapshotWriter:
                                        else canonical_json_line(row))  # fmt: skip
         self.rows[split] += 1
 
+    def write_lines(self, split: str, data: bytes, rows: int) -> None:
+        """`rows` canonical JSONL lines already made (`canonical_json_line`'s bytes, joined)."""
+        if self._state != "open":
+            raise RuntimeError(f"snapshot writer is {self._state}")
+        self._jsonl_files[split].write(data)
+        self.rows[split] += rows
+
     def append_jsonl(self, split: str, path: Path, rows: int) -> None:
         """Append a file of `rows` canonical JSONL lines (written by another process: app.datasets.export_parts)
         to the split's file."""

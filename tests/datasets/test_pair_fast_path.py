@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.datasets import service
+from app.datasets.export_parts import RowTally
 from app.datasets.formats import export_rows, split_for_prompt, split_test_below
 from app.datasets.snapshot_files import canonical_json_line
 from app.models import Comparison, Completion, DatasetSnapshot, Judgment, Project, Prompt, User
@@ -196,3 +197,157 @@ def test_the_databases_split_is_split_for_prompt(db, seed, test_fraction):
     assert said == expected
     if 0 < test_fraction < 1:
         assert 0 < sum(side == "test" for side in said.values()) < len(ids)
+
+
+# -- the database's lines (PostgreSQL: app.datasets.pair_lines, service.iter_pair_lines)
+
+ODD_TEXTS = ["plain", "tab\there", "nul-free \x01\x1f\x7f controls", 'back\\slash "quotes" /slash', "ünï ∑ 😀 \u2028\u2029",
+             "</script><b>html</b>", "", " " * 3, "line\r\nbreak"]  # fmt: skip
+
+
+def _seed_odd(db) -> tuple[Project, dict[int, float]]:
+    """A project of single votes in every shape the database's line must either write exactly or leave to Python:
+    escapes, non-ASCII and empty texts, missing and odd categories and model names, rankings that are not two
+    small integers, options of another prompt, JSON null and real continuations, AI votes with and without a
+    confidence, labelled raters and odd weights, an unsafe flag on a voided vote, an edit."""
+    from app.models import AIVerdict, Judge
+
+    raters = [User(username=f"odd{i}", password_hash="x", role="annotator",
+                   labels={"team": "b"} if i == 2 else None) for i in range(5)]  # fmt: skip
+    db.add_all(raters)
+    project = create_project(db, ProjectCreate(name="Odd lines", overlap=1), None)
+    db.flush()
+    judge = Judge(project_id=project.id, name="judge", method="reward", params={})
+    db.add(judge)
+    db.flush()
+    categories = [None, "", "maths", 5, ["x"], "ünï\n", {"a": 1}]
+    for g in range(42):
+        text = ODD_TEXTS[g % len(ODD_TEXTS)]
+        meta = {} if categories[g % 7] is None else {"category": categories[g % 7]}
+        messages = [{"role": "user", "content": f"{text} {g}"}]
+        prompt = Prompt(project_id=project.id, external_id=f"o{g}", is_chat=g % 9 == 4, messages=messages, meta=meta)
+        db.add(prompt)
+        db.flush()
+        options = 3 if g % 10 == 9 else 2
+        completions = [Completion(prompt_id=prompt.id, text=ODD_TEXTS[(g + j) % len(ODD_TEXTS)] + str(j),
+                                  model_name=None if (g + j) % 4 == 0 else ODD_TEXTS[(g * j) % len(ODD_TEXTS)][:20],
+                                  meta={"messages": None} if g == 11 and j == 1 else
+                                  {"messages": [{"role": "assistant", "content": "hi"}]} if g == 13 and j == 0 else {})
+                       for j in range(options)]  # fmt: skip
+        db.add_all(completions)
+        db.flush()
+        ids = [c.id for c in completions]
+        stored_ids = [float(i) for i in ids] if g == 15 else ids  # [1.0, 2.0]: equal to the ids (Python and JSONB)
+        comparison = Comparison(project_id=project.id, prompt_id=prompt.id, completion_ids=stored_ids,
+                                is_gold=g % 6 == 0)  # fmt: skip
+        db.add(comparison)
+        db.flush()
+        a, b = ids[0], ids[1]
+        ranking = [[b], [a]] if g % 2 else [[a], [b]]
+        if g == 17:
+            ranking = [[float(a)], [b]]  # a float id: pair_rows' business
+        if g == 19:
+            ranking = [[a], [b], []]
+        if g % 10 == 9:
+            ranking = [[ids[2]], [a]]  # two of three options
+        source = "ai" if g % 8 == 3 else "human"
+        judgment = Judgment(comparison_id=comparison.id, project_id=project.id, rater_id=raters[g % 5].id,
+                            ranking=ranking, flags=["unsafe"] if g == 23 else [], source=source,
+                            guideline_version=g % 3 or None,
+                            created_at=START + timedelta(days=g % 4, minutes=g))  # fmt: skip
+        db.add(judgment)
+        db.flush()
+        if source == "ai" and g % 16 == 3:
+            db.add(AIVerdict(judgment_id=judgment.id, comparison_id=comparison.id, project_id=project.id,
+                             judge_id=judge.id, method="reward", confidence=0.875))  # fmt: skip
+        if g == 23:  # an unsafe flag on a voided second vote: the comparison leaves the export under exclude_unsafe
+            db.add(Judgment(comparison_id=comparison.id, project_id=project.id, rater_id=raters[0].id,
+                            ranking=ranking, flags=["unsafe"], source="human", voided_at=START))  # fmt: skip
+        if g == 29:
+            db.add(Completion(prompt_id=prompt.id, text="an edit", source="human_edit", parent_id=ranking[0][0],
+                              author_id=raters[1].id, judgment_id=judgment.id))  # fmt: skip
+    db.flush()
+    return project, {raters[0].id: 0.8333333333333334, raters[1].id: 0.0, raters[3].id: 1e-7}
+
+
+def _lines(db, project, spec, weights) -> tuple[dict[str, bytes], RowTally]:
+    tally = RowTally()
+    out: dict[str, list[bytes]] = {"train": [], "test": []}
+    for chunk in service.pair_chunks(db, project, spec, weights, tally):
+        for split, (data, count) in chunk.items():
+            assert data.count(b"\n") == count
+            out[split].append(data)
+    return {split: b"".join(parts) for split, parts in out.items()}, tally
+
+
+def _by_split(lines: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    return {split: b"".join(line for side, line in lines if side == split) for split in ("train", "test")}
+
+
+def _general_tally(db, project, spec, weights) -> RowTally:
+    tally = RowTally()
+    for jc in service.iter_judged_comparisons(db, project, spec, weights):
+        tally.on_comparison((v.guideline_version for v in jc.judgments if v.guideline_version),
+                            max((v.created_at for v in jc.judgments if v.created_at), default=None))
+        for _ in export_rows((jc,), "pairs", conversational=False, min_agreement=spec.filters.min_agreement,
+                             min_votes=spec.filters.min_votes, seed=spec.split.seed,
+                             test_fraction=spec.split.test_fraction):  # fmt: skip
+            tally.count()
+    return tally
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the database writes lines there only
+@pytest.mark.parametrize(("seed_project", "batch"), [(_seed, 3), (_seed_odd, 1), (_seed_odd, 10_000)])
+@pytest.mark.parametrize("spec", [
+    {},
+    {"split": {"test_fraction": 0.5, "seed": 7}},
+    {"filters": {"min_agreement": 0.6, "sources": ["human", "ai", "imported"]}},
+    {"filters": {"min_votes": 2, "exclude_unsafe": True, "include_edits": False}},
+    {"filters": {"exclude_unsafe": True, "sources": ["ai", "human"]}},
+])  # fmt: skip
+def test_the_databases_lines_are_the_general_paths_lines(db, monkeypatch, seed_project, batch, spec):
+    """iter_pair_lines (the database writes a single decisive vote's line) gives each split the general path's
+    bytes, and the manifest's tally the same guideline versions and rows per day; some comparisons take the Python
+    path (each odd shape of _seed_odd), most do not."""
+    from app.datasets import pair_lines
+
+    project, weights = seed_project(db)
+    monkeypatch.setattr(service, "PAIR_BATCH_COMPARISONS", batch)
+    monkeypatch.setattr(service, "BATCH_COMPARISONS", batch)
+    assert pair_lines.usable(db.connection())
+    python_path = []
+    real = service._comparison_pair_rows
+    monkeypatch.setattr(service, "_comparison_pair_rows", lambda stream, cid, *a: python_path.append(cid) or
+                        real(stream, cid, *a))  # fmt: skip
+    parsed = service.parse_spec({"format": "pairs", **spec})
+    for rater_weights in (weights, {}):
+        python_path.clear()
+        general = _by_split(_general(db, project, parsed, rater_weights))
+        assert general["train"] or parsed.filters.min_votes > 1, "the spec keeps some rows"  # _seed_odd: single votes
+        lines, tally = _lines(db, project, parsed, rater_weights)
+        assert lines == general
+        expected = _general_tally(db, project, parsed, rater_weights)
+        assert (tally.guideline_versions, tally.rows_per_day) == (expected.guideline_versions, expected.rows_per_day)
+        comparisons = len(list(service.iter_judged_comparisons(db, project, parsed, rater_weights)))
+        assert 0 < len(python_path) < comparisons
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_each_odd_shape_takes_the_python_path(db):
+    """The database writes no line where single_vote_pair_row would not, or would write another: one comparison of
+    each odd shape, checked by its own line column."""
+    from sqlalchemy import select
+
+    from app.datasets import pair_lines
+
+    project, _ = _seed_odd(db)
+    spec = service.parse_spec({"format": "pairs", "filters": {"exclude_unsafe": True}})
+    line = pair_lines.pair_line_column(exclude_unsafe=True, edits=True)
+    rows = db.execute(service._judgment_query(project, spec, Prompt.external_id, line, with_prompt=True)).all()
+    written = {external_id for external_id, text in rows if text is not None}
+    for g, why in [(4, "a chat prompt"), (11, "a JSON null continuation"),
+                   (13, "a continuation"), (17, "a float id"), (19, "three groups"),
+                   (9, "three options"), (23, "unsafe"), (29, "an edit"), (3, "an AI vote's confidence")]:  # fmt: skip
+        assert f"o{g}" not in written, why
+    for g in (0, 1, 2, 5, 6, 7, 8, 10, 12, 14, 16, 15):  # 15: ids stored as 1.0, 2.0 are those options in both
+        assert f"o{g}" in written, g
