@@ -11,7 +11,8 @@ One definition of the row: `formats.single_vote_pair_row` (and pair_rows behind 
 that function, never looser: where any condition is not plainly met (a chat prompt, an AI vote with a confidence,
 ids that are not small canonical integers, a comparison of more than two options, a continuation, a completion of
 another prompt, an edit, an "unsafe" flag anywhere on the comparison, a labelled rater, an odd weight) the line is
-NULL and the comparison takes the Python path, which decides as before. tests/datasets/test_pair_fast_path.py holds
+NULL and the comparison takes the Python path, which decides as before (two options of one prompt whose ids are
+small integers and a vote [[a], [b]] is what the rating page stores). tests/datasets/test_pair_fast_path.py holds
 the lines to `canonical_json_line` of the general path's rows, byte for byte, on data that hits each of those cases.
 The escaping is PostgreSQL's `to_json(text)`, which writes what orjson writes for every character (the same tests,
 control characters and non-ASCII included); it is used only where the server encoding is UTF8 (`usable`)."""
@@ -27,57 +28,55 @@ from sqlalchemy import Connection, literal_column
 NO_ROW = b""
 """`weight_suffixes`' value for a rater whose weight is zero: pair_rows makes no row of that vote."""
 
-_ID = "'^[0-9]{1,9}$'"  # a canonical JSON integer that fits an int4 (so the casts below cannot fail)
-_BETTER, _WORSE = "judgment.ranking -> 0 -> 0", "judgment.ranking -> 1 -> 0"
-
-
-def _option(key: str, element: str) -> str:
-    """`,"chosen":text,"chosen_id":id,"chosen_model":name` of the ranked option `element`, or NULL where it is not a
-    plain completion of the comparison's prompt (missing, another prompt's, or continuing the conversation)."""
-    return (f"""(SELECT ',"{key}":' || to_json(x.text)::text || ',"{key}_id":' || x.id || ',"{key}_model":' """
-            f"""|| coalesce(to_json(x.model_name::text)::text, 'null') FROM completion x """
-            f"""WHERE x.id = ({element})::text::int AND x.prompt_id = comparison.prompt_id """
-            f"""AND x.metadata -> 'messages' IS NULL)""")  # fmt: skip
+_RANKING, _OPTIONS = "judgment.ranking", "comparison.completion_ids"
+_FIRST, _SECOND = f"({_OPTIONS} ->> 0)", f"({_OPTIONS} ->> 1)"
 
 
 def pair_line_sql(*, exclude_unsafe: bool, edits: bool) -> str:
     """The line column's SQL over `judgment` joined to `comparison`, `prompt` and (outer) `ai_verdict` (the export's
-    judgment query, app.datasets.service._judgment_query): text, or NULL for the Python path. The CASE guards every
-    cast and subquery (evaluated only when its condition holds); `->` answers NULL on any other JSON shape."""
+    judgment query, app.datasets.service._judgment_query): text, or NULL for the Python path.
+
+    The shape checks compare texts (JSONB's own text form): the comparison's options are exactly two different
+    small integers `[a, b]` and the vote is `[[a], [b]]` or `[[b], [a]]`, so the casts below cannot fail and both
+    ranked ids are the comparison's only options. One subquery reads both completions (of this prompt, neither
+    continuing the conversation; a missing one makes it NULL) and builds the line with one `concat` (chained `||`
+    copies the growing text at each step). Everything `concat` would skip as NULL is ruled out in the CASE."""
     conditions = [
-        "count(*) OVER (PARTITION BY judgment.comparison_id) = 1",  # one counted vote (after the export's filters)
+        # A hint, not the rule: a comparison of several votes is not worth a line. Whether it has one counted vote
+        # after the export's filters, the caller sees in the rows (service.iter_pair_lines).
+        "comparison.n_judgments <= 1",
         "NOT prompt.is_chat",
         "jsonb_typeof(prompt.messages -> 0 -> 'content') = 'string'",
+        "comparison.is_gold IS NOT NULL",
         "(judgment.source <> 'ai' OR ai_verdict.confidence IS NULL)",
-        # ranking [[better], [worse]], both ids small integers, different, and the comparison's two options
-        "jsonb_typeof(judgment.ranking) = 'array' AND judgment.ranking -> 2 IS NULL",
-        "jsonb_typeof(judgment.ranking -> 0) = 'array' AND judgment.ranking -> 0 -> 1 IS NULL",
-        "jsonb_typeof(judgment.ranking -> 1) = 'array' AND judgment.ranking -> 1 -> 1 IS NULL",
-        f"jsonb_typeof({_BETTER}) = 'number' AND ({_BETTER})::text ~ {_ID}",
-        f"jsonb_typeof({_WORSE}) = 'number' AND ({_WORSE})::text ~ {_ID}",
-        f"({_BETTER}) <> ({_WORSE})",
-        "jsonb_typeof(comparison.completion_ids) = 'array' AND comparison.completion_ids -> 2 IS NULL",
-        f"comparison.completion_ids @> jsonb_build_array({_BETTER}, {_WORSE})",
-    ]
+        rf"{_OPTIONS}::text ~ '^\[[0-9]{{1,9}}, [0-9]{{1,9}}\]$'",
+        f"{_FIRST} <> {_SECOND}",
+        f"{_RANKING}::text IN ('[[' || {_FIRST} || '], [' || {_SECOND} || ']]', "
+        f"'[[' || {_SECOND} || '], [' || {_FIRST} || ']]')",
+    ]  # fmt: skip
     if exclude_unsafe:  # the Python path's pre-filter (service._ExportStream.load): any judgment of the comparison
         conditions.append("NOT EXISTS (SELECT 1 FROM judgment u WHERE u.comparison_id = judgment.comparison_id "
                           """AND u.flags::text LIKE '%"unsafe"%')""")  # fmt: skip
     if edits:
         conditions.append("NOT EXISTS (SELECT 1 FROM completion e WHERE e.judgment_id = judgment.id "
                           "AND e.source = 'human_edit')")  # fmt: skip
-    line = " || ".join([
-        """'{"agreement":1.0,"ai_confidence":null,"category":'""",
-        "CASE WHEN jsonb_typeof(prompt.metadata -> 'category') = 'string' AND prompt.metadata ->> 'category' <> '' "
-        "THEN to_json(prompt.metadata ->> 'category')::text ELSE 'null' END",
-        _option("chosen", _BETTER),
-        """',"comparison_id":' || judgment.comparison_id""",
-        """',"edited":false,"group_chosen":[],"group_rejected":[],"is_gold":'""",
-        "CASE WHEN comparison.is_gold THEN 'true' WHEN NOT comparison.is_gold THEN 'false' END",
-        """',"margin":1.0,"n_votes":1,"prompt":' || to_json(prompt.messages -> 0 ->> 'content')::text""",
-        """',"prompt_id":' || prompt.id""",
-        _option("rejected", _WORSE),
-        """',"sources":[' || to_json(judgment.source::text)::text || '],"weight":'""",
-    ])  # fmt: skip
+    line = f"""(SELECT concat('{{"agreement":1.0,"ai_confidence":null,"category":',
+        CASE WHEN jsonb_typeof(prompt.metadata -> 'category') = 'string' AND prompt.metadata ->> 'category' <> ''
+             THEN to_json(prompt.metadata ->> 'category')::text ELSE 'null' END,
+        ',"chosen":', to_json(x.text)::text, ',"chosen_id":', x.id,
+        ',"chosen_model":', coalesce(to_json(x.model_name::text)::text, 'null'),
+        ',"comparison_id":', judgment.comparison_id, ',"edited":false,"group_chosen":[],"group_rejected":[],"is_gold":',
+        CASE WHEN comparison.is_gold THEN 'true' ELSE 'false' END,
+        ',"margin":1.0,"n_votes":1,"prompt":', to_json(prompt.messages -> 0 ->> 'content')::text,
+        ',"prompt_id":', prompt.id,
+        ',"rejected":', to_json(y.text)::text, ',"rejected_id":', y.id,
+        ',"rejected_model":', coalesce(to_json(y.model_name::text)::text, 'null'),
+        ',"sources":[', to_json(judgment.source::text)::text, '],"weight":')
+      FROM completion x, completion y
+      WHERE x.id = ({_RANKING} -> 0 ->> 0)::int AND x.prompt_id = comparison.prompt_id
+        AND x.metadata -> 'messages' IS NULL
+        AND y.id = ({_RANKING} -> 1 ->> 0)::int AND y.prompt_id = comparison.prompt_id
+        AND y.metadata -> 'messages' IS NULL)"""
     return f"CASE WHEN {' AND '.join(conditions)} THEN {line} END"
 
 

@@ -247,6 +247,8 @@ class _ExportStream:
             # Each statement reads one batch (thousands of rows, milliseconds): parallel workers, which PostgreSQL
             # plans for the judgments' range, cost more CPU to start than they save. Until the caller's commit.
             self.connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+            # nor compiled expressions: JIT costs tens of milliseconds a statement, more than it saves on one range
+            self.connection.exec_driver_sql("SET LOCAL jit = off")
         if part is not None:  # one process's share of an export (app.datasets.export_parts): PostgreSQL only
             self.watermark, self.bounds = part.watermark, (part.low, part.high)
         elif self.connection.dialect.name == "postgresql":
@@ -286,7 +288,8 @@ class _ExportStream:
         low, width = first, size
         while low <= last:
             high = min(last, low + width - 1)
-            rows = self._all(query.where(Judgment.comparison_id.between(low, high),
+            # the range on both sides of the join: PostgreSQL does not carry it across, and hashes every comparison
+            rows = self._all(query.where(Judgment.comparison_id.between(low, high), Comparison.id.between(low, high),
                                          Judgment.id <= self.watermark))  # fmt: skip
             judged = len({row[0] for row in rows})
             yield judged, rows
@@ -550,10 +553,15 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
                             pair_line_column(exclude_unsafe=spec.filters.exclude_unsafe, edits=stream.edits),
                             with_prompt=True)  # fmt: skip
 
-    def ranges() -> Iterator[tuple[int, list, tuple | None]]:
-        """(comparisons, line rows, the Python path's batch and lookups or None) per range (the reader thread)."""
+    def ranges() -> Iterator[tuple[int, list, set[int], tuple | None]]:
+        """(comparisons, line rows, the Python path's comparisons, their batch and lookups or None) per range (the
+        reader thread)."""
         for judged, rows in stream.range_rows(query):
-            rest = {row[0] for row in rows if row[5] is None or suffixes.get(row[1], default_suffix) is None}
+            rest, previous = set(), None  # the Python path's comparisons: no line, several votes, or an odd rater
+            for row in rows:
+                if row[0] == previous or row[5] is None or suffixes.get(row[1], default_suffix) is None:
+                    rest.add(row[0])
+                previous = row[0]
             fallback = None
             if rest:
                 batch: dict[int, list] = {}
@@ -563,13 +571,13 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
                         batch.setdefault(row[0], []).append(row)
                 if batch:
                     fallback = batch, stream.load(batch)
-            yield judged, rows, fallback
+            yield judged, rows, rest, fallback
 
     on_comparison, count = tally.on_comparison, tally.count
     done = 0
     chunks = _read_ahead(ranges(), stream.connection)
     with contextlib.closing(chunks):  # an error here (a cancelled job's progress) stops the reader thread first
-        for judged, rows, fallback in chunks:
+        for judged, rows, rest, fallback in chunks:
             others: dict[int, list[tuple[str, bytes]]] = {}
             if fallback is not None:
                 batch, lookups = fallback
@@ -582,14 +590,16 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
             lines: dict[str, list[bytes]] = {"train": [], "test": []}
             train, test = lines["train"], lines["test"]
             for cid, rater_id, version, created_at, is_test, line in rows:
-                if line is not None and (suffix := suffixes.get(rater_id, default_suffix)) is not None:
-                    on_comparison((version,) if version else (), created_at or None)
-                    if suffix and keep:  # NO_ROW (b""): a zero weight
-                        (test if is_test else train).append(line.encode() + suffix)
-                        count()
-                elif cid in others:  # its first row: the Python path's rows of the comparison
-                    for split, data in others.pop(cid):
-                        lines[split].append(data)
+                if cid in rest:
+                    if cid in others:  # its first row: the Python path's rows of the comparison
+                        for split, data in others.pop(cid):
+                            lines[split].append(data)
+                    continue
+                on_comparison((version,) if version else (), created_at or None)
+                suffix = suffixes.get(rater_id, default_suffix)
+                if suffix and keep:  # NO_ROW (b""): a zero weight
+                    (test if is_test else train).append(line.encode() + suffix)
+                    count()
             yield {split: (b"".join(made), len(made)) for split, made in lines.items() if made}
             done += judged
             if on_batch:
