@@ -522,8 +522,8 @@ def iter_pair_rows(db: Session, project: Project, spec: DatasetCreate, weights: 
     its completions one over the other (every pairwise judgment; most of a large export) has one row, built from
     the judgment's row directly (`_comparison_pair_rows`). `on_comparison(guideline versions, latest judgment time)`
     is called for every comparison before its rows. Every row's keys are in sorted order (and no value is a dict: a
-    standard pairs row holds strings, numbers and lists of strings), so the writer need not sort them
-    (`SnapshotWriter.write(keys_sorted=True)`). On PostgreSQL `iter_pair_lines` is faster still."""
+    standard pairs row holds strings, numbers and lists of strings), so their canonical lines are orjson's without
+    sorting (`pair_chunks`). On PostgreSQL `iter_pair_lines` is faster still."""
     stream = _ExportStream(db, project, spec, weights, PAIR_BATCH_COMPARISONS, fetch_rows=20_000, part=part)
     done = 0
     batches = _prefetched(stream)

@@ -151,15 +151,13 @@ class SnapshotWriter:
         name = f"{split}.jsonl" if "jsonl" in self.formats else f".{split}.rows.jsonl"
         return self.temp_dir / name
 
-    def write(self, split: str, row: dict[str, Any], *, keys_sorted: bool = False) -> None:
-        """One row. `keys_sorted`: the caller vouches that the row's keys are in sorted order and that no value
-        holds a dict, so its canonical line is orjson's without sorting (about a microsecond a row less)."""
+    def write(self, split: str, row: dict[str, Any]) -> None:
+        """One row (its canonical line)."""
         if self._state != "open":
             raise RuntimeError(f"snapshot writer is {self._state}")
         if split not in self._jsonl_files:
             raise ValueError(f"unknown split {split!r}; this writer has {', '.join(self.splits)}")
-        self._jsonl_files[split].write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) if keys_sorted
-                                       else canonical_json_line(row))  # fmt: skip
+        self._jsonl_files[split].write(canonical_json_line(row))
         self.rows[split] += 1
 
     def write_lines(self, split: str, data: bytes, rows: int) -> None:

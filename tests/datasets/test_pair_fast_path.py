@@ -91,7 +91,7 @@ def _general(db, project, spec, weights) -> list[tuple[str, bytes]]:
 def _fast(db, project, spec, weights, seen: list) -> list[tuple[str, bytes]]:
     rows = list(service.iter_pair_rows(db, project, spec, weights,
                                        on_comparison=lambda versions, latest: seen.append((sorted(versions), latest))))
-    for _, row in rows:  # what lets the snapshot write them without sorting (SnapshotWriter.write(keys_sorted=True))
+    for _, row in rows:  # what lets the export write them without sorting (service.pair_chunks)
         assert list(row) == sorted(row) and not any(isinstance(value, dict) for value in row.values())
     return [(split, canonical_json_line(row)) for split, row in rows]
 
@@ -336,7 +336,6 @@ def test_the_databases_lines_are_the_general_paths_lines(db, monkeypatch, seed_p
 def test_each_odd_shape_takes_the_python_path(db):
     """The database writes no line where single_vote_pair_row would not, or would write another: one comparison of
     each odd shape, checked by its own line column."""
-    from sqlalchemy import select
 
     from app.datasets import pair_lines
 
