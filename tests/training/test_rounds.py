@@ -100,6 +100,7 @@ def drive(client, loop, *, until, worker: str = "w1", handlers=None, limit: int 
     raise AssertionError(f"not reached: {rounds(client, loop)}")
 
 
+@pytest.mark.only_db("postgresql")  # minutes of CPU: SQLite runs whole rounds in test_round_kinds (four of them)
 def test_a_round_runs_end_to_end_a_failed_step_is_retried_and_round_2_starts_by_itself(client, loop):
     headers = loop["engineer"]["headers"]
     started = client.post(loop["url"], headers=headers)
