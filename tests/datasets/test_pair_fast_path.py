@@ -96,14 +96,18 @@ def _fast(db, project, spec, weights, seen: list) -> list[tuple[str, bytes]]:
     return [(split, canonical_json_line(row)) for split, row in rows]
 
 
-@pytest.mark.parametrize("batch", [2, 10_000])  # 2: a batch boundary inside every shape of the seed
-@pytest.mark.parametrize("spec", [
+SPECS = [
     {},
     {"split": {"test_fraction": 0.5, "seed": 7}},
     {"filters": {"min_agreement": 0.6, "sources": ["human", "ai", "imported"]}},
     {"filters": {"min_votes": 2, "exclude_unsafe": True, "include_edits": False}},
-    {"filters": {"exclude_gold": True, "sources": ["ai", "human"]}},
-])  # fmt: skip
+    {"filters": {"exclude_gold": True, "exclude_unsafe": True, "sources": ["ai", "human"]}},
+]  # fmt: skip
+"""Export specs both byte tests run: splits, filters of votes and sources, unsafe flags, edits on and off."""
+
+
+@pytest.mark.parametrize("batch", [2, 10_000])  # 2: a batch boundary inside every shape of the seed
+@pytest.mark.parametrize("spec", SPECS)
 def test_the_fast_path_writes_the_general_paths_rows_byte_for_byte(db, monkeypatch, batch, spec):
     project, weights = _seed(db)
     monkeypatch.setattr(service, "PAIR_BATCH_COMPARISONS", batch)
@@ -298,13 +302,7 @@ def _general_tally(db, project, spec, weights) -> RowTally:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the database writes lines there only
 @pytest.mark.parametrize(("seed_project", "batch"), [(_seed, 3), (_seed_odd, 2), (_seed_odd, 10_000)])
-@pytest.mark.parametrize("spec", [
-    {},
-    {"split": {"test_fraction": 0.5, "seed": 7}},
-    {"filters": {"min_agreement": 0.6, "sources": ["human", "ai", "imported"]}},
-    {"filters": {"min_votes": 2, "exclude_unsafe": True, "include_edits": False}},
-    {"filters": {"exclude_unsafe": True, "sources": ["ai", "human"]}},
-])  # fmt: skip
+@pytest.mark.parametrize("spec", SPECS)
 def test_the_databases_lines_are_the_general_paths_lines(db, monkeypatch, seed_project, batch, spec):
     """iter_pair_lines (the database writes a single decisive vote's line) gives each split the general path's
     bytes, and the manifest's tally the same guideline versions and rows per day; some comparisons take the Python

@@ -82,11 +82,13 @@ def ray_head():
 
 
 def _stop_head(head: subprocess.Popen) -> None:
-    """SIGINT is what `ray start --block` ends its processes on (SIGTERM it ignores); SIGKILL the group after."""
+    """SIGINT is what `ray start --block` ends its processes on (SIGTERM it ignores); SIGKILL the group after. Its
+    shutdown took the whole minute it was given at the end of CI (a worker's last teardown, 61 s): 10 s, then the
+    group (the head was started in a session of its own: every Ray process is in it)."""
     if head.poll() is None:
         head.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(60)
+            head.wait(10)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
     head.wait()
