@@ -565,7 +565,9 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
             fallback = None
             if rest:
                 batch: dict[int, list] = {}
-                for row in stream._all(stream.query.where(Judgment.comparison_id.between(min(rest), max(rest)),
+                low, high = min(rest), max(rest)
+                for row in stream._all(stream.query.where(Judgment.comparison_id.between(low, high),
+                                                          Comparison.id.between(low, high),
                                                           Judgment.id <= stream.watermark)):  # fmt: skip
                     if row[0] in rest:
                         batch.setdefault(row[0], []).append(row)
@@ -659,12 +661,25 @@ def rater_weights(db: Session, project: Project) -> dict[int, float]:
     return rater_reliability(db, project)
 
 
+def _mostly_single_votes(db: Session, project: Project, sample: int = 10_000) -> bool:
+    """Whether most of the project's comparisons (its first `sample`) do not count several judgments: where the
+    database writes lines. With several votes a comparison every one takes the Python path, and the line query would
+    be work on top of it. `n_judgments` is a hint here (imported judgments may not count in it): only the path
+    depends on it, not the bytes."""
+    first = (select(Comparison.n_judgments).where(Comparison.project_id == project.id)
+             .order_by(Comparison.id).limit(sample).subquery())  # fmt: skip
+    several, total = db.execute(select(func.count().filter(first.c.n_judgments > 1), func.count())
+                                .select_from(first)).one()  # fmt: skip
+    return 2 * several <= total
+
+
 def pair_chunks(db: Session, project: Project, spec: DatasetCreate, weights: dict[int, float] | None,
                 tally: RowTally, *, on_batch: Callable[[int], None] | None = None,
                 part: ExportPart | None = None) -> Iterator[dict[str, tuple[bytes, int]]]:  # fmt: skip
     """The standard pairs export as `iter_pair_lines`' chunks (split -> (lines, how many)): iter_pair_lines where
-    the database can write lines (PAIR_LINES, `pair_lines.usable`), else iter_pair_rows' rows, a line each."""
-    if PAIR_LINES and pair_lines_usable(db.connection()):
+    the database can write lines (PAIR_LINES, `pair_lines.usable`) and most comparisons have one vote, else
+    iter_pair_rows' rows, a line each."""
+    if PAIR_LINES and pair_lines_usable(db.connection()) and _mostly_single_votes(db, project):
         yield from iter_pair_lines(db, project, spec, weights, tally, on_batch=on_batch, part=part)
         return
     rows = iter_pair_rows(db, project, spec, weights, on_batch=on_batch, on_comparison=tally.on_comparison, part=part)

@@ -274,10 +274,10 @@ def _seed_odd(db) -> tuple[Project, dict[int, float]]:
     return project, {raters[0].id: 0.8333333333333334, raters[1].id: 0.0, raters[3].id: 1e-7}
 
 
-def _lines(db, project, spec, weights) -> tuple[dict[str, bytes], RowTally]:
+def _lines(db, project, spec, weights, chunks=None) -> tuple[dict[str, bytes], RowTally]:
     tally = RowTally()
     out: dict[str, list[bytes]] = {"train": [], "test": []}
-    for chunk in service.pair_chunks(db, project, spec, weights, tally):
+    for chunk in (chunks or service.iter_pair_lines)(db, project, spec, weights, tally):
         for split, (data, count) in chunk.items():
             assert data.count(b"\n") == count
             out[split].append(data)
@@ -348,3 +348,36 @@ def test_each_odd_shape_takes_the_python_path(db):
         assert f"o{g}" not in written, why
     for g in (0, 1, 2, 5, 6, 7, 8, 10, 12, 14, 16):
         assert f"o{g}" in written, g
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_project_of_several_votes_a_comparison_is_exported_without_lines(db, monkeypatch):
+    """pair_chunks asks the database for lines only where most comparisons have one vote (the others all take the
+    Python path): a project of pairs judged twice each is written by iter_pair_rows, the same bytes."""
+    raters = [User(username=f"twice{i}", password_hash="x", role="annotator") for i in range(2)]
+    db.add_all(raters)
+    project = create_project(db, ProjectCreate(name="Twice", overlap=2), None)
+    db.flush()
+    for g in range(12):
+        prompt = Prompt(project_id=project.id, external_id=f"t{g}", messages=[{"role": "user", "content": f"q{g}"}])
+        db.add(prompt)
+        db.flush()
+        completions = [Completion(prompt_id=prompt.id, text=f"a{j}") for j in range(2)]
+        db.add_all(completions)
+        db.flush()
+        ids = [c.id for c in completions]
+        comparison = Comparison(project_id=project.id, prompt_id=prompt.id, completion_ids=ids, n_judgments=2)
+        db.add(comparison)
+        db.flush()
+        for k, rater in enumerate(raters):
+            db.add(Judgment(comparison_id=comparison.id, project_id=project.id, rater_id=rater.id,
+                            ranking=[[ids[0]], [ids[1]]] if k == 0 or g % 3 else [[ids[1]], [ids[0]]],
+                            created_at=START))  # fmt: skip
+    db.flush()
+    spec = service.parse_spec({"format": "pairs"})
+    assert not service._mostly_single_votes(db, project)
+    monkeypatch.setattr(service, "iter_pair_lines", lambda *a, **k: pytest.fail("lines for a project of pairs of votes"))
+    general = _by_split(_general(db, project, spec, {}))
+    assert general["train"] and _lines(db, project, spec, {}, service.pair_chunks)[0] == general
+    odd, _ = _seed_odd(db)
+    assert service._mostly_single_votes(db, odd)
