@@ -26,7 +26,9 @@ def test_label_steps_by_keyboard_and_branch(page, api, users, browser_problems):
     page.click("nav.project-nav a:text-is('Steps')")
     # The annotate page shows both candidate trajectories as li.step too (8 of them): wait for the Steps page itself,
     # not for the first li.step, which the page being left may still show.
-    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/steps"))  # loaded: the DOM is the Steps page's
+    # loaded: the DOM is the Steps page's. A wait limit, not a timing check: 10 s ran out once with three test
+    # processes on the two cores
+    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/steps"), timeout=30_000)
     page.wait_for_selector("li.step")
     assert page.locator("li.step").count() == 4
     assert "<b>now</b>" in page.inner_text(".steps-history")  # untrusted text stays text
