@@ -381,3 +381,16 @@ def test_a_project_of_several_votes_a_comparison_is_exported_without_lines(db, m
     assert general["train"] and _lines(db, project, spec, {}, service.pair_chunks)[0] == general
     odd, _ = _seed_odd(db)
     assert service._mostly_single_votes(db, odd)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresqls_json_strings_are_orjsons(db):
+    """The line's escaping (`to_json(text)`) writes every ASCII character, and non-ASCII ones, as orjson does."""
+    import orjson
+    from sqlalchemy import text
+
+    samples = [chr(c) for c in range(1, 0x80)] + ["é", "\u2028", "\u2029", "\ufeff", "\U0001f600", "\u00a0", "\uffff"]
+    samples.append("".join(samples))
+    got = db.execute(text("SELECT to_json(s)::text FROM unnest(CAST(:samples AS text[])) AS s"),
+                     {"samples": samples}).scalars().all()  # fmt: skip
+    assert got == [orjson.dumps(sample).decode() for sample in samples]
