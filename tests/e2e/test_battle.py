@@ -56,7 +56,8 @@ def test_a_live_battle_in_the_browser(page, api, users, served, db_url):  # noqa
     page.goto("/projects")
     page.click("text=Live arena")
     page.click("nav.project-nav >> text=Battle")
-    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/battle$"))  # the click starts it; wait until loaded
+    # the click starts it; wait until loaded (a limit, not a timing check: as the Steps page's in test_step_labels)
+    page.wait_for_url(re.compile(rf"/projects/{project['slug']}/battle$"), timeout=30_000)
     page.evaluate(RECORD)
     page.fill("#battle-prompt", "Tell me a story about a lighthouse.")
     page.press("#battle-prompt", "Control+Enter")
