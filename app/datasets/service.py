@@ -273,6 +273,12 @@ class _ExportStream:
         for _, rows in self.range_rows(self.query):
             yield from rows
 
+    def in_range(self, query, low: int, high: int):
+        """`query` (a judgment query) for the comparisons low..high, bounded by the watermark. The range on both sides
+        of the join: PostgreSQL does not carry it across, and hashes every comparison otherwise."""
+        return query.where(Judgment.comparison_id.between(low, high), Comparison.id.between(low, high),
+                           Judgment.id <= self.watermark)  # fmt: skip
+
     def range_rows(self, query) -> Iterator[tuple[int, list]]:
         """PostgreSQL: (comparisons judged, rows) of `query` (a judgment query) for one range of comparison ids at a
         time (about a batch of comparisons; the range widens where the project's comparisons are sparse, up to
@@ -288,9 +294,7 @@ class _ExportStream:
         low, width = first, size
         while low <= last:
             high = min(last, low + width - 1)
-            # the range on both sides of the join: PostgreSQL does not carry it across, and hashes every comparison
-            rows = self._all(query.where(Judgment.comparison_id.between(low, high), Comparison.id.between(low, high),
-                                         Judgment.id <= self.watermark))  # fmt: skip
+            rows = self._all(self.in_range(query, low, high))
             judged = len({row[0] for row in rows})
             yield judged, rows
             del rows
@@ -565,10 +569,7 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
             fallback = None
             if rest:
                 batch: dict[int, list] = {}
-                low, high = min(rest), max(rest)
-                for row in stream._all(stream.query.where(Judgment.comparison_id.between(low, high),
-                                                          Comparison.id.between(low, high),
-                                                          Judgment.id <= stream.watermark)):  # fmt: skip
+                for row in stream._all(stream.in_range(stream.query, min(rest), max(rest))):
                     if row[0] in rest:
                         batch.setdefault(row[0], []).append(row)
                 if batch:
