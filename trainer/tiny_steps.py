@@ -3,9 +3,11 @@
 A user asks for a trip plan to one city; the agent calls 3 to 6 tools, each with that city as its argument
 (``get_weather({"city": "Paris"})``), each answered by a tool result, then writes a final answer. In a "bad"
 trajectory one tool call, at a random position, has a wrong argument: another city. A PRM has to compare each call's
-argument with the request, which a tiny model learns from a few hundred trajectories.
+argument with the request: a tiny model trained from scratch on a few hundred noisily labelled trajectories does
+not learn that reliably, one first pretrained on a self-correcting agent's logs does (bench/steps.py, README).
 
     trajectory(rng, bad) -> {"prompt": [user message], "continuation": [messages], "bad_step": index | None}
+    trajectory(rng, bad, correcting=True) -> the same, the wrong call followed by the agent's CORRECTION step
     stepwise_row(traj, labels=None) -> TRL stepwise row {prompt, completions, labels} ended at the first bad label
     planted_stepwise(n, seed, rater_accuracy=1.0, failing=False) -> stepwise rows (labels flipped with 1 - rater_accuracy)
     openai_line(traj) -> one line of the OpenAI chat import format (messages with tool_calls)
@@ -27,14 +29,19 @@ TOOLS = [
     ("find_restaurants", "city", "{x} restaurants open in {city}"),
 ]
 SKIES = ["sunny", "cloudy", "rain", "windy", "snow"]
+CORRECTION = "wrong city, retry"
+"""What a self-correcting agent (trajectory(correcting=True)) says in the step after a wrong call."""
 
 
 def trajectory(rng: random.Random, bad: bool, *, city: str | None = None, plan: int | None = None,
-               min_steps: int = 3, max_steps: int = 6, failing: bool = False) -> dict[str, Any]:  # fmt: skip
+               min_steps: int = 3, max_steps: int = 6, failing: bool = False,
+               correcting: bool = False) -> dict[str, Any]:  # fmt: skip
     """One trip-planning trajectory to `city` (random when None); `bad`: one tool call (not the final answer) at a
     random position has another city as its argument, answered by a plausible result for that city (a PRM must
     compare the argument with the request) or, `failing`, by a tool error (a cue inside the step: an easier task).
-    `plan` numbers the final answer (tells trajectories of one request apart)."""
+    `plan` numbers the final answer (tells trajectories of one request apart). `correcting`: the agent notices its
+    wrong call: the step after it says CORRECTION and repeats the call with the request's city (the logs of a
+    self-correcting agent: unlabelled text in which noticing a wrong call is part of predicting the next words)."""
     city = city or rng.choice(CITIES)
     n_calls = rng.randint(min_steps, max_steps)
     bad_step = rng.randrange(n_calls) if bad else None
@@ -49,6 +56,12 @@ def trajectory(rng: random.Random, bad: bool, *, city: str | None = None, plan: 
         if failing and index == bad_step:
             text = f"error: {name} failed for {used}"
         messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        if correcting and index == bad_step:
+            retry_id = f"call_{index}_retry"
+            messages.append({"role": "assistant", "content": CORRECTION, "tool_calls": [
+                {"id": retry_id, "type": "function", "function": {"name": name, "arguments": {argument: city}}}]})  # fmt: skip
+            messages.append({"role": "tool", "tool_call_id": retry_id,
+                             "content": result.format(city=city, x=rng.randint(2, 30), sky=rng.choice(SKIES))})
     messages.append({"role": "assistant", "content": f"Your trip to {city} is planned"
                      + (f" (plan {plan})." if plan is not None else ".")})
     return {"prompt": prompt, "continuation": messages, "bad_step": bad_step}

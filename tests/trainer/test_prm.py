@@ -277,3 +277,30 @@ def _steps(traj):
     from trainer.tiny_steps import steps_of
 
     return steps_of(traj)
+
+
+def test_a_self_correcting_agent_follows_its_wrong_call_with_a_correction():
+    """bench/steps.py pretrains its base on these logs: the step after the wrong call says CORRECTION and repeats the
+    call with the request's city; a good trajectory has no correction; the wrong call keeps its index."""
+    import json
+    import random
+
+    from trainer.tiny_steps import CITIES, CORRECTION, trajectory
+
+    rng = random.Random(5)
+    for bad in [True] * 20 + [False] * 20:
+        traj = trajectory(rng, bad, correcting=True)
+        steps = _steps(traj)
+        city = next(c for c in CITIES if f"to {c}:" in traj["prompt"][0]["content"])
+        calls = [step[0]["tool_calls"][0]["function"] for step in steps[:-1]]
+        arguments = [next(iter(call["arguments"].values())) for call in calls]
+        corrections = [i for i, step in enumerate(steps) if step[0]["content"] == CORRECTION]
+        if not bad:
+            assert traj["bad_step"] is None and corrections == [] and set(arguments) == {city}
+            continue
+        wrong = traj["bad_step"]
+        assert corrections == [wrong + 1] and arguments[wrong] != city
+        assert calls[wrong + 1]["name"] == calls[wrong]["name"] and arguments[wrong + 1] == city
+        assert [a for i, a in enumerate(arguments) if i != wrong] == [city] * (len(arguments) - 1)
+        assert steps[wrong + 1][1]["role"] == "tool" and city in steps[wrong + 1][1]["content"]
+        json.dumps(traj)  # plain data, as the import format needs
