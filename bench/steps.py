@@ -72,10 +72,11 @@ BASE = "pretrained"
 """The bench's default --base: a tiny Llama pretrained on a self-correcting agent's logs (see the docstring)."""
 
 PRETRAIN_EPOCHS, PRETRAIN_LR = 24.0, 6e-3
-"""3,000 steps of 32 trajectories at lr 3e-3 for the default 4,000: the tiny Llama learns to expect the agent's
-correction after a wrong call between steps 1,000 and 2,000 (seeds 0 and 1: the next-token check goes from none to
-all of the wrong calls noticed in a few hundred steps, a phase change), and not at all in 1,000 steps at lr 1e-2
-(what session 8 ran, with the agent's "Wrong city" in the text: no call noticed)."""
+"""3,000 steps of 32 trajectories for the default 4,000. Learning to expect the agent's correction after a wrong
+call is a phase change (the check goes from none to nearly all of the wrong calls noticed within a few hundred
+steps): at lr 3e-3 it came between steps 1,000 and 2,000 on seeds 0 and 1 but only 34 of 100 by step 3,000 on seed 3,
+which noticed 98 at lr 6e-3 (and 100 after 5,000 steps at 3e-3); at 1,000 steps and lr 1e-2 (session 8, with the
+agent's "Wrong city" in the text) no call was noticed."""
 
 
 def main() -> int:
@@ -88,8 +89,8 @@ def main() -> int:
     parser.add_argument("--base", choices=("pretrained", "trajectories", "init-tiny"), default=BASE,
                         help="the base model: `trajectories` a tiny Llama (random weights) with a tokenizer trained "
                              "on the trajectories; `pretrained` that model first pretrained as a causal LM on "
-                             "--pretrain unlabelled good trajectories of another seed (registered as a checkpoint "
-                             "of one's own); `init-tiny` `models init-tiny`'s (its tokenizer sees prompts and final "
+                             "--pretrain unlabelled trajectories of another seed (--corpus; registered as a "
+                             "checkpoint of one's own); `init-tiny` `models init-tiny`'s (its tokenizer sees prompts and final "
                              "answers only)")
     parser.add_argument("--pretrain", type=int, default=4000, help="unlabelled trajectories of --base pretrained")
     parser.add_argument("--pretrain-epochs", type=float, default=PRETRAIN_EPOCHS)
@@ -104,8 +105,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="keep the database and artifacts here")
     parser.add_argument("--cache", type=Path, default=None,
-                        help="reuse (or store) the base model here, keyed by --base, --seed, --train, --pretrain and "
-                             "--pretrain-epochs: --base pretrained then skips the pretraining it already did")
+                        help="reuse (or store) the base model here, keyed by --base, --seed, --train, --corpus, "
+                             "--pretrain, --pretrain-epochs and --pretrain-lr: --base pretrained then skips the "
+                             "pretraining it already did")
     args = parser.parse_args()
     if args.recipe is None:
         args.recipe = "product" if args.base == "pretrained" else "bench"
@@ -157,9 +159,9 @@ def pretrain(path: Path, corpus: list[dict], *, epochs: float = PRETRAIN_EPOCHS,
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
     sep = separator_ids(tokenizer, PRMArgs.step_separator)
 
-    def encode(traj: dict) -> list[int]:
+    def encode(traj: dict):
         return encode_steps(traj["prompt"][0]["content"], [step_text(s) for s in steps_of(traj)], tokenizer, sep,
-                            None).input_ids  # fmt: skip
+                            None)  # fmt: skip
 
     def batch(items: list[list[int]]) -> tuple:
         width = max(map(len, items))
@@ -169,7 +171,7 @@ def pretrain(path: Path, corpus: list[dict], *, epochs: float = PRETRAIN_EPOCHS,
             ids[row, : len(item)], mask[row, : len(item)] = torch.tensor(item), 1
         return ids, mask, ids.masked_fill(mask == 0, -100)
 
-    rows = [encode(traj) for traj in corpus]
+    rows = [encode(traj).input_ids for traj in corpus]
     steps = max(1, int(epochs * len(rows) / batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (0.05 * steps)) * (1 - s / steps))
@@ -200,8 +202,7 @@ def pretrain(path: Path, corpus: list[dict], *, epochs: float = PRETRAIN_EPOCHS,
     with torch.no_grad():
         for index in range(200):
             traj = trajectory(check, index % 2 == 1)
-            encoded = encode_steps(traj["prompt"][0]["content"], [step_text(s) for s in steps_of(traj)], tokenizer,
-                                   sep, None)  # fmt: skip
+            encoded = encode(traj)
             ids = encoded.input_ids
             logits = model(input_ids=torch.tensor([ids])).logits[0]
             for i in range(1, len(ids)):
