@@ -22,7 +22,7 @@ it (`pg_dump -s` of a seeded and of a migrated empty database differ in nothing)
   rows/s, the processes it used (app.datasets.export_parts) and their peak RSS (bench/export.py's child: its own plus
   each child's, counted at the largest child's peak), the load average around it, and where its rater weights came
   from (the worker's cached statistics when current, which the figures section has just refreshed; else fitted
-  in the export over every judgment, memory growing with them);
+  in the export, a range of comparisons at a time: app.quality.service.rater_reliability);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
   loop) against `--web` uvicorn processes, on a fresh queue (a new project) in this database and in an empty
   database, `--loop-rounds` runs on each, alternating (20 s runs on 2 shared cores are noisy): each run's rate and
@@ -264,7 +264,7 @@ def figures(url: str) -> dict:
 
 def weights_cached(url: str) -> bool:
     """Whether an export now takes its rater weights from the worker's cached statistics (current for the judgments,
-    app.datasets.service.rater_weights) rather than fitting them over every judgment (memory grows with them)."""
+    app.datasets.service.rater_weights) rather than fitting them (a range of comparisons at a time)."""
     from sqlalchemy.orm import Session
 
     from app.models.tally import ProjectFigures

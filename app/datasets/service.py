@@ -644,11 +644,11 @@ def resolve_conversational(db: Session, project: Project, spec: DatasetCreate) -
 def rater_weights(db: Session, project: Project) -> dict[int, float]:
     """Rater reliability from the quality statistics (1.0 for anyone without an estimate).
 
-    Fitting it reads every counted judgment into arrays (about 285 bytes a judgment at its peak, measured with
-    tracemalloc at one million on PostgreSQL: about 3 GB at ten million). For a large project (app.quality.figures) whose cached statistics are current (the worker computed
-    them after the last judgment, review and void: the same marker), the cached per-rater values are those numbers,
-    from the same function on the same rows; the export reads them and its memory stays flat. Otherwise it fits
-    them here, as before."""
+    For a large project (app.quality.figures) whose cached statistics are current (the worker computed them after the
+    last judgment, review and void: the same marker), the cached per-rater values are those numbers, from the same
+    fit on the same rows, and the export reads them. Otherwise it fits them here (app.quality.service.rater_reliability:
+    a range of comparisons at a time, so its memory is one range's columns plus a few bytes a judgment of a
+    comparison with several votes, not every judgment's columns)."""
     from app.models.tally import ProjectFigures
     from app.quality import markers
 

@@ -238,12 +238,15 @@ def judgment_arrays(db: Session, project: Project, sources: tuple[str, ...] = (H
             "model_names": comparisons["model_names"]}  # fmt: skip
 
 
-def gold_answers(db: Session, project: Project) -> tuple[np.ndarray, np.ndarray]:
-    """(gold comparison ids, their known top choice coded like `top`): one row per gold item, not per judgment."""
-    rows = db.execute(
-        select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id, Comparison.is_gold)
-        .order_by(Comparison.id)  # sorted: callers look ids up with np.searchsorted (PostgreSQL returns heap order)
-    ).all()
+def gold_answers(db: Session, project: Project, low: int | None = None,
+                 high: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(gold comparison ids, their known top choice coded like `top`): one row per gold item, not per judgment;
+    only the comparisons low..high where they are given."""
+    query = select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id, Comparison.is_gold)
+    if low is not None:
+        query = query.where(Comparison.id.between(low, high))
+    # sorted: callers look ids up with np.searchsorted (PostgreSQL returns heap order)
+    rows = db.execute(query.order_by(Comparison.id)).all()
     ids = np.array([r[0] for r in rows if r[1]], dtype=np.int64)
     tops = np.array([r[1][0][0] if len(r[1][0]) == 1 else TIE for r in rows if r[1]], dtype=np.float64)
     return ids, tops
@@ -283,9 +286,9 @@ def _rank_position_agreement(data: np.ndarray) -> stats.AlphaResult:
     return stats.krippendorff_alpha(unit.ravel(), data[:, 1], stats.scaled_midranks(data[:, 4], data[:, 2]), "interval")
 
 
-def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, project) -> dict[int, float]:
-    """Each rater's reliability from the judgment columns and the gold answers (`project`: anything with the
-    project's `allow_ties`)."""
+def _reliability_inputs(cols: dict[str, np.ndarray], gold_ids, gold_tops, project) -> tuple:
+    """stats.rater_reliability's arguments (units, raters, codes, categories, gold) from the judgment columns and the
+    gold answers (`project`: anything with the project's `allow_ties`)."""
     # Codes are computed over judgments and gold answers together so they agree within a unit.
     judged_gold = np.isin(gold_ids, cols["comparison"])
     gold_ids, gold_tops = gold_ids[judged_gold], gold_tops[judged_gold]
@@ -302,26 +305,55 @@ def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, pr
     seen = np.zeros(len(unit_ids))
     np.maximum.at(seen, unit_index, codes + 1)
     n_categories = np.maximum(n_categories, seen[unit_index[:n_judged]])
-    del units, unit_ids, unit_index, seen, n_options  # not needed by the fit (memory at ten million judgments)
-    return stats.rater_reliability(cols["comparison"], cols["rater"], codes[:n_judged], n_categories,
-                                   gold=(gold_ids, codes[n_judged:]))  # fmt: skip
+    return cols["comparison"], cols["rater"], codes[:n_judged], n_categories, (gold_ids, codes[n_judged:])
+
+
+def reliability_from_arrays(cols: dict[str, np.ndarray], gold_ids, gold_tops, project) -> dict[int, float]:
+    """Each rater's reliability from the judgment columns and the gold answers (`project`: anything with the
+    project's `allow_ties`)."""
+    return stats.rater_reliability(*_reliability_inputs(cols, gold_ids, gold_tops, project))
+
+
+RELIABILITY_RANGE_JUDGMENTS = 1 << 18
+"""rater_reliability reads about this many judgments (a range of comparison ids) at a time."""
+RELIABILITY_FIRST_RANGE = 100_000
+"""The first range's width in comparison ids; later ones are widened or narrowed toward RELIABILITY_RANGE_JUDGMENTS."""
 
 
 def rater_reliability(db: Session, project: Project) -> dict[int, float]:
-    """Each rater's reliability alone (what exports weight pairs by): reads only the three columns it needs."""
-    data = _array(db, f"SELECT j.comparison_id, j.rater_id, j.top_completion_id FROM judgment j WHERE {_COUNTED}",
-                  3, project=project.id)  # fmt: skip
-    if len(data) == 0:
+    """Each rater's reliability alone (what exports weight pairs by), with the memory of a range of judgments, not
+    of the project's: the judgments are read a range of comparison ids at a time (comparison, rater, top choice and
+    the comparison's options: what the fit needs), each range coded as `reliability_from_arrays` codes all of them
+    and kept as a compact stats.VoteBlock (8 bytes a judgment of a comparison with several votes; a per-rater count
+    for a single vote or a gold item), and the fit runs over the blocks. The same numbers as reliability_from_arrays
+    on every judgment at once, to rounding (every unit is whole in one range)."""
+    first, last = db.execute(select(func.min(Comparison.id), func.max(Comparison.id))
+                             .where(Comparison.project_id == project.id)).one()  # fmt: skip
+    if first is None:
         return {}
-    comparison, rater, top = data.T
-    comparison = comparison.astype(np.int64)
     js = _json_sql(db)
-    sizes = _array(db, f"SELECT c.id, {js['length'].format(column='c.completion_ids')} FROM comparison c "
-                       "WHERE c.project_id = :project", 2, project=project.id)  # fmt: skip
-    sizes = sizes[np.argsort(sizes[:, 0], kind="stable")]
-    cols = {"comparison": comparison, "rater": rater.astype(np.int64), "top": np.where(np.isnan(top), TIE, top),
-            "n_options": sizes[np.searchsorted(sizes[:, 0], comparison), 1]}  # fmt: skip
-    return reliability_from_arrays(cols, *gold_answers(db, project), project)
+    statement = (f"SELECT j.comparison_id, j.rater_id, j.top_completion_id, "
+                 f"{js['length'].format(column='c.completion_ids')} FROM judgment j "
+                 f"JOIN comparison c ON c.id = j.comparison_id WHERE {_COUNTED} "
+                 # the range on both sides of the join: PostgreSQL would otherwise scan every comparison
+                 "AND j.comparison_id BETWEEN :low AND :high AND c.id BETWEEN :low AND :high")  # fmt: skip
+    blocks = []
+    low, width = first, RELIABILITY_FIRST_RANGE
+    while low <= last:
+        high = min(last, low + width - 1)
+        data = _array(db, statement, 4, project=project.id, low=low, high=high)
+        judged = len(data)
+        if judged:
+            comparison, rater, top, n_options = data.T
+            cols = {"comparison": comparison.astype(np.int64), "rater": rater.astype(np.int64),
+                    "top": np.where(np.isnan(top), TIE, top), "n_options": n_options}  # fmt: skip
+            del data, comparison, rater, top, n_options
+            blocks.append(stats.vote_block(*_reliability_inputs(cols, *gold_answers(db, project, low, high), project)))
+            del cols
+        # The next range: as many ids as would hold RELIABILITY_RANGE_JUDGMENTS at this range's density.
+        width = int(min(max(width * RELIABILITY_RANGE_JUDGMENTS / max(judged, 1), 1), 4 * width))
+        low = high + 1
+    return stats.fit_reliability(blocks)
 
 
 def project_stats(db: Session, project: Project) -> dict:

@@ -13,7 +13,7 @@ Contents, top to bottom:
 4. rater flags: `rater_flags` (too fast, position bias, length bias)
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -524,6 +524,168 @@ class ReliabilityArgs:
     """Pseudo-counts added to each rater's wrong answers."""
 
 
+BLOCK_JUDGMENTS = 1 << 20
+"""rater_reliability fits this many judgments (whole units) at a time: the EM loop's temporaries are a few float64
+arrays of one block, not of every judgment."""
+
+
+@dataclass(frozen=True)
+class VoteBlock:
+    """The judgments of a set of whole units in the compact form the EM fit reads (`vote_block` builds it).
+
+    Two kinds of unit need no per-judgment arrays because their E-step has a closed form: a gold unit's posterior is
+    clamped to its gold answer (a judgment of it is correct exactly when it matches), and a non-gold unit with one
+    vote has posterior p_r on that vote (p_r against (1 - p_r) for the k - 1 others together). They are counts per
+    rater. The units with several votes ("open") keep per-judgment int32 rater codes and cells: about 8 bytes a
+    judgment, 12 a cell and 8 an open unit, against the 56 a judgment of the sorted float64/int64 columns."""
+
+    raters: np.ndarray
+    """Sorted rater ids of the block."""
+    judgments: np.ndarray
+    """Per rater: judgments in the block."""
+    gold_correct: np.ndarray
+    """Per rater: judgments of gold units that give the gold answer."""
+    single: np.ndarray
+    """Per rater: votes that are their non-gold unit's only vote."""
+    rater_code: np.ndarray
+    """Per judgment of an open unit: its rater, an index into `raters` (int32)."""
+    cell: np.ndarray
+    """Per judgment of an open unit: its cell, one (unit, value) pair (int32)."""
+    cell_bonus: np.ndarray
+    """Per cell: its votes times log(k - 1), the part of the cell's score that does not depend on the raters."""
+    cell_unit: np.ndarray
+    """Per cell: its open unit (int32; non-decreasing)."""
+    cell_starts: np.ndarray
+    """Per open unit: its first cell (int32)."""
+    unobserved: np.ndarray
+    """Per open unit: categories nobody chose (int32; they share the score 0)."""
+
+    def expected_correct(self, log_odds: np.ndarray) -> np.ndarray:
+        """Per rater of the block (log_odds: log(p / (1 - p)) of each, indexed like `raters`): the expected number of
+        correct answers on the open units, the E-step's posterior summed per rater.
+
+        The log-likelihood of "truth = c" is base_u + sum over votes for c of log(p / ((1 - p) / (k - 1))), with
+        base_u the log-likelihood that every vote is wrong; base_u cancels in the posterior."""
+        if len(self.cell_unit) == 0:
+            return np.zeros(len(self.raters))
+        score = np.bincount(self.cell, weights=log_odds[self.rater_code], minlength=len(self.cell_unit))
+        score += self.cell_bonus
+        top = np.maximum.reduceat(score, self.cell_starts)
+        top = np.where(self.unobserved > 0, np.maximum(top, 0.0), top)
+        likelihood = np.exp(score - top[self.cell_unit])
+        del score
+        normalizer = np.bincount(self.cell_unit, weights=likelihood, minlength=len(top)) + self.unobserved * np.exp(-top)
+        likelihood /= normalizer[self.cell_unit]  # now the posterior of each cell
+        return np.bincount(self.rater_code, weights=likelihood[self.cell], minlength=len(self.raters))
+
+
+def _gold_arrays(gold: Mapping[int, float] | tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    if gold is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if isinstance(gold, Mapping):
+        return np.fromiter(gold.keys(), np.int64, len(gold)), np.fromiter(gold.values(), np.float64, len(gold))
+    return _vector("gold units", gold[0], np.int64), _vector("gold values", gold[1], np.float64)
+
+
+def vote_block(unit, rater, value, n_categories, gold=None) -> VoteBlock:
+    """The judgments of whole units (every judgment of each unit here: no unit may continue in another block) as a
+    VoteBlock; arguments as `rater_reliability`'s. Checks what rater_reliability promises to reject."""
+    unit = _vector("unit", unit, np.int64)
+    n_categories = np.broadcast_to(np.asarray(n_categories, dtype=np.float64), (len(unit),))
+    by_unit = _group_by_unit(unit, rater, value)
+    categories_per_judgment = n_categories[by_unit.source]
+    if len(by_unit.unit) == 0:
+        nothing, no_ints = np.zeros(0), np.zeros(0, dtype=np.int32)
+        return VoteBlock(np.zeros(0, dtype=np.int64), nothing, nothing, nothing, no_ints, no_ints, nothing, no_ints,
+                         no_ints, no_ints)  # fmt: skip
+    k = np.minimum.reduceat(categories_per_judgment, by_unit.starts)
+    if np.any(k != np.maximum.reduceat(categories_per_judgment, by_unit.starts)):
+        raise ValueError("n_categories must be the same for every judgment of a unit")
+    if np.any(k < 2) or np.any(k != np.round(k)):
+        raise ValueError("n_categories must be an integer >= 2")
+    del categories_per_judgment
+    categories, category = np.unique(by_unit.value, return_inverse=True)
+    n_codes = len(categories)
+    cells, cell_of_judgment = np.unique(by_unit.unit_index * n_codes + category, return_inverse=True)
+    del category
+    cell_unit, cell_value = cells // n_codes, categories[cells % n_codes]
+    del cells
+    unobserved = k - np.bincount(cell_unit, minlength=len(k))
+    if np.any(unobserved < 0):
+        raise ValueError("a unit has more distinct values than n_categories")
+
+    is_gold = np.zeros(len(k), dtype=bool)
+    gold_units, gold_values = _gold_arrays(gold)
+    cell_matches_gold = np.zeros(len(cell_unit))
+    if len(gold_units):
+        unit_ids = by_unit.unit[by_unit.starts]
+        position = np.clip(np.searchsorted(unit_ids, gold_units), 0, len(unit_ids) - 1)
+        judged = unit_ids[position] == gold_units
+        gold_value = np.full(len(unit_ids), np.nan)
+        gold_value[position[judged]] = gold_values[judged]
+        is_gold = ~np.isnan(gold_value)
+        cell_matches_gold = (cell_value == gold_value[cell_unit]).astype(np.float64)
+        gold_unobserved = is_gold & (np.bincount(cell_unit, weights=cell_matches_gold, minlength=len(k)) == 0)
+        if np.any(gold_unobserved & (unobserved == 0)):
+            raise ValueError("a gold value is none of its unit's n_categories")
+
+    raters, rater_code = np.unique(by_unit.rater, return_inverse=True)
+    n_raters = len(raters)
+    judgment_unit = by_unit.unit_index
+    del by_unit
+    on_gold = is_gold[judgment_unit]
+    gold_correct = np.bincount(rater_code[on_gold], weights=cell_matches_gold[cell_of_judgment[on_gold]],
+                               minlength=n_raters)  # fmt: skip
+    votes = np.bincount(judgment_unit, minlength=len(k))
+    single = np.bincount(rater_code[((votes == 1) & ~is_gold)[judgment_unit]], minlength=n_raters).astype(np.float64)
+    open_unit = (votes > 1) & ~is_gold
+    open_judgment, open_cell = open_unit[judgment_unit], open_unit[cell_unit]
+    cell_votes = np.bincount(cell_of_judgment, minlength=len(cell_unit))[open_cell]
+    new_cell = np.cumsum(open_cell) - 1
+    block_cell_unit = (np.cumsum(open_unit) - 1)[cell_unit[open_cell]]
+    return VoteBlock(
+        raters=raters,
+        judgments=np.bincount(rater_code, minlength=n_raters).astype(np.float64),
+        gold_correct=gold_correct,
+        single=single,
+        rater_code=rater_code[open_judgment].astype(np.int32),
+        cell=new_cell[cell_of_judgment[open_judgment]].astype(np.int32),
+        cell_bonus=cell_votes * np.log(k[cell_unit[open_cell]] - 1.0),
+        cell_unit=block_cell_unit.astype(np.int32),
+        cell_starts=np.flatnonzero(np.concatenate(([True], block_cell_unit[1:] != block_cell_unit[:-1]))).astype(np.int32)
+        if len(block_cell_unit) else np.zeros(0, dtype=np.int32),
+        unobserved=unobserved[open_unit].astype(np.int32),
+    )
+
+
+def fit_reliability(blocks: Iterable[VoteBlock], args: ReliabilityArgs = ReliabilityArgs()) -> dict[int, float]:
+    """Per rater: the one-coin Dawid-Skene accuracy (`rater_reliability`) from the judgments of these blocks (each
+    unit in one block). Each iteration runs the E-step a block at a time and sums its expected correct answers per
+    rater (M-step)."""
+    blocks = [block for block in blocks if len(block.raters)]
+    if not blocks:
+        return {}
+    rater_ids = np.unique(np.concatenate([block.raters for block in blocks]))
+    where = [np.searchsorted(rater_ids, block.raters) for block in blocks]  # a block's raters are distinct
+    judgments, gold_correct, single = (np.zeros(len(rater_ids)) for _ in range(3))
+    for block, rows in zip(blocks, where, strict=True):
+        judgments[rows] += block.judgments
+        gold_correct[rows] += block.gold_correct
+        single[rows] += block.single
+    accuracy = np.full(len(rater_ids), args.initial_accuracy)
+    for _ in range(args.max_iterations):
+        log_odds = np.log(accuracy / (1.0 - accuracy))
+        correct = gold_correct + single * accuracy  # E-step of the gold and single-vote units, in closed form
+        for block, rows in zip(blocks, where, strict=True):
+            correct[rows] += block.expected_correct(log_odds[rows])
+        updated = (correct + args.prior_correct) / (judgments + args.prior_correct + args.prior_wrong)  # M-step
+        change = float(np.max(np.abs(updated - accuracy)))
+        accuracy = updated
+        if change < args.tolerance:
+            break
+    return {int(rater_id): float(p) for rater_id, p in zip(rater_ids, accuracy, strict=True)}
+
+
 def rater_reliability(
     unit,
     rater,
@@ -543,73 +705,20 @@ def rater_reliability(
 
     value: categorical codes (e.g. the chosen option's index, or a code for "tie"); NaN = no answer.
     n_categories: an int, or one per judgment (constant within a unit). gold: {unit: value} or (units, values).
+    The fit runs on BLOCK_JUDGMENTS judgments at a time (`vote_block`, `fit_reliability`); a caller that reads its
+    judgments a range of units at a time builds the blocks itself (app.quality.service.rater_reliability).
     """
     unit = _vector("unit", unit, np.int64)
-    n_rows = len(unit)
-    n_categories = np.broadcast_to(np.asarray(n_categories, dtype=np.float64), (n_rows,))
-    by_unit = _group_by_unit(unit, rater, value)
-    if len(by_unit.unit) == 0:
-        return {}
-    categories_per_judgment = n_categories[by_unit.source]
-    k = np.minimum.reduceat(categories_per_judgment, by_unit.starts)
-    if np.any(k != np.maximum.reduceat(categories_per_judgment, by_unit.starts)):
-        raise ValueError("n_categories must be the same for every judgment of a unit")
-    if np.any(k < 2) or np.any(k != np.round(k)):
-        raise ValueError("n_categories must be an integer >= 2")
-    categories, category = np.unique(by_unit.value, return_inverse=True)
-    n_codes = len(categories)
-    cells, cell_of_judgment = np.unique(by_unit.unit_index * n_codes + category, return_inverse=True)
-    cell_unit, cell_value = cells // n_codes, categories[cells % n_codes]
-    cell_starts = np.flatnonzero(np.concatenate(([True], cell_unit[1:] != cell_unit[:-1])))
-    unobserved = k - np.bincount(cell_unit)
-    if np.any(unobserved < 0):
-        raise ValueError("a unit has more distinct values than n_categories")
-
-    clamped_cell = np.zeros(len(cells), dtype=bool)
-    clamped_posterior = np.zeros(len(cells))
-    if gold is not None:
-        gold_units, gold_values = (
-            (np.fromiter(gold.keys(), np.int64, len(gold)), np.fromiter(gold.values(), np.float64, len(gold)))
-            if isinstance(gold, Mapping)
-            else (_vector("gold units", gold[0], np.int64), _vector("gold values", gold[1], np.float64))
-        )
-        unit_ids = by_unit.unit[by_unit.starts]
-        position = np.clip(np.searchsorted(unit_ids, gold_units), 0, len(unit_ids) - 1)
-        judged = unit_ids[position] == gold_units
-        gold_value = np.full(len(unit_ids), np.nan)
-        gold_value[position[judged]] = gold_values[judged]
-        is_gold = ~np.isnan(gold_value)
-        clamped_cell = is_gold[cell_unit]
-        clamped_posterior = (cell_value == gold_value[cell_unit]).astype(np.float64)
-        gold_unobserved = is_gold & (np.bincount(cell_unit, weights=clamped_posterior) == 0)
-        if np.any(gold_unobserved & (unobserved == 0)):
-            raise ValueError("a gold value is none of its unit's n_categories")
-
-    rater_ids, rater_code = np.unique(by_unit.rater, return_inverse=True)
-    n_judgments = np.bincount(rater_code)
-    log_wrong_choices = np.log((k - 1.0)[by_unit.unit_index])
-    # The loop below reads only its own arrays: the sorted judgments go (at ten million, 56 bytes a judgment).
-    del by_unit, categories_per_judgment, category
-    accuracy = np.full(len(rater_ids), args.initial_accuracy)
-    for _ in range(args.max_iterations):
-        # E-step. Log-likelihood of "truth = c" is base_u + sum over votes for c of log(p / ((1-p)/(k-1))),
-        # with base_u the log-likelihood that every vote is wrong; base_u cancels in the posterior, and the
-        # unobserved categories all share the score 0.
-        log_odds = np.log(accuracy / (1.0 - accuracy))[rater_code] + log_wrong_choices
-        score = np.bincount(cell_of_judgment, weights=log_odds, minlength=len(cells))
-        top = np.maximum.reduceat(score, cell_starts)
-        top = np.where(unobserved > 0, np.maximum(top, 0.0), top)
-        likelihood = np.exp(score - top[cell_unit])
-        normalizer = np.bincount(cell_unit, weights=likelihood) + unobserved * np.exp(-top)
-        posterior = np.where(clamped_cell, clamped_posterior, likelihood / normalizer[cell_unit])
-        # M-step.
-        correct = np.bincount(rater_code, weights=posterior[cell_of_judgment], minlength=len(rater_ids))
-        updated = (correct + args.prior_correct) / (n_judgments + args.prior_correct + args.prior_wrong)
-        change = float(np.max(np.abs(updated - accuracy)))
-        accuracy = updated
-        if change < args.tolerance:
-            break
-    return {int(rater_id): float(p) for rater_id, p in zip(rater_ids, accuracy, strict=True)}
+    n_categories = np.broadcast_to(np.asarray(n_categories, dtype=np.float64), (len(unit),))
+    gold = _gold_arrays(gold)
+    order = np.argsort(unit, kind="stable")
+    sorted_unit = unit[order]
+    # Cut every BLOCK_JUDGMENTS judgments, moved back to where that unit begins: each unit in one block.
+    cuts = np.unique(np.searchsorted(sorted_unit, sorted_unit[BLOCK_JUDGMENTS::BLOCK_JUDGMENTS], side="left"))
+    rater, value = np.asarray(rater), np.asarray(value)
+    blocks = [vote_block(unit[rows], rater[rows], value[rows], n_categories[rows], gold)
+              for rows in np.split(order, cuts[cuts > 0])]  # fmt: skip
+    return fit_reliability(blocks, args)
 
 
 # ---------------------------------------------------------------------------------------------------------------

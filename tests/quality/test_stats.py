@@ -3,6 +3,7 @@ brute-force loops, a direct per-battle maximum-likelihood fit, planted rater beh
 OpenAssistant rankings."""
 
 import json
+import math
 from itertools import combinations
 
 import krippendorff
@@ -19,6 +20,7 @@ from app.quality.stats import (
     FLAG_TOO_FAST,
     LEVELS,
     FlagThresholds,
+    ReliabilityArgs,
     agreement_with_majority,
     bradley_terry,
     krippendorff_alpha,
@@ -341,6 +343,62 @@ def test_gold_outweighs_a_wrong_majority():
     with_gold = rater_reliability(unit, rater, value, 2, gold={1: 1.0, 2: 0.0, 3: 1.0})
     assert without_gold[9] < without_gold[7]
     assert with_gold[9] > with_gold[7] and with_gold[9] > with_gold[8]
+
+
+def _one_coin_by_enumeration(unit, rater, value, k, gold, args=ReliabilityArgs()):
+    """The one-coin Dawid-Skene EM written out unit by unit, every truth enumerated: the model itself, none of
+    rater_reliability's coding (cells, closed forms for gold and single votes, blocks)."""
+    raters = sorted(set(rater.tolist()))
+    votes = {u: [(r, v) for uu, r, v in zip(unit.tolist(), rater.tolist(), value.tolist(), strict=True) if uu == u]
+             for u in sorted(set(unit.tolist()))}  # fmt: skip
+    accuracy = dict.fromkeys(raters, args.initial_accuracy)
+    for _ in range(args.max_iterations):
+        correct, judged = dict.fromkeys(raters, 0.0), dict.fromkeys(raters, 0)
+        for u, unit_votes in votes.items():
+            if u in gold:
+                posterior = [float(c == gold[u]) for c in range(k)]
+            else:
+                likelihood = [math.prod(accuracy[r] if v == c else (1 - accuracy[r]) / (k - 1) for r, v in unit_votes)
+                              for c in range(k)]  # fmt: skip
+                posterior = [x / sum(likelihood) for x in likelihood]
+            for r, v in unit_votes:
+                correct[r] += posterior[int(v)]
+                judged[r] += 1
+        updated = {r: (correct[r] + args.prior_correct) / (judged[r] + args.prior_correct + args.prior_wrong)
+                   for r in raters}  # fmt: skip
+        change = max(abs(updated[r] - accuracy[r]) for r in raters)
+        accuracy = updated
+        if change < args.tolerance:
+            break
+    return accuracy
+
+
+@pytest.mark.parametrize("block_judgments", [1 << 20, 7, 1])
+def test_reliability_is_the_one_coin_em_whatever_the_blocks(monkeypatch, block_judgments):
+    """Units of one vote, several votes and gold, fitted in blocks of any size (each unit whole in one block), give
+    the numbers of the EM written out unit by unit."""
+    from app.quality import stats
+
+    monkeypatch.setattr(stats, "BLOCK_JUDGMENTS", block_judgments)
+    rng = np.random.default_rng(5)
+    k, accuracies = 3, np.array([0.9, 0.75, 0.6, 0.4, 0.33])
+    truth = rng.integers(0, k, 60)
+    unit, rater, value = [], [], []
+    for u in range(60):
+        for r in rng.choice(len(accuracies), size=rng.integers(1, 5), replace=False):
+            right = rng.random() < accuracies[r]
+            unit.append(1000 - 7 * u)  # unsorted, sparse ids
+            rater.append(10 + 3 * r)
+            value.append(float(truth[u] if right else (truth[u] + rng.integers(1, k)) % k))
+    unit, rater, value = np.array(unit), np.array(rater), np.array(value)
+    gold = {1000 - 7 * u: float(truth[u]) for u in range(0, 60, 9)}
+    assert 0 < np.sum(np.bincount(1000 - unit) == 1) < 60  # single votes as well as several
+    fitted = rater_reliability(unit, rater, value, k, gold=gold)
+    expected = _one_coin_by_enumeration(unit, rater, value, k, gold)
+    assert fitted.keys() == expected.keys()
+    for r in expected:
+        assert fitted[r] == pytest.approx(expected[r], abs=1e-9)
+    assert fitted[10] > fitted[13] > fitted[16] > fitted[19]
 
 
 def test_reliability_rejects_inconsistent_categories():
