@@ -4,7 +4,11 @@ It creates a database of its own, runs the migrations and bulk-seeds it with INS
 generate_series: `--comparisons` comparisons of 3 completions each, every one ranked fully by each of 3
 raters (3 pairs per comparison, so 333,334 comparisons give 1,000,002 pairs from 1,000,002 judgments),
 judgment dates spread over 30 days. Then each export runs `build_snapshot` in a child process of its own,
-so its peak memory is that child's `ru_maxrss`:
+and its memory is measured two ways: the kernel's peaks (`ru_maxrss` of that process, plus, for a parallel
+export's children, the largest child's counted once each: an upper bound that also counts, in each child, the
+exporting process's memory at the moment it was spawned, because Linux carries a process's resident peak across
+fork and exec), and `tree_peak_rss_mb`, the largest sum of the resident sizes of that process and its descendants,
+sampled every 0.1 s from /proc (`run_measured`): what the export holds at once.
 
 - jsonl: rows streamed from the database into train/test JSONL
 - parquet: the same rows, then Parquet built from them (the JSONL is scratch and removed)
@@ -25,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -147,6 +152,57 @@ def child(url: str, project_id: int, data_dir: str, fmt: str) -> None:
                       "rows": result["rows"]["train"] + result["rows"]["test"], "bytes": size}))  # fmt: skip
 
 
+SAMPLE_SECONDS = 0.1
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """The resident bytes of `root` and its descendants now (/proc: Linux), each process's VmRSS summed (pages two
+    processes share count twice: an upper bound)."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    parents[int(entry.name)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # it ended meanwhile
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as statm:
+                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `command` (its output captured) and sample the resident memory of it and its descendants together every
+    SAMPLE_SECONDS: (the finished process, the largest sum in MB)."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(SAMPLE_SECONDS):
+            peak = max(peak, _tree_rss_bytes(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comparisons", type=int, default=Args.comparisons)
@@ -168,11 +224,12 @@ def main() -> None:
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="rankforge-bench-export-") as data_dir:
             for fmt in args.formats.split(","):
-                out = subprocess.run([sys.executable, __file__, "--child", url, str(project_id), data_dir, fmt],
-                                     cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                out, tree_peak = run_measured([sys.executable, __file__, "--child", url, str(project_id), data_dir,
+                                               fmt])  # fmt: skip
                 if out.returncode != 0:
                     raise SystemExit(f"export {fmt} failed:\n{out.stderr[-3000:]}")
-                print(out.stdout.strip().splitlines()[-1], flush=True)
+                result = json.loads(out.stdout.strip().splitlines()[-1]) | {"tree_peak_rss_mb": round(tree_peak)}
+                print(json.dumps(result), flush=True)
     finally:
         if args.keep_db:
             print(json.dumps({"database": url}))
