@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -231,3 +232,47 @@ def write_transaction(session: Session) -> None:
     if session.in_transaction():
         session.commit()
     session.connection(execution_options={"rankforge_write": True})
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator, connection) -> Iterator:
+    """`items` (a generator that reads the database through `connection`). On PostgreSQL a reader thread runs it one
+    or two items ahead (the connection is the thread's alone until this generator ends: close it, as build_snapshot
+    does), so the server's work and the wire overlap this thread's (psycopg waits without the GIL); on SQLite, in
+    line. An exception in the reader is raised here."""
+    if connection.dialect.name != "postgresql":
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as error:  # noqa: BLE001 (raised again in the consumer's thread)
+            put(error)
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()

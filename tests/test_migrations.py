@@ -122,3 +122,19 @@ def test_cli_db_upgrade_creates_a_new_sqlite_database(tmp_path):
         engine.dispose()
     assert set(Base.metadata.tables) <= tables
     assert schema_differences(url) == []
+
+
+def test_the_continuation_index_is_on_the_continuation_key():
+    """The partial index behind has_multi_message_chats names the metadata key continuations are stored under, and
+    the migration creates the model's predicate."""
+    import importlib.util
+
+    from app.imports.messages import CONTINUATION_KEY
+    from app.models.comparison import CONTINUES_SQL
+
+    path = next((Path(__file__).parents[1] / "migrations" / "versions").glob("*_0021_chat_and_continuation_indexes.py"))
+    spec = importlib.util.spec_from_file_location("revision_0021", path)
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    assert revision.CONTINUES == CONTINUES_SQL
+    assert all(f"'{CONTINUATION_KEY}'" in sql or f"$.{CONTINUATION_KEY}'" in sql for sql in CONTINUES_SQL.values())

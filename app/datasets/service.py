@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import queue
 import secrets
 import shutil
-import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from sqlalchemy import LargeBinary, Text, cast, exists, false, func, literal, select, true
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from app import __version__
@@ -63,7 +62,7 @@ from app.datasets.snapshot_files import (
 )
 from app.datasets.steps_export import step_export_rows
 from app.datasets.stepwise import stepwise_arrow_schema
-from app.db import json_loads, write_transaction
+from app.db import json_loads, read_ahead, write_transaction
 from app.errors import BadRequest, Conflict, EmptyExport, NotFound, Unprocessable
 from app.imports.messages import CONTINUATION_KEY, is_plain
 from app.jobs.service import create_job
@@ -83,6 +82,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.models.comparison import CONTINUES_SQL
 from app.store import download_response, get_store, is_url, open_location
 from app.webhooks.service import emit
 
@@ -434,52 +434,9 @@ def iter_judged_comparisons(db: Session, project: Project, spec: DatasetCreate,
             on_batch(done)
 
 
-_END = object()
-
-
-def _read_ahead(items: Iterator, connection) -> Iterator:
-    """`items` (a generator that reads the database). On PostgreSQL a reader thread runs it one or two items ahead
-    (the connection is the thread's alone until this generator ends: close it, as build_snapshot does), so the
-    server's work and the wire overlap this thread's (psycopg waits without the GIL); on SQLite, in line."""
-    if connection.dialect.name != "postgresql":
-        yield from items
-        return
-    ready: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as error:  # noqa: BLE001 (raised again in the consumer's thread)
-            put(error)
-
-    reader = threading.Thread(target=read, name="export-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := ready.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join()
-
-
 def _prefetched(stream: _ExportStream) -> Iterator[tuple[dict[int, list], _BatchLookups]]:
-    """`stream`'s batches with their lookups, read ahead (`_read_ahead`)."""
-    return _read_ahead(((batch, stream.load(batch)) for batch in stream.batches()), stream.connection)
+    """`stream`'s batches with their lookups, read ahead (`app.db.read_ahead`)."""
+    return read_ahead(((batch, stream.load(batch)) for batch in stream.batches()), stream.connection)
 
 
 def _comparison_pair_rows(stream: _ExportStream, cid: int, judgments: list, lookups: _BatchLookups,
@@ -578,7 +535,7 @@ def iter_pair_lines(db: Session, project: Project, spec: DatasetCreate, weights:
 
     on_comparison, count = tally.on_comparison, tally.count
     done = 0
-    chunks = _read_ahead(ranges(), stream.connection)
+    chunks = read_ahead(ranges(), stream.connection)
     with contextlib.closing(chunks):  # an error here (a cancelled job's progress) stops the reader thread first
         for judged, rows, rest, fallback in chunks:
             others: dict[int, list[tuple[str, bytes]]] = {}
@@ -620,9 +577,12 @@ def has_multi_message_chats(db: Session, project: Project) -> bool:
         if len(parsed) != 1 or parsed[0].get("role") != "user":
             return True
     # A continuation that goes on with more user turns (a multi-turn battle) answers a history, not the prompt alone.
+    # The partial index's own predicate first (CONTINUES_SQL: only completion in the FROM, so `metadata` is its).
     continuations = db.execute(
-        select(_as_text(Completion.meta[CONTINUATION_KEY])).join(Prompt, Prompt.id == Completion.prompt_id)
-        .where(Prompt.project_id == project.id, _as_text(Completion.meta[CONTINUATION_KEY]).like('%"user"%'))
+        select(_as_text(Completion.meta[CONTINUATION_KEY]))
+        .where(sql_text(CONTINUES_SQL[db.get_bind().dialect.name]),
+               Completion.prompt_id.in_(select(Prompt.id).where(Prompt.project_id == project.id)),
+               _as_text(Completion.meta[CONTINUATION_KEY]).like('%"user"%'))
         .execution_options(yield_per=2000))  # fmt: skip
     return any(continues_the_conversation(json_loads(text)) for (text,) in continuations if text)
 

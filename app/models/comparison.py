@@ -13,7 +13,12 @@ UNSCORED_GAP = 1.0e9
 
 class Prompt(IdMixin, CreatedMixin, Base):
     __tablename__ = "prompt"
-    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "external_id"),
+        # Exports ask whether a project has chat prompts (app.datasets.service.has_multi_message_chats); most have
+        # none, and the answer should not read every prompt of a ten-million-pair project.
+        Index("ix_prompt_chat", "project_id", sqlite_where=text("is_chat"), postgresql_where=text("is_chat")),
+    )
 
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), index=True)
     external_id: Mapped[str | None] = mapped_column(String(200))
@@ -34,8 +39,19 @@ class Prompt(IdMixin, CreatedMixin, Base):
         return self.messages if self.is_chat else self.messages[0]["content"]
 
 
+CONTINUES_SQL = {"postgresql": "(metadata -> 'messages') IS NOT NULL",
+                 "sqlite": "json_extract(metadata, '$.messages') IS NOT NULL"}
+"""A completion that continues the conversation (its metadata holds app.imports.messages.CONTINUATION_KEY), per
+dialect: the partial index's predicate, which a query repeats to use it (tests/test_migrations.py checks the key)."""
+
+
 class Completion(IdMixin, CreatedMixin, Base):
     __tablename__ = "completion"
+    __table_args__ = (
+        # Continuations are rare; exports look for them in every project (has_multi_message_chats).
+        Index("ix_completion_continues", "prompt_id", sqlite_where=text(CONTINUES_SQL["sqlite"]),
+              postgresql_where=text(CONTINUES_SQL["postgresql"])),
+    )
 
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id", ondelete="CASCADE"), index=True)
     text: Mapped[str] = mapped_column(Text)

@@ -31,9 +31,13 @@ def _planted_project(db) -> int:
             ids = [o.id for o in options]
             best = int(rng.integers(len(ids)))
             gold = owner is project and i % 10 == 4
+            gold_ranking = [[ids[best]], [x for x in ids if x != ids[best]]] if gold else None
+            if i == 14:
+                gold_ranking = [ids]  # a gold tie
+            if i == 24:
+                gold_ranking = None  # marked gold without an answer: not a gold item
             comparison = Comparison(project_id=owner.id, prompt_id=prompt.id, completion_ids=ids, required=3,
-                                    is_gold=gold, gold_ranking=[[ids[best]], [x for x in ids if x != ids[best]]]
-                                    if gold else None)  # fmt: skip
+                                    is_gold=gold, gold_ranking=gold_ranking)  # fmt: skip
             db.add(comparison)
             db.flush()
             if owner is not project:
@@ -49,6 +53,24 @@ def _planted_project(db) -> int:
                                 top_completion_id=ranking[0][0] if len(ranking[0]) == 1 else None))  # fmt: skip
     db.flush()
     return project.id
+
+
+def test_gold_answers_are_each_gold_rankings_first_choice_by_range(db):
+    from sqlalchemy import select
+
+    from app.models import Comparison, Project
+    from app.quality.service import TIE, gold_answers
+
+    project = db.get(Project, _planted_project(db))
+    rows = db.execute(select(Comparison.id, Comparison.gold_ranking).where(Comparison.project_id == project.id,
+                                                                         Comparison.is_gold)).all()  # fmt: skip
+    expected = sorted((cid, ranking[0][0] if len(ranking[0]) == 1 else TIE) for cid, ranking in rows if ranking)
+    assert len(expected) == len(rows) - 1 and any(top == TIE for _, top in expected)
+    ids, tops = gold_answers(db, project)
+    assert list(zip(ids.tolist(), tops.tolist(), strict=True)) == expected
+    middle = expected[len(expected) // 2][0]
+    ids, tops = gold_answers(db, project, middle, middle + 1000)
+    assert list(zip(ids.tolist(), tops.tolist(), strict=True)) == [row for row in expected if row[0] >= middle]
 
 
 def test_rater_weights_fitted_range_by_range_are_the_statistics_reliabilities(db, monkeypatch):
