@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -829,3 +830,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def complete_insert(engine: sa.Engine, statement: str) -> str:
+    """A SEED_SQL INSERT ... SELECT with the NOT NULL columns later migrations added (`_other_columns`: their
+    model defaults) appended to its column list and its outer select list."""
+    match = re.match(r'\s*INSERT INTO ("?\w+"?) \(([^)]*)\)', statement)
+    if match is None:
+        return statement
+    cols, vals = _other_columns(engine, match.group(1).strip('"'), match.group(2))
+    if not cols:
+        return statement
+    head = statement[:match.end() - 1] + cols + ")"
+    rest = statement[match.end():]
+    select_from = re.search(r"\s+FROM\s", rest)
+    return head + rest[:select_from.start()] + vals + rest[select_from.start():]

@@ -40,6 +40,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from bench import assign  # noqa: E402
+
 PG_ADMIN_URL = os.environ.get("RANKFORGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 RATERS = 3
 COMPLETIONS = 3
@@ -114,7 +116,8 @@ def seed(url: str, n: int) -> int:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         for statement in SEED_SQL:
-            conn.exec_driver_sql(statement.format(n=n, k=COMPLETIONS, raters=RATERS, project=project_id))
+            statement = statement.format(n=n, k=COMPLETIONS, raters=RATERS, project=project_id)
+            conn.exec_driver_sql(assign.complete_insert(engine, statement))  # columns later migrations added
         for table in SEQUENCES:
             conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
                                  f'(SELECT max(id) FROM "{table}"))')  # fmt: skip

@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -136,7 +135,7 @@ def seed(url: str, args: argparse.Namespace) -> None:
                     # INSERT, not by an UPDATE of every row afterwards)
                     assert PROMPT_NO_MESSAGES in statement, "bench/stats.py's prompt INSERT changed"
                     statement = statement.replace(PROMPT_NO_MESSAGES, PROMPT_MESSAGES)
-                statements.append(_complete(engine, statement))
+                statements.append(assign.complete_insert(engine, statement))
         with bulk_load(conn, BULK_TABLES, steps):
             for statement in statements:
                 t = time.perf_counter()
@@ -196,21 +195,6 @@ def bulk_load(conn: sa.Connection, tables: tuple[str, ...], steps: dict):
     for table, name, definition, *_ in unique + foreign:
         conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
     steps["indexes and constraints"] = time.perf_counter() - t
-
-
-def _complete(engine: sa.Engine, statement: str) -> str:
-    """A SEED_SQL INSERT ... SELECT with the NOT NULL columns later migrations added (bench/assign.py's
-    `_other_columns`: their model defaults) appended to its column list and its outer select list."""
-    match = re.match(r'\s*INSERT INTO ("?\w+"?) \(([^)]*)\)', statement)
-    if match is None:
-        return statement
-    cols, vals = assign._other_columns(engine, match.group(1).strip('"'), match.group(2))
-    if not cols:
-        return statement
-    head = statement[:match.end() - 1] + cols + ")"
-    rest = statement[match.end():]
-    select_from = re.search(r"\s+FROM\s", rest)
-    return head + rest[:select_from.start()] + vals + rest[select_from.start():]
 
 
 def timed(url: str, call) -> tuple[float, float]:
