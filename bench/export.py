@@ -7,8 +7,9 @@ judgment dates spread over 30 days. Then each export runs `build_snapshot` in a 
 and its memory is measured two ways: the kernel's peaks (`ru_maxrss` of that process, plus, for a parallel
 export's children, the largest child's counted once each: an upper bound that also counts, in each child, the
 exporting process's memory at the moment it was spawned, because Linux carries a process's resident peak across
-fork and exec), and `tree_peak_rss_mb`, the largest sum of the resident sizes of that process and its descendants,
-sampled every 0.1 s from /proc (`run_measured`): what the export holds at once.
+fork and exec), and, sampled every 0.1 s from /proc (`run_measured`), the largest sums over that process and its
+descendants of their resident sizes (`tree_peak_rss_mb`: shared library pages counted in each) and of their
+proportional sizes (`tree_peak_pss_mb`: shared pages split between the processes): what the export holds at once.
 
 - jsonl: rows streamed from the database into train/test JSONL
 - parquet: the same rows, then Parquet built from them (the JSONL is scratch and removed)
@@ -158,9 +159,10 @@ def child(url: str, project_id: int, data_dir: str, fmt: str) -> None:
 SAMPLE_SECONDS = 0.1
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """The resident bytes of `root` and its descendants now (/proc: Linux), each process's VmRSS summed (pages two
-    processes share count twice: an upper bound)."""
+def _tree_memory(root: int) -> tuple[int, int]:
+    """(resident bytes, proportional bytes) of `root` and its descendants now (/proc: Linux). Resident: each process's
+    VmRSS summed, so pages two processes share (the interpreter's and numpy's libraries) count in each: an upper
+    bound. Proportional (PSS, smaps_rollup): a shared page split between its sharers, what they hold together."""
     parents: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -176,34 +178,37 @@ def _tree_rss_bytes(root: int) -> int:
             if ppid == parent and pid not in tree:
                 tree.add(pid)
                 frontier.append(pid)
-    total = 0
+    resident = proportional = 0
     for pid in tree:
         try:
             with open(f"/proc/{pid}/statm", "rb") as statm:
-                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
+                resident += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+                proportional += next(int(line.split()[1]) * 1024 for line in rollup if line.startswith(b"Pss:"))
+        except (OSError, ValueError, IndexError, StopIteration):
             continue
-    return total
+    return resident, proportional
 
 
-def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    """Run `command` (its output captured) and sample the resident memory of it and its descendants together every
-    SAMPLE_SECONDS: (the finished process, the largest sum in MB)."""
+def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, dict[str, float]]:
+    """Run `command` (its output captured) and sample the memory of it and its descendants together every
+    SAMPLE_SECONDS: (the finished process, {"tree_peak_rss_mb", "tree_peak_pss_mb"}: the largest sums, `_tree_memory`)."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peaks = [0, 0]
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.wait(SAMPLE_SECONDS):
-            peak = max(peak, _tree_rss_bytes(process.pid))
+            for i, value in enumerate(_tree_memory(process.pid)):
+                peaks[i] = max(peaks[i], value)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, stderr = process.communicate()
     done.set()
     sampler.join()
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak / 2**20
+    finished = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return finished, {"tree_peak_rss_mb": round(peaks[0] / 2**20), "tree_peak_pss_mb": round(peaks[1] / 2**20)}
 
 
 def main() -> None:
@@ -227,11 +232,10 @@ def main() -> None:
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="rankforge-bench-export-") as data_dir:
             for fmt in args.formats.split(","):
-                out, tree_peak = run_measured([sys.executable, __file__, "--child", url, str(project_id), data_dir,
-                                               fmt])  # fmt: skip
+                out, tree = run_measured([sys.executable, __file__, "--child", url, str(project_id), data_dir, fmt])
                 if out.returncode != 0:
                     raise SystemExit(f"export {fmt} failed:\n{out.stderr[-3000:]}")
-                result = json.loads(out.stdout.strip().splitlines()[-1]) | {"tree_peak_rss_mb": round(tree_peak)}
+                result = json.loads(out.stdout.strip().splitlines()[-1]) | tree
                 print(json.dumps(result), flush=True)
     finally:
         if args.keep_db:

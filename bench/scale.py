@@ -19,8 +19,8 @@ it (`pg_dump -s` of a seeded and of a migrated empty database differ in nothing)
   bootstrap replicates, the rest cached), cold and warm; and, once, the leaderboard computed from every battle
   (what the worker does for it, and what a request did before);
 - export of every pair (`build_snapshot`, JSONL; `--export-format parquet|both`) in a child process: pairs, time,
-  rows/s, the processes it used (app.datasets.export_parts) and their peak RSS together (bench/export.py's
-  `run_measured`: sampled from /proc; and the kernel's peaks, an upper bound), the load average around it, and where its rater weights came
+  rows/s, the processes it used (app.datasets.export_parts) and their peak memory together (bench/export.py's
+  `run_measured`: resident and proportional sizes sampled from /proc; and the kernel's peaks), the load average around it, and where its rater weights came
   from (the worker's cached statistics when current, which the figures section has just refreshed; else fitted
   in the export, a range of comparisons at a time: app.quality.service.rater_reliability);
 - the rating loop: judgments/s with `--raters` raters (one thread and HTTP client each, bench/assign.py's thread
@@ -264,11 +264,11 @@ def weights_cached(url: str) -> bool:
 
 def export(url: str, fmt: str = "jsonl") -> dict:
     with tempfile.TemporaryDirectory(prefix="rankforge-bench-scale-") as data_dir:
-        out, tree_peak = export_bench.run_measured([sys.executable, str(ROOT / "bench" / "export.py"), "--child", url,
-                                                    "1", data_dir, fmt])  # fmt: skip
+        out, tree = export_bench.run_measured([sys.executable, str(ROOT / "bench" / "export.py"), "--child", url,
+                                               "1", data_dir, fmt])  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"export failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1]) | {"tree_peak_rss_mb": round(tree_peak)}
+    return json.loads(out.stdout.strip().splitlines()[-1]) | tree
 
 
 def rating_loop(url: str, args: argparse.Namespace) -> dict:
@@ -379,8 +379,9 @@ def main() -> None:
             e = results_export
             print(f"export of every pair ({args.export_format}): {e['rows']:,} pairs in {e['seconds']} s = "
                   f"{e['rows'] / max(e['seconds'], 1e-9):,.0f} rows/s (CPU {e['cpu_seconds']} s, its children "
-                  f"{e['children_cpu_seconds']} s), {e['processes']} processes, peak RSS of them together "
-                  f"{e['tree_peak_rss_mb']} MB (sampled every {export_bench.SAMPLE_SECONDS} s; the kernel's peaks: "
+                  f"{e['children_cpu_seconds']} s), {e['processes']} processes, peak memory of them together "
+                  f"{e['tree_peak_rss_mb']} MB resident, {e['tree_peak_pss_mb']} MB proportional (sampled every "
+                  f"{export_bench.SAMPLE_SECONDS} s; the kernel's peaks: "
                   f"{e['peak_rss_mb']} MB, the exporting process {e['own_peak_rss_mb']} MB and each child at the "
                   "largest child's, which counts the exporting process's memory when it was spawned) "
                   f"(load {e['load']}; rater weights: {weights})", flush=True)  # fmt: skip
